@@ -1,0 +1,400 @@
+//! Source instrumentation that lets the engine stop any JavaScript loop or call chain.
+//!
+//! Boa offers no interrupt: a running `while (true) {}` never returns control to the host, and its
+//! own loop limit counts per call frame. So before a module is compiled, the engine inserts a call
+//! to a native *tick* function at every place where JavaScript can repeat work: each loop
+//! iteration and each function entry. The tick counts loop iterations over the whole job and looks
+//! at the clock and the memory budget, and throws an uncatchable error when a limit is hit.
+//!
+//! Insertion points come from the spans of Boa's own parse of the module, so they are exact
+//! positions of tokens, never guesses from scanning text:
+//! - a braced function body gets `tick();` right after its `{`;
+//! - a concise arrow body `x => expr` becomes `x => (tick(), expr)`;
+//! - a loop condition or `for` update `cond` becomes `tick(), cond`, which is a valid `Expression`
+//!   with the same value wherever `cond` was one.
+//!
+//! The tick names carry a random suffix chosen per job after the source is known, so a script
+//! cannot shadow them with its own bindings, and they are read-only, non-configurable globals.
+//! Dynamic code (`eval`, `new Function`) would escape instrumentation, so the host refuses to
+//! compile strings. A `for (;;)` loop with neither a condition nor an update has no position to
+//! instrument; Boa's per-frame loop limit still bounds it (see ARCHITECTURE.md).
+//!
+//! The same pass rejects namespace imports and dynamic `import()`: Boa 0.22 never frees a module
+//! namespace object (its cached bindings are hidden from the garbage collector), so each one
+//! would leak the job's whole realm.
+
+use std::ops::ControlFlow;
+
+use boa_ast::declaration::{ExportDeclaration, ImportDeclaration, ImportKind, ReExportKind};
+use boa_ast::expression::{Expression, ImportCall};
+use boa_ast::function::FunctionBody;
+use boa_ast::scope::Scope;
+use boa_ast::statement::iteration::{DoWhileLoop, ForLoop, WhileLoop};
+use boa_ast::visitor::{VisitWith, Visitor};
+use boa_ast::{Position, Span, Spanned};
+use boa_interner::Interner;
+use boa_parser::{Parser, Source};
+
+/// A module rewritten with tick calls, and the names of its two tick functions.
+#[derive(Debug)]
+pub(crate) struct Instrumented {
+    /// The instrumented source to compile.
+    pub(crate) source: String,
+    /// Global called on every loop iteration.
+    pub(crate) loop_tick: String,
+    /// Global called on every function entry.
+    pub(crate) call_tick: String,
+}
+
+/// Why a module could not be instrumented.
+#[derive(Debug)]
+pub(crate) enum InstrumentError {
+    /// The module does not parse; the message is Boa's.
+    Syntax(String),
+    /// The module uses a construct the sandbox does not allow; the message says which and why.
+    Unsupported(String),
+}
+
+/// Parses `source` as a module and inserts tick calls. `suffix` makes the tick names unique; the
+/// caller picks a random one.
+pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, InstrumentError> {
+    let mut interner = Interner::default();
+    let module = Parser::new(Source::from_bytes(source))
+        .parse_module(&Scope::new_global(), &mut interner)
+        .map_err(|err| InstrumentError::Syntax(format!("SyntaxError: {err}")))?;
+
+    let mut suffix = suffix;
+    let (loop_tick, call_tick) = loop {
+        let loop_tick = format!("__mechanics_loop_{suffix:016x}");
+        let call_tick = format!("__mechanics_call_{suffix:016x}");
+        if !source.contains(&loop_tick) && !source.contains(&call_tick) {
+            break (loop_tick, call_tick);
+        }
+        suffix = suffix.wrapping_mul(6364136223846793005).wrapping_add(1);
+    };
+
+    let lines = LineIndex::new(source);
+    let mut finder = InsertionFinder {
+        source,
+        lines: &lines,
+        insertions: Vec::new(),
+        loop_call: format!("{loop_tick}(), "),
+        call_stmt: format!("{call_tick}();"),
+        call_open: format!("({call_tick}(), "),
+    };
+    if let ControlFlow::Break(message) = finder.visit_module(&module) {
+        return Err(InstrumentError::Unsupported(message));
+    }
+
+    let mut insertions = finder.insertions;
+    // Stable order by position; at one position closing parentheses go before openings.
+    insertions.sort_by_key(|i| (i.offset, i.opens));
+    let extra: usize = insertions.iter().map(|i| i.text.len()).sum();
+    let mut out = String::with_capacity(source.len() + extra);
+    let mut copied = 0;
+    for insertion in &insertions {
+        out.push_str(&source[copied..insertion.offset]);
+        out.push_str(&insertion.text);
+        copied = insertion.offset;
+    }
+    out.push_str(&source[copied..]);
+    Ok(Instrumented {
+        source: out,
+        loop_tick,
+        call_tick,
+    })
+}
+
+struct Insertion {
+    offset: usize,
+    /// `false` for a closing parenthesis, so it sorts before an opening at the same offset.
+    opens: bool,
+    text: String,
+}
+
+struct InsertionFinder<'a> {
+    source: &'a str,
+    lines: &'a LineIndex,
+    insertions: Vec<Insertion>,
+    loop_call: String,
+    call_stmt: String,
+    call_open: String,
+}
+
+impl InsertionFinder<'_> {
+    fn insert(&mut self, position: Position, opens: bool, text: String) {
+        if let Some(offset) = self.lines.offset(self.source, position) {
+            self.insertions.push(Insertion {
+                offset,
+                opens,
+                text,
+            });
+        }
+    }
+
+    /// `tick(), ` before the first token of a loop condition or update expression.
+    fn tick_expression(&mut self, expression: &Expression) {
+        if let Some(bounds) = ExpressionBounds::of(expression) {
+            let text = self.loop_call.clone();
+            self.insert(bounds.start, true, text);
+        }
+    }
+}
+
+impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
+    type BreakTy = String;
+
+    fn visit_function_body(&mut self, body: &'ast FunctionBody) -> ControlFlow<String> {
+        let start = body.span().start();
+        let braced = self
+            .lines
+            .offset(self.source, start)
+            .is_some_and(|offset| self.source[offset..].starts_with('{'));
+        if braced {
+            if let Some(offset) = self.lines.offset(self.source, start) {
+                self.insertions.push(Insertion {
+                    offset: offset + 1,
+                    opens: true,
+                    text: self.call_stmt.clone(),
+                });
+            }
+        } else if let Some(bounds) = body
+            .statements()
+            .iter()
+            .try_fold(None::<ExpressionBounds>, |acc, item| {
+                let mut collector = BoundsCollector::default();
+                let _ = item.visit_with(&mut collector);
+                ControlFlow::<(), _>::Continue(ExpressionBounds::merge(acc, collector.bounds))
+            })
+            .continue_value()
+            .flatten()
+        {
+            let open = self.call_open.clone();
+            self.insert(bounds.start, true, open);
+            self.insert(bounds.end, false, ")".to_owned());
+        }
+        body.visit_with(self)
+    }
+
+    fn visit_while_loop(&mut self, node: &'ast WhileLoop) -> ControlFlow<String> {
+        self.tick_expression(node.condition());
+        node.visit_with(self)
+    }
+
+    fn visit_do_while_loop(&mut self, node: &'ast DoWhileLoop) -> ControlFlow<String> {
+        self.tick_expression(node.cond());
+        node.visit_with(self)
+    }
+
+    fn visit_for_loop(&mut self, node: &'ast ForLoop) -> ControlFlow<String> {
+        if let Some(condition) = node.condition() {
+            self.tick_expression(condition);
+        } else if let Some(update) = node.final_expr() {
+            self.tick_expression(update);
+        }
+        node.visit_with(self)
+    }
+
+    fn visit_import_declaration(&mut self, node: &'ast ImportDeclaration) -> ControlFlow<String> {
+        if matches!(node.kind(), ImportKind::Namespaced { .. }) {
+            return ControlFlow::Break(
+                "namespace imports (`import * as name from ...`) are not supported; import the \
+                 default export instead: `import name from \"mechanics:...\"`"
+                    .to_owned(),
+            );
+        }
+        node.visit_with(self)
+    }
+
+    fn visit_export_declaration(&mut self, node: &'ast ExportDeclaration) -> ControlFlow<String> {
+        if let ExportDeclaration::ReExport {
+            kind: ReExportKind::Namespaced { name: Some(_) },
+            ..
+        } = node
+        {
+            return ControlFlow::Break(
+                "`export * as name from ...` is not supported; re-export the default instead"
+                    .to_owned(),
+            );
+        }
+        node.visit_with(self)
+    }
+
+    fn visit_import_call(&mut self, _node: &'ast ImportCall) -> ControlFlow<String> {
+        ControlFlow::Break(
+            "dynamic `import()` is not supported; use a static `import name from \"mechanics:...\"`"
+                .to_owned(),
+        )
+    }
+}
+
+/// The first and last source positions covered by an expression tree.
+///
+/// Boa's span of a call expression covers only its argument list, so the bounds are the minimum
+/// start and maximum end over every sub-expression, which are the first and last tokens.
+#[derive(Debug, Clone, Copy)]
+struct ExpressionBounds {
+    start: Position,
+    end: Position,
+}
+
+impl ExpressionBounds {
+    fn of(expression: &Expression) -> Option<Self> {
+        let mut collector = BoundsCollector::default();
+        let _ = collector.visit_expression(expression);
+        collector.bounds
+    }
+
+    fn merge(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Self {
+                start: min_position(a.start, b.start),
+                end: max_position(a.end, b.end),
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn key(p: Position) -> (u32, u32) {
+    (p.line_number(), p.column_number())
+}
+
+fn min_position(a: Position, b: Position) -> Position {
+    if key(a) <= key(b) { a } else { b }
+}
+
+fn max_position(a: Position, b: Position) -> Position {
+    if key(a) >= key(b) { a } else { b }
+}
+
+#[derive(Default)]
+struct BoundsCollector {
+    bounds: Option<ExpressionBounds>,
+}
+
+impl<'ast> Visitor<'ast> for BoundsCollector {
+    type BreakTy = ();
+
+    fn visit_expression(&mut self, node: &'ast Expression) -> ControlFlow<()> {
+        let span: Span = node.span();
+        self.bounds = ExpressionBounds::merge(
+            self.bounds,
+            Some(ExpressionBounds {
+                start: span.start(),
+                end: span.end(),
+            }),
+        );
+        node.visit_with(self)
+    }
+}
+
+/// Maps Boa's (line, column) positions to byte offsets. Boa counts columns in code points and
+/// ends lines at LF, CR, CRLF, LS and PS.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(source: &str) -> Self {
+        let mut starts = vec![0];
+        let mut chars = source.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\r' => {
+                    if let Some((_, '\n')) = chars.peek() {
+                        chars.next();
+                        starts.push(i + 2);
+                    } else {
+                        starts.push(i + 1);
+                    }
+                }
+                '\n' => starts.push(i + 1),
+                '\u{2028}' | '\u{2029}' => starts.push(i + c.len_utf8()),
+                _ => {}
+            }
+        }
+        Self { starts }
+    }
+
+    fn offset(&self, source: &str, position: Position) -> Option<usize> {
+        let line = usize::try_from(position.line_number()).ok()?.checked_sub(1)?;
+        let column = usize::try_from(position.column_number()).ok()?.checked_sub(1)?;
+        let start = *self.starts.get(line)?;
+        let rest = &source[start..];
+        match rest.char_indices().nth(column) {
+            Some((i, _)) => Some(start + i),
+            None if rest.chars().count() == column => Some(source.len()),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(source: &str) -> String {
+        instrument(source, 0)
+            .expect("instruments")
+            .source
+            .replace("__mechanics_loop_0000000000000000", "L")
+            .replace("__mechanics_call_0000000000000000", "C")
+    }
+
+    #[test]
+    fn every_function_kind_and_loop_gets_a_tick() {
+        assert_eq!(
+            rewrite("export default (a) => a"),
+            "export default (a) => (C(), a)"
+        );
+        assert_eq!(
+            rewrite("function f(x) { return 1 }"),
+            "function f(x) {C(); return 1 }"
+        );
+        assert_eq!(rewrite("while (/re/g.test(s)) {}"), "while (L(), /re/g.test(s)) {}");
+        assert_eq!(rewrite("while (-x) {}"), "while (L(), -x) {}");
+        assert_eq!(rewrite("do {} while ((a, b))"), "do {} while (L(), (a, b))");
+        assert_eq!(
+            rewrite("for (let i = 0; i < 3; i++) {}"),
+            "for (let i = 0; L(), i < 3; i++) {}"
+        );
+        assert_eq!(rewrite("for (;; i++) {}"), "for (;; L(), i++) {}");
+        assert_eq!(
+            rewrite("const f = x => f(x, 1)(2);"),
+            "const f = x => (C(), f(x, 1)(2));"
+        );
+        assert_eq!(
+            rewrite("class A { m() { } get g() { return 1 } static { while (1) ; } }"),
+            "class A { m() {C(); } get g() {C(); return 1 } static { while (L(), 1) ; } }"
+        );
+        assert_eq!(
+            rewrite("let s = 'é😀'; async function* g() { yield s }"),
+            "let s = 'é😀'; async function* g() {C(); yield s }"
+        );
+        assert_eq!(rewrite("a\r\nwhile\u{2028}(b) ;"), "a\r\nwhile\u{2028}(L(), b) ;");
+    }
+
+    #[test]
+    fn namespace_and_dynamic_imports_are_refused() {
+        for source in [
+            "import * as b from 'mechanics:base64'",
+            "export * as b from 'mechanics:base64'",
+            "export default () => import('mechanics:hex')",
+        ] {
+            assert!(
+                matches!(instrument(source, 0), Err(InstrumentError::Unsupported(_))),
+                "{source}"
+            );
+        }
+        assert!(instrument("export * from 'mechanics:hex'", 0).is_ok());
+    }
+
+    #[test]
+    fn tick_names_never_collide_with_the_source() {
+        let source = "const __mechanics_loop_0000000000000000 = 1; while (x) ;";
+        let out = instrument(source, 0).expect("instruments");
+        assert_ne!(out.loop_tick, "__mechanics_loop_0000000000000000");
+        assert!(out.source.contains(&format!("{}(), x", out.loop_tick)));
+    }
+}

@@ -1,0 +1,114 @@
+//! The per-job state shared by the tick functions, the host hooks, the module loader and the job
+//! queue of one context.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Instant;
+
+use boa_engine::{JsObject, JsValue, Module};
+
+use crate::memory;
+
+/// Which limit stopped a job, recorded before the uncatchable error is thrown so the error
+/// reported to the caller names the limit whatever shape the error takes inside Boa.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Time,
+    LoopIterations,
+    Memory,
+}
+
+/// How many ticks pass between two looks at the clock and the memory budget: often enough to
+/// stop within a millisecond or so, rarely enough to keep the clock off the hot path.
+const TICKS_PER_CHECK: u32 = 256;
+
+#[derive(Debug)]
+pub(crate) struct JobState {
+    pub(crate) deadline: Cell<Instant>,
+    pub(crate) max_loop_iterations: Cell<u64>,
+    pub(crate) loop_iterations: Cell<u64>,
+    ticks_until_check: Cell<u32>,
+    pub(crate) exceeded: Cell<Option<Exceeded>>,
+    /// Promises rejected with no handler attached, in rejection order.
+    pub(crate) unhandled_rejections: RefCell<Vec<JsObject>>,
+    /// The user module, served to the entry shim as `mechanics:job`.
+    pub(crate) job_module: RefCell<Option<Module>>,
+    /// Modules already handed out, so that one specifier always resolves to one module.
+    pub(crate) loaded: RefCell<HashMap<String, Module>>,
+    /// The default export, captured by the entry shim.
+    pub(crate) default_export: RefCell<Option<JsValue>>,
+    /// A job enqueued a kind of host job the sandbox does not run (timers).
+    pub(crate) unsupported_job: Cell<bool>,
+}
+
+impl JobState {
+    pub(crate) fn new() -> Self {
+        Self {
+            deadline: Cell::new(Instant::now()),
+            max_loop_iterations: Cell::new(u64::MAX),
+            loop_iterations: Cell::new(0),
+            ticks_until_check: Cell::new(TICKS_PER_CHECK),
+            exceeded: Cell::new(None),
+            unhandled_rejections: RefCell::new(Vec::new()),
+            job_module: RefCell::new(None),
+            loaded: RefCell::new(HashMap::new()),
+            default_export: RefCell::new(None),
+            unsupported_job: Cell::new(false),
+        }
+    }
+
+    /// Counts one loop iteration and checks every limit; `Err` names the limit hit.
+    pub(crate) fn loop_tick(&self) -> Result<(), Exceeded> {
+        let n = self.loop_iterations.get() + 1;
+        self.loop_iterations.set(n);
+        if n > self.max_loop_iterations.get() {
+            return Err(self.exceed(Exceeded::LoopIterations));
+        }
+        self.tick()
+    }
+
+    /// Checks the clock and the memory budget every [`TICKS_PER_CHECK`] calls.
+    pub(crate) fn tick(&self) -> Result<(), Exceeded> {
+        if let Some(limit) = self.exceeded.get() {
+            return Err(limit);
+        }
+        let left = self.ticks_until_check.get();
+        if left > 0 {
+            self.ticks_until_check.set(left - 1);
+            return Ok(());
+        }
+        self.ticks_until_check.set(TICKS_PER_CHECK);
+        self.check_now()
+    }
+
+    /// Checks the clock and the memory budget now.
+    pub(crate) fn check_now(&self) -> Result<(), Exceeded> {
+        if let Some(limit) = self.exceeded.get() {
+            return Err(limit);
+        }
+        if Instant::now() >= self.deadline.get() {
+            return Err(self.exceed(Exceeded::Time));
+        }
+        if memory::over_soft_limit() {
+            // Garbage counts until the collector runs; only live memory should fail a job.
+            boa_gc::force_collect();
+            if memory::over_soft_limit() {
+                return Err(self.exceed(Exceeded::Memory));
+            }
+        }
+        Ok(())
+    }
+
+    fn exceed(&self, limit: Exceeded) -> Exceeded {
+        self.exceeded.set(Some(limit));
+        limit
+    }
+
+    /// Drops every JavaScript value the state holds, so none outlives its job as a GC root.
+    pub(crate) fn clear(&self) {
+        self.unhandled_rejections.borrow_mut().clear();
+        self.job_module.borrow_mut().take();
+        self.loaded.borrow_mut().clear();
+        self.default_export.borrow_mut().take();
+    }
+}

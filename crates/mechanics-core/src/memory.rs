@@ -1,0 +1,133 @@
+//! Per-job heap accounting: the global allocator wrapper that lets the engine enforce
+//! `max_memory_mb`.
+//!
+//! Boa has no memory limit of its own, so the engine counts what each job's thread allocates.
+//! A program that embeds the engine installs [`JobMemoryAllocator`] as its global allocator; when
+//! it does not, memory limits are reported as not enforced in
+//! [`MechanicsPoolStats`](crate::MechanicsPoolStats) and only the other limits apply.
+//!
+//! Two thresholds apply while a job runs on a thread:
+//! - the soft limit (`max_memory_mb`) only raises a flag: the engine checks it at its next safe
+//!   point (a loop iteration, a call, a promise job) and fails the job with an uncatchable error;
+//! - the hard limit (twice the soft limit, at least 64 MiB above it) stops a single allocation that
+//!   native code makes without reaching a safe point (`'a'.repeat(2 ** 30)`). An allocator may not
+//!   fail or unwind without aborting the process, so the thread is parked for good instead, before
+//!   the memory is taken; the pool notices, fails the job and starts a replacement thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// A global allocator that forwards to the system allocator and counts bytes per thread.
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOCATOR: mechanics_core::JobMemoryAllocator = mechanics_core::JobMemoryAllocator;
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JobMemoryAllocator;
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IN_USE: Cell<i64> = const { Cell::new(0) };
+    static SOFT_LIMIT: Cell<i64> = const { Cell::new(0) };
+    static HARD_LIMIT: Cell<i64> = const { Cell::new(i64::MAX) };
+    static PARK_SIGNAL: Cell<*const AtomicU8> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Value stored in a worker's park signal when its thread parked on the hard memory limit.
+pub(crate) const PARKED_FOR_MEMORY: u8 = 1;
+
+fn account(delta: i64, size: usize) {
+    // `try_with` because allocations also happen while thread-locals are being torn down.
+    let _ = IN_USE.try_with(|in_use| {
+        let now = in_use.get().saturating_add(delta);
+        in_use.set(now);
+        if delta > 0 {
+            let hard = HARD_LIMIT.try_with(Cell::get).unwrap_or(i64::MAX);
+            if now > hard {
+                park_forever(size);
+            }
+        }
+    });
+}
+
+#[cold]
+fn park_forever(_size: usize) -> ! {
+    let signal = PARK_SIGNAL.try_with(Cell::get).unwrap_or(std::ptr::null());
+    if !signal.is_null() {
+        // SAFETY: the worker that set the pointer keeps the atomic alive (in an `Arc` it also
+        // hands to the pool) for as long as the thread runs, and this thread never returns.
+        unsafe { &*signal }.store(PARKED_FOR_MEMORY, Ordering::Release);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+// SAFETY: every method forwards to `System` with the same arguments and only adds bookkeeping in
+// `Cell`s that do not allocate.
+unsafe impl GlobalAlloc for JobMemoryAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_installed();
+        account(layout.size() as i64, layout.size());
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_installed();
+        account(layout.size() as i64, layout.size());
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(-(layout.size() as i64), 0);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let delta = new_size as i64 - layout.size() as i64;
+        account(delta, new_size);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn note_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether [`JobMemoryAllocator`] is the process's global allocator, so memory limits hold.
+pub fn memory_limits_enforced() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
+
+/// Starts accounting for a job on the current thread with a soft limit of `limit` bytes.
+/// `park_signal` receives [`PARKED_FOR_MEMORY`] if the thread parks on the hard limit.
+pub(crate) fn begin_job(limit: u64, park_signal: &AtomicU8) {
+    let soft = i64::try_from(limit).unwrap_or(i64::MAX);
+    let hard = soft.saturating_mul(2).max(soft.saturating_add(64 * 1024 * 1024));
+    IN_USE.with(|c| c.set(0));
+    SOFT_LIMIT.with(|c| c.set(soft));
+    HARD_LIMIT.with(|c| c.set(hard));
+    PARK_SIGNAL.with(|c| c.set(park_signal));
+}
+
+/// Stops accounting on the current thread.
+pub(crate) fn end_job() {
+    SOFT_LIMIT.with(|c| c.set(0));
+    HARD_LIMIT.with(|c| c.set(i64::MAX));
+    PARK_SIGNAL.with(|c| c.set(std::ptr::null()));
+}
+
+/// Whether the current job has allocated more than its soft limit (net of what it freed).
+pub(crate) fn over_soft_limit() -> bool {
+    let soft = SOFT_LIMIT.with(Cell::get);
+    soft > 0 && IN_USE.with(Cell::get) > soft
+}

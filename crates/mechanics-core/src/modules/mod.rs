@@ -1,0 +1,117 @@
+//! The synthetic `mechanics:*` modules a job may import.
+//!
+//! These are the only modules a job can import: the engine never reads files or fetches URLs.
+//! Each module is built fresh inside the job's own context, so nothing a job does to a module's
+//! objects is visible to the next job.
+
+use boa_engine::module::SyntheticModuleInitializer;
+use boa_engine::object::FunctionObjectBuilder;
+use boa_engine::object::ObjectInitializer;
+use boa_engine::property::Attribute;
+use boa_engine::{Context, JsString, JsValue, Module, NativeFunction, js_string};
+
+mod base32;
+mod base64;
+mod buffer;
+mod form_urlencoded;
+mod hex;
+mod rand;
+mod uuid;
+
+/// Every specifier a job may import, for error messages and documentation.
+pub(crate) const SPECIFIERS: &[&str] = &[
+    "mechanics:endpoint",
+    "mechanics:form-urlencoded",
+    "mechanics:base64",
+    "mechanics:hex",
+    "mechanics:base32",
+    "mechanics:rand",
+    "mechanics:uuid",
+];
+
+/// Builds the synthetic module for `specifier` in the current realm of `context`, or `None` when
+/// the specifier names no module of ours.
+pub(crate) fn synthetic_module(specifier: &str, context: &mut Context) -> Option<Module> {
+    let exports = match specifier {
+        "mechanics:form-urlencoded" => form_urlencoded::exports(),
+        "mechanics:base64" => base64::exports(),
+        "mechanics:hex" => hex::exports(),
+        "mechanics:base32" => base32::exports(),
+        "mechanics:rand" => rand::exports(),
+        "mechanics:uuid" => uuid::exports(),
+        // The seam for `mechanics:endpoint`: its module is registered here once it exists.
+        _ => return None,
+    };
+    Some(build(exports, context))
+}
+
+/// What a synthetic module exports: named functions, and which of them (if any) is the default
+/// export. Without a default function, the default export is an object holding every named
+/// function, so that `import b64 from "mechanics:base64"` works as well as named imports.
+pub(crate) struct Exports {
+    functions: Vec<(&'static str, usize, NativeFunction)>,
+    default: Option<&'static str>,
+}
+
+impl Exports {
+    /// A module whose default export is an object of all its functions.
+    pub(crate) fn named(functions: Vec<(&'static str, usize, NativeFunction)>) -> Self {
+        Self {
+            functions,
+            default: None,
+        }
+    }
+
+    /// A module whose default export is the function called `name` (also exported by name).
+    pub(crate) fn with_default(
+        functions: Vec<(&'static str, usize, NativeFunction)>,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            functions,
+            default: Some(name),
+        }
+    }
+}
+
+fn build(exports: Exports, context: &mut Context) -> Module {
+    let mut values: Vec<(JsString, JsValue)> = Vec::with_capacity(exports.functions.len() + 1);
+    for (name, length, function) in exports.functions {
+        let object = FunctionObjectBuilder::new(context.realm(), function)
+            .name(JsString::from(name))
+            .length(length)
+            .build();
+        values.push((JsString::from(name), object.into()));
+    }
+    let default = match exports.default {
+        Some(name) => values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        None => {
+            let mut object = ObjectInitializer::new(context);
+            for (name, value) in &values {
+                object.property(name.clone(), value.clone(), Attribute::all());
+            }
+            object.build().into()
+        }
+    };
+    values.push((js_string!("default"), default));
+    let names: Vec<JsString> = values.iter().map(|(n, _)| n.clone()).collect();
+    Module::synthetic(
+        &names,
+        SyntheticModuleInitializer::from_copy_closure_with_captures(
+            |module, values: &Vec<(JsString, JsValue)>, _context| {
+                for (name, value) in values {
+                    module.set_export(name, value.clone())?;
+                }
+                Ok(())
+            },
+            values,
+        ),
+        None,
+        None,
+        context,
+    )
+}

@@ -1,0 +1,200 @@
+//! Pool configuration.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::MechanicsError;
+use crate::job::MechanicsExecutionLimits;
+
+/// How a [`MechanicsPool`](super::MechanicsPool) is sized and bounded.
+///
+/// JSON shape (every field optional): `{ "worker_count", "queue_capacity", "enqueue_timeout_ms",
+/// "run_timeout_ms", "restart_window_ms", "max_restarts_in_window", "abandon_grace_ms",
+/// "worker_stack_mib", "execution_limits" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawPoolConfig")]
+pub struct MechanicsPoolConfig {
+    pub(super) worker_count: usize,
+    pub(super) queue_capacity: usize,
+    pub(super) enqueue_timeout: Duration,
+    pub(super) run_timeout: Duration,
+    pub(super) restart_window: Duration,
+    pub(super) max_restarts_in_window: usize,
+    pub(super) abandon_grace: Duration,
+    pub(super) worker_stack_bytes: usize,
+    pub(super) execution_limits: MechanicsExecutionLimits,
+}
+
+impl Default for MechanicsPoolConfig {
+    fn default() -> Self {
+        Self {
+            worker_count: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_capacity: 256,
+            enqueue_timeout: Duration::from_secs(5),
+            run_timeout: Duration::from_secs(60),
+            restart_window: Duration::from_secs(10),
+            max_restarts_in_window: 16,
+            abandon_grace: Duration::from_millis(500),
+            worker_stack_bytes: 256 * 1024 * 1024,
+            execution_limits: MechanicsExecutionLimits::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoolConfig {
+    worker_count: Option<usize>,
+    queue_capacity: Option<usize>,
+    enqueue_timeout_ms: Option<u64>,
+    run_timeout_ms: Option<u64>,
+    restart_window_ms: Option<u64>,
+    max_restarts_in_window: Option<usize>,
+    abandon_grace_ms: Option<u64>,
+    worker_stack_mib: Option<usize>,
+    execution_limits: Option<MechanicsExecutionLimits>,
+}
+
+impl TryFrom<RawPoolConfig> for MechanicsPoolConfig {
+    type Error = MechanicsError;
+
+    fn try_from(raw: RawPoolConfig) -> Result<Self, Self::Error> {
+        let mut config = Self::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = raw.worker_count {
+            config.worker_count = v;
+        }
+        if let Some(v) = raw.queue_capacity {
+            config.queue_capacity = v;
+        }
+        if let Some(v) = raw.enqueue_timeout_ms {
+            config.enqueue_timeout = ms(v);
+        }
+        if let Some(v) = raw.run_timeout_ms {
+            config.run_timeout = ms(v);
+        }
+        if let Some(v) = raw.restart_window_ms {
+            config.restart_window = ms(v);
+        }
+        if let Some(v) = raw.max_restarts_in_window {
+            config.max_restarts_in_window = v;
+        }
+        if let Some(v) = raw.abandon_grace_ms {
+            config.abandon_grace = ms(v);
+        }
+        if let Some(v) = raw.worker_stack_mib {
+            config.worker_stack_bytes = v.saturating_mul(1024 * 1024);
+        }
+        if let Some(v) = raw.execution_limits {
+            config.execution_limits = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn invalid(message: String) -> MechanicsError {
+    MechanicsError::RuntimePool(format!("pool config: {message}"))
+}
+
+impl MechanicsPoolConfig {
+    /// Worker threads (1 to 1,024; default: the number of CPUs).
+    #[must_use]
+    pub fn with_worker_count(mut self, value: usize) -> Self {
+        self.worker_count = value;
+        self
+    }
+
+    /// Jobs that may wait for a worker (at least 1; default 256).
+    #[must_use]
+    pub fn with_queue_capacity(mut self, value: usize) -> Self {
+        self.queue_capacity = value;
+        self
+    }
+
+    /// How long `run` waits for room in the queue (default 5 s).
+    #[must_use]
+    pub fn with_enqueue_timeout(mut self, value: Duration) -> Self {
+        self.enqueue_timeout = value;
+        self
+    }
+
+    /// Bound on a whole `run` call, queueing included (at least 1 ms; default 60 s).
+    #[must_use]
+    pub fn with_run_timeout(mut self, value: Duration) -> Self {
+        self.run_timeout = value;
+        self
+    }
+
+    /// Window of the restart guard (at least 1 ms; default 10 s).
+    #[must_use]
+    pub fn with_restart_window(mut self, value: Duration) -> Self {
+        self.restart_window = value;
+        self
+    }
+
+    /// Worker restarts allowed within the window (default 16).
+    #[must_use]
+    pub fn with_max_restarts_in_window(mut self, value: usize) -> Self {
+        self.max_restarts_in_window = value;
+        self
+    }
+
+    /// Extra time after a job's time limit before the pool gives up on its thread (default 500 ms).
+    #[must_use]
+    pub fn with_abandon_grace(mut self, value: Duration) -> Self {
+        self.abandon_grace = value;
+        self
+    }
+
+    /// Stack size of each worker thread (at least 1 MiB; default 256 MiB, reserved, not committed).
+    #[must_use]
+    pub fn with_worker_stack_bytes(mut self, value: usize) -> Self {
+        self.worker_stack_bytes = value;
+        self
+    }
+
+    /// Limits for jobs that do not bring their own.
+    #[must_use]
+    pub fn with_execution_limits(mut self, value: MechanicsExecutionLimits) -> Self {
+        self.execution_limits = value;
+        self
+    }
+
+    /// The limits applied to jobs that do not bring their own.
+    pub fn execution_limits(&self) -> &MechanicsExecutionLimits {
+        &self.execution_limits
+    }
+
+    pub(super) fn validate(&self) -> Result<(), MechanicsError> {
+        if !(1..=1024).contains(&self.worker_count) {
+            return Err(invalid(format!(
+                "`worker_count` must be between 1 and 1024, got {}",
+                self.worker_count
+            )));
+        }
+        if self.queue_capacity == 0 {
+            return Err(invalid("`queue_capacity` must be at least 1".to_owned()));
+        }
+        if self.run_timeout.is_zero() {
+            return Err(invalid("`run_timeout_ms` must be at least 1".to_owned()));
+        }
+        if Instant::now().checked_add(self.run_timeout).is_none()
+            || Instant::now().checked_add(self.enqueue_timeout).is_none()
+        {
+            return Err(invalid(
+                "`run_timeout_ms` and `enqueue_timeout_ms` must be representable as a deadline \
+                 on this platform"
+                    .to_owned(),
+            ));
+        }
+        if self.restart_window.is_zero() {
+            return Err(invalid("`restart_window_ms` must be at least 1".to_owned()));
+        }
+        if self.worker_stack_bytes < 1024 * 1024 {
+            return Err(invalid("`worker_stack_mib` must be at least 1".to_owned()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! Integration tests of `mechanics-core`: real jobs through a real `MechanicsPool`.
+
+mod engine;
+mod hostile;
+mod limits;
+mod modules;
+mod pool;
+mod schema;
+
+use std::sync::OnceLock;
+
+use mechanics_core::job::{MechanicsConfig, MechanicsJob};
+use mechanics_core::{MechanicsError, MechanicsPool, MechanicsPoolConfig};
+use serde_json::Value;
+
+/// One pool shared by tests that do not care about pool settings, so the suite does not pay for a
+/// pool per test.
+fn shared_pool() -> &'static MechanicsPool {
+    static POOL: OnceLock<MechanicsPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(2))
+            .expect("the default pool starts")
+    })
+}
+
+/// Runs `source` with `arg` on the shared pool.
+fn run_js(source: &str, arg: Value) -> Result<Value, MechanicsError> {
+    let job = MechanicsJob::new(source, arg, MechanicsConfig::default())?;
+    shared_pool().run(job)
+}
+
+/// Runs `source` and returns the error's kind and message, failing the test if the job succeeded.
+fn run_js_err(source: &str) -> (String, String) {
+    match run_js(source, Value::Null) {
+        Ok(value) => panic!("expected the job to fail, it returned {value}"),
+        Err(err) => (err.kind().to_string(), err.to_string()),
+    }
+}

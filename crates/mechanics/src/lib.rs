@@ -1,0 +1,6 @@
+//! The `mechanics` binary's wiring: command-line parsing and the commands it runs.
+//!
+//! Logic that a test must reach lives in the library crates; this crate only parses arguments,
+//! loads files and prints, so each command is a thin call into them.
+
+pub mod cli;
