@@ -16,6 +16,7 @@ pub mod job;
 mod memory;
 mod modules;
 mod pool;
+mod stack_guard;
 
 pub use error::{MechanicsError, MechanicsErrorKind};
 pub use memory::{JobMemoryAllocator, memory_limits_enforced};

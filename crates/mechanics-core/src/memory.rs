@@ -38,8 +38,11 @@ thread_local! {
 
 /// Value stored in a worker's park signal when its thread parked on the hard memory limit.
 pub(crate) const PARKED_FOR_MEMORY: u8 = 1;
+/// Value stored in a worker's park signal when its thread overflowed its native stack (see
+/// [`crate::stack_guard`]).
+pub(crate) const PARKED_FOR_STACK: u8 = 2;
 
-fn account(delta: i64, size: usize) {
+fn account(delta: i64) {
     // `try_with` because allocations also happen while thread-locals are being torn down.
     let _ = IN_USE.try_with(|in_use| {
         let now = in_use.get().saturating_add(delta);
@@ -47,19 +50,19 @@ fn account(delta: i64, size: usize) {
         if delta > 0 {
             let hard = HARD_LIMIT.try_with(Cell::get).unwrap_or(i64::MAX);
             if now > hard {
-                park_forever(size);
+                park_forever(PARKED_FOR_MEMORY);
             }
         }
     });
 }
 
 #[cold]
-fn park_forever(_size: usize) -> ! {
+fn park_forever(reason: u8) -> ! {
     let signal = PARK_SIGNAL.try_with(Cell::get).unwrap_or(std::ptr::null());
     if !signal.is_null() {
         // SAFETY: the worker that set the pointer keeps the atomic alive (in an `Arc` it also
         // hands to the pool) for as long as the thread runs, and this thread never returns.
-        unsafe { &*signal }.store(PARKED_FOR_MEMORY, Ordering::Release);
+        unsafe { &*signal }.store(reason, Ordering::Release);
     }
     loop {
         std::thread::park();
@@ -71,27 +74,27 @@ fn park_forever(_size: usize) -> ! {
 unsafe impl GlobalAlloc for JobMemoryAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_installed();
-        account(layout.size() as i64, layout.size());
+        account(layout.size() as i64);
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_installed();
-        account(layout.size() as i64, layout.size());
+        account(layout.size() as i64);
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        account(-(layout.size() as i64), 0);
+        account(-(layout.size() as i64));
         // SAFETY: forwarded unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let delta = new_size as i64 - layout.size() as i64;
-        account(delta, new_size);
+        account(delta);
         // SAFETY: forwarded unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -112,7 +115,9 @@ pub fn memory_limits_enforced() -> bool {
 /// `park_signal` receives [`PARKED_FOR_MEMORY`] if the thread parks on the hard limit.
 pub(crate) fn begin_job(limit: u64, park_signal: &AtomicU8) {
     let soft = i64::try_from(limit).unwrap_or(i64::MAX);
-    let hard = soft.saturating_mul(2).max(soft.saturating_add(64 * 1024 * 1024));
+    let hard = soft
+        .saturating_mul(2)
+        .max(soft.saturating_add(64 * 1024 * 1024));
     IN_USE.with(|c| c.set(0));
     SOFT_LIMIT.with(|c| c.set(soft));
     HARD_LIMIT.with(|c| c.set(hard));

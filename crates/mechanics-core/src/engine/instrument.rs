@@ -27,11 +27,11 @@ use std::ops::ControlFlow;
 
 use boa_ast::declaration::{ExportDeclaration, ImportDeclaration, ImportKind, ReExportKind};
 use boa_ast::expression::{Expression, ImportCall};
-use boa_ast::function::FunctionBody;
+use boa_ast::function::{ArrowFunction, AsyncArrowFunction, FunctionBody};
 use boa_ast::scope::Scope;
 use boa_ast::statement::iteration::{DoWhileLoop, ForLoop, WhileLoop};
 use boa_ast::visitor::{VisitWith, Visitor};
-use boa_ast::{Position, Span, Spanned};
+use boa_ast::{LinearPosition, Position, Span, Spanned};
 use boa_interner::Interner;
 use boa_parser::{Parser, Source};
 
@@ -132,6 +132,35 @@ impl InsertionFinder<'_> {
         }
     }
 
+    /// `x => expr` becomes `x => (tick(), expr)`. The closing parenthesis goes at the end of the
+    /// arrow function's source text, which Boa records exactly (for `Function.prototype.toString`);
+    /// expression spans can end early (a computed member access ends before its `]`).
+    fn concise_body(&mut self, body: &FunctionBody, end: LinearPosition) {
+        let start = body.span().start();
+        let braced = self
+            .lines
+            .offset(self.source, start)
+            .is_none_or(|offset| self.source[offset..].starts_with('{'));
+        if braced {
+            return;
+        }
+        let bounds = body.statements().iter().fold(None, |acc, item| {
+            let mut collector = BoundsCollector::default();
+            let _ = item.visit_with(&mut collector);
+            ExpressionBounds::merge(acc, collector.bounds)
+        });
+        let (Some(bounds), Some(end)) = (bounds, utf16_offset(self.source, end.pos())) else {
+            return;
+        };
+        let open = self.call_open.clone();
+        self.insert(bounds.start, true, open);
+        self.insertions.push(Insertion {
+            offset: end,
+            opens: false,
+            text: ")".to_owned(),
+        });
+    }
+
     /// `tick(), ` before the first token of a loop condition or update expression.
     fn tick_expression(&mut self, expression: &Expression) {
         if let Some(bounds) = ExpressionBounds::of(expression) {
@@ -158,22 +187,21 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
                     text: self.call_stmt.clone(),
                 });
             }
-        } else if let Some(bounds) = body
-            .statements()
-            .iter()
-            .try_fold(None::<ExpressionBounds>, |acc, item| {
-                let mut collector = BoundsCollector::default();
-                let _ = item.visit_with(&mut collector);
-                ControlFlow::<(), _>::Continue(ExpressionBounds::merge(acc, collector.bounds))
-            })
-            .continue_value()
-            .flatten()
-        {
-            let open = self.call_open.clone();
-            self.insert(bounds.start, true, open);
-            self.insert(bounds.end, false, ")".to_owned());
         }
         body.visit_with(self)
+    }
+
+    fn visit_arrow_function(&mut self, node: &'ast ArrowFunction) -> ControlFlow<String> {
+        self.concise_body(node.body(), node.linear_span().end());
+        node.visit_with(self)
+    }
+
+    fn visit_async_arrow_function(
+        &mut self,
+        node: &'ast AsyncArrowFunction,
+    ) -> ControlFlow<String> {
+        self.concise_body(node.body(), node.linear_span().end());
+        node.visit_with(self)
     }
 
     fn visit_while_loop(&mut self, node: &'ast WhileLoop) -> ControlFlow<String> {
@@ -289,6 +317,18 @@ impl<'ast> Visitor<'ast> for BoundsCollector {
     }
 }
 
+/// The byte offset of the UTF-16 code unit index `units`, as Boa counts linear positions.
+fn utf16_offset(source: &str, units: usize) -> Option<usize> {
+    let mut seen = 0;
+    for (offset, c) in source.char_indices() {
+        if seen == units {
+            return Some(offset);
+        }
+        seen += c.len_utf16();
+    }
+    (seen == units).then_some(source.len())
+}
+
 /// Maps Boa's (line, column) positions to byte offsets. Boa counts columns in code points and
 /// ends lines at LF, CR, CRLF, LS and PS.
 struct LineIndex {
@@ -318,8 +358,12 @@ impl LineIndex {
     }
 
     fn offset(&self, source: &str, position: Position) -> Option<usize> {
-        let line = usize::try_from(position.line_number()).ok()?.checked_sub(1)?;
-        let column = usize::try_from(position.column_number()).ok()?.checked_sub(1)?;
+        let line = usize::try_from(position.line_number())
+            .ok()?
+            .checked_sub(1)?;
+        let column = usize::try_from(position.column_number())
+            .ok()?
+            .checked_sub(1)?;
         let start = *self.starts.get(line)?;
         let rest = &source[start..];
         match rest.char_indices().nth(column) {
@@ -352,7 +396,10 @@ mod tests {
             rewrite("function f(x) { return 1 }"),
             "function f(x) {C(); return 1 }"
         );
-        assert_eq!(rewrite("while (/re/g.test(s)) {}"), "while (L(), /re/g.test(s)) {}");
+        assert_eq!(
+            rewrite("while (/re/g.test(s)) {}"),
+            "while (L(), /re/g.test(s)) {}"
+        );
         assert_eq!(rewrite("while (-x) {}"), "while (L(), -x) {}");
         assert_eq!(rewrite("do {} while ((a, b))"), "do {} while (L(), (a, b))");
         assert_eq!(
@@ -366,13 +413,16 @@ mod tests {
         );
         assert_eq!(
             rewrite("class A { m() { } get g() { return 1 } static { while (1) ; } }"),
-            "class A { m() {C(); } get g() {C(); return 1 } static { while (L(), 1) ; } }"
+            "class A { m() {C(); } get g() {C(); return 1 } static {C(); while (L(), 1) ; } }"
         );
         assert_eq!(
             rewrite("let s = 'é😀'; async function* g() { yield s }"),
             "let s = 'é😀'; async function* g() {C(); yield s }"
         );
-        assert_eq!(rewrite("a\r\nwhile\u{2028}(b) ;"), "a\r\nwhile\u{2028}(L(), b) ;");
+        assert_eq!(
+            rewrite("a\r\nwhile\u{2028}(b) ;"),
+            "a\r\nwhile\u{2028}(L(), b) ;"
+        );
     }
 
     #[test]

@@ -154,9 +154,7 @@ fn run_in(
     state
         .deadline
         .set(Instant::now() + limits.max_execution_time());
-    state
-        .max_loop_iterations
-        .set(limits.max_loop_iterations());
+    state.max_loop_iterations.set(limits.max_loop_iterations());
     prepared
         .hooks
         .max_buffer_bytes
@@ -285,7 +283,10 @@ fn evaluate(
         ))
     })?;
     state.job_module.replace(Some(module));
-    let shim = format!("import main from \"{}\";\n{capture}(main);\n", host::JOB_SPECIFIER);
+    let shim = format!(
+        "import main from \"{}\";\n{capture}(main);\n",
+        host::JOB_SPECIFIER
+    );
     let shim = Module::parse(Source::from_bytes(shim.as_bytes()), None, context)
         .map_err(Failure::Thrown)?;
     let evaluation = shim.load_link_evaluate(context);
@@ -327,7 +328,9 @@ fn evaluate(
     }
     let result = match promise.state() {
         PromiseState::Fulfilled(value) => value,
-        PromiseState::Rejected(reason) => return Err(Failure::Thrown(JsError::from_opaque(reason))),
+        PromiseState::Rejected(reason) => {
+            return Err(Failure::Thrown(JsError::from_opaque(reason)));
+        }
         PromiseState::Pending => {
             return Err(Failure::Message(
                 "the default export's promise is still pending after the job queue drained"

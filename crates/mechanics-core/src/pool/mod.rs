@@ -198,9 +198,7 @@ impl MechanicsPool {
         match reply.recv_deadline(deadline) {
             Ok(result) => result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(MechanicsError::RunTimeout),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                Err(MechanicsError::Canceled)
-            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(MechanicsError::Canceled),
         }
     }
 

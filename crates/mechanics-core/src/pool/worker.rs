@@ -14,7 +14,7 @@ use super::{MechanicsPoolConfig, PoolShared, SUPERVISOR_TICK, lock};
 use crate::MechanicsError;
 use crate::engine::JobRunner;
 use crate::job::{MechanicsExecutionLimits, MechanicsJob};
-use crate::memory::PARKED_FOR_MEMORY;
+use crate::memory::{PARKED_FOR_MEMORY, PARKED_FOR_STACK};
 
 /// A queued job with the limits it runs under and where its result goes.
 pub(super) struct Envelope {
@@ -156,6 +156,7 @@ pub(super) fn spawn(
         .name("mechanics-worker".to_owned())
         .stack_size(config.worker_stack_bytes)
         .spawn(move || {
+            crate::stack_guard::guard_current_thread(&thread_slot.park_signal);
             let runner = JobRunner::new();
             let runner = match runner {
                 Ok(runner) => {
@@ -193,12 +194,7 @@ pub(super) fn spawn(
 }
 
 /// The worker loop: take a job, run it, reply, get the next context ready.
-fn work(
-    mut runner: JobRunner,
-    queue: &Receiver<Envelope>,
-    slot: &WorkerSlot,
-    shared: &PoolShared,
-) {
+fn work(mut runner: JobRunner, queue: &Receiver<Envelope>, slot: &WorkerSlot, shared: &PoolShared) {
     loop {
         if slot.abandoned.load(Ordering::SeqCst) {
             return;
@@ -299,20 +295,24 @@ fn supervise(config: &MechanicsPoolConfig, queue: &Receiver<Envelope>, shared: &
             if slot.exited.load(Ordering::SeqCst) {
                 return false;
             }
-            let parked = slot.park_signal.load(Ordering::Acquire) == PARKED_FOR_MEMORY;
+            let parked = slot.park_signal.load(Ordering::Acquire);
             let mut running = lock(&slot.running);
             let overran = running
                 .as_ref()
                 .is_some_and(|r| now >= r.give_up_at + config.abandon_grace);
-            if !(parked || overran) {
+            if parked == 0 && !overran {
                 return true;
             }
             if let Some(job) = running.take() {
-                let message = if parked {
+                let message = if parked == PARKED_FOR_MEMORY {
                     format!(
                         "memory limit of {} MiB exceeded",
                         job.limits.max_memory_bytes() / (1024 * 1024)
                     )
+                } else if parked == PARKED_FOR_STACK {
+                    "the module or its data is nested too deeply: the worker ran out of native \
+                     stack (its thread was replaced)"
+                        .to_owned()
                 } else {
                     format!(
                         "execution time limit of {} ms exceeded (the job was stuck in a \

@@ -587,6 +587,18 @@ fn schemas_accept_the_spec_examples_and_their_own_examples() {
     assert_schema_verdicts(&schema_examples());
 }
 
+/// The job schema's examples are jobs that run.
+#[test]
+fn job_schema_examples_run() {
+    for example in Job.schema()["examples"].as_array().expect("examples") {
+        let job: MechanicsJob = serde_json::from_value(example.clone())
+            .unwrap_or_else(|err| panic!("example {example} does not deserialize: {err}"));
+        if let Err(err) = super::shared_pool().run(job) {
+            panic!("example {example} fails: {err}");
+        }
+    }
+}
+
 #[test]
 fn schemas_accept_valid_documents() {
     assert_schema_verdicts(&valid_documents());
@@ -975,40 +987,86 @@ fn every_synthetic_module_has_a_declaration() {
     }
 }
 
-/// The declared exports of each module are the ones a job sees when it imports the module.
+/// The functions a synthetic module exports by name, read from its `exports()` in
+/// `src/modules/<name>.rs` (the `("name", length, NativeFunction…)` entries of `Exports`).
+fn engine_named_exports(specifier: &str) -> BTreeSet<String> {
+    let stem = specifier.trim_start_matches("mechanics:").replace('-', "_");
+    let source = read(&format!("src/modules/{stem}.rs"));
+    let names: BTreeSet<String> =
+        Regex::new(r#"\(\s*"([A-Za-z_$][\w$]*)"\s*,\s*\d+\s*,\s*NativeFunction"#)
+            .expect("regex")
+            .captures_iter(&source)
+            .map(|c| c[1].to_owned())
+            .collect();
+    assert!(
+        !names.is_empty(),
+        "found no `(\"name\", length, NativeFunction…)` export in src/modules/{stem}.rs"
+    );
+    names
+}
+
+/// The declared exports of each module are the ones the engine defines, and a job that imports
+/// them gets what the declaration says: functions by name, and a default export that is either
+/// one of them or an object holding them all. (Namespace imports are refused by the engine, so
+/// the job imports each declared name.)
 #[test]
 fn module_declarations_match_the_engine_exports() {
     for (specifier, declaration) in module_declarations() {
+        assert_eq!(
+            declaration.named,
+            engine_named_exports(&specifier),
+            "named exports of {specifier}: declared vs defined"
+        );
+        let imports: Vec<String> = declaration
+            .named
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{name} as named{i}"))
+            .collect();
+        let table: Vec<String> = declaration
+            .named
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{name:?}: named{i}"))
+            .collect();
         let source = format!(
-            r#"import * as ns from "{specifier}";
+            r#"import defaultExport, {{ {imports} }} from "{specifier}";
+const named = {{ {table} }};
 export default function main() {{
-  const d = ns.default;
+  const d = defaultExport;
+  const isObject = d !== null && typeof d === "object";
+  const namedKeys = Object.keys(named);
+  let namedFunctions = true;
+  let defaultIsNamed = false;
+  for (const k of namedKeys) {{
+    namedFunctions = namedFunctions && typeof named[k] === "function" && named[k].name === k;
+    defaultIsNamed = defaultIsNamed || named[k] === d;
+  }}
+  let defaultValuesAreNamed = null;
+  if (isObject) {{
+    defaultValuesAreNamed = true;
+    for (const k of Object.keys(d)) {{
+      defaultValuesAreNamed = defaultValuesAreNamed && named[k] === d[k];
+    }}
+  }}
   return {{
-    names: Object.keys(ns).filter((k) => k !== "default").sort(),
-    namedTypes: Object.keys(ns).filter((k) => k !== "default").map((k) => typeof ns[k]),
+    namedFunctions,
     defaultType: typeof d,
-    defaultIsNamed: Object.keys(ns).some((k) => k !== "default" && ns[k] === d),
     defaultName: typeof d === "function" ? d.name : null,
-    defaultKeys: d !== null && typeof d === "object" ? Object.keys(d).sort() : null,
-    defaultValuesAreNamed: d !== null && typeof d === "object"
-      ? Object.keys(d).every((k) => ns[k] === d[k])
-      : null,
+    defaultIsNamed,
+    defaultKeys: isObject ? Object.keys(d).sort() : null,
+    defaultValuesAreNamed,
   }};
 }}
-"#
+"#,
+            imports = imports.join(", "),
+            table = table.join(", "),
         );
         let actual = super::run_js(&source, Value::Null)
-            .unwrap_or_else(|err| panic!("importing {specifier}: {err}"));
-        let names: BTreeSet<String> =
-            serde_json::from_value(actual["names"].clone()).expect("a list of names");
-        assert_eq!(names, declaration.named, "named exports of {specifier}");
-        assert!(
-            actual["namedTypes"]
-                .as_array()
-                .expect("a list")
-                .iter()
-                .all(|t| t == "function"),
-            "{specifier}: every named export is a function: {actual}"
+            .unwrap_or_else(|err| panic!("importing {specifier}: {err}\n{source}"));
+        assert_eq!(
+            actual["namedFunctions"], true,
+            "{specifier}: every named export is a function of that name: {actual}"
         );
 
         if declaration.named.contains(&declaration.default) {

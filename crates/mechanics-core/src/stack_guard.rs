@@ -1,0 +1,137 @@
+//! Survives native stack overflow in worker threads.
+//!
+//! Boa's parser, compiler and some built-ins recurse on the native stack with no bound of their
+//! own: ten thousand nested parentheses are enough to overflow a 256 MiB stack, and Rust answers a
+//! stack overflow by aborting the whole process. No pre-scan of the source can bound that
+//! recursion reliably without a full parse (a regular expression can hide what looks like a string
+//! to a scanner), so the guard sits where the overflow happens: a `SIGSEGV`/`SIGBUS` handler,
+//! running on the thread's alternate signal stack, recognises a fault in the guard zone at the
+//! bottom of a *worker's* stack, marks the worker's park signal, returns the stack's pages to the
+//! system and blocks that thread for good. The pool's supervisor then fails the job with a clear
+//! error and starts a replacement thread. Every other fault goes to the handler that was installed
+//! before (Rust's own, which reports and aborts).
+
+use std::cell::Cell;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::memory::PARKED_FOR_STACK;
+
+thread_local! {
+    /// `(low, high)`: the address range whose faults mean this worker's stack is exhausted.
+    static GUARD_ZONE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// `(low, len)` of the thread's stack, released when the thread parks.
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    static SIGNAL: Cell<*const AtomicU8> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Width of the zone around the lowest stack address that counts as overflow.
+const ZONE: usize = 1024 * 1024;
+
+static INSTALL: Once = Once::new();
+static mut PREVIOUS_SEGV: Option<libc::sigaction> = None;
+static mut PREVIOUS_BUS: Option<libc::sigaction> = None;
+
+/// Guards the calling thread's stack; `signal` receives [`PARKED_FOR_STACK`] if it overflows.
+/// The caller keeps `signal` alive for as long as the thread runs.
+pub(crate) fn guard_current_thread(signal: &AtomicU8) {
+    INSTALL.call_once(install);
+    let Some((low, len)) = current_stack() else {
+        return;
+    };
+    GUARD_ZONE.with(|z| z.set((low.saturating_sub(ZONE), low + ZONE)));
+    STACK.with(|s| s.set((low, len)));
+    SIGNAL.with(|s| s.set(signal));
+}
+
+fn current_stack() -> Option<(usize, usize)> {
+    // SAFETY: plain libc calls on a zeroed attribute object that is destroyed afterwards.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut len) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        ok.then_some((addr as usize, len))
+    }
+}
+
+fn install() {
+    // SAFETY: runs once; the previous handlers are saved before ours is installed and are only
+    // read afterwards (from the handler).
+    unsafe {
+        for (signal, previous) in [
+            (libc::SIGSEGV, &raw mut PREVIOUS_SEGV),
+            (libc::SIGBUS, &raw mut PREVIOUS_BUS),
+        ] {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, &action, &mut old) == 0 {
+                *previous = Some(old);
+            }
+        }
+    }
+}
+
+extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let address = unsafe { (*info).si_addr() } as usize;
+    let (low, high) = GUARD_ZONE.try_with(Cell::get).unwrap_or((0, 0));
+    if low != 0 && (low..high).contains(&address) {
+        let park = SIGNAL.try_with(Cell::get).unwrap_or(std::ptr::null());
+        if !park.is_null() {
+            // SAFETY: the worker keeps the atomic alive while its thread lives.
+            unsafe { &*park }.store(PARKED_FOR_STACK, Ordering::Release);
+        }
+        let (stack_low, stack_len) = STACK.try_with(Cell::get).unwrap_or((0, 0));
+        if stack_low != 0 {
+            // The thread never runs on its main stack again: give the pages back.
+            // SAFETY: the range is this thread's own stack, which nothing else uses.
+            unsafe {
+                libc::madvise(stack_low as *mut libc::c_void, stack_len, libc::MADV_DONTNEED);
+            }
+        }
+        loop {
+            // SAFETY: async-signal-safe; blocks this thread only.
+            unsafe {
+                libc::pause();
+            }
+        }
+    }
+    // SAFETY: the saved actions were written once by `install` before this handler could run.
+    let previous = unsafe {
+        if signal == libc::SIGBUS {
+            (*(&raw const PREVIOUS_BUS)).as_ref()
+        } else {
+            (*(&raw const PREVIOUS_SEGV)).as_ref()
+        }
+    };
+    match previous {
+        Some(action) if action.sa_flags & libc::SA_SIGINFO != 0 && action.sa_sigaction > 1 => {
+            // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this type.
+            let previous: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                unsafe { std::mem::transmute(action.sa_sigaction) };
+            previous(signal, info, context);
+        }
+        Some(action) if action.sa_sigaction > 1 => {
+            // SAFETY: a plain handler takes only the signal number.
+            let previous: extern "C" fn(libc::c_int) =
+                unsafe { std::mem::transmute(action.sa_sigaction) };
+            previous(signal);
+        }
+        _ => {
+            // Default action: restore it and return, so the faulting access repeats and the
+            // process terminates as it would have without us.
+            // SAFETY: resetting a signal disposition is async-signal-safe.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+    }
+}
