@@ -28,6 +28,9 @@ thread_local! {
 /// Width of the zone around the lowest stack address that counts as overflow.
 const ZONE: usize = 1024 * 1024;
 
+/// Part of the stack's top left alone when the rest is released.
+const KEEP_AT_TOP: usize = 1024 * 1024;
+
 static INSTALL: Once = Once::new();
 static mut PREVIOUS_SEGV: Option<libc::sigaction> = None;
 static mut PREVIOUS_BUS: Option<libc::sigaction> = None;
@@ -90,11 +93,17 @@ extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: 
             unsafe { &*park }.store(PARKED_FOR_STACK, Ordering::Release);
         }
         let (stack_low, stack_len) = STACK.try_with(Cell::get).unwrap_or((0, 0));
-        if stack_low != 0 {
-            // The thread never runs on its main stack again: give the pages back.
-            // SAFETY: the range is this thread's own stack, which nothing else uses.
+        if stack_low != 0 && stack_len > KEEP_AT_TOP {
+            // The thread never returns to the deep frames of its main stack: give their pages
+            // back. The top of the range holds the thread's descriptor and TLS, which the
+            // blocked thread still uses, so it is kept.
+            // SAFETY: the range is the unused lower part of this thread's own stack.
             unsafe {
-                libc::madvise(stack_low as *mut libc::c_void, stack_len, libc::MADV_DONTNEED);
+                libc::madvise(
+                    stack_low as *mut libc::c_void,
+                    stack_len - KEEP_AT_TOP,
+                    libc::MADV_DONTNEED,
+                );
             }
         }
         loop {

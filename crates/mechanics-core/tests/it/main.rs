@@ -9,6 +9,10 @@ mod schema;
 
 use std::sync::OnceLock;
 
+/// The same allocator the `mechanics` binary installs, so memory limits hold in these tests.
+#[global_allocator]
+static ALLOCATOR: mechanics_core::JobMemoryAllocator = mechanics_core::JobMemoryAllocator;
+
 use mechanics_core::job::{MechanicsConfig, MechanicsJob};
 use mechanics_core::{MechanicsError, MechanicsPool, MechanicsPoolConfig};
 use serde_json::Value;
