@@ -1,1 +1,193 @@
+//! Limits hold for the whole job: across call frames, in promise callbacks, for sizes.
 
+use std::time::{Duration, Instant};
+
+use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
+use serde_json::{Value, json};
+
+use crate::shared_pool;
+
+fn run_limited(
+    source: &str,
+    limits: MechanicsExecutionLimits,
+) -> Result<Value, mechanics_core::MechanicsError> {
+    let job = MechanicsJob::new(source, Value::Null, MechanicsConfig::default())
+        .unwrap()
+        .with_limits(limits);
+    shared_pool().run(job)
+}
+
+fn limits() -> MechanicsExecutionLimits {
+    MechanicsExecutionLimits::default()
+}
+
+#[test]
+fn loop_iterations_are_counted_over_the_whole_job_not_per_frame() {
+    // 10 calls of 600 iterations each: no frame reaches 1,000, the job does.
+    let source = "function spin() { let n = 0; for (let i = 0; i < 600; i++) n++; return n }
+        export default () => { let t = 0; for (let k = 0; k < 10; k++) t += spin(); return t }";
+    let tight = limits().with_max_loop_iterations(1_000).unwrap();
+    let err = run_limited(source, tight).unwrap_err();
+    assert_eq!(err.kind().as_str(), "limit_exceeded");
+    assert!(err.to_string().contains("loop iteration limit of 1000"), "{err}");
+    let roomy = limits().with_max_loop_iterations(10_000).unwrap();
+    assert_eq!(run_limited(source, roomy).unwrap(), json!(6000));
+}
+
+#[test]
+fn loop_limit_also_counts_promise_callbacks() {
+    let source = "export default async function () { let t = 0;
+        for (let k = 0; k < 5; k++) { await null; for (let i = 0; i < 300; i++) t++ } return t }";
+    let err = run_limited(source, limits().with_max_loop_iterations(1_000).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("loop iteration limit"), "{err}");
+}
+
+#[test]
+fn time_limit_stops_synchronous_code_even_with_a_huge_loop_limit() {
+    let limits = limits()
+        .with_max_execution_time(Duration::from_millis(200))
+        .unwrap()
+        .with_max_loop_iterations(u64::MAX)
+        .unwrap();
+    for source in [
+        "export default () => { while (true) {} }",
+        "export default () => { let i = 0; do { i++ } while (i >= 0) }",
+        "function f(n) { return n <= 1 ? n : f(n - 1) + f(n - 2) } export default () => f(60)",
+        "export default () => { const a = [1, 2, 3]; while (true) a.map(x => x * 2) }",
+    ] {
+        let started = Instant::now();
+        let err = run_limited(source, limits).unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(err.to_string().contains("time limit of 200 ms"), "{source}: {err}");
+        assert!(elapsed < Duration::from_millis(1200), "{source}: {elapsed:?}");
+    }
+}
+
+#[test]
+fn a_try_catch_cannot_swallow_a_limit() {
+    let source = "export default () => { for (let k = 0; k < 100; k++) {
+        try { while (true) {} } catch (e) {} } return 'escaped' }";
+    let limits = limits()
+        .with_max_execution_time(Duration::from_millis(200))
+        .unwrap()
+        .with_max_loop_iterations(u64::MAX)
+        .unwrap();
+    let err = run_limited(source, limits).unwrap_err();
+    assert_eq!(err.kind().as_str(), "limit_exceeded", "{err}");
+}
+
+#[test]
+fn recursion_depth_and_stack_limits_apply() {
+    let source = "function r(n) { return n === 0 ? 0 : 1 + r(n - 1) } export default () => r(100)";
+    assert_eq!(run_limited(source, limits()).unwrap(), json!(100));
+    let err = run_limited(source, limits().with_max_recursion_depth(50).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("recursion depth limit of 50"), "{err}");
+}
+
+#[test]
+fn source_and_result_sizes_are_bounded() {
+    let source = format!("export default () => 1 // {}", "x".repeat(2_000));
+    let err = run_limited(&source, limits().with_max_module_source_bytes(1_000).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("more than the limit of 1000 bytes"), "{err}");
+    let big = "export default () => 'y'.repeat(5000)";
+    let err = run_limited(big, limits().with_max_result_bytes(4_000).unwrap()).unwrap_err();
+    assert_eq!(err.kind().as_str(), "limit_exceeded");
+    assert_eq!(
+        run_limited(big, limits().with_max_result_bytes(6_000).unwrap())
+            .unwrap()
+            .as_str()
+            .map(str::len),
+        Some(5000)
+    );
+}
+
+#[test]
+fn memory_limit_fails_a_job_that_keeps_allocating() {
+    let source = "export default () => { const keep = []; while (true) keep.push(new Float64Array(1 << 16)) }";
+    let limits = limits().with_max_memory_mb(32).unwrap();
+    let err = run_limited(source, limits).unwrap_err();
+    assert!(err.to_string().contains("memory limit of 32 MiB"), "{err}");
+}
+
+#[test]
+fn invalid_limits_are_rejected_with_the_field_name() {
+    for (json, field) in [
+        (r#"{"max_execution_time_ms": 0}"#, "max_execution_time_ms"),
+        (r#"{"max_loop_iterations": 0}"#, "max_loop_iterations"),
+        (r#"{"max_memory_mb": 1000000}"#, "max_memory_mb"),
+        (r#"{"max_result_bytes": 0}"#, "max_result_bytes"),
+    ] {
+        let err = serde_json::from_str::<MechanicsExecutionLimits>(json).unwrap_err();
+        assert!(err.to_string().contains(field), "{json}: {err}");
+    }
+    let err = serde_json::from_str::<MechanicsExecutionLimits>(r#"{"max_time": 5}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+/// Resident memory after `n` trivial jobs, measured in a child process so that other tests
+/// running in this process do not disturb the figure.
+#[test]
+fn hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb() {
+    if std::env::var_os("MECHANICS_MEMORY_CHILD").is_some() {
+        return memory_growth_child();
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "limits::hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MECHANICS_MEMORY_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let growth: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("rss-growth-mb ").nth(1))
+        .expect("the child reports its growth")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(growth < 20.0, "resident memory grew by {growth} MB");
+}
+
+fn memory_growth_child() {
+    let pool = mechanics_core::MechanicsPool::new(
+        mechanics_core::MechanicsPoolConfig::default().with_worker_count(2),
+    )
+    .unwrap();
+    let run = |i: usize| {
+        let job = MechanicsJob::new(
+            "export default (a) => ({ a, s: 'x' + a })",
+            json!(i),
+            MechanicsConfig::default(),
+        )
+        .unwrap();
+        pool.run(job).unwrap();
+    };
+    // Warm up: caches, the collector's thresholds and the allocator's arenas settle first.
+    for i in 0..5_000 {
+        run(i);
+    }
+    let before = rss_mb();
+    std::thread::scope(|scope| {
+        for t in 0..2 {
+            let run = &run;
+            scope.spawn(move || (0..50_000).for_each(|i| run(t * 50_000 + i)));
+        }
+    });
+    let growth = rss_mb() - before;
+    #[allow(clippy::print_stdout, reason = "the parent test reads this line")]
+    {
+        println!("\nrss-growth-mb {growth}");
+    }
+}
+
+fn rss_mb() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096.0 / 1_000_000.0
+}
