@@ -12,8 +12,8 @@
 //! before (Rust's own, which reports and aborts).
 
 use std::cell::Cell;
-use std::sync::Once;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Once, OnceLock};
 
 use crate::memory::PARKED_FOR_STACK;
 
@@ -32,8 +32,8 @@ const ZONE: usize = 1024 * 1024;
 const KEEP_AT_TOP: usize = 1024 * 1024;
 
 static INSTALL: Once = Once::new();
-static mut PREVIOUS_SEGV: Option<libc::sigaction> = None;
-static mut PREVIOUS_BUS: Option<libc::sigaction> = None;
+/// The handlers for `SIGSEGV` and `SIGBUS` that were installed before ours, in that order.
+static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 
 /// Guards the calling thread's stack; `signal` receives [`PARKED_FOR_STACK`] if it overflows.
 /// The caller keeps `signal` alive for as long as the thread runs.
@@ -63,21 +63,25 @@ fn current_stack() -> Option<(usize, usize)> {
 }
 
 fn install() {
-    // SAFETY: runs once; the previous handlers are saved before ours is installed and are only
-    // read afterwards (from the handler).
+    // SAFETY: plain libc calls; the previous actions are recorded before ours replaces them, so
+    // the handler always finds them.
     unsafe {
-        for (signal, previous) in [
-            (libc::SIGSEGV, &raw mut PREVIOUS_SEGV),
-            (libc::SIGBUS, &raw mut PREVIOUS_BUS),
-        ] {
+        let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
+        for (signal, old) in [libc::SIGSEGV, libc::SIGBUS]
+            .into_iter()
+            .zip(previous.iter_mut())
+        {
+            libc::sigaction(signal, std::ptr::null(), old);
+        }
+        if PREVIOUS.set(previous).is_err() {
+            return;
+        }
+        for signal in [libc::SIGSEGV, libc::SIGBUS] {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, &action, &mut old) == 0 {
-                *previous = Some(old);
-            }
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }
@@ -113,14 +117,9 @@ extern "C" fn handler(signal: libc::c_int, info: *mut libc::siginfo_t, context: 
             }
         }
     }
-    // SAFETY: the saved actions were written once by `install` before this handler could run.
-    let previous = unsafe {
-        if signal == libc::SIGBUS {
-            (*(&raw const PREVIOUS_BUS)).as_ref()
-        } else {
-            (*(&raw const PREVIOUS_SEGV)).as_ref()
-        }
-    };
+    let previous = PREVIOUS
+        .get()
+        .map(|p| if signal == libc::SIGBUS { &p[1] } else { &p[0] });
     match previous {
         Some(action) if action.sa_flags & libc::SA_SIGINFO != 0 && action.sa_sigaction > 1 => {
             // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this type.

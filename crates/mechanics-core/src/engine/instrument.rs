@@ -179,14 +179,12 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
             .lines
             .offset(self.source, start)
             .is_some_and(|offset| self.source[offset..].starts_with('{'));
-        if braced {
-            if let Some(offset) = self.lines.offset(self.source, start) {
-                self.insertions.push(Insertion {
-                    offset: offset + 1,
-                    opens: true,
-                    text: self.call_stmt.clone(),
-                });
-            }
+        if braced && let Some(offset) = self.lines.offset(self.source, start) {
+            self.insertions.push(Insertion {
+                offset: offset + 1,
+                opens: true,
+                text: self.call_stmt.clone(),
+            });
         }
         body.visit_with(self)
     }

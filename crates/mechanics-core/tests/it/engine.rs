@@ -28,8 +28,12 @@ fn async_default_export_and_top_level_await_are_awaited() {
 fn a_thrown_error_or_rejection_fails_the_job_with_its_message() {
     let (kind, message) = run_js_err("export default () => { throw new TypeError('bad input') }");
     assert_eq!(kind, "execution");
-    assert!(message.contains("TypeError") && message.contains("bad input"), "{message}");
-    let (kind, message) = run_js_err("export default async function () { throw new Error('later') }");
+    assert!(
+        message.contains("TypeError") && message.contains("bad input"),
+        "{message}"
+    );
+    let (kind, message) =
+        run_js_err("export default async function () { throw new Error('later') }");
     assert_eq!(kind, "execution");
     assert!(message.contains("later"), "{message}");
     let (_, message) = run_js_err("export default () => { throw { code: 7 } }");
@@ -41,9 +45,11 @@ fn pending_promises_after_the_queue_drains_fail_the_job() {
     let (kind, message) = run_js_err("export default () => new Promise(() => {})");
     assert_eq!(kind, "execution");
     assert!(message.contains("still pending"), "{message}");
-    let (_, message) =
-        run_js_err("await new Promise(() => {}); export default () => 1");
-    assert!(message.contains("module evaluation is still pending"), "{message}");
+    let (_, message) = run_js_err("await new Promise(() => {}); export default () => 1");
+    assert!(
+        message.contains("module evaluation is still pending"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -62,7 +68,10 @@ fn unhandled_rejections_are_fatal_but_handled_ones_are_not() {
 #[test]
 fn a_missing_or_non_callable_default_export_is_a_clear_error() {
     let (_, message) = run_js_err("export default 42");
-    assert!(message.contains("default export is not a function"), "{message}");
+    assert!(
+        message.contains("default export is not a function"),
+        "{message}"
+    );
     let (kind, _) = run_js_err("export const main = () => 1");
     assert_eq!(kind, "execution");
 }
@@ -97,7 +106,10 @@ fn results_follow_json_stringify_rules() {
         json!({ "n": null, "i": null, "d": "1970-01-01T00:00:00.000Z",
                 "arr": [null, null, 1.5], "big": 9007199254740992.0_f64, "t": "key:t" })
     );
-    assert_eq!(run_js("export default () => undefined", Value::Null).unwrap(), Value::Null);
+    assert_eq!(
+        run_js("export default () => undefined", Value::Null).unwrap(),
+        Value::Null
+    );
 }
 
 #[test]
@@ -134,13 +146,18 @@ fn only_mechanics_modules_can_be_imported() {
 fn namespace_and_dynamic_imports_are_refused_with_a_hint() {
     let (_, message) = run_js_err("import * as b from 'mechanics:base64'; export default () => 1");
     assert!(message.contains("import name from"), "{message}");
-    let (_, message) = run_js_err("export default async function () { return await import('mechanics:hex') }");
+    let (_, message) =
+        run_js_err("export default async function () { return await import('mechanics:hex') }");
     assert!(message.contains("dynamic `import()`"), "{message}");
 }
 
 #[test]
 fn eval_and_function_constructor_are_disabled() {
-    for body in ["eval('1 + 1')", "new Function('return 1')()", "(0, eval)('2')"] {
+    for body in [
+        "eval('1 + 1')",
+        "new Function('return 1')()",
+        "(0, eval)('2')",
+    ] {
         let source = format!("export default () => {body}");
         let (kind, message) = run_js_err(&source);
         assert_eq!(kind, "execution");

@@ -95,8 +95,12 @@ fn every_hostile_script_fails_cleanly_in_time_and_the_pool_keeps_serving() {
             elapsed < TIME_LIMIT + Duration::from_secs(1),
             "{name}: took {elapsed:?}"
         );
-        let next = MechanicsJob::new("export default (x) => x + 1", json!(1), MechanicsConfig::default())
-            .unwrap();
+        let next = MechanicsJob::new(
+            "export default (x) => x + 1",
+            json!(1),
+            MechanicsConfig::default(),
+        )
+        .unwrap();
         assert_eq!(pool.run(next).unwrap(), json!(2), "after {name}");
     }
     let stats = pool.stats();

@@ -29,7 +29,10 @@ fn loop_iterations_are_counted_over_the_whole_job_not_per_frame() {
     let tight = limits().with_max_loop_iterations(1_000).unwrap();
     let err = run_limited(source, tight).unwrap_err();
     assert_eq!(err.kind().as_str(), "limit_exceeded");
-    assert!(err.to_string().contains("loop iteration limit of 1000"), "{err}");
+    assert!(
+        err.to_string().contains("loop iteration limit of 1000"),
+        "{err}"
+    );
     let roomy = limits().with_max_loop_iterations(10_000).unwrap();
     assert_eq!(run_limited(source, roomy).unwrap(), json!(6000));
 }
@@ -58,8 +61,14 @@ fn time_limit_stops_synchronous_code_even_with_a_huge_loop_limit() {
         let started = Instant::now();
         let err = run_limited(source, limits).unwrap_err();
         let elapsed = started.elapsed();
-        assert!(err.to_string().contains("time limit of 200 ms"), "{source}: {err}");
-        assert!(elapsed < Duration::from_millis(1200), "{source}: {elapsed:?}");
+        assert!(
+            err.to_string().contains("time limit of 200 ms"),
+            "{source}: {err}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(1200),
+            "{source}: {elapsed:?}"
+        );
     }
 }
 
@@ -81,15 +90,25 @@ fn recursion_depth_and_stack_limits_apply() {
     let source = "function r(n) { return n === 0 ? 0 : 1 + r(n - 1) } export default () => r(100)";
     assert_eq!(run_limited(source, limits()).unwrap(), json!(100));
     let err = run_limited(source, limits().with_max_recursion_depth(50).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("recursion depth limit of 50"), "{err}");
+    assert!(
+        err.to_string().contains("recursion depth limit of 50"),
+        "{err}"
+    );
 }
 
 #[test]
 fn source_and_result_sizes_are_bounded() {
     let source = format!("export default () => 1 // {}", "x".repeat(2_000));
-    let err = run_limited(&source, limits().with_max_module_source_bytes(1_000).unwrap())
-        .unwrap_err();
-    assert!(err.to_string().contains("more than the limit of 1000 bytes"), "{err}");
+    let err = run_limited(
+        &source,
+        limits().with_max_module_source_bytes(1_000).unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("more than the limit of 1000 bytes"),
+        "{err}"
+    );
     let big = "export default () => 'y'.repeat(5000)";
     let err = run_limited(big, limits().with_max_result_bytes(4_000).unwrap()).unwrap_err();
     assert_eq!(err.kind().as_str(), "limit_exceeded");
@@ -143,7 +162,11 @@ fn hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let growth: f64 = stdout
         .lines()
         .find_map(|l| l.split("rss-growth-mb ").nth(1))

@@ -11,7 +11,8 @@ fn job(source: &str) -> MechanicsJob {
     MechanicsJob::new(source, Value::Null, MechanicsConfig::default()).unwrap()
 }
 
-const SLOW: &str = "export default () => { const end = Date.now() + 400; while (Date.now() < end) {} return 1 }";
+const SLOW: &str =
+    "export default () => { const end = Date.now() + 400; while (Date.now() < end) {} return 1 }";
 
 fn one_worker_one_slot() -> Arc<MechanicsPool> {
     Arc::new(
@@ -45,7 +46,9 @@ fn fill(pool: &Arc<MechanicsPool>) -> Vec<std::thread::JoinHandle<Result<Value, 
 fn a_full_queue_is_reported_as_overload_not_as_a_bad_job() {
     let pool = one_worker_one_slot();
     let busy = fill(&pool);
-    let err = pool.run_nonblocking_enqueue(job("export default () => 1")).unwrap_err();
+    let err = pool
+        .run_nonblocking_enqueue(job("export default () => 1"))
+        .unwrap_err();
     assert_eq!(err, MechanicsError::QueueFull);
     assert!(err.kind().is_transient());
     let started = Instant::now();
@@ -81,18 +84,31 @@ fn stats_are_a_consistent_snapshot() {
     let pool = one_worker_one_slot();
     let before = pool.stats();
     assert_eq!(
-        (before.worker_count, before.desired_worker_count, before.queue_capacity),
+        (
+            before.worker_count,
+            before.desired_worker_count,
+            before.queue_capacity
+        ),
         (1, 1, 1)
     );
     let busy = fill(&pool);
     let during = pool.stats();
-    assert_eq!((during.busy_workers, during.queue_depth), (1, 1), "{during:?}");
+    assert_eq!(
+        (during.busy_workers, during.queue_depth),
+        (1, 1),
+        "{during:?}"
+    );
     for handle in busy {
         handle.join().unwrap().unwrap();
     }
-    pool.run(job("export default () => { throw 1 }")).unwrap_err();
+    pool.run(job("export default () => { throw 1 }"))
+        .unwrap_err();
     let after = pool.stats();
-    assert_eq!((after.jobs_completed, after.jobs_failed), (2, 1), "{after:?}");
+    assert_eq!(
+        (after.jobs_completed, after.jobs_failed),
+        (2, 1),
+        "{after:?}"
+    );
     assert!(!after.restart_blocked);
 }
 
@@ -116,7 +132,11 @@ fn a_stuck_job_is_answered_and_its_worker_replaced() {
     assert!(started.elapsed() < Duration::from_millis(1200));
     assert_eq!(pool.run(job("export default () => 3")).unwrap(), json!(3));
     let stats = pool.stats();
-    assert_eq!((stats.abandoned_workers, stats.worker_count), (1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.abandoned_workers, stats.worker_count),
+        (1, 1),
+        "{stats:?}"
+    );
 }
 
 #[test]
