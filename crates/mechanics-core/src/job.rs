@@ -15,7 +15,7 @@ use crate::MechanicsError;
 ///
 /// JSON shape: `{ "module_source": string, "arg"?: any, "config"?: MechanicsConfig, "limits"?: MechanicsExecutionLimits }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawJob")]
+#[serde(try_from = "JsonObject")]
 pub struct MechanicsJob {
     module_source: String,
     arg: Value,
@@ -36,10 +36,11 @@ struct RawJob {
     limits: Option<MechanicsExecutionLimits>,
 }
 
-impl TryFrom<RawJob> for MechanicsJob {
+impl TryFrom<JsonObject> for MechanicsJob {
     type Error = MechanicsError;
 
-    fn try_from(raw: RawJob) -> Result<Self, Self::Error> {
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let raw: RawJob = fields_of("job", object)?;
         let job = MechanicsJob::new(raw.module_source, raw.arg, raw.config)?;
         Ok(match raw.limits {
             Some(limits) => job.with_limits(limits),
@@ -102,8 +103,37 @@ impl MechanicsJob {
 /// The HTTP endpoints that `mechanics:endpoint` may call are added here by the endpoint feature;
 /// until then the only valid value is `{}`, and any field is rejected as unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "JsonObject")]
 pub struct MechanicsConfig {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {}
+
+impl TryFrom<JsonObject> for MechanicsConfig {
+    type Error = MechanicsError;
+
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let RawConfig {} = fields_of("config", object)?;
+        Ok(Self {})
+    }
+}
+
+/// The JSON object every runtime-facing type is read from.
+///
+/// serde's derived `Deserialize` also accepts a struct written as an array of its fields in order;
+/// reading a map first keeps the JSON shape to the documented object.
+pub(crate) type JsonObject = serde_json::Map<String, Value>;
+
+/// Reads the fields of `what` from `object`, with serde's message (unknown field, wrong type) on
+/// failure.
+pub(crate) fn fields_of<T: serde::de::DeserializeOwned>(
+    what: &str,
+    object: JsonObject,
+) -> Result<T, MechanicsError> {
+    serde_json::from_value(Value::Object(object))
+        .map_err(|err| MechanicsError::RuntimePool(format!("{what}: {err}")))
+}
 
 /// Limits that bound what one job may consume. Every limit applies to the whole job, promise
 /// callbacks included.
@@ -113,7 +143,7 @@ pub struct MechanicsConfig {}
 ///    "max_stack_size": 10240, "max_memory_mb": 128, "max_module_source_bytes": 1048576,
 ///    "max_result_bytes": 8388608 }`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawLimits", into = "RawLimits")]
+#[serde(try_from = "JsonObject", into = "RawLimits")]
 pub struct MechanicsExecutionLimits {
     max_execution_time: Duration,
     max_loop_iterations: u64,
@@ -159,10 +189,11 @@ impl From<MechanicsExecutionLimits> for RawLimits {
     }
 }
 
-impl TryFrom<RawLimits> for MechanicsExecutionLimits {
+impl TryFrom<JsonObject> for MechanicsExecutionLimits {
     type Error = MechanicsError;
 
-    fn try_from(raw: RawLimits) -> Result<Self, Self::Error> {
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let raw: RawLimits = fields_of("limits", object)?;
         MechanicsExecutionLimits::default()
             .with_max_execution_time(Duration::from_millis(raw.max_execution_time_ms))?
             .with_max_loop_iterations(raw.max_loop_iterations)?

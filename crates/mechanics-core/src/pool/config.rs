@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::MechanicsError;
-use crate::job::MechanicsExecutionLimits;
+use crate::job::{JsonObject, MechanicsExecutionLimits, fields_of};
 
 /// How a [`MechanicsPool`](super::MechanicsPool) is sized and bounded.
 ///
@@ -13,7 +13,7 @@ use crate::job::MechanicsExecutionLimits;
 /// "run_timeout_ms", "restart_window_ms", "max_restarts_in_window", "abandon_grace_ms",
 /// "worker_stack_mib", "execution_limits" }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawPoolConfig")]
+#[serde(try_from = "JsonObject")]
 pub struct MechanicsPoolConfig {
     pub(super) worker_count: usize,
     pub(super) queue_capacity: usize,
@@ -56,10 +56,11 @@ struct RawPoolConfig {
     execution_limits: Option<MechanicsExecutionLimits>,
 }
 
-impl TryFrom<RawPoolConfig> for MechanicsPoolConfig {
+impl TryFrom<JsonObject> for MechanicsPoolConfig {
     type Error = MechanicsError;
 
-    fn try_from(raw: RawPoolConfig) -> Result<Self, Self::Error> {
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let raw: RawPoolConfig = fields_of("pool config", object)?;
         let mut config = Self::default();
         let ms = Duration::from_millis;
         if let Some(v) = raw.worker_count {
