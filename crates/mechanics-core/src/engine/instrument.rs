@@ -59,9 +59,24 @@ pub(crate) enum InstrumentError {
 /// caller picks a random one.
 pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, InstrumentError> {
     let mut interner = Interner::default();
-    let module = Parser::new(Source::from_bytes(source))
-        .parse_module(&Scope::new_global(), &mut interner)
-        .map_err(|err| InstrumentError::Syntax(format!("SyntaxError: {err}")))?;
+    let parsed =
+        Parser::new(Source::from_bytes(source)).parse_module(&Scope::new_global(), &mut interner);
+    let (module, rewritten);
+    match parsed {
+        Ok(parsed) => {
+            module = parsed;
+            rewritten = None;
+        }
+        Err(err) => {
+            let Some((fixed, parsed)) = async_arrow_default_export(source, suffix) else {
+                return Err(InstrumentError::Syntax(format!("SyntaxError: {err}")));
+            };
+            interner = parsed.1;
+            module = parsed.0;
+            rewritten = Some(fixed);
+        }
+    }
+    let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
     let (loop_tick, call_tick) = loop {
@@ -103,6 +118,68 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         loop_tick,
         call_tick,
     })
+}
+
+/// Boa 0.22 does not parse `export default async () => ...` (nor `async x => ...`), which is
+/// valid JavaScript. When a module fails to parse, each such declaration is tried in turn as
+/// `const <name> = async ...` with `export { <name> as default };` appended; the first rewrite
+/// that parses is used. Only a module that failed to parse is rewritten, so valid modules are
+/// never touched, and text inside strings or comments cannot be chosen (rewriting it would not
+/// fix the parse).
+fn async_arrow_default_export(
+    source: &str,
+    suffix: u64,
+) -> Option<(String, (boa_ast::Module, Interner))> {
+    let name = format!("__mechanics_default_{suffix:016x}");
+    let mut from = 0;
+    while let Some(found) = source[from..].find("export") {
+        let start = from + found;
+        from = start + "export".len();
+        let Some(after_async) = skip_words(&source[start..], &["export", "default", "async"])
+        else {
+            continue;
+        };
+        let rest = source[start + after_async..].trim_start();
+        let arrow_like = rest.starts_with('(')
+            || rest
+                .chars()
+                .next()
+                .is_some_and(|c| c == '_' || c == '$' || c.is_alphabetic())
+                && !rest.starts_with("function");
+        if !arrow_like {
+            continue;
+        }
+        let candidate = format!(
+            "{}const {name} = async{}\n;export {{ {name} as default }};\n",
+            &source[..start],
+            &source[start + after_async..]
+        );
+        let mut interner = Interner::default();
+        if let Ok(module) = Parser::new(Source::from_bytes(&candidate))
+            .parse_module(&Scope::new_global(), &mut interner)
+        {
+            return Some((candidate, (module, interner)));
+        }
+    }
+    None
+}
+
+/// The byte length of `words` at the start of `text`, separated by whitespace, or `None`.
+fn skip_words(text: &str, words: &[&str]) -> Option<usize> {
+    let mut offset = 0;
+    for (i, word) in words.iter().enumerate() {
+        let rest = &text[offset..];
+        let trimmed = if i == 0 { rest } else { rest.trim_start() };
+        if i > 0 && trimmed.len() == rest.len() {
+            return None;
+        }
+        offset += rest.len() - trimmed.len();
+        if !trimmed.starts_with(word) {
+            return None;
+        }
+        offset += word.len();
+    }
+    Some(offset)
 }
 
 struct Insertion {
@@ -436,6 +513,29 @@ mod tests {
             );
         }
         assert!(instrument("export * from 'mechanics:hex'", 0).is_ok());
+    }
+
+    #[test]
+    fn async_arrow_default_exports_are_rewritten_only_when_boa_rejects_them() {
+        let out = rewrite("export default async (a) => a\n");
+        assert!(
+            out.starts_with("const __mechanics_default_0000000000000000 = async (a) => (C(), a)"),
+            "{out}"
+        );
+        assert!(out.ends_with(";export { __mechanics_default_0000000000000000 as default };\n"));
+        let out = rewrite("// export default async (x)\nexport default async x => x");
+        assert!(
+            out.starts_with("// export default async (x)\nconst "),
+            "{out}"
+        );
+        assert_eq!(
+            rewrite("export default async function f() {}"),
+            "export default async function f() {C();}"
+        );
+        assert!(matches!(
+            instrument("export default async (a) => {", 0),
+            Err(InstrumentError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -192,3 +192,15 @@ fn instrumentation_keeps_the_meaning_of_tricky_code() {
         json!([20, 42, 3, 5, 3, [0, 1, 2], "while (true) {}", "x 11,22 y", { "a": 1 }])
     );
 }
+
+#[test]
+fn async_arrow_default_exports_work_despite_boa() {
+    assert_eq!(
+        run_js("export default async (x) => (await x) * 2", json!(21)).unwrap(),
+        json!(42)
+    );
+    assert_eq!(
+        run_js("export default async x => ({ x })", json!(1)).unwrap(),
+        json!({ "x": 1 })
+    );
+}
