@@ -61,21 +61,13 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
     let mut interner = Interner::default();
     let parsed =
         Parser::new(Source::from_bytes(source)).parse_module(&Scope::new_global(), &mut interner);
-    let (module, rewritten);
-    match parsed {
-        Ok(parsed) => {
-            module = parsed;
-            rewritten = None;
-        }
-        Err(err) => {
-            let Some((fixed, parsed)) = async_arrow_default_export(source, suffix) else {
-                return Err(InstrumentError::Syntax(format!("SyntaxError: {err}")));
-            };
-            interner = parsed.1;
-            module = parsed.0;
-            rewritten = Some(fixed);
-        }
-    }
+    let (module, rewritten) = match parsed {
+        Ok(module) => (module, None),
+        Err(err) => match async_arrow_default_export(source, suffix) {
+            Some((fixed, module)) => (module, Some(fixed)),
+            None => return Err(InstrumentError::Syntax(format!("SyntaxError: {err}"))),
+        },
+    };
     let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
@@ -126,10 +118,7 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
 /// that parses is used. Only a module that failed to parse is rewritten, so valid modules are
 /// never touched, and text inside strings or comments cannot be chosen (rewriting it would not
 /// fix the parse).
-fn async_arrow_default_export(
-    source: &str,
-    suffix: u64,
-) -> Option<(String, (boa_ast::Module, Interner))> {
+fn async_arrow_default_export(source: &str, suffix: u64) -> Option<(String, boa_ast::Module)> {
     let name = format!("__mechanics_default_{suffix:016x}");
     let mut from = 0;
     while let Some(found) = source[from..].find("export") {
@@ -154,11 +143,10 @@ fn async_arrow_default_export(
             &source[..start],
             &source[start + after_async..]
         );
-        let mut interner = Interner::default();
         if let Ok(module) = Parser::new(Source::from_bytes(&candidate))
-            .parse_module(&Scope::new_global(), &mut interner)
+            .parse_module(&Scope::new_global(), &mut Interner::default())
         {
-            return Some((candidate, (module, interner)));
+            return Some((candidate, module));
         }
     }
     None
