@@ -16,8 +16,11 @@
 //! The tick names carry a random suffix chosen per job after the source is known, so a script
 //! cannot shadow them with its own bindings, and they are read-only, non-configurable globals.
 //! Dynamic code (`eval`, `new Function`) would escape instrumentation, so the host refuses to
-//! compile strings. A `for (;;)` loop with neither a condition nor an update has no position to
-//! instrument; Boa's per-frame loop limit still bounds it (see ARCHITECTURE.md).
+//! compile strings. A `for (;;)` loop with neither a condition nor an update has no span inside
+//! its head; it gets `for (init; tick();)` at a position found by scanning the text, accepted only
+//! after a re-parse proves every such insertion became the condition of a bare loop. Should the
+//! scan ever fail that proof, those loops stay bounded by Boa's per-frame loop limit alone (see
+//! ARCHITECTURE.md).
 //!
 //! The same pass rejects namespace imports and dynamic `import()`: Boa 0.22 never frees a module
 //! namespace object (its cached bindings are hidden from the garbage collector), so each one
@@ -88,23 +91,26 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         loop_call: format!("{loop_tick}(), "),
         call_stmt: format!("{call_tick}();"),
         call_open: format!("({call_tick}(), "),
+        bare_for_loops: 0,
     };
     if let ControlFlow::Break(message) = finder.visit_module(&module) {
         return Err(InstrumentError::Unsupported(message));
     }
 
-    let mut insertions = finder.insertions;
-    // Stable order by position; at one position closing parentheses go before openings.
-    insertions.sort_by_key(|i| (i.offset, i.opens));
-    let extra: usize = insertions.iter().map(|i| i.text.len()).sum();
-    let mut out = String::with_capacity(source.len() + extra);
-    let mut copied = 0;
-    for insertion in &insertions {
-        out.push_str(&source[copied..insertion.offset]);
-        out.push_str(&insertion.text);
-        copied = insertion.offset;
+    let bare_for_loops = finder.bare_for_loops;
+    let mut out = apply(source, finder.insertions.clone());
+    if bare_for_loops > 0 {
+        let mut insertions = finder.insertions;
+        insertions.extend(bare_for_heads(source).into_iter().map(|offset| Insertion {
+            offset,
+            opens: true,
+            text: format!("{loop_tick}()"),
+        }));
+        let candidate = apply(source, insertions);
+        if every_bare_for_loop_ticks(&candidate, &loop_tick, bare_for_loops) {
+            out = candidate;
+        }
     }
-    out.push_str(&source[copied..]);
     Ok(Instrumented {
         source: out,
         loop_tick,
@@ -170,6 +176,222 @@ fn skip_words(text: &str, words: &[&str]) -> Option<usize> {
     Some(offset)
 }
 
+fn apply(source: &str, mut insertions: Vec<Insertion>) -> String {
+    // Stable order by position; at one position closing parentheses go before openings.
+    insertions.sort_by_key(|i| (i.offset, i.opens));
+    let extra: usize = insertions.iter().map(|i| i.text.len()).sum();
+    let mut out = String::with_capacity(source.len() + extra);
+    let mut copied = 0;
+    for insertion in &insertions {
+        out.push_str(&source[copied..insertion.offset]);
+        out.push_str(&insertion.text);
+        copied = insertion.offset;
+    }
+    out.push_str(&source[copied..]);
+    out
+}
+
+/// Offsets just after the first `;` of every `for ( init ; ; )` head, found by scanning the text.
+///
+/// The scan skips comments, strings, template text and (by the usual heuristic) regular
+/// expressions. It can be fooled by unusual code, so its result is only used after
+/// [`every_bare_for_loop_ticks`] has re-parsed the instrumented module and confirmed that each
+/// insertion became the condition of one of the module's bare `for` loops and nothing else.
+fn bare_for_heads(source: &str) -> Vec<usize> {
+    let bytes = source.as_bytes();
+    let mut heads = Vec::new();
+    let mut i = 0;
+    let mut regex_allowed = true;
+    while i < bytes.len() {
+        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
+            i = next;
+            regex_allowed = false;
+            continue;
+        }
+        let b = bytes[i];
+        if is_ident(b) {
+            let start = i;
+            while i < bytes.len() && is_ident(bytes[i]) {
+                i += 1;
+            }
+            let word = &source[start..i];
+            regex_allowed = matches!(
+                word,
+                "return"
+                    | "typeof"
+                    | "instanceof"
+                    | "in"
+                    | "of"
+                    | "new"
+                    | "delete"
+                    | "void"
+                    | "throw"
+                    | "case"
+                    | "do"
+                    | "else"
+                    | "yield"
+                    | "await"
+            );
+            if word == "for"
+                && let Some(offset) = bare_head(bytes, i)
+            {
+                heads.push(offset);
+            }
+            continue;
+        }
+        regex_allowed =
+            !matches!(b, b')' | b']' | b'}' | b'"' | b'\'' | b'`') && !b.is_ascii_whitespace();
+        if b.is_ascii_whitespace() {
+            regex_allowed = true;
+        }
+        i += 1;
+    }
+    heads
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// If a comment, string, template or regular expression starts at `i`, the offset after it.
+fn skip_trivia_or_literal(bytes: &[u8], i: usize, regex_allowed: bool) -> Option<usize> {
+    let b = bytes[i];
+    let next = bytes.get(i + 1).copied();
+    let end_of = |from: usize, close: u8| {
+        let mut j = from;
+        while j < bytes.len() {
+            match bytes[j] {
+                b'\\' => j += 2,
+                c if c == close => return j + 1,
+                _ => j += 1,
+            }
+        }
+        bytes.len()
+    };
+    match (b, next) {
+        (b'/', Some(b'/')) => Some(
+            bytes[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(bytes.len(), |p| i + p),
+        ),
+        (b'/', Some(b'*')) => Some(
+            bytes[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(bytes.len(), |p| i + 2 + p + 2),
+        ),
+        (b'\'' | b'"' | b'`', _) => Some(end_of(i + 1, b)),
+        (b'/', _) if regex_allowed => {
+            let mut j = i + 1;
+            let mut in_class = false;
+            while j < bytes.len() && bytes[j] != b'\n' {
+                match bytes[j] {
+                    b'\\' => j += 1,
+                    b'[' => in_class = true,
+                    b']' => in_class = false,
+                    b'/' if !in_class => return Some(j + 1),
+                    _ => {}
+                }
+                j += 1;
+            }
+            Some(j)
+        }
+        _ => None,
+    }
+}
+
+/// After the keyword `for` ending at `i`: the offset after the first `;` if the head is
+/// `( init ; ; )` with nothing but whitespace and comments after that `;`.
+fn bare_head(bytes: &[u8], mut i: usize) -> Option<usize> {
+    let skip_blank = |mut j: usize| {
+        loop {
+            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            match (bytes.get(j), bytes.get(j + 1)) {
+                (Some(b'/'), Some(b'/' | b'*')) => j = skip_trivia_or_literal(bytes, j, false)?,
+                _ => return Some(j),
+            }
+        }
+    };
+    i = skip_blank(i)?;
+    if bytes.get(i) != Some(&b'(') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 0usize;
+    let mut regex_allowed = true;
+    while i < bytes.len() {
+        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
+            i = next;
+            regex_allowed = false;
+            continue;
+        }
+        match bytes[i] {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' if depth > 0 => depth -= 1,
+            b')' => return None,
+            b';' if depth == 0 => {
+                let after_first = i + 1;
+                let second = skip_blank(after_first)?;
+                if bytes.get(second) != Some(&b';') {
+                    return None;
+                }
+                let close = skip_blank(second + 1)?;
+                return (bytes.get(close) == Some(&b')')).then_some(after_first);
+            }
+            _ => {}
+        }
+        regex_allowed = !matches!(bytes[i], b')' | b']' | b'}') && !is_ident(bytes[i]);
+        i += 1;
+    }
+    None
+}
+
+/// Re-parses `instrumented` and checks that exactly `expected` `for` loops have the bare call
+/// `tick()` as their condition and that no `for` loop is left without a condition or update.
+fn every_bare_for_loop_ticks(instrumented: &str, tick: &str, expected: usize) -> bool {
+    struct Check<'a> {
+        interner: &'a Interner,
+        tick: &'a str,
+        ticked: usize,
+        bare: usize,
+    }
+    impl<'ast> Visitor<'ast> for Check<'_> {
+        type BreakTy = ();
+        fn visit_for_loop(&mut self, node: &'ast ForLoop) -> ControlFlow<()> {
+            match (node.condition(), node.final_expr()) {
+                (Some(Expression::Call(call)), None) if call.args().is_empty() => {
+                    if let Expression::Identifier(id) = call.function()
+                        && self.interner.resolve_expect(id.sym()).to_string() == self.tick
+                    {
+                        self.ticked += 1;
+                    }
+                }
+                (None, None) => self.bare += 1,
+                _ => {}
+            }
+            node.visit_with(self)
+        }
+    }
+    let mut interner = Interner::default();
+    let Ok(module) = Parser::new(Source::from_bytes(instrumented))
+        .parse_module(&Scope::new_global(), &mut interner)
+    else {
+        return false;
+    };
+    let mut check = Check {
+        interner: &interner,
+        tick,
+        ticked: 0,
+        bare: 0,
+    };
+    let _ = check.visit_module(&module);
+    check.ticked == expected && check.bare == 0
+}
+
+#[derive(Clone)]
 struct Insertion {
     offset: usize,
     /// `false` for a closing parenthesis, so it sorts before an opening at the same offset.
@@ -184,6 +406,9 @@ struct InsertionFinder<'a> {
     loop_call: String,
     call_stmt: String,
     call_open: String,
+    /// `for` loops with neither a condition nor an update (`for (;;)`): the AST gives no position
+    /// inside their head, see [`bare_for_heads`].
+    bare_for_loops: usize,
 }
 
 impl InsertionFinder<'_> {
@@ -282,6 +507,8 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
             self.tick_expression(condition);
         } else if let Some(update) = node.final_expr() {
             self.tick_expression(update);
+        } else {
+            self.bare_for_loops += 1;
         }
         node.visit_with(self)
     }
@@ -470,6 +697,10 @@ mod tests {
             "for (let i = 0; L(), i < 3; i++) {}"
         );
         assert_eq!(rewrite("for (;; i++) {}"), "for (;; L(), i++) {}");
+        assert_eq!(
+            rewrite("for (;;) {} for (let i = 0 ; /* c */ ; ) { s = 'for (;;)'; r = /;;\\)/ }"),
+            "for (;L();) {} for (let i = 0 ;L() /* c */ ; ) { s = 'for (;;)'; r = /;;\\)/ }"
+        );
         assert_eq!(
             rewrite("const f = x => f(x, 1)(2);"),
             "const f = x => (C(), f(x, 1)(2));"

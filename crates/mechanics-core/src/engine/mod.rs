@@ -375,7 +375,8 @@ fn install_ticks(
     let loop_tick = unsafe {
         NativeFunction::from_closure(move |_, _, _| {
             loop_state.loop_tick().map_err(limit_error)?;
-            Ok(JsValue::undefined())
+            // `true`, because a bare `for (;;)` gets the tick as its whole condition.
+            Ok(JsValue::from(true))
         })
     };
     let call_state = state.clone();

@@ -54,6 +54,8 @@ fn time_limit_stops_synchronous_code_even_with_a_huge_loop_limit() {
         .unwrap();
     for source in [
         "export default () => { while (true) {} }",
+        "export default () => { for (;;) {} }",
+        "export default () => { for (let i = 0; ; ) { i++; continue } }",
         "export default () => { let i = 0; do { i++ } while (i >= 0) }",
         "function f(n) { return n <= 1 ? n : f(n - 1) + f(n - 2) } export default () => f(60)",
         "export default () => { const a = [1, 2, 3]; while (true) a.map(x => x * 2) }",
