@@ -150,24 +150,11 @@ fn invalid_limits_are_rejected_with_the_field_name() {
 /// running in this process do not disturb the figure.
 #[test]
 fn hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb() {
-    if std::env::var_os("MECHANICS_MEMORY_CHILD").is_some() {
+    if crate::in_child() {
         return memory_growth_child();
     }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "limits::hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MECHANICS_MEMORY_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = crate::run_in_child(
+        "limits::hundred_thousand_trivial_jobs_grow_resident_memory_by_less_than_20_mb",
     );
     let growth: f64 = stdout
         .lines()

@@ -40,3 +40,27 @@ fn run_js_err(source: &str) -> (String, String) {
         Err(err) => (err.kind().to_string(), err.to_string()),
     }
 }
+
+/// Runs the test `name` again in a child process of this test binary, with
+/// `MECHANICS_TEST_CHILD` set, and returns its standard output. Tests whose assertions concern
+/// the whole process (resident memory, its threads) use it so that other tests running in this
+/// process do not disturb them.
+fn run_in_child(name: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("MECHANICS_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Whether this process is the child started by [`run_in_child`].
+fn in_child() -> bool {
+    std::env::var_os("MECHANICS_TEST_CHILD").is_some()
+}

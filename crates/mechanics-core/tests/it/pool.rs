@@ -153,3 +153,27 @@ fn invalid_pool_configuration_is_rejected() {
     let err = serde_json::from_str::<MechanicsPoolConfig>(r#"{"workers": 2}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
 }
+
+#[test]
+fn dropping_the_pool_joins_its_threads() {
+    if !crate::in_child() {
+        let stdout = crate::run_in_child("pool::dropping_the_pool_joins_its_threads");
+        assert!(stdout.contains("threads-after-drop 0"), "{stdout}");
+        return;
+    }
+    let count = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("mechanics-"))
+            .count()
+    };
+    let pool = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(3)).unwrap();
+    pool.run(job("export default () => 1")).unwrap();
+    assert_eq!(count(), 4, "three workers and the supervisor");
+    drop(pool);
+    #[allow(clippy::print_stdout, reason = "the parent test reads this line")]
+    {
+        println!("\nthreads-after-drop {}", count());
+    }
+}
