@@ -99,9 +99,15 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
 
     let bare_for_loops = finder.bare_for_loops;
     let mut out = apply(source, finder.insertions.clone());
-    if bare_for_loops > 0 {
+    let heads = if bare_for_loops > 0 {
+        bare_for_heads(source)
+    } else {
+        Vec::new()
+    };
+    // One candidate per bare loop, or none: an extra candidate can only be text inside a literal.
+    if bare_for_loops > 0 && heads.len() == bare_for_loops {
         let mut insertions = finder.insertions;
-        insertions.extend(bare_for_heads(source).into_iter().map(|offset| Insertion {
+        insertions.extend(heads.into_iter().map(|offset| Insertion {
             offset,
             opens: true,
             text: format!("{loop_tick}()"),
@@ -239,10 +245,9 @@ fn bare_for_heads(source: &str) -> Vec<usize> {
             }
             continue;
         }
-        regex_allowed =
-            !matches!(b, b')' | b']' | b'}' | b'"' | b'\'' | b'`') && !b.is_ascii_whitespace();
-        if b.is_ascii_whitespace() {
-            regex_allowed = true;
+        // Whitespace separates tokens without changing what may follow.
+        if !b.is_ascii_whitespace() {
+            regex_allowed = !matches!(b, b')' | b']' | b'}');
         }
         i += 1;
     }
@@ -439,13 +444,22 @@ impl InsertionFinder<'_> {
             let _ = item.visit_with(&mut collector);
             ExpressionBounds::merge(acc, collector.bounds)
         });
-        let (Some(bounds), Some(end)) = (bounds, utf16_offset(self.source, end.pos())) else {
+        let Some(bounds) = bounds else {
+            return;
+        };
+        // Neither end is exact on its own: an expression's span can stop before a closing `]`,
+        // and the arrow's linear span stops early after a template or regular expression
+        // literal. The later of the two is the end of the body.
+        let (Some(span_end), Some(linear_end)) = (
+            self.lines.offset(self.source, bounds.end),
+            utf16_offset(self.source, end.pos()),
+        ) else {
             return;
         };
         let open = self.call_open.clone();
         self.insert(bounds.start, true, open);
         self.insertions.push(Insertion {
-            offset: end,
+            offset: span_end.max(linear_end),
             opens: false,
             text: ")".to_owned(),
         });
@@ -755,6 +769,14 @@ mod tests {
             instrument("export default async (a) => {", 0),
             Err(InstrumentError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn bare_for_scan_is_not_fooled_by_division_or_strings() {
+        assert_eq!(
+            rewrite("let x = 4 / 2; for (;;) { break } const t = \"for (a; ; )\";"),
+            "let x = 4 / 2; for (;L();) { break } const t = \"for (a; ; )\";"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::job::{JsonObject, MechanicsExecutionLimits, fields_of};
 ///
 /// JSON shape (every field optional): `{ "worker_count", "queue_capacity", "enqueue_timeout_ms",
 /// "run_timeout_ms", "restart_window_ms", "max_restarts_in_window", "abandon_grace_ms",
-/// "worker_stack_mib", "execution_limits" }`.
+/// "shutdown_timeout_ms", "worker_stack_mib", "execution_limits" }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "JsonObject")]
 pub struct MechanicsPoolConfig {
@@ -22,6 +22,7 @@ pub struct MechanicsPoolConfig {
     pub(super) restart_window: Duration,
     pub(super) max_restarts_in_window: usize,
     pub(super) abandon_grace: Duration,
+    pub(super) shutdown_timeout: Duration,
     pub(super) worker_stack_bytes: usize,
     pub(super) execution_limits: MechanicsExecutionLimits,
 }
@@ -36,6 +37,7 @@ impl Default for MechanicsPoolConfig {
             restart_window: Duration::from_secs(10),
             max_restarts_in_window: 16,
             abandon_grace: Duration::from_millis(500),
+            shutdown_timeout: Duration::from_secs(5),
             worker_stack_bytes: 256 * 1024 * 1024,
             execution_limits: MechanicsExecutionLimits::default(),
         }
@@ -52,6 +54,7 @@ struct RawPoolConfig {
     restart_window_ms: Option<u64>,
     max_restarts_in_window: Option<usize>,
     abandon_grace_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
     worker_stack_mib: Option<usize>,
     execution_limits: Option<MechanicsExecutionLimits>,
 }
@@ -83,6 +86,9 @@ impl TryFrom<JsonObject> for MechanicsPoolConfig {
         }
         if let Some(v) = raw.abandon_grace_ms {
             config.abandon_grace = ms(v);
+        }
+        if let Some(v) = raw.shutdown_timeout_ms {
+            config.shutdown_timeout = ms(v);
         }
         if let Some(v) = raw.worker_stack_mib {
             config.worker_stack_bytes = v.saturating_mul(1024 * 1024);
@@ -146,6 +152,14 @@ impl MechanicsPoolConfig {
     #[must_use]
     pub fn with_abandon_grace(mut self, value: Duration) -> Self {
         self.abandon_grace = value;
+        self
+    }
+
+    /// How long dropping the pool waits for running jobs before leaving their threads behind
+    /// (default 5 s).
+    #[must_use]
+    pub fn with_shutdown_timeout(mut self, value: Duration) -> Self {
+        self.shutdown_timeout = value;
         self
     }
 

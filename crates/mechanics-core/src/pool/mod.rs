@@ -30,8 +30,8 @@ use crate::MechanicsError;
 use crate::job::MechanicsJob;
 use worker::{Envelope, Supervisor};
 
-/// A pool of JavaScript workers. Dropping it cancels queued jobs, lets running jobs finish and
-/// joins its threads.
+/// A pool of JavaScript workers. Dropping it cancels queued jobs, gives running jobs up to
+/// `shutdown_timeout` to finish and joins its threads (a thread still stuck then is left behind).
 pub struct MechanicsPool {
     sender: Option<Sender<Envelope>>,
     /// Kept to cancel queued jobs on drop.
@@ -235,9 +235,12 @@ impl Drop for MechanicsPool {
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
+        // Running jobs may finish (they stop at their limits); one stuck in native code is left
+        // behind after `shutdown_timeout` rather than hanging the caller.
+        let deadline = Instant::now() + self.config.shutdown_timeout;
         let workers = std::mem::take(&mut lock(&self.shared.supervisor).workers);
         for worker in workers {
-            worker.join();
+            worker.join_until(deadline);
         }
     }
 }

@@ -59,6 +59,18 @@ impl Worker {
             let _ = handle.join();
         }
     }
+
+    /// Joins the thread if it exits by `deadline`; otherwise gives up on it, so that a job stuck
+    /// in native code cannot make dropping the pool hang.
+    pub(super) fn join_until(self, deadline: Instant) {
+        while !self.slot.exited.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !self.slot.exited.load(Ordering::SeqCst) {
+            self.slot.abandoned.store(true, Ordering::SeqCst);
+        }
+        self.join();
+    }
 }
 
 /// The supervisor's bookkeeping: the workers and the restart guard.

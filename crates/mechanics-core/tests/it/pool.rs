@@ -177,3 +177,30 @@ fn dropping_the_pool_joins_its_threads() {
         println!("\nthreads-after-drop {}", count());
     }
 }
+
+#[test]
+fn dropping_the_pool_does_not_wait_forever_for_a_stuck_job() {
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_execution_time(Duration::from_secs(3600))
+        .unwrap();
+    let pool = MechanicsPool::new(
+        MechanicsPoolConfig::default()
+            .with_worker_count(1)
+            .with_run_timeout(Duration::from_millis(200))
+            .with_shutdown_timeout(Duration::from_millis(300))
+            .with_execution_limits(limits),
+    )
+    .unwrap();
+    let stuck = "export default () => /^(a+)+$/.test('a'.repeat(27) + 'b')";
+    assert_eq!(
+        pool.run(job(stuck)).unwrap_err(),
+        MechanicsError::RunTimeout
+    );
+    let started = Instant::now();
+    drop(pool);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
