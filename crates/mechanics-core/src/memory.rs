@@ -124,11 +124,12 @@ pub(crate) fn begin_job(limit: u64, park_signal: &AtomicU8) {
     PARK_SIGNAL.with(|c| c.set(park_signal));
 }
 
-/// Stops accounting on the current thread.
-pub(crate) fn end_job() {
+/// Stops accounting on the current thread; returns the job's net allocation in bytes.
+pub(crate) fn end_job() -> i64 {
     SOFT_LIMIT.with(|c| c.set(0));
     HARD_LIMIT.with(|c| c.set(i64::MAX));
     PARK_SIGNAL.with(|c| c.set(std::ptr::null()));
+    IN_USE.with(Cell::get)
 }
 
 /// Whether the current job has allocated more than its soft limit (net of what it freed).

@@ -30,7 +30,8 @@ use boa_engine::object::builtins::JsPromise;
 use boa_engine::property::PropertyDescriptor;
 use boa_engine::vm::RuntimeLimits;
 use boa_engine::{
-    Context, JsError, JsResult, JsString, JsValue, Module, NativeFunction, Source, js_string,
+    Context, JsError, JsNativeError, JsResult, JsString, JsSymbol, JsValue, Module, NativeFunction,
+    Source, js_string,
 };
 use serde_json::Value;
 
@@ -43,6 +44,9 @@ use state::{Exceeded, JobState};
 
 /// Largest `ArrayBuffer` a job may create when its memory limit is higher: Boa's own default.
 const MAX_BUFFER_BYTES: u64 = 1_610_612_736;
+
+/// Net allocation of a job above which the worker collects garbage before the next job.
+const COLLECT_AFTER_BYTES: i64 = 8 * 1024 * 1024;
 
 /// A context ready for the next job, with the host objects wired into it.
 struct PreparedContext {
@@ -84,6 +88,7 @@ pub(crate) struct JobRunner {
     prepared: Option<PreparedContext>,
     random: RandomState,
     jobs_run: u64,
+    collect_before_next: bool,
 }
 
 impl JobRunner {
@@ -92,6 +97,7 @@ impl JobRunner {
             prepared: None,
             random: RandomState::new(),
             jobs_run: 0,
+            collect_before_next: false,
         };
         runner.prepare()?;
         Ok(runner)
@@ -101,6 +107,12 @@ impl JobRunner {
     /// so a job does not wait for it.
     pub(crate) fn prepare(&mut self) -> Result<(), MechanicsError> {
         if self.prepared.is_none() {
+            // Free a big previous job's objects now, while idle: freed during the next job, they
+            // would count as negative usage and stretch that job's memory budget. Small jobs'
+            // garbage is left to the collector's own schedule, which keeps trivial jobs fast.
+            if std::mem::take(&mut self.collect_before_next) {
+                boa_gc::force_collect();
+            }
             self.prepared = Some(PreparedContext::new()?);
         }
         Ok(())
@@ -138,7 +150,7 @@ impl JobRunner {
         };
         memory::begin_job(limits.max_memory_bytes(), park_signal);
         let result = run_in(prepared, job, limits, &instrumented, suffix);
-        memory::end_job();
+        self.collect_before_next = memory::end_job() > COLLECT_AFTER_BYTES;
         result
     }
 }
@@ -361,6 +373,62 @@ fn evaluate(
     convert::result_to_json(&result, limits.max_result_bytes(), context).map_err(Failure::Convert)
 }
 
+/// Replaces `Symbol.for` and `Symbol.keyFor` with versions backed by the job's own registry.
+fn install_symbol_registry(context: &mut Context, state: &Rc<JobState>) -> JsResult<()> {
+    let for_state = state.clone();
+    // SAFETY: the closures capture only an `Rc<JobState>`; see `install_ticks`.
+    let symbol_for = unsafe {
+        NativeFunction::from_closure(move |_, args, context| {
+            let key = args
+                .first()
+                .cloned()
+                .unwrap_or_default()
+                .to_string(context)?;
+            let mut symbols = for_state.symbols.borrow_mut();
+            if let Some(symbol) = symbols.get(&key) {
+                return Ok(symbol.clone().into());
+            }
+            let symbol = JsSymbol::new(Some(key.clone())).ok_or_else(|| {
+                JsNativeError::range().with_message("Symbol.for: no more symbols can be created")
+            })?;
+            symbols.insert(key, symbol.clone());
+            Ok(symbol.into())
+        })
+    };
+    let key_for_state = state.clone();
+    let symbol_key_for = unsafe {
+        NativeFunction::from_closure(move |_, args, _| {
+            let Some(symbol) = args.first().and_then(JsValue::as_symbol) else {
+                return Err(JsNativeError::typ()
+                    .with_message("Symbol.keyFor: the argument is not a symbol")
+                    .into());
+            };
+            let symbols = key_for_state.symbols.borrow();
+            Ok(symbols
+                .iter()
+                .find(|(_, s)| **s == symbol)
+                .map_or_else(JsValue::undefined, |(key, _)| key.clone().into()))
+        })
+    };
+    let constructor = context.intrinsics().constructors().symbol().constructor();
+    for (name, function) in [("for", symbol_for), ("keyFor", symbol_key_for)] {
+        let object = boa_engine::object::FunctionObjectBuilder::new(context.realm(), function)
+            .name(JsString::from(name))
+            .length(1)
+            .build();
+        constructor.define_property_or_throw(
+            JsString::from(name),
+            PropertyDescriptor::builder()
+                .value(object)
+                .writable(true)
+                .enumerable(false)
+                .configurable(true),
+            context,
+        )?;
+    }
+    Ok(())
+}
+
 /// Defines the tick functions and the capture function as read-only, non-configurable globals.
 fn install_ticks(
     context: &mut Context,
@@ -386,6 +454,7 @@ fn install_ticks(
             Ok(JsValue::undefined())
         })
     };
+    install_symbol_registry(context, state)?;
     let capture_state = state.clone();
     let capture_fn = unsafe {
         NativeFunction::from_closure(move |_, args, _| {

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Instant;
 
-use boa_engine::{JsObject, JsValue, Module};
+use boa_engine::{JsObject, JsString, JsSymbol, JsValue, Module};
 
 use crate::memory;
 
@@ -39,6 +39,9 @@ pub(crate) struct JobState {
     pub(crate) default_export: RefCell<Option<JsValue>>,
     /// A job enqueued a kind of host job the sandbox does not run (timers).
     pub(crate) unsupported_job: Cell<bool>,
+    /// The job's own `Symbol.for` registry. Boa's registry is shared by the whole process and
+    /// never shrinks, so one job could grow it without bound or see another job's keys.
+    pub(crate) symbols: RefCell<HashMap<JsString, JsSymbol>>,
 }
 
 impl JobState {
@@ -54,6 +57,7 @@ impl JobState {
             loaded: RefCell::new(HashMap::new()),
             default_export: RefCell::new(None),
             unsupported_job: Cell::new(false),
+            symbols: RefCell::new(HashMap::new()),
         }
     }
 
@@ -110,5 +114,6 @@ impl JobState {
         self.job_module.borrow_mut().take();
         self.loaded.borrow_mut().clear();
         self.default_export.borrow_mut().take();
+        self.symbols.borrow_mut().clear();
     }
 }

@@ -11,7 +11,7 @@ use crate::job::{JsonObject, MechanicsExecutionLimits, fields_of};
 ///
 /// JSON shape (every field optional): `{ "worker_count", "queue_capacity", "enqueue_timeout_ms",
 /// "run_timeout_ms", "restart_window_ms", "max_restarts_in_window", "abandon_grace_ms",
-/// "shutdown_timeout_ms", "worker_stack_mib", "execution_limits" }`.
+/// "shutdown_timeout_ms", "max_abandoned_workers", "worker_stack_mib", "execution_limits" }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "JsonObject")]
 pub struct MechanicsPoolConfig {
@@ -23,6 +23,7 @@ pub struct MechanicsPoolConfig {
     pub(super) max_restarts_in_window: usize,
     pub(super) abandon_grace: Duration,
     pub(super) shutdown_timeout: Duration,
+    pub(super) max_abandoned_workers: usize,
     pub(super) worker_stack_bytes: usize,
     pub(super) execution_limits: MechanicsExecutionLimits,
 }
@@ -38,6 +39,7 @@ impl Default for MechanicsPoolConfig {
             max_restarts_in_window: 16,
             abandon_grace: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
+            max_abandoned_workers: 8,
             worker_stack_bytes: 256 * 1024 * 1024,
             execution_limits: MechanicsExecutionLimits::default(),
         }
@@ -55,6 +57,7 @@ struct RawPoolConfig {
     max_restarts_in_window: Option<usize>,
     abandon_grace_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    max_abandoned_workers: Option<usize>,
     worker_stack_mib: Option<usize>,
     execution_limits: Option<MechanicsExecutionLimits>,
 }
@@ -89,6 +92,9 @@ impl TryFrom<JsonObject> for MechanicsPoolConfig {
         }
         if let Some(v) = raw.shutdown_timeout_ms {
             config.shutdown_timeout = ms(v);
+        }
+        if let Some(v) = raw.max_abandoned_workers {
+            config.max_abandoned_workers = v;
         }
         if let Some(v) = raw.worker_stack_mib {
             config.worker_stack_bytes = v.saturating_mul(1024 * 1024);
@@ -160,6 +166,15 @@ impl MechanicsPoolConfig {
     #[must_use]
     pub fn with_shutdown_timeout(mut self, value: Duration) -> Self {
         self.shutdown_timeout = value;
+        self
+    }
+
+    /// Threads the pool may give up on before it stops replacing them (default 8). Each one may
+    /// still hold memory or a core, so past this the pool reports `WorkerUnavailable` and the
+    /// process should be recycled.
+    #[must_use]
+    pub fn with_max_abandoned_workers(mut self, value: usize) -> Self {
+        self.max_abandoned_workers = value;
         self
     }
 

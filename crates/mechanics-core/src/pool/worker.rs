@@ -345,9 +345,17 @@ fn supervise(config: &MechanicsPoolConfig, queue: &Receiver<Envelope>, shared: &
         .worker_count
         .saturating_sub(lock(&shared.supervisor).live_workers());
     for _ in 0..missing {
-        if shared.closed.load(Ordering::SeqCst) || !lock(&shared.supervisor).allow_restart(now) {
+        let mut supervisor = lock(&shared.supervisor);
+        if supervisor.abandoned >= config.max_abandoned_workers {
+            // Every abandoned thread may still hold memory or a core: stop adding threads and
+            // let the process be recycled instead.
+            supervisor.blocked = true;
             break;
         }
+        if shared.closed.load(Ordering::SeqCst) || !supervisor.allow_restart(now) {
+            break;
+        }
+        drop(supervisor);
         match spawn(config, queue.clone(), shared.clone()) {
             Ok(worker) => lock(&shared.supervisor).workers.push(worker),
             Err(_) => break,

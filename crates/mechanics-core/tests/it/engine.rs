@@ -205,3 +205,19 @@ fn async_arrow_default_exports_work_despite_boa() {
         json!({ "x": 1 })
     );
 }
+
+#[test]
+fn symbol_registry_is_per_job() {
+    let source = "export default (k) => {
+        const seen = Symbol.keyFor(Symbol.for('shared')) === 'shared' && Symbol.for('a') === Symbol.for('a');
+        const fresh = globalThis.__leak === undefined; globalThis.__leak = Symbol.for(k);
+        return [seen, fresh, Symbol.keyFor(Symbol('x')) === undefined, Symbol.for(k).description] }";
+    for k in ["one", "two"] {
+        assert_eq!(
+            run_js(source, json!(k)).unwrap(),
+            json!([true, true, true, k])
+        );
+    }
+    let (_, message) = run_js_err("export default () => Symbol.keyFor('nope')");
+    assert!(message.contains("TypeError"), "{message}");
+}

@@ -203,3 +203,31 @@ fn rss_mb() -> f64 {
     let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096.0 / 1_000_000.0
 }
+
+#[test]
+fn a_previous_jobs_garbage_does_not_stretch_the_next_jobs_memory_budget() {
+    let limits = limits()
+        .with_max_memory_mb(64)
+        .unwrap()
+        .with_max_loop_iterations(u64::MAX)
+        .unwrap();
+    let pool = mechanics_core::MechanicsPool::new(
+        mechanics_core::MechanicsPoolConfig::default()
+            .with_worker_count(1)
+            .with_execution_limits(limits),
+    )
+    .unwrap();
+    let objects = |n: u32| {
+        let source = format!(
+            "export default () => {{ const a = []; for (let i = 0; i < {n}; i++) {{ const o = {{ i }}; o.self = o; a.push(o) }} return a.length }}"
+        );
+        pool.run(MechanicsJob::new(source, Value::Null, MechanicsConfig::default()).unwrap())
+    };
+    let alone = objects(500_000).unwrap_err();
+    assert!(alone.to_string().contains("memory limit"), "{alone}");
+    for _ in 0..3 {
+        assert_eq!(objects(300_000).unwrap(), json!(300_000));
+        let after = objects(500_000).unwrap_err();
+        assert!(after.to_string().contains("memory limit"), "{after}");
+    }
+}

@@ -204,3 +204,34 @@ fn dropping_the_pool_does_not_wait_forever_for_a_stuck_job() {
         started.elapsed()
     );
 }
+
+#[test]
+fn the_pool_stops_replacing_threads_after_too_many_were_abandoned() {
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_execution_time(Duration::from_millis(100))
+        .unwrap();
+    let pool = MechanicsPool::new(
+        MechanicsPoolConfig::default()
+            .with_worker_count(1)
+            .with_abandon_grace(Duration::from_millis(50))
+            .with_max_abandoned_workers(1)
+            .with_shutdown_timeout(Duration::from_millis(100))
+            .with_execution_limits(limits),
+    )
+    .unwrap();
+    let stuck = "export default () => /^(a+)+$/.test('a'.repeat(26) + 'b')";
+    assert_eq!(
+        pool.run(job(stuck)).unwrap_err().kind().as_str(),
+        "limit_exceeded"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.abandoned_workers, stats.worker_count),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(stats.restart_blocked);
+    let err = pool.run(job("export default () => 1")).unwrap_err();
+    assert_eq!(err.kind().as_str(), "worker_unavailable", "{err}");
+}
