@@ -29,12 +29,14 @@
 use std::ops::ControlFlow;
 
 use boa_ast::declaration::{ExportDeclaration, ImportDeclaration, ImportKind, ReExportKind};
+use boa_ast::expression::operator::binary::BinaryOp;
 use boa_ast::expression::{Expression, ImportCall};
 use boa_ast::function::{ArrowFunction, AsyncArrowFunction, FunctionBody};
 use boa_ast::scope::Scope;
-use boa_ast::statement::iteration::{DoWhileLoop, ForLoop, WhileLoop};
+use boa_ast::statement::iteration::{DoWhileLoop, ForInLoop, ForLoop, ForOfLoop, WhileLoop};
 use boa_ast::visitor::{VisitWith, Visitor};
 use boa_ast::{LinearPosition, Position, Span, Spanned};
+use boa_ast::{Statement, StatementListItem};
 use boa_interner::Interner;
 use boa_parser::{Parser, Source};
 
@@ -92,28 +94,50 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         call_stmt: format!("{call_tick}();"),
         call_open: format!("({call_tick}(), "),
         bare_for_loops: 0,
+        iterable_loops: Vec::new(),
+        loop_ticks: 0,
     };
     if let ControlFlow::Break(message) = finder.visit_module(&module) {
         return Err(InstrumentError::Unsupported(message));
     }
 
-    let bare_for_loops = finder.bare_for_loops;
-    let mut out = apply(source, finder.insertions.clone());
-    let heads = if bare_for_loops > 0 {
+    // Ticks placed from the AST's spans are exact. The two kinds placed by scanning text (bare
+    // `for (;;)` heads, and the bodies of `for...of`/`for...in` loops) are accepted only if a
+    // re-parse proves each landed where it belongs; otherwise they are left out, and those loops
+    // are bounded by Boa's per-frame loop limit alone.
+    let expected = Expected {
+        bare_for_loops: finder.bare_for_loops,
+        iterable_bodies: finder.iterable_loops.len(),
+    };
+    let mut scanned = Vec::new();
+    let heads = if expected.bare_for_loops > 0 {
         bare_for_heads(source)
     } else {
         Vec::new()
     };
     // One candidate per bare loop, or none: an extra candidate can only be text inside a literal.
-    if bare_for_loops > 0 && heads.len() == bare_for_loops {
-        let mut insertions = finder.insertions;
-        insertions.extend(heads.into_iter().map(|offset| Insertion {
+    if heads.len() == expected.bare_for_loops {
+        scanned.extend(heads.into_iter().map(|offset| Insertion {
             offset,
             opens: true,
             text: format!("{loop_tick}()"),
         }));
+    }
+    for &(iterable_start, body) in &finder.iterable_loops {
+        if let Some(insertion) = iterable_body_tick(source, iterable_start, body, &loop_tick) {
+            scanned.push(insertion);
+        }
+    }
+    let ast_placed_loop_ticks = finder.loop_ticks;
+    let mut out = apply(source, finder.insertions.clone());
+    if !scanned.is_empty() {
+        let scanned_count = scanned.len();
+        let mut insertions = finder.insertions;
+        insertions.extend(scanned);
         let candidate = apply(source, insertions);
-        if every_bare_for_loop_ticks(&candidate, &loop_tick, bare_for_loops) {
+        if scanned_count == expected.bare_for_loops + expected.iterable_bodies
+            && verify(&candidate, &loop_tick, ast_placed_loop_ticks, expected)
+        {
             out = candidate;
         }
     }
@@ -309,18 +333,7 @@ fn skip_trivia_or_literal(bytes: &[u8], i: usize, regex_allowed: bool) -> Option
 /// After the keyword `for` ending at `i`: the offset after the first `;` if the head is
 /// `( init ; ; )` with nothing but whitespace and comments after that `;`.
 fn bare_head(bytes: &[u8], mut i: usize) -> Option<usize> {
-    let skip_blank = |mut j: usize| {
-        loop {
-            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            match (bytes.get(j), bytes.get(j + 1)) {
-                (Some(b'/'), Some(b'/' | b'*')) => j = skip_trivia_or_literal(bytes, j, false)?,
-                _ => return Some(j),
-            }
-        }
-    };
-    i = skip_blank(i)?;
+    i = skip_blank(bytes, i)?;
     if bytes.get(i) != Some(&b'(') {
         return None;
     }
@@ -339,11 +352,11 @@ fn bare_head(bytes: &[u8], mut i: usize) -> Option<usize> {
             b')' => return None,
             b';' if depth == 0 => {
                 let after_first = i + 1;
-                let second = skip_blank(after_first)?;
+                let second = skip_blank(bytes, after_first)?;
                 if bytes.get(second) != Some(&b';') {
                     return None;
                 }
-                let close = skip_blank(second + 1)?;
+                let close = skip_blank(bytes, second + 1)?;
                 return (bytes.get(close) == Some(&b')')).then_some(after_first);
             }
             _ => {}
@@ -354,28 +367,135 @@ fn bare_head(bytes: &[u8], mut i: usize) -> Option<usize> {
     None
 }
 
-/// Re-parses `instrumented` and checks that exactly `expected` `for` loops have the bare call
-/// `tick()` as their condition and that no `for` loop is left without a condition or update.
-fn every_bare_for_loop_ticks(instrumented: &str, tick: &str, expected: usize) -> bool {
+/// The text-placed ticks a module should end up with.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    bare_for_loops: usize,
+    iterable_bodies: usize,
+}
+
+/// The tick for the body of the `for...of`/`for...in` loop whose iterable starts at
+/// `iterable_start`: the head ends at the first `)` that closes more than it opens.
+fn iterable_body_tick(
+    source: &str,
+    iterable_start: usize,
+    body: LoopBody,
+    loop_tick: &str,
+) -> Option<Insertion> {
+    let bytes = source.as_bytes();
+    let head_end = closing_paren(bytes, iterable_start)?;
+    let body_start = skip_blank(bytes, head_end)?;
+    match body {
+        LoopBody::Block => (bytes.get(body_start) == Some(&b'{')).then(|| Insertion {
+            offset: body_start + 1,
+            opens: true,
+            text: format!("{loop_tick}();"),
+        }),
+        LoopBody::Expression => Some(Insertion {
+            offset: body_start,
+            opens: true,
+            text: format!("{loop_tick}(), "),
+        }),
+    }
+}
+
+/// The offset after the `)` that closes the parenthesis open at `from`.
+fn closing_paren(bytes: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut regex_allowed = true;
+    while i < bytes.len() {
+        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
+            i = next;
+            regex_allowed = false;
+            continue;
+        }
+        match bytes[i] {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' if depth == 0 => return Some(i + 1),
+            b')' | b']' | b'}' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        if !bytes[i].is_ascii_whitespace() {
+            regex_allowed = !matches!(bytes[i], b')' | b']' | b'}') && !is_ident(bytes[i]);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The offset of the next token after whitespace and comments.
+fn skip_blank(bytes: &[u8], mut j: usize) -> Option<usize> {
+    loop {
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        match (bytes.get(j), bytes.get(j + 1)) {
+            (Some(b'/'), Some(b'/' | b'*')) => j = skip_trivia_or_literal(bytes, j, false)?,
+            _ => return Some(j),
+        }
+    }
+}
+
+/// Re-parses `instrumented` and checks that every text-placed tick became what it should: each
+/// bare `for` loop has the bare call `tick()` as its condition, each `for...of`/`for...in` body
+/// starts with the tick, and the module holds exactly as many tick calls as were inserted (so
+/// none landed inside a string, template or regular expression).
+fn verify(instrumented: &str, tick: &str, ast_placed: usize, expected: Expected) -> bool {
     struct Check<'a> {
         interner: &'a Interner,
         tick: &'a str,
-        ticked: usize,
+        calls: usize,
+        ticked_bare: usize,
         bare: usize,
+        ticked_bodies: usize,
+    }
+    impl Check<'_> {
+        fn is_tick(&self, expression: &Expression) -> bool {
+            matches!(expression, Expression::Call(call)
+                if call.args().is_empty()
+                    && matches!(call.function(), Expression::Identifier(id)
+                        if self.interner.resolve_expect(id.sym()).to_string() == self.tick))
+        }
+
+        fn body_ticks(&self, body: &Statement) -> bool {
+            match body {
+                Statement::Block(block) => matches!(
+                    block.statement_list().statements().first(),
+                    Some(StatementListItem::Statement(first))
+                        if matches!(&**first, Statement::Expression(e) if self.is_tick(e))
+                ),
+                Statement::Expression(Expression::Binary(binary)) => {
+                    binary.op() == BinaryOp::Comma && self.is_tick(binary.lhs())
+                }
+                _ => false,
+            }
+        }
     }
     impl<'ast> Visitor<'ast> for Check<'_> {
         type BreakTy = ();
+        fn visit_expression(&mut self, node: &'ast Expression) -> ControlFlow<()> {
+            if self.is_tick(node) {
+                self.calls += 1;
+            }
+            node.visit_with(self)
+        }
         fn visit_for_loop(&mut self, node: &'ast ForLoop) -> ControlFlow<()> {
             match (node.condition(), node.final_expr()) {
-                (Some(Expression::Call(call)), None) if call.args().is_empty() => {
-                    if let Expression::Identifier(id) = call.function()
-                        && self.interner.resolve_expect(id.sym()).to_string() == self.tick
-                    {
-                        self.ticked += 1;
-                    }
-                }
+                (Some(condition), None) if self.is_tick(condition) => self.ticked_bare += 1,
                 (None, None) => self.bare += 1,
                 _ => {}
+            }
+            node.visit_with(self)
+        }
+        fn visit_for_of_loop(&mut self, node: &'ast ForOfLoop) -> ControlFlow<()> {
+            if self.body_ticks(node.body()) {
+                self.ticked_bodies += 1;
+            }
+            node.visit_with(self)
+        }
+        fn visit_for_in_loop(&mut self, node: &'ast ForInLoop) -> ControlFlow<()> {
+            if self.body_ticks(node.body()) {
+                self.ticked_bodies += 1;
             }
             node.visit_with(self)
         }
@@ -389,11 +509,16 @@ fn every_bare_for_loop_ticks(instrumented: &str, tick: &str, expected: usize) ->
     let mut check = Check {
         interner: &interner,
         tick,
-        ticked: 0,
+        calls: 0,
+        ticked_bare: 0,
         bare: 0,
+        ticked_bodies: 0,
     };
     let _ = check.visit_module(&module);
-    check.ticked == expected && check.bare == 0
+    check.bare == 0
+        && check.ticked_bare == expected.bare_for_loops
+        && check.ticked_bodies == expected.iterable_bodies
+        && check.calls == ast_placed + expected.bare_for_loops + expected.iterable_bodies
 }
 
 #[derive(Clone)]
@@ -414,6 +539,19 @@ struct InsertionFinder<'a> {
     /// `for` loops with neither a condition nor an update (`for (;;)`): the AST gives no position
     /// inside their head, see [`bare_for_heads`].
     bare_for_loops: usize,
+    /// `for...of` and `for...in` loops: where their iterable starts, and their body's form.
+    iterable_loops: Vec<(usize, LoopBody)>,
+    /// Loop ticks placed from spans (conditions and updates).
+    loop_ticks: usize,
+}
+
+/// The body of a `for...of` or `for...in` loop, as far as placing its tick goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopBody {
+    /// `{ ... }`: the tick goes right after the `{`.
+    Block,
+    /// An expression statement: it becomes `tick(), expression`.
+    Expression,
 }
 
 impl InsertionFinder<'_> {
@@ -470,6 +608,21 @@ impl InsertionFinder<'_> {
         if let Some(bounds) = ExpressionBounds::of(expression) {
             let text = self.loop_call.clone();
             self.insert(bounds.start, true, text);
+            self.loop_ticks += 1;
+        }
+    }
+
+    /// Records a `for...of`/`for...in` loop whose body can take a tick.
+    fn iterable_loop(&mut self, iterable: &Expression, body: &Statement) {
+        let form = match body {
+            Statement::Block(_) => LoopBody::Block,
+            Statement::Expression(_) => LoopBody::Expression,
+            _ => return,
+        };
+        if let Some(start) = ExpressionBounds::of(iterable)
+            .and_then(|bounds| self.lines.offset(self.source, bounds.start))
+        {
+            self.iterable_loops.push((start, form));
         }
     }
 }
@@ -524,6 +677,16 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
         } else {
             self.bare_for_loops += 1;
         }
+        node.visit_with(self)
+    }
+
+    fn visit_for_of_loop(&mut self, node: &'ast ForOfLoop) -> ControlFlow<String> {
+        self.iterable_loop(node.iterable(), node.body());
+        node.visit_with(self)
+    }
+
+    fn visit_for_in_loop(&mut self, node: &'ast ForInLoop) -> ControlFlow<String> {
+        self.iterable_loop(node.target(), node.body());
         node.visit_with(self)
     }
 

@@ -181,16 +181,18 @@ fn instrumentation_keeps_the_meaning_of_tricky_code() {
         let label = 0;
         outer: for (let i = 0; i < 3; i++) { for (let j = 0; ; j++) { if (j > 1) continue outer; label += j } }
         let w = 0; do { w++ } while (w < 5 && /a/.test("abc"));
+        let fo = 0; for (const v of [1, 2, 3]) { if (v === 2) continue; fo += v } for (const k in { a: 1, b: 2 }) fo += k.length;
+        for (const [x, y] of [[1, 2]]) fo += x * y;
         let bare = 0; for (;;) { if (++bare >= 4) break } for (let k = 0 ; ; ) { if (k++ > 2) { bare += k; break } }
         const cls = new (class { #p = 3; static s = (() => 4)(); get p() { return this.#p } })();
         function* gen() { let i = 0; while (i < 3) yield i++ }
         export default async function main() {
             const s = "while (true) {}"; const t = `x ${ [1,2].map((v, i) => v + d[i]).join() } y`;
-            return [pick(1), chain(6)(7), label, w, cls.p, [...gen()], s, t, (() => ({ a: 1 }))(), bare];
+            return [pick(1), chain(6)(7), label, w, cls.p, [...gen()], s, t, (() => ({ a: 1 }))(), bare, fo];
         }"#;
     assert_eq!(
         run_js(source, Value::Null).unwrap(),
-        json!([20, 42, 3, 5, 3, [0, 1, 2], "while (true) {}", "x 11,22 y", { "a": 1 }, 8])
+        json!([20, 42, 3, 5, 3, [0, 1, 2], "while (true) {}", "x 11,22 y", { "a": 1 }, 8, 8])
     );
 }
 

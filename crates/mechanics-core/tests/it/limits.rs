@@ -38,6 +38,28 @@ fn loop_iterations_are_counted_over_the_whole_job_not_per_frame() {
 }
 
 #[test]
+fn every_loop_form_counts_toward_the_job_limit() {
+    let tight = limits().with_max_loop_iterations(1_000).unwrap();
+    for body in [
+        "for (const x of A) n++;",
+        "for (const x of A) { n++ }",
+        "for (const k in O) { n++ }",
+        "let i = 0; let x = 4 / 2; for (;;) { if (++i > 900) break; n++ }",
+    ] {
+        let source = format!(
+            "const A = new Array(900).fill(0); const O = Object.fromEntries(A.map((_, i) => [i, i]));
+             export default function () {{ let n = 0; function f() {{ {body} }}
+             for (let k = 0; k < 900; k++) f(); return n }}"
+        );
+        let err = run_limited(&source, tight).unwrap_err();
+        assert!(
+            err.to_string().contains("loop iteration limit"),
+            "{body}: {err}"
+        );
+    }
+}
+
+#[test]
 fn loop_limit_also_counts_promise_callbacks() {
     let source = "export default async function () { let t = 0;
         for (let k = 0; k < 5; k++) { await null; for (let i = 0; i < 300; i++) t++ } return t }";
