@@ -223,59 +223,100 @@ fn apply(source: &str, mut insertions: Vec<Insertion>) -> String {
 
 /// Offsets just after the first `;` of every `for ( init ; ; )` head, found by scanning the text.
 ///
-/// The scan skips comments, strings, template text and (by the usual heuristic) regular
-/// expressions. It can be fooled by unusual code, so its result is only used after
-/// [`every_bare_for_loop_ticks`] has re-parsed the instrumented module and confirmed that each
-/// insertion became the condition of one of the module's bare `for` loops and nothing else.
+/// The scan can be fooled by unusual code, so its result is only used after [`verify`] has
+/// re-parsed the instrumented module and confirmed that each insertion became the condition of
+/// one of the module's bare `for` loops and nothing else.
 fn bare_for_heads(source: &str) -> Vec<usize> {
-    let bytes = source.as_bytes();
     let mut heads = Vec::new();
-    let mut i = 0;
-    let mut regex_allowed = true;
-    while i < bytes.len() {
-        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
-            i = next;
-            regex_allowed = false;
-            continue;
+    for token in Tokens::new(source.as_bytes(), 0) {
+        if let Token::Word(start, end) = token
+            && &source[start..end] == "for"
+            && let Some(offset) = bare_head(source.as_bytes(), end)
+        {
+            heads.push(offset);
         }
-        let b = bytes[i];
-        if is_ident(b) {
-            let start = i;
-            while i < bytes.len() && is_ident(bytes[i]) {
-                i += 1;
-            }
-            let word = &source[start..i];
-            regex_allowed = matches!(
-                word,
-                "return"
-                    | "typeof"
-                    | "instanceof"
-                    | "in"
-                    | "of"
-                    | "new"
-                    | "delete"
-                    | "void"
-                    | "throw"
-                    | "case"
-                    | "do"
-                    | "else"
-                    | "yield"
-                    | "await"
-            );
-            if word == "for"
-                && let Some(offset) = bare_head(bytes, i)
-            {
-                heads.push(offset);
-            }
-            continue;
-        }
-        // Whitespace separates tokens without changing what may follow.
-        if !b.is_ascii_whitespace() {
-            regex_allowed = !matches!(b, b')' | b']' | b'}');
-        }
-        i += 1;
     }
     heads
+}
+
+/// A significant token of the text scan: a word (identifier, keyword or number) or one byte of
+/// punctuation. Whitespace, comments and literals are skipped.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Word(usize, usize),
+    Punct(usize, u8),
+}
+
+/// The text scan: yields [`Token`]s, skipping comments, strings, templates and (by the usual
+/// heuristic of what may precede one) regular expressions.
+struct Tokens<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    regex_allowed: bool,
+}
+
+impl<'a> Tokens<'a> {
+    fn new(bytes: &'a [u8], at: usize) -> Self {
+        Self {
+            bytes,
+            at,
+            regex_allowed: true,
+        }
+    }
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        let bytes = self.bytes;
+        while self.at < bytes.len() {
+            let i = self.at;
+            if let Some(next) = skip_trivia_or_literal(bytes, i, self.regex_allowed) {
+                // A comment leaves the state as it was; a literal is an operand.
+                let comment = bytes[i] == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'*'));
+                if !comment {
+                    self.regex_allowed = false;
+                }
+                self.at = next;
+                continue;
+            }
+            let b = bytes[i];
+            if b.is_ascii_whitespace() {
+                self.at += 1;
+                continue;
+            }
+            if is_ident(b) {
+                let mut end = i;
+                while end < bytes.len() && is_ident(bytes[end]) {
+                    end += 1;
+                }
+                self.at = end;
+                self.regex_allowed = matches!(
+                    &bytes[i..end],
+                    b"return"
+                        | b"typeof"
+                        | b"instanceof"
+                        | b"in"
+                        | b"of"
+                        | b"new"
+                        | b"delete"
+                        | b"void"
+                        | b"throw"
+                        | b"case"
+                        | b"do"
+                        | b"else"
+                        | b"yield"
+                        | b"await"
+                );
+                return Some(Token::Word(i, end));
+            }
+            self.at += 1;
+            self.regex_allowed = !matches!(b, b')' | b']' | b'}');
+            return Some(Token::Punct(i, b));
+        }
+        None
+    }
 }
 
 fn is_ident(b: u8) -> bool {
@@ -332,37 +373,26 @@ fn skip_trivia_or_literal(bytes: &[u8], i: usize, regex_allowed: bool) -> Option
 
 /// After the keyword `for` ending at `i`: the offset after the first `;` if the head is
 /// `( init ; ; )` with nothing but whitespace and comments after that `;`.
-fn bare_head(bytes: &[u8], mut i: usize) -> Option<usize> {
-    i = skip_blank(bytes, i)?;
-    if bytes.get(i) != Some(&b'(') {
+fn bare_head(bytes: &[u8], i: usize) -> Option<usize> {
+    let open = skip_blank(bytes, i)?;
+    if bytes.get(open) != Some(&b'(') {
         return None;
     }
-    i += 1;
     let mut depth = 0usize;
-    let mut regex_allowed = true;
-    while i < bytes.len() {
-        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
-            i = next;
-            regex_allowed = false;
-            continue;
-        }
-        match bytes[i] {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' if depth > 0 => depth -= 1,
-            b')' => return None,
-            b';' if depth == 0 => {
-                let after_first = i + 1;
-                let second = skip_blank(bytes, after_first)?;
+    for token in Tokens::new(bytes, open + 1) {
+        match token {
+            Token::Punct(_, b'(' | b'[' | b'{') => depth += 1,
+            Token::Punct(_, b')' | b']' | b'}') => depth = depth.checked_sub(1)?,
+            Token::Punct(at, b';') if depth == 0 => {
+                let second = skip_blank(bytes, at + 1)?;
                 if bytes.get(second) != Some(&b';') {
                     return None;
                 }
                 let close = skip_blank(bytes, second + 1)?;
-                return (bytes.get(close) == Some(&b')')).then_some(after_first);
+                return (bytes.get(close) == Some(&b')')).then_some(at + 1);
             }
             _ => {}
         }
-        regex_allowed = !matches!(bytes[i], b')' | b']' | b'}') && !is_ident(bytes[i]);
-        i += 1;
     }
     None
 }
@@ -399,26 +429,16 @@ fn iterable_body_tick(
     }
 }
 
-/// The offset after the `)` that closes the parenthesis open at `from`.
-fn closing_paren(bytes: &[u8], mut i: usize) -> Option<usize> {
+/// The offset after the first `)` from `from` on that closes more than it opens.
+fn closing_paren(bytes: &[u8], from: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut regex_allowed = true;
-    while i < bytes.len() {
-        if let Some(next) = skip_trivia_or_literal(bytes, i, regex_allowed) {
-            i = next;
-            regex_allowed = false;
-            continue;
-        }
-        match bytes[i] {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' if depth == 0 => return Some(i + 1),
-            b')' | b']' | b'}' => depth = depth.checked_sub(1)?,
+    for token in Tokens::new(bytes, from) {
+        match token {
+            Token::Punct(at, b')') if depth == 0 => return Some(at + 1),
+            Token::Punct(_, b'(' | b'[' | b'{') => depth += 1,
+            Token::Punct(_, b')' | b']' | b'}') => depth = depth.checked_sub(1)?,
             _ => {}
         }
-        if !bytes[i].is_ascii_whitespace() {
-            regex_allowed = !matches!(bytes[i], b')' | b']' | b'}') && !is_ident(bytes[i]);
-        }
-        i += 1;
     }
     None
 }
