@@ -162,16 +162,16 @@ impl JobExecutor for JobQueue {
     }
 }
 
-/// Turns an error into a JS error value, for reporting.
+/// A thrown error as a message for the job's author: `TypeError: ...`, or `Uncaught <value>`.
 pub(crate) fn describe(error: &JsError, context: &mut Context) -> String {
     if let Some(native) = error.as_native() {
-        return native_message(native);
+        return native.to_string();
     }
     if let Some(engine) = error.as_engine() {
         return engine.to_string();
     }
     match error.try_native(context) {
-        Ok(native) => native_message(&native),
+        Ok(native) => native.to_string(),
         Err(_) => match error.as_opaque() {
             Some(value) => match value.to_string(context) {
                 Ok(text) => format!("Uncaught {}", text.to_std_string_escaped()),
@@ -180,8 +180,4 @@ pub(crate) fn describe(error: &JsError, context: &mut Context) -> String {
             None => error.to_string(),
         },
     }
-}
-
-fn native_message(native: &JsNativeError) -> String {
-    native.to_string()
 }
