@@ -129,18 +129,19 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         }
     }
     let ast_placed_loop_ticks = finder.loop_ticks;
-    let mut out = apply(source, finder.insertions.clone());
-    if !scanned.is_empty() {
-        let scanned_count = scanned.len();
-        let mut insertions = finder.insertions;
+    let all_scanned = scanned.len() == expected.bare_for_loops + expected.iterable_bodies;
+    let out = if scanned.is_empty() || !all_scanned {
+        apply(source, finder.insertions)
+    } else {
+        let mut insertions = finder.insertions.clone();
         insertions.extend(scanned);
         let candidate = apply(source, insertions);
-        if scanned_count == expected.bare_for_loops + expected.iterable_bodies
-            && verify(&candidate, &loop_tick, ast_placed_loop_ticks, expected)
-        {
-            out = candidate;
+        if verify(&candidate, &loop_tick, ast_placed_loop_ticks, expected) {
+            candidate
+        } else {
+            apply(source, finder.insertions)
         }
-    }
+    };
     Ok(Instrumented {
         source: out,
         loop_tick,

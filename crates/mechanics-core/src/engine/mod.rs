@@ -175,7 +175,7 @@ fn run_in(
     runtime_limits.set_recursion_limit(limits.max_recursion_depth());
     runtime_limits.set_stack_size_limit(limits.max_stack_size());
     // Instrumented loops are counted for the whole job by the tick; Boa's per-frame count is the
-    // backstop for the one loop form that cannot be instrumented, `for (;;)`.
+    // backstop for loops whose text-placed tick could not be confirmed (see `instrument`).
     runtime_limits.set_loop_iteration_limit(limits.max_loop_iterations());
     prepared.context.set_runtime_limits(runtime_limits);
 
