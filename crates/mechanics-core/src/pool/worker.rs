@@ -76,6 +76,8 @@ impl Worker {
 /// The supervisor's bookkeeping: the workers and the restart guard.
 pub(super) struct Supervisor {
     pub(super) workers: Vec<Worker>,
+    /// Replacement workers spawned but not yet in `workers`.
+    starting: usize,
     abandoned: usize,
     restarts: VecDeque<Instant>,
     restart_window: Duration,
@@ -97,6 +99,7 @@ impl Supervisor {
     pub(super) fn new(config: &MechanicsPoolConfig) -> Self {
         Self {
             workers: Vec::new(),
+            starting: 0,
             abandoned: 0,
             restarts: VecDeque::new(),
             restart_window: config.restart_window,
@@ -106,10 +109,12 @@ impl Supervisor {
     }
 
     pub(super) fn live_workers(&self) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| !w.slot.exited.load(Ordering::SeqCst))
-            .count()
+        self.starting
+            + self
+                .workers
+                .iter()
+                .filter(|w| !w.slot.exited.load(Ordering::SeqCst))
+                .count()
     }
 
     pub(super) fn busy_workers(&self) -> usize {
@@ -355,9 +360,14 @@ fn supervise(config: &MechanicsPoolConfig, queue: &Receiver<Envelope>, shared: &
         if shared.closed.load(Ordering::SeqCst) || !supervisor.allow_restart(now) {
             break;
         }
+        // A starting worker counts as live: it may take a job before it is in the list.
+        supervisor.starting += 1;
         drop(supervisor);
-        match spawn(config, queue.clone(), shared.clone()) {
-            Ok(worker) => lock(&shared.supervisor).workers.push(worker),
+        let spawned = spawn(config, queue.clone(), shared.clone());
+        let mut supervisor = lock(&shared.supervisor);
+        supervisor.starting -= 1;
+        match spawned {
+            Ok(worker) => supervisor.workers.push(worker),
             Err(_) => break,
         }
     }
