@@ -112,22 +112,32 @@ fn stats_are_a_consistent_snapshot() {
     assert!(!after.restart_blocked);
 }
 
+/// A pool config with one worker whose jobs may run for `time_limit`.
+fn one_worker(time_limit: Duration) -> MechanicsPoolConfig {
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_execution_time(time_limit)
+        .unwrap();
+    MechanicsPoolConfig::default()
+        .with_worker_count(1)
+        .with_execution_limits(limits)
+}
+
+/// One regular-expression call that backtracks for seconds (2^`a_count` steps): native code that
+/// never reaches a tick.
+fn stuck_in_regex(a_count: u32) -> MechanicsJob {
+    job(&format!(
+        "export default () => /^(a+)+$/.test('a'.repeat({a_count}) + 'b')"
+    ))
+}
+
 #[test]
 fn a_stuck_job_is_answered_and_its_worker_replaced() {
-    let limits = MechanicsExecutionLimits::default()
-        .with_max_execution_time(Duration::from_millis(200))
-        .unwrap();
     let pool = MechanicsPool::new(
-        MechanicsPoolConfig::default()
-            .with_worker_count(1)
-            .with_abandon_grace(Duration::from_millis(100))
-            .with_execution_limits(limits),
+        one_worker(Duration::from_millis(200)).with_abandon_grace(Duration::from_millis(100)),
     )
     .unwrap();
-    // One regular expression call that backtracks for seconds: native code with no safe point.
-    let stuck = "export default () => /^(a+)+$/.test('a'.repeat(27) + 'b')";
     let started = Instant::now();
-    let err = pool.run(job(stuck)).unwrap_err();
+    let err = pool.run(stuck_in_regex(27)).unwrap_err();
     assert!(err.to_string().contains("time limit of 200 ms"), "{err}");
     assert!(started.elapsed() < Duration::from_millis(1200));
     assert_eq!(pool.run(job("export default () => 3")).unwrap(), json!(3));
@@ -181,20 +191,14 @@ fn dropping_the_pool_joins_its_threads() {
 
 #[test]
 fn dropping_the_pool_does_not_wait_forever_for_a_stuck_job() {
-    let limits = MechanicsExecutionLimits::default()
-        .with_max_execution_time(Duration::from_secs(3600))
-        .unwrap();
     let pool = MechanicsPool::new(
-        MechanicsPoolConfig::default()
-            .with_worker_count(1)
+        one_worker(Duration::from_secs(3600))
             .with_run_timeout(Duration::from_millis(200))
-            .with_shutdown_timeout(Duration::from_millis(300))
-            .with_execution_limits(limits),
+            .with_shutdown_timeout(Duration::from_millis(300)),
     )
     .unwrap();
-    let stuck = "export default () => /^(a+)+$/.test('a'.repeat(27) + 'b')";
     assert_eq!(
-        pool.run(job(stuck)).unwrap_err(),
+        pool.run(stuck_in_regex(27)).unwrap_err(),
         MechanicsError::RunTimeout
     );
     let started = Instant::now();
@@ -208,21 +212,15 @@ fn dropping_the_pool_does_not_wait_forever_for_a_stuck_job() {
 
 #[test]
 fn the_pool_stops_replacing_threads_after_too_many_were_abandoned() {
-    let limits = MechanicsExecutionLimits::default()
-        .with_max_execution_time(Duration::from_millis(100))
-        .unwrap();
     let pool = MechanicsPool::new(
-        MechanicsPoolConfig::default()
-            .with_worker_count(1)
+        one_worker(Duration::from_millis(100))
             .with_abandon_grace(Duration::from_millis(50))
             .with_max_abandoned_workers(1)
-            .with_shutdown_timeout(Duration::from_millis(100))
-            .with_execution_limits(limits),
+            .with_shutdown_timeout(Duration::from_millis(100)),
     )
     .unwrap();
-    let stuck = "export default () => /^(a+)+$/.test('a'.repeat(26) + 'b')";
     assert_eq!(
-        pool.run(job(stuck)).unwrap_err().kind().as_str(),
+        pool.run(stuck_in_regex(26)).unwrap_err().kind().as_str(),
         "limit_exceeded"
     );
     std::thread::sleep(Duration::from_millis(100));
