@@ -3,12 +3,14 @@
 //! Every type here is JSON-first: deserializing rejects unknown fields and runs the same validation
 //! as the Rust constructors and builders, so a value that exists is a valid value.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::MechanicsError;
+use crate::endpoint::HttpEndpoint;
 
 /// One unit of work for a [`MechanicsPool`](crate::MechanicsPool): an ES module whose default export
 /// is called with `arg`.
@@ -98,24 +100,109 @@ impl MechanicsJob {
     }
 }
 
-/// Per-job configuration handed to the `mechanics:*` modules.
+/// Per-job configuration handed to the `mechanics:*` modules: the HTTP endpoints that
+/// `mechanics:endpoint` may call, by name.
 ///
-/// The HTTP endpoints that `mechanics:endpoint` may call are added here by the endpoint feature;
-/// until then the only valid value is `{}`, and any field is rejected as unknown.
+/// Every endpoint is validated when the configuration is built or deserialized, and errors name
+/// the endpoint and the field. JSON shape: `{ "endpoints"?: { [name]: HttpEndpoint } }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "JsonObject")]
-pub struct MechanicsConfig {}
+pub struct MechanicsConfig {
+    endpoints: BTreeMap<String, HttpEndpoint>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {}
+struct RawConfig {
+    #[serde(default)]
+    endpoints: BTreeMap<String, JsonObject>,
+}
 
 impl TryFrom<JsonObject> for MechanicsConfig {
     type Error = MechanicsError;
 
     fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
-        let RawConfig {} = fields_of("config", object)?;
-        Ok(Self {})
+        let RawConfig { endpoints } = fields_of("config", object)?;
+        let mut config = Self::default();
+        for (name, object) in endpoints {
+            check_endpoint_name(&name)?;
+            let endpoint = HttpEndpoint::try_from(object).map_err(|err| {
+                let message = err.to_string();
+                let message = message.strip_prefix("endpoint: ").unwrap_or(&message);
+                MechanicsError::RuntimePool(format!("config: endpoint `{name}`: {message}"))
+            })?;
+            config.endpoints.insert(name, endpoint);
+        }
+        Ok(config)
+    }
+}
+
+fn check_endpoint_name(name: &str) -> Result<(), MechanicsError> {
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(MechanicsError::RuntimePool(format!(
+            "config: endpoint name {name:?} must be non-empty and free of control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validated(name: &str, endpoint: &HttpEndpoint) -> Result<(), MechanicsError> {
+    check_endpoint_name(name)?;
+    endpoint.validate().map_err(|message| {
+        MechanicsError::RuntimePool(format!("config: endpoint `{name}`: {message}"))
+    })
+}
+
+impl MechanicsConfig {
+    /// A configuration holding `endpoints`, each validated; the error names the first invalid
+    /// endpoint and field.
+    pub fn new(
+        endpoints: impl IntoIterator<Item = (String, HttpEndpoint)>,
+    ) -> Result<Self, MechanicsError> {
+        Self::default().with_endpoint_overrides(endpoints)
+    }
+
+    /// Validates `endpoint` and adds it under `name`, replacing any endpoint of that name.
+    pub fn with_endpoint(
+        mut self,
+        name: impl Into<String>,
+        endpoint: HttpEndpoint,
+    ) -> Result<Self, MechanicsError> {
+        let name = name.into();
+        validated(&name, &endpoint)?;
+        self.endpoints.insert(name, endpoint);
+        Ok(self)
+    }
+
+    /// Validates every endpoint of `overrides` and then adds them all, replacing endpoints of the
+    /// same names; on error nothing is applied.
+    pub fn with_endpoint_overrides(
+        mut self,
+        overrides: impl IntoIterator<Item = (String, HttpEndpoint)>,
+    ) -> Result<Self, MechanicsError> {
+        let overrides: Vec<(String, HttpEndpoint)> = overrides.into_iter().collect();
+        for (name, endpoint) in &overrides {
+            validated(name, endpoint)?;
+        }
+        self.endpoints.extend(overrides);
+        Ok(self)
+    }
+
+    /// Removes the endpoint called `name`, if there is one.
+    #[must_use]
+    pub fn without_endpoint(mut self, name: &str) -> Self {
+        self.endpoints.remove(name);
+        self
+    }
+
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&HttpEndpoint> {
+        self.endpoints.get(name)
+    }
+
+    /// The names of the configured endpoints, in order.
+    pub fn endpoint_names(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.keys().map(String::as_str)
     }
 }
 

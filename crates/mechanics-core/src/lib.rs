@@ -10,6 +10,7 @@
 //! connections on a job's behalf except through configured `mechanics:*` modules, and never
 //! prints: it reports through return values.
 
+pub mod endpoint;
 mod engine;
 mod error;
 pub mod job;

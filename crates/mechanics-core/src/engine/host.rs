@@ -77,7 +77,11 @@ impl ModuleLoader for JobLoader {
         let module = if specifier == JOB_SPECIFIER {
             self.state.job_module.borrow().clone()
         } else {
-            modules::synthetic_module(&specifier, &mut context.borrow_mut())
+            modules::synthetic_module(
+                &specifier,
+                &self.state.endpoint_calls,
+                &mut context.borrow_mut(),
+            )
         };
         let Some(module) = module else {
             return Err(JsNativeError::typ()
@@ -155,6 +159,18 @@ impl JobExecutor for JobQueue {
             let generic_job = self.generic_jobs.borrow_mut().pop_front();
             if let Some(job) = generic_job {
                 job.call(context)?;
+                continue;
+            }
+            // Nothing left to run but endpoint calls in flight: wait for the next one, no longer
+            // than the job may run.
+            if self.state.endpoint_calls.has_pending() {
+                if !self
+                    .state
+                    .endpoint_calls
+                    .settle_next(self.state.deadline.get(), context)?
+                {
+                    self.state.check_now().map_err(super::limit_error)?;
+                }
                 continue;
             }
             return Ok(());

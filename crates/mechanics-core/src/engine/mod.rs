@@ -12,7 +12,7 @@
 //!    unhandled rejection, or a promise still pending fail the job;
 //! 5. convert the result to JSON ([`convert`]).
 
-mod convert;
+pub(crate) mod convert;
 mod host;
 mod instrument;
 mod state;
@@ -21,6 +21,7 @@ use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ use boa_engine::{
 };
 use serde_json::Value;
 
+use crate::endpoint::EndpointRuntime;
 use crate::job::{MechanicsExecutionLimits, MechanicsJob};
 use crate::{MechanicsError, memory};
 use convert::ConvertError;
@@ -86,15 +88,18 @@ impl PreparedContext {
 /// Runs jobs one after another on the current thread, keeping a fresh context ready.
 pub(crate) struct JobRunner {
     prepared: Option<PreparedContext>,
+    endpoints: Arc<EndpointRuntime>,
     random: RandomState,
     jobs_run: u64,
     collect_before_next: bool,
 }
 
 impl JobRunner {
-    pub(crate) fn new() -> Result<Self, MechanicsError> {
+    /// A runner whose jobs call endpoints through `endpoints`.
+    pub(crate) fn new(endpoints: Arc<EndpointRuntime>) -> Result<Self, MechanicsError> {
         let mut runner = Self {
             prepared: None,
+            endpoints,
             random: RandomState::new(),
             jobs_run: 0,
             collect_before_next: false,
@@ -149,6 +154,11 @@ impl JobRunner {
             ));
         };
         memory::begin_job(limits.max_memory_bytes(), park_signal);
+        prepared.state.endpoint_calls.begin_job(
+            job.config(),
+            &self.endpoints,
+            limits.max_result_bytes(),
+        );
         let result = run_in(prepared, job, limits, &instrumented, suffix);
         self.collect_before_next = memory::end_job() > COLLECT_AFTER_BYTES;
         result

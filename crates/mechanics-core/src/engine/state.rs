@@ -3,11 +3,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use boa_engine::{JsObject, JsString, JsSymbol, JsValue, Module};
 
 use crate::memory;
+use crate::modules::EndpointCalls;
 
 /// Which limit stopped a job, recorded before the uncatchable error is thrown so the error
 /// reported to the caller names the limit whatever shape the error takes inside Boa.
@@ -42,6 +44,8 @@ pub(crate) struct JobState {
     /// The job's own `Symbol.for` registry. Boa's registry is shared by the whole process and
     /// never shrinks, so one job could grow it without bound or see another job's keys.
     pub(crate) symbols: RefCell<HashMap<JsString, JsSymbol>>,
+    /// The job's `mechanics:endpoint` calls.
+    pub(crate) endpoint_calls: Rc<EndpointCalls>,
 }
 
 impl JobState {
@@ -58,6 +62,7 @@ impl JobState {
             default_export: RefCell::new(None),
             unsupported_job: Cell::new(false),
             symbols: RefCell::new(HashMap::new()),
+            endpoint_calls: Rc::new(EndpointCalls::new()),
         }
     }
 
@@ -115,5 +120,6 @@ impl JobState {
         self.loaded.borrow_mut().clear();
         self.default_export.borrow_mut().take();
         self.symbols.borrow_mut().clear();
+        self.endpoint_calls.clear();
     }
 }

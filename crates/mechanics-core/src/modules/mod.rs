@@ -8,11 +8,16 @@ use boa_engine::module::SyntheticModuleInitializer;
 use boa_engine::object::FunctionObjectBuilder;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
+use std::rc::Rc;
+
 use boa_engine::{Context, JsString, JsValue, Module, NativeFunction, js_string};
+
+pub(crate) use endpoint::EndpointCalls;
 
 mod base32;
 mod base64;
 mod buffer;
+mod endpoint;
 mod form_urlencoded;
 mod hex;
 mod rand;
@@ -30,16 +35,20 @@ pub(crate) const SPECIFIERS: &[&str] = &[
 ];
 
 /// Builds the synthetic module for `specifier` in the current realm of `context`, or `None` when
-/// the specifier names no module of ours.
-pub(crate) fn synthetic_module(specifier: &str, context: &mut Context) -> Option<Module> {
+/// the specifier names no module of ours. `calls` serves `mechanics:endpoint`.
+pub(crate) fn synthetic_module(
+    specifier: &str,
+    calls: &Rc<EndpointCalls>,
+    context: &mut Context,
+) -> Option<Module> {
     let exports = match specifier {
+        "mechanics:endpoint" => endpoint::exports(calls),
         "mechanics:form-urlencoded" => form_urlencoded::exports(),
         "mechanics:base64" => base64::exports(),
         "mechanics:hex" => hex::exports(),
         "mechanics:base32" => base32::exports(),
         "mechanics:rand" => rand::exports(),
         "mechanics:uuid" => uuid::exports(),
-        // The seam for `mechanics:endpoint`: its module is registered here once it exists.
         _ => return None,
     };
     Some(build(exports, context))

@@ -1,17 +1,21 @@
 //! Pool configuration.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use crate::MechanicsError;
+use crate::endpoint::http_client::EndpointHttpClient;
 use crate::job::{JsonObject, MechanicsExecutionLimits, fields_of};
 
 /// How a [`MechanicsPool`](super::MechanicsPool) is sized and bounded.
 ///
 /// JSON shape (every field optional): `{ "worker_count", "queue_capacity", "enqueue_timeout_ms",
 /// "run_timeout_ms", "restart_window_ms", "max_restarts_in_window", "abandon_grace_ms",
-/// "shutdown_timeout_ms", "max_abandoned_workers", "worker_stack_mib", "execution_limits" }`.
+/// "shutdown_timeout_ms", "max_abandoned_workers", "worker_stack_mib", "execution_limits",
+/// "default_http_timeout_ms", "default_http_response_max_bytes" }`. The endpoint transport is Rust
+/// only ([`with_endpoint_http_client`](Self::with_endpoint_http_client)).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "JsonObject")]
 pub struct MechanicsPoolConfig {
@@ -26,6 +30,9 @@ pub struct MechanicsPoolConfig {
     pub(super) max_abandoned_workers: usize,
     pub(super) worker_stack_bytes: usize,
     pub(super) execution_limits: MechanicsExecutionLimits,
+    pub(super) default_http_timeout: Duration,
+    pub(super) default_http_response_max_bytes: usize,
+    pub(super) endpoint_http_client: Option<Arc<dyn EndpointHttpClient>>,
 }
 
 impl Default for MechanicsPoolConfig {
@@ -42,6 +49,9 @@ impl Default for MechanicsPoolConfig {
             max_abandoned_workers: 8,
             worker_stack_bytes: 256 * 1024 * 1024,
             execution_limits: MechanicsExecutionLimits::default(),
+            default_http_timeout: Duration::from_secs(30),
+            default_http_response_max_bytes: 8 * 1024 * 1024,
+            endpoint_http_client: None,
         }
     }
 }
@@ -60,6 +70,8 @@ struct RawPoolConfig {
     max_abandoned_workers: Option<usize>,
     worker_stack_mib: Option<usize>,
     execution_limits: Option<MechanicsExecutionLimits>,
+    default_http_timeout_ms: Option<u64>,
+    default_http_response_max_bytes: Option<usize>,
 }
 
 impl TryFrom<JsonObject> for MechanicsPoolConfig {
@@ -101,6 +113,12 @@ impl TryFrom<JsonObject> for MechanicsPoolConfig {
         }
         if let Some(v) = raw.execution_limits {
             config.execution_limits = v;
+        }
+        if let Some(v) = raw.default_http_timeout_ms {
+            config.default_http_timeout = ms(v);
+        }
+        if let Some(v) = raw.default_http_response_max_bytes {
+            config.default_http_response_max_bytes = v;
         }
         config.validate()?;
         Ok(config)
@@ -192,6 +210,31 @@ impl MechanicsPoolConfig {
         self
     }
 
+    /// Time for one endpoint attempt when the endpoint sets no `timeout_ms` (at least 1 ms;
+    /// default 30 s). A call never outlasts its job's time limit either way.
+    #[must_use]
+    pub fn with_default_http_timeout(mut self, value: Duration) -> Self {
+        self.default_http_timeout = value;
+        self
+    }
+
+    /// Largest endpoint response body when the endpoint sets no `response_max_bytes` (at least
+    /// 1; default 8 MiB).
+    #[must_use]
+    pub fn with_default_http_response_max_bytes(mut self, value: usize) -> Self {
+        self.default_http_response_max_bytes = value;
+        self
+    }
+
+    /// The transport for `mechanics:endpoint` calls (default: [`ReqwestEndpointHttpClient`]).
+    ///
+    /// [`ReqwestEndpointHttpClient`]: crate::endpoint::http_client::ReqwestEndpointHttpClient
+    #[must_use]
+    pub fn with_endpoint_http_client(mut self, client: Arc<dyn EndpointHttpClient>) -> Self {
+        self.endpoint_http_client = Some(client);
+        self
+    }
+
     /// The limits applied to jobs that do not bring their own.
     pub fn execution_limits(&self) -> &MechanicsExecutionLimits {
         &self.execution_limits
@@ -221,6 +264,16 @@ impl MechanicsPoolConfig {
         }
         if self.restart_window.is_zero() {
             return Err(invalid("`restart_window_ms` must be at least 1".to_owned()));
+        }
+        if self.default_http_timeout.is_zero() {
+            return Err(invalid(
+                "`default_http_timeout_ms` must be at least 1".to_owned(),
+            ));
+        }
+        if self.default_http_response_max_bytes == 0 {
+            return Err(invalid(
+                "`default_http_response_max_bytes` must be at least 1".to_owned(),
+            ));
         }
         if self.worker_stack_bytes < 1024 * 1024 {
             return Err(invalid("`worker_stack_mib` must be at least 1".to_owned()));

@@ -27,6 +27,7 @@ use serde_json::Value;
 pub use config::MechanicsPoolConfig;
 
 use crate::MechanicsError;
+use crate::endpoint::{EndpointDefaults, EndpointRuntime};
 use crate::job::MechanicsJob;
 use worker::{Envelope, Supervisor};
 
@@ -48,6 +49,8 @@ struct PoolShared {
     supervisor: Mutex<Supervisor>,
     jobs_completed: AtomicU64,
     jobs_failed: AtomicU64,
+    /// The transport and I/O runtime of `mechanics:endpoint` calls.
+    endpoints: Arc<EndpointRuntime>,
 }
 
 /// A snapshot of a pool's state, taken without blocking.
@@ -92,6 +95,13 @@ impl MechanicsPool {
             supervisor: Mutex::new(Supervisor::new(&config)),
             jobs_completed: AtomicU64::new(0),
             jobs_failed: AtomicU64::new(0),
+            endpoints: Arc::new(EndpointRuntime::new(
+                config.endpoint_http_client.clone(),
+                EndpointDefaults {
+                    timeout: config.default_http_timeout,
+                    response_max_bytes: config.default_http_response_max_bytes,
+                },
+            )),
         });
         let mut workers = Vec::with_capacity(config.worker_count);
         for _ in 0..config.worker_count {

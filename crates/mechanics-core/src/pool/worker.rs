@@ -174,7 +174,7 @@ pub(super) fn spawn(
         .stack_size(config.worker_stack_bytes)
         .spawn(move || {
             crate::stack_guard::guard_current_thread(&thread_slot.park_signal);
-            let runner = JobRunner::new();
+            let runner = JobRunner::new(shared.endpoints.clone());
             let runner = match runner {
                 Ok(runner) => {
                     let _ = ready_sender.send(Ok(()));
@@ -239,7 +239,7 @@ fn work(mut runner: JobRunner, queue: &Receiver<Envelope>, slot: &WorkerSlot, sh
             Ok(result) => result,
             Err(payload) => {
                 // The context may be half-way through an operation; start from a fresh one.
-                match JobRunner::new() {
+                match JobRunner::new(shared.endpoints.clone()) {
                     Ok(fresh) => runner = fresh,
                     Err(_) => {
                         reply(slot, shared, Err(panic_error(&payload)));

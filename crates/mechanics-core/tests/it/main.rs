@@ -1,6 +1,8 @@
 //! Integration tests of `mechanics-core`: real jobs through a real `MechanicsPool`.
 
+mod endpoint;
 mod engine;
+mod fake_server;
 mod hostile;
 mod limits;
 mod modules;
