@@ -254,16 +254,18 @@ impl NodeRunner for ProcessNode {
     }
 
     async fn health_check(&self) -> HealthStatus {
+        let address = self.address.borrow().clone();
+        // Still starting: the readiness timeout, not the health checks, bounds that phase.
+        if self.ready_timeout.is_some() && address.is_none() {
+            return HealthStatus::Unknown;
+        }
         let Some(template) = &self.health_url else {
             return HealthStatus::Healthy;
         };
-        let url = if template.contains("{addr}") {
-            let Some(addr) = self.address.borrow().clone() else {
-                return HealthStatus::Unknown;
-            };
-            template.replace("{addr}", &addr)
-        } else {
-            template.clone()
+        let url = match address {
+            Some(addr) => template.replace("{addr}", &addr),
+            None if template.contains("{addr}") => return HealthStatus::Unknown,
+            None => template.clone(),
         };
         match http_get_status(&url).await {
             Ok(code) if (200..300).contains(&code) => HealthStatus::Healthy,

@@ -436,12 +436,16 @@ impl NodeLoop {
                 self.status.send_modify(|s| s.state = NodeState::Exited);
                 return;
             };
-            let resumed = match trip_error {
-                Some(error) => {
+            let resumed = match (trip_error, self.breaker.cooldown_ends()) {
+                (Some(error), Some(cooldown_ends)) => {
                     tracing::error!(%error, "crash-loop breaker tripped");
-                    self.wait_while_tripped().await
+                    self.wait_to_restart(NodeState::Tripped, cooldown_ends)
+                        .await
                 }
-                None => self.back_off(delay).await,
+                _ => {
+                    self.wait_to_restart(NodeState::BackingOff, Instant::now() + delay)
+                        .await
+                }
             };
             if !resumed {
                 break;
@@ -567,55 +571,37 @@ impl NodeLoop {
         }
     }
 
-    /// Waits out the restart delay. Returns false if the node must stop instead.
-    async fn back_off(&mut self, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
+    /// Waits in `state` (backing off or tripped) until `until`: the restart delay or the
+    /// breaker's cool-down, after which a tripped breaker half-opens. A reset ends a trip at
+    /// once. Returns false if the node must stop instead.
+    async fn wait_to_restart(&mut self, state: NodeState, until: Instant) -> bool {
         self.status.send_modify(|s| {
-            s.state = NodeState::BackingOff;
+            s.state = state;
             s.next_start_at = Some(until);
         });
+        let tripped = state == NodeState::Tripped;
         let node_stop = self.stop.signal();
         loop {
             tokio::select! {
                 biased;
                 () = node_stop.requested() => return false,
-                () = sleep_until(until) => return true,
-                command = recv_command(&mut self.commands) => match command {
-                    Command::ResetBreaker => self.reset_breaker(),
-                    Command::Kill(_) => {}
-                },
-            }
-        }
-    }
-
-    /// Waits for a reset or the end of the cool-down. Returns false if the node must stop
-    /// instead.
-    async fn wait_while_tripped(&mut self) -> bool {
-        let Some(until) = self.breaker.cooldown_ends() else {
-            return true;
-        };
-        self.status.send_modify(|s| {
-            s.state = NodeState::Tripped;
-            s.next_start_at = Some(until);
-        });
-        let node_stop = self.stop.signal();
-        loop {
-            tokio::select! {
-                biased;
-                () = node_stop.requested() => return false,
+                () = sleep_until(until) => {
+                    if tripped {
+                        tracing::info!("crash-loop breaker cooled down; one more try");
+                        self.breaker.half_open(Instant::now());
+                        self.publish_breaker();
+                    }
+                    return true;
+                }
                 command = recv_command(&mut self.commands) => match command {
                     Command::ResetBreaker => {
                         self.reset_breaker();
-                        return true;
+                        if tripped {
+                            return true;
+                        }
                     }
                     Command::Kill(_) => {}
                 },
-                () = sleep_until(until) => {
-                    tracing::info!("crash-loop breaker cooled down; one more try");
-                    self.breaker.half_open(Instant::now());
-                    self.publish_breaker();
-                    return true;
-                }
             }
         }
     }

@@ -494,7 +494,11 @@ async fn shutdown_in_every_state_leaves_no_process_and_no_zombie() {
     wait_real(&sup, "backing-off", |s| s.state == NodeState::BackingOff).await;
     wait_real(&sup, "tripped", |s| s.state == NodeState::Tripped).await;
     wait_real(&sup, "exited", |s| s.state == NodeState::Exited).await;
-    assert_eq!(sup.snapshot("starting").unwrap().state, NodeState::Running);
+    let starting = sup.snapshot("starting").unwrap();
+    assert_eq!(
+        (starting.state, starting.health),
+        (NodeState::Running, HealthStatus::Unknown)
+    );
     let recorded = read_pids(&pids);
     assert!(recorded.len() >= 11, "{recorded:?}");
     let grandchild = read_pids(&grandchildren);
