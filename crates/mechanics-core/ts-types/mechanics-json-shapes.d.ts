@@ -79,14 +79,280 @@ export interface MechanicsExecutionLimits {
 }
 
 /**
- * Per-job configuration handed to the `mechanics:*` modules.
- *
- * The HTTP endpoints that `mechanics:endpoint` may call are added here by the endpoint feature;
- * until then the only valid value is `{}`, and every property is rejected as unknown (the index
- * signature below says so to TypeScript).
+ * Per-job configuration handed to the `mechanics:*` modules: the HTTP endpoints that
+ * `mechanics:endpoint` may call, by name. Every endpoint is validated when the configuration is
+ * deserialized; an invalid one fails the whole configuration.
  *
  * Rust: `mechanics_core::job::MechanicsConfig`.
  */
 export interface MechanicsConfig {
-  [unknownProperty: string]: never;
+  /**
+   * The endpoints a job may call, by the name it passes to `endpoint(name, options)`. A name is
+   * non-empty and holds no control character.
+   * @default {}
+   */
+  endpoints?: Record<string, HttpEndpoint>;
+}
+
+/**
+ * An HTTP method. Any ASCII letter case is accepted (`"Post"` too); it is written back lowercase.
+ */
+export type HttpMethod =
+  | "get"
+  | "post"
+  | "put"
+  | "patch"
+  | "delete"
+  | "head"
+  | "options"
+  | "GET"
+  | "POST"
+  | "PUT"
+  | "PATCH"
+  | "DELETE"
+  | "HEAD"
+  | "OPTIONS";
+
+/**
+ * How a body is written and read:
+ * - `"json"`: any JSON value, sent as `application/json`;
+ * - `"utf8"`: a string, sent as `text/plain; charset=utf-8`;
+ * - `"bytes"`: a TypedArray, ArrayBuffer or DataView in, a Uint8Array out, sent as
+ *   `application/octet-stream`.
+ */
+export type EndpointBodyType = "json" | "utf8" | "bytes";
+
+/**
+ * How a slotted query parameter treats a missing or empty value:
+ * - `"required"`: must resolve to a non-empty value;
+ * - `"required_allow_empty"`: must resolve; may be empty;
+ * - `"optional"`: missing or empty is left out;
+ * - `"optional_allow_empty"`: missing is left out; provided (even empty) is emitted.
+ */
+export type SlottedQueryMode =
+  | "required"
+  | "required_allow_empty"
+  | "optional"
+  | "optional_allow_empty";
+
+/**
+ * One HTTP endpoint a job may call through `mechanics:endpoint`. The method, the URL but for its
+ * `{slot}` values, the query parameters and the headers are fixed here; a job only fills the slots
+ * this configuration opens and overrides the headers it allowlists.
+ *
+ * Every number must be a JSON integer. Rules checked when the configuration is deserialized
+ * include: `url_param_specs` has exactly one entry per placeholder of `url_template`;
+ * `min_bytes <= max_bytes` and a `default` fits them; header names are valid and unique ignoring
+ * case.
+ *
+ * Rust: `mechanics_core::endpoint::HttpEndpoint`.
+ */
+export interface HttpEndpoint {
+  /** The HTTP method. */
+  method: HttpMethod;
+  /**
+   * An absolute `http` or `https` URL whose path may hold `{slot}` placeholders (ASCII letters,
+   * digits and `_`; each name once), filled from `options.urlParams` and percent-encoded as part
+   * of one path segment. No query or fragment: use `query_specs`.
+   */
+  url_template: string;
+  /**
+   * The rules of each placeholder of `url_template`, by name: one entry per placeholder.
+   * @default {}
+   */
+  url_param_specs?: Record<string, UrlParamSpec>;
+  /**
+   * The query parameters, emitted in this order.
+   * @default []
+   */
+  query_specs?: QuerySpec[];
+  /**
+   * Request headers sent on every call (names unique ignoring case). Values are never shown to
+   * JavaScript.
+   * @default {}
+   */
+  headers?: Record<string, string>;
+  /**
+   * How `options.body` is sent. `null` means `"json"` for `post`, `put` and `patch`; `get`,
+   * `delete`, `head` and `options` send no body and must leave this `null`.
+   * @default null
+   */
+  request_body_type?: EndpointBodyType | null;
+  /**
+   * How the response body is read. `null` means `"json"`.
+   * @default "json"
+   */
+  response_body_type?: EndpointBodyType | null;
+  /**
+   * Largest response body accepted, in bytes (at least 1). `null` means the pool's
+   * `default_http_response_max_bytes`.
+   * @default null
+   */
+  response_max_bytes?: number | null;
+  /**
+   * When a call is retried, and how long it waits in between. `null` means the defaults (one
+   * attempt, no retries).
+   */
+  retry_policy?: EndpointRetryPolicy | null;
+  /**
+   * Request headers JavaScript may set through `options.headers` (case-insensitive).
+   * @default []
+   */
+  overridable_request_headers?: string[];
+  /**
+   * Response headers returned to JavaScript in the result's `headers` (case-insensitive; keys
+   * are lowercased).
+   * @default []
+   */
+  exposed_response_headers?: string[];
+  /**
+   * Time for one attempt, response body included, in milliseconds (at least 1). `null` means the
+   * pool's `default_http_timeout_ms`.
+   * @default null
+   */
+  timeout_ms?: number | null;
+  /**
+   * Lets non-2xx responses through to JavaScript (with `ok: false`) instead of failing the call.
+   * @default false
+   */
+  allow_non_2xx_status?: boolean;
+  /**
+   * Follows redirects, at most 10; configured and JavaScript headers are dropped as soon as a
+   * redirect leaves the endpoint's origin.
+   * @default false
+   */
+  follow_redirects?: boolean;
+}
+
+/**
+ * Rules for one `{slot}` of the URL template. A missing or empty value from JavaScript takes
+ * `default` when set, else resolves to the empty string; the resolved value's UTF-8 length must
+ * lie within `min_bytes..=max_bytes`.
+ *
+ * Rust: `mechanics_core::endpoint::UrlParamSpec`.
+ */
+export interface UrlParamSpec {
+  /**
+   * Value used when JavaScript passes none, or an empty one.
+   * @default null
+   */
+  default?: string | null;
+  /**
+   * Shortest accepted value, in UTF-8 bytes.
+   * @default null
+   */
+  min_bytes?: number | null;
+  /**
+   * Longest accepted value, in UTF-8 bytes.
+   * @default null
+   */
+  max_bytes?: number | null;
+}
+
+/**
+ * One query parameter, told apart by `type`.
+ *
+ * Rust: `mechanics_core::endpoint::QuerySpec`.
+ */
+export type QuerySpec = ConstQuerySpec | SlottedQuerySpec;
+
+/** A fixed `key=value` query parameter. */
+export interface ConstQuerySpec {
+  type: "const";
+  /** Parameter name (non-empty). */
+  key: string;
+  /** Parameter value. */
+  value: string;
+}
+
+/**
+ * A query parameter whose value comes from JavaScript's `options.queries[slot]`, else from
+ * `default`, then goes through `mode`. An empty `default` counts as absent in the `"required"` and
+ * `"optional"` modes, and as a value in the `*_allow_empty` modes, which also forbid a
+ * `min_bytes` above 0.
+ */
+export interface SlottedQuerySpec {
+  type: "slotted";
+  /** Parameter name (non-empty). */
+  key: string;
+  /** Name of the value in `options.queries` (ASCII letters, digits and `_`). */
+  slot: string;
+  /**
+   * How a missing or empty value is treated.
+   * @default "required"
+   */
+  mode?: SlottedQueryMode;
+  /**
+   * Value used when JavaScript passes none.
+   * @default null
+   */
+  default?: string | null;
+  /**
+   * Shortest accepted value, in UTF-8 bytes.
+   * @default null
+   */
+  min_bytes?: number | null;
+  /**
+   * Longest accepted value, in UTF-8 bytes.
+   * @default null
+   */
+  max_bytes?: number | null;
+}
+
+/**
+ * When an endpoint call is retried, and how long it waits in between. Every field is optional.
+ *
+ * The wait before retry n is `base_backoff_ms * 2^(n-1)`, capped at `max_backoff_ms`; after a 429
+ * it is the response's `Retry-After` (delta-seconds) when `respect_retry_after` is set and the
+ * header is present, else `rate_limit_backoff_ms`. Every wait is capped at `max_retry_delay_ms`.
+ *
+ * Rust: `mechanics_core::endpoint::EndpointRetryPolicy`.
+ */
+export interface EndpointRetryPolicy {
+  /**
+   * Attempts in all, the first included (1 to 20; 1 means no retries).
+   * @default 1
+   */
+  max_attempts?: number;
+  /**
+   * First backoff in milliseconds, doubled on every further retry; not larger than
+   * `max_backoff_ms`.
+   * @default 100
+   */
+  base_backoff_ms?: number;
+  /**
+   * Cap on the exponential backoff, in milliseconds.
+   * @default 5000
+   */
+  max_backoff_ms?: number;
+  /**
+   * Cap on any single wait, `Retry-After` included, in milliseconds (at least 1).
+   * @default 30000
+   */
+  max_retry_delay_ms?: number;
+  /**
+   * Wait after a 429 without a usable `Retry-After`, in milliseconds.
+   * @default 1000
+   */
+  rate_limit_backoff_ms?: number;
+  /**
+   * Retry when the connection fails or breaks.
+   * @default true
+   */
+  retry_on_io_errors?: boolean;
+  /**
+   * Retry when an attempt times out.
+   * @default true
+   */
+  retry_on_timeout?: boolean;
+  /**
+   * Honour a 429 response's `Retry-After: <seconds>`.
+   * @default true
+   */
+  respect_retry_after?: boolean;
+  /**
+   * Response statuses that are retried (each 100 to 599).
+   * @default [429, 500, 502, 503, 504]
+   */
+  retry_on_status?: number[];
 }
