@@ -1,13 +1,17 @@
 //! Command-line interface.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
-use mechanics_core::{MechanicsError, MechanicsPool, MechanicsPoolConfig};
+use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
+use mechanics_node::{Fleet, FleetConfig, FleetError, NodeConfig, ShutdownHandle};
+use mechanics_proto::node::{JobRequest, TOKEN_ENV};
 use serde_json::Value;
 
 /// Mechanics: a self-hosted automation server that runs sandboxed JavaScript workers.
@@ -26,6 +30,55 @@ enum Command {
     /// printed as JSON on stdout. On failure `error: <kind>: <message>` goes to stderr and the exit
     /// status is 1 (2 for usage errors such as an unreadable file or invalid JSON).
     Run(RunArgs),
+    /// Executor nodes: the service that runs JavaScript jobs for the coordinator.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Serve jobs over HTTP: `POST /v1/jobs`, `GET /health`, `GET /stats`.
+    ///
+    /// Prints `READY <addr>` on stdout once it listens (the supervisor's handshake; with port 0
+    /// the address shows the port chosen). Every request but `GET /health` needs
+    /// `Authorization: Bearer <token>`, the token coming from MECHANICS_NODE_TOKEN or
+    /// --token-file; without a token the node only listens on a loopback address. Stops on
+    /// SIGTERM or SIGINT after the jobs in flight finish.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The address to listen on, such as 127.0.0.1:0 or 0.0.0.0:7070.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: SocketAddr,
+    /// A file holding the bearer token (instead of MECHANICS_NODE_TOKEN); surrounding whitespace
+    /// is ignored.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// A name for logs and /stats.
+    #[arg(long)]
+    name: Option<String>,
+    /// Engine worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Jobs that may wait for a worker; past it the node answers 503.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    queue_capacity: usize,
+    /// Largest request body in bytes; larger ones are answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Exit at once when resident memory passes this many MiB (status 86).
+    #[arg(long, value_name = "MIB")]
+    memory_cap_mb: Option<u64>,
+    /// Ask to be recycled (response header x-mechanics-recycle) after this many jobs.
+    #[arg(long, value_name = "N")]
+    recycle_after_jobs: Option<u64>,
+    /// Ask to be recycled once resident memory passes this many MiB.
+    #[arg(long, value_name = "MIB")]
+    recycle_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +97,10 @@ struct RunArgs {
     /// Print errors as a JSON object `{"kind", "message"}` on stderr.
     #[arg(long)]
     json_errors: bool,
+    /// Run the job in a local executor node (a supervised child process) instead of in this
+    /// process, as the server does.
+    #[arg(long)]
+    node: bool,
 }
 
 /// Parses the command line and runs the command; returns the process exit status.
@@ -51,6 +108,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Node {
+            command: NodeCommand::Serve(args),
+        } => node_serve(&args),
     }
 }
 
@@ -67,19 +127,142 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let result = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1))
-        .and_then(|pool| pool.run(job));
+    let result = if args.node {
+        run_on_node(job)
+    } else {
+        MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1))
+            .and_then(|pool| pool.run(job))
+            .map_err(|err| (err.kind().as_str().to_owned(), err.to_string()))
+    };
     match result {
         Ok(value) => {
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "{value}");
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            report_error(args.json_errors, &err);
+        Err((kind, message)) => {
+            report(args.json_errors, &kind, &message);
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Runs `job` through a fleet of one node started from this binary; the error as (kind, message).
+fn run_on_node(job: MechanicsJob) -> Result<Value, (String, String)> {
+    let failed = |kind: &str, err: &dyn std::fmt::Display| (kind.to_owned(), err.to_string());
+    let program = std::env::current_exe().map_err(|err| failed("node", &err))?;
+    let request = job_request(job).map_err(|err| failed("usage", &err))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|err| failed("node", &err))?;
+    runtime.block_on(async {
+        let mut config = FleetConfig::new(program);
+        config.nodes = 1;
+        config.workers_per_node = 1;
+        let fleet = Fleet::start(config, ShutdownHandle::new())
+            .await
+            .map_err(|err| failed("node", &err))?;
+        let result = fleet.run(&request).await;
+        fleet.shutdown().await;
+        result.map_err(|err| match &err {
+            FleetError::Script { kind, message } => (kind.clone(), message.clone()),
+            other => failed(other.kind(), other),
+        })
+    })
+}
+
+/// The wire form of a validated job.
+fn job_request(job: MechanicsJob) -> anyhow::Result<JobRequest> {
+    let Value::Object(mut fields) = serde_json::to_value(&job)? else {
+        anyhow::bail!("a job serializes to an object");
+    };
+    let mut request = JobRequest::new(
+        format!("run-{}", std::process::id()),
+        job.module_source(),
+        job.arg().clone(),
+    );
+    request.config = fields.remove("config");
+    request.limits = fields.remove("limits");
+    Ok(request)
+}
+
+fn node_serve(args: &ServeArgs) -> ExitCode {
+    init_logging();
+    match serve_node(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(false, "node", &format!("{err:#}"));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file: cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var(TOKEN_ENV).ok(),
+    };
+    let mib = |n: u64| n.saturating_mul(1024 * 1024);
+    let mut pool = MechanicsPoolConfig::default()
+        .with_queue_capacity(args.queue_capacity)
+        // A node being stopped or recycled should not wait long for a thread stuck in native
+        // code; its process ends anyway.
+        .with_shutdown_timeout(Duration::from_secs(1));
+    if let Some(workers) = args.workers {
+        pool = pool.with_worker_count(workers);
+    }
+    let mut config = NodeConfig::new();
+    config.name.clone_from(&args.name);
+    config.token = token;
+    config.pool = pool;
+    config.max_body_bytes = args.max_body_bytes;
+    config.memory_cap_bytes = args.memory_cap_mb.map(mib);
+    config.recycle_after_jobs = args.recycle_after_jobs;
+    config.recycle_rss_bytes = args.recycle_memory_mb.map(mib);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        let shutdown = termination().context("cannot install signal handlers")?;
+        let serving = mechanics_node::serve(listener, config, shutdown);
+        // The supervisor's handshake: announced once the socket accepts connections.
+        announce_ready(addr);
+        serving.await.map_err(anyhow::Error::from)
+    })
+}
+
+fn announce_ready(addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "READY {addr}");
+    let _ = stdout.flush();
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn termination() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_job(args: &RunArgs) -> anyhow::Result<MechanicsJob> {
@@ -103,10 +286,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, flag: &str) -> anyhow:
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{flag}: invalid {}", path.display()))
-}
-
-fn report_error(json: bool, err: &MechanicsError) {
-    report(json, err.kind().as_str(), &err.to_string());
 }
 
 fn report(json: bool, kind: &str, message: &str) {

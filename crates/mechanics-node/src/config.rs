@@ -1,0 +1,71 @@
+//! How a node is set up.
+
+use std::time::Duration;
+
+use mechanics_core::MechanicsPoolConfig;
+
+/// The settings of one node ([`serve`](crate::serve)).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// A name for logs and `/stats` (the fleet passes `node-1`, ...).
+    pub name: Option<String>,
+    /// The bearer token every request but `GET /health` must carry. Without one the node only
+    /// listens on a loopback address.
+    pub token: Option<String>,
+    /// The engine pool the jobs run in.
+    pub pool: MechanicsPoolConfig,
+    /// Largest request body; a larger one is answered `413` (default 16 MiB).
+    pub max_body_bytes: usize,
+    /// The process exits at once (status [`MEMORY_CAP_EXIT_STATUS`](crate::NodeConfig::MEMORY_CAP_EXIT_STATUS))
+    /// when its resident memory passes this. Jobs in flight then fail as a dead node; the fleet
+    /// restarts it. Checked every 20 ms from a thread of its own.
+    pub memory_cap_bytes: Option<u64>,
+    /// Ask to be recycled after this many jobs (see `RECYCLE_HEADER` in `mechanics-proto`).
+    pub recycle_after_jobs: Option<u64>,
+    /// Ask to be recycled once resident memory passes this.
+    pub recycle_rss_bytes: Option<u64>,
+    /// The `Retry-After` of a `503`, rounded up to whole seconds (default 1 s).
+    pub retry_after: Duration,
+}
+
+impl NodeConfig {
+    /// The exit status of a node that passed its memory cap.
+    pub const MEMORY_CAP_EXIT_STATUS: i32 = 86;
+
+    /// No name, no token, the default pool, a 16 MiB body limit, no memory cap, no recycling.
+    pub fn new() -> Self {
+        NodeConfig {
+            name: None,
+            token: None,
+            pool: MechanicsPoolConfig::default(),
+            max_body_bytes: 16 * 1024 * 1024,
+            memory_cap_bytes: None,
+            recycle_after_jobs: None,
+            recycle_rss_bytes: None,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    // By hand so that the token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("pool", &self.pool)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("memory_cap_bytes", &self.memory_cap_bytes)
+            .field("recycle_after_jobs", &self.recycle_after_jobs)
+            .field("recycle_rss_bytes", &self.recycle_rss_bytes)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}

@@ -1,0 +1,704 @@
+//! The local fleet: N nodes as supervised child processes, and the client that sends each job to
+//! the least-loaded healthy one.
+//!
+//! Containment the engine cannot give in-process lives here and in the node: a memory cap per
+//! process (the node exits past it), a watchdog that kills a node whose job overruns its time
+//! limit plus a grace, recycling (a node asks for it through `RECYCLE_HEADER`; the fleet stops
+//! sending it jobs, waits for those in flight, stops it and starts a fresh process), and the rule
+//! that a job which killed its node twice is failed as `sandbox_crashed`.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mechanics_core::job::MechanicsExecutionLimits;
+use mechanics_proto::node::{
+    ErrorResponse, HEALTH_PATH, JOBS_PATH, JobRequest, JobResponse, RECYCLE_HEADER,
+    SANDBOX_CRASHED, TOKEN_ENV,
+};
+use mechanics_runtime::{
+    HealthStatus, NodeSnapshot, ProcessNode, ShutdownHandle, Supervisor, SupervisorConfig,
+};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::NodeError;
+
+/// A job that has killed this many node processes is failed as `sandbox_crashed`.
+const CRASHES_BEFORE_FAILING: u32 = 2;
+/// Jobs remembered for the crash rule; past this, entries older than [`CRASH_MEMORY`] go.
+const CRASH_LOG_CAPACITY: usize = 10_000;
+/// How long a crash is held against a job id.
+const CRASH_MEMORY: Duration = Duration::from_secs(3600);
+/// How often a job waiting for a free node looks again even without a wake-up (a node that
+/// became ready does not send one).
+const RECHECK: Duration = Duration::from_millis(20);
+/// Times a job is offered to another node when a node refused the connection (the job never
+/// ran there, so trying elsewhere is safe).
+const CONNECT_TRIES: usize = 3;
+
+/// How a [`Fleet`] is run. [`FleetConfig::new`] gives the defaults; set fields to change them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FleetConfig {
+    /// The `mechanics` binary; each node runs `<program> node serve --addr 127.0.0.1:0 ...`.
+    pub program: PathBuf,
+    /// Node processes (default: the number of CPUs).
+    pub nodes: usize,
+    /// Node names are `<name_prefix>-1`, `<name_prefix>-2`, ... (default `node`); they are also
+    /// passed as `--name`, so a node's process can be told apart in `ps`.
+    pub name_prefix: String,
+    /// Engine workers per node, which is also how many jobs the fleet sends a node at once
+    /// (default 2: a node with one thread stuck still serves).
+    pub workers_per_node: usize,
+    /// A node process exits when its resident memory passes this (default 1 GiB).
+    pub memory_cap_mb: u64,
+    /// A node is recycled once its resident memory passes this (default 768 MiB).
+    pub recycle_memory_mb: u64,
+    /// A node is recycled after this many jobs (default 10,000).
+    pub recycle_after_jobs: u64,
+    /// A node whose job runs longer than the job's `max_execution_time` plus this is killed
+    /// (default 2 s).
+    pub watchdog_grace: Duration,
+    /// How long [`Fleet::run`] waits for a node with a free slot before it answers
+    /// [`FleetError::Overloaded`] (default 10 s).
+    pub queue_timeout: Duration,
+    /// How long a node may take to print `READY <addr>` (default 10 s).
+    pub ready_timeout: Duration,
+    /// How long a node has after SIGTERM before it is killed (default 3 s).
+    pub stop_timeout: Duration,
+    /// Restart policy, health checks and crash-loop breaker of the nodes.
+    pub supervisor: SupervisorConfig,
+}
+
+impl FleetConfig {
+    /// The defaults, running `program` as each node.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        FleetConfig {
+            program: program.into(),
+            nodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            name_prefix: "node".into(),
+            workers_per_node: 2,
+            memory_cap_mb: 1024,
+            recycle_memory_mb: 768,
+            recycle_after_jobs: 10_000,
+            watchdog_grace: Duration::from_secs(2),
+            queue_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(3),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), NodeError> {
+        let invalid = |message: &str| Err(NodeError::Config(message.into()));
+        if self.nodes == 0 {
+            return invalid("a fleet needs at least 1 node");
+        }
+        if !(1..=1024).contains(&self.workers_per_node) {
+            return invalid("`workers_per_node` must be between 1 and 1024");
+        }
+        if self.memory_cap_mb == 0 || self.recycle_memory_mb == 0 || self.recycle_after_jobs == 0 {
+            return invalid(
+                "`memory_cap_mb`, `recycle_memory_mb` and `recycle_after_jobs` must be at least 1",
+            );
+        }
+        if self.stop_timeout >= self.supervisor.shutdown_timeout {
+            return invalid("`stop_timeout` must be below the supervisor's shutdown timeout");
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Fleet::run`] did not return a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The script failed (`422` from the node): `kind` is the engine's (`execution`,
+    /// `limit_exceeded`, `panic`). Not worth retrying.
+    #[error("{kind}: {message}")]
+    Script {
+        /// The engine's error kind.
+        kind: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The node refused the request as invalid (`400` for a bad job, `401`, `413`, `500`). Not
+    /// worth retrying.
+    #[error("node answered {status}: {kind}: {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The node's error kind (`invalid_job`, `bad_request`, ...).
+        kind: String,
+        /// The node's message.
+        message: String,
+    },
+    /// The node died or could not be reached while it had the job (a crash, a `kill -9`, the
+    /// memory cap, the watchdog). The node is restarted; the job may be retried.
+    #[error("node {node} failed while running the job: {message}")]
+    Transport {
+        /// The node's name.
+        node: String,
+        /// What happened.
+        message: String,
+    },
+    /// No node could take the job in time, or a node answered `503`. Retry later.
+    #[error("{kind}: {message}")]
+    Overloaded {
+        /// `queue_full`, `queue_timeout`, `no_node_available`, ...
+        kind: String,
+        /// What happened.
+        message: String,
+        /// The node's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The job has killed its node [`CRASHES_BEFORE_FAILING`] times: it is failed, not retried.
+    #[error("the job killed its executor node {crashes} times; it is not run again")]
+    SandboxCrashed {
+        /// Node deaths recorded against the job id.
+        crashes: u32,
+    },
+    /// The fleet is shutting down.
+    #[error("the fleet is shutting down")]
+    ShuttingDown,
+}
+
+impl FleetError {
+    /// Whether the same job may succeed if submitted again later (transport failures and
+    /// overload), as opposed to failures of the job itself.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport { .. } | Self::Overloaded { .. } | Self::ShuttingDown
+        )
+    }
+
+    /// A machine-readable kind: the engine's kind for script failures, `sandbox_crashed`,
+    /// `node_failed`, `shutting_down`, or the node's kind.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Script { kind, .. }
+            | Self::Rejected { kind, .. }
+            | Self::Overloaded { kind, .. } => kind,
+            Self::Transport { .. } => "node_failed",
+            Self::SandboxCrashed { .. } => SANDBOX_CRASHED,
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// One node as the fleet sees it, for APIs and metrics.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// Where its current instance listens, once it announced `READY`.
+    pub address: Option<String>,
+    /// Jobs the fleet has sent it that have not come back.
+    pub in_flight: usize,
+    /// Jobs it answered since the fleet started.
+    pub jobs: u64,
+    /// Whether it is being drained for recycling.
+    pub draining: bool,
+    /// Times it was recycled.
+    pub recycles: u64,
+    /// The supervisor's view: state, health, breaker, starts, deaths, last exit. Counters restart
+    /// from zero on each recycle (a recycle replaces the supervised node).
+    pub snapshot: Option<NodeSnapshot>,
+}
+
+/// Local executor nodes, supervised, and the client that runs jobs on them. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: FleetConfig,
+    supervisor: Supervisor,
+    shutdown: ShutdownHandle,
+    /// The nodes' bearer token: random per fleet, passed in the environment (argv shows in `ps`).
+    token: String,
+    client: reqwest::Client,
+    slots: Vec<Slot>,
+    /// Node deaths per job id, with the time of the last.
+    crashes: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Woken whenever a slot frees up or a node comes back from recycling.
+    freed: Notify,
+    /// Where the least-loaded search starts, so that ties are spread.
+    next: AtomicUsize,
+}
+
+struct Slot {
+    name: String,
+    /// The current instance's address; replaced with the process node on each recycle.
+    address: Mutex<watch::Receiver<Option<String>>>,
+    /// An address that must not get jobs: its instance was killed or refused a connection. A
+    /// new instance announces a new address.
+    dead_address: Mutex<Option<String>>,
+    in_flight: AtomicUsize,
+    jobs: AtomicU64,
+    draining: AtomicBool,
+    recycles: AtomicU64,
+}
+
+impl Fleet {
+    /// Starts `config.nodes` nodes and waits until each has announced its address. The nodes
+    /// stop when `shutdown` is triggered (or on [`shutdown`](Self::shutdown)).
+    pub async fn start(config: FleetConfig, shutdown: ShutdownHandle) -> Result<Fleet, NodeError> {
+        config.validate()?;
+        // reqwest is built with rustls but no provider; plain http on loopback never uses it, yet
+        // the client builder needs one installed. Another part of the process may have done so.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(config.workers_per_node * 2)
+            .build()
+            .map_err(|err| NodeError::Config(format!("cannot build the HTTP client: {err}")))?;
+        let supervisor = Supervisor::new(config.supervisor.clone(), shutdown.clone());
+        let token = random_token()?;
+        let mut slots = Vec::with_capacity(config.nodes);
+        let mut pending = Vec::with_capacity(config.nodes);
+        for index in 1..=config.nodes {
+            let name = format!("{}-{index}", config.name_prefix);
+            let node = process_node(&config, &name, &token)?;
+            let address = node.address();
+            pending.push((name.clone(), address.clone()));
+            supervisor.add(&name, node)?;
+            slots.push(Slot {
+                name,
+                address: Mutex::new(address),
+                dead_address: Mutex::new(None),
+                in_flight: AtomicUsize::new(0),
+                jobs: AtomicU64::new(0),
+                draining: AtomicBool::new(false),
+                recycles: AtomicU64::new(0),
+            });
+        }
+        let fleet = Fleet {
+            inner: Arc::new(Inner {
+                config,
+                supervisor,
+                shutdown,
+                token,
+                client,
+                slots,
+                crashes: Mutex::new(HashMap::new()),
+                freed: Notify::new(),
+                next: AtomicUsize::new(0),
+            }),
+        };
+        let limit = fleet.inner.config.ready_timeout + Duration::from_secs(1);
+        for (name, mut address) in pending {
+            let ready = tokio::time::timeout(limit, address.wait_for(Option::is_some)).await;
+            if !matches!(ready, Ok(Ok(_))) {
+                let status = fleet
+                    .inner
+                    .supervisor
+                    .snapshot(&name)
+                    .and_then(|s| s.last_exit)
+                    .map_or_else(
+                        || format!("no READY line within {limit:?}"),
+                        |exit| format!("{} {:?}", exit.status, exit.stderr_tail),
+                    );
+                fleet.shutdown().await;
+                return Err(NodeError::NotReady { node: name, status });
+            }
+        }
+        tracing::info!(nodes = fleet.inner.slots.len(), "fleet ready");
+        Ok(fleet)
+    }
+
+    /// Runs `request` on the least-loaded healthy node and returns the job's result.
+    ///
+    /// Waits up to `queue_timeout` for a node with a free slot. A node that dies while it has
+    /// the job gives [`FleetError::Transport`] (retryable) and is restarted by the supervisor;
+    /// a node whose job overruns `max_execution_time + watchdog_grace` is killed, with the same
+    /// result. Each such death is held against `request.job_id`; at the second the answer is
+    /// [`FleetError::SandboxCrashed`], and so is every later call with that id.
+    pub async fn run(&self, request: &JobRequest) -> Result<Value, FleetError> {
+        let inner = &self.inner;
+        if let Some(crashes) = inner.crashes_of(&request.job_id) {
+            return Err(FleetError::SandboxCrashed { crashes });
+        }
+        let body = serde_json::to_vec(request).map_err(|err| FleetError::Rejected {
+            status: 400,
+            kind: "bad_request".into(),
+            message: err.to_string(),
+        })?;
+        let watchdog = time_limit(request.limits.as_ref()) + inner.config.watchdog_grace;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let lease = inner.acquire().await?;
+            let slot = &inner.slots[lease.slot];
+            let url = format!("http://{}{JOBS_PATH}", lease.address);
+            let call = async {
+                let response = inner
+                    .client
+                    .post(&url)
+                    .bearer_auth(&inner.token)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let recycle = response.headers().contains_key(RECYCLE_HEADER);
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, recycle, retry_after, bytes))
+            };
+            let outcome = tokio::select! {
+                outcome = call => outcome,
+                () = tokio::time::sleep(watchdog) => {
+                    let reason = format!(
+                        "job {} overran its time limit plus grace ({watchdog:?})",
+                        request.job_id
+                    );
+                    tracing::warn!(node = %slot.name, %reason, "watchdog killing node");
+                    slot.mark_dead(&lease.address);
+                    let _ = inner.supervisor.kill(&slot.name, &reason);
+                    return Err(inner.crashed(&request.job_id, &slot.name, reason));
+                }
+            };
+            let (status, recycle, retry_after, bytes) = match outcome {
+                Ok(answer) => answer,
+                Err(err) if err.is_connect() && tries < CONNECT_TRIES => {
+                    // Never reached the node, so the job did not run: its instance is gone.
+                    slot.mark_dead(&lease.address);
+                    drop(lease);
+                    continue;
+                }
+                Err(err) if err.is_connect() => {
+                    slot.mark_dead(&lease.address);
+                    return Err(FleetError::Transport {
+                        node: slot.name.clone(),
+                        message: format!("cannot connect: {err}"),
+                    });
+                }
+                Err(err) => {
+                    let message = format!("{err:#}");
+                    return Err(inner.crashed(&request.job_id, &slot.name, message));
+                }
+            };
+            slot.jobs.fetch_add(1, Ordering::Relaxed);
+            if recycle {
+                self.recycle(lease.slot);
+            }
+            drop(lease);
+            return answer(status, retry_after, &bytes);
+        }
+    }
+
+    /// Every node as the fleet sees it.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let inner = &self.inner;
+        inner
+            .slots
+            .iter()
+            .map(|slot| NodeInfo {
+                name: slot.name.clone(),
+                address: slot.address().borrow().clone(),
+                in_flight: slot.in_flight.load(Ordering::SeqCst),
+                jobs: slot.jobs.load(Ordering::Relaxed),
+                draining: slot.draining.load(Ordering::SeqCst),
+                recycles: slot.recycles.load(Ordering::Relaxed),
+                snapshot: inner.supervisor.snapshot(&slot.name),
+            })
+            .collect()
+    }
+
+    /// The supervisor of the nodes: for breaker resets and snapshots by name.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.inner.supervisor
+    }
+
+    /// Triggers the fleet's shutdown and waits until every node process has ended.
+    pub async fn shutdown(&self) {
+        self.inner.supervisor.shutdown().await;
+    }
+
+    /// Drains the node and replaces its process, off the caller's path. Another recycle of the
+    /// same node already under way wins.
+    fn recycle(&self, index: usize) {
+        let slot = &self.inner.slots[index];
+        if slot.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let inner = &fleet.inner;
+            let slot = &inner.slots[index];
+            tracing::info!(node = %slot.name, "recycling node");
+            let stop = inner.shutdown.signal();
+            // Jobs already sent there finish first; the watchdog bounds each of them.
+            while slot.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::select! {
+                    () = stop.requested() => return,
+                    () = tokio::time::sleep(RECHECK) => {}
+                }
+            }
+            let _ = inner.supervisor.stop(&slot.name).await;
+            let replaced = process_node(&inner.config, &slot.name, &inner.token).and_then(|node| {
+                let address = node.address();
+                inner.supervisor.add(&slot.name, node)?;
+                *slot.address() = address;
+                Ok(())
+            });
+            match replaced {
+                Ok(()) => {
+                    slot.recycles.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::warn!(node = %slot.name, %err, "could not restart a recycled node")
+                }
+            }
+            slot.draining.store(false, Ordering::SeqCst);
+            inner.freed.notify_waiters();
+        });
+    }
+}
+
+impl Inner {
+    /// Waits for the least-loaded healthy node with a free slot and takes the slot.
+    async fn acquire(&self) -> Result<Lease<'_>, FleetError> {
+        let deadline = Instant::now() + self.config.queue_timeout;
+        let stop = self.shutdown.signal();
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if stop.is_requested() {
+                return Err(FleetError::ShuttingDown);
+            }
+            if let Some(lease) = self.try_acquire() {
+                return Ok(lease);
+            }
+            tokio::select! {
+                () = stop.requested() => return Err(FleetError::ShuttingDown),
+                () = &mut freed => {}
+                () = tokio::time::sleep(RECHECK) => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(FleetError::Overloaded {
+                        kind: "no_node_available".into(),
+                        message: format!(
+                            "no executor node could take the job within {:?}",
+                            self.config.queue_timeout
+                        ),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+    }
+
+    fn try_acquire(&self) -> Option<Lease<'_>> {
+        let capacity = self.config.workers_per_node;
+        let count = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize, String)> = None;
+        for offset in 0..count {
+            let index = (start + offset) % count;
+            let slot = &self.slots[index];
+            let load = slot.in_flight.load(Ordering::SeqCst);
+            if load >= capacity || best.as_ref().is_some_and(|(_, l, _)| *l <= load) {
+                continue;
+            }
+            if let Some(address) = self.usable_address(slot) {
+                best = Some((index, load, address));
+            }
+        }
+        let (index, load, address) = best?;
+        let slot = &self.slots[index];
+        // Another caller may have taken the slot meanwhile; then look again next time.
+        slot.in_flight
+            .compare_exchange(load, load + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        let lease = Lease {
+            inner: self,
+            slot: index,
+            address,
+        };
+        // A recycle that started meanwhile waits for in_flight to reach zero; do not add to it.
+        if slot.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(lease)
+    }
+
+    /// The slot's address if it may get a job now: announced, not known dead, not draining, and
+    /// not failing its health checks.
+    fn usable_address(&self, slot: &Slot) -> Option<String> {
+        if slot.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        let address = slot.address().borrow().clone()?;
+        if slot.dead_address().as_deref() == Some(address.as_str()) {
+            return None;
+        }
+        let healthy = self
+            .supervisor
+            .snapshot(&slot.name)
+            .is_some_and(|s| !matches!(s.health, HealthStatus::Unhealthy(_)));
+        healthy.then_some(address)
+    }
+
+    /// Records a node death against `job_id`; the error to give the caller.
+    fn crashed(&self, job_id: &str, node: &str, message: String) -> FleetError {
+        let now = Instant::now();
+        let mut crashes = lock(&self.crashes);
+        if crashes.len() >= CRASH_LOG_CAPACITY {
+            crashes.retain(|_, (_, at)| now.duration_since(*at) < CRASH_MEMORY);
+            if crashes.len() >= CRASH_LOG_CAPACITY {
+                crashes.clear();
+            }
+        }
+        let entry = crashes.entry(job_id.to_owned()).or_insert((0, now));
+        *entry = (entry.0 + 1, now);
+        tracing::warn!(%job_id, node, crashes = entry.0, %message, "job's node failed");
+        if entry.0 >= CRASHES_BEFORE_FAILING {
+            FleetError::SandboxCrashed { crashes: entry.0 }
+        } else {
+            FleetError::Transport {
+                node: node.to_owned(),
+                message,
+            }
+        }
+    }
+
+    /// The job's crash count once it has reached the limit.
+    fn crashes_of(&self, job_id: &str) -> Option<u32> {
+        lock(&self.crashes)
+            .get(job_id)
+            .map(|(count, _)| *count)
+            .filter(|count| *count >= CRASHES_BEFORE_FAILING)
+    }
+}
+
+/// A taken slot on a node; gives it back when dropped.
+struct Lease<'a> {
+    inner: &'a Inner,
+    slot: usize,
+    address: String,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.inner.slots[self.slot]
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+        self.inner.freed.notify_waiters();
+    }
+}
+
+impl Slot {
+    fn address(&self) -> MutexGuard<'_, watch::Receiver<Option<String>>> {
+        lock(&self.address)
+    }
+
+    fn dead_address(&self) -> MutexGuard<'_, Option<String>> {
+        lock(&self.dead_address)
+    }
+
+    fn mark_dead(&self, address: &str) {
+        *self.dead_address() = Some(address.to_owned());
+    }
+}
+
+/// The job's answer from the node's status and body.
+fn answer(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, FleetError> {
+    if status == 200 {
+        return serde_json::from_slice::<JobResponse>(body)
+            .map(|response| response.result)
+            .map_err(|err| FleetError::Rejected {
+                status,
+                kind: "bad_response".into(),
+                message: format!("the node's answer is not a job response: {err}"),
+            });
+    }
+    let error = serde_json::from_slice::<ErrorResponse>(body).map_or_else(
+        |_| {
+            (
+                "bad_response".to_owned(),
+                String::from_utf8_lossy(body).chars().take(512).collect(),
+            )
+        },
+        |response| (response.error.kind, response.error.message),
+    );
+    let (kind, message) = error;
+    Err(match status {
+        422 => FleetError::Script { kind, message },
+        503 => FleetError::Overloaded {
+            kind,
+            message,
+            retry_after,
+        },
+        _ => FleetError::Rejected {
+            status,
+            kind,
+            message,
+        },
+    })
+}
+
+/// The job's wall-clock limit: its own `max_execution_time_ms`, else the engine's default (what
+/// the node applies too).
+fn time_limit(limits: Option<&Value>) -> Duration {
+    limits
+        .and_then(|limits| serde_json::from_value::<MechanicsExecutionLimits>(limits.clone()).ok())
+        .unwrap_or_default()
+        .max_execution_time()
+}
+
+fn process_node(config: &FleetConfig, name: &str, token: &str) -> Result<ProcessNode, NodeError> {
+    let args: Vec<OsString> = [
+        "node",
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--name",
+        name,
+        "--workers",
+        &config.workers_per_node.to_string(),
+        "--memory-cap-mb",
+        &config.memory_cap_mb.to_string(),
+        "--recycle-memory-mb",
+        &config.recycle_memory_mb.to_string(),
+        "--recycle-after-jobs",
+        &config.recycle_after_jobs.to_string(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    Ok(ProcessNode::new(&config.program)
+        .args(args)
+        .env(TOKEN_ENV, token)
+        .ready_timeout(config.ready_timeout)
+        .stop_timeout(config.stop_timeout)
+        .health_url(&format!("http://{{addr}}{HEALTH_PATH}"))?)
+}
+
+/// 32 random bytes as hex.
+fn random_token() -> Result<String, NodeError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| NodeError::Config(format!("no randomness for the node token: {err}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is one assignment, so a panic cannot leave them half-done.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

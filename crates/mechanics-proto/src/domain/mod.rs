@@ -1,0 +1,89 @@
+//! Domain types of the coordinator: worker and source specs as users write them, and the records
+//! the store keeps (tasks, events, `/logs` entries) with their states.
+//!
+//! Ids are `i64` row ids (see [`TaskId`]). Times are unix milliseconds (`i64`), always supplied
+//! by the caller, so that nothing here reads a clock.
+
+mod duration;
+mod queue;
+mod source;
+mod worker;
+
+pub use duration::HumanDuration;
+pub use queue::{
+    Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task, TaskId, TaskState,
+    UnknownState,
+};
+pub use source::{Source, SourceKind, SourceSpec};
+pub use worker::{
+    CronTrigger, RateLimitSpec, RestartPolicyName, RestartSpec, RetrySpec, Trigger, WebhookTrigger,
+    Worker, WorkerKind, WorkerSpec,
+};
+
+/// A spec that deserialized but breaks a rule; `field` is the path of the offending field
+/// (`triggers[0].cron`, `retry.base_delay`), so the user knows what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Path of the field, as written in the spec.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl SpecError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a worker or source name: 1 to 64 characters of `a-z`, `0-9` and `-`. Names appear in
+/// URLs (`/webhooks/{source}`), metric labels and file names, so nothing else is allowed.
+pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("{name:?} is not a valid name: use 1 to 64 characters of a-z, 0-9 and '-'"),
+        ))
+    }
+}
+
+/// Checks the name of an environment variable that holds a secret (`[A-Za-z_][A-Za-z0-9_]*`).
+pub(crate) fn validate_env_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let mut bytes = name.bytes();
+    let ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("{name:?} is not an environment variable name"),
+        ))
+    }
+}
+
+/// Checks that `url` is an absolute `http://` or `https://` URL with a host.
+pub(crate) fn validate_http_url(field: &str, url: &str) -> Result<(), SpecError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+        _ => Err(SpecError::new(
+            field,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
+    }
+}

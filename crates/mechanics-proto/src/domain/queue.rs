@@ -1,0 +1,300 @@
+//! Events, tasks and `/logs` entries as stored, with their states.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Row id of a task. Ids are `i64` row ids rather than UUIDs: they are what SQLite's rowid and a
+/// PostgreSQL identity column give for free (no second index), they order by creation, which
+/// makes them the paging cursor, and they are short to type (`mechanics task retry 42`).
+pub type TaskId = i64;
+/// Row id of an event (see [`TaskId`]).
+pub type EventId = i64;
+/// Row id of a `/logs` entry (see [`TaskId`]).
+pub type LogId = i64;
+
+/// A state name that is not one of the enum's; the message lists the valid ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {got:?}; expected one of: {expected}")]
+pub struct UnknownState {
+    what: &'static str,
+    got: String,
+    expected: String,
+}
+
+/// Declares a state enum with its snake_case names, `as_str`, `Display`, `FromStr` and `ALL`.
+macro_rules! state_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The snake_case name used in JSON, SQL and query strings.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(s: &str) -> Result<Self, UnknownState> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownState {
+                        what: $what,
+                        got: s.to_owned(),
+                        expected: [$($text),+].join(", "),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+state_enum!(
+    /// Where a task is in its life. `pending → dispatched → completed | failed`,
+    /// `dispatched → pending` (retry scheduled), `→ dead` (retries exhausted), `→ canceled`.
+    TaskState, "task state", {
+        /// Waiting for `next_run_at`.
+        Pending => "pending",
+        /// Claimed by a dispatcher under a lease.
+        Dispatched => "dispatched",
+        /// Finished with a result.
+        Completed => "completed",
+        /// Finished with an error that is not retried.
+        Failed => "failed",
+        /// Retries exhausted: the dead letter.
+        Dead => "dead",
+        /// Canceled by a user.
+        Canceled => "canceled",
+    }
+);
+
+impl TaskState {
+    /// Whether the task is finished (only a manual retry moves it again).
+    pub fn is_end(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Dead | Self::Canceled
+        )
+    }
+}
+
+state_enum!(
+    /// Where an event is in its life: `received → matched → dispatched → completed |
+    /// write_back_failed → completed | failed`; `skipped` when no worker matches.
+    EventState, "event state", {
+        /// Stored, not yet matched.
+        Received => "received",
+        /// Tasks created for the matching workers.
+        Matched => "matched",
+        /// Its tasks are running.
+        Dispatched => "dispatched",
+        /// Done, write-back (if any) done.
+        Completed => "completed",
+        /// Write-back failed transiently; the write-back loop retries it.
+        WriteBackFailed => "write_back_failed",
+        /// Failed for good.
+        Failed => "failed",
+        /// No worker matched.
+        Skipped => "skipped",
+    }
+);
+
+impl EventState {
+    /// Whether the lifecycle allows going from `self` to `next`. Re-entering the same state is
+    /// allowed only for `write_back_failed` (another failed write-back try).
+    pub fn can_become(self, next: EventState) -> bool {
+        use EventState::*;
+        match self {
+            Received => matches!(next, Matched | Skipped | Failed),
+            Matched => matches!(next, Dispatched | Completed | WriteBackFailed | Failed),
+            Dispatched => matches!(next, Completed | WriteBackFailed | Failed),
+            WriteBackFailed => matches!(next, WriteBackFailed | Completed | Failed),
+            Completed | Failed | Skipped => false,
+        }
+    }
+}
+
+/// One received event (a webhook delivery, or a synthetic event of the server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Row id.
+    pub id: EventId,
+    /// The source's name.
+    pub source: String,
+    /// The platform's delivery id; unique per source (dedup).
+    pub delivery_id: String,
+    /// `issues.opened`, `message`, ...
+    pub event_type: String,
+    /// The delivered JSON.
+    pub payload: Value,
+    /// Lifecycle state.
+    pub state: EventState,
+    /// Why it failed or why write-back failed last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Failed write-back tries so far.
+    pub write_back_attempts: u32,
+    /// Unix ms when the write-back loop should try again (`write_back_failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_write_back_at: Option<i64>,
+    /// Unix ms of receipt.
+    pub received_at: i64,
+    /// Unix ms of the last state change.
+    pub updated_at: i64,
+}
+
+/// One unit of work: a worker run for an event, an API submission or a cron fire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Row id.
+    pub id: TaskId,
+    /// The worker's name.
+    pub worker: String,
+    /// The event that caused it; `(event_id, worker)` is unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// The API submitter's idempotency key; unique per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The worker's input.
+    pub payload: Value,
+    /// Lifecycle state.
+    pub state: TaskState,
+    /// How many times the task has been claimed; the fencing token that a completion must
+    /// carry. It never decreases, so a late reply from an earlier claim is always told apart.
+    pub attempt: u32,
+    /// Attempts that count toward the retry limit: a claim released without running (rate
+    /// limited) gives its try back, a manual retry starts again from 0.
+    pub tries: u32,
+    /// Unix ms from which a pending task may be claimed.
+    pub next_run_at: i64,
+    /// Unix ms when the current claim expires (dispatched only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    /// The worker's JSON result (completed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix ms of creation.
+    pub created_at: i64,
+    /// Unix ms of the last change.
+    pub updated_at: i64,
+}
+
+state_enum!(
+    /// Outcome of one pipeline step in `/logs`.
+    LogOutcome, "log outcome", {
+        /// The step succeeded.
+        Ok => "ok",
+        /// The step failed.
+        Fail => "fail",
+        /// The step was skipped (no match, duplicate).
+        Skip => "skip",
+        /// The step will be retried.
+        Retry => "retry",
+        /// The step was refused (signature, rate limit, policy).
+        Deny => "deny",
+    }
+);
+
+/// One `/logs` entry before it is stored. Secrets must be redacted by the writer (the server)
+/// before it gets here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Groups the entries of one causal chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Unix ms.
+    pub ts: i64,
+    /// The pipeline step: `webhook`, `match`, `policy`, `dispatch`, `write_back`, ...
+    pub action: String,
+    /// How the step ended.
+    pub outcome: LogOutcome,
+    /// The event concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// The task concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    /// The worker concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The task attempt concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The error, redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Sparse extra JSON, redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// A stored `/logs` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Row id (ascending with insertion).
+    pub id: LogId,
+    /// The entry.
+    #[serde(flatten)]
+    pub record: LogRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>().unwrap(), *state);
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                Value::String(state.to_string())
+            );
+        }
+        for state in EventState::ALL {
+            assert_eq!(state.as_str().parse::<EventState>().unwrap(), *state);
+        }
+        let err = "running".parse::<TaskState>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown task state \"running\"; expected one of: pending, dispatched, completed, failed, dead, canceled"
+        );
+    }
+
+    #[test]
+    fn event_lifecycle_allows_only_the_documented_moves() {
+        use EventState::*;
+        assert!(Received.can_become(Matched));
+        assert!(Received.can_become(Skipped));
+        assert!(Dispatched.can_become(WriteBackFailed));
+        assert!(WriteBackFailed.can_become(WriteBackFailed));
+        assert!(WriteBackFailed.can_become(Completed));
+        assert!(!Completed.can_become(Received));
+        assert!(!Skipped.can_become(Matched));
+        assert!(!Received.can_become(Received));
+    }
+}

@@ -1,0 +1,486 @@
+//! The worker spec (`worker.yml`, DESIGN §3) and the stored worker record.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{HumanDuration, SpecError, validate_http_url, validate_name};
+
+/// How a worker runs its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerKind {
+    /// A JavaScript module run on an executor node.
+    Js,
+    /// An external HTTP service: `POST {url}/task`.
+    Http,
+    /// A local program the server launches and supervises; it serves the HTTP contract.
+    Process,
+}
+
+/// A worker as the user writes it. Unknown fields are errors; [`WorkerSpec::validate`] checks the
+/// rules serde cannot express and names the offending field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// `[a-z0-9-]{1,64}`, unique among workers.
+    pub name: String,
+    /// How the worker runs.
+    pub kind: WorkerKind,
+    /// js: the module's path as written; the CLI reads it at add time and the source is stored
+    /// in [`Worker::module_source`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// js: a `MechanicsConfig` object (endpoints the script may call); the server validates it
+    /// with `mechanics-core`. `${env:NAME}` references stay references here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// js: a `MechanicsExecutionLimits` object, validated by the server with `mechanics-core`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Value>,
+    /// http: the service's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// process: the program and its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// process: how the supervisor restarts the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartSpec>,
+    /// What makes tasks for this worker.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    /// Retry parameters for transport failures (the server applies them).
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// The worker's dispatch token bucket.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+    /// Whether a `reply` in the result is written back to the event's platform.
+    #[serde(default)]
+    pub write_back: bool,
+}
+
+/// One trigger; in YAML a single-key map: `webhook: {...}`, `cron: "..."`, `api: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Events from a registered source.
+    Webhook(WebhookTrigger),
+    /// A schedule.
+    Cron(CronTrigger),
+    /// Whether tasks may be submitted through the API.
+    Api(bool),
+}
+
+/// Matches events of one source by type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTrigger {
+    /// The source's name.
+    pub source: String,
+    /// Event types (`issues.opened`); at least one.
+    pub events: Vec<String>,
+    /// An optional filter over the payload, interpreted by the server's matcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+}
+
+/// A cron schedule: `cron: "*/5 * * * *"` or `cron: { schedule: "0 0 9 * * 1", tz: "Europe/Paris" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CronTrigger {
+    /// Just the schedule, in UTC.
+    Schedule(String),
+    /// A schedule with a time zone.
+    WithZone {
+        /// 5 fields (minute ...) or 6 (second minute ...).
+        schedule: String,
+        /// An IANA time zone name; the server resolves it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tz: Option<String>,
+    },
+}
+
+impl CronTrigger {
+    /// The schedule text.
+    pub fn schedule(&self) -> &str {
+        match self {
+            Self::Schedule(s) | Self::WithZone { schedule: s, .. } => s,
+        }
+    }
+
+    /// The time zone, if one was given (UTC otherwise).
+    pub fn tz(&self) -> Option<&str> {
+        match self {
+            Self::Schedule(_) => None,
+            Self::WithZone { tz, .. } => tz.as_deref(),
+        }
+    }
+}
+
+/// Restart policy of a process worker (`mechanics-runtime` semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// When to restart.
+    pub policy: RestartPolicyName,
+    /// First backoff delay.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Backoff cap.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+/// The restart policies a process worker can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicyName {
+    /// Never restart.
+    Never,
+    /// Restart after a failure, with exponential backoff.
+    OnFailure,
+    /// Restart after any exit.
+    Always,
+}
+
+fn default_initial_backoff_ms() -> u64 {
+    500
+}
+
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+/// Retry parameters: the server computes `base_delay × 2^(n−1)` capped at `max_delay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first attempt before a task goes `dead` (default 3).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay (default `30s`).
+    #[serde(default = "default_base_delay")]
+    pub base_delay: HumanDuration,
+    /// Delay cap (default `30m`).
+    #[serde(default = "default_max_delay")]
+    pub max_delay: HumanDuration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            base_delay: default_base_delay(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+fn default_base_delay() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_max_delay() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 60))
+}
+
+/// A token bucket: `per_second` refill rate, `burst` capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Tokens added per second (default 2).
+    #[serde(default = "default_per_second")]
+    pub per_second: f64,
+    /// Bucket capacity (default 5).
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            per_second: default_per_second(),
+            burst: default_burst(),
+        }
+    }
+}
+
+fn default_per_second() -> f64 {
+    2.0
+}
+
+fn default_burst() -> u32 {
+    5
+}
+
+impl WorkerSpec {
+    /// Checks every rule serde cannot: the name, the fields each kind needs and forbids, the
+    /// triggers, retry and rate-limit values. `config` and `limits` are only checked to be
+    /// objects; their contents are `mechanics-core`'s to validate.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("name", &self.name)?;
+        let kind = match self.kind {
+            WorkerKind::Js => "js",
+            WorkerKind::Http => "http",
+            WorkerKind::Process => "process",
+        };
+        let given = [
+            ("module", self.module.is_some()),
+            ("config", self.config.is_some()),
+            ("limits", self.limits.is_some()),
+            ("url", self.url.is_some()),
+            ("command", self.command.is_some()),
+            ("restart", self.restart.is_some()),
+        ];
+        let (required, allowed): (&[&str], &[&str]) = match self.kind {
+            WorkerKind::Js => (&["module"], &["module", "config", "limits"]),
+            WorkerKind::Http => (&["url"], &["url"]),
+            WorkerKind::Process => (&["command"], &["command", "restart"]),
+        };
+        for (field, present) in given {
+            if present && !allowed.contains(&field) {
+                return Err(SpecError::new(
+                    field,
+                    format!(
+                        "not used by {kind} workers (allowed: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if !present && required.contains(&field) {
+                return Err(SpecError::new(
+                    field,
+                    format!("required for {kind} workers"),
+                ));
+            }
+        }
+        if self.module.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(SpecError::new("module", "must not be empty"));
+        }
+        for (field, value) in [("config", &self.config), ("limits", &self.limits)] {
+            if value.as_ref().is_some_and(|v| !v.is_object()) {
+                return Err(SpecError::new(field, "must be an object"));
+            }
+        }
+        if let Some(url) = &self.url {
+            validate_http_url("url", url)?;
+        }
+        if let Some(command) = &self.command
+            && command.first().is_none_or(|program| program.is_empty())
+        {
+            return Err(SpecError::new(
+                "command",
+                "must name a program: [\"program\", \"arg\", ...]",
+            ));
+        }
+        if let Some(restart) = &self.restart
+            && restart.initial_backoff_ms > restart.max_backoff_ms
+        {
+            return Err(SpecError::new(
+                "restart.initial_backoff_ms",
+                "must not exceed restart.max_backoff_ms",
+            ));
+        }
+        for (i, trigger) in self.triggers.iter().enumerate() {
+            validate_trigger(i, trigger)?;
+        }
+        if self.retry.base_delay.as_millis() == 0 {
+            return Err(SpecError::new("retry.base_delay", "must be greater than 0"));
+        }
+        if self.retry.base_delay > self.retry.max_delay {
+            return Err(SpecError::new(
+                "retry.base_delay",
+                format!(
+                    "{} is longer than retry.max_delay ({})",
+                    self.retry.base_delay, self.retry.max_delay
+                ),
+            ));
+        }
+        if !(self.rate_limit.per_second.is_finite() && self.rate_limit.per_second > 0.0) {
+            return Err(SpecError::new(
+                "rate_limit.per_second",
+                "must be a number greater than 0",
+            ));
+        }
+        if self.rate_limit.burst == 0 {
+            return Err(SpecError::new("rate_limit.burst", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Whether tasks may be submitted for this worker through the API (an `api: true` trigger).
+    pub fn accepts_api(&self) -> bool {
+        self.triggers.contains(&Trigger::Api(true))
+    }
+}
+
+fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
+    match trigger {
+        Trigger::Webhook(webhook) => {
+            validate_name(&format!("triggers[{i}].webhook.source"), &webhook.source)?;
+            if webhook.events.is_empty() {
+                return Err(SpecError::new(
+                    format!("triggers[{i}].webhook.events"),
+                    "list at least one event type",
+                ));
+            }
+            if let Some(j) = webhook.events.iter().position(|e| e.trim().is_empty()) {
+                return Err(SpecError::new(
+                    format!("triggers[{i}].webhook.events[{j}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Trigger::Cron(cron) => {
+            let fields = cron.schedule().split_whitespace().count();
+            if !(fields == 5 || fields == 6) {
+                return Err(SpecError::new(
+                    format!("triggers[{i}].cron"),
+                    format!(
+                        "{:?} has {fields} fields: write 5 (minute hour day month weekday) or 6 (with seconds first)",
+                        cron.schedule()
+                    ),
+                ));
+            }
+            if cron.tz().is_some_and(|tz| tz.trim().is_empty()) {
+                return Err(SpecError::new(
+                    format!("triggers[{i}].cron.tz"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Trigger::Api(_) => {}
+    }
+    Ok(())
+}
+
+/// A registered worker as stored: its spec, the module source read at add time (js workers), and
+/// a revision that counts updates (1 on first add).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    /// The spec as added.
+    pub spec: WorkerSpec,
+    /// js: the module's source text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_source: Option<String>,
+    /// 1 on add, +1 on every update.
+    pub revision: i64,
+    /// Unix ms of the first add.
+    pub created_at: i64,
+    /// Unix ms of the last update.
+    pub updated_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(value: Value) -> Result<WorkerSpec, String> {
+        let spec: WorkerSpec = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn the_design_example_parses_with_defaults_filled_in() {
+        let spec = spec(json!({
+            "name": "triage", "kind": "js", "module": "./triage.js",
+            "config": { "endpoints": {} }, "limits": { "max_execution_time_ms": 10000 },
+            "triggers": [
+                { "webhook": { "source": "gh", "events": ["issues.opened"] } },
+                { "cron": "*/5 * * * *" },
+                { "cron": { "schedule": "0 0 9 * * 1", "tz": "Europe/Paris" } },
+                { "api": true }
+            ],
+            "retry": { "max_retries": 5, "base_delay": "10s" },
+            "write_back": true
+        }))
+        .unwrap();
+        assert_eq!(spec.retry.max_retries, 5);
+        assert_eq!(spec.retry.base_delay.as_millis(), 10_000);
+        assert_eq!(spec.retry.max_delay.to_string(), "30m");
+        assert_eq!(spec.rate_limit, RateLimitSpec::default());
+        assert_eq!(
+            spec.triggers[2],
+            Trigger::Cron(CronTrigger::WithZone {
+                schedule: "0 0 9 * * 1".into(),
+                tz: Some("Europe/Paris".into())
+            })
+        );
+        assert!(spec.accepts_api());
+        let back: WorkerSpec =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let js = |extra: Value| {
+            let mut base = json!({ "name": "w", "kind": "js", "module": "m.js" });
+            base.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec(base).unwrap_err()
+        };
+        for (extra, expected) in [
+            (
+                json!({ "name": "Bad_Name" }),
+                "name: \"Bad_Name\" is not a valid name",
+            ),
+            (json!({ "nmae": "x" }), "unknown field `nmae`"),
+            (json!({ "url": "http://x" }), "url: not used by js workers"),
+            (json!({ "config": [] }), "config: must be an object"),
+            (
+                json!({ "triggers": [{ "cron": "* * *" }] }),
+                "triggers[0].cron: \"* * *\" has 3 fields",
+            ),
+            (
+                json!({ "triggers": [{ "webhook": { "source": "gh", "events": [] } }] }),
+                "triggers[0].webhook.events: list at least one",
+            ),
+            (
+                json!({ "retry": { "base_delay": "1h" } }),
+                "retry.base_delay: 1h is longer than retry.max_delay (30m)",
+            ),
+            (
+                json!({ "retry": { "base_delay": "soon" } }),
+                "\"soon\" is not a duration",
+            ),
+            (
+                json!({ "rate_limit": { "per_second": 0 } }),
+                "rate_limit.per_second: must be a number greater than 0",
+            ),
+            (
+                json!({ "rate_limit": { "burst": 0 } }),
+                "rate_limit.burst: must be at least 1",
+            ),
+        ] {
+            let err = js(extra.clone());
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = spec(json!({ "name": "w", "kind": "http" })).unwrap_err();
+        assert_eq!(err, "url: required for http workers");
+        let err = spec(json!({ "name": "w", "kind": "http", "url": "ftp://x" })).unwrap_err();
+        assert!(err.starts_with("url: \"ftp://x\" is not an http"), "{err}");
+        let err = spec(json!({ "name": "w", "kind": "process", "command": [] })).unwrap_err();
+        assert!(err.starts_with("command: must name a program"), "{err}");
+        let ok = spec(json!({ "name": "w", "kind": "process", "command": ["bot"],
+            "restart": { "policy": "on-failure" } }))
+        .unwrap();
+        assert_eq!(ok.restart.unwrap().max_backoff_ms, 30_000);
+    }
+
+    #[test]
+    fn names_allow_only_lowercase_digits_and_dashes_up_to_64() {
+        assert!(super::super::validate_name("name", &"a".repeat(64)).is_ok());
+        for bad in ["", "A", "a_b", "a b", "é", &"a".repeat(65)] {
+            assert!(super::super::validate_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+}
