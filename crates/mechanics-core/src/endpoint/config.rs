@@ -91,17 +91,62 @@ impl Serialize for HttpMethod {
 
 impl<'de> Deserialize<'de> for HttpMethod {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Any letter case: `"post"` in configs, `"POST"` as on the wire.
         let text = String::deserialize(deserializer)?;
-        HttpMethod::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(&text))
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "unknown HTTP method `{text}`, expected one of get, post, put, patch, delete, \
+        let lower = text.to_ascii_lowercase();
+        variant_named(
+            &lower,
+            &HttpMethod::ALL,
+            |m| m.as_str().to_ascii_lowercase(),
+            "HTTP method",
+        )
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown HTTP method `{text}`, expected one of get, post, put, patch, delete, \
                      head, options"
-                ))
-            })
+            ))
+        })
     }
+}
+
+/// The variant of `all` whose name is `text`, or an error listing the names. The enums of this
+/// module are read from strings only: serde's derive would also take `{ "json": null }`, a shape
+/// the documented JSON does not have.
+fn variant_named<T: Copy, N: AsRef<str>>(
+    text: &str,
+    all: &[T],
+    name: impl Fn(T) -> N,
+    what: &str,
+) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v).as_ref() == text)
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(|v| name(*v).as_ref().to_owned()).collect();
+            format!(
+                "unknown {what} `{text}`, expected one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// Serde for an enum read from and written as its name.
+macro_rules! serde_by_name {
+    ($type:ty, $what:literal) => {
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                variant_named(&text, &<$type>::ALL, <$type>::as_str, $what)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
 /// How a request or response body is written and read.
@@ -111,8 +156,7 @@ impl<'de> Deserialize<'de> for HttpMethod {
 /// | `json` | any JSON-convertible value | JSON text, `application/json` |
 /// | `utf8` | `string` | UTF-8 text, `text/plain; charset=utf-8` |
 /// | `bytes` | `TypedArray \| ArrayBuffer \| DataView` in, `Uint8Array` out | raw bytes, `application/octet-stream` |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndpointBodyType {
     /// JSON text.
     Json,
@@ -122,7 +166,24 @@ pub enum EndpointBodyType {
     Bytes,
 }
 
+serde_by_name!(EndpointBodyType, "body type");
+
 impl EndpointBodyType {
+    const ALL: [EndpointBodyType; 3] = [
+        EndpointBodyType::Json,
+        EndpointBodyType::Utf8,
+        EndpointBodyType::Bytes,
+    ];
+
+    /// The type's JSON name (`"json"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointBodyType::Json => "json",
+            EndpointBodyType::Utf8 => "utf8",
+            EndpointBodyType::Bytes => "bytes",
+        }
+    }
+
     /// The `Content-Type` sent with a request body of this type when none is configured.
     pub fn default_content_type(self) -> &'static str {
         match self {
@@ -237,8 +298,7 @@ pub struct UrlParamSpec {
 }
 
 /// How a slotted query parameter treats a missing or empty value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SlottedQueryMode {
     /// Must resolve to a non-empty value.
     Required,
@@ -250,15 +310,25 @@ pub enum SlottedQueryMode {
     OptionalAllowEmpty,
 }
 
+serde_by_name!(SlottedQueryMode, "query mode");
+
 impl SlottedQueryMode {
-    fn allows_empty(self) -> bool {
+    const ALL: [SlottedQueryMode; 4] = [
+        SlottedQueryMode::Required,
+        SlottedQueryMode::RequiredAllowEmpty,
+        SlottedQueryMode::Optional,
+        SlottedQueryMode::OptionalAllowEmpty,
+    ];
+
+    pub(crate) fn allows_empty(self) -> bool {
         matches!(
             self,
             SlottedQueryMode::RequiredAllowEmpty | SlottedQueryMode::OptionalAllowEmpty
         )
     }
 
-    fn as_str(self) -> &'static str {
+    /// The mode's JSON name (`"required_allow_empty"`).
+    pub fn as_str(self) -> &'static str {
         match self {
             SlottedQueryMode::Required => "required",
             SlottedQueryMode::RequiredAllowEmpty => "required_allow_empty",
@@ -426,9 +496,9 @@ struct RawEndpoint {
     method: HttpMethod,
     url_template: String,
     #[serde(default)]
-    url_param_specs: BTreeMap<String, UrlParamSpec>,
+    url_param_specs: BTreeMap<String, JsonObject>,
     #[serde(default)]
-    query_specs: Vec<QuerySpec>,
+    query_specs: Vec<JsonObject>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -438,7 +508,7 @@ struct RawEndpoint {
     #[serde(default)]
     response_max_bytes: Option<usize>,
     #[serde(default)]
-    retry_policy: Option<EndpointRetryPolicy>,
+    retry_policy: Option<JsonObject>,
     #[serde(default)]
     overridable_request_headers: Vec<String>,
     #[serde(default)]
@@ -455,7 +525,7 @@ impl TryFrom<JsonObject> for HttpEndpoint {
     type Error = MechanicsError;
 
     fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
-        let endpoint = Self::from_raw(fields_of("endpoint", object)?);
+        let endpoint = Self::from_raw(fields_of("endpoint", object)?)?;
         endpoint
             .validate()
             .map_err(|message| MechanicsError::RuntimePool(format!("endpoint: {message}")))?;
@@ -522,23 +592,43 @@ impl HttpEndpoint {
         }
     }
 
-    fn from_raw(raw: RawEndpoint) -> Self {
-        Self {
+    /// Reads the nested objects of `raw`; each is read from a JSON object only, never from the
+    /// array form serde's derive would also accept.
+    fn from_raw(raw: RawEndpoint) -> Result<Self, MechanicsError> {
+        let url_param_specs = raw
+            .url_param_specs
+            .into_iter()
+            .map(|(name, object)| {
+                let spec = fields_of(&format!("endpoint: `url_param_specs.{name}`"), object)?;
+                Ok((name, spec))
+            })
+            .collect::<Result<_, MechanicsError>>()?;
+        let query_specs = raw
+            .query_specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, object)| fields_of(&format!("endpoint: `query_specs[{index}]`"), object))
+            .collect::<Result<_, _>>()?;
+        let retry_policy = match raw.retry_policy {
+            Some(object) => fields_of("endpoint: `retry_policy`", object)?,
+            None => EndpointRetryPolicy::default(),
+        };
+        Ok(Self {
             method: raw.method,
             url_template: raw.url_template,
-            url_param_specs: raw.url_param_specs,
-            query_specs: raw.query_specs,
+            url_param_specs,
+            query_specs,
             headers: raw.headers,
             request_body_type: raw.request_body_type,
             response_body_type: raw.response_body_type.unwrap_or(EndpointBodyType::Json),
             response_max_bytes: raw.response_max_bytes,
-            retry_policy: raw.retry_policy.unwrap_or_default(),
+            retry_policy,
             overridable_request_headers: raw.overridable_request_headers,
             exposed_response_headers: raw.exposed_response_headers,
             timeout_ms: raw.timeout_ms,
             allow_non_2xx_status: raw.allow_non_2xx_status,
             follow_redirects: raw.follow_redirects,
-        }
+        })
     }
 
     /// Sets the rules of the `{name}` slot of the URL template.
@@ -736,10 +826,7 @@ impl HttpEndpoint {
         {
             return Err(format!(
                 "`request_body_type` is `{}` but {} requests carry no body",
-                serde_json::to_value(body_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                body_type.as_str(),
                 self.method
             ));
         }

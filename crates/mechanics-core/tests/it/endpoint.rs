@@ -1240,7 +1240,7 @@ fn invalid_configurations_fail_fast_naming_the_endpoint_and_field() {
                 "query_specs",
                 json!([{ "type": "slotted", "key": "k", "slot": "s", "mode": "sometimes" }]),
             ),
-            "unknown variant `sometimes`",
+            "unknown query mode `sometimes`",
         ),
         (
             with("headers", json!({ "X-Key": "a", "x-key": "b" })),
@@ -1268,7 +1268,7 @@ fn invalid_configurations_fail_fast_naming_the_endpoint_and_field() {
         ),
         (
             with("response_body_type", json!("xml")),
-            "unknown variant `xml`",
+            "unknown body type `xml`",
         ),
         (
             with("response_max_bytes", json!(0)),
