@@ -1,0 +1,332 @@
+//! `mechanics-store`: the durable state of the coordinator — workers, sources, events, tasks,
+//! cron fires and the `/logs` pipeline trace — behind one [`Store`] trait, with all of its SQL,
+//! schema and migrations. [`SqliteStore`] is the embedded backend; PostgreSQL comes next and must
+//! pass the same conformance suite (`tests/it/conformance.rs`).
+//!
+//! This crate must not contain policy. It never decides whether or when to retry, never computes
+//! a backoff, never reads the clock for a decision: every time (`now`, `next_run_at`, lease
+//! expiry) is passed in by the caller as unix milliseconds, so the server can run on virtual
+//! time. It enforces only integrity: uniqueness (delivery id per source, task per
+//! (event, worker), idempotency key per worker, cron fire per (worker, time)), the task and event
+//! lifecycles, and fencing of completions by attempt. It never prints.
+//!
+//! Why `rusqlite` rather than `sqlx` for SQLite: the store funnels every write through one writer
+//! thread that commits whole batches (group commit, see [`SqliteStore`]), which needs a plain
+//! blocking connection it owns, not a pool; `rusqlite` is that, with prepared-statement caching
+//! and no async overhead per statement. `sqlx`'s one-API-for-both-databases would not remove the
+//! per-dialect SQL (placeholders, `SKIP LOCKED`, `LISTEN`), so the PostgreSQL backend is a second
+//! implementation of [`Store`] with its own client either way.
+
+mod error;
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use mechanics_proto::domain::{
+    Event, EventId, EventState, LogEntry, LogOutcome, LogRecord, Source, SourceSpec, Task, TaskId,
+    TaskState, Worker, WorkerSpec,
+};
+use serde_json::Value;
+
+pub use error::StoreError;
+pub use sqlite::{SQLITE_SCHEMA_VERSION, SqliteStore, migrate_sqlite_to};
+
+/// Result of every store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The coordinator's durable state. Object safe: the server holds an `Arc<dyn Store>`.
+///
+/// Every method that takes `now` uses it only to stamp rows and to compare with stored times.
+/// A method returns after its change is committed (invariant 1).
+#[async_trait]
+pub trait Store: Send + Sync {
+    // ---- registry ----
+
+    /// Adds or replaces the worker `spec.name` (validated here; the revision starts at 1 and
+    /// grows by one per update). js workers need `module_source`; other kinds must not have one.
+    async fn upsert_worker(
+        &self,
+        spec: WorkerSpec,
+        module_source: Option<String>,
+        now: i64,
+    ) -> StoreResult<Worker>;
+    /// The worker named `name`.
+    async fn get_worker(&self, name: &str) -> StoreResult<Option<Worker>>;
+    /// Every worker, by name.
+    async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
+    /// Deletes the worker (its tasks stay as history); false if there was none.
+    async fn delete_worker(&self, name: &str) -> StoreResult<bool>;
+    /// Adds or replaces the source `spec.name` (validated here).
+    async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source>;
+    /// The source named `name`.
+    async fn get_source(&self, name: &str) -> StoreResult<Option<Source>>;
+    /// Every source, by name.
+    async fn list_sources(&self) -> StoreResult<Vec<Source>>;
+    /// Deletes the source (its events stay); false if there was none.
+    async fn delete_source(&self, name: &str) -> StoreResult<bool>;
+    /// A number that grows whenever a worker or source changes, read without a query: it covers
+    /// this process's own writes at once, and another process's writes once
+    /// [`refresh_registry_version`](Store::refresh_registry_version) has seen them. A server
+    /// compares it with the version of its cached registry.
+    fn registry_version(&self) -> u64;
+    /// Reads the stored registry version (one query) so that changes made by another process
+    /// show in [`registry_version`](Store::registry_version); the server calls it on the paths
+    /// that already touch the database (a webhook, an API call), never from an idle loop.
+    async fn refresh_registry_version(&self) -> StoreResult<u64>;
+
+    // ---- events ----
+
+    /// Stores an event in state `received`, unless `(source, delivery_id)` exists: then the
+    /// stored event is returned with `created: false`.
+    async fn insert_event(&self, event: NewEvent, now: i64) -> StoreResult<Inserted<Event>>;
+    /// The event with this id.
+    async fn get_event(&self, id: EventId) -> StoreResult<Option<Event>>;
+    /// Moves an event along its lifecycle ([`EventState::can_become`]); other moves are
+    /// [`StoreError::InvalidTransition`]. `write_back_failed` counts one more write-back try.
+    async fn update_event(&self, id: EventId, update: EventUpdate, now: i64) -> StoreResult<Event>;
+    /// Events matching `filter`, newest first.
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Page<Event>>;
+
+    // ---- tasks ----
+
+    /// Creates a pending task, unless one exists for the same `(event_id, worker)` or the same
+    /// `(worker, idempotency_key)`: then that task is returned with `created: false`.
+    async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>>;
+    /// The task with this id.
+    async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
+    /// Claims up to `limit` pending tasks due at `now` (oldest `next_run_at` first): each becomes
+    /// `dispatched` with `attempt` and `tries` + 1 and a lease until `lease_until`.
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<Task>>;
+    /// `dispatched → completed` with the result, if `attempt` is the current claim; otherwise
+    /// [`StoreError::StaleAttempt`] and nothing changes (fencing).
+    async fn complete_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        result: Value,
+        now: i64,
+    ) -> StoreResult<Task>;
+    /// `dispatched → failed` or `→ dead` (`end`), fenced like [`complete_task`](Store::complete_task).
+    async fn fail_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        end: TaskState,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task>;
+    /// `dispatched → pending` at `next_run_at` after a failed attempt (a retry the server
+    /// decided on), fenced; the try counts.
+    async fn reschedule_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task>;
+    /// `dispatched → pending` at `next_run_at` without running (the worker's rate limit had no
+    /// token), fenced; the try is given back. `attempt` stays, so this claim stays fenced out.
+    async fn release_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        now: i64,
+    ) -> StoreResult<Task>;
+    /// `dead | failed → pending` at `next_run_at` with `tries` back to 0 (`mechanics task retry`).
+    async fn retry_task(&self, id: TaskId, next_run_at: i64, now: i64) -> StoreResult<Task>;
+    /// `pending | dispatched → canceled`; a running attempt's later completion is then rejected.
+    async fn cancel_task(&self, id: TaskId, now: i64) -> StoreResult<Task>;
+    /// Tasks matching `filter`, newest first.
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>>;
+    /// Number of tasks in each state (every state present), of one worker or of all.
+    async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>>;
+    /// When the loops next have something to do, so they can sleep until then.
+    async fn next_due(&self) -> StoreResult<NextDue>;
+
+    // ---- recovery ----
+
+    /// Dispatched tasks whose lease expired at `now` go back to pending, due at `now`. Safe with
+    /// many servers on one database: a live claim has an unexpired lease.
+    async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>>;
+    /// Every dispatched task goes back to pending, due at `now`. Only for the startup of a
+    /// server that is the only one using the database (SQLite): no claim can be alive.
+    async fn requeue_all_dispatched(&self, now: i64) -> StoreResult<Vec<Task>>;
+
+    // ---- cron ----
+
+    /// Records that `worker`'s schedule fired for `fire_time` and creates its task, atomically;
+    /// `None` if that fire was already recorded (by this or another server).
+    async fn record_cron_fire(
+        &self,
+        worker: &str,
+        fire_time: i64,
+        payload: Value,
+        now: i64,
+    ) -> StoreResult<Option<Task>>;
+
+    // ---- /logs ----
+
+    /// Appends pipeline entries (already redacted by the caller).
+    async fn append_logs(&self, entries: Vec<LogRecord>) -> StoreResult<()>;
+    /// Entries matching `query`, newest first.
+    async fn query_logs(&self, query: &LogQuery) -> StoreResult<Page<LogEntry>>;
+    /// Deletes `/logs` entries and cron fire records older than `before` (retention).
+    async fn prune(&self, before: i64) -> StoreResult<Pruned>;
+
+    // ---- counters (no query) ----
+
+    /// Store operations that ran SQL since open: an idle server must leave it unchanged
+    /// (invariant 6).
+    fn queries_executed(&self) -> u64;
+    /// Transactions committed by this store's writer since open; with group commit, far fewer
+    /// than the writes under concurrency.
+    fn commits(&self) -> u64;
+}
+
+/// A new webhook (or synthetic) event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The source's name.
+    pub source: String,
+    /// The platform's delivery id.
+    pub delivery_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The delivered JSON.
+    pub payload: Value,
+}
+
+/// A state change of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventUpdate {
+    /// The new state.
+    pub state: EventState,
+    /// The error to record; `None` clears it.
+    pub error: Option<String>,
+    /// When the write-back loop should try again (with `write_back_failed`).
+    pub next_write_back_at: Option<i64>,
+}
+
+/// A new task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// The worker's name.
+    pub worker: String,
+    /// The event it is for, if any.
+    pub event_id: Option<EventId>,
+    /// The API submitter's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The worker's input.
+    pub payload: Value,
+    /// When it may first be claimed.
+    pub next_run_at: i64,
+}
+
+/// The result of an insert that deduplicates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inserted<T> {
+    /// The stored row: the new one, or the one that already existed.
+    pub record: T,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+/// Default page size when a filter's `limit` is `None`.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest page size; larger limits are reduced to it.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Which events to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this state.
+    pub state: Option<EventState>,
+    /// Only `write_back_failed` events due for another try at this time.
+    pub write_back_due_by: Option<i64>,
+    /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).
+    pub limit: Option<u32>,
+    /// Only ids below this (from [`Page::next_cursor`]).
+    pub cursor: Option<i64>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this worker.
+    pub worker: Option<String>,
+    /// Only tasks of this event.
+    pub event_id: Option<EventId>,
+    /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).
+    pub limit: Option<u32>,
+    /// Only ids below this (from [`Page::next_cursor`]).
+    pub cursor: Option<i64>,
+}
+
+/// Which `/logs` entries to return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogQuery {
+    /// Only entries of this event.
+    pub event_id: Option<EventId>,
+    /// Only entries of this task.
+    pub task_id: Option<TaskId>,
+    /// Only entries of this worker.
+    pub worker: Option<String>,
+    /// Only this pipeline step.
+    pub action: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<LogOutcome>,
+    /// Only entries at or after this time (unix ms).
+    pub since: Option<i64>,
+    /// Only this trace.
+    pub trace_id: Option<String>,
+    /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).
+    pub limit: Option<u32>,
+    /// Only ids below this (from [`Page::next_cursor`]).
+    pub cursor: Option<i64>,
+}
+
+/// The earliest times at which the loops have work (unix ms), `None` where there is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NextDue {
+    /// Earliest `next_run_at` of a pending task.
+    pub task_run_at: Option<i64>,
+    /// Earliest lease expiry of a dispatched task.
+    pub lease_expires_at: Option<i64>,
+    /// Earliest `next_write_back_at` of a `write_back_failed` event.
+    pub write_back_at: Option<i64>,
+}
+
+impl NextDue {
+    /// The earliest of the three.
+    pub fn earliest(&self) -> Option<i64> {
+        [self.task_run_at, self.lease_expires_at, self.write_back_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// What [`Store::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// `/logs` entries.
+    pub logs: u64,
+    /// Cron fire records.
+    pub cron_fires: u64,
+}

@@ -1,0 +1,511 @@
+//! The SQLite backend.
+
+mod ops;
+mod rows;
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mechanics_proto::domain::{
+    Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task, TaskId, TaskState, Worker,
+    WorkerKind, WorkerSpec,
+};
+use rusqlite::{Connection, ErrorCode};
+use serde_json::Value;
+
+use crate::{
+    EventFilter, EventUpdate, Inserted, LogQuery, NewEvent, NewTask, NextDue, Page, Pruned, Store,
+    StoreError, StoreResult, TaskFilter,
+};
+use writer::Writer;
+
+/// How long a statement waits for a lock held by another connection (another process, such as
+/// the CLI) before failing with [`StoreError::Busy`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle reader connections kept open for the next read.
+const IDLE_READERS: usize = 4;
+
+/// The embedded store: one SQLite file in WAL mode (`synchronous=NORMAL`, 5 s busy timeout,
+/// foreign keys on), migrated forward on open.
+///
+/// Writes go to one writer thread that commits them in batches (group commit: many concurrent
+/// writes, one transaction, one WAL append); a write returns only after its batch committed.
+/// Reads run on separate connections on tokio's blocking pool and never wait for the writer
+/// (WAL readers see the last committed state). Methods must be called inside a tokio runtime.
+///
+/// Durability: with `synchronous=NORMAL` in WAL mode a committed write survives a crash of the
+/// process at any point; after a power loss or OS crash the last commits before it may be lost
+/// (the database stays consistent). DESIGN §4 chose this for throughput.
+pub struct SqliteStore {
+    path: String,
+    writer: Writer,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    queries: AtomicU64,
+    registry_version: AtomicU64,
+}
+
+/// The schema version this build of the SQLite backend writes.
+pub const SQLITE_SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
+
+/// Creates or migrates the SQLite database at `path` to schema `version` exactly (at most
+/// [`SQLITE_SCHEMA_VERSION`]), without opening a store: migration tests use it to build
+/// databases as every earlier release left them.
+pub fn migrate_sqlite_to(path: impl AsRef<Path>, version: i64) -> StoreResult<()> {
+    let path = path.as_ref();
+    let display = path.display().to_string();
+    let mut conn = connect(path, &display)?;
+    schema::migrate(&mut conn, &display, version)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its directory) the database at `path` and migrates it to
+    /// [`SQLITE_SCHEMA_VERSION`]. Blocking: call it at startup. A database from a newer build is
+    /// refused with [`StoreError::SchemaTooNew`].
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref();
+        let display = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| StoreError::Database {
+                context: format!("creating the directory of {display}"),
+                message: err.to_string(),
+            })?;
+        }
+        let mut conn = connect(path, &display)?;
+        schema::migrate(&mut conn, &display, schema::LATEST_VERSION)?;
+        let registry_version = ops::registry_version(&conn)?;
+        let writer = Writer::start(conn).map_err(|err| StoreError::Database {
+            context: "starting the writer thread".into(),
+            message: err.to_string(),
+        })?;
+        Ok(Self {
+            path: display,
+            writer,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            queries: AtomicU64::new(0),
+            registry_version: AtomicU64::new(registry_version),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Runs `work` in a write batch (see [`writer`]).
+    async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.writer.write(work).await
+    }
+
+    /// Runs `work` on a reader connection on the blocking pool.
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let idle = self.readers.lock().expect("reader pool lock").pop();
+        let readers = Arc::clone(&self.readers);
+        let path = self.path.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let conn = match idle {
+                Some(conn) => conn,
+                None => {
+                    let conn = connect(Path::new(&path), &path)?;
+                    conn.pragma_update(None, "query_only", true)
+                        .map_err(db_err("opening a reader"))?;
+                    conn
+                }
+            };
+            let result = work(&conn);
+            let mut idle = readers.lock().expect("reader pool lock");
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    fn saw_registry_version(&self, version: u64) {
+        self.registry_version.fetch_max(version, Ordering::Relaxed);
+    }
+}
+
+/// Opens a connection with the store's pragmas.
+fn connect(path: &Path, display: &str) -> StoreResult<Connection> {
+    let context = format!("opening {display}");
+    let conn = Connection::open(path).map_err(db_err(&context))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err(&context))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(db_err(&context))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database {
+            context,
+            message: format!("could not switch to WAL journaling (the database uses {mode})"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        .map_err(db_err(&context))?;
+    Ok(conn)
+}
+
+/// Maps a SQLite error to [`StoreError`], telling a lock held past the busy timeout (transient)
+/// from everything else.
+pub(crate) fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |err| {
+        let busy = matches!(
+            err.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        );
+        let (context, message) = (context.to_owned(), err.to_string());
+        if busy {
+            StoreError::Busy { context, message }
+        } else {
+            StoreError::Database { context, message }
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|err| StoreError::InvalidInput(err.to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_worker(
+        &self,
+        spec: WorkerSpec,
+        module_source: Option<String>,
+        now: i64,
+    ) -> StoreResult<Worker> {
+        spec.validate()
+            .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
+        match (spec.kind, &module_source) {
+            (WorkerKind::Js, None) => {
+                return Err(StoreError::InvalidInput(
+                    "module_source: required for js workers".into(),
+                ));
+            }
+            (WorkerKind::Http | WorkerKind::Process, Some(_)) => {
+                return Err(StoreError::InvalidInput(
+                    "module_source: only js workers have a module".into(),
+                ));
+            }
+            _ => {}
+        }
+        let spec_json = to_json(&spec)?;
+        let (worker, version) = self
+            .write(move |conn| {
+                ops::upsert_worker(conn, &spec.name, &spec_json, module_source.as_deref(), now)
+            })
+            .await?;
+        self.saw_registry_version(version);
+        Ok(worker)
+    }
+
+    async fn get_worker(&self, name: &str) -> StoreResult<Option<Worker>> {
+        let name = name.to_owned();
+        self.read(move |conn| ops::get_worker(conn, &name)).await
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
+        self.read(ops::list_workers).await
+    }
+
+    async fn delete_worker(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        let version = self
+            .write(move |conn| {
+                ops::delete_named(conn, "DELETE FROM workers WHERE name = ?1", &name)
+            })
+            .await?;
+        version.inspect(|v| self.saw_registry_version(*v));
+        Ok(version.is_some())
+    }
+
+    async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
+        spec.validate()
+            .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))?;
+        let spec_json = to_json(&spec)?;
+        let (source, version) = self
+            .write(move |conn| ops::upsert_source(conn, &spec.name, &spec_json, now))
+            .await?;
+        self.saw_registry_version(version);
+        Ok(source)
+    }
+
+    async fn get_source(&self, name: &str) -> StoreResult<Option<Source>> {
+        let name = name.to_owned();
+        self.read(move |conn| ops::get_source(conn, &name)).await
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<Source>> {
+        self.read(ops::list_sources).await
+    }
+
+    async fn delete_source(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        let version = self
+            .write(move |conn| {
+                ops::delete_named(conn, "DELETE FROM sources WHERE name = ?1", &name)
+            })
+            .await?;
+        version.inspect(|v| self.saw_registry_version(*v));
+        Ok(version.is_some())
+    }
+
+    fn registry_version(&self) -> u64 {
+        self.registry_version.load(Ordering::Relaxed)
+    }
+
+    async fn refresh_registry_version(&self) -> StoreResult<u64> {
+        let version = self.read(ops::registry_version).await?;
+        self.saw_registry_version(version);
+        Ok(self.registry_version())
+    }
+
+    async fn insert_event(&self, event: NewEvent, now: i64) -> StoreResult<Inserted<Event>> {
+        // Serialize on the caller's thread: the writer thread is the bottleneck to protect.
+        let payload = to_json(&event.payload)?;
+        self.write(move |conn| {
+            ops::insert_event(
+                conn,
+                &event.source,
+                &event.delivery_id,
+                &event.event_type,
+                &payload,
+                now,
+            )
+        })
+        .await
+    }
+
+    async fn get_event(&self, id: EventId) -> StoreResult<Option<Event>> {
+        self.read(move |conn| ops::get_event(conn, id)).await
+    }
+
+    async fn update_event(&self, id: EventId, update: EventUpdate, now: i64) -> StoreResult<Event> {
+        self.write(move |conn| ops::update_event(conn, id, &update, now))
+            .await
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Page<Event>> {
+        let filter = filter.clone();
+        self.read(move |conn| ops::list_events(conn, &filter)).await
+    }
+
+    async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>> {
+        let payload = to_json(&task.payload)?;
+        self.write(move |conn| {
+            ops::create_task(
+                conn,
+                &task.worker,
+                task.event_id,
+                task.idempotency_key.as_deref(),
+                &payload,
+                task.next_run_at,
+                now,
+            )
+        })
+        .await
+    }
+
+    async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>> {
+        self.read(move |conn| ops::get_task(conn, id)).await
+    }
+
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<Task>> {
+        self.write(move |conn| ops::claim_due(conn, now, lease_until, limit))
+            .await
+    }
+
+    async fn complete_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        result: Value,
+        now: i64,
+    ) -> StoreResult<Task> {
+        let result = to_json(&result)?;
+        self.write(move |conn| {
+            ops::fenced(
+                conn,
+                ops::COMPLETE,
+                id,
+                attempt,
+                &[&id, &attempt, &now, &result],
+            )
+        })
+        .await
+    }
+
+    async fn fail_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        end: TaskState,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task> {
+        if !matches!(end, TaskState::Failed | TaskState::Dead) {
+            return Err(StoreError::InvalidInput(format!(
+                "fail_task ends a task as failed or dead, not {end}"
+            )));
+        }
+        let error = error.to_owned();
+        self.write(move |conn| {
+            ops::fenced(
+                conn,
+                ops::FAIL,
+                id,
+                attempt,
+                &[&id, &attempt, &now, &end.as_str(), &error],
+            )
+        })
+        .await
+    }
+
+    async fn reschedule_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task> {
+        let error = error.to_owned();
+        self.write(move |conn| {
+            ops::fenced(
+                conn,
+                ops::RESCHEDULE,
+                id,
+                attempt,
+                &[&id, &attempt, &now, &next_run_at, &error],
+            )
+        })
+        .await
+    }
+
+    async fn release_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        now: i64,
+    ) -> StoreResult<Task> {
+        self.write(move |conn| {
+            ops::fenced(
+                conn,
+                ops::RELEASE,
+                id,
+                attempt,
+                &[&id, &attempt, &now, &next_run_at],
+            )
+        })
+        .await
+    }
+
+    async fn retry_task(&self, id: TaskId, next_run_at: i64, now: i64) -> StoreResult<Task> {
+        self.write(move |conn| {
+            ops::transition(
+                conn,
+                ops::RETRY,
+                id,
+                TaskState::Pending,
+                &[&id, &now, &next_run_at],
+            )
+        })
+        .await
+    }
+
+    async fn cancel_task(&self, id: TaskId, now: i64) -> StoreResult<Task> {
+        self.write(move |conn| {
+            ops::transition(conn, ops::CANCEL, id, TaskState::Canceled, &[&id, &now])
+        })
+        .await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>> {
+        let filter = filter.clone();
+        self.read(move |conn| ops::list_tasks(conn, &filter)).await
+    }
+
+    async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>> {
+        let worker = worker.map(str::to_owned);
+        self.read(move |conn| ops::task_counts(conn, worker.as_deref()))
+            .await
+    }
+
+    async fn next_due(&self) -> StoreResult<NextDue> {
+        self.read(ops::next_due).await
+    }
+
+    async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {
+        self.write(move |conn| ops::requeue_dispatched(conn, now, true))
+            .await
+    }
+
+    async fn requeue_all_dispatched(&self, now: i64) -> StoreResult<Vec<Task>> {
+        self.write(move |conn| ops::requeue_dispatched(conn, now, false))
+            .await
+    }
+
+    async fn record_cron_fire(
+        &self,
+        worker: &str,
+        fire_time: i64,
+        payload: Value,
+        now: i64,
+    ) -> StoreResult<Option<Task>> {
+        let worker = worker.to_owned();
+        let payload = to_json(&payload)?;
+        self.write(move |conn| ops::record_cron_fire(conn, &worker, fire_time, &payload, now))
+            .await
+    }
+
+    async fn append_logs(&self, entries: Vec<LogRecord>) -> StoreResult<()> {
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let detail = entry.detail.as_ref().map(to_json).transpose()?;
+                Ok((entry, detail))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write(move |conn| ops::append_logs(conn, &entries))
+            .await
+    }
+
+    async fn query_logs(&self, query: &LogQuery) -> StoreResult<Page<LogEntry>> {
+        let query = query.clone();
+        self.read(move |conn| ops::query_logs(conn, &query)).await
+    }
+
+    async fn prune(&self, before: i64) -> StoreResult<Pruned> {
+        self.write(move |conn| ops::prune(conn, before)).await
+    }
+
+    fn queries_executed(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+}

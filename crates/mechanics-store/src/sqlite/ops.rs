@@ -1,0 +1,726 @@
+//! The SQL of every operation, as plain functions on a connection. Writes run on the writer
+//! thread inside its batch transaction; reads run on a reader connection.
+
+use std::collections::BTreeMap;
+
+use mechanics_proto::domain::{
+    Event, EventId, LogEntry, LogRecord, Source, Task, TaskId, TaskState, Worker,
+};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
+
+use super::db_err;
+use super::rows::{self, event_columns, log_columns, source_columns, task_columns, worker_columns};
+use crate::{
+    DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NextDue, Page,
+    Pruned, StoreError, StoreResult, TaskFilter,
+};
+
+// ---- registry ----
+
+pub(super) fn upsert_worker(
+    conn: &Connection,
+    name: &str,
+    spec_json: &str,
+    module_source: Option<&str>,
+    now: i64,
+) -> StoreResult<(Worker, u64)> {
+    let worker = conn
+        .prepare_cached(concat!(
+            "INSERT INTO workers (name, spec, module_source, revision, created_at, updated_at) ",
+            "VALUES (?1, ?2, ?3, 1, ?4, ?4) ON CONFLICT (name) DO UPDATE SET ",
+            "spec = excluded.spec, module_source = excluded.module_source, ",
+            "revision = workers.revision + 1, updated_at = excluded.updated_at ",
+            "RETURNING ",
+            worker_columns!()
+        ))
+        .and_then(|mut s| s.query_row(params![name, spec_json, module_source, now], rows::worker))
+        .map_err(db_err("storing a worker"))?;
+    Ok((worker, bump_registry(conn)?))
+}
+
+pub(super) fn upsert_source(
+    conn: &Connection,
+    name: &str,
+    spec_json: &str,
+    now: i64,
+) -> StoreResult<(Source, u64)> {
+    let source = conn
+        .prepare_cached(concat!(
+            "INSERT INTO sources (name, spec, revision, created_at, updated_at) ",
+            "VALUES (?1, ?2, 1, ?3, ?3) ON CONFLICT (name) DO UPDATE SET ",
+            "spec = excluded.spec, revision = sources.revision + 1, updated_at = excluded.updated_at ",
+            "RETURNING ",
+            source_columns!()
+        ))
+        .and_then(|mut s| s.query_row(params![name, spec_json, now], rows::source))
+        .map_err(db_err("storing a source"))?;
+    Ok((source, bump_registry(conn)?))
+}
+
+/// Deletes a worker or source; returns the new registry version if a row went.
+pub(super) fn delete_named(conn: &Connection, sql: &str, name: &str) -> StoreResult<Option<u64>> {
+    let deleted = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute([name]))
+        .map_err(db_err("deleting from the registry"))?;
+    if deleted == 0 {
+        return Ok(None);
+    }
+    bump_registry(conn).map(Some)
+}
+
+fn bump_registry(conn: &Connection) -> StoreResult<u64> {
+    conn.prepare_cached(
+        "UPDATE meta SET value = value + 1 WHERE key = 'registry_version' RETURNING value",
+    )
+    .and_then(|mut s| s.query_row([], |row| unsigned(row, 0)))
+    .map_err(db_err("bumping the registry version"))
+}
+
+pub(super) fn registry_version(conn: &Connection) -> StoreResult<u64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'registry_version'")
+        .and_then(|mut s| s.query_row([], |row| unsigned(row, 0)))
+        .map_err(db_err("reading the registry version"))
+}
+
+pub(super) fn get_worker(conn: &Connection, name: &str) -> StoreResult<Option<Worker>> {
+    query_opt(
+        conn,
+        concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers WHERE name = ?1"
+        ),
+        [name],
+        rows::worker,
+        "reading a worker",
+    )
+}
+
+pub(super) fn list_workers(conn: &Connection) -> StoreResult<Vec<Worker>> {
+    query_all(
+        conn,
+        concat!("SELECT ", worker_columns!(), " FROM workers ORDER BY name"),
+        [],
+        rows::worker,
+        "listing workers",
+    )
+}
+
+pub(super) fn get_source(conn: &Connection, name: &str) -> StoreResult<Option<Source>> {
+    query_opt(
+        conn,
+        concat!(
+            "SELECT ",
+            source_columns!(),
+            " FROM sources WHERE name = ?1"
+        ),
+        [name],
+        rows::source,
+        "reading a source",
+    )
+}
+
+pub(super) fn list_sources(conn: &Connection) -> StoreResult<Vec<Source>> {
+    query_all(
+        conn,
+        concat!("SELECT ", source_columns!(), " FROM sources ORDER BY name"),
+        [],
+        rows::source,
+        "listing sources",
+    )
+}
+
+// ---- events ----
+
+pub(super) fn insert_event(
+    conn: &Connection,
+    source: &str,
+    delivery_id: &str,
+    event_type: &str,
+    payload_json: &str,
+    now: i64,
+) -> StoreResult<Inserted<Event>> {
+    let inserted = query_opt(
+        conn,
+        concat!(
+            "INSERT INTO events (source, delivery_id, event_type, payload, state, received_at, ",
+            "updated_at) VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?5) ",
+            "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING ",
+            event_columns!()
+        ),
+        params![source, delivery_id, event_type, payload_json, now],
+        rows::event,
+        "storing an event",
+    )?;
+    if let Some(record) = inserted {
+        return Ok(Inserted {
+            record,
+            created: true,
+        });
+    }
+    let record = query_opt(
+        conn,
+        concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE source = ?1 AND delivery_id = ?2"
+        ),
+        [source, delivery_id],
+        rows::event,
+        "reading a duplicate event",
+    )?
+    .ok_or_else(|| StoreError::Database {
+        context: "storing an event".into(),
+        message: "the conflicting event vanished".into(),
+    })?;
+    Ok(Inserted {
+        record,
+        created: false,
+    })
+}
+
+pub(super) fn get_event(conn: &Connection, id: EventId) -> StoreResult<Option<Event>> {
+    query_opt(
+        conn,
+        concat!("SELECT ", event_columns!(), " FROM events WHERE id = ?1"),
+        [id],
+        rows::event,
+        "reading an event",
+    )
+}
+
+pub(super) fn update_event(
+    conn: &Connection,
+    id: EventId,
+    update: &EventUpdate,
+    now: i64,
+) -> StoreResult<Event> {
+    let current = get_event(conn, id)?.ok_or_else(|| not_found("event", id))?;
+    if !current.state.can_become(update.state) {
+        return Err(StoreError::InvalidTransition {
+            what: "event",
+            id,
+            from: current.state.to_string(),
+            to: update.state.to_string(),
+        });
+    }
+    conn.prepare_cached(concat!(
+        "UPDATE events SET state = ?2, error = ?3, next_write_back_at = ?4, ",
+        "write_back_attempts = write_back_attempts + (?2 = 'write_back_failed'), updated_at = ?5 ",
+        "WHERE id = ?1 RETURNING ",
+        event_columns!()
+    ))
+    .and_then(|mut s| {
+        s.query_row(
+            params![
+                id,
+                update.state.as_str(),
+                update.error,
+                update.next_write_back_at,
+                now
+            ],
+            rows::event,
+        )
+    })
+    .map_err(db_err("updating an event"))
+}
+
+pub(super) fn list_events(conn: &Connection, filter: &EventFilter) -> StoreResult<Page<Event>> {
+    let mut filters = Filters::default();
+    filters.add("source = ?", filter.source.clone().map(SqlValue::Text));
+    filters.add(
+        "state = ?",
+        filter.state.map(|s| SqlValue::Text(s.as_str().into())),
+    );
+    if let Some(due) = filter.write_back_due_by {
+        filters.add(
+            "state = 'write_back_failed' AND next_write_back_at <= ?",
+            Some(SqlValue::Integer(due)),
+        );
+    }
+    filters.add("id < ?", filter.cursor.map(SqlValue::Integer));
+    filters.page(
+        conn,
+        concat!("SELECT ", event_columns!(), " FROM events"),
+        filter.limit,
+        rows::event,
+        |e| e.id,
+        "listing events",
+    )
+}
+
+// ---- tasks ----
+
+pub(super) fn create_task(
+    conn: &Connection,
+    worker: &str,
+    event_id: Option<EventId>,
+    idempotency_key: Option<&str>,
+    payload_json: &str,
+    next_run_at: i64,
+    now: i64,
+) -> StoreResult<Inserted<Task>> {
+    if let Some(event_id) = event_id
+        && get_event(conn, event_id)?.is_none()
+    {
+        return Err(not_found("event", event_id));
+    }
+    let inserted = query_opt(
+        conn,
+        concat!(
+            "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
+            "created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6) ",
+            "ON CONFLICT DO NOTHING RETURNING ",
+            task_columns!()
+        ),
+        params![
+            worker,
+            event_id,
+            idempotency_key,
+            payload_json,
+            next_run_at,
+            now
+        ],
+        rows::task,
+        "creating a task",
+    )?;
+    if let Some(record) = inserted {
+        return Ok(Inserted {
+            record,
+            created: true,
+        });
+    }
+    let mut existing = None;
+    if let Some(event_id) = event_id {
+        existing = query_opt(
+            conn,
+            concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE event_id = ?1 AND worker = ?2"
+            ),
+            params![event_id, worker],
+            rows::task,
+            "reading a duplicate task",
+        )?;
+    }
+    if existing.is_none()
+        && let Some(key) = idempotency_key
+    {
+        existing = query_opt(
+            conn,
+            concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE worker = ?1 AND idempotency_key = ?2"
+            ),
+            params![worker, key],
+            rows::task,
+            "reading a duplicate task",
+        )?;
+    }
+    let record = existing.ok_or_else(|| StoreError::Database {
+        context: "creating a task".into(),
+        message: "the conflicting task vanished".into(),
+    })?;
+    Ok(Inserted {
+        record,
+        created: false,
+    })
+}
+
+pub(super) fn get_task(conn: &Connection, id: TaskId) -> StoreResult<Option<Task>> {
+    query_opt(
+        conn,
+        concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1"),
+        [id],
+        rows::task,
+        "reading a task",
+    )
+}
+
+pub(super) fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> StoreResult<Vec<Task>> {
+    let mut tasks = query_all(
+        conn,
+        concat!(
+            "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
+            "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks ",
+            "WHERE state = 'pending' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?3) ",
+            "RETURNING ",
+            task_columns!()
+        ),
+        params![now, lease_until, limit],
+        rows::task,
+        "claiming tasks",
+    )?;
+    // RETURNING gives no order; callers dispatch the oldest first.
+    tasks.sort_by_key(|t| (t.next_run_at, t.id));
+    Ok(tasks)
+}
+
+/// SQL of the fenced moves out of `dispatched`: `?1` id, `?2` attempt, `?3` now, then extras.
+pub(super) const COMPLETE: &str = concat!(
+    "UPDATE tasks SET state = 'completed', result = ?4, error = NULL, lease_expires_at = NULL, ",
+    "updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+pub(super) const FAIL: &str = concat!(
+    "UPDATE tasks SET state = ?4, error = ?5, lease_expires_at = NULL, updated_at = ?3 ",
+    "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+pub(super) const RESCHEDULE: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = ?4, error = ?5, lease_expires_at = NULL, ",
+    "updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+pub(super) const RELEASE: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, ",
+    "lease_expires_at = NULL, updated_at = ?3 ",
+    "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+
+/// Runs one fenced move; if no row matched, says whether the task is missing or the attempt
+/// stale.
+pub(super) fn fenced(
+    conn: &Connection,
+    sql: &str,
+    id: TaskId,
+    attempt: u32,
+    params: &[&dyn ToSql],
+) -> StoreResult<Task> {
+    match query_opt(conn, sql, params, rows::task, "finishing a task attempt")? {
+        Some(task) => Ok(task),
+        None => {
+            let task = get_task(conn, id)?.ok_or_else(|| not_found("task", id))?;
+            Err(StoreError::StaleAttempt {
+                id,
+                attempt,
+                current_attempt: task.attempt,
+                state: task.state,
+            })
+        }
+    }
+}
+
+/// SQL of the unfenced moves: `?1` id, `?2` now, then extras.
+pub(super) const RETRY: &str = concat!(
+    "UPDATE tasks SET state = 'pending', tries = 0, next_run_at = ?3, result = NULL, ",
+    "updated_at = ?2 WHERE id = ?1 AND state IN ('dead', 'failed') RETURNING ",
+    task_columns!()
+);
+pub(super) const CANCEL: &str = concat!(
+    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, updated_at = ?2 ",
+    "WHERE id = ?1 AND state IN ('pending', 'dispatched') RETURNING ",
+    task_columns!()
+);
+
+/// Runs one unfenced move to `to`; if no row matched, says whether the task is missing or in a
+/// state the move does not start from.
+pub(super) fn transition(
+    conn: &Connection,
+    sql: &str,
+    id: TaskId,
+    to: TaskState,
+    params: &[&dyn ToSql],
+) -> StoreResult<Task> {
+    match query_opt(conn, sql, params, rows::task, "changing a task's state")? {
+        Some(task) => Ok(task),
+        None => {
+            let task = get_task(conn, id)?.ok_or_else(|| not_found("task", id))?;
+            Err(StoreError::InvalidTransition {
+                what: "task",
+                id,
+                from: task.state.to_string(),
+                to: to.to_string(),
+            })
+        }
+    }
+}
+
+pub(super) fn requeue_dispatched(
+    conn: &Connection,
+    now: i64,
+    only_expired: bool,
+) -> StoreResult<Vec<Task>> {
+    let sql = if only_expired {
+        concat!(
+            "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, ",
+            "updated_at = ?1 WHERE state = 'dispatched' AND lease_expires_at <= ?1 RETURNING ",
+            task_columns!()
+        )
+    } else {
+        concat!(
+            "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, ",
+            "updated_at = ?1 WHERE state = 'dispatched' RETURNING ",
+            task_columns!()
+        )
+    };
+    let mut tasks = query_all(conn, sql, [now], rows::task, "requeueing dispatched tasks")?;
+    tasks.sort_by_key(|t| t.id);
+    Ok(tasks)
+}
+
+pub(super) fn list_tasks(conn: &Connection, filter: &TaskFilter) -> StoreResult<Page<Task>> {
+    let mut filters = Filters::default();
+    filters.add(
+        "state = ?",
+        filter.state.map(|s| SqlValue::Text(s.as_str().into())),
+    );
+    filters.add("worker = ?", filter.worker.clone().map(SqlValue::Text));
+    filters.add("event_id = ?", filter.event_id.map(SqlValue::Integer));
+    filters.add("id < ?", filter.cursor.map(SqlValue::Integer));
+    filters.page(
+        conn,
+        concat!("SELECT ", task_columns!(), " FROM tasks"),
+        filter.limit,
+        rows::task,
+        |t| t.id,
+        "listing tasks",
+    )
+}
+
+pub(super) fn task_counts(
+    conn: &Connection,
+    worker: Option<&str>,
+) -> StoreResult<BTreeMap<TaskState, u64>> {
+    let mut counts: BTreeMap<TaskState, u64> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
+    let rows: Vec<(TaskState, u64)> = query_all(
+        conn,
+        "SELECT state, COUNT(*) FROM tasks WHERE (?1 IS NULL OR worker = ?1) GROUP BY state",
+        [worker],
+        |row| {
+            let state: String = row.get(0)?;
+            let state = state.parse().map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(err),
+                )
+            })?;
+            Ok((state, unsigned(row, 1)?))
+        },
+        "counting tasks",
+    )?;
+    counts.extend(rows);
+    Ok(counts)
+}
+
+pub(super) fn next_due(conn: &Connection) -> StoreResult<NextDue> {
+    // Each subquery walks one partial index to its first entry.
+    conn.prepare_cached(concat!(
+        "SELECT (SELECT next_run_at FROM tasks WHERE state = 'pending' ",
+        "ORDER BY next_run_at LIMIT 1), ",
+        "(SELECT lease_expires_at FROM tasks WHERE state = 'dispatched' ",
+        "ORDER BY lease_expires_at LIMIT 1), ",
+        "(SELECT next_write_back_at FROM events WHERE state = 'write_back_failed' ",
+        "AND next_write_back_at IS NOT NULL ORDER BY next_write_back_at LIMIT 1)"
+    ))
+    .and_then(|mut s| {
+        s.query_row([], |row| {
+            Ok(NextDue {
+                task_run_at: row.get(0)?,
+                lease_expires_at: row.get(1)?,
+                write_back_at: row.get(2)?,
+            })
+        })
+    })
+    .map_err(db_err("reading the next due time"))
+}
+
+// ---- cron ----
+
+pub(super) fn record_cron_fire(
+    conn: &Connection,
+    worker: &str,
+    fire_time: i64,
+    payload_json: &str,
+    now: i64,
+) -> StoreResult<Option<Task>> {
+    if get_worker(conn, worker)?.is_none() {
+        return Err(StoreError::NotFound {
+            what: "worker",
+            key: worker.to_owned(),
+        });
+    }
+    // The writer holds the write lock for the whole batch, so this check and the insert below
+    // cannot interleave with another writer's.
+    let seen = query_opt(
+        conn,
+        "SELECT 1 FROM cron_fires WHERE worker = ?1 AND fire_time = ?2",
+        params![worker, fire_time],
+        |_| Ok(()),
+        "checking a cron fire",
+    )?;
+    if seen.is_some() {
+        return Ok(None);
+    }
+    let task = create_task(conn, worker, None, None, payload_json, fire_time, now)?.record;
+    conn.prepare_cached("INSERT INTO cron_fires (worker, fire_time, task_id) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![worker, fire_time, task.id]))
+        .map_err(db_err("recording a cron fire"))?;
+    Ok(Some(task))
+}
+
+// ---- /logs ----
+
+pub(super) fn append_logs(
+    conn: &Connection,
+    entries: &[(LogRecord, Option<String>)],
+) -> StoreResult<()> {
+    let mut statement = conn
+        .prepare_cached(concat!(
+            "INSERT INTO logs (trace_id, ts, action, outcome, event_id, task_id, worker, attempt, ",
+            "error, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))
+        .map_err(db_err("appending logs"))?;
+    for (e, detail_json) in entries {
+        statement
+            .execute(params![
+                e.trace_id,
+                e.ts,
+                e.action,
+                e.outcome.as_str(),
+                e.event_id,
+                e.task_id,
+                e.worker,
+                e.attempt,
+                e.error,
+                detail_json
+            ])
+            .map_err(db_err("appending logs"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn query_logs(conn: &Connection, query: &LogQuery) -> StoreResult<Page<LogEntry>> {
+    let mut filters = Filters::default();
+    filters.add("event_id = ?", query.event_id.map(SqlValue::Integer));
+    filters.add("task_id = ?", query.task_id.map(SqlValue::Integer));
+    filters.add("worker = ?", query.worker.clone().map(SqlValue::Text));
+    filters.add("action = ?", query.action.clone().map(SqlValue::Text));
+    filters.add(
+        "outcome = ?",
+        query.outcome.map(|o| SqlValue::Text(o.as_str().into())),
+    );
+    filters.add("ts >= ?", query.since.map(SqlValue::Integer));
+    filters.add("trace_id = ?", query.trace_id.clone().map(SqlValue::Text));
+    filters.add("id < ?", query.cursor.map(SqlValue::Integer));
+    filters.page(
+        conn,
+        concat!("SELECT ", log_columns!(), " FROM logs"),
+        query.limit,
+        rows::log,
+        |e| e.id,
+        "querying logs",
+    )
+}
+
+pub(super) fn prune(conn: &Connection, before: i64) -> StoreResult<Pruned> {
+    let delete = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([before]))
+            .map(|n| n as u64)
+            .map_err(db_err("pruning"))
+    };
+    Ok(Pruned {
+        logs: delete("DELETE FROM logs WHERE ts < ?1")?,
+        cron_fires: delete("DELETE FROM cron_fires WHERE fire_time < ?1")?,
+    })
+}
+
+// ---- helpers ----
+
+/// Reads a count or version, which SQLite stores as a signed integer that is never negative.
+fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Integer,
+            Box::new(err),
+        )
+    })
+}
+
+fn not_found(what: &'static str, id: i64) -> StoreError {
+    StoreError::NotFound {
+        what,
+        key: id.to_string(),
+    }
+}
+
+fn query_opt<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    context: &str,
+) -> StoreResult<Option<T>> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, map).optional())
+        .map_err(db_err(context))
+}
+
+fn query_all<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    context: &str,
+) -> StoreResult<Vec<T>> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_map(params, map)?.collect())
+        .map_err(db_err(context))
+}
+
+/// The optional `WHERE` conditions of a listing, in parameter order.
+#[derive(Default)]
+struct Filters {
+    conditions: Vec<&'static str>,
+    values: Vec<SqlValue>,
+}
+
+impl Filters {
+    fn add(&mut self, condition: &'static str, value: Option<SqlValue>) {
+        if let Some(value) = value {
+            self.conditions.push(condition);
+            self.values.push(value);
+        }
+    }
+
+    /// Runs `select` with the conditions, newest first, one page.
+    fn page<T>(
+        mut self,
+        conn: &Connection,
+        select: &str,
+        limit: Option<u32>,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        id_of: impl Fn(&T) -> i64,
+        context: &str,
+    ) -> StoreResult<Page<T>> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
+        let mut sql = select.to_owned();
+        if !self.conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&self.conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        self.values.push(SqlValue::Integer(i64::from(limit)));
+        let items = query_all(conn, &sql, params_from_iter(self.values), map, context)?;
+        let next_cursor = if items.len() == limit as usize {
+            items.last().map(&id_of)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}

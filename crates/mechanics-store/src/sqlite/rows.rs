@@ -1,0 +1,137 @@
+//! Column lists and row mapping. The column lists are macros so that statements stay `&'static
+//! str` literals (`concat!`) and hit the prepared-statement cache without formatting.
+
+use std::str::FromStr;
+
+use mechanics_proto::domain::{Event, LogEntry, LogRecord, Source, Task, Worker};
+use rusqlite::Row;
+use rusqlite::types::Type;
+use serde::de::DeserializeOwned;
+
+macro_rules! task_columns {
+    () => {
+        "id, worker, event_id, idempotency_key, payload, state, attempt, tries, next_run_at, \
+         lease_expires_at, result, error, created_at, updated_at"
+    };
+}
+macro_rules! event_columns {
+    () => {
+        "id, source, delivery_id, event_type, payload, state, error, write_back_attempts, \
+         next_write_back_at, received_at, updated_at"
+    };
+}
+macro_rules! worker_columns {
+    () => {
+        "name, spec, module_source, revision, created_at, updated_at"
+    };
+}
+macro_rules! source_columns {
+    () => {
+        "name, spec, revision, created_at, updated_at"
+    };
+}
+macro_rules! log_columns {
+    () => {
+        "id, trace_id, ts, action, outcome, event_id, task_id, worker, attempt, error, detail"
+    };
+}
+pub(super) use {event_columns, log_columns, source_columns, task_columns, worker_columns};
+
+fn conversion(
+    index: usize,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(err))
+}
+
+fn json<T: DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|err| conversion(index, err))
+}
+
+fn opt_json<T: DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|text| serde_json::from_str(&text).map_err(|err| conversion(index, err)))
+        .transpose()
+}
+
+fn parsed<T>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(index)?;
+    text.parse().map_err(|err| conversion(index, err))
+}
+
+pub(super) fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
+    Ok(Task {
+        id: row.get(0)?,
+        worker: row.get(1)?,
+        event_id: row.get(2)?,
+        idempotency_key: row.get(3)?,
+        payload: json(row, 4)?,
+        state: parsed(row, 5)?,
+        attempt: row.get(6)?,
+        tries: row.get(7)?,
+        next_run_at: row.get(8)?,
+        lease_expires_at: row.get(9)?,
+        result: opt_json(row, 10)?,
+        error: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
+pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        delivery_id: row.get(2)?,
+        event_type: row.get(3)?,
+        payload: json(row, 4)?,
+        state: parsed(row, 5)?,
+        error: row.get(6)?,
+        write_back_attempts: row.get(7)?,
+        next_write_back_at: row.get(8)?,
+        received_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+pub(super) fn worker(row: &Row<'_>) -> rusqlite::Result<Worker> {
+    Ok(Worker {
+        spec: json(row, 1)?,
+        module_source: row.get(2)?,
+        revision: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+pub(super) fn source(row: &Row<'_>) -> rusqlite::Result<Source> {
+    Ok(Source {
+        spec: json(row, 1)?,
+        revision: row.get(2)?,
+        created_at: row.get(3)?,
+        updated_at: row.get(4)?,
+    })
+}
+
+pub(super) fn log(row: &Row<'_>) -> rusqlite::Result<LogEntry> {
+    Ok(LogEntry {
+        id: row.get(0)?,
+        record: LogRecord {
+            trace_id: row.get(1)?,
+            ts: row.get(2)?,
+            action: row.get(3)?,
+            outcome: parsed(row, 4)?,
+            event_id: row.get(5)?,
+            task_id: row.get(6)?,
+            worker: row.get(7)?,
+            attempt: row.get(8)?,
+            error: row.get(9)?,
+            detail: opt_json(row, 10)?,
+        },
+    })
+}

@@ -1,0 +1,157 @@
+//! The SQLite schema as forward-only migrations: `MIGRATIONS[n]` takes a database from
+//! `PRAGMA user_version` n to n + 1. Never edit a shipped migration; append a new one (and the
+//! migration test covers it from every earlier version).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::db_err;
+use crate::{StoreError, StoreResult};
+
+/// Each entry moves the schema one version up.
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole first schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO meta (key, value) VALUES ('registry_version', 0);
+
+    CREATE TABLE workers (
+        name          TEXT PRIMARY KEY,
+        spec          TEXT NOT NULL,          -- WorkerSpec as JSON
+        module_source TEXT,
+        revision      INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE sources (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,             -- SourceSpec as JSON: secret references only
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+
+    -- No foreign key to sources: events outlive a deleted source (recovery marks them failed).
+    CREATE TABLE events (
+        id                  INTEGER PRIMARY KEY,
+        source              TEXT NOT NULL,
+        delivery_id         TEXT NOT NULL,
+        event_type          TEXT NOT NULL,
+        payload             TEXT NOT NULL,
+        state               TEXT NOT NULL CHECK (state IN ('received', 'matched', 'dispatched',
+                                'completed', 'write_back_failed', 'failed', 'skipped')),
+        error               TEXT,
+        write_back_attempts INTEGER NOT NULL DEFAULT 0,
+        next_write_back_at  INTEGER,
+        received_at         INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL,
+        UNIQUE (source, delivery_id)
+    ) STRICT;
+    CREATE INDEX events_state ON events (state, id);
+    CREATE INDEX events_write_back_due ON events (next_write_back_at)
+        WHERE state = 'write_back_failed';
+
+    -- No foreign key to workers: tasks outlive a deleted worker as history.
+    CREATE TABLE tasks (
+        id               INTEGER PRIMARY KEY,
+        worker           TEXT NOT NULL,
+        event_id         INTEGER REFERENCES events (id),
+        idempotency_key  TEXT,
+        payload          TEXT NOT NULL,
+        state            TEXT NOT NULL CHECK (state IN ('pending', 'dispatched', 'completed',
+                             'failed', 'dead', 'canceled')),
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        tries            INTEGER NOT NULL DEFAULT 0,
+        next_run_at      INTEGER NOT NULL,
+        lease_expires_at INTEGER,
+        result           TEXT,
+        error            TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX tasks_event_worker ON tasks (event_id, worker) WHERE event_id IS NOT NULL;
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (worker, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX tasks_due ON tasks (next_run_at) WHERE state = 'pending';
+    CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE state = 'dispatched';
+    CREATE INDEX tasks_state ON tasks (state, id);
+    CREATE INDEX tasks_worker ON tasks (worker, id);
+
+    CREATE TABLE cron_fires (
+        worker    TEXT NOT NULL REFERENCES workers (name) ON DELETE CASCADE,
+        fire_time INTEGER NOT NULL,
+        task_id   INTEGER NOT NULL,
+        PRIMARY KEY (worker, fire_time)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX cron_fires_time ON cron_fires (fire_time);
+
+    CREATE TABLE logs (
+        id       INTEGER PRIMARY KEY,
+        trace_id TEXT,
+        ts       INTEGER NOT NULL,
+        action   TEXT NOT NULL,
+        outcome  TEXT NOT NULL CHECK (outcome IN ('ok', 'fail', 'skip', 'retry', 'deny')),
+        event_id INTEGER,
+        task_id  INTEGER,
+        worker   TEXT,
+        attempt  INTEGER,
+        error    TEXT,
+        detail   TEXT
+    ) STRICT;
+    CREATE INDEX logs_ts ON logs (ts);
+    CREATE INDEX logs_event ON logs (event_id) WHERE event_id IS NOT NULL;
+    CREATE INDEX logs_task ON logs (task_id) WHERE task_id IS NOT NULL;
+    CREATE INDEX logs_worker ON logs (worker) WHERE worker IS NOT NULL;
+    CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
+    "#,
+];
+
+/// The schema version this build creates and understands.
+pub(crate) const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to `target` (at most [`LATEST_VERSION`]), one migration per transaction.
+/// The version is re-read inside each write transaction, so two processes opening the same file
+/// at once apply each migration exactly once.
+pub(crate) fn migrate(conn: &mut Connection, path: &str, target: i64) -> StoreResult<()> {
+    assert!(target <= LATEST_VERSION, "no migration to version {target}");
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err("starting a migration"))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db_err("reading the schema version"))?;
+        if version > LATEST_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_owned(),
+                found: version,
+                supported: LATEST_VERSION,
+            });
+        }
+        if version >= target {
+            return Ok(());
+        }
+        let Ok(index) = usize::try_from(version) else {
+            return Err(StoreError::Database {
+                context: format!("opening {path}"),
+                message: format!("schema version {version} is not a Mechanics schema version"),
+            });
+        };
+        tx.execute_batch(MIGRATIONS[index])
+            .map_err(db_err(&format!(
+                "migrating to schema version {}",
+                version + 1
+            )))?;
+        // PRAGMA takes no parameters; the value is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+            .map_err(db_err("recording the schema version"))?;
+        tx.commit().map_err(db_err(&format!(
+            "committing schema version {}",
+            version + 1
+        )))?;
+        tracing::info!(path, version = version + 1, "migrated the database schema");
+    }
+}

@@ -1,0 +1,862 @@
+//! The conformance suite: every behaviour the server relies on, written against `&dyn Store` so
+//! that each backend runs it unchanged (`sqlite::conformance` instantiates it for SQLite).
+//! Each function expects a fresh, empty store.
+
+use std::collections::HashSet;
+
+use mechanics_proto::domain::{EventState, LogOutcome, LogRecord, TaskState};
+use mechanics_store::{
+    EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Store, StoreError, TaskFilter,
+};
+use serde_json::{Value, json};
+
+use crate::{github_source, js_worker};
+
+fn new_event(source: &str, delivery: &str) -> NewEvent {
+    NewEvent {
+        source: source.into(),
+        delivery_id: delivery.into(),
+        event_type: "issues.opened".into(),
+        payload: json!({ "delivery": delivery }),
+    }
+}
+
+fn api_task(worker: &str, key: Option<&str>, next_run_at: i64) -> NewTask {
+    NewTask {
+        worker: worker.into(),
+        event_id: None,
+        idempotency_key: key.map(str::to_owned),
+        payload: json!({ "n": next_run_at }),
+        next_run_at,
+    }
+}
+
+async fn task_id(store: &dyn Store, worker: &str, next_run_at: i64) -> i64 {
+    let inserted = store
+        .create_task(api_task(worker, None, next_run_at), 0)
+        .await
+        .unwrap();
+    assert!(inserted.created);
+    inserted.record.id
+}
+
+pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store: &dyn Store) {
+    let v0 = store.registry_version();
+    let first = store
+        .upsert_worker(
+            js_worker("triage"),
+            Some("export default () => 1".into()),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.revision, first.created_at, first.updated_at),
+        (1, 10, 10)
+    );
+    let second = store
+        .upsert_worker(
+            js_worker("triage"),
+            Some("export default () => 2".into()),
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.revision, second.created_at, second.updated_at),
+        (2, 10, 20)
+    );
+    assert_eq!(
+        second.module_source.as_deref(),
+        Some("export default () => 2")
+    );
+    store
+        .upsert_worker(js_worker("another"), Some(String::new()), 30)
+        .await
+        .unwrap();
+    // Reading the version runs no query; each registry write raised it.
+    let queries = store.queries_executed();
+    assert!(store.registry_version() >= v0 + 3);
+    assert_eq!(store.queries_executed(), queries);
+
+    let names: Vec<_> = store
+        .list_workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.spec.name)
+        .collect();
+    assert_eq!(names, ["another", "triage"]);
+    assert_eq!(store.get_worker("triage").await.unwrap(), Some(second));
+
+    let before_delete = store.registry_version();
+    assert!(store.delete_worker("another").await.unwrap());
+    assert!(!store.delete_worker("another").await.unwrap());
+    assert_eq!(store.get_worker("another").await.unwrap(), None);
+    assert_eq!(store.registry_version(), before_delete + 1);
+    assert_eq!(
+        store.refresh_registry_version().await.unwrap(),
+        store.registry_version()
+    );
+
+    let source = store.upsert_source(github_source("gh"), 5).await.unwrap();
+    assert_eq!(source.revision, 1);
+    assert_eq!(source.spec.secret_env.as_deref(), Some("GH_SECRET"));
+    assert_eq!(store.list_sources().await.unwrap(), [source.clone()]);
+    assert_eq!(store.get_source("gh").await.unwrap(), Some(source));
+    assert!(store.delete_source("gh").await.unwrap());
+    assert!(store.list_sources().await.unwrap().is_empty());
+}
+
+pub(crate) async fn invalid_registry_input_is_refused_naming_the_field(store: &dyn Store) {
+    let mut bad = js_worker("Bad Name");
+    let err = store
+        .upsert_worker(bad.clone(), Some(String::new()), 0)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("worker spec: name: \"Bad Name\" is not a valid name"),
+        "{err}"
+    );
+    bad.name = "ok".into();
+    let err = store.upsert_worker(bad, None, 0).await.unwrap_err();
+    assert_eq!(err.to_string(), "module_source: required for js workers");
+    let mut source = github_source("gh");
+    source.secret_env = None;
+    let err = store.upsert_source(source, 0).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("source spec: secret_env: required"),
+        "{err}"
+    );
+    assert!(store.list_workers().await.unwrap().is_empty());
+}
+
+pub(crate) async fn events_are_deduplicated_per_source_and_delivery_id(store: &dyn Store) {
+    let first = store
+        .insert_event(new_event("gh", "d-1"), 100)
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.record.state, EventState::Received);
+    assert_eq!(first.record.payload, json!({ "delivery": "d-1" }));
+    let again = store
+        .insert_event(new_event("gh", "d-1"), 200)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.record, first.record);
+    let other_source = store
+        .insert_event(new_event("gl", "d-1"), 300)
+        .await
+        .unwrap();
+    assert!(other_source.created);
+    assert_ne!(other_source.record.id, first.record.id);
+    assert_eq!(
+        store.get_event(first.record.id).await.unwrap(),
+        Some(first.record)
+    );
+}
+
+pub(crate) async fn events_move_only_along_their_lifecycle(store: &dyn Store) {
+    let id = store
+        .insert_event(new_event("gh", "d"), 0)
+        .await
+        .unwrap()
+        .record
+        .id;
+    let update = |state, error: Option<&str>, next: Option<i64>| EventUpdate {
+        state,
+        error: error.map(str::to_owned),
+        next_write_back_at: next,
+    };
+    let err = store
+        .update_event(id, update(EventState::Completed, None, None), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("event {id} cannot go from received to completed")
+    );
+    for state in [EventState::Matched, EventState::Dispatched] {
+        store
+            .update_event(id, update(state, None, None), 2)
+            .await
+            .unwrap();
+    }
+    let failed = store
+        .update_event(
+            id,
+            update(EventState::WriteBackFailed, Some("502"), Some(5_000)),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.write_back_attempts, 1);
+    assert_eq!(failed.next_write_back_at, Some(5_000));
+    let failed = store
+        .update_event(
+            id,
+            update(EventState::WriteBackFailed, Some("503"), Some(9_000)),
+            4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.write_back_attempts, failed.error.as_deref()),
+        (2, Some("503"))
+    );
+    let done = store
+        .update_event(id, update(EventState::Completed, None, None), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.error, done.updated_at),
+        (EventState::Completed, None, 5)
+    );
+    let err = store
+        .update_event(404_404, update(EventState::Matched, None, None), 6)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "event 404404 not found");
+}
+
+pub(crate) async fn one_task_per_event_and_worker_and_per_idempotency_key(store: &dyn Store) {
+    let event = store
+        .insert_event(new_event("gh", "d"), 0)
+        .await
+        .unwrap()
+        .record;
+    let for_event = |worker: &str| NewTask {
+        worker: worker.into(),
+        event_id: Some(event.id),
+        idempotency_key: None,
+        payload: json!({}),
+        next_run_at: 0,
+    };
+    let a = store.create_task(for_event("a"), 1).await.unwrap();
+    let a_again = store.create_task(for_event("a"), 2).await.unwrap();
+    let b = store.create_task(for_event("b"), 3).await.unwrap();
+    assert!(a.created && !a_again.created && b.created);
+    assert_eq!(a_again.record, a.record);
+    assert_ne!(a.record.id, b.record.id);
+
+    let keyed = store
+        .create_task(api_task("a", Some("k1"), 0), 4)
+        .await
+        .unwrap();
+    let keyed_again = store
+        .create_task(api_task("a", Some("k1"), 99), 5)
+        .await
+        .unwrap();
+    let other_worker = store
+        .create_task(api_task("b", Some("k1"), 0), 6)
+        .await
+        .unwrap();
+    let no_key_1 = store.create_task(api_task("a", None, 0), 7).await.unwrap();
+    let no_key_2 = store.create_task(api_task("a", None, 0), 8).await.unwrap();
+    assert!(keyed.created && !keyed_again.created && other_worker.created);
+    assert_eq!(keyed_again.record, keyed.record);
+    assert!(no_key_1.created && no_key_2.created);
+
+    let err = store
+        .create_task(
+            NewTask {
+                event_id: Some(777),
+                ..for_event("a")
+            },
+            9,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "event 777 not found");
+}
+
+pub(crate) async fn claims_take_due_tasks_under_a_lease_and_completions_are_fenced(
+    store: &dyn Store,
+) {
+    let late = task_id(store, "w", 300).await;
+    let first = task_id(store, "w", 100).await;
+    let second = task_id(store, "w", 200).await;
+    let claimed = store.claim_due(250, 10_250, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [first, second], "only due tasks, oldest first");
+    for task in &claimed {
+        assert_eq!(task.state, TaskState::Dispatched);
+        assert_eq!((task.attempt, task.tries), (1, 1));
+        assert_eq!(task.lease_expires_at, Some(10_250));
+    }
+    assert!(store.claim_due(250, 10_250, 10).await.unwrap().is_empty());
+    let limited = store.claim_due(1_000, 2_000, 1).await.unwrap();
+    assert_eq!(limited.iter().map(|t| t.id).collect::<Vec<_>>(), [late]);
+
+    let err = store
+        .complete_task(first, 2, json!("too new"), 260)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::StaleAttempt {
+            id: first,
+            attempt: 2,
+            current_attempt: 1,
+            state: TaskState::Dispatched
+        }
+    );
+    let done = store
+        .complete_task(first, 1, json!({ "reply": "hi" }), 270)
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Completed);
+    assert_eq!(done.result, Some(json!({ "reply": "hi" })));
+    assert_eq!(done.lease_expires_at, None);
+    let err = store
+        .complete_task(first, 1, json!(null), 280)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("task {first}: attempt 1 is not current (the task is completed at attempt 1)")
+    );
+    let err = store
+        .complete_task(9_999, 1, json!(null), 280)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "task 9999 not found");
+}
+
+pub(crate) async fn expired_leases_are_requeued_and_the_late_reply_is_rejected(store: &dyn Store) {
+    let id = task_id(store, "w", 0).await;
+    let first = store.claim_due(0, 1_000, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.requeue_expired_leases(999).await.unwrap().is_empty());
+    let requeued = store.requeue_expired_leases(1_000).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(
+        (
+            requeued[0].state,
+            requeued[0].next_run_at,
+            requeued[0].lease_expires_at
+        ),
+        (TaskState::Pending, 1_000, None)
+    );
+    let second = store.claim_due(1_000, 2_000, 10).await.unwrap();
+    assert_eq!(second[0].attempt, 2);
+    let late = store.complete_task(id, 1, json!("late"), 1_500).await;
+    assert!(
+        matches!(
+            late,
+            Err(StoreError::StaleAttempt {
+                current_attempt: 2,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    let done = store
+        .complete_task(id, 2, json!("current"), 1_600)
+        .await
+        .unwrap();
+    assert_eq!(done.result, Some(json!("current")));
+
+    // Startup of a lone server: every dispatched task is orphaned, lease or not.
+    let other = task_id(store, "w", 0).await;
+    store.claim_due(2_000, 999_999, 10).await.unwrap();
+    let requeued = store.requeue_all_dispatched(2_100).await.unwrap();
+    assert_eq!(requeued.iter().map(|t| t.id).collect::<Vec<_>>(), [other]);
+    assert_eq!(requeued[0].state, TaskState::Pending);
+}
+
+pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(store: &dyn Store) {
+    let id = task_id(store, "w", 0).await;
+    let claim = |now| async move { store.claim_due(now, now + 100, 1).await.unwrap().remove(0) };
+
+    // Rate limited: the claim is given back without counting as a try; its attempt stays fenced.
+    let t = claim(0).await;
+    let released = store.release_task(id, t.attempt, 50, 1).await.unwrap();
+    assert_eq!(
+        (released.state, released.attempt, released.tries),
+        (TaskState::Pending, 1, 0)
+    );
+    assert_eq!(released.next_run_at, 50);
+    assert!(store.complete_task(id, 1, json!(null), 2).await.is_err());
+
+    // A transport failure the server decided to retry.
+    let t = claim(50).await;
+    assert_eq!((t.attempt, t.tries), (2, 1));
+    let rescheduled = store
+        .reschedule_task(id, t.attempt, 500, "connection refused", 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rescheduled.state,
+            rescheduled.next_run_at,
+            rescheduled.error.as_deref()
+        ),
+        (TaskState::Pending, 500, Some("connection refused"))
+    );
+
+    let t = claim(500).await;
+    let dead = store
+        .fail_task(id, t.attempt, TaskState::Dead, "retries exhausted", 510)
+        .await
+        .unwrap();
+    assert_eq!(dead.state, TaskState::Dead);
+    let err = store
+        .fail_task(id, t.attempt, TaskState::Completed, "x", 511)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
+
+    let retried = store.retry_task(id, 600, 520).await.unwrap();
+    assert_eq!(
+        (
+            retried.state,
+            retried.tries,
+            retried.attempt,
+            retried.next_run_at
+        ),
+        (TaskState::Pending, 0, 3, 600)
+    );
+    let err = store.retry_task(id, 600, 530).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("task {id} cannot go from pending to pending")
+    );
+
+    // Canceling a running task fences out its completion.
+    let t = claim(600).await;
+    let canceled = store.cancel_task(id, 610).await.unwrap();
+    assert_eq!(
+        (canceled.state, canceled.lease_expires_at),
+        (TaskState::Canceled, None)
+    );
+    let late = store
+        .complete_task(id, t.attempt, json!(null), 620)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        late,
+        StoreError::StaleAttempt {
+            state: TaskState::Canceled,
+            ..
+        }
+    ));
+    let err = store.cancel_task(id, 630).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("task {id} cannot go from canceled to canceled")
+    );
+    let err = store.retry_task(id, 0, 640).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("task {id} cannot go from canceled to pending")
+    );
+
+    let other = task_id(store, "w", 10_000).await;
+    let failed_id = task_id(store, "w", 0).await;
+    let t = claim(700).await;
+    assert_eq!(t.id, failed_id);
+    store
+        .fail_task(failed_id, t.attempt, TaskState::Failed, "HTTP 500", 710)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.retry_task(failed_id, 800, 720).await.unwrap().state,
+        TaskState::Pending
+    );
+    assert_eq!(
+        store.cancel_task(other, 730).await.unwrap().state,
+        TaskState::Canceled
+    );
+    let err = store.cancel_task(12_345, 740).await.unwrap_err();
+    assert_eq!(err.to_string(), "task 12345 not found");
+}
+
+pub(crate) async fn listings_filter_and_page_newest_first(store: &dyn Store) {
+    let event = store
+        .insert_event(new_event("gh", "d"), 0)
+        .await
+        .unwrap()
+        .record;
+    let mut a_ids = Vec::new();
+    for i in 0..25 {
+        a_ids.push(task_id(store, "a", i).await);
+        task_id(store, "b", i).await;
+    }
+    let for_event = store
+        .create_task(
+            NewTask {
+                worker: "c".into(),
+                event_id: Some(event.id),
+                idempotency_key: None,
+                payload: Value::Null,
+                next_run_at: 0,
+            },
+            0,
+        )
+        .await
+        .unwrap()
+        .record;
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_tasks(&TaskFilter {
+                worker: Some("a".into()),
+                limit: Some(10),
+                cursor,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.iter().all(|t| t.worker == "a"));
+        seen.extend(page.items.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    a_ids.reverse();
+    assert_eq!(seen, a_ids, "every task once, newest first");
+    assert_eq!(pages, 3);
+
+    let by_event = store
+        .list_tasks(&TaskFilter {
+            event_id: Some(event.id),
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_event.items, [for_event]);
+    assert_eq!(by_event.next_cursor, None);
+
+    store.claim_due(3, 100, 100).await.unwrap(); // claims next_run_at 0..=3 of a, b and c
+    let dispatched = store
+        .list_tasks(&TaskFilter {
+            state: Some(TaskState::Dispatched),
+            worker: Some("b".into()),
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dispatched.items.len(), 4);
+
+    let counts = store.task_counts(None).await.unwrap();
+    assert_eq!(counts.len(), TaskState::ALL.len(), "every state is present");
+    assert_eq!(counts[&TaskState::Dispatched], 9);
+    assert_eq!(counts[&TaskState::Pending], 42);
+    assert_eq!(counts[&TaskState::Completed], 0);
+    assert_eq!(
+        store.task_counts(Some("c")).await.unwrap()[&TaskState::Dispatched],
+        1
+    );
+
+    store.insert_event(new_event("gl", "x"), 0).await.unwrap();
+    let gl = store
+        .list_events(&EventFilter {
+            source: Some("gl".into()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(gl.items.len(), 1);
+    let received = store
+        .list_events(&EventFilter {
+            state: Some(EventState::Received),
+            limit: Some(1),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(received.items[0].source, "gl");
+    let rest = store
+        .list_events(&EventFilter {
+            state: Some(EventState::Received),
+            cursor: received.next_cursor,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.items, [event]);
+}
+
+pub(crate) async fn next_due_reports_the_earliest_work(store: &dyn Store) {
+    assert_eq!(store.next_due().await.unwrap(), NextDue::default());
+    task_id(store, "w", 500).await;
+    task_id(store, "w", 300).await;
+    let due = store.next_due().await.unwrap();
+    assert_eq!((due.task_run_at, due.earliest()), (Some(300), Some(300)));
+
+    store.claim_due(300, 9_000, 1).await.unwrap();
+    let due = store.next_due().await.unwrap();
+    assert_eq!(
+        due,
+        NextDue {
+            task_run_at: Some(500),
+            lease_expires_at: Some(9_000),
+            write_back_at: None
+        }
+    );
+
+    let event = store
+        .insert_event(new_event("gh", "d"), 0)
+        .await
+        .unwrap()
+        .record;
+    for state in [EventState::Matched, EventState::Dispatched] {
+        let update = EventUpdate {
+            state,
+            error: None,
+            next_write_back_at: None,
+        };
+        store.update_event(event.id, update, 1).await.unwrap();
+    }
+    let update = EventUpdate {
+        state: EventState::WriteBackFailed,
+        error: Some("429".into()),
+        next_write_back_at: Some(200),
+    };
+    store.update_event(event.id, update, 2).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap().earliest(), Some(200));
+    let due_now = store
+        .list_events(&EventFilter {
+            write_back_due_by: Some(200),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(due_now.items.len(), 1);
+    let not_yet = store
+        .list_events(&EventFilter {
+            write_back_due_by: Some(199),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(not_yet.items.is_empty());
+}
+
+pub(crate) async fn cron_fires_create_one_task_per_worker_and_time(store: &dyn Store) {
+    store
+        .upsert_worker(js_worker("nightly"), Some(String::new()), 0)
+        .await
+        .unwrap();
+    let task = store
+        .record_cron_fire("nightly", 60_000, json!({ "fire_time": 60_000 }), 60_001)
+        .await
+        .unwrap()
+        .expect("the first fire creates a task");
+    assert_eq!(
+        (task.worker.as_str(), task.next_run_at),
+        ("nightly", 60_000)
+    );
+    assert_eq!(task.payload, json!({ "fire_time": 60_000 }));
+    assert_eq!(
+        store
+            .record_cron_fire("nightly", 60_000, json!({}), 60_002)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .record_cron_fire("nightly", 120_000, json!({}), 120_001)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let err = store
+        .record_cron_fire("ghost", 60_000, json!({}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "worker ghost not found");
+    assert_eq!(store.prune(100_000).await.unwrap().cron_fires, 1);
+}
+
+pub(crate) async fn logs_are_filtered_paged_and_pruned(store: &dyn Store) {
+    let entry =
+        |ts: i64, action: &str, outcome, task: Option<i64>, worker: Option<&str>| LogRecord {
+            trace_id: Some(format!("trace-{}", ts % 2)),
+            ts,
+            action: action.into(),
+            outcome,
+            event_id: Some(ts / 10),
+            task_id: task,
+            worker: worker.map(str::to_owned),
+            attempt: task.map(|_| 1),
+            error: (outcome == LogOutcome::Fail).then(|| "boom".into()),
+            detail: Some(json!({ "ts": ts })),
+        };
+    store
+        .append_logs(vec![
+            entry(10, "webhook", LogOutcome::Ok, None, None),
+            entry(11, "match", LogOutcome::Ok, None, Some("a")),
+            entry(20, "dispatch", LogOutcome::Fail, Some(7), Some("a")),
+            entry(21, "dispatch", LogOutcome::Retry, Some(7), Some("a")),
+            entry(30, "policy", LogOutcome::Deny, None, Some("b")),
+        ])
+        .await
+        .unwrap();
+    let ts_of = |query: LogQuery| async move {
+        let page = store.query_logs(&query).await.unwrap();
+        page.items.iter().map(|e| e.record.ts).collect::<Vec<_>>()
+    };
+    assert_eq!(ts_of(LogQuery::default()).await, [30, 21, 20, 11, 10]);
+    assert_eq!(
+        ts_of(LogQuery {
+            event_id: Some(2),
+            ..LogQuery::default()
+        })
+        .await,
+        [21, 20]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            task_id: Some(7),
+            ..LogQuery::default()
+        })
+        .await,
+        [21, 20]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            worker: Some("a".into()),
+            ..LogQuery::default()
+        })
+        .await,
+        [21, 20, 11]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            action: Some("dispatch".into()),
+            ..LogQuery::default()
+        })
+        .await,
+        [21, 20]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            outcome: Some(LogOutcome::Deny),
+            ..LogQuery::default()
+        })
+        .await,
+        [30]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            since: Some(21),
+            ..LogQuery::default()
+        })
+        .await,
+        [30, 21]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            trace_id: Some("trace-1".into()),
+            ..LogQuery::default()
+        })
+        .await,
+        [21, 11]
+    );
+    assert_eq!(
+        ts_of(LogQuery {
+            worker: Some("a".into()),
+            outcome: Some(LogOutcome::Fail),
+            ..LogQuery::default()
+        })
+        .await,
+        [20]
+    );
+
+    let first = store
+        .query_logs(&LogQuery {
+            limit: Some(2),
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.items[1].record.detail, Some(json!({ "ts": 21 })));
+    let next = store
+        .query_logs(&LogQuery {
+            limit: Some(2),
+            cursor: first.next_cursor,
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.items.iter().map(|e| e.record.ts).collect::<Vec<_>>(),
+        [20, 11]
+    );
+    assert_eq!(next.items[0].record.error.as_deref(), Some("boom"));
+    assert_eq!(next.items[0].record.attempt, Some(1));
+
+    assert_eq!(store.prune(20).await.unwrap().logs, 2);
+    assert_eq!(ts_of(LogQuery::default()).await, [30, 21, 20]);
+}
+
+pub(crate) async fn an_idle_store_runs_no_queries(store: &dyn Store) {
+    task_id(store, "w", 0).await;
+    let before = store.queries_executed();
+    // What an idle server does: compare the registry version, read counters, sleep.
+    for _ in 0..100 {
+        store.registry_version();
+        store.commits();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(store.queries_executed(), before);
+    store.get_task(1).await.unwrap();
+    assert_eq!(store.queries_executed(), before + 1);
+}
+
+pub(crate) async fn concurrent_creates_all_commit_with_distinct_ids(store: &dyn Store) {
+    let creates =
+        (0..1_000).map(|i| store.create_task(api_task("w", Some(&format!("k{i}")), 0), 0));
+    let results = futures_join_all(creates).await;
+    let ids: HashSet<i64> = results.into_iter().map(|r| r.unwrap().record.id).collect();
+    assert_eq!(ids.len(), 1_000);
+    assert_eq!(
+        store.task_counts(Some("w")).await.unwrap()[&TaskState::Pending],
+        1_000
+    );
+}
+
+/// Polls every future concurrently on the current task (no spawning, so `&dyn Store` borrows
+/// are fine) and returns their outputs in order.
+pub(crate) async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}

@@ -1,0 +1,285 @@
+//! SQLite-only tests: the conformance suite on real files, migrations, pragmas, crash safety and
+//! group commit.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mechanics_proto::domain::TaskState;
+use mechanics_store::{
+    NewTask, SQLITE_SCHEMA_VERSION, SqliteStore, Store, StoreError, migrate_sqlite_to,
+};
+use rusqlite::Connection;
+use serde_json::json;
+
+use crate::conformance::{self, futures_join_all};
+use crate::{js_worker, temp_store};
+
+/// One `#[tokio::test]` per conformance function, each on a fresh SQLite file.
+macro_rules! conformance_on_sqlite {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, store) = crate::temp_store();
+                    crate::conformance::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_on_sqlite!(
+    registry_upserts_count_revisions_and_bump_the_version,
+    invalid_registry_input_is_refused_naming_the_field,
+    events_are_deduplicated_per_source_and_delivery_id,
+    events_move_only_along_their_lifecycle,
+    one_task_per_event_and_worker_and_per_idempotency_key,
+    claims_take_due_tasks_under_a_lease_and_completions_are_fenced,
+    expired_leases_are_requeued_and_the_late_reply_is_rejected,
+    retry_cancel_release_and_reschedule_follow_the_lifecycle,
+    listings_filter_and_page_newest_first,
+    next_due_reports_the_earliest_work,
+    cron_fires_create_one_task_per_worker_and_time,
+    logs_are_filtered_paged_and_pruned,
+    an_idle_store_runs_no_queries,
+    concurrent_creates_all_commit_with_distinct_ids,
+);
+
+fn task(worker: &str, key: Option<String>) -> NewTask {
+    NewTask {
+        worker: worker.into(),
+        event_id: None,
+        idempotency_key: key,
+        payload: json!({}),
+        next_run_at: 0,
+    }
+}
+
+/// The schema as `sqlite_master` holds it, for comparing databases.
+fn schema_of(path: &std::path::Path) -> Vec<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare("SELECT type || ' ' || name || ': ' || IFNULL(sql, '') FROM sqlite_master ORDER BY type, name")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_database_at_every_earlier_version_migrates_to_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.db");
+    drop(SqliteStore::open(&fresh).unwrap());
+    let expected = schema_of(&fresh);
+    assert!(
+        expected.iter().any(|line| line.starts_with("table tasks")),
+        "{expected:?}"
+    );
+    for version in 0..SQLITE_SCHEMA_VERSION {
+        let path = dir.path().join(format!("v{version}.db"));
+        migrate_sqlite_to(&path, version).unwrap();
+        let found: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(found, version);
+        drop(SqliteStore::open(&path).unwrap());
+        let migrated: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(migrated, SQLITE_SCHEMA_VERSION, "from version {version}");
+        assert_eq!(schema_of(&path), expected, "from version {version}");
+    }
+    // Opening the latest again changes nothing.
+    drop(SqliteStore::open(&fresh).unwrap());
+    assert_eq!(schema_of(&fresh), expected);
+}
+
+#[test]
+fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    drop(SqliteStore::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!(
+            "PRAGMA user_version = {}",
+            SQLITE_SCHEMA_VERSION + 1
+        ))
+        .unwrap();
+    let Err(err) = SqliteStore::open(&path) else {
+        panic!("a newer schema must be refused")
+    };
+    assert!(matches!(err, StoreError::SchemaTooNew { .. }));
+    assert!(
+        err.to_string().contains("newer than this build supports"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_is_in_wal_mode_and_foreign_keys_are_enforced() {
+    let (dir, store) = temp_store();
+    let mode: String = Connection::open(dir.path().join("mechanics.db"))
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // cron_fires references workers with ON DELETE CASCADE: deleting the worker forgets its
+    // fires, so the same fire time can be recorded again for a re-added worker.
+    store
+        .upsert_worker(js_worker("w"), Some(String::new()), 0)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .record_cron_fire("w", 1, json!({}), 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.delete_worker("w").await.unwrap();
+    store
+        .upsert_worker(js_worker("w"), Some(String::new()), 2)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .record_cron_fire("w", 1, json!({}), 3)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_group_committed() {
+    let (_dir, store) = temp_store();
+    let before = store.commits();
+    let creates = (0..1_000).map(|i| store.create_task(task("w", Some(format!("k{i}"))), 0));
+    for result in futures_join_all(creates).await {
+        result.unwrap();
+    }
+    let commits = store.commits() - before;
+    assert!(
+        commits <= 20,
+        "1,000 concurrent creates took {commits} commits"
+    );
+    // One failing operation in a batch undoes only itself.
+    let fenced = store.complete_task(1, 9, json!(null), 0);
+    let good = store.create_task(task("w", None), 0);
+    let (fenced, good) = tokio::join!(fenced, good);
+    assert!(matches!(fenced, Err(StoreError::StaleAttempt { .. })));
+    assert!(good.unwrap().created);
+    assert_eq!(
+        store.task_counts(None).await.unwrap()[&TaskState::Pending],
+        1_001
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dropped_without_closing_keeps_every_acknowledged_write() {
+    let (dir, store) = temp_store();
+    let creates = (0..200).map(|i| store.create_task(task("w", Some(format!("k{i}"))), 0));
+    futures_join_all(creates).await;
+    drop(store);
+    let store = SqliteStore::open(dir.path().join("mechanics.db")).unwrap();
+    assert_eq!(
+        store.task_counts(None).await.unwrap()[&TaskState::Pending],
+        200
+    );
+}
+
+/// The child half of `a_killed_process_loses_no_acknowledged_write`: writes until killed,
+/// printing each acknowledged task id.
+#[test]
+fn child_writes_until_killed() {
+    let Ok(path) = std::env::var("MECHANICS_STORE_CHILD_DB") else {
+        return; // Only meaningful as the child of the crash test.
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::open(path).unwrap();
+        let mut out = std::io::stdout();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut round = 0;
+        while Instant::now() < deadline {
+            let creates =
+                (0..50).map(|i| store.create_task(task("w", Some(format!("{round}-{i}"))), 0));
+            for result in futures_join_all(creates).await {
+                writeln!(out, "ack {}", result.unwrap().record.id).unwrap();
+            }
+            out.flush().unwrap();
+            round += 1;
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mechanics.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sqlite::child_writes_until_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MECHANICS_STORE_CHILD_DB", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while acknowledged.len() < 1_000 {
+        let line = lines.next().expect("the child stopped early").unwrap();
+        if let Some(id) = line.strip_prefix("ack ") {
+            acknowledged.push(id.parse::<i64>().unwrap());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-write: the child never stops on its own before 20 s
+    child.wait().unwrap();
+
+    let conn = Connection::open(&path).unwrap();
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    for id in acknowledged {
+        assert!(
+            store.get_task(id).await.unwrap().is_some(),
+            "acknowledged task {id} is lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_processs_registry_change_shows_after_a_refresh() {
+    let (dir, store) = temp_store();
+    let other = SqliteStore::open(dir.path().join("mechanics.db")).unwrap();
+    let seen = store.registry_version();
+    other
+        .upsert_worker(js_worker("w"), Some(String::new()), 0)
+        .await
+        .unwrap();
+    // No query: this store cannot know yet.
+    assert_eq!(store.registry_version(), seen);
+    assert!(store.refresh_registry_version().await.unwrap() > seen);
+    assert!(store.registry_version() > seen);
+    assert!(
+        conformance::futures_join_all([store.get_worker("w")]).await[0]
+            .as_ref()
+            .unwrap()
+            .is_some()
+    );
+}
