@@ -1,0 +1,648 @@
+//! The server's configuration, from four layers: compiled defaults, then `~/.mechanics/config.yml`,
+//! then `MECHANICS_*` environment variables, then command-line flags; each layer overrides the one
+//! before it, key by key.
+//!
+//! Every layer is read in full before anything starts: an unknown key in the file, or a value
+//! that does not parse or is out of range in any layer, is an error naming the key and where it
+//! came from (`config.yml: concurrency: ...`, `MECHANICS_CONCURRENCY: ...`, `--concurrency: ...`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mechanics_proto::domain::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// Where a setting was read from, for error messages and `mechanics config show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The compiled default.
+    Default,
+    /// The config file at this path.
+    File(PathBuf),
+    /// The environment variable of this name.
+    Env(String),
+    /// The command-line flag of this name (`--addr`).
+    Flag(String),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Default => f.write_str("default"),
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::Env(name) => f.write_str(name),
+            ConfigSource::Flag(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key and its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape (unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// A value is out of range or does not parse.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// Where the value came from.
+        origin: ConfigSource,
+        /// The key, as written in the file.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Multi-line, coloured, for people at a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// One short line per event.
+    Compact,
+}
+
+/// A token bucket's settings: `per_second` tokens refill, up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// The effective server configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The API key; `None` means no authentication (loopback only, unless `insecure_no_auth`).
+    pub api_key: Option<String>,
+    /// Serve without an API key on a non-loopback address.
+    pub insecure_no_auth: bool,
+    /// The SQLite database file.
+    pub db_path: PathBuf,
+    /// Local executor nodes to launch.
+    pub local_nodes: usize,
+    /// Tasks held in memory ready to dispatch.
+    pub queue_size: usize,
+    /// Tasks dispatched at once.
+    pub concurrency: usize,
+    /// Default per-worker dispatch bucket (a worker's `rate_limit` overrides it).
+    pub worker_rate_limit: RateLimit,
+    /// Per-source webhook bucket.
+    pub webhook_rate_limit: RateLimit,
+    /// How long shutdown waits for tasks in flight.
+    pub drain_timeout: Duration,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `mechanics_server=debug`); `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// Where each setting came from, by key.
+    pub sources: BTreeMap<&'static str, ConfigSource>,
+}
+
+/// One layer of settings, every key optional. The file is read into it directly; environment
+/// variables and flags are put into it by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// See [`ServerConfig::addr`].
+    pub addr: Option<String>,
+    /// See [`ServerConfig::api_key`].
+    pub api_key: Option<String>,
+    /// See [`ServerConfig::insecure_no_auth`].
+    pub insecure_no_auth: Option<bool>,
+    /// See [`ServerConfig::db_path`].
+    pub db: Option<PathBuf>,
+    /// See [`ServerConfig::local_nodes`].
+    pub local_nodes: Option<usize>,
+    /// See [`ServerConfig::queue_size`].
+    pub queue_size: Option<usize>,
+    /// See [`ServerConfig::concurrency`].
+    pub concurrency: Option<usize>,
+    /// See [`ServerConfig::worker_rate_limit`].
+    pub worker_rate_limit: Option<RateLimit>,
+    /// See [`ServerConfig::webhook_rate_limit`].
+    pub webhook_rate_limit: Option<RateLimit>,
+    /// See [`ServerConfig::drain_timeout`] (`30s`, `10m`).
+    pub drain_timeout: Option<String>,
+    /// See [`ServerConfig::log_format`].
+    pub log_format: Option<LogFormat>,
+    /// See [`ServerConfig::log_level`].
+    pub log_level: Option<String>,
+}
+
+/// Environment variables read, and the key each sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("MECHANICS_ADDR", "addr"),
+    ("MECHANICS_API_KEY", "api_key"),
+    ("MECHANICS_INSECURE_NO_AUTH", "insecure_no_auth"),
+    ("MECHANICS_DB_PATH", "db"),
+    ("MECHANICS_LOCAL_NODES", "local_nodes"),
+    ("MECHANICS_QUEUE_SIZE", "queue_size"),
+    ("MECHANICS_CONCURRENCY", "concurrency"),
+    ("MECHANICS_DRAIN_TIMEOUT", "drain_timeout"),
+    ("MECHANICS_LOG_FORMAT", "log_format"),
+    ("MECHANICS_LOG_LEVEL", "log_level"),
+];
+
+impl ConfigLayer {
+    /// Reads the YAML file at `path`; a missing file is an empty layer.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })
+    }
+
+    /// Reads the `MECHANICS_*` variables of [`ENV_KEYS`] through `get` (`std::env::var` in the
+    /// binary, a map in tests).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut layer = Self::default();
+        for (name, key) in ENV_KEYS {
+            if let Some(value) = get(name) {
+                layer.set(key, &value, ConfigSource::Env((*name).to_owned()))?;
+            }
+        }
+        Ok(layer)
+    }
+
+    /// Sets `key` from its text form, as environment variables and flags give it.
+    pub fn set(&mut self, key: &str, value: &str, source: ConfigSource) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            key: &'static str,
+            value: &str,
+            source: &ConfigSource,
+            expected: &str,
+        ) -> Result<T, ConfigError> {
+            value.trim().parse().map_err(|_| ConfigError::Invalid {
+                origin: source.clone(),
+                key,
+                message: format!("{value:?} is not {expected}"),
+            })
+        }
+        match key {
+            "addr" => self.addr = Some(value.to_owned()),
+            "api_key" => self.api_key = Some(value.to_owned()),
+            "insecure_no_auth" => {
+                self.insecure_no_auth = Some(parse_bool("insecure_no_auth", value, &source)?);
+            }
+            "db" => self.db = Some(PathBuf::from(value)),
+            "local_nodes" => {
+                self.local_nodes = Some(parse("local_nodes", value, &source, "a number")?)
+            }
+            "queue_size" => {
+                self.queue_size = Some(parse("queue_size", value, &source, "a number")?)
+            }
+            "concurrency" => {
+                self.concurrency = Some(parse("concurrency", value, &source, "a number")?);
+            }
+            "drain_timeout" => self.drain_timeout = Some(value.to_owned()),
+            "log_format" => {
+                self.log_format = Some(match value.trim() {
+                    "pretty" => LogFormat::Pretty,
+                    "json" => LogFormat::Json,
+                    "compact" => LogFormat::Compact,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            origin: source,
+                            key: "log_format",
+                            message: format!("{value:?} is not one of pretty, json, compact"),
+                        });
+                    }
+                });
+            }
+            "log_level" => self.log_level = Some(value.to_owned()),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    origin: source,
+                    key: "config",
+                    message: format!("unknown key {key:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(key: &'static str, value: &str, source: &ConfigSource) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            origin: source.clone(),
+            key,
+            message: format!("{value:?} is not a boolean (true or false)"),
+        }),
+    }
+}
+
+/// The default home of Mechanics' files: `~/.mechanics` (or `./.mechanics` without a home).
+pub fn default_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".mechanics")
+}
+
+impl ServerConfig {
+    /// The compiled defaults, with the database under `home`.
+    pub fn defaults(home: &Path) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 21212)),
+            api_key: None,
+            insecure_no_auth: false,
+            db_path: home.join("mechanics.db"),
+            local_nodes: cpus,
+            queue_size: 256,
+            concurrency: 16,
+            worker_rate_limit: RateLimit {
+                per_second: 2.0,
+                burst: 5,
+            },
+            webhook_rate_limit: RateLimit {
+                per_second: 2.0,
+                burst: 5,
+            },
+            drain_timeout: Duration::from_secs(600),
+            log_format: LogFormat::Pretty,
+            log_level: "info".to_owned(),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `layers` in order over the defaults (database under `home`) and checks the result.
+    pub fn resolve(
+        home: &Path,
+        layers: impl IntoIterator<Item = (ConfigSource, ConfigLayer)>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::defaults(home);
+        for (source, layer) in layers {
+            config.apply(&source, layer)?;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, source: &ConfigSource, layer: ConfigLayer) -> Result<(), ConfigError> {
+        for key in layer.keys_set() {
+            self.sources.insert(key, source.clone());
+        }
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: source.clone(),
+            key,
+            message,
+        };
+        if let Some(addr) = layer.addr {
+            self.addr = addr.trim().parse().map_err(|_| {
+                invalid(
+                    "addr",
+                    format!("{addr:?} is not an address: write HOST:PORT, e.g. 127.0.0.1:21212"),
+                )
+            })?;
+        }
+        if let Some(key) = layer.api_key {
+            // An empty key in a later layer switches authentication off again.
+            self.api_key = Some(key).filter(|k| !k.is_empty());
+        }
+        if let Some(v) = layer.insecure_no_auth {
+            self.insecure_no_auth = v;
+        }
+        if let Some(v) = layer.db {
+            self.db_path = v;
+        }
+        if let Some(v) = layer.local_nodes {
+            self.local_nodes = v;
+        }
+        if let Some(v) = layer.queue_size {
+            self.queue_size = v;
+        }
+        if let Some(v) = layer.concurrency {
+            self.concurrency = v;
+        }
+        if let Some(v) = layer.worker_rate_limit {
+            self.worker_rate_limit = v;
+        }
+        if let Some(v) = layer.webhook_rate_limit {
+            self.webhook_rate_limit = v;
+        }
+        if let Some(text) = layer.drain_timeout {
+            self.drain_timeout = HumanDuration::parse(&text)
+                .map_err(|message| invalid("drain_timeout", message))?
+                .0;
+        }
+        if let Some(v) = layer.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = layer.log_level {
+            self.log_level = v;
+        }
+        Ok(())
+    }
+
+    /// Where the value of `key` came from.
+    pub fn source_of(&self, key: &str) -> ConfigSource {
+        self.sources
+            .get(key)
+            .cloned()
+            .unwrap_or(ConfigSource::Default)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: self.source_of(key),
+            key,
+            message,
+        };
+        for (key, value, max) in [
+            ("local_nodes", self.local_nodes, 256),
+            ("queue_size", self.queue_size, 1_000_000),
+            ("concurrency", self.concurrency, 10_000),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {max}, got {value}"),
+                ));
+            }
+        }
+        for (key, limit) in [
+            ("worker_rate_limit", self.worker_rate_limit),
+            ("webhook_rate_limit", self.webhook_rate_limit),
+        ] {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "per_second must be a positive number and burst at least 1, got {} and {}",
+                        limit.per_second, limit.burst
+                    ),
+                ));
+            }
+        }
+        if self.api_key.is_none() && !self.addr.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(invalid(
+                "addr",
+                format!(
+                    "{} is not a loopback address and no api_key is set: set an API key \
+                     (--api-key or MECHANICS_API_KEY), or pass --insecure-no-auth to serve \
+                     without one",
+                    self.addr
+                ),
+            ));
+        }
+        if self.log_level.trim().is_empty() {
+            return Err(invalid("log_level", "must not be empty".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as `key: value  # source` lines, the API key redacted.
+    pub fn show(&self) -> String {
+        let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
+        let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
+        let rows: [(&str, String); 12] = [
+            ("addr", self.addr.to_string()),
+            ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
+            ("insecure_no_auth", self.insecure_no_auth.to_string()),
+            ("db", self.db_path.display().to_string()),
+            ("local_nodes", self.local_nodes.to_string()),
+            ("queue_size", self.queue_size.to_string()),
+            ("concurrency", self.concurrency.to_string()),
+            ("worker_rate_limit", rate(self.worker_rate_limit)),
+            ("webhook_rate_limit", rate(self.webhook_rate_limit)),
+            (
+                "drain_timeout",
+                HumanDuration(self.drain_timeout).to_string(),
+            ),
+            (
+                "log_format",
+                match self.log_format {
+                    LogFormat::Pretty => "pretty",
+                    LogFormat::Json => "json",
+                    LogFormat::Compact => "compact",
+                }
+                .to_owned(),
+            ),
+            ("log_level", self.log_level.clone()),
+        ];
+        let mut out = String::new();
+        for (key, value) in rows {
+            out.push_str(&format!("{key}: {value}  # {}\n", self.source_of(key)));
+        }
+        out
+    }
+}
+
+impl ConfigLayer {
+    /// The keys this layer sets.
+    fn keys_set(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut note = |set: bool, key| {
+            if set {
+                keys.push(key);
+            }
+        };
+        note(self.addr.is_some(), "addr");
+        note(self.api_key.is_some(), "api_key");
+        note(self.insecure_no_auth.is_some(), "insecure_no_auth");
+        note(self.db.is_some(), "db");
+        note(self.local_nodes.is_some(), "local_nodes");
+        note(self.queue_size.is_some(), "queue_size");
+        note(self.concurrency.is_some(), "concurrency");
+        note(self.worker_rate_limit.is_some(), "worker_rate_limit");
+        note(self.webhook_rate_limit.is_some(), "webhook_rate_limit");
+        note(self.drain_timeout.is_some(), "drain_timeout");
+        note(self.log_format.is_some(), "log_format");
+        note(self.log_level.is_some(), "log_level");
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn later_layers_win_key_by_key_and_sources_are_recorded() {
+        let (_dir, path) =
+            file("addr: 127.0.0.1:3000\nconcurrency: 4\nqueue_size: 10\napi_key: from-file\n");
+        let file_layer = ConfigLayer::from_file(&path).unwrap();
+        let env_layer = ConfigLayer::from_env(env(&[
+            ("MECHANICS_CONCURRENCY", "8"),
+            ("MECHANICS_DRAIN_TIMEOUT", "30s"),
+        ]))
+        .unwrap();
+        let mut flags = ConfigLayer::default();
+        flags
+            .set(
+                "concurrency",
+                "12",
+                ConfigSource::Flag("--concurrency".into()),
+            )
+            .unwrap();
+        let home = Path::new("/home/u/.mechanics");
+        let config = ServerConfig::resolve(
+            home,
+            [
+                (ConfigSource::File(path.clone()), file_layer),
+                (ConfigSource::Env("MECHANICS_*".into()), env_layer),
+                (ConfigSource::Flag("flags".into()), flags),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.concurrency, 12);
+        assert_eq!(config.queue_size, 10);
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.db_path, home.join("mechanics.db"));
+        assert_eq!(config.source_of("queue_size"), ConfigSource::File(path));
+        assert_eq!(
+            config.source_of("concurrency"),
+            ConfigSource::Flag("flags".into())
+        );
+        assert_eq!(config.source_of("db"), ConfigSource::Default);
+        let shown = config.show();
+        assert!(shown.contains("api_key: <redacted>"), "{shown}");
+        assert!(!shown.contains("from-file"), "{shown}");
+        assert!(shown.contains("concurrency: 12  # flags"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_no_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = ConfigLayer::from_file(&dir.path().join("absent.yml")).unwrap();
+        assert!(layer.keys_set().is_empty());
+        let (_dir, path) = file("  \n");
+        assert!(ConfigLayer::from_file(&path).unwrap().keys_set().is_empty());
+    }
+
+    #[test]
+    fn bad_input_names_the_key_and_where_it_came_from() {
+        let (_dir, path) = file("concurrency: 4\nconcurency: 5\n");
+        let err = ConfigLayer::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("concurency") && err.contains("config.yml"),
+            "{err}"
+        );
+        let (_dir, path) = file("concurrency: lots\n");
+        let err = ConfigLayer::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = ConfigLayer::from_env(env(&[("MECHANICS_QUEUE_SIZE", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "MECHANICS_QUEUE_SIZE: queue_size: \"-1\" is not a number"
+        );
+        let err = ConfigLayer::from_env(env(&[("MECHANICS_DRAIN_TIMEOUT", "soon")]))
+            .and_then(|layer| {
+                ServerConfig::resolve(
+                    Path::new("/h"),
+                    [(ConfigSource::Env("MECHANICS_DRAIN_TIMEOUT".into()), layer)],
+                )
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("MECHANICS_DRAIN_TIMEOUT: drain_timeout: \"soon\" is not a duration"),
+            "{err}"
+        );
+        let mut flags = ConfigLayer::default();
+        flags
+            .set(
+                "concurrency",
+                "0",
+                ConfigSource::Flag("--concurrency".into()),
+            )
+            .unwrap();
+        let err = ServerConfig::resolve(
+            Path::new("/h"),
+            [(ConfigSource::Flag("--concurrency".into()), flags)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--concurrency: concurrency: must be between 1 and 10000, got 0"
+        );
+    }
+
+    #[test]
+    fn without_a_key_only_loopback_is_served_unless_insecure_no_auth() {
+        let layer = |addr: &str, insecure: Option<bool>, key: Option<&str>| ConfigLayer {
+            addr: Some(addr.to_owned()),
+            insecure_no_auth: insecure,
+            api_key: key.map(str::to_owned),
+            ..ConfigLayer::default()
+        };
+        let resolve = |l: ConfigLayer| {
+            ServerConfig::resolve(Path::new("/h"), [(ConfigSource::Flag("flags".into()), l)])
+        };
+        let err = resolve(layer("0.0.0.0:21212", None, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a loopback address and no api_key is set"),
+            "{err}"
+        );
+        assert!(resolve(layer("[::1]:21212", None, None)).is_ok());
+        assert!(resolve(layer("0.0.0.0:21212", Some(true), None)).is_ok());
+        assert!(resolve(layer("0.0.0.0:21212", None, Some("k"))).is_ok());
+        assert!(
+            resolve(layer("0.0.0.0:21212", None, Some(""))).is_err(),
+            "an empty key is no key"
+        );
+    }
+}
