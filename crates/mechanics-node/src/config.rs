@@ -1,8 +1,11 @@
 //! How a node is set up.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mechanics_core::MechanicsPoolConfig;
+
+use crate::NodeError;
 
 /// The settings of one node ([`serve`](crate::serve)).
 #[derive(Clone)]
@@ -44,6 +47,17 @@ impl NodeConfig {
             recycle_after_jobs: None,
             recycle_rss_bytes: None,
             retry_after: Duration::from_secs(1),
+        }
+    }
+
+    /// Fails for an empty token, and for a non-loopback `addr` without a token: anyone who can
+    /// reach such a node could run code on it. [`serve`](crate::serve) checks this too; call it
+    /// before announcing an address.
+    pub fn check_address(&self, addr: SocketAddr) -> Result<(), NodeError> {
+        match self.token.as_deref() {
+            Some("") => Err(NodeError::Config("the node token is empty".into())),
+            None if !addr.ip().is_loopback() => Err(NodeError::InsecureAddress(addr)),
+            _ => Ok(()),
         }
     }
 }

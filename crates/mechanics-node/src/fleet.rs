@@ -40,6 +40,9 @@ const RECHECK: Duration = Duration::from_millis(20);
 /// Times a job is offered to another node when a node refused the connection (the job never
 /// ran there, so trying elsewhere is safe).
 const CONNECT_TRIES: usize = 3;
+/// How long an address whose connection failed gets no jobs. A dead instance withdraws its
+/// address within milliseconds; one still announced after this was alive after all.
+const DEAD_MARK: Duration = Duration::from_secs(5);
 
 /// How a [`Fleet`] is run. [`FleetConfig::new`] gives the defaults; set fields to change them.
 #[derive(Debug, Clone)]
@@ -238,9 +241,9 @@ struct Slot {
     name: String,
     /// The current instance's address; replaced with the process node on each recycle.
     address: Mutex<watch::Receiver<Option<String>>>,
-    /// An address that must not get jobs: its instance was killed or refused a connection. A
-    /// new instance announces a new address.
-    dead_address: Mutex<Option<String>>,
+    /// An address that gets no jobs, and since when: its instance was killed or failed a
+    /// connection. A new instance announces a new address.
+    dead_address: Mutex<Option<(String, Instant)>>,
     in_flight: AtomicUsize,
     jobs: AtomicU64,
     draining: AtomicBool,
@@ -387,6 +390,9 @@ impl Fleet {
                     });
                 }
                 Err(err) => {
+                    // The connection broke with the job on it: the node died (the supervisor
+                    // restarts it) or is dying; send nothing more there.
+                    slot.mark_dead(&lease.address);
                     let message = format!("{err:#}");
                     return Err(inner.crashed(&request.job_id, &slot.name, message));
                 }
@@ -543,7 +549,11 @@ impl Inner {
             return None;
         }
         let address = slot.address().borrow().clone()?;
-        if slot.dead_address().as_deref() == Some(address.as_str()) {
+        if slot
+            .dead_address()
+            .as_ref()
+            .is_some_and(|(dead, at)| *dead == address && at.elapsed() < DEAD_MARK)
+        {
             return None;
         }
         let healthy = self
@@ -606,12 +616,12 @@ impl Slot {
         lock(&self.address)
     }
 
-    fn dead_address(&self) -> MutexGuard<'_, Option<String>> {
+    fn dead_address(&self) -> MutexGuard<'_, Option<(String, Instant)>> {
         lock(&self.dead_address)
     }
 
     fn mark_dead(&self, address: &str) {
-        *self.dead_address() = Some(address.to_owned());
+        *self.dead_address() = Some((address.to_owned(), Instant::now()));
     }
 }
 

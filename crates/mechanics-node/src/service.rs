@@ -47,12 +47,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let addr = listener.local_addr()?;
-    if config.token.is_none() && !addr.ip().is_loopback() {
-        return Err(NodeError::InsecureAddress(addr));
-    }
-    if config.token.as_deref() == Some("") {
-        return Err(NodeError::Config("the node token is empty".into()));
-    }
+    config.check_address(addr)?;
     let pool = Arc::new(MechanicsPool::new(config.pool.clone())?);
     let monitor = Monitor::start(config.memory_cap_bytes, NodeConfig::MEMORY_CAP_EXIT_STATUS)?;
     let node = Arc::new(Node {

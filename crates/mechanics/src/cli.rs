@@ -228,6 +228,7 @@ fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let addr = listener.local_addr()?;
+        config.check_address(addr)?;
         let shutdown = termination().context("cannot install signal handlers")?;
         let serving = mechanics_node::serve(listener, config, shutdown);
         // The supervisor's handshake: announced once the socket accepts connections.

@@ -1,6 +1,10 @@
-//! `mechanics run` as a user runs it: the real binary, real files, exit codes and streams.
+//! `mechanics run` and `mechanics node serve` as a user runs them: the real binary, real files,
+//! exit codes and streams; and the local fleet of node processes (`fleet`).
 
-use std::process::{Command, Output};
+mod fleet;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Output, Stdio};
 
 fn mechanics(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mechanics"))
@@ -87,4 +91,98 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_loop_iterations"));
     assert_eq!(mechanics(&["run"]).status.code(), Some(2));
+}
+
+#[test]
+fn run_on_a_node_gives_the_same_results_and_errors() {
+    let out = mechanics(&[
+        "run",
+        "examples/hello.js",
+        "--arg",
+        r#"{"name":"Ada"}"#,
+        "--node",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["greeting"], "Hello, Ada!");
+
+    let module = write(
+        "node-throw.js",
+        "export default () => { throw new Error('nope') }",
+    );
+    let out = mechanics(&["run", &module, "--node", "--json-errors"]);
+    assert_eq!(out.status.code(), Some(1));
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["kind"], "execution");
+    assert!(error["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn node_serve_announces_ready_serves_health_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mechanics"))
+        .args(["node", "serve", "--addr", "127.0.0.1:0", "--workers", "1"])
+        .env("MECHANICS_NODE_TOKEN", "t0ken")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .trim()
+        .to_owned();
+    let health = http(
+        &addr,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let stats = http(
+        &addr,
+        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(stats.starts_with("HTTP/1.1 401"), "{stats}");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !stderr.contains("t0ken"),
+        "the token is never logged: {stderr}"
+    );
+}
+
+fn http(addr: &str, request: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn node_serve_refuses_a_public_address_without_a_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mechanics"))
+        .args(["node", "serve", "--addr", "0.0.0.0:0"])
+        .env_remove("MECHANICS_NODE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no READY line");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
 }
