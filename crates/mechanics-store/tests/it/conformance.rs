@@ -102,7 +102,10 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
     let source = store.upsert_source(github_source("gh"), 5).await.unwrap();
     assert_eq!(source.revision, 1);
     assert_eq!(source.spec.secret_env.as_deref(), Some("GH_SECRET"));
-    assert_eq!(store.list_sources().await.unwrap(), [source.clone()]);
+    assert_eq!(
+        store.list_sources().await.unwrap(),
+        std::slice::from_ref(&source)
+    );
     assert_eq!(store.get_source("gh").await.unwrap(), Some(source));
     assert!(store.delete_source("gh").await.unwrap());
     assert!(store.list_sources().await.unwrap().is_empty());

@@ -12,7 +12,7 @@ use mechanics_store::{
 use rusqlite::Connection;
 use serde_json::json;
 
-use crate::conformance::{self, futures_join_all};
+use crate::conformance::futures_join_all;
 use crate::{js_worker, temp_store};
 
 /// One `#[tokio::test]` per conformance function, each on a fresh SQLite file.
@@ -57,6 +57,14 @@ fn task(worker: &str, key: Option<String>) -> NewTask {
     }
 }
 
+/// `PRAGMA user_version` of the file.
+fn user_version(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap()
+}
+
 /// The schema as `sqlite_master` holds it, for comparing databases.
 fn schema_of(path: &std::path::Path) -> Vec<String> {
     let conn = Connection::open(path).unwrap();
@@ -83,17 +91,13 @@ fn a_database_at_every_earlier_version_migrates_to_the_latest() {
     for version in 0..SQLITE_SCHEMA_VERSION {
         let path = dir.path().join(format!("v{version}.db"));
         migrate_sqlite_to(&path, version).unwrap();
-        let found: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(found, version);
+        assert_eq!(user_version(&path), version);
         drop(SqliteStore::open(&path).unwrap());
-        let migrated: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(migrated, SQLITE_SCHEMA_VERSION, "from version {version}");
+        assert_eq!(
+            user_version(&path),
+            SQLITE_SCHEMA_VERSION,
+            "from version {version}"
+        );
         assert_eq!(schema_of(&path), expected, "from version {version}");
     }
     // Opening the latest again changes nothing.
@@ -133,29 +137,15 @@ async fn the_file_is_in_wal_mode_and_foreign_keys_are_enforced() {
     assert_eq!(mode, "wal");
     // cron_fires references workers with ON DELETE CASCADE: deleting the worker forgets its
     // fires, so the same fire time can be recorded again for a re-added worker.
-    store
-        .upsert_worker(js_worker("w"), Some(String::new()), 0)
-        .await
-        .unwrap();
-    assert!(
+    for now in [0, 10] {
         store
-            .record_cron_fire("w", 1, json!({}), 1)
+            .upsert_worker(js_worker("w"), Some(String::new()), now)
             .await
-            .unwrap()
-            .is_some()
-    );
-    store.delete_worker("w").await.unwrap();
-    store
-        .upsert_worker(js_worker("w"), Some(String::new()), 2)
-        .await
-        .unwrap();
-    assert!(
-        store
-            .record_cron_fire("w", 1, json!({}), 3)
-            .await
-            .unwrap()
-            .is_some()
-    );
+            .unwrap();
+        let fire = store.record_cron_fire("w", 1, json!({}), now + 1).await;
+        assert!(fire.unwrap().is_some(), "a fresh worker's fire at {now}");
+        store.delete_worker("w").await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,10 +266,5 @@ async fn another_processs_registry_change_shows_after_a_refresh() {
     assert_eq!(store.registry_version(), seen);
     assert!(store.refresh_registry_version().await.unwrap() > seen);
     assert!(store.registry_version() > seen);
-    assert!(
-        conformance::futures_join_all([store.get_worker("w")]).await[0]
-            .as_ref()
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.get_worker("w").await.unwrap().is_some());
 }
