@@ -116,7 +116,11 @@ pub(crate) const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
 /// The version is re-read inside each write transaction, so two processes opening the same file
 /// at once apply each migration exactly once.
 pub(crate) fn migrate(conn: &mut Connection, path: &str, target: i64) -> StoreResult<()> {
-    assert!(target <= LATEST_VERSION, "no migration to version {target}");
+    if !(0..=LATEST_VERSION).contains(&target) {
+        return Err(StoreError::InvalidInput(format!(
+            "schema version {target} does not exist (this build knows 0 to {LATEST_VERSION})"
+        )));
+    }
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
