@@ -4,5 +4,6 @@
 //! This crate must not do I/O: no sockets, no files, no database, no clocks. It holds types, their
 //! validation, and nothing that needs a runtime.
 
+pub mod api;
 pub mod domain;
 pub mod node;

@@ -1,0 +1,151 @@
+//! The coordinator's HTTP API under `/api/v1`: request and response bodies, shared by the server
+//! and the CLI so that neither can drift from the other.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /workers` | [`WorkerInput`] | `201` (new) or `200` (updated) [`WorkerView`] |
+//! | `GET /workers` | | [`WorkerList`] |
+//! | `GET /workers/{name}` | | [`WorkerView`] with the module source |
+//! | `DELETE /workers/{name}` | | `204` |
+//! | `POST /tasks` | [`SubmitTask`] | `202` [`Submitted`] |
+//! | `GET /tasks?state&worker&event&limit&cursor` | | [`TaskList`] |
+//! | `GET /tasks/{id}` | | [`Task`] |
+//! | `POST /tasks/{id}/retry`, `POST /tasks/{id}/cancel` | | [`Task`] |
+//! | `GET /events?source&state&limit&cursor` | | [`EventList`] |
+//! | `GET /events/{id}` | | [`Event`] |
+//! | `GET /nodes` | | [`NodeList`] |
+//! | `POST /nodes/{name}/reset` | | [`NodeView`] |
+//!
+//! Every error is [`ApiError`] with a stable `code`: `bad_request`, `unauthorized`, `not_found`,
+//! `conflict`, `payload_too_large`, `unavailable` (overload: `Retry-After` says when to come back),
+//! `internal`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{Event, Task, TaskState, Worker, WorkerSpec};
+
+/// Path prefix of the API.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// A worker to add or update: the spec, and for js workers the module's source (the CLI reads the
+/// file named by `spec.module`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerInput {
+    /// The spec.
+    pub spec: WorkerSpec,
+    /// js: the module source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_source: Option<String>,
+}
+
+/// A worker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// The stored worker (the module source only in `GET /workers/{name}`).
+    #[serde(flatten)]
+    pub worker: Worker,
+}
+
+/// `GET /workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerList {
+    /// Every worker, by name.
+    pub workers: Vec<WorkerView>,
+}
+
+/// `POST /tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    /// The worker to run.
+    pub worker: String,
+    /// Its input (default `null`).
+    #[serde(default)]
+    pub payload: Value,
+    /// Submitting twice with the same key for the same worker makes one task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to `POST /tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The task's id.
+    pub id: i64,
+    /// Its state now.
+    pub state: TaskState,
+    /// `false` when the idempotency key named an existing task.
+    pub created: bool,
+}
+
+/// `GET /tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
+/// `GET /events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    /// Newest first.
+    pub events: Vec<Event>,
+    /// Pass as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
+/// An executor node or process worker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// `running`, `backing_off`, `tripped`, `stopped`, ...
+    pub state: String,
+    /// The crash-loop breaker: `closed`, `tripped` or `half_open`.
+    pub breaker: String,
+    /// Where it listens, once ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Jobs running on it now.
+    pub in_flight: u64,
+    /// Jobs it ran.
+    pub jobs: u64,
+    /// Times it was started.
+    pub starts: u64,
+    /// Times it died.
+    pub deaths: u64,
+    /// Times it was restarted.
+    pub restarts: u64,
+    /// How its last instance ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// `GET /nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeList {
+    /// Executor nodes and process workers, by name.
+    pub nodes: Vec<NodeView>,
+}
+
+/// Every error answer: `{ "error": { "code", "message" } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The error.
+    pub error: ApiErrorBody,
+}
+
+/// The body of an [`ApiError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// A stable, machine-readable code.
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
