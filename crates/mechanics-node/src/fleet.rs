@@ -270,10 +270,20 @@ impl Fleet {
         let mut pending = Vec::with_capacity(config.nodes);
         for index in 1..=config.nodes {
             let name = format!("{}-{index}", config.name_prefix);
-            let node = process_node(&config, &name, &token)?;
-            let address = node.address();
+            let added = process_node(&config, &name, &token).and_then(|node| {
+                let address = node.address();
+                supervisor.add(&name, node)?;
+                Ok(address)
+            });
+            let address = match added {
+                Ok(address) => address,
+                Err(err) => {
+                    // Leave nothing running that no fleet owns.
+                    supervisor.shutdown().await;
+                    return Err(err);
+                }
+            };
             pending.push((name.clone(), address.clone()));
-            supervisor.add(&name, node)?;
             slots.push(Slot {
                 name,
                 address: Mutex::new(address),

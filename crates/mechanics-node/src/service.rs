@@ -171,11 +171,11 @@ impl Node {
             Ok(job) => job,
             Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_job", &message),
         };
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::enter(self);
         let pool = self.pool.clone();
         // The pool's API blocks; a blocking thread waits for the answer.
         let outcome = tokio::task::spawn_blocking(move || pool.run_nonblocking_enqueue(job)).await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -221,6 +221,23 @@ impl Node {
                 .recycle_rss_bytes
                 .is_some_and(|mark| self.monitor.rss() >= mark)
             || self.pool.stats().abandoned_workers > 0
+    }
+}
+
+/// Counts a job in flight until dropped, also when the caller hangs up and axum drops the
+/// handler mid-job.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(node: &'a Node) -> Self {
+        node.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&node.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
