@@ -323,7 +323,8 @@ async fn the_watchdog_kills_a_frozen_node_and_a_job_that_kills_twice_is_sandbox_
     const PREFIX: &str = "watchdog";
     let fleet = fleet(PREFIX, 1, |c| c.watchdog_grace = Duration::from_millis(300)).await;
     for attempt in 1..=2 {
-        let mut request = busy("frozen", 200, 500);
+        // Busy long enough that the job is surely still running when the node is frozen.
+        let mut request = busy("frozen", 1500, 2000);
         request.attempt = attempt;
         let running = tokio::spawn({
             let fleet = fleet.clone();
@@ -339,7 +340,7 @@ async fn the_watchdog_kills_a_frozen_node_and_a_job_that_kills_twice_is_sandbox_
         signal(pid, libc::SIGSTOP);
         let (outcome, elapsed) = running.await.unwrap();
         assert!(
-            elapsed < Duration::from_millis(500 + 300) + Duration::from_secs(2),
+            elapsed < Duration::from_millis(2000 + 300) + Duration::from_secs(2),
             "{elapsed:?}"
         );
         match (attempt, outcome) {
@@ -370,7 +371,7 @@ async fn the_watchdog_kills_a_frozen_node_and_a_job_that_kills_twice_is_sandbox_
         assert!(last_exit.status.contains("overran"), "{}", last_exit.status);
     }
     // The job is not run again; other jobs are.
-    let err = fleet.run(&busy("frozen", 1, 500)).await.unwrap_err();
+    let err = fleet.run(&busy("frozen", 1, 2000)).await.unwrap_err();
     assert_eq!(err, FleetError::SandboxCrashed { crashes: 2 });
     assert_eq!(fleet.run(&healthy(1)).await, Ok(json!(2)));
     shut_down(fleet, PREFIX).await;
