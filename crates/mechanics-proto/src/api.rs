@@ -14,7 +14,7 @@
 //! | `GET /events?source&state&limit&cursor` | | [`EventList`] |
 //! | `GET /events/{id}` | | [`Event`] |
 //! | `GET /nodes` | | [`NodeList`] |
-//! | `POST /nodes/{name}/reset` | | [`NodeView`] |
+//! | `POST /nodes/{name}/reset` | | [`NodeList`] after the reset |
 //!
 //! Every error is [`ApiError`] with a stable `code`: `bad_request`, `unauthorized`, `not_found`,
 //! `conflict`, `payload_too_large`, `unavailable` (overload: `Retry-After` says when to come back),

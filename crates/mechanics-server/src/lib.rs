@@ -1,6 +1,265 @@
 //! `mechanics-server`: the coordinator behind `mechanics serve`.
 //!
-//! It must not run user JavaScript in its own process (jobs go to executor nodes), must not hold
-//! SQL (that is `mechanics-store`'s), and never prints: it reports through `tracing`.
+//! It turns API submissions (and, with the webhook issue, events) into durable tasks, dispatches
+//! them to js, http and process workers with leases, rate limits and retries, and recovers
+//! everything a crash left in flight. It must not run user JavaScript in its own process (js jobs
+//! go to executor nodes through [`JsExecutor`]), must not hold SQL (that is `mechanics-store`'s),
+//! and never prints: it reports through `tracing`.
+//!
+//! [`start`] runs a server on a listener and returns a [`RunningServer`]; [`run`] is the same until
+//! a shutdown future resolves.
 
+pub mod api;
+pub mod clock;
 pub mod config;
+pub mod dispatch;
+pub mod executor;
+pub mod processes;
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mechanics_runtime::Supervisor;
+use mechanics_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use clock::Clock;
+pub use config::ServerConfig;
+pub use dispatch::{Counters, DispatchConfig};
+pub use executor::{JsExecutor, Outcome};
+
+use dispatch::Dispatcher;
+use dispatch::limiter::Rate;
+use executor::HttpWorkerClient;
+use processes::ProcessWorkers;
+use registry::Registry;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listener's address could not be read.
+    #[error("the listener has no address: {0}")]
+    Listener(std::io::Error),
+    /// Startup recovery could not read or write the database.
+    #[error("startup recovery failed: {0}")]
+    Recovery(mechanics_store::StoreError),
+    /// The HTTP client for http workers could not be built.
+    #[error("{0}")]
+    Http(String),
+}
+
+/// What the server is built from, besides its configuration.
+pub struct ServerParts {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Runs js jobs (the local fleet); `None` refuses js work with a transport error.
+    pub js: Option<Arc<dyn JsExecutor>>,
+    /// Supervises process workers.
+    pub supervisor: Supervisor,
+    /// The clock (paused in tests).
+    pub clock: Clock,
+    /// How the dispatcher runs.
+    pub dispatch: DispatchConfig,
+}
+
+impl DispatchConfig {
+    /// The dispatcher settings of `config`, with 10 min for an http worker's answer.
+    pub fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            concurrency: config.concurrency,
+            claim_batch: u32::try_from(config.queue_size.min(64)).unwrap_or(64),
+            lease_margin: Duration::from_secs(60),
+            http_timeout: Duration::from_secs(600),
+            default_rate: Rate {
+                per_second: config.worker_rate_limit.per_second,
+                burst: config.worker_rate_limit.burst,
+            },
+        }
+    }
+}
+
+/// State shared by the API handlers and the loops.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Clock,
+    pub(crate) js: Option<Arc<dyn JsExecutor>>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) api_key: Option<String>,
+    /// Rung when workers were added, changed or removed: the process workers are reconciled.
+    reconcile: Notify,
+}
+
+impl Shared {
+    /// Called after every registry write of the API.
+    pub(crate) fn registry_changed(&self) {
+        self.reconcile.notify_one();
+    }
+}
+
+/// A server started by [`start`].
+pub struct RunningServer {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The dispatcher's counters.
+    pub counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, drains attempts in flight (up to the drain timeout), stops
+    /// process workers, and returns when all of that is done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the server has stopped (after [`shutdown`](Self::shutdown) or a failure).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Recovers what a previous run left in flight, then serves the API on `listener` and runs the
+/// dispatcher and the background loops.
+pub async fn start(
+    listener: TcpListener,
+    config: &ServerConfig,
+    parts: ServerParts,
+) -> Result<RunningServer, ServerError> {
+    let addr = listener.local_addr().map_err(ServerError::Listener)?;
+    let counters = Arc::new(Counters::default());
+    let now = parts.clock.now_ms();
+    // One server per SQLite file: nothing can still be running a claim from before.
+    let recovered = parts
+        .store
+        .requeue_all_dispatched(now)
+        .await
+        .map_err(ServerError::Recovery)?;
+    if !recovered.is_empty() {
+        tracing::info!(
+            tasks = recovered.len(),
+            "startup recovery: dispatched tasks are pending again"
+        );
+    }
+    counters
+        .tasks_recovered
+        .fetch_add(recovered.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let registry = Arc::new(Registry::new(parts.store.clone()));
+    let processes = Arc::new(ProcessWorkers::new(parts.supervisor));
+    let http = HttpWorkerClient::new(parts.dispatch.http_timeout).map_err(ServerError::Http)?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        parts.store.clone(),
+        parts.clock,
+        registry.clone(),
+        parts.js.clone(),
+        http,
+        processes.clone(),
+        counters.clone(),
+        parts.dispatch,
+    ));
+    let shared = Arc::new(Shared {
+        store: parts.store,
+        clock: parts.clock,
+        js: parts.js,
+        dispatcher: dispatcher.clone(),
+        api_key: config.api_key.clone(),
+        reconcile: Notify::new(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let drain = config.drain_timeout;
+    let app = api::router(shared.clone());
+    let loops = shared.clone();
+    let task = tokio::spawn(async move {
+        let until_stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let http = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until_stop(stopped.clone()))
+                .into_future(),
+        );
+        let reconciler = tokio::spawn(reconcile_loop(loops, until_stop(stopped.clone())));
+        let cleaner = tokio::spawn(limiter_cleanup_loop(
+            dispatcher.clone(),
+            until_stop(stopped.clone()),
+        ));
+        dispatcher
+            .clone()
+            .run(until_stop(stopped.clone()), drain)
+            .await;
+        let _ = reconciler.await;
+        let _ = cleaner.await;
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "the API server failed"),
+            Err(err) => tracing::error!(error = %err, "the API server task failed"),
+        }
+        processes.shutdown().await;
+    });
+    shared.registry_changed();
+    Ok(RunningServer {
+        addr,
+        counters,
+        stop,
+        task,
+    })
+}
+
+/// [`start`], then run until `shutdown` resolves, then stop as [`RunningServer::shutdown`] does.
+pub async fn run(
+    listener: TcpListener,
+    config: &ServerConfig,
+    parts: ServerParts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let server = start(listener, config, parts).await?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Makes the process workers match the registry, whenever the API changed it.
+async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = shared.reconcile.notified() => {}
+        }
+        let workers: Vec<_> = shared
+            .dispatcher
+            .registry
+            .all()
+            .await
+            .values()
+            .cloned()
+            .collect();
+        shared.dispatcher.processes.reconcile(&workers).await;
+    }
+}
+
+/// Every 5 minutes, forgets rate-limit buckets idle for 10 minutes (they would be full again).
+/// Memory only: it touches no database.
+async fn limiter_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
+        }
+        let idle_since = dispatcher.clock.now_ms() - 600_000;
+        let forgotten = dispatcher
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_idle(idle_since);
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "idle rate-limit buckets forgotten");
+        }
+    }
+}

@@ -39,14 +39,11 @@ impl RateLimiter {
         let interval = 1000.0 / rate.per_second;
         let tolerance = interval * f64::from(rate.burst.saturating_sub(1));
         let now = now_ms as f64;
-        let bucket = self
-            .buckets
-            .entry(worker.to_owned())
-            .or_insert(Bucket {
-                rate,
-                next_free_ms: now,
-                last_used_ms: now_ms,
-            });
+        let bucket = self.buckets.entry(worker.to_owned()).or_insert(Bucket {
+            rate,
+            next_free_ms: now,
+            last_used_ms: now_ms,
+        });
         if bucket.rate != rate {
             // The worker's limit changed: start its new bucket full.
             *bucket = Bucket {
@@ -97,7 +94,12 @@ mod tests {
     fn a_burst_runs_at_once_and_the_rest_get_one_slot_each_at_the_rate() {
         let mut limiter = RateLimiter::default();
         let slots: Vec<i64> = (0..9).map(|_| limiter.reserve("w", RATE, 10_000)).collect();
-        assert_eq!(slots, [10_000, 10_000, 10_000, 10_000, 10_000, 10_500, 11_000, 11_500, 12_000]);
+        assert_eq!(
+            slots,
+            [
+                10_000, 10_000, 10_000, 10_000, 10_000, 10_500, 11_000, 11_500, 12_000
+            ]
+        );
         // Another worker has its own bucket.
         assert_eq!(limiter.reserve("other", RATE, 10_000), 10_000);
     }

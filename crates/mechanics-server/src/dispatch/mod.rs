@@ -1,0 +1,460 @@
+//! The dispatcher: the database is the queue.
+//!
+//! One feeder claims due tasks (each claim takes a lease and a fencing `attempt`) only as fast as
+//! runners free up, so a claimed task never waits in memory while its lease runs out. Each runner
+//! takes a token from the worker's bucket — or re-queues the task at its reserved slot, which is
+//! not an attempt — runs the attempt through the worker's [`executor`](crate::executor), and
+//! records the outcome fenced by the attempt: a late answer from an older claim changes nothing.
+//!
+//! When nothing is due the feeder sleeps until the earliest `next_run_at` or lease expiry the
+//! store reports, or until something new is queued: an idle server makes no queries.
+
+pub mod limiter;
+pub mod retry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mechanics_proto::domain::{Task, TaskState, Worker, WorkerKind};
+use mechanics_proto::node::JobRequest;
+use mechanics_store::{Store, StoreError};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::clock::Clock;
+use crate::executor::{HttpWorkerClient, JsExecutor, Outcome, task_body};
+use crate::processes::ProcessWorkers;
+use crate::registry::Registry;
+use limiter::{Rate, RateLimiter};
+
+/// Counters of the dispatcher, read by tests and (later) by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Tasks created (API submissions and recovered ones are counted where they are made).
+    pub tasks_created: AtomicU64,
+    /// Attempts that completed their task.
+    pub tasks_completed: AtomicU64,
+    /// Tasks that ended `failed`.
+    pub tasks_failed: AtomicU64,
+    /// Tasks that ended `dead` (retries exhausted).
+    pub tasks_dead: AtomicU64,
+    /// Attempts rescheduled for a retry.
+    pub tasks_retried: AtomicU64,
+    /// Claims handed back because the worker's bucket was empty.
+    pub tasks_rate_limited: AtomicU64,
+    /// Tasks put back to pending by startup recovery or lease expiry.
+    pub tasks_recovered: AtomicU64,
+    /// Idempotent submissions that named an existing task.
+    pub tasks_dedup_skipped: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Attempts running at once.
+    pub concurrency: usize,
+    /// Most tasks claimed by one query.
+    pub claim_batch: u32,
+    /// A claim's lease beyond the attempt's own timeout.
+    pub lease_margin: Duration,
+    /// Timeout of one http or process worker call.
+    pub http_timeout: Duration,
+    /// Bucket of workers whose spec sets no `rate_limit`.
+    pub default_rate: Rate,
+}
+
+/// Everything a runner needs.
+pub(crate) struct Dispatcher {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Clock,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) js: Option<Arc<dyn JsExecutor>>,
+    pub(crate) http: HttpWorkerClient,
+    pub(crate) processes: Arc<ProcessWorkers>,
+    pub(crate) limiter: Mutex<RateLimiter>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: DispatchConfig,
+    /// Rung when a task may have become due: a submission, a retry, a finished attempt.
+    pub(crate) wake: Notify,
+    permits: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        registry: Arc<Registry>,
+        js: Option<Arc<dyn JsExecutor>>,
+        http: HttpWorkerClient,
+        processes: Arc<ProcessWorkers>,
+        counters: Arc<Counters>,
+        config: DispatchConfig,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            registry,
+            js,
+            http,
+            processes,
+            limiter: Mutex::new(RateLimiter::default()),
+            counters,
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            config,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Attempts running now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.config.concurrency - self.permits.available_permits()
+    }
+
+    /// Claims and runs tasks until `stop` resolves; then waits up to `drain` for the attempts in
+    /// flight. Attempts still running after that keep their leases and are recovered later.
+    pub(crate) async fn run(self: Arc<Self>, stop: impl Future<Output = ()>, drain: Duration) {
+        tokio::pin!(stop);
+        loop {
+            let permit = tokio::select! {
+                () = &mut stop => break,
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let mut permits = vec![permit];
+            let wanted =
+                (1 + self.permits.available_permits()).min(self.config.claim_batch as usize);
+            while permits.len() < wanted {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let now = self.clock.now_ms();
+            let lease_until = now + duration_ms(self.lease());
+            let claimed = match self
+                .store
+                .claim_due(now, lease_until, u32::try_from(permits.len()).unwrap_or(1))
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::error!(error = %err, "claiming tasks failed; trying again in 1 s");
+                    drop(permits);
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = self.sleep_until_due() => {}
+                }
+                continue;
+            }
+            for (task, permit) in claimed.into_iter().zip(permits) {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.run_attempt(task).await;
+                    drop(permit);
+                });
+            }
+        }
+        let all = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, self.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "the drain timeout passed with attempts in flight; recovery picks them up"
+            );
+        }
+    }
+
+    /// The longest a claim may be held: the longest attempt plus a margin.
+    fn lease(&self) -> Duration {
+        self.config.http_timeout + self.config.lease_margin
+    }
+
+    /// Sleeps until the store's next due time (a pending task's `next_run_at`, or an expired
+    /// lease, which it then requeues) or until [`wake`](Self::wake) is rung.
+    async fn sleep_until_due(&self) {
+        let next = match self.store.next_due().await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::error!(error = %err, "reading the next due time failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        let due = [next.task_run_at, next.lease_expires_at]
+            .into_iter()
+            .flatten()
+            .min();
+        match due {
+            Some(at) => {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep_until(self.clock.instant_at(at)) => {
+                        if next.lease_expires_at.is_some_and(|l| l <= self.clock.now_ms()) {
+                            self.requeue_expired().await;
+                        }
+                    }
+                }
+            }
+            None => self.wake.notified().await,
+        }
+    }
+
+    async fn requeue_expired(&self) {
+        match self.store.requeue_expired_leases(self.clock.now_ms()).await {
+            Ok(tasks) => {
+                for task in &tasks {
+                    tracing::warn!(task = task.id, worker = %task.worker, "a lease expired; the task is pending again");
+                    Counters::bump(&self.counters.tasks_recovered);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "requeueing expired leases failed"),
+        }
+    }
+
+    /// Runs one claimed attempt and records what came of it.
+    async fn run_attempt(&self, task: Task) {
+        let Some(worker) = self.registry.get(&task.worker).await else {
+            self.finish(
+                &task,
+                Outcome::Failed(format!("the worker {:?} no longer exists", task.worker)),
+            )
+            .await;
+            return;
+        };
+        let now = self.clock.now_ms();
+        let rate = Rate {
+            per_second: worker.spec.rate_limit.per_second,
+            burst: worker.spec.rate_limit.burst,
+        };
+        let allowed_at = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserve(&task.worker, rate, now);
+        if allowed_at > now {
+            Counters::bump(&self.counters.tasks_rate_limited);
+            match self
+                .store
+                .release_task(task.id, task.attempt, allowed_at, now)
+                .await
+            {
+                Ok(_) => self.wake.notify_one(),
+                Err(err) => log_store_error(&task, "re-queueing a rate-limited task", &err),
+            }
+            return;
+        }
+        tracing::debug!(task = task.id, attempt = task.attempt, worker = %task.worker, "dispatching");
+        let outcome = self.execute(&worker, &task).await;
+        self.finish(&task, outcome).await;
+    }
+
+    async fn execute(&self, worker: &Worker, task: &Task) -> Outcome {
+        let event = match task.event_id {
+            Some(id) => match self.store.get_event(id).await {
+                Ok(event) => event.map(|e| {
+                    json!({
+                        "id": e.id, "source": e.source, "type": e.event_type, "payload": e.payload,
+                    })
+                }),
+                Err(err) => return Outcome::Transport(format!("reading the task's event: {err}")),
+            },
+            None => None,
+        };
+        match worker.spec.kind {
+            WorkerKind::Js => {
+                let Some(js) = &self.js else {
+                    return Outcome::Transport("no executor nodes are configured".to_owned());
+                };
+                let Some(source) = &worker.module_source else {
+                    return Outcome::Failed("the js worker has no module source".to_owned());
+                };
+                let config = match &worker.spec.config {
+                    Some(config) => match resolve_env_refs(config) {
+                        Ok(config) => Some(config),
+                        Err(message) => return Outcome::Failed(message),
+                    },
+                    None => None,
+                };
+                let arg = json!({
+                    "event": event,
+                    "task": { "id": task.id, "attempt": task.attempt, "worker": task.worker },
+                    "payload": task.payload,
+                });
+                let mut job = JobRequest::new(task.id.to_string(), source.clone(), arg);
+                job.attempt = task.attempt;
+                job.config = config;
+                job.limits = worker.spec.limits.clone();
+                js.run(job).await
+            }
+            WorkerKind::Http => match &worker.spec.url {
+                Some(url) => self.http.run(url, &task_body(task, event.as_ref())).await,
+                None => Outcome::Failed("the http worker has no url".to_owned()),
+            },
+            WorkerKind::Process => match self.processes.url(&task.worker) {
+                Some(url) => self.http.run(&url, &task_body(task, event.as_ref())).await,
+                None => Outcome::Transport("the process worker is not running".to_owned()),
+            },
+        }
+    }
+
+    /// Records `outcome` for the attempt `task.attempt`, deciding on retries.
+    async fn finish(&self, task: &Task, outcome: Outcome) {
+        let now = self.clock.now_ms();
+        let spec = self
+            .registry
+            .get(&task.worker)
+            .await
+            .map(|w| w.spec.retry.clone());
+        let spec = spec.unwrap_or_default();
+        let result = match outcome {
+            Outcome::Completed(value) => {
+                let r = self
+                    .store
+                    .complete_task(task.id, task.attempt, value, now)
+                    .await;
+                if r.is_ok() {
+                    Counters::bump(&self.counters.tasks_completed);
+                }
+                r
+            }
+            Outcome::Failed(message) => {
+                let r = self
+                    .store
+                    .fail_task(task.id, task.attempt, TaskState::Failed, &message, now)
+                    .await;
+                if r.is_ok() {
+                    Counters::bump(&self.counters.tasks_failed);
+                }
+                r
+            }
+            Outcome::Transport(message) | Outcome::RetryAfter(_, message)
+                if !retry::may_retry(&spec, task.tries) =>
+            {
+                let message = format!("{message} (retries exhausted after {} tries)", task.tries);
+                let r = self
+                    .store
+                    .fail_task(task.id, task.attempt, TaskState::Dead, &message, now)
+                    .await;
+                if r.is_ok() {
+                    Counters::bump(&self.counters.tasks_dead);
+                }
+                r
+            }
+            Outcome::Transport(message) => {
+                let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
+                self.reschedule(task, now + duration_ms(delay), &message, now)
+                    .await
+            }
+            Outcome::RetryAfter(delay, message) => {
+                self.reschedule(task, now + duration_ms(delay), &message, now)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(err) => log_store_error(task, "recording the attempt", &err),
+        }
+    }
+
+    async fn reschedule(
+        &self,
+        task: &Task,
+        at: i64,
+        message: &str,
+        now: i64,
+    ) -> Result<Task, StoreError> {
+        let r = self
+            .store
+            .reschedule_task(task.id, task.attempt, at, message, now)
+            .await;
+        if r.is_ok() {
+            Counters::bump(&self.counters.tasks_retried);
+            self.wake.notify_one();
+        }
+        r
+    }
+}
+
+fn log_store_error(task: &Task, what: &str, err: &StoreError) {
+    match err {
+        // The task was canceled or claimed again meanwhile: this attempt's answer is void.
+        StoreError::StaleAttempt { .. } => {
+            tracing::info!(task = task.id, attempt = task.attempt, error = %err, "{what}: stale attempt ignored");
+        }
+        _ => tracing::error!(task = task.id, attempt = task.attempt, error = %err, "{what} failed"),
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A uniform number in `[0, 1)` for jitter.
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Replaces every `${env:NAME}` in the strings of `value` with the variable's value. The stored
+/// worker keeps the reference; only the job sent to a node holds the secret. A missing variable
+/// fails the task, naming the variable but never a value.
+pub(crate) fn resolve_env_refs(value: &Value) -> Result<Value, String> {
+    Ok(match value {
+        Value::String(text) => Value::String(resolve_in_text(text)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(resolve_env_refs)
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), resolve_env_refs(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn resolve_in_text(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "an `${env:` reference is not closed with `}`".to_owned())?;
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| {
+            format!("the environment variable {name} named in the worker's config is not set on the server")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

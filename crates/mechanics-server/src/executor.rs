@@ -1,0 +1,126 @@
+//! Running one attempt of a task on its worker: js jobs on executor nodes, http workers over
+//! `POST {url}/task`, process workers over the same contract at their supervised child's port.
+//!
+//! Each kind answers with an [`Outcome`] that says only what happened; what to do about it
+//! (complete, retry, dead-letter) is the dispatcher's decision.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mechanics_proto::api::NodeView;
+use mechanics_proto::node::JobRequest;
+use serde_json::{Value, json};
+
+/// What one attempt gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The worker's JSON result.
+    Completed(Value),
+    /// The worker failed in a way a retry would repeat (a script error, a 5xx, a result that is
+    /// not JSON).
+    Failed(String),
+    /// The worker could not be reached or died (refused, timeout, node gone): worth a retry.
+    Transport(String),
+    /// The worker asked to come back after a delay (`429` with `Retry-After`).
+    RetryAfter(Duration, String),
+}
+
+/// Runs js jobs. The binary implements it over the local fleet of executor nodes (and remote
+/// nodes), so that this crate never runs JavaScript and never links the engine.
+#[async_trait]
+pub trait JsExecutor: Send + Sync {
+    /// Runs `job` on some node.
+    async fn run(&self, job: JobRequest) -> Outcome;
+    /// Checks a worker's `config` and `limits` as the engine will read them; the error names the
+    /// field.
+    fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String>;
+    /// The nodes, for `GET /nodes`.
+    fn nodes(&self) -> Vec<NodeView>;
+    /// Re-arms the crash-loop breaker of node `name`; `false` if there is no such node.
+    fn reset(&self, name: &str) -> bool;
+}
+
+/// Calls http and process workers.
+#[derive(Debug, Clone)]
+pub struct HttpWorkerClient {
+    client: reqwest::Client,
+}
+
+/// What an http worker receives: `POST {url}/task`.
+pub fn task_body(task: &mechanics_proto::domain::Task, event: Option<&Value>) -> Value {
+    json!({
+        "id": task.id,
+        "attempt": task.attempt,
+        "worker": task.worker,
+        "event": event.cloned().unwrap_or(Value::Null),
+        "payload": task.payload,
+    })
+}
+
+impl HttpWorkerClient {
+    /// A client whose every request gives up after `timeout`.
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        // reqwest is built without a default TLS provider; http workers may be https.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+        Ok(Self { client })
+    }
+
+    /// `POST {base_url}/task` with `body`, and what the answer means.
+    pub async fn run(&self, base_url: &str, body: &Value) -> Outcome {
+        let url = format!("{}/task", base_url.trim_end_matches('/'));
+        let response = match self.client.post(&url).json(body).send().await {
+            Ok(response) => response,
+            Err(err) => return Outcome::Transport(describe(err)),
+        };
+        let status = response.status();
+        if status.as_u16() == 429 {
+            let delay = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return match delay {
+                Some(delay) => Outcome::RetryAfter(delay, "the worker answered 429".to_owned()),
+                None => Outcome::Transport(
+                    "the worker answered 429 without a Retry-After in seconds".to_owned(),
+                ),
+            };
+        }
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(err) => return Outcome::Transport(describe(err)),
+        };
+        if !status.is_success() {
+            let snippet: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Outcome::Failed(format!("the worker answered {status}: {snippet}"));
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Outcome::Completed(value),
+            Err(err) => Outcome::Failed(format!("the worker's answer is not JSON: {err}")),
+        }
+    }
+}
+
+/// The error with its causes, without the URL's query.
+fn describe(err: reqwest::Error) -> String {
+    let timeout = err.is_timeout();
+    let err = err.without_url();
+    let mut text = if timeout {
+        "the request timed out".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,173 @@
+//! Process workers: local programs the server launches, supervises with `mechanics-runtime`, and
+//! calls over the http worker contract at `http://127.0.0.1:$MECHANICS_WORKER_PORT`.
+//!
+//! [`ProcessWorkers::reconcile`] makes the running children match the registry: it starts
+//! workers that are new or whose revision changed, and stops the ones that were removed. The
+//! server calls it when the registry changes, so an idle server does not poll.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mechanics_proto::api::NodeView;
+use mechanics_proto::domain::{RestartPolicyName, Worker, WorkerKind};
+use mechanics_runtime::{ExponentialBackoff, ProcessNode, RestartPolicy, Supervisor};
+
+/// Environment variable that tells a process worker its port.
+pub const WORKER_PORT_ENV: &str = "MECHANICS_WORKER_PORT";
+
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    revision: i64,
+    port: u16,
+}
+
+/// The process workers' children.
+pub struct ProcessWorkers {
+    supervisor: Supervisor,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl std::fmt::Debug for ProcessWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessWorkers").finish_non_exhaustive()
+    }
+}
+
+impl ProcessWorkers {
+    /// Children run under `supervisor`.
+    pub fn new(supervisor: Supervisor) -> Self {
+        Self {
+            supervisor,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The base URL of process worker `name`, if it is running.
+    pub fn url(&self, name: &str) -> Option<String> {
+        let running = self.lock();
+        running
+            .get(name)
+            .map(|r| format!("http://127.0.0.1:{}", r.port))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts, restarts and stops children so that exactly the process workers of `workers` run,
+    /// each at its current revision.
+    pub async fn reconcile(&self, workers: &[std::sync::Arc<Worker>]) {
+        let wanted: HashMap<&str, &Worker> = workers
+            .iter()
+            .filter(|w| w.spec.kind == WorkerKind::Process)
+            .map(|w| (w.spec.name.as_str(), w.as_ref()))
+            .collect();
+        let stale: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(name, running)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|w| w.revision != running.revision)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.lock().remove(&name);
+            if let Err(err) = self.supervisor.stop(&name).await {
+                tracing::warn!(worker = %name, error = %err, "stopping a process worker failed");
+            }
+        }
+        for (name, worker) in wanted {
+            if self.lock().contains_key(name) {
+                continue;
+            }
+            if let Err(message) = self.start(worker) {
+                tracing::error!(worker = %name, error = %message, "cannot start the process worker");
+            }
+        }
+    }
+
+    fn start(&self, worker: &Worker) -> Result<(), String> {
+        let Some((program, args)) = worker
+            .spec
+            .command
+            .as_deref()
+            .and_then(<[String]>::split_first)
+        else {
+            return Err("the worker has no command".to_owned());
+        };
+        let port = free_port()?;
+        let node = ProcessNode::new(program)
+            .args(args)
+            .env(WORKER_PORT_ENV, port.to_string())
+            .stop_timeout(Duration::from_secs(5));
+        let policy = match &worker.spec.restart {
+            None => RestartPolicy::default(),
+            Some(restart) => match restart.policy {
+                RestartPolicyName::Never => RestartPolicy::Never,
+                RestartPolicyName::Always => RestartPolicy::Always {
+                    delay: Duration::from_millis(restart.initial_backoff_ms),
+                },
+                RestartPolicyName::OnFailure => RestartPolicy::OnFailure(ExponentialBackoff::new(
+                    Duration::from_millis(restart.initial_backoff_ms),
+                    Duration::from_millis(restart.max_backoff_ms),
+                )),
+            },
+        };
+        self.supervisor
+            .add_with_policy(&worker.spec.name, node, policy)
+            .map_err(|err| err.to_string())?;
+        self.lock().insert(
+            worker.spec.name.clone(),
+            Running {
+                revision: worker.revision,
+                port,
+            },
+        );
+        Ok(())
+    }
+
+    /// The children, for `GET /nodes`.
+    pub fn views(&self) -> Vec<NodeView> {
+        let running = self.lock().clone();
+        self.supervisor
+            .snapshots()
+            .into_iter()
+            .map(|s| NodeView {
+                address: running
+                    .get(&s.name)
+                    .map(|r| format!("127.0.0.1:{}", r.port)),
+                state: format!("{:?}", s.state).to_lowercase(),
+                breaker: format!("{:?}", s.breaker).to_lowercase(),
+                in_flight: 0,
+                jobs: 0,
+                starts: s.starts,
+                deaths: s.deaths,
+                restarts: s.restarts,
+                last_exit: s.last_exit.map(|e| e.status),
+                name: s.name,
+            })
+            .collect()
+    }
+
+    /// Re-arms the breaker of child `name`; `false` if there is none.
+    pub fn reset(&self, name: &str) -> bool {
+        self.supervisor.reset_breaker(name).is_ok()
+    }
+
+    /// Stops every child.
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown().await;
+    }
+}
+
+/// A port that was free a moment ago. The child binds it right after; another process could take
+/// it in between, in which case the child fails to bind, dies, and is restarted by its policy.
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|err| format!("no free port for the process worker: {err}"))
+}
