@@ -52,9 +52,9 @@ pub struct WorkerSpec {
     /// Retry parameters for transport failures (the server applies them).
     #[serde(default)]
     pub retry: RetrySpec,
-    /// The worker's dispatch token bucket.
-    #[serde(default)]
-    pub rate_limit: RateLimitSpec,
+    /// The worker's dispatch token bucket; without one the server's default bucket applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
     /// Whether a `reply` in the result is written back to the event's platform.
     #[serde(default)]
     pub write_back: bool,
@@ -301,14 +301,16 @@ impl WorkerSpec {
                 ),
             ));
         }
-        if !(self.rate_limit.per_second.is_finite() && self.rate_limit.per_second > 0.0) {
-            return Err(SpecError::new(
-                "rate_limit.per_second",
-                "must be a number greater than 0",
-            ));
-        }
-        if self.rate_limit.burst == 0 {
-            return Err(SpecError::new("rate_limit.burst", "must be at least 1"));
+        if let Some(rate_limit) = &self.rate_limit {
+            if !(rate_limit.per_second.is_finite() && rate_limit.per_second > 0.0) {
+                return Err(SpecError::new(
+                    "rate_limit.per_second",
+                    "must be a number greater than 0",
+                ));
+            }
+            if rate_limit.burst == 0 {
+                return Err(SpecError::new("rate_limit.burst", "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -405,7 +407,7 @@ mod tests {
         assert_eq!(spec.retry.max_retries, 5);
         assert_eq!(spec.retry.base_delay.as_millis(), 10_000);
         assert_eq!(spec.retry.max_delay.to_string(), "30m");
-        assert_eq!(spec.rate_limit, RateLimitSpec::default());
+        assert_eq!(spec.rate_limit, None);
         assert_eq!(
             spec.triggers[2],
             Trigger::Cron(CronTrigger::WithZone {

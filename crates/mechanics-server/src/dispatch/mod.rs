@@ -242,10 +242,14 @@ impl Dispatcher {
             return;
         };
         let now = self.clock.now_ms();
-        let rate = Rate {
-            per_second: worker.spec.rate_limit.per_second,
-            burst: worker.spec.rate_limit.burst,
-        };
+        let rate = worker
+            .spec
+            .rate_limit
+            .as_ref()
+            .map_or(self.config.default_rate, |r| Rate {
+                per_second: r.per_second,
+                burst: r.burst,
+            });
         let allowed_at = self
             .limiter
             .lock()
