@@ -14,9 +14,15 @@ use mechanics_node::{Fleet, FleetConfig, FleetError, NodeConfig, ShutdownHandle}
 use mechanics_proto::node::{JobRequest, TOKEN_ENV};
 use serde_json::Value;
 
+use crate::client::{self, ClientArgs, TaskCommand, WorkerCommand};
+use crate::serve::{self, ConfigArgs};
+
 /// Mechanics: a self-hosted automation server that runs sandboxed JavaScript workers.
+///
+/// Start the coordinator with `mechanics serve`, register workers with `mechanics worker add -f
+/// worker.yml`, and submit tasks with `mechanics task submit WORKER --wait`.
 #[derive(Debug, Parser)]
-#[command(name = "mechanics", version, about, long_about = None)]
+#[command(name = "mechanics", version, about, after_help = client::EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +30,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the coordinator: the API, the task queue on SQLite, and local executor nodes.
+    ///
+    /// Settings come from compiled defaults, then ~/.mechanics/config.yml (or --config), then
+    /// MECHANICS_* variables, then these flags; `mechanics config show` prints the result.
+    /// Prints `READY <addr>` on stdout once it listens. Stops on SIGINT or SIGTERM after the
+    /// tasks in flight finish (up to the drain timeout; a second signal stops at once). Exits 2
+    /// when it cannot start (bad configuration, address in use, database unusable).
+    Serve(ConfigArgs),
+    /// The server's configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Workers: the JavaScript modules, HTTP services and programs that run tasks.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Worker {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: WorkerCommand,
+    },
+    /// Tasks: submit, list, show, retry, cancel.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Task {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
     /// Run one JavaScript module in the sandbox and print its JSON result.
     ///
     /// The module's default export is called with the argument; its (awaited) return value is
@@ -38,7 +73,26 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration, each value with where it came from (the API key is
+    /// redacted). Takes the flags of `mechanics serve`, to see what they would change.
+    Show(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum NodeCommand {
+    /// List a running server's executor nodes and process workers: state, crash-loop breaker,
+    /// jobs, deaths.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    List(ClientArgs),
+    /// Re-arm the crash-loop breaker of a node (or process worker) so it is started again.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Reset {
+        /// The node's name, as `mechanics node list` shows it.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Serve jobs over HTTP: `POST /v1/jobs`, `GET /health`, `GET /stats`.
     ///
     /// Prints `READY <addr>` on stdout once it listens (the supervisor's handshake; with port 0
@@ -108,10 +162,35 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(&args),
-        Command::Node {
-            command: NodeCommand::Serve(args),
-        } => node_serve(&args),
+        Command::Serve(args) => ExitCode::from(serve::serve(&args)),
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => ExitCode::from(serve::config_show(&args)),
+        Command::Worker { client, command } => finish(client::worker(&client, &command)),
+        Command::Task { client, command } => finish(client::task(&client, &command)),
+        Command::Node { command } => match command {
+            NodeCommand::Serve(args) => node_serve(&args),
+            NodeCommand::List(client) => finish(client::node_list(&client)),
+            NodeCommand::Reset { name, client } => finish(client::node_reset(&client, &name)),
+        },
     }
+}
+
+/// The exit status of a client command, its error printed as `error: <message>`.
+fn finish(result: Result<(), client::Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            error_line(&failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Prints `error: <message>` on stderr.
+pub(crate) fn error_line(message: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {message}");
 }
 
 /// Exit status for a job that failed.

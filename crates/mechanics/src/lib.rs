@@ -4,3 +4,5 @@
 //! loads files and prints, so each command is a thin call into them.
 
 pub mod cli;
+pub mod client;
+pub mod serve;

@@ -1,0 +1,915 @@
+//! The CLI client of a running coordinator: `mechanics worker|task|node ...`.
+//!
+//! Every command is one or a few calls of the API under `/api/v1` (shapes in
+//! `mechanics_proto::api`). People get aligned tables and short lines; `--json` prints the API's
+//! JSON answer as it came. Exit statuses: [`EXIT_OK`], [`EXIT_FAILED`], [`EXIT_USAGE`],
+//! [`EXIT_NO_SERVER`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mechanics_proto::api::{
+    API_PREFIX, ApiError, NodeList, SubmitTask, Submitted, TaskList, WorkerInput, WorkerList,
+    WorkerView,
+};
+use mechanics_proto::domain::{HumanDuration, Task, TaskState, WorkerKind, WorkerSpec};
+use reqwest::Method;
+use serde_json::Value;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The server refused or failed the operation (an API error), or `--wait` ended with the task
+/// failed, dead or canceled.
+pub const EXIT_FAILED: u8 = 1;
+/// Bad usage or bad input: unknown flags, a malformed or invalid worker file, unreadable files.
+pub const EXIT_USAGE: u8 = 2;
+/// No server answered at the URL.
+pub const EXIT_NO_SERVER: u8 = 3;
+
+/// The exit statuses, for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  the server refused or failed the operation (the API's message is printed as `error: ...`),
+     or `task submit --wait` ended with the task failed, dead or canceled
+  2  usage or bad input: unknown flags, malformed or invalid worker YAML, unreadable files
+  3  no Mechanics server answered at the --server URL";
+
+/// Where the server is and how to talk to it; shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MECHANICS_SERVER",
+        default_value = "http://127.0.0.1:21212",
+        value_name = "URL"
+    )]
+    server: String,
+    /// The server's API key, sent as `Authorization: Bearer`.
+    #[arg(
+        long,
+        global = true,
+        env = "MECHANICS_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+    /// Print the API's JSON answer instead of tables, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `mechanics worker ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkerCommand {
+    /// Add a worker from its YAML spec, or update the worker of that name.
+    ///
+    /// For js workers the module named by `module:` is read relative to the YAML file's directory
+    /// and stored with the worker; editing the file later changes nothing until you add it
+    /// again. Errors in the file (syntax, unknown fields, invalid values) name the file and the
+    /// field and exit 2.
+    Add {
+        /// The worker's YAML spec.
+        #[arg(short = 'f', long = "file", value_name = "WORKER.yml")]
+        file: PathBuf,
+    },
+    /// List the registered workers.
+    List,
+    /// Show one worker: its spec, revision and (js) module size.
+    Show {
+        /// The worker's name.
+        name: String,
+    },
+    /// Remove a worker. Its tasks stay in the database.
+    Rm {
+        /// The worker's name.
+        name: String,
+    },
+}
+
+/// `mechanics task ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task for a worker (the worker needs an `api: true` trigger).
+    ///
+    /// Prints the new task's id. With --wait, follows the task until it ends and prints it:
+    /// exit 0 when it completed, 1 when it failed, went dead or was canceled.
+    Submit {
+        /// The worker's name.
+        worker: String,
+        /// The task's input, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "null")]
+        payload: String,
+        /// Submitting again with the same key for the same worker gives the same task.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Wait until the task ends and print it.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 30s, 5m), exit 1 [default: no limit].
+        #[arg(long, value_name = "DURATION", requires = "wait")]
+        timeout: Option<String>,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Only tasks in this state: pending, dispatched, completed, failed, dead, canceled.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// Only tasks of this worker.
+        #[arg(long, value_name = "NAME")]
+        worker: Option<String>,
+        /// At most this many (the server caps it at 1000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Continue a listing after this id (the `next_cursor` of the previous page).
+        #[arg(long, value_name = "ID")]
+        cursor: Option<i64>,
+    },
+    /// Show one task: state, attempts, result or error.
+    Show {
+        /// The task's id.
+        id: i64,
+    },
+    /// Queue a failed or dead task again (its retry count starts over).
+    Retry {
+        /// The task's id.
+        id: i64,
+    },
+    /// Cancel a task that has not ended.
+    Cancel {
+        /// The task's id.
+        id: i64,
+    },
+}
+
+/// A command's failure, with the exit status it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit status.
+    pub code: u8,
+    /// The message, printed as `error: <message>`.
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+/// The API's answer: its text as sent (for `--json`) and parsed.
+struct Answer {
+    text: String,
+    value: Value,
+}
+
+impl Answer {
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.value.clone()).map_err(|err| {
+            Failure::failed(format!(
+                "the server's answer has an unexpected shape ({err}); is it the same version \
+                 as this CLI?"
+            ))
+        })
+    }
+}
+
+/// A connection to the server.
+struct Api {
+    base: String,
+    key: Option<String>,
+    json: bool,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let base = args.server.trim().trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base).map_err(|err| {
+            Failure::usage(format!(
+                "--server: {base:?} is not a URL ({err}); write e.g. http://127.0.0.1:21212"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Failure::usage(format!(
+                "--server: {base:?} is not an http:// or https:// URL with a host"
+            )));
+        }
+        // reqwest is built without a default TLS provider; the server may be behind https.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|err| Failure::failed(format!("cannot build the HTTP client: {err}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| Failure::failed(format!("cannot start the async runtime: {err}")))?;
+        Ok(Self {
+            base,
+            key: args.api_key.clone().filter(|k| !k.is_empty()),
+            json: args.json,
+            client,
+            runtime,
+        })
+    }
+
+    /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Answer> {
+        let url = format!("{}{API_PREFIX}{path}", self.base);
+        let mut request = self.client.request(method, &url);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(body)
+                .map_err(|err| Failure::usage(format!("cannot encode the request: {err}")))?;
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let (status, bytes) = self
+            .runtime
+            .block_on(async {
+                let response = request.send().await?;
+                let status = response.status();
+                let bytes = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|err| self.transport_failure(err))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !status.is_success() {
+            return Err(self.api_failure(status, &text));
+        }
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|err| {
+                Failure::failed(format!(
+                    "the server at {} answered {status} with something that is not JSON ({err}); \
+                     is it a Mechanics server?",
+                    self.base
+                ))
+            })?
+        };
+        Ok(Answer { text, value })
+    }
+
+    fn transport_failure(&self, err: reqwest::Error) -> Failure {
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&err);
+        while let Some(inner) = source {
+            cause = inner.to_string();
+            source = inner.source();
+        }
+        if err.is_connect() || (err.is_timeout() && err.is_request()) {
+            let cause = if cause.is_empty() {
+                err.without_url().to_string()
+            } else {
+                cause
+            };
+            return Failure {
+                code: EXIT_NO_SERVER,
+                message: format!(
+                    "no Mechanics server answered at {} ({cause}): start one with \
+                     `mechanics serve` or pass --server (or set MECHANICS_SERVER)",
+                    self.base
+                ),
+            };
+        }
+        let what = if err.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            err.without_url().to_string()
+        };
+        Failure::failed(format!(
+            "the request to {} failed: {what}{}",
+            self.base,
+            if cause.is_empty() {
+                String::new()
+            } else {
+                format!(": {cause}")
+            }
+        ))
+    }
+
+    fn api_failure(&self, status: reqwest::StatusCode, text: &str) -> Failure {
+        match serde_json::from_str::<ApiError>(text) {
+            Ok(error) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                let hint = if self.key.is_some() {
+                    "the API key given was not accepted: check --api-key or MECHANICS_API_KEY"
+                } else {
+                    "pass the server's API key with --api-key or MECHANICS_API_KEY"
+                };
+                Failure::failed(format!("{} ({hint})", error.error.message))
+            }
+            Ok(error) => Failure::failed(error.error.message),
+            Err(_) => {
+                let snippet: String = text.chars().take(200).collect();
+                Failure::failed(format!(
+                    "the server at {} answered {status}: {snippet}; is it a Mechanics server?",
+                    self.base
+                ))
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<Answer> {
+        self.call(Method::GET, path, None::<&()>)
+    }
+
+    fn post(&self, path: &str, body: Option<&impl serde::Serialize>) -> Result<Answer> {
+        self.call(Method::POST, path, body)
+    }
+
+    /// Prints the answer verbatim with `--json`, else `people(answer)`.
+    fn print(&self, answer: &Answer, people: impl FnOnce(&Answer) -> Result<String>) -> Result<()> {
+        let text = if self.json {
+            let mut text = answer.text.trim_end().to_owned();
+            text.push('\n');
+            text
+        } else {
+            people(answer)?
+        };
+        out(&text);
+        Ok(())
+    }
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Path segment: names are `[a-z0-9-]`, but anything typed is escaped so it stays one segment.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs `mechanics worker ...`.
+pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
+    // Bad input is reported before anything is sent, even when no server is running.
+    let input = match command {
+        WorkerCommand::Add { file } => Some(load_worker(file)?),
+        _ => None,
+    };
+    let api = Api::new(args)?;
+    match command {
+        WorkerCommand::Add { .. } => {
+            let input = input.expect("read above");
+            let answer = api.post("/workers", Some(&input))?;
+            api.print(&answer, |answer| {
+                let view: WorkerView = answer.parse()?;
+                let verb = if view.worker.revision == 1 {
+                    "added"
+                } else {
+                    "updated"
+                };
+                Ok(format!(
+                    "worker {} {verb} (revision {})\n",
+                    view.worker.spec.name, view.worker.revision
+                ))
+            })
+        }
+        WorkerCommand::List => {
+            let answer = api.get("/workers")?;
+            api.print(&answer, |answer| {
+                let list: WorkerList = answer.parse()?;
+                if list.workers.is_empty() {
+                    return Ok(
+                        "no workers yet: add one with `mechanics worker add -f worker.yml`\n"
+                            .to_owned(),
+                    );
+                }
+                let rows = list
+                    .workers
+                    .iter()
+                    .map(|view| {
+                        let w = &view.worker;
+                        vec![
+                            w.spec.name.clone(),
+                            kind_name(w.spec.kind).to_owned(),
+                            target(&w.spec),
+                            triggers(&w.spec),
+                            w.revision.to_string(),
+                            age(w.updated_at),
+                        ]
+                    })
+                    .collect();
+                Ok(table(
+                    &["NAME", "KIND", "TARGET", "TRIGGERS", "REVISION", "UPDATED"],
+                    rows,
+                ))
+            })
+        }
+        WorkerCommand::Show { name } => {
+            let answer = api.get(&format!("/workers/{}", segment(name)))?;
+            api.print(&answer, |answer| {
+                let view: WorkerView = answer.parse()?;
+                let w = &view.worker;
+                let mut text = format!(
+                    "name:      {}\nkind:      {}\ntarget:    {}\ntriggers:  {}\nrevision:  {}\n\
+                     created:   {}\nupdated:   {}\n",
+                    w.spec.name,
+                    kind_name(w.spec.kind),
+                    target(&w.spec),
+                    triggers(&w.spec),
+                    w.revision,
+                    age(w.created_at),
+                    age(w.updated_at),
+                );
+                if let Some(source) = &w.module_source {
+                    text.push_str(&format!(
+                        "module:    {} bytes, {} lines\n",
+                        source.len(),
+                        source.lines().count()
+                    ));
+                }
+                let spec = serde_json::to_string_pretty(&w.spec).unwrap_or_default();
+                text.push_str(&format!("spec:\n{}\n", indent(&spec)));
+                Ok(text)
+            })
+        }
+        WorkerCommand::Rm { name } => {
+            api.call(
+                Method::DELETE,
+                &format!("/workers/{}", segment(name)),
+                None::<&()>,
+            )?;
+            if !api.json {
+                out(&format!("worker {name} removed\n"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads a worker file: the YAML spec, checked, with the js module's source.
+pub fn load_worker(path: &Path) -> Result<WorkerInput> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| Failure::usage(format!("cannot read {shown}: {err}")))?;
+    if text.trim().is_empty() {
+        return Err(Failure::usage(format!(
+            "{shown} is empty: write a worker spec (name, kind, ...)"
+        )));
+    }
+    let spec: WorkerSpec =
+        serde_saphyr::from_str(&text).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+    spec.validate()
+        .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+    let module_source = match (spec.kind, &spec.module) {
+        (WorkerKind::Js, Some(module)) => {
+            crate::serve::validate_js(spec.config.as_ref(), spec.limits.as_ref())
+                .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let module_path = dir.join(module);
+            let source = std::fs::read_to_string(&module_path).map_err(|err| {
+                Failure::usage(format!(
+                    "{shown}: module: cannot read {}: {err}",
+                    module_path.display()
+                ))
+            })?;
+            Some(source)
+        }
+        _ => None,
+    };
+    Ok(WorkerInput {
+        spec,
+        module_source,
+    })
+}
+
+/// Runs `mechanics task ...`.
+pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
+    match command {
+        TaskCommand::Submit {
+            worker,
+            payload,
+            idempotency_key,
+            wait,
+            timeout,
+        } => {
+            let payload: Value = serde_json::from_str(payload)
+                .map_err(|err| Failure::usage(format!("--payload is not valid JSON: {err}")))?;
+            let timeout = timeout
+                .as_deref()
+                .map(|text| {
+                    HumanDuration::parse(text)
+                        .map(|d| d.0)
+                        .map_err(|err| Failure::usage(format!("--timeout: {err}")))
+                })
+                .transpose()?;
+            let api = Api::new(args)?;
+            let submit = SubmitTask {
+                worker: worker.clone(),
+                payload,
+                idempotency_key: idempotency_key.clone(),
+            };
+            let answer = api.post("/tasks", Some(&submit))?;
+            let submitted: Submitted = answer.parse()?;
+            if !*wait {
+                return api.print(&answer, |_| {
+                    Ok(if submitted.created {
+                        format!("task {} submitted ({})\n", submitted.id, submitted.state)
+                    } else {
+                        format!(
+                            "task {} already exists for this idempotency key ({})\n",
+                            submitted.id, submitted.state
+                        )
+                    })
+                });
+            }
+            let (answer, task) = wait_for(&api, submitted.id, timeout)?;
+            api.print(&answer, |_| Ok(show_task(&task)))?;
+            match task.state {
+                TaskState::Completed => Ok(()),
+                state => Err(Failure::failed(format!(
+                    "task {} ended {state}{}",
+                    task.id,
+                    task.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))),
+            }
+        }
+        TaskCommand::List {
+            state,
+            worker,
+            limit,
+            cursor,
+        } => {
+            let mut query = Vec::new();
+            if let Some(state) = state {
+                let state: TaskState = state
+                    .parse()
+                    .map_err(|err| Failure::usage(format!("--state: {err}")))?;
+                query.push(format!("state={state}"));
+            }
+            if let Some(worker) = worker {
+                query.push(format!("worker={}", segment(worker)));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            if let Some(cursor) = cursor {
+                query.push(format!("cursor={cursor}"));
+            }
+            let path = if query.is_empty() {
+                "/tasks".to_owned()
+            } else {
+                format!("/tasks?{}", query.join("&"))
+            };
+            let api = Api::new(args)?;
+            let answer = api.get(&path)?;
+            api.print(&answer, |answer| {
+                let list: TaskList = answer.parse()?;
+                if list.tasks.is_empty() {
+                    return Ok("no tasks\n".to_owned());
+                }
+                let rows = list
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.worker.clone(),
+                            t.state.to_string(),
+                            t.attempt.to_string(),
+                            age(t.created_at),
+                            age(t.updated_at),
+                            t.error
+                                .as_deref()
+                                .map(|e| shorten(e, 60))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                let mut text = table(
+                    &[
+                        "ID", "WORKER", "STATE", "ATTEMPT", "CREATED", "UPDATED", "ERROR",
+                    ],
+                    rows,
+                );
+                if let Some(next) = list.next_cursor {
+                    text.push_str(&format!("more: pass --cursor {next}\n"));
+                }
+                Ok(text)
+            })
+        }
+        TaskCommand::Show { id } => {
+            let api = Api::new(args)?;
+            let answer = api.get(&format!("/tasks/{id}"))?;
+            api.print(&answer, |answer| Ok(show_task(&answer.parse()?)))
+        }
+        TaskCommand::Retry { id } | TaskCommand::Cancel { id } => {
+            let verb = if matches!(command, TaskCommand::Retry { .. }) {
+                "retry"
+            } else {
+                "cancel"
+            };
+            let api = Api::new(args)?;
+            let answer = api.post(&format!("/tasks/{id}/{verb}"), None::<&()>)?;
+            api.print(&answer, |answer| {
+                let task: Task = answer.parse()?;
+                Ok(format!("task {} is {}\n", task.id, task.state))
+            })
+        }
+    }
+}
+
+/// Polls the task until it ends (or `timeout` passes), with a short backoff.
+fn wait_for(api: &Api, id: i64, timeout: Option<Duration>) -> Result<(Answer, Task)> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(25);
+    loop {
+        let answer = api.get(&format!("/tasks/{id}"))?;
+        let task: Task = answer.parse()?;
+        if task.state.is_end() {
+            return Ok((answer, task));
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            return Err(Failure::failed(format!(
+                "task {id} is still {} after {}; follow it with `mechanics task show {id}`",
+                task.state,
+                HumanDuration(limit)
+            )));
+        }
+        let mut sleep = delay;
+        if let Some(limit) = timeout {
+            sleep = sleep.min(limit.saturating_sub(started.elapsed()));
+        }
+        std::thread::sleep(sleep);
+        delay = (delay * 3 / 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Runs `mechanics node list`.
+pub fn node_list(args: &ClientArgs) -> Result<()> {
+    let api = Api::new(args)?;
+    let answer = api.get("/nodes")?;
+    api.print(&answer, nodes_table)
+}
+
+/// Runs `mechanics node reset NAME`.
+pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
+    let api = Api::new(args)?;
+    let answer = api.post(&format!("/nodes/{}/reset", segment(name)), None::<&()>)?;
+    api.print(&answer, |answer| {
+        Ok(format!(
+            "the crash-loop breaker of {name} is re-armed\n{}",
+            nodes_table(answer)?
+        ))
+    })
+}
+
+fn nodes_table(answer: &Answer) -> Result<String> {
+    let list: NodeList = answer.parse()?;
+    if list.nodes.is_empty() {
+        return Ok("no nodes\n".to_owned());
+    }
+    let rows = list
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.state.clone(),
+                n.breaker.clone(),
+                n.address.clone().unwrap_or_else(|| "-".to_owned()),
+                n.in_flight.to_string(),
+                n.jobs.to_string(),
+                n.starts.to_string(),
+                n.deaths.to_string(),
+                n.last_exit
+                    .as_deref()
+                    .map(|e| shorten(e, 40))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "NAME",
+            "STATE",
+            "BREAKER",
+            "ADDRESS",
+            "IN_FLIGHT",
+            "JOBS",
+            "STARTS",
+            "DEATHS",
+            "LAST_EXIT",
+        ],
+        rows,
+    ))
+}
+
+fn show_task(task: &Task) -> String {
+    let mut text = format!(
+        "id:        {}\nworker:    {}\nstate:     {}\nattempt:   {} ({} counted toward retries)\n\
+         created:   {}\nupdated:   {}\n",
+        task.id,
+        task.worker,
+        task.state,
+        task.attempt,
+        task.tries,
+        age(task.created_at),
+        age(task.updated_at),
+    );
+    if task.state == TaskState::Pending && task.next_run_at > now_ms() {
+        text.push_str(&format!("next run:  {}\n", until(task.next_run_at)));
+    }
+    if let Some(key) = &task.idempotency_key {
+        text.push_str(&format!("idempotency key: {key}\n"));
+    }
+    if let Some(event) = task.event_id {
+        text.push_str(&format!("event:     {event}\n"));
+    }
+    if let Some(error) = &task.error {
+        text.push_str(&format!("error:     {error}\n"));
+    }
+    if let Some(result) = &task.result {
+        let pretty = serde_json::to_string_pretty(result).unwrap_or_default();
+        text.push_str(&format!("result:\n{}\n", indent(&pretty)));
+    }
+    text
+}
+
+fn kind_name(kind: WorkerKind) -> &'static str {
+    match kind {
+        WorkerKind::Js => "js",
+        WorkerKind::Http => "http",
+        WorkerKind::Process => "process",
+    }
+}
+
+/// What the worker runs: the module, URL or command.
+fn target(spec: &WorkerSpec) -> String {
+    match spec.kind {
+        WorkerKind::Js => spec.module.clone().unwrap_or_default(),
+        WorkerKind::Http => spec.url.clone().unwrap_or_default(),
+        WorkerKind::Process => spec
+            .command
+            .as_ref()
+            .map(|c| c.join(" "))
+            .unwrap_or_default(),
+    }
+}
+
+fn triggers(spec: &WorkerSpec) -> String {
+    use mechanics_proto::domain::Trigger;
+    let names: Vec<String> = spec
+        .triggers
+        .iter()
+        .filter_map(|t| match t {
+            Trigger::Api(true) => Some("api".to_owned()),
+            Trigger::Api(false) => None,
+            Trigger::Cron(cron) => Some(format!("cron {}", cron.schedule())),
+            Trigger::Webhook(hook) => Some(format!("webhook {}", hook.source)),
+        })
+        .collect();
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last column is not padded.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() <= max && !text.contains('\n') {
+        line.to_owned()
+    } else {
+        let cut: String = line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `3s ago`, `5m ago`, `2h ago`, `4d ago`.
+fn age(unix_ms: i64) -> String {
+    format!("{} ago", span(now_ms().saturating_sub(unix_ms)))
+}
+
+/// `in 3s`.
+fn until(unix_ms: i64) -> String {
+    format!("in {}", span(unix_ms.saturating_sub(now_ms())))
+}
+
+fn span(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["ID", "STATE", "ERROR"],
+            vec![
+                vec!["1".into(), "completed".into(), String::new()],
+                vec!["100".into(), "dead".into(), "refused".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "ID   STATE      ERROR\n1    completed\n100  dead       refused\n"
+        );
+    }
+
+    #[test]
+    fn spans_are_short() {
+        assert_eq!(span(999), "0s");
+        assert_eq!(span(61_000), "1m");
+        assert_eq!(span(7_200_000), "2h");
+        assert_eq!(span(3 * 86_400_000), "3d");
+    }
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(segment("hello-1"), "hello-1");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,451 @@
+//! `mechanics serve` and `mechanics config show`: the coordinator's wiring.
+//!
+//! The configuration comes from four layers (defaults < `config.yml` < `MECHANICS_*` < flags,
+//! resolved by `mechanics-server`); the parts are the SQLite store, the local fleet of executor
+//! nodes (behind [`FleetExecutor`]) and a supervisor for process workers.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits};
+use mechanics_node::{Fleet, FleetConfig, FleetError, NodeInfo, ShutdownHandle};
+use mechanics_proto::api::NodeView;
+use mechanics_proto::node::JobRequest;
+use mechanics_runtime::{Supervisor, SupervisorConfig};
+use mechanics_server::config::{self, ConfigLayer, ConfigSource, LogFormat};
+use mechanics_server::{Clock, DispatchConfig, JsExecutor, Outcome, ServerConfig, ServerParts};
+use mechanics_store::SqliteStore;
+use serde_json::Value;
+
+/// The flags of `mechanics serve` and `mechanics config show` that override the configuration.
+#[derive(Debug, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// The address to listen on [default: 127.0.0.1:21212; MECHANICS_ADDR].
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// The API key clients must send (Bearer or X-API-Key) [MECHANICS_API_KEY]. Without one the
+    /// server only listens on loopback addresses.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Serve without an API key on a non-loopback address (anyone who reaches it may use it).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// The SQLite database file [default: ~/.mechanics/mechanics.db; MECHANICS_DB_PATH].
+    #[arg(long, value_name = "PATH")]
+    db: Option<String>,
+    /// The configuration file [default: ~/.mechanics/config.yml; a missing default file is fine].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Local executor nodes for js workers [default: the number of CPUs; MECHANICS_LOCAL_NODES].
+    #[arg(long, value_name = "N")]
+    local_nodes: Option<String>,
+    /// Tasks dispatched at once [default: 16; MECHANICS_CONCURRENCY].
+    #[arg(long, value_name = "N")]
+    concurrency: Option<String>,
+    /// Tasks held in memory ready to dispatch [default: 256; MECHANICS_QUEUE_SIZE].
+    #[arg(long, value_name = "N")]
+    queue_size: Option<String>,
+    /// How long shutdown waits for tasks in flight, e.g. 30s or 10m [default: 10m;
+    /// MECHANICS_DRAIN_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<String>,
+    /// Log format: pretty, json or compact [default: pretty; MECHANICS_LOG_FORMAT].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or mechanics_server=debug [default: info; MECHANICS_LOG_LEVEL];
+    /// RUST_LOG wins when set.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+/// Exit status for a server that could not start (bad configuration, port in use, database).
+const EXIT_STARTUP: u8 = 2;
+
+impl ConfigArgs {
+    /// The layers of the configuration, lowest first, and the home they resolve under.
+    fn resolve(&self) -> anyhow::Result<ServerConfig> {
+        let home = config::default_home();
+        let file = match &self.config {
+            Some(path) => {
+                // A file named on the command line must exist; only the default may be absent.
+                if !path.exists() {
+                    anyhow::bail!(
+                        "--config: {} does not exist: create it or leave --config out",
+                        path.display()
+                    );
+                }
+                path.clone()
+            }
+            None => home.join("config.yml"),
+        };
+        let mut layers = vec![(
+            ConfigSource::File(file.clone()),
+            ConfigLayer::from_file(&file)?,
+        )];
+        // One layer per variable and per flag, so that errors and `config show` name the exact
+        // variable or flag a value came from.
+        for (name, key) in config::ENV_KEYS {
+            if let Ok(value) = std::env::var(name) {
+                let source = ConfigSource::Env((*name).to_owned());
+                let mut layer = ConfigLayer::default();
+                layer.set(key, &value, source.clone())?;
+                layers.push((source, layer));
+            }
+        }
+        let given = [
+            ("addr", "--addr", self.addr.as_deref()),
+            ("api_key", "--api-key", self.api_key.as_deref()),
+            (
+                "insecure_no_auth",
+                "--insecure-no-auth",
+                self.insecure_no_auth.then_some("true"),
+            ),
+            ("db", "--db", self.db.as_deref()),
+            ("local_nodes", "--local-nodes", self.local_nodes.as_deref()),
+            ("concurrency", "--concurrency", self.concurrency.as_deref()),
+            ("queue_size", "--queue-size", self.queue_size.as_deref()),
+            (
+                "drain_timeout",
+                "--drain-timeout",
+                self.drain_timeout.as_deref(),
+            ),
+            ("log_format", "--log-format", self.log_format.as_deref()),
+            ("log_level", "--log-level", self.log_level.as_deref()),
+        ];
+        for (key, flag, value) in given {
+            if let Some(value) = value {
+                let source = ConfigSource::Flag(flag.to_owned());
+                let mut layer = ConfigLayer::default();
+                layer.set(key, value, source.clone())?;
+                layers.push((source, layer));
+            }
+        }
+        Ok(ServerConfig::resolve(&home, layers)?)
+    }
+}
+
+/// `mechanics config show`: the effective configuration with the source of each value.
+pub fn config_show(args: &ConfigArgs) -> u8 {
+    match args.resolve() {
+        Ok(config) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(config.show().as_bytes());
+            0
+        }
+        Err(err) => {
+            crate::cli::error_line(&format!("{err:#}"));
+            EXIT_STARTUP
+        }
+    }
+}
+
+/// `mechanics serve`: runs the coordinator until SIGINT or SIGTERM.
+pub fn serve(args: &ConfigArgs) -> u8 {
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(err) => {
+            crate::cli::error_line(&format!("{err:#}"));
+            return EXIT_STARTUP;
+        }
+    };
+    init_logging(config.log_format, &config.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            crate::cli::error_line(&format!("cannot start the async runtime: {err}"));
+            return EXIT_STARTUP;
+        }
+    };
+    match runtime.block_on(run_server(config)) {
+        Ok(()) => 0,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "mechanics serve could not start");
+            crate::cli::error_line(&format!("{err:#}"));
+            EXIT_STARTUP
+        }
+    }
+}
+
+async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
+    let db_path = config.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await
+        .context("opening the database")?
+        .with_context(|| {
+            format!(
+                "cannot open the database {}: pass another path with --db or MECHANICS_DB_PATH",
+                config.db_path.display()
+            )
+        })?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running there? Pass another --addr",
+                config.addr
+            )
+        })?;
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let program = std::env::current_exe().context("cannot find this program's path")?;
+    let mut fleet_config = FleetConfig::new(program);
+    fleet_config.nodes = config.local_nodes;
+    let fleet = Fleet::start(fleet_config, ShutdownHandle::new())
+        .await
+        .context("cannot start the local executor nodes")?;
+    let parts = ServerParts {
+        store: Arc::new(store),
+        js: Some(Arc::new(FleetExecutor {
+            fleet: fleet.clone(),
+        })),
+        supervisor: Supervisor::new(SupervisorConfig::default(), ShutdownHandle::new()),
+        clock: Clock::system(),
+        dispatch: DispatchConfig::from_config(&config),
+    };
+    let server = match mechanics_server::start(listener, &config, parts).await {
+        Ok(server) => server,
+        Err(err) => {
+            fleet.shutdown().await;
+            return Err(err).context("cannot start the server");
+        }
+    };
+    let addr = server.addr;
+    tracing::info!(
+        %addr,
+        db = %config.db_path.display(),
+        local_nodes = config.local_nodes,
+        auth = config.api_key.is_some(),
+        "Mechanics is serving on http://{addr}"
+    );
+    {
+        // The handshake for scripts and supervisors, as `mechanics node serve` prints it.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "READY {addr}");
+        let _ = stdout.flush();
+    }
+    signals.next().await;
+    tracing::info!(
+        drain_timeout = ?config.drain_timeout,
+        "shutting down: no new tasks; waiting for those in flight"
+    );
+    tokio::select! {
+        () = server.shutdown() => {}
+        () = signals.next() => {
+            tracing::warn!("second signal: stopping without waiting; recovery picks up the rest");
+        }
+    }
+    fleet.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` when set, else by `level`.
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|err| {
+            crate::cli::error_line(&format!(
+                "log_level: {level:?} is not a log filter ({err}); using info"
+            ));
+            EnvFilter::new("info")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.pretty().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Compact => builder.compact().try_init(),
+    };
+}
+
+/// Runs js jobs on the local fleet of executor nodes.
+pub struct FleetExecutor {
+    fleet: Fleet,
+}
+
+impl FleetExecutor {
+    /// Runs jobs on `fleet`.
+    pub fn new(fleet: Fleet) -> Self {
+        Self { fleet }
+    }
+}
+
+/// What a fleet answer means for the task.
+pub fn outcome_of(result: Result<Value, FleetError>) -> Outcome {
+    match result {
+        Ok(value) => Outcome::Completed(value),
+        Err(FleetError::Overloaded {
+            retry_after: Some(delay),
+            kind,
+            message,
+        }) => Outcome::RetryAfter(delay, format!("{kind}: {message}")),
+        Err(err) if err.is_retryable() => Outcome::Transport(err.to_string()),
+        Err(err @ (FleetError::Script { .. } | FleetError::Rejected { .. })) => {
+            Outcome::Failed(err.to_string())
+        }
+        Err(err) => Outcome::Failed(format!("{}: {err}", err.kind())),
+    }
+}
+
+#[async_trait]
+impl JsExecutor for FleetExecutor {
+    async fn run(&self, job: JobRequest) -> Outcome {
+        outcome_of(self.fleet.run(&job).await)
+    }
+
+    fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String> {
+        validate_js(config, limits)
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        self.fleet.nodes().into_iter().map(node_view).collect()
+    }
+
+    fn reset(&self, name: &str) -> bool {
+        self.fleet.supervisor().reset_breaker(name).is_ok()
+    }
+}
+
+/// Checks a js worker's `config` and `limits` as the engine reads them.
+pub fn validate_js(config: Option<&Value>, limits: Option<&Value>) -> Result<(), String> {
+    if let Some(config) = config {
+        serde_json::from_value::<MechanicsConfig>(config.clone())
+            .map_err(|err| prefixed("config", &err.to_string()))?;
+    }
+    if let Some(limits) = limits {
+        serde_json::from_value::<MechanicsExecutionLimits>(limits.clone())
+            .map_err(|err| prefixed("limits", &err.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `message`, starting with `field: ` unless it already names the field first.
+fn prefixed(field: &str, message: &str) -> String {
+    if message.starts_with(field) {
+        message.to_owned()
+    } else {
+        format!("{field}: {message}")
+    }
+}
+
+/// A fleet node as the API shows it.
+fn node_view(info: NodeInfo) -> NodeView {
+    let snapshot = info.snapshot.as_ref();
+    let state = match snapshot {
+        Some(_) if info.draining => "draining".to_owned(),
+        Some(s) => snake_case(&format!("{:?}", s.state)),
+        None => "unknown".to_owned(),
+    };
+    NodeView {
+        state,
+        breaker: snapshot.map_or_else(
+            || "closed".to_owned(),
+            |s| snake_case(&format!("{:?}", s.breaker)),
+        ),
+        address: info.address,
+        in_flight: info.in_flight as u64,
+        jobs: info.jobs,
+        starts: snapshot.map_or(0, |s| s.starts),
+        deaths: snapshot.map_or(0, |s| s.deaths),
+        restarts: snapshot.map_or(0, |s| s.restarts),
+        last_exit: snapshot.and_then(|s| s.last_exit.as_ref().map(|e| e.status.clone())),
+        name: info.name,
+    }
+}
+
+/// `BackingOff` → `backing_off`.
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn state_names_are_snake_case() {
+        assert_eq!(snake_case("BackingOff"), "backing_off");
+        assert_eq!(snake_case("HalfOpen"), "half_open");
+        assert_eq!(snake_case("Running"), "running");
+    }
+
+    #[test]
+    fn fleet_errors_map_to_outcomes() {
+        assert_eq!(outcome_of(Ok(json!(1))), Outcome::Completed(json!(1)));
+        let script = FleetError::Script {
+            kind: "execution".into(),
+            message: "boom".into(),
+        };
+        assert_eq!(
+            outcome_of(Err(script)),
+            Outcome::Failed("execution: boom".into())
+        );
+        let crashed = outcome_of(Err(FleetError::SandboxCrashed { crashes: 2 }));
+        assert!(
+            matches!(&crashed, Outcome::Failed(m) if m.starts_with("sandbox_crashed: ")),
+            "{crashed:?}"
+        );
+        let gone = FleetError::Transport {
+            node: "node-1".into(),
+            message: "reset".into(),
+        };
+        assert!(matches!(outcome_of(Err(gone)), Outcome::Transport(_)));
+        let busy = FleetError::Overloaded {
+            kind: "queue_full".into(),
+            message: "full".into(),
+            retry_after: Some(std::time::Duration::from_secs(2)),
+        };
+        assert!(matches!(
+            outcome_of(Err(busy)),
+            Outcome::RetryAfter(d, _) if d.as_secs() == 2
+        ));
+    }
+
+    #[test]
+    fn js_config_errors_name_the_field() {
+        assert!(validate_js(Some(&json!({ "endpoints": {} })), None).is_ok());
+        let err = validate_js(None, Some(&json!({ "max_loop_iterations": 0 }))).unwrap_err();
+        assert!(err.contains("max_loop_iterations"), "{err}");
+        let err = validate_js(Some(&json!({ "endpoint": {} })), None).unwrap_err();
+        assert!(err.starts_with("config"), "{err}");
+    }
+}
