@@ -261,5 +261,6 @@ async fn limiter_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Out
         if forgotten > 0 {
             tracing::debug!(forgotten, "idle rate-limit buckets forgotten");
         }
+        dispatcher.forget_stale_reservations(idle_since);
     }
 }

@@ -12,6 +12,7 @@
 pub mod limiter;
 pub mod retry;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +80,9 @@ pub(crate) struct Dispatcher {
     pub(crate) http: HttpWorkerClient,
     pub(crate) processes: Arc<ProcessWorkers>,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
+    /// that token instead of reserving another.
+    reserved: Mutex<HashMap<i64, i64>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: DispatchConfig,
     /// Rung when a task may have become due: a submission, a retry, a finished attempt.
@@ -106,6 +110,7 @@ impl Dispatcher {
             http,
             processes,
             limiter: Mutex::new(RateLimiter::default()),
+            reserved: Mutex::new(HashMap::new()),
             counters,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             config,
@@ -242,6 +247,17 @@ impl Dispatcher {
             return;
         };
         let now = self.clock.now_ms();
+        let reserved = lock(&self.reserved).remove(&task.id);
+        if reserved.is_none_or(|at| at > now) {
+            self.take_token(&worker, &task, now).await;
+            return;
+        }
+        self.run_with_token(&worker, &task).await;
+    }
+
+    /// Runs the attempt if the worker's bucket has a token now; else re-queues the task to the
+    /// slot reserved for it, which is not an attempt.
+    async fn take_token(&self, worker: &Worker, task: &Task, now: i64) {
         let rate = worker
             .spec
             .rate_limit
@@ -250,26 +266,36 @@ impl Dispatcher {
                 per_second: r.per_second,
                 burst: r.burst,
             });
-        let allowed_at = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reserve(&task.worker, rate, now);
-        if allowed_at > now {
-            Counters::bump(&self.counters.tasks_rate_limited);
-            match self
-                .store
-                .release_task(task.id, task.attempt, allowed_at, now)
-                .await
-            {
-                Ok(_) => self.wake.notify_one(),
-                Err(err) => log_store_error(&task, "re-queueing a rate-limited task", &err),
-            }
+        let allowed_at = lock(&self.limiter).reserve(&task.worker, rate, now);
+        if allowed_at <= now {
+            self.run_with_token(worker, task).await;
             return;
         }
+        Counters::bump(&self.counters.tasks_rate_limited);
+        lock(&self.reserved).insert(task.id, allowed_at);
+        match self
+            .store
+            .release_task(task.id, task.attempt, allowed_at, now)
+            .await
+        {
+            Ok(_) => self.wake.notify_one(),
+            Err(err) => {
+                lock(&self.reserved).remove(&task.id);
+                log_store_error(task, "re-queueing a rate-limited task", &err);
+            }
+        }
+    }
+
+    async fn run_with_token(&self, worker: &Worker, task: &Task) {
         tracing::debug!(task = task.id, attempt = task.attempt, worker = %task.worker, "dispatching");
-        let outcome = self.execute(&worker, &task).await;
-        self.finish(&task, outcome).await;
+        let outcome = self.execute(worker, task).await;
+        self.finish(task, outcome).await;
+    }
+
+    /// Forgets reservations whose slot passed before `before` (their task was canceled or
+    /// deleted, or will reserve again).
+    pub(crate) fn forget_stale_reservations(&self, before: i64) {
+        lock(&self.reserved).retain(|_, at| *at >= before);
     }
 
     async fn execute(&self, worker: &Worker, task: &Task) -> Outcome {
@@ -397,6 +423,10 @@ impl Dispatcher {
         }
         r
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn log_store_error(task: &Task, what: &str, err: &StoreError) {

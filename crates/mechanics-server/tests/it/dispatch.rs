@@ -1,0 +1,329 @@
+//! Dispatch semantics: outcomes per worker answer, retries and dead letters, rate limiting,
+//! fencing, recovery, drain, registry changes and an idle server's silence.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mechanics_proto::domain::TaskState;
+use mechanics_store::{NewTask, Store};
+use serde_json::json;
+
+use crate::support::{TestServer, http_worker, reply};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_worker_completes_a_task_with_its_json_answer() {
+    let (url, seen) = http_worker(|body, _| {
+        reply(
+            200,
+            json!({ "echo": body["payload"], "worker": body["worker"] }),
+        )
+    })
+    .await;
+    let server = TestServer::start().await;
+    server.add_http_worker("echo", &url, json!({})).await;
+    let id = server.submit("echo", json!({ "n": 1 })).await;
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!(
+        task.result,
+        Some(json!({ "echo": { "n": 1 }, "worker": "echo" }))
+    );
+    assert_eq!(task.attempt, 1);
+    assert_eq!(*seen.lock().unwrap(), [(id, 1)]);
+    assert_eq!(server.counters().tasks_completed.load(Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_or_a_non_json_answer_fails_at_once_without_retry() {
+    let (url, seen) = http_worker(|body, _| match body["payload"].as_str() {
+        Some("html") => reply(200, json!("ok")).map(|_| "<html>".into()),
+        _ => reply(500, json!({ "oops": true })),
+    })
+    .await;
+    let server = TestServer::start().await;
+    server.add_http_worker("broken", &url, json!({})).await;
+    let id = server.submit("broken", json!(null)).await;
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Failed);
+    assert!(task.error.as_deref().unwrap().contains("500"), "{task:?}");
+    let id2 = server.submit("broken", json!("html")).await;
+    let task = server.wait_end(id2).await;
+    assert_eq!(task.state, TaskState::Failed);
+    assert!(
+        task.error.as_deref().unwrap().contains("not JSON"),
+        "{task:?}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2, "no retries");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_failures_retry_with_backoff_then_go_dead_and_retry_revives() {
+    let stall = Arc::new(AtomicBool::new(true));
+    let flag = stall.clone();
+    let router = axum::Router::new().route(
+        "/task",
+        axum::routing::post(move || {
+            let stall = flag.load(Ordering::SeqCst);
+            async move {
+                if stall {
+                    // Longer than the dispatcher's 500 ms http timeout: a transport failure.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                axum::Json(json!({ "ok": true }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let server = TestServer::start().await;
+    let retry =
+        json!({ "retry": { "max_retries": 2, "base_delay": "50ms", "max_delay": "100ms" } });
+    server.add_http_worker("flaky", &url, retry).await;
+    let id = server.submit("flaky", json!(1)).await;
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Dead, "{task:?}");
+    assert_eq!(
+        (task.attempt, task.tries),
+        (3, 3),
+        "one try and two retries"
+    );
+    assert!(
+        task.error.as_deref().unwrap().contains("retries exhausted"),
+        "{task:?}"
+    );
+    assert_eq!(server.counters().tasks_retried.load(Ordering::Relaxed), 2);
+
+    stall.store(false, Ordering::SeqCst);
+    let (status, body) = server
+        .call("POST", &format!("/api/v1/tasks/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!(task.attempt, 4);
+
+    // A connection refused is a transport failure too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    server
+        .add_http_worker(
+            "gone",
+            &format!("http://{closed}"),
+            json!({ "retry": { "max_retries": 1, "base_delay": "10ms", "max_delay": "10ms" } }),
+        )
+        .await;
+    let task = server.wait_end(server.submit("gone", json!(1)).await).await;
+    assert_eq!((task.state, task.tries), (TaskState::Dead, 2), "{task:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_retried_after_that_delay() {
+    let (url, seen) = http_worker(|_, index| {
+        if index == 0 {
+            let mut r = reply(429, json!({}));
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+            r
+        } else {
+            reply(200, json!("done"))
+        }
+    })
+    .await;
+    let server = TestServer::start().await;
+    server.add_http_worker("limited", &url, json!({})).await;
+    let id = server.submit("limited", json!(1)).await;
+    let started = tokio::time::Instant::now();
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Completed);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "came back after Retry-After"
+    );
+    assert_eq!(*seen.lock().unwrap(), [(id, 1), (id, 2)]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_requeues_and_never_fails_a_task() {
+    let (url, seen) = http_worker(|_, _| reply(200, json!(1))).await;
+    let server = TestServer::start().await;
+    server
+        .add_http_worker(
+            "slow",
+            &url,
+            json!({ "rate_limit": { "per_second": 20, "burst": 2 } }),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(server.submit("slow", json!(n)).await);
+    }
+    for id in &ids {
+        let task = server.wait_end(*id).await;
+        assert_eq!(task.state, TaskState::Completed, "{task:?}");
+        assert_eq!(task.tries, 1, "a rate-limited claim is not a try: {task:?}");
+    }
+    // 6 tasks through a burst of 2: 4 waited, each exactly once, for the slot reserved for it.
+    assert_eq!(
+        server.counters().tasks_rate_limited.load(Ordering::Relaxed),
+        4
+    );
+    assert_eq!(server.counters().tasks_failed.load(Ordering::Relaxed), 0);
+    assert_eq!(seen.lock().unwrap().len(), 6);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_cannot_complete_a_task_canceled_meanwhile() {
+    // The worker answers after 300 ms; the task is canceled while it waits.
+    let slow_url = {
+        let router = axum::Router::new().route(
+            "/task",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                axum::Json(json!("late"))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    };
+    let server = TestServer::start().await;
+    server.add_http_worker("slow", &slow_url, json!({})).await;
+    let id = server.submit("slow", json!(1)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.task(id).await.state != TaskState::Dispatched {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = server
+        .call("POST", &format!("/api/v1/tasks/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let task = server.task(id).await;
+    assert_eq!(task.state, TaskState::Canceled, "{task:?}");
+    assert_eq!(task.result, None);
+    assert_eq!(server.counters().tasks_completed.load(Ordering::Relaxed), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_recovers_tasks_a_crash_left_dispatched() {
+    let (url, seen) = http_worker(|_, _| reply(200, json!("ok"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(None, dir).await;
+    server.add_http_worker("w", &url, json!({})).await;
+    let dir = server.stop().await;
+    // As if a server had claimed a task and died before answering.
+    let id = {
+        let store = mechanics_store::SqliteStore::open(dir.path().join("m.db")).unwrap();
+        let task = store
+            .create_task(
+                NewTask {
+                    worker: "w".into(),
+                    event_id: None,
+                    idempotency_key: None,
+                    payload: json!(1),
+                    next_run_at: 0,
+                },
+                0,
+            )
+            .await
+            .unwrap()
+            .record;
+        let claimed = store.claim_due(1, 1_000_000_000_000_000, 10).await.unwrap();
+        assert_eq!(claimed[0].state, TaskState::Dispatched);
+        task.id
+    };
+    let server = TestServer::start_with(None, dir).await;
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!(task.attempt, 2, "the lost claim is fenced out");
+    assert_eq!(server.counters().tasks_recovered.load(Ordering::Relaxed), 1);
+    assert_eq!(*seen.lock().unwrap(), [(id, 2)]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_attempts_in_flight() {
+    let router = axum::Router::new().route(
+        "/task",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            axum::Json(json!("finished"))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let server = TestServer::start().await;
+    server.add_http_worker("slow", &url, json!({})).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(server.submit("slow", json!(n)).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.store.task_counts(None).await.unwrap()[&TaskState::Dispatched] < 5 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let store = server.store.clone();
+    server.stop().await;
+    for id in ids {
+        let task = store.get_task(id).await.unwrap().unwrap();
+        assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_changed_through_the_api_is_used_by_the_next_task() {
+    let (first, first_seen) = http_worker(|_, _| reply(200, json!("first"))).await;
+    let (second, second_seen) = http_worker(|_, _| reply(200, json!("second"))).await;
+    let server = TestServer::start().await;
+    server.add_http_worker("w", &first, json!({})).await;
+    let a = server.wait_end(server.submit("w", json!(1)).await).await;
+    server.add_http_worker("w", &second, json!({})).await;
+    let b = server.wait_end(server.submit("w", json!(2)).await).await;
+    assert_eq!(
+        (a.result, b.result),
+        (Some(json!("first")), Some(json!("second")))
+    );
+    assert_eq!(
+        (
+            first_seen.lock().unwrap().len(),
+            second_seen.lock().unwrap().len()
+        ),
+        (1, 1)
+    );
+    let (status, _) = server.call("DELETE", "/api/v1/workers/w", None).await;
+    assert_eq!(status, 204);
+    let (status, body) = server
+        .call("POST", "/api/v1/tasks", Some(json!({ "worker": "w" })))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_makes_no_database_queries() {
+    let (url, _seen) = http_worker(|_, _| reply(200, json!(1))).await;
+    let server = TestServer::start().await;
+    server.add_http_worker("w", &url, json!({})).await;
+    let id = server.submit("w", json!(1)).await;
+    server.wait_end(id).await;
+    // Let the dispatcher settle into its wait after the last attempt.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = server.queries();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.queries(), before, "queries ran while idle");
+    server.stop().await;
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the coordinator: a real server on 127.0.0.1:0 over a real SQLite file,
+//! driven through its HTTP API, dispatching to real http workers (axum servers in this process).
+
+mod api;
+mod dispatch;
+mod support;

@@ -1,0 +1,202 @@
+//! A server per test, a client for its API, and http workers whose answers a test scripts.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use mechanics_proto::domain::Task;
+use mechanics_runtime::{ShutdownHandle, Supervisor, SupervisorConfig};
+use mechanics_server::dispatch::limiter::Rate;
+use mechanics_server::{Clock, DispatchConfig, RunningServer, ServerConfig, ServerParts};
+use mechanics_store::{SqliteStore, Store};
+use serde_json::{Value, json};
+
+/// A running server, its store and database directory.
+pub(crate) struct TestServer {
+    pub(crate) server: Option<RunningServer>,
+    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) api_key: Option<String>,
+}
+
+/// Dispatcher settings for tests: quick timeouts, no rate limit unless a worker sets one.
+pub(crate) fn dispatch_config() -> DispatchConfig {
+    DispatchConfig {
+        concurrency: 16,
+        claim_batch: 64,
+        lease_margin: Duration::from_secs(60),
+        http_timeout: Duration::from_millis(500),
+        default_rate: Rate {
+            per_second: 10_000.0,
+            burst: 10_000,
+        },
+    }
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(None, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A server over the database in `dir`, with `api_key` if given.
+    pub(crate) async fn start_with(api_key: Option<&str>, dir: tempfile::TempDir) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Arc::new(SqliteStore::open(dir.path().join("m.db")).unwrap());
+        let mut config = ServerConfig::defaults(dir.path());
+        config.api_key = api_key.map(str::to_owned);
+        config.drain_timeout = Duration::from_secs(10);
+        let parts = ServerParts {
+            store: store.clone(),
+            js: None,
+            supervisor: Supervisor::new(SupervisorConfig::default(), ShutdownHandle::new()),
+            clock: Clock::system(),
+            dispatch: dispatch_config(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = mechanics_server::start(listener, &config, parts)
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.addr);
+        Self {
+            server: Some(server),
+            store,
+            base,
+            client: reqwest::Client::new(),
+            dir,
+            api_key: api_key.map(str::to_owned),
+        }
+    }
+
+    /// Stops the server (drain included) and hands back its database directory.
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.dir
+    }
+
+    pub(crate) fn counters(&self) -> &mechanics_server::Counters {
+        &self.server.as_ref().unwrap().counters
+    }
+
+    /// `method path` with `body`; the status and the JSON answer (`Null` when empty).
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.request(method.parse().unwrap(), url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    /// Adds an http worker `name` calling `url`, with `extra` spec fields.
+    pub(crate) async fn add_http_worker(&self, name: &str, url: &str, extra: Value) {
+        let mut spec =
+            json!({ "name": name, "kind": "http", "url": url, "triggers": [{ "api": true }] });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let (status, body) = self
+            .call("POST", "/api/v1/workers", Some(json!({ "spec": spec })))
+            .await;
+        assert!(status == 201 || status == 200, "{status} {body}");
+    }
+
+    /// Submits a task for `worker`; its id.
+    pub(crate) async fn submit(&self, worker: &str, payload: Value) -> i64 {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/v1/tasks",
+                Some(json!({ "worker": worker, "payload": payload })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub(crate) async fn task(&self, id: i64) -> Task {
+        let (status, body) = self.call("GET", &format!("/api/v1/tasks/{id}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Waits until task `id` is in an end state, up to 20 s.
+    pub(crate) async fn wait_end(&self, id: i64) -> Task {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let task = self.task(id).await;
+            if task.state.is_end() {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} stuck: {task:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn queries(&self) -> u64 {
+        self.store.queries_executed()
+    }
+}
+
+/// What an http worker saw: `(task id, attempt)` per call.
+pub(crate) type Seen = Arc<Mutex<Vec<(i64, u32)>>>;
+
+/// An http worker answering `POST /task` with `answer(body, call index)`; returns its URL and
+/// the calls it saw.
+pub(crate) async fn http_worker(
+    answer: impl Fn(&Value, usize) -> Response + Clone + Send + Sync + 'static,
+) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let router = Router::new().route(
+        "/task",
+        axum::routing::post(move |Json(body): Json<Value>| {
+            let log = log.clone();
+            let answer = answer.clone();
+            async move {
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push((
+                        body["id"].as_i64().unwrap(),
+                        u32::try_from(body["attempt"].as_u64().unwrap()).unwrap(),
+                    ));
+                    log.len() - 1
+                };
+                answer(&body, index)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// `status` with a JSON body.
+pub(crate) fn reply(status: u16, body: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+}
