@@ -327,3 +327,33 @@ async fn an_idle_server_makes_no_database_queries() {
     assert_eq!(server.queries(), before, "queries ran while idle");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_backlog_does_not_hold_up_other_workers() {
+    let (url, _seen) = http_worker(|_, _| reply(200, json!(1))).await;
+    let server = TestServer::start().await;
+    server
+        .add_http_worker(
+            "busy",
+            &url,
+            json!({ "rate_limit": { "per_second": 2, "burst": 1 } }),
+        )
+        .await;
+    server.add_http_worker("quick", &url, json!({})).await;
+    let mut backlog = Vec::new();
+    for n in 0..20 {
+        backlog.push(server.submit("busy", json!(n)).await);
+    }
+    let mut quick = Vec::new();
+    for n in 0..5 {
+        quick.push(server.submit("quick", json!(n)).await);
+    }
+    for id in quick {
+        assert_eq!(server.wait_end(id).await.state, TaskState::Completed);
+    }
+    // At 2 per second, most of the backlog is still waiting for its slots.
+    let counts = server.store.task_counts(Some("busy")).await.unwrap();
+    assert!(counts[&TaskState::Pending] >= 10, "{counts:?}");
+    assert_eq!(counts[&TaskState::Failed] + counts[&TaskState::Dead], 0);
+    server.stop().await;
+}
