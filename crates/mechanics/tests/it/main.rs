@@ -1,7 +1,11 @@
 //! `mechanics run` and `mechanics node serve` as a user runs them: the real binary, real files,
-//! exit codes and streams; and the local fleet of node processes (`fleet`).
+//! exit codes and streams; the local fleet of node processes (`fleet`); `mechanics serve` with the
+//! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`).
 
+mod faults;
 mod fleet;
+mod serve;
+mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
