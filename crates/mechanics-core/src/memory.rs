@@ -132,6 +132,18 @@ pub(crate) fn end_job() -> i64 {
     IN_USE.with(Cell::get)
 }
 
+/// Charges the current job for `bytes` of heap that another thread allocated and this one will
+/// free (an endpoint response): freeing it here would otherwise count as memory the job released.
+pub(crate) fn adopt(bytes: usize) {
+    account(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+/// Credits the current job for `bytes` of heap it allocated and another thread will free (an
+/// endpoint request body): otherwise the job would pay for it forever.
+pub(crate) fn hand_off(bytes: usize) {
+    account(-i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
 /// Whether the current job has allocated more than its soft limit (net of what it freed).
 pub(crate) fn over_soft_limit() -> bool {
     let soft = SOFT_LIMIT.with(Cell::get);

@@ -71,12 +71,56 @@ pub(crate) enum ResponseBody {
     Bytes(Vec<u8>),
 }
 
-/// The result of a call: `{ body, headers, status, ok }`.
+/// The result of a call: `{ body, headers, status, ok }`, its body still raw. The body is parsed
+/// by [`CallResult::parse_body`] on the job's own thread, so the job's memory accounting pays for
+/// the parsed value (the transport thread is shared by every job).
 #[derive(Debug)]
 pub(crate) struct CallResult {
+    pub(crate) name: String,
     pub(crate) status: u16,
     pub(crate) headers: BTreeMap<String, String>,
-    pub(crate) body: ResponseBody,
+    pub(crate) body: Vec<u8>,
+    body_type: EndpointBodyType,
+}
+
+impl CallResult {
+    /// The body in the endpoint's response body type; the error names the endpoint.
+    pub(crate) fn parse_body(&mut self) -> Result<ResponseBody, String> {
+        let body = std::mem::take(&mut self.body);
+        if body.is_empty() {
+            return Ok(ResponseBody::Empty);
+        }
+        let fail = |message: String| format!("endpoint `{}`: {message}", self.name);
+        Ok(match self.body_type {
+            EndpointBodyType::Json => ResponseBody::Json(
+                serde_json::from_slice(&body)
+                    .map_err(|err| fail(format!("the response body is not valid JSON: {err}")))?,
+            ),
+            EndpointBodyType::Utf8 => ResponseBody::Text(
+                String::from_utf8(body)
+                    .map_err(|err| fail(format!("the response body is not valid UTF-8: {err}")))?,
+            ),
+            EndpointBodyType::Bytes => ResponseBody::Bytes(body),
+        })
+    }
+}
+
+impl PreparedCall {
+    /// The largest response body this call may buffer.
+    pub(crate) fn response_max_bytes(&self) -> usize {
+        self.request.response_max_bytes
+    }
+
+    /// The request body's heap size, if any.
+    pub(crate) fn body_capacity(&self) -> usize {
+        match &self.request.body {
+            Some(EndpointHttpRequestBody::Json(b) | EndpointHttpRequestBody::Bytes(b)) => {
+                b.capacity()
+            }
+            Some(EndpointHttpRequestBody::Utf8(t)) => t.capacity(),
+            None => 0,
+        }
+    }
 }
 
 impl HttpEndpoint {
@@ -94,6 +138,7 @@ impl HttpEndpoint {
         let template = UrlTemplate::parse(self.url_template()).map_err(fail)?;
         let url = template.render(&url_params, &query).map_err(fail)?;
 
+        // `read_body` refuses this before a request is built; kept for Rust callers.
         if input.body.is_some() && !self.method().allows_body() {
             return Err(fail(format!(
                 "{} requests carry no body; leave `body` out (RFC 9110 defines bodies only for \
@@ -195,11 +240,9 @@ impl HttpEndpoint {
                     min_bytes,
                     max_bytes,
                 } => {
-                    let allows_empty = matches!(
-                        mode,
-                        SlottedQueryMode::RequiredAllowEmpty | SlottedQueryMode::OptionalAllowEmpty
-                    );
-                    let default = default.as_ref().filter(|d| allows_empty || !d.is_empty());
+                    let default = default
+                        .as_ref()
+                        .filter(|d| mode.allows_empty() || !d.is_empty());
                     let value = given.get(slot).or(default);
                     let emitted = match (mode, value) {
                         (SlottedQueryMode::Required, Some(v)) if !v.is_empty() => v,
@@ -465,25 +508,12 @@ fn finish(call: &PreparedCall, response: EndpointHttpResponse) -> Result<CallRes
             headers.insert(name.as_str().to_owned(), values.join(", "));
         }
     }
-    let body = if response.body.is_empty() {
-        ResponseBody::Empty
-    } else {
-        match call.response_body_type {
-            EndpointBodyType::Json => ResponseBody::Json(
-                serde_json::from_slice(&response.body)
-                    .map_err(|err| format!("the response body is not valid JSON: {err}"))?,
-            ),
-            EndpointBodyType::Utf8 => ResponseBody::Text(
-                String::from_utf8(response.body)
-                    .map_err(|err| format!("the response body is not valid UTF-8: {err}"))?,
-            ),
-            EndpointBodyType::Bytes => ResponseBody::Bytes(response.body),
-        }
-    };
     Ok(CallResult {
+        name: call.name.clone(),
         status: response.status,
         headers,
-        body,
+        body: response.body,
+        body_type: call.response_body_type,
     })
 }
 

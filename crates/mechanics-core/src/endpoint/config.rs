@@ -541,11 +541,24 @@ impl fmt::Debug for HttpEndpoint {
             .keys()
             .map(|name| (name.as_str(), "<redacted>"))
             .collect();
+        // Query constants and userinfo in the URL are credentials as often as headers are.
+        let query_specs: Vec<String> = self
+            .query_specs
+            .iter()
+            .map(|spec| match spec {
+                QuerySpec::Const { key, .. } => format!("const {key}=<redacted>"),
+                QuerySpec::Slotted {
+                    key, slot, mode, ..
+                } => {
+                    format!("slotted {key}={{{slot}}} ({})", mode.as_str())
+                }
+            })
+            .collect();
         f.debug_struct("HttpEndpoint")
             .field("method", &self.method)
-            .field("url_template", &self.url_template)
+            .field("url_template", &redact_userinfo(&self.url_template))
             .field("url_param_specs", &self.url_param_specs)
-            .field("query_specs", &self.query_specs)
+            .field("query_specs", &query_specs)
             .field("headers", &headers)
             .field("request_body_type", &self.request_body_type)
             .field("response_body_type", &self.response_body_type)
@@ -560,6 +573,18 @@ impl fmt::Debug for HttpEndpoint {
             .field("allow_non_2xx_status", &self.allow_non_2xx_status)
             .field("follow_redirects", &self.follow_redirects)
             .finish()
+    }
+}
+
+/// `url` with any `user:password@` replaced by `<redacted>@`.
+fn redact_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|at| at + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[start..].find('/').map_or(url.len(), |at| start + at);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -815,6 +840,23 @@ impl HttpEndpoint {
             false,
             |_| None,
         )?;
+        for (field, names) in [
+            ("headers", self.headers.keys().collect::<Vec<_>>()),
+            (
+                "overridable_request_headers",
+                self.overridable_request_headers.iter().collect(),
+            ),
+        ] {
+            if let Some(name) = names
+                .into_iter()
+                .find(|n| TRANSPORT_HEADERS.contains(&n.to_ascii_lowercase().as_str()))
+            {
+                return Err(format!(
+                    "`{field}` names `{name}`, which the HTTP transport sets itself (it would let \
+                     a request reach another virtual host or be cut short)"
+                ));
+            }
+        }
         validate_headers(
             "exposed_response_headers",
             self.exposed_response_headers.iter(),
@@ -875,6 +917,21 @@ fn validate_query_spec(index: usize, spec: &QuerySpec) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Headers that frame the message or pick its target: the transport writes them, and neither the
+/// configuration nor a job may set them.
+const TRANSPORT_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+];
 
 /// Checks that every name in `names` is a valid header name and unique ignoring case, and, for
 /// configured headers, that each value is a valid header value. Values are never quoted.

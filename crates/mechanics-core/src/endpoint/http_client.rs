@@ -58,7 +58,8 @@ pub struct EndpointHttpRequest {
     pub method: HttpMethod,
     /// The full URL, query included.
     pub url: Url,
-    /// Every header to send; the transport adds none but `Host` and `Content-Length`.
+    /// Every header to send; the transport adds only what framing needs (`Host`,
+    /// `Content-Length`) and reqwest's `Accept: */*`.
     pub headers: EndpointHttpHeaders,
     /// The body, if any.
     pub body: Option<EndpointHttpRequestBody>,
@@ -69,12 +70,12 @@ pub struct EndpointHttpRequest {
 
 impl fmt::Debug for EndpointHttpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Header values and query values may be credentials: only names are shown.
+        // Header values, query values and even paths (webhook URLs) may be credentials: only the
+        // host and header names are shown.
         let names: Vec<&str> = self.headers.keys().map(http::HeaderName::as_str).collect();
         f.debug_struct("EndpointHttpRequest")
             .field("method", &self.method)
             .field("host", &self.url.host_str())
-            .field("path", &self.url.path())
             .field("headers", &names)
             .field("body", &self.body)
             .field("response_max_bytes", &self.response_max_bytes)

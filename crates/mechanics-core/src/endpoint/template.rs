@@ -88,35 +88,49 @@ impl UrlTemplate {
     }
 
     fn check_shape(&self) -> Result<(), String> {
-        // With every slot filled by a plain letter, the template must be a valid absolute URL.
+        // The authority is literal text between `scheme://` and the first `/`: checking the text
+        // (not only the parsed URL) matters, because URL parsers also accept `http:/{x}/` and
+        // `http:///{x}/`, where a placeholder would become the host.
+        let Some(Piece::Literal(head)) = self.pieces.first() else {
+            return Err("`url_template` must start with http:// or https://".to_owned());
+        };
+        let lower = head.to_ascii_lowercase();
+        let after_scheme = ["http://", "https://"]
+            .iter()
+            .find(|scheme| lower.starts_with(**scheme))
+            .map(|scheme| &head[scheme.len()..])
+            .ok_or_else(|| "`url_template` must start with http:// or https://".to_owned())?;
+        if self.pieces.len() > 1 && !after_scheme.contains('/') {
+            let name = self.placeholders().next().unwrap_or_default();
+            return Err(format!(
+                "`url_template`: the placeholder `{{{name}}}` is not in the path; placeholders \
+                 may not change the scheme, host or port"
+            ));
+        }
+        if after_scheme.starts_with('/') || after_scheme.is_empty() {
+            return Err("`url_template` has no host after the scheme".to_owned());
+        }
+        if self
+            .pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Literal(l) if l.contains('\\')))
+        {
+            return Err("`url_template` must not contain a backslash".to_owned());
+        }
+        // With every slot filled by a plain letter, the template must be a valid absolute URL
+        // whose path the parser keeps as written (nothing to normalise in the literal parts).
         let sample = self.render_raw(|_| "x".to_owned());
         let url = Url::parse(&sample)
             .map_err(|err| format!("`url_template` is not a valid absolute URL: {err}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "`url_template` must use http or https, not `{}`",
-                url.scheme()
-            ));
-        }
         if url.host_str().is_none_or(str::is_empty) {
             return Err("`url_template` has no host".to_owned());
         }
-        // Placeholders must come after the first `/` that follows `scheme://`.
-        let mut text = String::new();
-        for piece in &self.pieces {
-            match piece {
-                Piece::Literal(literal) => text.push_str(literal),
-                Piece::Slot(name) => {
-                    let authority_start = text.find("://").map_or(0, |at| at + 3);
-                    if !text[authority_start..].contains('/') {
-                        return Err(format!(
-                            "`url_template`: the placeholder `{{{name}}}` is not in the path; \
-                             placeholders may not change the scheme, host or port"
-                        ));
-                    }
-                    text.push('x');
-                }
-            }
+        if url.path() != path_of(&sample) {
+            return Err(format!(
+                "`url_template`'s path is not in normal form (the URL parser turns it into {:?}): \
+                 write it that way",
+                url.path()
+            ));
         }
         Ok(())
     }
@@ -176,6 +190,14 @@ impl UrlTemplate {
         check(&segment, segment_has_slot)?;
         let mut url =
             Url::parse(&rendered).map_err(|err| format!("the URL does not parse: {err}"))?;
+        // The net under the checks above: if the parser changed the path (a `%2e` in the template
+        // next to a value of `.`, say), a value changed the path's structure.
+        if url.path() != path_of(&rendered) {
+            return Err(
+                "the URL parameters would change the URL's path structure, which is not allowed"
+                    .to_owned(),
+            );
+        }
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in query {
@@ -183,6 +205,15 @@ impl UrlTemplate {
             }
         }
         Ok(url)
+    }
+}
+
+/// The path of an absolute `http(s)://authority/path` text, as written (`/` when empty).
+fn path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(url, |at| &url[at + 3..]);
+    match after_scheme.find('/') {
+        Some(at) => &after_scheme[at..],
+        None => "/",
     }
 }
 
@@ -219,6 +250,18 @@ mod tests {
     }
 
     #[test]
+    fn a_value_completing_an_encoded_dot_segment_is_refused() {
+        for (template, value) in [("http://h/a/%2e{x}/b", "."), ("http://h/a/{x}%2E/b", ".")] {
+            let err = render(template, &[("x", value)]).unwrap_err();
+            assert!(err.contains("path structure"), "{template}: {err}");
+        }
+        assert_eq!(
+            render("http://h/a/%2e{x}/b", &[("x", "y")]).unwrap(),
+            "http://h/a/%2ey/b"
+        );
+    }
+
+    #[test]
     fn dot_segments_from_values_are_refused() {
         let t = "http://127.0.0.1:1/users/{id}";
         assert!(render(t, &[("id", "..")]).unwrap_err().contains("`..`"));
@@ -237,12 +280,15 @@ mod tests {
             "http://api.{tenant}.com/x",
             "http://h:{port}/x",
             "{scheme}://h/x",
+            "http:/{x}/p",
+            "http:///{x}/p",
+            "http://user:{pw}@h/x",
         ] {
             let err = UrlTemplate::parse(template).unwrap_err();
             assert!(
                 err.contains("not in the path")
-                    || err.contains("not a valid absolute URL")
-                    || err.contains("must use http or https"),
+                    || err.contains("must start with http")
+                    || err.contains("no host"),
                 "{template}: {err}"
             );
         }
@@ -258,8 +304,11 @@ mod tests {
             ("http://h/{a}/{a}", "twice"),
             ("http://h/{a-b}", "ASCII letters"),
             ("http://h/{}", "ASCII letters"),
-            ("ftp://h/x", "http or https"),
-            ("/relative/{a}", "absolute URL"),
+            ("ftp://h/x", "http:// or https://"),
+            ("/relative/{a}", "http:// or https://"),
+            ("http://h/a\\{x}/b", "backslash"),
+            ("http://h/a/./{x}", "normal form"),
+            ("http://h/a b/{x}", "normal form"),
         ] {
             let err = UrlTemplate::parse(template).unwrap_err();
             assert!(err.contains(needle), "{template}: {err}");

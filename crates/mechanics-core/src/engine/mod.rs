@@ -85,6 +85,15 @@ impl PreparedContext {
     }
 }
 
+impl Drop for PreparedContext {
+    fn drop(&mut self) {
+        // Drop every value the host holds before the context goes, so the collector can free it
+        // all and calls in flight are aborted, on the unwinding path of a panic too.
+        self.state.clear();
+        self.queue.clear();
+    }
+}
+
 /// Runs jobs one after another on the current thread, keeping a fresh context ready.
 pub(crate) struct JobRunner {
     prepared: Option<PreparedContext>,
@@ -158,6 +167,7 @@ impl JobRunner {
             job.config(),
             &self.endpoints,
             limits.max_result_bytes(),
+            limits.max_memory_bytes(),
         );
         let result = run_in(prepared, job, limits, &instrumented, suffix);
         self.collect_before_next = memory::end_job() > COLLECT_AFTER_BYTES;
@@ -192,9 +202,6 @@ fn run_in(
     let context = &mut prepared.context;
     let outcome = evaluate(context, &state, job, limits, instrumented, suffix);
     let outcome = outcome.map_err(|failure| failure.into_error(&state, limits, context));
-    // Drop every value the host holds before the context goes, so the collector can free it all.
-    state.clear();
-    prepared.queue.clear();
     drop(prepared);
     outcome
 }

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use boa_engine::{
     js_string,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use futures_lite::FutureExt as _;
 
 use super::buffer::{ByteView, describe, type_error, uint8_array};
 use crate::endpoint::http_client::EndpointHttpRequestBody;
@@ -31,6 +33,7 @@ use crate::endpoint::{
 };
 use crate::engine::convert;
 use crate::job::MechanicsConfig;
+use crate::memory;
 
 const FUNCTION: &str = "endpoint";
 
@@ -43,12 +46,17 @@ struct Scope {
     config: MechanicsConfig,
     runtime: Arc<EndpointRuntime>,
     max_body_bytes: usize,
+    /// The job's memory limit, which also bounds the response bytes its calls in flight may
+    /// buffer: those sit on the shared transport thread, outside the job's own accounting.
+    max_memory_bytes: usize,
 }
 
-/// A call in flight: the promise to settle, and its task, aborted if the job ends first.
+/// A call in flight: the promise to settle, its task (aborted if the job ends first), and the
+/// response bytes it may buffer.
 struct Pending {
     resolvers: ResolvingFunctions,
     task: tokio::task::AbortHandle,
+    response_max_bytes: usize,
 }
 
 impl Drop for Pending {
@@ -95,11 +103,13 @@ impl EndpointCalls {
         config: &MechanicsConfig,
         runtime: &Arc<EndpointRuntime>,
         max_body_bytes: usize,
+        max_memory_bytes: u64,
     ) {
         self.scope.replace(Some(Scope {
             config: config.clone(),
             runtime: runtime.clone(),
             max_body_bytes,
+            max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX),
         }));
     }
 
@@ -114,8 +124,12 @@ impl EndpointCalls {
         let (id, outcome) = match self.done.recv_deadline(deadline) {
             Ok(completion) => completion,
             Err(RecvTimeoutError::Timeout) => return Ok(false),
-            // The sender lives in `self`: it cannot disconnect while we wait.
-            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+            // The sender lives in `self`, so this cannot happen; fail rather than spin.
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(call_error(
+                    "endpoint: the completion channel closed (a bug in Mechanics)".to_owned(),
+                ));
+            }
         };
         // Take the call out before running any JavaScript: resolving may call back into
         // `endpoint` (through a `then` getter), which needs the map.
@@ -125,7 +139,14 @@ impl EndpointCalls {
         let resolvers = pending.resolvers.clone();
         drop(pending);
         let value = match outcome {
-            Ok(result) => result_object(result, context),
+            Ok(mut result) => {
+                // The body was allocated on the transport thread and is freed here.
+                memory::adopt(result.body.capacity());
+                match result.parse_body() {
+                    Ok(body) => result_object(result, body, context),
+                    Err(message) => Err(call_error(message)),
+                }
+            }
             Err(message) => Err(call_error(message)),
         };
         match value {
@@ -149,10 +170,15 @@ impl EndpointCalls {
     fn call(&self, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
         let (promise, resolvers) = JsPromise::new_pending(context);
         match self.start(args, context) {
-            Ok((id, task)) => {
-                self.pending
-                    .borrow_mut()
-                    .insert(id, Pending { resolvers, task });
+            Ok((id, task, response_max_bytes)) => {
+                self.pending.borrow_mut().insert(
+                    id,
+                    Pending {
+                        resolvers,
+                        task,
+                        response_max_bytes,
+                    },
+                );
             }
             Err(error) => reject(&resolvers, error, context)?,
         }
@@ -164,7 +190,7 @@ impl EndpointCalls {
         &self,
         args: &[JsValue],
         context: &mut Context,
-    ) -> JsResult<(u64, tokio::task::AbortHandle)> {
+    ) -> JsResult<(u64, tokio::task::AbortHandle, usize)> {
         let name_value = args.first().cloned().unwrap_or_default();
         let Some(name) = name_value.as_string() else {
             return Err(type_error(format!(
@@ -212,17 +238,38 @@ impl EndpointCalls {
         let prepared = endpoint
             .prepare(&name, input, scope.runtime.defaults)
             .map_err(|message| JsError::from(JsNativeError::typ().with_message(message)))?;
+        let response_max_bytes = prepared.response_max_bytes();
+        let buffered: usize = self
+            .pending
+            .borrow()
+            .values()
+            .map(|p| p.response_max_bytes)
+            .sum();
+        if buffered.saturating_add(response_max_bytes) > scope.max_memory_bytes {
+            return Err(JsNativeError::range()
+                .with_message(format!(
+                    "{FUNCTION} `{name}`: the calls in flight could buffer more response bytes \
+                     than the job's memory limit of {} bytes; await some before starting more",
+                    scope.max_memory_bytes
+                ))
+                .into());
+        }
         let client = scope.runtime.client().map_err(call_error)?;
         let handle = scope.runtime.handle().map_err(call_error)?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let done = self.done_sender.clone();
+        // The request body was allocated here and is freed on the transport thread.
+        memory::hand_off(prepared.body_capacity());
         let task = handle.spawn(async move {
-            let outcome = perform(prepared, client).await;
+            let outcome = AssertUnwindSafe(perform(prepared, client))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(format!("endpoint `{name}`: the HTTP transport panicked")));
             // The job may be gone; then nobody is waiting and the result is dropped.
             let _ = done.send((id, outcome));
         });
-        Ok((id, task.abort_handle()))
+        Ok((id, task.abort_handle(), response_max_bytes))
     }
 }
 
@@ -357,7 +404,15 @@ fn string_record(
     own_entries(&object, context)?
         .into_iter()
         .map(|(key, value)| match value.as_string() {
-            Some(text) => Ok((key, text.to_std_string_escaped())),
+            Some(text) => text
+                .to_std_string()
+                .map(|text| (key.clone(), text))
+                .map_err(|_| {
+                    type_error(format!(
+                        "{FUNCTION} `{name}`: `{field}.{key}` holds a lone surrogate, which is not \
+                     UTF-8"
+                    ))
+                }),
             None => Err(type_error(format!(
                 "{FUNCTION} `{name}`: `{field}.{key}` must be a string, got {}",
                 describe(&value)
@@ -434,14 +489,26 @@ fn read_body(
         EndpointBodyType::Bytes => {
             let view = ByteView::new(value, "endpoint", context)?;
             let bytes = view.with_bytes(<[u8]>::to_vec)?;
+            if bytes.len() > max_body_bytes {
+                return Err(JsNativeError::range()
+                    .with_message(format!(
+                        "{FUNCTION} `{name}`: `body` is larger than the limit of {max_body_bytes} \
+                         bytes"
+                    ))
+                    .into());
+            }
             Ok(EndpointHttpRequestBody::Bytes(bytes))
         }
     }
 }
 
 /// `{ body, headers, status, ok }` for a finished call.
-fn result_object(result: CallResult, context: &mut Context) -> JsResult<JsValue> {
-    let body = match result.body {
+fn result_object(
+    result: CallResult,
+    body: ResponseBody,
+    context: &mut Context,
+) -> JsResult<JsValue> {
+    let body = match body {
         ResponseBody::Empty => JsValue::null(),
         ResponseBody::Json(value) => {
             convert::arg_to_js(&value, context).map_err(|err| match err {

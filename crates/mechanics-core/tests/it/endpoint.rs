@@ -905,10 +905,12 @@ fn configured_secrets_never_reach_javascript_or_error_messages() {
         for secret in secrets {
             assert!(!seen.contains(secret), "{secret} leaked: {seen}");
         }
-        assert!(
-            !format!("{endpoint:?}").contains(secrets[0]),
-            "Debug redacts header values"
-        );
+        for secret in secrets {
+            assert!(
+                !format!("{endpoint:?}").contains(secret),
+                "Debug redacts {secret}"
+            );
+        }
     }
     assert_eq!(
         failing.only_request().header("x-api-key").as_deref(),
@@ -1032,19 +1034,21 @@ fn unknown_endpoints_and_options_are_refused_with_the_configured_names() {
 
 #[test]
 fn concurrent_calls_of_one_job_overlap() {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (now, max) = (in_flight.clone(), peak.clone());
+    // Each request waits (up to 5 s) until all three have arrived: calls made one after the
+    // other would never get there, and each would answer how many it saw.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let count = arrived.clone();
     let addr = serve_router(Router::new().route(
         "/",
         get(move || {
-            let (now, max) = (now.clone(), max.clone());
+            let count = count.clone();
             async move {
-                let current = now.fetch_add(1, Ordering::SeqCst) + 1;
-                max.fetch_max(current, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                now.fetch_sub(1, Ordering::SeqCst);
-                "1"
+                count.fetch_add(1, Ordering::SeqCst);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while count.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                count.load(Ordering::SeqCst).to_string()
             }
         }),
     ));
@@ -1058,19 +1062,19 @@ fn concurrent_calls_of_one_job_overlap() {
         Value::Null,
     )
     .unwrap();
-    assert_eq!(result, json!([1, 1, 1]));
     assert_eq!(
-        peak.load(Ordering::SeqCst),
-        3,
-        "the three calls were in flight together"
+        result,
+        json!([3, 3, 3]),
+        "all three were in flight together"
     );
 }
 
 #[test]
 fn a_job_may_not_have_more_than_64_calls_in_flight() {
     let url = slow_server(Duration::from_millis(200));
+    // Small responses, so that the memory budget of calls in flight is not what stops them.
     let result = run(
-        config(json!({ "method": "get", "url_template": url })),
+        config(json!({ "method": "get", "url_template": url, "response_max_bytes": 1024 })),
         r#"import endpoint from "mechanics:endpoint";
         export default async () => {
             const calls = [];
@@ -1397,4 +1401,173 @@ fn rust_builders_validate_like_serde_and_compose() {
     assert_eq!(back, config);
     assert_eq!(text["endpoints"]["a"]["method"], "post");
     assert_eq!(text["endpoints"]["a"]["request_body_type"], "utf8");
+}
+
+#[test]
+fn response_bodies_count_against_the_job_memory_limit() {
+    let server = FakeServer::start(|_, _| response(200, &[], vec![b'a'; 1024 * 1024]));
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_memory_mb(48)
+        .unwrap()
+        .with_max_execution_time(Duration::from_secs(60))
+        .unwrap();
+    // 300 responses of 1 MiB were read on the transport thread and freed on the worker: they must
+    // not leave the job 300 MiB of credit for what it allocates next.
+    let job = MechanicsJob::new(
+        r#"import endpoint from "mechanics:endpoint";
+        export default async () => {
+            for (let i = 0; i < 300; i++) await endpoint("api");
+            const keep = [];
+            for (let i = 0; i < 128; i++) keep.push(new Uint8Array(1024 * 1024));
+            return keep.length;
+        }"#,
+        Value::Null,
+        config(json!({ "method": "get", "url_template": server.url("/"), "response_body_type": "utf8" })),
+    )
+    .unwrap()
+    .with_limits(limits);
+    let err = shared_pool().run(job).unwrap_err();
+    assert!(
+        err.to_string().contains("memory limit of 48 MiB exceeded"),
+        "{err}"
+    );
+}
+
+#[test]
+fn request_bodies_handed_to_the_transport_are_not_charged_twice() {
+    let server = FakeServer::json(200, "{}");
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_memory_mb(64)
+        .unwrap()
+        .with_max_execution_time(Duration::from_secs(60))
+        .unwrap();
+    let job = MechanicsJob::new(
+        r#"import endpoint from "mechanics:endpoint";
+        export default async () => {
+            const quarter = "x".repeat(512 * 1024);
+            const body = quarter + quarter + quarter + quarter;
+            for (let i = 0; i < 60; i++) await endpoint("api", { body });
+            return "sent";
+        }"#,
+        Value::Null,
+        config(json!({ "method": "post", "url_template": server.url("/"), "request_body_type": "utf8" })),
+    )
+    .unwrap()
+    .with_limits(limits);
+    assert_eq!(shared_pool().run(job).unwrap(), json!("sent"));
+    assert_eq!(server.requests().len(), 60);
+}
+
+#[test]
+fn calls_in_flight_may_not_buffer_more_than_the_job_memory_limit() {
+    let url = slow_server(Duration::from_millis(300));
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_memory_mb(16)
+        .unwrap();
+    let job = MechanicsJob::new(
+        r#"import endpoint from "mechanics:endpoint";
+        export default async () => {
+            const calls = [0, 1, 2].map(() => endpoint("api").then(() => "ok", e => String(e)));
+            return await Promise.all(calls);
+        }"#,
+        Value::Null,
+        config(
+            json!({ "method": "get", "url_template": url, "response_max_bytes": 8 * 1024 * 1024 }),
+        ),
+    )
+    .unwrap()
+    .with_limits(limits);
+    let result = shared_pool().run(job).unwrap();
+    assert_eq!(result[0], "ok");
+    assert_eq!(result[1], "ok");
+    assert!(
+        result[2].as_str().unwrap().contains("memory limit"),
+        "{result}"
+    );
+}
+
+#[test]
+fn a_bytes_body_over_the_result_limit_is_refused() {
+    let server = FakeServer::json(200, "{}");
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_result_bytes(16)
+        .unwrap();
+    let job = MechanicsJob::new(
+        r#"import endpoint from "mechanics:endpoint";
+        export default () => endpoint("api", { body: new Uint8Array(100) })
+            .then(() => "sent", e => String(e).includes("larger than the limit of 16 bytes"));"#,
+        Value::Null,
+        config(json!({ "method": "post", "url_template": server.url("/"), "request_body_type": "bytes" })),
+    )
+    .unwrap()
+    .with_limits(limits);
+    assert_eq!(shared_pool().run(job).unwrap(), json!(true));
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn transport_headers_cannot_be_configured_or_overridden() {
+    for (field, value) in [
+        ("headers", json!({ "Host": "internal.example" })),
+        ("headers", json!({ "content-length": "2" })),
+        ("overridable_request_headers", json!(["host"])),
+        ("overridable_request_headers", json!(["Transfer-Encoding"])),
+        ("overridable_request_headers", json!(["connection"])),
+    ] {
+        let doc = json!({ "endpoints": { "api": {
+            "method": "post", "url_template": "http://127.0.0.1:1/", field: value,
+        } } });
+        let err = serde_json::from_value::<MechanicsConfig>(doc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("which the HTTP transport sets itself"),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn lone_surrogates_in_slot_values_are_refused() {
+    let server = FakeServer::json(200, "{}");
+    let message = call_err(
+        config(
+            json!({ "method": "get", "url_template": server.url("/{id}"), "url_param_specs": { "id": {} } }),
+        ),
+        r#"{ urlParams: { id: "\uD800" } }"#,
+    );
+    assert!(message.contains("lone surrogate"), "{message}");
+    assert!(server.requests().is_empty());
+}
+
+/// A transport that panics, as a buggy custom transport might.
+#[derive(Debug)]
+struct PanickingTransport;
+
+impl EndpointHttpClient for PanickingTransport {
+    fn execute(&self, _request: EndpointHttpRequest) -> EndpointHttpFuture<'_> {
+        Box::pin(async { panic!("transport bug") })
+    }
+}
+
+#[test]
+fn a_panicking_transport_fails_the_call_at_once() {
+    let pool = MechanicsPool::new(
+        MechanicsPoolConfig::default()
+            .with_worker_count(1)
+            .with_endpoint_http_client(Arc::new(PanickingTransport)),
+    )
+    .unwrap();
+    let job = MechanicsJob::new(
+        r#"import endpoint from "mechanics:endpoint";
+           export default () => endpoint("api").then(() => "ok", e => String(e));"#,
+        Value::Null,
+        config(json!({ "method": "get", "url_template": "http://127.0.0.1:1/" })),
+    )
+    .unwrap();
+    let result = pool.run(job).unwrap();
+    assert_eq!(
+        result,
+        json!("Error: endpoint `api`: the HTTP transport panicked")
+    );
 }
