@@ -213,9 +213,20 @@ impl Api {
         }
         // reqwest is built without a default TLS provider; the server may be behind https.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            // A proxy from HTTP_PROXY cannot reach this machine's loopback.
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .build()
             .map_err(|err| Failure::failed(format!("cannot build the HTTP client: {err}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -159,10 +159,14 @@ pub fn serve(args: &ConfigArgs) -> u8 {
             return EXIT_STARTUP;
         }
     };
+    let json_logs = config.log_format == LogFormat::Json;
     match runtime.block_on(run_server(config)) {
         Ok(()) => 0,
         Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "mechanics serve could not start");
+            if json_logs {
+                // Log collectors see the reason too; people read the line below.
+                tracing::error!(error = %format!("{err:#}"), "mechanics serve could not start");
+            }
             crate::cli::error_line(&format!("{err:#}"));
             EXIT_STARTUP
         }

@@ -27,6 +27,13 @@ const SCRUB: &[&str] = &[
     "MECHANICS_LOG_LEVEL",
     "MECHANICS_SERVER",
     "RUST_LOG",
+    // Requests to the test's servers on 127.0.0.1 must not go through a proxy.
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 ];
 
 /// A `mechanics` command with a clean environment and `home` as HOME (so no real
@@ -393,7 +400,7 @@ pub(crate) fn submit_many(coordinator: &Coordinator, worker: &str, count: usize)
     let worker = worker.to_owned();
     runtime.block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::new();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let mut ids = Vec::with_capacity(count);
         let mut pending = tokio::task::JoinSet::new();
         let mut next = 0;
