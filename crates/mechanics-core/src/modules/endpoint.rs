@@ -185,6 +185,30 @@ impl EndpointCalls {
         Ok(promise.into())
     }
 
+    /// The job's scope and its endpoint `name`, or the error a job sees for an unknown name.
+    fn lookup<'a>(
+        scope: Option<&'a Scope>,
+        name: &str,
+    ) -> JsResult<(&'a Scope, &'a crate::endpoint::HttpEndpoint)> {
+        let scope = scope.ok_or_else(|| no_endpoint(name, None))?;
+        let endpoint = scope
+            .config
+            .endpoint(name)
+            .ok_or_else(|| no_endpoint(name, Some(&scope.config)))?;
+        Ok((scope, endpoint))
+    }
+
+    /// Runs `f` on the job's scope and endpoint `name`, holding the scope only while `f` runs.
+    fn with_endpoint<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Scope, &crate::endpoint::HttpEndpoint) -> R,
+    ) -> JsResult<R> {
+        let scope = self.scope.borrow();
+        let (scope, endpoint) = Self::lookup(scope.as_ref(), name)?;
+        Ok(f(scope, endpoint))
+    }
+
     /// Checks the arguments, builds the request and starts the exchange.
     fn start(
         &self,
@@ -202,19 +226,14 @@ impl EndpointCalls {
         let options = args.get(1).cloned().unwrap_or_default();
         // Read the options before looking at the configuration: reading can run job code (a
         // getter), which must not observe a borrow of our state.
-        let (method, body_type, max_body_bytes) = {
-            let scope = self.scope.borrow();
-            let scope = scope.as_ref().ok_or_else(|| no_endpoint(&name, None))?;
-            let endpoint = scope
-                .config
-                .endpoint(&name)
-                .ok_or_else(|| no_endpoint(&name, Some(&scope.config)))?;
-            (
-                endpoint.method(),
-                endpoint.request_body_type(),
-                scope.max_body_bytes,
-            )
-        };
+        let (method, body_type, max_body_bytes) =
+            self.with_endpoint(&name, |scope, endpoint| {
+                (
+                    endpoint.method(),
+                    endpoint.request_body_type(),
+                    scope.max_body_bytes,
+                )
+            })?;
         let body = BodyRules {
             method,
             body_type,
@@ -230,11 +249,7 @@ impl EndpointCalls {
                 .into());
         }
         let scope = self.scope.borrow();
-        let scope = scope.as_ref().ok_or_else(|| no_endpoint(&name, None))?;
-        let endpoint = scope
-            .config
-            .endpoint(&name)
-            .ok_or_else(|| no_endpoint(&name, Some(&scope.config)))?;
+        let (scope, endpoint) = Self::lookup(scope.as_ref(), &name)?;
         let prepared = endpoint
             .prepare(&name, input, scope.runtime.defaults)
             .map_err(|message| JsError::from(JsNativeError::typ().with_message(message)))?;

@@ -9,7 +9,7 @@ use mechanics_proto::domain::TaskState;
 use mechanics_store::{NewTask, Store};
 use serde_json::json;
 
-use crate::support::{TestServer, http_worker, reply};
+use crate::support::{TestServer, http_worker, reply, slow_http_worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_worker_completes_a_task_with_its_json_answer() {
@@ -183,19 +183,7 @@ async fn the_rate_limit_requeues_and_never_fails_a_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_cannot_complete_a_task_canceled_meanwhile() {
     // The worker answers after 300 ms; the task is canceled while it waits.
-    let slow_url = {
-        let router = axum::Router::new().route(
-            "/task",
-            axum::routing::post(|| async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                axum::Json(json!("late"))
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        url
-    };
+    let slow_url = slow_http_worker(Duration::from_millis(300)).await;
     let server = TestServer::start().await;
     server.add_http_worker("slow", &slow_url, json!({})).await;
     let id = server.submit("slow", json!(1)).await;
@@ -255,16 +243,7 @@ async fn startup_recovers_tasks_a_crash_left_dispatched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_attempts_in_flight() {
-    let router = axum::Router::new().route(
-        "/task",
-        axum::routing::post(|| async {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            axum::Json(json!("finished"))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = slow_http_worker(Duration::from_millis(400)).await;
     let server = TestServer::start().await;
     server.add_http_worker("slow", &url, json!({})).await;
     let mut ids = Vec::new();

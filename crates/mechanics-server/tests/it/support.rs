@@ -200,3 +200,18 @@ pub(crate) async fn http_worker(
 pub(crate) fn reply(status: u16, body: Value) -> Response {
     (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
 }
+
+/// An http worker that answers `{"ok": true}` after `delay`; its URL.
+pub(crate) async fn slow_http_worker(delay: std::time::Duration) -> String {
+    let router = Router::new().route(
+        "/task",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(delay).await;
+            Json(json!("finished"))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
