@@ -230,6 +230,23 @@ fn http_workers_complete_fail_on_5xx_and_go_dead_then_retry_revives_them() {
         &[(id.parse().unwrap(), 3)]
     );
 
+    // An update through the CLI reaches the running server: the next task goes to the new URL.
+    let dir2 = tempfile::tempdir_in(dir.path()).unwrap();
+    let path = dir2.path().join("worker.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "name: away\nkind: http\nurl: {}\ntriggers: [{{ api: true }}]\n",
+            worker.url()
+        ),
+    )
+    .unwrap();
+    let updated = server.ok(&["worker", "add", "-f", path.to_str().unwrap()]);
+    assert_eq!(updated, "worker away updated (revision 2)\n");
+    let before = seen.lock().unwrap().len();
+    server.ok(&["task", "submit", "away", "--wait"]);
+    assert_eq!(seen.lock().unwrap().len(), before + 1);
+
     // Listing filters, and the people's table.
     let dead = server.json(&["task", "list", "--state", "dead"]);
     assert_eq!(dead["tasks"].as_array().unwrap().len(), 0, "{dead}");
