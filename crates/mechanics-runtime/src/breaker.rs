@@ -21,6 +21,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The state's name for APIs and metrics (`half_open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Tripped => "tripped",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// The breaker's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerConfig {

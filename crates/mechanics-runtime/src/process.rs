@@ -141,6 +141,26 @@ impl ProcessNode {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id();
+            // SAFETY: the closure runs in the child between fork and exec and calls only
+            // async-signal-safe functions (prctl, getppid, _exit).
+            unsafe {
+                command.pre_exec(move || {
+                    // If this process is killed (even with SIGKILL, when no shutdown code runs),
+                    // the kernel kills the child too instead of leaving it to run unsupervised.
+                    // The signal follows the thread that spawned the child: supervisors run on
+                    // runtime worker threads, which live as long as the runtime.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    // The parent may have died before the prctl took effect.
+                    if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
             .spawn()
             .map_err(|err| NodeFailure::new(format!("cannot start {:?}: {err}", self.program)))

@@ -75,6 +75,18 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// The state's name for APIs and metrics (`backing_off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Running => "running",
+            NodeState::Stopping => "stopping",
+            NodeState::BackingOff => "backing_off",
+            NodeState::Tripped => "tripped",
+            NodeState::Stopped => "stopped",
+            NodeState::Exited => "exited",
+        }
+    }
+
     /// Whether the node's supervision has ended (it will never run again).
     pub fn is_final(self) -> bool {
         matches!(self, NodeState::Stopped | NodeState::Exited)

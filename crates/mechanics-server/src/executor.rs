@@ -65,6 +65,9 @@ impl HttpWorkerClient {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Workers are local or internal services; a proxy from the environment meant for
+            // the outside world would only get in the way (and see every task).
+            .no_proxy()
             .build()
             .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
         Ok(Self { client })

@@ -139,8 +139,8 @@ impl ProcessWorkers {
                 address: running
                     .get(&s.name)
                     .map(|r| format!("127.0.0.1:{}", r.port)),
-                state: format!("{:?}", s.state).to_lowercase(),
-                breaker: format!("{:?}", s.breaker).to_lowercase(),
+                state: s.state.as_str().to_owned(),
+                breaker: s.breaker.as_str().to_owned(),
                 in_flight: 0,
                 jobs: 0,
                 starts: s.starts,

@@ -364,15 +364,12 @@ fn node_view(info: NodeInfo) -> NodeView {
     let snapshot = info.snapshot.as_ref();
     let state = match snapshot {
         Some(_) if info.draining => "draining".to_owned(),
-        Some(s) => snake_case(&format!("{:?}", s.state)),
+        Some(s) => s.state.as_str().to_owned(),
         None => "unknown".to_owned(),
     };
     NodeView {
         state,
-        breaker: snapshot.map_or_else(
-            || "closed".to_owned(),
-            |s| snake_case(&format!("{:?}", s.breaker)),
-        ),
+        breaker: snapshot.map_or_else(|| "closed".to_owned(), |s| s.breaker.as_str().to_owned()),
         address: info.address,
         in_flight: info.in_flight as u64,
         jobs: info.jobs,
@@ -384,33 +381,10 @@ fn node_view(info: NodeInfo) -> NodeView {
     }
 }
 
-/// `BackingOff` → `backing_off`.
-pub fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn state_names_are_snake_case() {
-        assert_eq!(snake_case("BackingOff"), "backing_off");
-        assert_eq!(snake_case("HalfOpen"), "half_open");
-        assert_eq!(snake_case("Running"), "running");
-    }
 
     #[test]
     fn fleet_errors_map_to_outcomes() {

@@ -179,3 +179,78 @@ fn sigterm_stops_the_runtime_and_kills_its_children() {
         }
     });
 }
+
+/// Whether process `pid` is gone: no longer listed, or a zombie (whose parent, possibly init,
+/// has not reaped it yet).
+fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn sigkill_of_the_supervising_process_kills_its_children() {
+    if !in_child() {
+        let dir =
+            std::env::temp_dir().join(format!("mechanics-runtime-{}-sigkill", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("pid");
+        let mut child = run_in_child(
+            "resources::sigkill_of_the_supervising_process_kills_its_children",
+            &[("MECHANICS_TEST_PID_FILE", pid_file.to_str().unwrap())],
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let grandchild: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|pid| pid.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "the child supervisor did not start its node"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!is_dead(grandchild));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_dead(grandchild) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node's child outlived its killed supervisor"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let supervisor = Supervisor::new(SupervisorConfig::default(), ShutdownHandle::new());
+        let node = ProcessNode::new("sh")
+            .args(["-c", "echo READY $$; exec sleep 60"])
+            .ready_timeout(Duration::from_secs(30));
+        let mut address = node.address();
+        supervisor.add("sleeper", node).unwrap();
+        let pid = address
+            .wait_for(Option::is_some)
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        std::fs::write(std::env::var("MECHANICS_TEST_PID_FILE").unwrap(), &pid).unwrap();
+        // Wait to be killed.
+        std::future::pending::<()>().await;
+    });
+}
