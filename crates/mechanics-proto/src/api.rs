@@ -149,3 +149,15 @@ pub struct ApiErrorBody {
     /// What went wrong and what to do, for people.
     pub message: String,
 }
+
+/// `GET /logs` (also `GET /api/v1/logs`): the pipeline trace, newest first. Filters `event`,
+/// `task`, `worker`, `action`, `outcome`, `since` (`1h`, `24h`, RFC 3339), `trace`, `limit`
+/// and `cursor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogList {
+    /// Newest first.
+    pub entries: Vec<crate::domain::LogEntry>,
+    /// Pass as `cursor` for the next (older) page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}

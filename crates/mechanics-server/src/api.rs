@@ -42,7 +42,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -50,11 +50,11 @@ impl Failure {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
@@ -106,10 +106,10 @@ impl From<StoreError> for Failure {
     }
 }
 
-type ApiResult<T> = Result<T, Failure>;
+pub(crate) type ApiResult<T> = Result<T, Failure>;
 
 /// The body as JSON of type `T`, with a JSON 413 or 400 on failure.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let bytes = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(_)
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
@@ -139,6 +139,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/events/{id}", get(show_event))
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}/reset", post(reset_node))
+        .route("/logs", get(crate::observe::list_logs))
         .fallback(|| async { Failure::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -147,6 +148,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .nest(API_PREFIX, api)
+        .merge(crate::observe::router(shared.clone()))
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -155,7 +157,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Accepts `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
-async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(key) = &shared.api_key else {
         return next.run(request).await;
     };
@@ -304,16 +310,11 @@ async fn submit_task(
             now,
         )
         .await?;
-    let counters = &shared.dispatcher.counters;
+    shared
+        .trace
+        .submitted(&inserted.record, inserted.created, now);
     if inserted.created {
-        counters
-            .tasks_created
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shared.dispatcher.wake.notify_one();
-    } else {
-        counters
-            .tasks_dedup_skipped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -396,6 +397,7 @@ async fn retry_task(
     let id = parse_id(&id)?;
     let now = shared.clock.now_ms();
     let task = shared.store.retry_task(id, now, now).await?;
+    shared.trace.retry_requested(&task, now);
     shared.dispatcher.wake.notify_one();
     Ok(axum::Json(task))
 }
@@ -406,7 +408,9 @@ async fn cancel_task(
 ) -> ApiResult<axum::Json<mechanics_proto::domain::Task>> {
     let id = parse_id(&id)?;
     let now = shared.clock.now_ms();
-    Ok(axum::Json(shared.store.cancel_task(id, now).await?))
+    let task = shared.store.cancel_task(id, now).await?;
+    shared.trace.canceled(&task, now);
+    Ok(axum::Json(task))
 }
 
 async fn list_events(

@@ -14,8 +14,12 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod executor;
+pub mod metrics;
+pub mod observe;
+mod pipeline;
 pub mod processes;
 mod registry;
+pub mod trace_log;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,8 +33,10 @@ use tokio::task::JoinHandle;
 
 pub use clock::Clock;
 pub use config::ServerConfig;
-pub use dispatch::{Counters, DispatchConfig};
+pub use dispatch::DispatchConfig;
 pub use executor::{JsExecutor, Outcome};
+pub use metrics::Metrics;
+pub use trace_log::TraceLog;
 
 use dispatch::Dispatcher;
 use dispatch::limiter::Rate;
@@ -89,6 +95,10 @@ pub(crate) struct Shared {
     pub(crate) js: Option<Arc<dyn JsExecutor>>,
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) api_key: Option<String>,
+    /// Every counter of `/metrics`; see [`metrics`] for the one-line API.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The `/logs` pipeline trace; see [`trace_log`] for the one-line API.
+    pub(crate) trace: Arc<TraceLog>,
     /// Rung when workers were added, changed or removed: the process workers are reconciled.
     reconcile: Notify,
 }
@@ -104,8 +114,8 @@ impl Shared {
 pub struct RunningServer {
     /// Where the API listens.
     pub addr: SocketAddr,
-    /// The dispatcher's counters.
-    pub counters: Arc<Counters>,
+    /// The server's metrics (what `/metrics` shows).
+    pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -132,7 +142,11 @@ pub async fn start(
     parts: ServerParts,
 ) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
-    let counters = Arc::new(Counters::default());
+    let metrics = Arc::new(Metrics::new());
+    let trace = Arc::new(TraceLog::new(parts.store.clone(), metrics.clone()));
+    if let Some(key) = &config.api_key {
+        trace.redactor().add_secret(key);
+    }
     let now = parts.clock.now_ms();
     // One server per SQLite file: nothing can still be running a claim from before.
     let recovered = parts
@@ -146,9 +160,9 @@ pub async fn start(
             "startup recovery: dispatched tasks are pending again"
         );
     }
-    counters
-        .tasks_recovered
-        .fetch_add(recovered.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    for task in &recovered {
+        trace.recovered(task, "startup recovery", now);
+    }
     let registry = Arc::new(Registry::new(parts.store.clone()));
     let processes = Arc::new(ProcessWorkers::new(parts.supervisor));
     let http = HttpWorkerClient::new(parts.dispatch.http_timeout).map_err(ServerError::Http)?;
@@ -159,7 +173,7 @@ pub async fn start(
         parts.js.clone(),
         http,
         processes.clone(),
-        counters.clone(),
+        trace.clone(),
         parts.dispatch,
     ));
     let shared = Arc::new(Shared {
@@ -168,24 +182,38 @@ pub async fn start(
         js: parts.js,
         dispatcher: dispatcher.clone(),
         api_key: config.api_key.clone(),
+        metrics: metrics.clone(),
+        trace: trace.clone(),
         reconcile: Notify::new(),
     });
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
     let app = api::router(shared.clone());
     let loops = shared.clone();
+    let (store, clock) = (shared.store.clone(), shared.clock);
     let task = tokio::spawn(async move {
         let until_stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let http = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(until_stop(stopped.clone()))
-                .into_future(),
+            // The peer address lets `/debug/vars` tell loopback callers apart.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(until_stop(stopped.clone()))
+            .into_future(),
         );
         let reconciler = tokio::spawn(reconcile_loop(loops, until_stop(stopped.clone())));
         let cleaner = tokio::spawn(limiter_cleanup_loop(
             dispatcher.clone(),
+            until_stop(stopped.clone()),
+        ));
+        let flusher = tokio::spawn(trace.clone().flush_loop(until_stop(stopped.clone())));
+        let pruner = tokio::spawn(trace_log::prune_loop(
+            store,
+            clock,
+            trace_log::DEFAULT_RETENTION,
             until_stop(stopped.clone()),
         ));
         dispatcher
@@ -194,17 +222,23 @@ pub async fn start(
             .await;
         let _ = reconciler.await;
         let _ = cleaner.await;
+        let _ = flusher.await;
+        let _ = pruner.await;
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!(error = %err, "the API server failed"),
             Err(err) => tracing::error!(error = %err, "the API server task failed"),
         }
         processes.shutdown().await;
+        // Last: the drain and the API may have recorded steps until now.
+        if let Err(err) = trace.flush().await {
+            tracing::error!(error = %err, "writing the last pipeline trace entries failed");
+        }
     });
     shared.registry_changed();
     Ok(RunningServer {
         addr,
-        counters,
+        metrics,
         stop,
         task,
     })

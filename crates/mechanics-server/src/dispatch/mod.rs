@@ -8,12 +8,15 @@
 //!
 //! When nothing is due the feeder sleeps until the earliest `next_run_at` or lease expiry the
 //! store reports, or until something new is queued: an idle server makes no queries.
+//!
+//! Every step (attempt result, retry, dead letter, rate-limit re-queue, recovery) is reported
+//! through the [`TraceLog`]'s pipeline methods, which count it in the metrics and write its
+//! `/logs` entry; each attempt runs in a span carrying its trace id.
 
 pub mod limiter;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,39 +25,14 @@ use mechanics_proto::node::JobRequest;
 use mechanics_store::{Store, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::executor::{HttpWorkerClient, JsExecutor, Outcome, task_body};
 use crate::processes::ProcessWorkers;
 use crate::registry::Registry;
+use crate::trace_log::{TraceLog, task_span};
 use limiter::{Rate, RateLimiter};
-
-/// Counters of the dispatcher, read by tests and (later) by `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Tasks created (API submissions and recovered ones are counted where they are made).
-    pub tasks_created: AtomicU64,
-    /// Attempts that completed their task.
-    pub tasks_completed: AtomicU64,
-    /// Tasks that ended `failed`.
-    pub tasks_failed: AtomicU64,
-    /// Tasks that ended `dead` (retries exhausted).
-    pub tasks_dead: AtomicU64,
-    /// Attempts rescheduled for a retry.
-    pub tasks_retried: AtomicU64,
-    /// Claims handed back because the worker's bucket was empty.
-    pub tasks_rate_limited: AtomicU64,
-    /// Tasks put back to pending by startup recovery or lease expiry.
-    pub tasks_recovered: AtomicU64,
-    /// Idempotent submissions that named an existing task.
-    pub tasks_dedup_skipped: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -83,7 +61,8 @@ pub(crate) struct Dispatcher {
     /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
     /// that token instead of reserving another.
     reserved: Mutex<HashMap<i64, i64>>,
-    pub(crate) counters: Arc<Counters>,
+    /// Metrics and `/logs` entries of every step.
+    pub(crate) trace: Arc<TraceLog>,
     pub(crate) config: DispatchConfig,
     /// Rung when a task may have become due: a submission, a retry, a finished attempt.
     pub(crate) wake: Notify,
@@ -99,7 +78,7 @@ impl Dispatcher {
         js: Option<Arc<dyn JsExecutor>>,
         http: HttpWorkerClient,
         processes: Arc<ProcessWorkers>,
-        counters: Arc<Counters>,
+        trace: Arc<TraceLog>,
         config: DispatchConfig,
     ) -> Self {
         Self {
@@ -111,7 +90,7 @@ impl Dispatcher {
             processes,
             limiter: Mutex::new(RateLimiter::default()),
             reserved: Mutex::new(HashMap::new()),
-            counters,
+            trace,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             config,
             wake: Notify::new(),
@@ -171,10 +150,14 @@ impl Dispatcher {
             }
             for (task, permit) in claimed.into_iter().zip(permits) {
                 let this = self.clone();
-                tokio::spawn(async move {
-                    this.run_attempt(task).await;
-                    drop(permit);
-                });
+                let span = task_span(&task);
+                tokio::spawn(
+                    async move {
+                        this.run_attempt(task).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
         }
         let all = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
@@ -229,7 +212,8 @@ impl Dispatcher {
             Ok(tasks) => {
                 for task in &tasks {
                     tracing::warn!(task = task.id, worker = %task.worker, "a lease expired; the task is pending again");
-                    Counters::bump(&self.counters.tasks_recovered);
+                    self.trace
+                        .recovered(task, "lease expired", self.clock.now_ms());
                 }
             }
             Err(err) => tracing::error!(error = %err, "requeueing expired leases failed"),
@@ -271,14 +255,16 @@ impl Dispatcher {
             self.run_with_token(worker, task).await;
             return;
         }
-        Counters::bump(&self.counters.tasks_rate_limited);
         lock(&self.reserved).insert(task.id, allowed_at);
         match self
             .store
             .release_task(task.id, task.attempt, allowed_at, now)
             .await
         {
-            Ok(_) => self.wake.notify_one(),
+            Ok(_) => {
+                self.trace.rate_limited(task, allowed_at, now);
+                self.wake.notify_one();
+            }
             Err(err) => {
                 lock(&self.reserved).remove(&task.id);
                 log_store_error(task, "re-queueing a rate-limited task", &err);
@@ -288,6 +274,7 @@ impl Dispatcher {
 
     async fn run_with_token(&self, worker: &Worker, task: &Task) {
         tracing::debug!(task = task.id, attempt = task.attempt, worker = %task.worker, "dispatching");
+        self.trace.attempt_started(task, self.clock.now_ms());
         let outcome = self.execute(worker, task).await;
         self.finish(task, outcome).await;
     }
@@ -318,6 +305,10 @@ impl Dispatcher {
                 let Some(source) = &worker.module_source else {
                     return Outcome::Failed("the js worker has no module source".to_owned());
                 };
+                if let Some(config) = &worker.spec.config {
+                    // The job needs the values; the trace and the errors must never show them.
+                    self.trace.redactor().add_env_refs(config);
+                }
                 let config = match &worker.spec.config {
                     Some(config) => match resolve_env_refs(config) {
                         Ok(config) => Some(config),
@@ -356,6 +347,8 @@ impl Dispatcher {
             .await
             .map(|w| w.spec.retry.clone());
         let spec = spec.unwrap_or_default();
+        // Errors are stored (and so shown by the API) without secrets a worker echoed.
+        let redact = |message: String| self.trace.redactor().redact(&message).into_owned();
         let result = match outcome {
             Outcome::Completed(value) => {
                 let r = self
@@ -363,40 +356,44 @@ impl Dispatcher {
                     .complete_task(task.id, task.attempt, value, now)
                     .await;
                 if r.is_ok() {
-                    Counters::bump(&self.counters.tasks_completed);
+                    self.trace.completed(task, now);
                 }
                 r
             }
             Outcome::Failed(message) => {
+                let message = redact(message);
                 let r = self
                     .store
                     .fail_task(task.id, task.attempt, TaskState::Failed, &message, now)
                     .await;
                 if r.is_ok() {
-                    Counters::bump(&self.counters.tasks_failed);
+                    self.trace.failed(task, &message, now);
                 }
                 r
             }
             Outcome::Transport(message) | Outcome::RetryAfter(_, message)
                 if !retry::may_retry(&spec, task.tries) =>
             {
-                let message = format!("{message} (retries exhausted after {} tries)", task.tries);
+                let message = redact(format!(
+                    "{message} (retries exhausted after {} tries)",
+                    task.tries
+                ));
                 let r = self
                     .store
                     .fail_task(task.id, task.attempt, TaskState::Dead, &message, now)
                     .await;
                 if r.is_ok() {
-                    Counters::bump(&self.counters.tasks_dead);
+                    self.trace.dead_lettered(task, &message, now);
                 }
                 r
             }
             Outcome::Transport(message) => {
                 let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
-                self.reschedule(task, now + duration_ms(delay), &message, now)
+                self.reschedule(task, now + duration_ms(delay), &redact(message), now)
                     .await
             }
             Outcome::RetryAfter(delay, message) => {
-                self.reschedule(task, now + duration_ms(delay), &message, now)
+                self.reschedule(task, now + duration_ms(delay), &redact(message), now)
                     .await
             }
         };
@@ -418,7 +415,7 @@ impl Dispatcher {
             .reschedule_task(task.id, task.attempt, at, message, now)
             .await;
         if r.is_ok() {
-            Counters::bump(&self.counters.tasks_retried);
+            self.trace.retried(task, message, at, now);
             self.wake.notify_one();
         }
         r

@@ -31,7 +31,7 @@ async fn an_http_worker_completes_a_task_with_its_json_answer() {
     );
     assert_eq!(task.attempt, 1);
     assert_eq!(*seen.lock().unwrap(), [(id, 1)]);
-    assert_eq!(server.counters().tasks_completed.load(Ordering::Relaxed), 1);
+    assert_eq!(server.metrics().tasks_completed.get(), 1);
     server.stop().await;
 }
 
@@ -96,7 +96,7 @@ async fn transport_failures_retry_with_backoff_then_go_dead_and_retry_revives() 
         task.error.as_deref().unwrap().contains("retries exhausted"),
         "{task:?}"
     );
-    assert_eq!(server.counters().tasks_retried.load(Ordering::Relaxed), 2);
+    assert_eq!(server.metrics().tasks_retried.get(), 2);
 
     stall.store(false, Ordering::SeqCst);
     let (status, body) = server
@@ -171,11 +171,8 @@ async fn the_rate_limit_requeues_and_never_fails_a_task() {
         assert_eq!(task.tries, 1, "a rate-limited claim is not a try: {task:?}");
     }
     // 6 tasks through a burst of 2: 4 waited, each exactly once, for the slot reserved for it.
-    assert_eq!(
-        server.counters().tasks_rate_limited.load(Ordering::Relaxed),
-        4
-    );
-    assert_eq!(server.counters().tasks_failed.load(Ordering::Relaxed), 0);
+    assert_eq!(server.metrics().tasks_rate_limited.get(), 4);
+    assert_eq!(server.metrics().tasks_failed.get(), 0);
     assert_eq!(seen.lock().unwrap().len(), 6);
     server.stop().await;
 }
@@ -200,7 +197,7 @@ async fn a_late_answer_cannot_complete_a_task_canceled_meanwhile() {
     let task = server.task(id).await;
     assert_eq!(task.state, TaskState::Canceled, "{task:?}");
     assert_eq!(task.result, None);
-    assert_eq!(server.counters().tasks_completed.load(Ordering::Relaxed), 0);
+    assert_eq!(server.metrics().tasks_completed.get(), 0);
     server.stop().await;
 }
 
@@ -236,7 +233,7 @@ async fn startup_recovers_tasks_a_crash_left_dispatched() {
     let task = server.wait_end(id).await;
     assert_eq!(task.state, TaskState::Completed, "{task:?}");
     assert_eq!(task.attempt, 2, "the lost claim is fenced out");
-    assert_eq!(server.counters().tasks_recovered.load(Ordering::Relaxed), 1);
+    assert_eq!(server.metrics().tasks_recovered.get(), 1);
     assert_eq!(*seen.lock().unwrap(), [(id, 2)]);
     server.stop().await;
 }

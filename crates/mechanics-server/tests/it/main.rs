@@ -3,4 +3,5 @@
 
 mod api;
 mod dispatch;
+mod observe;
 mod support;

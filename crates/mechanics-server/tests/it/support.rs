@@ -81,8 +81,8 @@ impl TestServer {
         self.dir
     }
 
-    pub(crate) fn counters(&self) -> &mechanics_server::Counters {
-        &self.server.as_ref().unwrap().counters
+    pub(crate) fn metrics(&self) -> &mechanics_server::Metrics {
+        &self.server.as_ref().unwrap().metrics
     }
 
     /// `method path` with `body`; the status and the JSON answer (`Null` when empty).

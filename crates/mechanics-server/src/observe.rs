@@ -1,0 +1,386 @@
+//! The observability endpoints:
+//!
+//! - `GET /metrics` (public, for scrapers): the Prometheus text format (0.0.4) of
+//!   [`Metrics`](crate::metrics::Metrics) plus the state gauges read at scrape time.
+//! - `GET /logs` and its alias `GET /api/v1/logs` (API key, as the rest of the API): the
+//!   pipeline trace, filtered by `event`, `task`, `worker`, `action`, `outcome`, `since` (`90s`,
+//!   `15m`, `1h`, `24h`, `7d` or RFC 3339), `trace`, `limit` and `cursor`; newest first.
+//! - `GET /debug/vars`: metrics and runtime state as JSON. With an API key configured it needs
+//!   the key; without one it answers loopback peers only (401 otherwise). It never shows
+//!   environment variables, the command line, the configuration or secrets, and its JSON passes
+//!   through the redactor as well.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mechanics_proto::api::LogList;
+use mechanics_proto::domain::LogOutcome;
+use mechanics_store::LogQuery;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::Shared;
+use crate::api::Failure;
+use crate::metrics::{NodeState, Snapshot};
+
+/// The routes outside `/api/v1`: `/metrics`, `/logs` (authenticated) and `/debug/vars`.
+pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    let logs =
+        Router::new()
+            .route("/logs", get(list_logs))
+            .layer(axum::middleware::from_fn_with_state(
+                shared,
+                crate::api::authenticate,
+            ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/vars", get(debug_vars))
+        .merge(logs)
+}
+
+/// The state gauges: one `task_counts` query, the rest from memory.
+async fn snapshot(shared: &Shared) -> Snapshot {
+    let tasks = match shared.store.task_counts(None).await {
+        Ok(counts) => Some(counts),
+        Err(err) => {
+            tracing::warn!(error = %err, "reading task counts for the metrics failed");
+            None
+        }
+    };
+    let mut nodes: Vec<NodeState> = shared
+        .js
+        .as_ref()
+        .map(|js| js.nodes())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|view| NodeState {
+            kind: "executor",
+            view,
+        })
+        .collect();
+    nodes.extend(
+        shared
+            .dispatcher
+            .processes
+            .views()
+            .into_iter()
+            .map(|view| NodeState {
+                kind: "process",
+                view,
+            }),
+    );
+    Snapshot {
+        tasks,
+        in_flight: shared.dispatcher.in_flight(),
+        concurrency: shared.dispatcher.config.concurrency,
+        uptime_seconds: shared.metrics.uptime().as_secs_f64(),
+        nodes,
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let snapshot = snapshot(&shared).await;
+    let body = shared.metrics.render(&snapshot);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Query parameters of `GET /logs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsParams {
+    event: Option<i64>,
+    task: Option<i64>,
+    worker: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    since: Option<String>,
+    trace: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<i64>,
+}
+
+/// `params` as a store query, with `now` for relative `since` values.
+fn log_query(params: LogsParams, now: i64) -> Result<LogQuery, Failure> {
+    let outcome = params
+        .outcome
+        .as_deref()
+        .map(LogOutcome::from_str)
+        .transpose()
+        .map_err(|err| Failure::bad_request(format!("outcome: {err}")))?;
+    let since = params
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now))
+        .transpose()
+        .map_err(|err| Failure::bad_request(format!("since: {err}")))?;
+    if params.limit == Some(0) {
+        return Err(Failure::bad_request(format!(
+            "limit: must be 1 to {}",
+            mechanics_store::MAX_PAGE_SIZE
+        )));
+    }
+    Ok(LogQuery {
+        event_id: params.event,
+        task_id: params.task,
+        worker: params.worker,
+        action: params.action,
+        outcome,
+        since,
+        trace_id: params.trace,
+        limit: params.limit,
+        cursor: params.cursor,
+    })
+}
+
+/// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
+pub(crate) async fn list_logs(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<LogsParams>, QueryRejection>,
+) -> Result<axum::Json<LogList>, Failure> {
+    let params = params
+        .map(|Query(p)| p)
+        .map_err(|err| Failure::bad_request(format!("invalid query: {}", err.body_text())))?;
+    let query = log_query(params, shared.clock.now_ms())?;
+    if let Err(err) = shared.trace.flush().await {
+        tracing::warn!(error = %err, "flushing the pipeline trace before a read failed");
+    }
+    let page = shared.store.query_logs(&query).await?;
+    Ok(axum::Json(LogList {
+        entries: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Unix ms from `text`: a duration back from `now` (`90s`, `15m`, `1h`, `24h`, `7d`) or an
+/// RFC 3339 time (`2026-01-31T12:00:00Z`, with an optional fraction and offset).
+pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
+    let text = text.trim();
+    let invalid = || {
+        format!(
+            "{text:?} is neither a duration back from now (90s, 15m, 1h, 24h, 7d) nor an \
+             RFC 3339 time (2026-01-31T12:00:00Z)"
+        )
+    };
+    if let Some(unit) = text.chars().last().filter(char::is_ascii_alphabetic)
+        && text[..text.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && text.len() > 1
+    {
+        let n: i64 = text[..text.len() - 1].parse().map_err(|_| invalid())?;
+        let unit_ms = match unit {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(invalid()),
+        };
+        return Ok(now.saturating_sub(n.saturating_mul(unit_ms)));
+    }
+    parse_rfc3339(text).ok_or_else(invalid)
+}
+
+/// Unix ms of an RFC 3339 date-time.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse::<i64>().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let o = rest.as_bytes();
+            if o.len() != 6 || o[3] != b':' {
+                return None;
+            }
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (h * 60 + m)
+        }
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1_000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Who may read `/debug/vars`: with an API key, whoever presents it; without one, loopback
+/// peers only (the server may be exposed with `insecure_no_auth`).
+pub fn debug_access_allowed(api_key: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> bool {
+    match api_key {
+        Some(key) => presented_key(headers)
+            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes()))),
+        None => peer.ip().to_canonical().is_loopback(),
+    }
+}
+
+/// `Authorization: Bearer <key>` or `X-API-Key: <key>`, as the API accepts them.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
+}
+
+async fn debug_vars(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, Failure> {
+    if !debug_access_allowed(shared.api_key.as_deref(), &headers, peer) {
+        let message = if shared.api_key.is_some() {
+            "a valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+        } else {
+            "/debug/vars answers loopback clients only when the server has no API key"
+        };
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+        ));
+    }
+    let snapshot = snapshot(&shared).await;
+    let metrics = &shared.metrics;
+    let mut vars = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": snapshot.uptime_seconds,
+        "queue": {
+            "depth": snapshot.queue_depth(),
+            "tasks": snapshot.tasks,
+        },
+        "dispatch": {
+            "in_flight": snapshot.in_flight,
+            "concurrency": snapshot.concurrency,
+            "latency_ema_seconds": metrics.dispatch_latency_ema(),
+        },
+        "counters": metrics.totals(),
+        "trace": { "buffered": shared.trace.buffered() },
+        "nodes": snapshot.nodes,
+    });
+    shared.trace.redactor().redact_json(&mut vars);
+    Ok(axum::Json(vars))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_rfc3339() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_since("1h", now).unwrap(), now - 3_600_000);
+        assert_eq!(parse_since("24h", now).unwrap(), now - 86_400_000);
+        assert_eq!(parse_since("90s", now).unwrap(), now - 90_000);
+        assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400_000);
+        assert_eq!(parse_since("1970-01-01T00:00:00Z", now).unwrap(), 0);
+        assert_eq!(
+            parse_since("2026-01-31T12:00:00.25Z", now).unwrap(),
+            1_769_860_800_250
+        );
+        assert_eq!(
+            parse_since("2026-01-31T14:00:00+02:00", now).unwrap(),
+            1_769_860_800_000
+        );
+        for bad in [
+            "",
+            "h",
+            "1y",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-01-31",
+            "-1h",
+        ] {
+            let err = parse_since(bad, now).unwrap_err();
+            assert!(err.contains("RFC 3339"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_vars_needs_the_key_when_set_and_loopback_otherwise() {
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut good = HeaderMap::new();
+        good.insert(header::AUTHORIZATION, "Bearer k3y-value".parse().unwrap());
+        let mut other = HeaderMap::new();
+        other.insert("x-api-key", "k3y-value".parse().unwrap());
+        let mut wrong = HeaderMap::new();
+        wrong.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+
+        assert!(debug_access_allowed(None, &none, loopback));
+        assert!(debug_access_allowed(None, &none, mapped));
+        assert!(!debug_access_allowed(None, &none, remote));
+        assert!(!debug_access_allowed(None, &good, remote));
+
+        let key = Some("k3y-value");
+        assert!(debug_access_allowed(key, &good, remote));
+        assert!(debug_access_allowed(key, &other, remote));
+        assert!(!debug_access_allowed(key, &wrong, loopback));
+        assert!(!debug_access_allowed(key, &none, loopback));
+    }
+}
