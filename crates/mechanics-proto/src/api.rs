@@ -13,8 +13,16 @@
 //! | `POST /tasks/{id}/retry`, `POST /tasks/{id}/cancel` | | [`Task`] |
 //! | `GET /events?source&state&limit&cursor` | | [`EventList`] |
 //! | `GET /events/{id}` | | [`Event`] |
+//! | `POST /sources` | [`SourceSpec`] | `201` (new) or `200` (updated) [`Source`] |
+//! | `GET /sources` | | [`SourceList`] |
+//! | `GET /sources/{name}` | | [`Source`] |
+//! | `DELETE /sources/{name}` | | `204` |
 //! | `GET /nodes` | | [`NodeList`] |
 //! | `POST /nodes/{name}/reset` | | [`NodeList`] after the reset |
+//!
+//! Outside `/api/v1`, `POST /webhooks/{source}` takes a platform's signed delivery (the signature
+//! is the authentication, not the API key) and answers `202` [`WebhookAccepted`], or `200` with
+//! `duplicate: true` for a delivery id it already has.
 //!
 //! Every error is [`ApiError`] with a stable `code`: `bad_request`, `unauthorized`, `not_found`,
 //! `conflict`, `payload_too_large`, `unavailable` (overload: `Retry-After` says when to come back),
@@ -23,7 +31,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{Event, Task, TaskState, Worker, WorkerSpec};
+#[cfg(doc)]
+use crate::domain::SourceSpec;
+use crate::domain::{Event, EventId, EventState, Source, Task, TaskState, Worker, WorkerSpec};
 
 /// Path prefix of the API.
 pub const API_PREFIX: &str = "/api/v1";
@@ -98,6 +108,24 @@ pub struct EventList {
     /// Pass as `cursor` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<i64>,
+}
+
+/// `GET /sources`. Sources hold only references to their secrets, never values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceList {
+    /// Every source, by name.
+    pub sources: Vec<Source>,
+}
+
+/// The answer to `POST /webhooks/{source}`: the delivery is stored (committed) as this event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookAccepted {
+    /// The stored event's id.
+    pub event_id: EventId,
+    /// Its state now.
+    pub state: EventState,
+    /// `true` when the delivery id was already stored: nothing new was done.
+    pub duplicate: bool,
 }
 
 /// An executor node or process worker as the API shows it.

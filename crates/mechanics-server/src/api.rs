@@ -140,6 +140,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}/reset", post(reset_node))
         .route("/logs", get(crate::observe::list_logs))
+        .merge(crate::sources::routes())
         .fallback(|| async { Failure::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -243,6 +244,8 @@ async fn add_worker(
             "invalid worker: module_source: only js workers have a module",
         ));
     }
+    crate::cron::validate_triggers(&input.spec)
+        .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
     let now = shared.clock.now_ms();
     let worker = shared
         .store

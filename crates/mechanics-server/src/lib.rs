@@ -12,6 +12,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod dispatch;
 pub mod executor;
 pub mod metrics;
@@ -19,7 +20,10 @@ pub mod observe;
 mod pipeline;
 pub mod processes;
 mod registry;
+mod sources;
 pub mod trace_log;
+pub mod webhooks;
+pub mod writeback;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The `/logs` pipeline trace; see [`trace_log`] for the one-line API.
     pub(crate) trace: Arc<TraceLog>,
+    /// Sources, webhook buckets, write-back client, cron wake-up.
+    pub(crate) integrations: Arc<webhooks::Integrations>,
     /// Rung when workers were added, changed or removed: the process workers are reconciled.
     reconcile: Notify,
 }
@@ -107,6 +113,7 @@ impl Shared {
     /// Called after every registry write of the API.
     pub(crate) fn registry_changed(&self) {
         self.reconcile.notify_one();
+        self.integrations.cron_wake.notify_one();
     }
 }
 
@@ -176,6 +183,9 @@ pub async fn start(
         trace.clone(),
         parts.dispatch,
     ));
+    let integrations = Arc::new(
+        webhooks::Integrations::new(parts.store.clone(), config).map_err(ServerError::Http)?,
+    );
     let shared = Arc::new(Shared {
         store: parts.store,
         clock: parts.clock,
@@ -184,11 +194,12 @@ pub async fn start(
         api_key: config.api_key.clone(),
         metrics: metrics.clone(),
         trace: trace.clone(),
+        integrations,
         reconcile: Notify::new(),
     });
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
-    let app = api::router(shared.clone());
+    let app = api::router(shared.clone()).merge(webhooks::router(shared.clone()));
     let loops = shared.clone();
     let (store, clock) = (shared.store.clone(), shared.clock);
     let task = tokio::spawn(async move {
@@ -204,6 +215,8 @@ pub async fn start(
             .with_graceful_shutdown(until_stop(stopped.clone()))
             .into_future(),
         );
+        let cron = tokio::spawn(cron::run(loops.clone(), until_stop(stopped.clone())));
+        let write_back = tokio::spawn(writeback::run(loops.clone(), until_stop(stopped.clone())));
         let reconciler = tokio::spawn(reconcile_loop(loops, until_stop(stopped.clone())));
         let cleaner = tokio::spawn(limiter_cleanup_loop(
             dispatcher.clone(),
@@ -222,6 +235,8 @@ pub async fn start(
             .await;
         let _ = reconciler.await;
         let _ = cleaner.await;
+        let _ = cron.await;
+        let _ = write_back.await;
         let _ = flusher.await;
         let _ = pruner.await;
         match http.await {

@@ -166,6 +166,9 @@ pub trait Store: Send + Sync {
         payload: Value,
         now: i64,
     ) -> StoreResult<Option<Task>>;
+    /// The latest recorded fire time of `worker`'s schedule, if any is still kept (retention
+    /// prunes old records): the scheduler's catch-up starts after it.
+    async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>>;
 
     // ---- /logs ----
 

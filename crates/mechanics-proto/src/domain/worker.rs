@@ -80,7 +80,9 @@ pub struct WebhookTrigger {
     pub source: String,
     /// Event types (`issues.opened`); at least one.
     pub events: Vec<String>,
-    /// An optional filter over the payload, interpreted by the server's matcher.
+    /// An optional filter over the payload: an object of dotted paths to expected values, e.g.
+    /// `{ "repository.full_name": "acme/app" }`; every path must hold its value (an array of
+    /// values means any one of them). Interpreted by the server's matcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Value>,
 }
@@ -337,6 +339,18 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
                     "must not be empty",
                 ));
             }
+            if let Some(filter) = &webhook.filter {
+                match filter.as_object() {
+                    Some(paths) if paths.keys().all(|path| !path.trim().is_empty()) => {}
+                    _ => {
+                        return Err(SpecError::new(
+                            format!("triggers[{i}].webhook.filter"),
+                            "must be an object of dotted payload paths to expected values, \
+                             e.g. { \"repository.full_name\": \"acme/app\" }",
+                        ));
+                    }
+                }
+            }
         }
         Trigger::Cron(cron) => {
             let fields = cron.schedule().split_whitespace().count();
@@ -445,6 +459,10 @@ mod tests {
             (
                 json!({ "triggers": [{ "webhook": { "source": "gh", "events": [] } }] }),
                 "triggers[0].webhook.events: list at least one",
+            ),
+            (
+                json!({ "triggers": [{ "webhook": { "source": "gh", "events": ["*"], "filter": "acme" } }] }),
+                "triggers[0].webhook.filter: must be an object",
             ),
             (
                 json!({ "retry": { "base_delay": "1h" } }),

@@ -66,6 +66,8 @@ pub(crate) struct Dispatcher {
     pub(crate) config: DispatchConfig,
     /// Rung when a task may have become due: a submission, a retry, a finished attempt.
     pub(crate) wake: Notify,
+    /// Events whose task ended, for the write-back loop to settle.
+    pub(crate) settle: crate::writeback::SettleQueue,
     permits: Arc<Semaphore>,
 }
 
@@ -94,6 +96,7 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(config.concurrency)),
             config,
             wake: Notify::new(),
+            settle: crate::writeback::SettleQueue::default(),
         }
     }
 
@@ -398,6 +401,11 @@ impl Dispatcher {
             }
         };
         match result {
+            Ok(ended) if ended.state.is_end() => {
+                if let Some(event) = ended.event_id {
+                    self.settle.push(event);
+                }
+            }
             Ok(_) => {}
             Err(err) => log_store_error(task, "recording the attempt", &err),
         }

@@ -2,6 +2,8 @@
 //! driven through its HTTP API, dispatching to real http workers (axum servers in this process).
 
 mod api;
+mod cron;
 mod dispatch;
 mod observe;
 mod support;
+mod webhooks;

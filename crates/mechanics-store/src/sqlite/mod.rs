@@ -480,6 +480,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>> {
+        let worker = worker.to_owned();
+        self.read(move |conn| ops::last_cron_fire(conn, &worker))
+            .await
+    }
+
     async fn append_logs(&self, entries: Vec<LogRecord>) -> StoreResult<()> {
         let entries = entries
             .into_iter()

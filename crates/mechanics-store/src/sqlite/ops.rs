@@ -570,6 +570,13 @@ pub(super) fn record_cron_fire(
     Ok(Some(task))
 }
 
+pub(super) fn last_cron_fire(conn: &Connection, worker: &str) -> StoreResult<Option<i64>> {
+    // MAX over the primary key's prefix: one index probe.
+    conn.prepare_cached("SELECT MAX(fire_time) FROM cron_fires WHERE worker = ?1")
+        .and_then(|mut s| s.query_row([worker], |row| row.get(0)))
+        .map_err(db_err("reading the last cron fire"))
+}
+
 // ---- /logs ----
 
 pub(super) fn append_logs(

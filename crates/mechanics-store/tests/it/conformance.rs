@@ -679,6 +679,11 @@ pub(crate) async fn cron_fires_create_one_task_per_worker_and_time(store: &dyn S
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "worker ghost not found");
+    assert_eq!(
+        store.last_cron_fire("nightly").await.unwrap(),
+        Some(120_000)
+    );
+    assert_eq!(store.last_cron_fire("ghost").await.unwrap(), None);
     assert_eq!(store.prune(100_000).await.unwrap().cron_fires, 1);
 }
 

@@ -1,0 +1,369 @@
+//! Webhook ingest: `POST /webhooks/{source}`, outside `/api/v1` and without the API key (the
+//! delivery's signature is its authentication), and the matching of stored events to workers.
+//!
+//! Order of checks, each refusal storing nothing: unknown source `404`; body over 5 MiB `413`;
+//! signature, token or timestamp wrong or missing `401`; over the source's token bucket `429`
+//! with `Retry-After`; malformed JSON or a delivery without its id `400`. Slack's
+//! `url_verification` challenge is answered (after its signature is checked) without storing.
+//! Then the event is inserted — deduplicated on the delivery id — and committed *before* the
+//! `202` (invariant 1). Matching happens after the answer: it creates one task per matching
+//! worker (unique per event and worker) and moves the event to `matched` or `skipped`. Matching is
+//! idempotent, so a crash between the insert and the match is repaired by startup recovery
+//! ([`recover`]) re-matching every event still `received`, without duplicate tasks.
+
+pub mod matching;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use mechanics_proto::api::WebhookAccepted;
+use mechanics_proto::domain::{Event, EventState, SourceKind};
+use mechanics_store::{EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::api::Failure;
+use crate::dispatch::limiter::Rate;
+use crate::sources::SourceCache;
+use crate::writeback::WriteBackClient;
+use crate::{ServerConfig, Shared};
+
+/// Largest webhook body (DESIGN §3).
+pub const MAX_WEBHOOK_BYTES: usize = 5 * 1024 * 1024;
+
+/// What webhooks, cron and write-back share: the source cache, the per-source buckets, the
+/// write-back HTTP client, and the cron scheduler's wake-up.
+pub(crate) struct Integrations {
+    pub(crate) sources: SourceCache,
+    pub(crate) buckets: Mutex<SourceBuckets>,
+    /// The per-source webhook bucket (`webhook_rate_limit`).
+    pub(crate) rate: Rate,
+    pub(crate) write_back: WriteBackClient,
+    /// Rung when the registry changes: the cron scheduler recomputes its next fire.
+    pub(crate) cron_wake: Notify,
+}
+
+impl Integrations {
+    pub(crate) fn new(store: Arc<dyn Store>, config: &ServerConfig) -> Result<Self, String> {
+        Ok(Self {
+            sources: SourceCache::new(store),
+            buckets: Mutex::new(SourceBuckets::default()),
+            rate: Rate {
+                per_second: config.webhook_rate_limit.per_second,
+                burst: config.webhook_rate_limit.burst,
+            },
+            write_back: WriteBackClient::new()?,
+            cron_wake: Notify::new(),
+        })
+    }
+}
+
+/// One token bucket per source (refill `per_second`, capacity `burst`). A refused delivery takes
+/// no token. Only registered sources get a bucket (unknown ones are refused first), so the map is
+/// bounded by the registry.
+#[derive(Debug, Default)]
+pub(crate) struct SourceBuckets {
+    buckets: HashMap<String, (f64, i64)>,
+}
+
+impl SourceBuckets {
+    /// Takes a token of `source`'s bucket at `now_ms`, or says in how many whole seconds one
+    /// will be there.
+    pub(crate) fn take(&mut self, source: &str, rate: Rate, now_ms: i64) -> Result<(), u64> {
+        let burst = f64::from(rate.burst.max(1));
+        let (tokens, last) = self
+            .buckets
+            .entry(source.to_owned())
+            .or_insert((burst, now_ms));
+        let elapsed = (now_ms - *last).max(0) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * rate.per_second).min(burst);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - *tokens) / rate.per_second;
+            Err((wait.ceil() as u64).max(1))
+        }
+    }
+}
+
+/// The `POST /webhooks/{source}` route.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/webhooks/{source}", post(ingest))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
+        .with_state(shared)
+}
+
+fn unauthorized(message: String) -> Response {
+    Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+}
+
+async fn ingest(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let integrations = &shared.integrations;
+    let Some(source) = integrations.sources.get(&name).await else {
+        return Failure::not_found(format!("no source named {name:?}")).into_response();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the webhook body is larger than the limit of {MAX_WEBHOOK_BYTES} bytes"),
+            )
+            .into_response();
+        }
+        Err(rejection) => {
+            return Failure::bad_request(format!("cannot read the webhook body: {rejection}"))
+                .into_response();
+        }
+    };
+    let secret = match crate::sources::secret(&source.spec) {
+        Ok(secret) => secret,
+        Err(message) => {
+            // The server's configuration is wrong, not the sender's request: say so to the
+            // operator in the log, and nothing about it to the sender.
+            tracing::error!(source = %name, "cannot verify a webhook: {message}");
+            return Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the source's secret is not available on the server; see the server's log",
+            )
+            .into_response();
+        }
+    };
+    let now = shared.clock.now_ms();
+    let kind = source.spec.kind;
+    if let Err(denied) = verify::verify(kind, &secret, &headers, &body, now.div_euclid(1000)) {
+        tracing::info!(source = %name, reason = %denied, "webhook refused");
+        return unauthorized(denied.to_string());
+    }
+    let allowed = integrations
+        .buckets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(&name, integrations.rate, now);
+    if let Err(retry_after) = allowed {
+        shared.metrics.webhooks_rate_limited.inc();
+        let mut response = Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "the source {name:?} sends more webhooks than its limit; retry in {retry_after} s"
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return response;
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(err) => {
+            return Failure::bad_request(format!("the webhook body is not JSON: {err}"))
+                .into_response();
+        }
+    };
+    if kind == SourceKind::Slack
+        && payload.get("type").and_then(Value::as_str) == Some("url_verification")
+    {
+        let challenge = payload.get("challenge").cloned().unwrap_or(Value::Null);
+        return axum::Json(json!({ "challenge": challenge })).into_response();
+    }
+    let delivery = match verify::describe(kind, &headers, &payload) {
+        Ok(delivery) => delivery,
+        Err(message) => {
+            return Failure::bad_request(format!("the delivery is not valid: {message}"))
+                .into_response();
+        }
+    };
+    let inserted = match shared
+        .store
+        .insert_event(
+            NewEvent {
+                source: name,
+                delivery_id: delivery.delivery_id,
+                event_type: delivery.event_type,
+                payload,
+            },
+            now,
+        )
+        .await
+    {
+        Ok(inserted) => inserted,
+        Err(err) => return Failure::from(err).into_response(),
+    };
+    let event = inserted.record;
+    let answer = WebhookAccepted {
+        event_id: event.id,
+        state: event.state,
+        duplicate: !inserted.created,
+    };
+    if !inserted.created {
+        shared.metrics.events_dedup_skipped.inc();
+        return (StatusCode::OK, axum::Json(answer)).into_response();
+    }
+    shared.metrics.webhooks_received.inc();
+    let matcher = shared.clone();
+    tokio::spawn(async move { match_event(&matcher, &event).await });
+    (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
+}
+
+/// Creates a task for every worker whose webhook trigger matches `event` and moves the event to
+/// `matched` (or `skipped` when none does). Idempotent: a task per (event, worker) is unique in
+/// the store, and a state move already made is not an error here.
+pub(crate) async fn match_event(shared: &Shared, event: &Event) {
+    let workers = shared.dispatcher.registry.all().await;
+    let mut names: Vec<&str> = workers
+        .values()
+        .filter(|worker| matching::worker_matches(worker, event))
+        .map(|worker| worker.spec.name.as_str())
+        .collect();
+    names.sort_unstable();
+    let now = shared.clock.now_ms();
+    if names.is_empty() {
+        tracing::debug!(event = event.id, event_type = %event.event_type, "no worker matches the event");
+        set_state(shared, event.id, EventState::Skipped, None).await;
+        return;
+    }
+    for name in names {
+        let task = NewTask {
+            worker: name.to_owned(),
+            event_id: Some(event.id),
+            idempotency_key: None,
+            // The delivery reaches the worker as `event.payload`; it is not copied into the task.
+            payload: Value::Null,
+            next_run_at: now,
+        };
+        match shared.store.create_task(task, now).await {
+            Ok(inserted) if inserted.created => {
+                shared.metrics.tasks_created.inc(name);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                // The event stays `received`: startup recovery matches it again.
+                tracing::error!(event = event.id, worker = name, error = %err, "creating a task for an event failed");
+                return;
+            }
+        }
+    }
+    set_state(shared, event.id, EventState::Matched, None).await;
+    shared.dispatcher.wake.notify_one();
+    // A task may have ended before the event was `matched`; the write-back loop looks again.
+    shared.dispatcher.settle.push(event.id);
+}
+
+/// Moves an event; a move another path already made (recovery racing a match) is fine.
+pub(crate) async fn set_state(
+    shared: &Shared,
+    id: i64,
+    state: EventState,
+    error: Option<String>,
+) -> Option<Event> {
+    let update = EventUpdate {
+        state,
+        error,
+        next_write_back_at: None,
+    };
+    match shared
+        .store
+        .update_event(id, update, shared.clock.now_ms())
+        .await
+    {
+        Ok(event) => Some(event),
+        Err(StoreError::InvalidTransition { .. }) => None,
+        Err(err) => {
+            tracing::error!(event = id, state = %state, error = %err, "updating an event failed");
+            None
+        }
+    }
+}
+
+/// Startup recovery of events: every event still `received` is matched again (or `failed` if
+/// its source is gone), and every `matched` or `dispatched` event is handed to the write-back
+/// loop, which settles those whose tasks all ended while the server was down.
+pub(crate) async fn recover(shared: &Shared) {
+    for state in [
+        EventState::Received,
+        EventState::Matched,
+        EventState::Dispatched,
+    ] {
+        let mut cursor = None;
+        loop {
+            let filter = EventFilter {
+                state: Some(state),
+                cursor,
+                limit: Some(mechanics_store::MAX_PAGE_SIZE),
+                ..EventFilter::default()
+            };
+            let page = match shared.store.list_events(&filter).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::error!(error = %err, state = %state, "listing events for recovery failed");
+                    break;
+                }
+            };
+            for event in &page.items {
+                if state != EventState::Received {
+                    shared.dispatcher.settle.push(event.id);
+                } else if shared
+                    .integrations
+                    .sources
+                    .get(&event.source)
+                    .await
+                    .is_some()
+                {
+                    match_event(shared, event).await;
+                } else {
+                    let error = format!("the source {:?} is no longer registered", event.source);
+                    set_state(shared, event.id, EventState::Failed, Some(error)).await;
+                }
+            }
+            if !page.items.is_empty() {
+                tracing::info!(events = page.items.len(), state = %state, "startup recovery of events");
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_bucket_refuses_beyond_its_burst_and_refills() {
+        let rate = Rate {
+            per_second: 2.0,
+            burst: 3,
+        };
+        let mut buckets = SourceBuckets::default();
+        for _ in 0..3 {
+            assert_eq!(buckets.take("gh", rate, 0), Ok(()));
+        }
+        assert_eq!(buckets.take("gh", rate, 0), Err(1));
+        assert_eq!(buckets.take("other", rate, 0), Ok(()));
+        // Half a second later one token is back; a refusal took none.
+        assert_eq!(buckets.take("gh", rate, 500), Ok(()));
+        assert_eq!(buckets.take("gh", rate, 500), Err(1));
+    }
+}

@@ -1,0 +1,393 @@
+//! Write-back: when every task of an event has ended, the replies of its workers that have
+//! `write_back: true` (a string `reply` in their result) are posted where the event came from,
+//! through the source kind's [responder](responders), and the event ends.
+//!
+//! An event's replies are joined (in task order, separated by a blank line) into one message, so
+//! an event is written back exactly once however many workers answered it, and one event state
+//! tracks it. Without replies the event is `completed` (or `failed` when none of its tasks
+//! completed).
+//!
+//! A transient failure (5xx, 429, network) moves the event to `write_back_failed` with
+//! `next_write_back_at` — the delay the platform asked for, else 30 s × 2^(tries−1) capped at
+//! 30 min — and the write-back loop tries again then, up to [`MAX_WRITE_BACK_RETRIES`] times;
+//! after that the event is `failed` (the dead letter). Other 4xx answers are permanent: `failed`
+//! at once. The loop sleeps until the store's next `write_back_at` or until a task of an event
+//! ends: an idle server makes no query here (invariant 6).
+
+pub(crate) mod responders;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mechanics_proto::domain::{Event, EventId, EventState, TaskState};
+use mechanics_store::{EventFilter, EventUpdate, TaskFilter};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::Shared;
+use crate::webhooks::set_state;
+use responders::Sent;
+
+/// Retries after the first failed write-back before the event is dead-lettered.
+pub const MAX_WRITE_BACK_RETRIES: u32 = 5;
+
+/// Timeout of one write-back request.
+const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Events to look at because one of their tasks ended (or they were just matched). Filled by the
+/// dispatcher and the matcher, drained by the write-back loop.
+#[derive(Debug, Default)]
+pub(crate) struct SettleQueue {
+    ids: Mutex<Vec<EventId>>,
+    notify: Notify,
+}
+
+impl SettleQueue {
+    /// Asks the write-back loop to look at event `id`.
+    pub(crate) fn push(&self, id: EventId) {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<EventId> {
+        let mut ids = std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()));
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// The HTTP clients of the responders.
+pub(crate) struct WriteBackClient {
+    /// For platforms on the Internet: honours the environment's proxy settings.
+    public: reqwest::Client,
+    /// For loopback targets (tests, local callbacks): a proxy could not reach them.
+    local: reqwest::Client,
+}
+
+impl WriteBackClient {
+    pub(crate) fn new() -> Result<Self, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let build = |no_proxy: bool| {
+            let mut builder = reqwest::Client::builder()
+                .timeout(WRITE_BACK_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("mechanics/", env!("CARGO_PKG_VERSION")));
+            if no_proxy {
+                builder = builder.no_proxy();
+            }
+            builder
+                .build()
+                .map_err(|err| format!("cannot build the write-back HTTP client: {err}"))
+        };
+        Ok(Self {
+            public: build(false)?,
+            local: build(true)?,
+        })
+    }
+
+    fn for_url(&self, url: &str) -> &reqwest::Client {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        match host.as_deref() {
+            Some("localhost" | "127.0.0.1" | "[::1]") => &self.local,
+            _ => &self.public,
+        }
+    }
+}
+
+/// The delay before write-back retry number `tries` (1 = the first retry) when the platform
+/// did not say: 30 s × 2^(tries−1), capped at 30 min.
+pub fn retry_delay(tries: u32) -> Duration {
+    let exponent = tries.saturating_sub(1).min(16);
+    Duration::from_secs(30u64.saturating_mul(1 << exponent)).min(Duration::from_secs(30 * 60))
+}
+
+/// Runs until `stop`: startup recovery of events, then settles events whose tasks ended and
+/// retries failed write-backs when they are due.
+pub(crate) async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    crate::webhooks::recover(&shared).await;
+    let mut next_retry = next_due(&shared).await;
+    loop {
+        let (due, clock) = (next_retry, shared.clock);
+        let sleep = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(clock.instant_at(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let settle = &shared.dispatcher.settle;
+        tokio::select! {
+            () = &mut stop => return,
+            () = settle.notify.notified() => {
+                for id in settle.take() {
+                    if let Some(at) = settle_event(&shared, id).await {
+                        next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                    }
+                }
+            }
+            () = sleep => {
+                retry_due(&shared).await;
+                next_retry = next_due(&shared).await;
+            }
+        }
+    }
+}
+
+async fn next_due(shared: &Shared) -> Option<i64> {
+    match shared.store.next_due().await {
+        Ok(next) => next.write_back_at,
+        Err(err) => {
+            tracing::error!(error = %err, "reading the next write-back time failed; retrying in 1 s");
+            Some(shared.clock.now_ms() + 1000)
+        }
+    }
+}
+
+/// Ends event `id` if all of its tasks have ended: writes back its replies, or completes it.
+/// Returns the next write-back time if the write-back failed transiently.
+async fn settle_event(shared: &Shared, id: EventId) -> Option<i64> {
+    let event = match shared.store.get_event(id).await {
+        Ok(Some(event)) => event,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::error!(event = id, error = %err, "reading an event to settle failed");
+            return None;
+        }
+    };
+    if !matches!(event.state, EventState::Matched | EventState::Dispatched) {
+        return None;
+    }
+    let tasks = match shared
+        .store
+        .list_tasks(&TaskFilter {
+            event_id: Some(id),
+            limit: Some(mechanics_store::MAX_PAGE_SIZE),
+            ..TaskFilter::default()
+        })
+        .await
+    {
+        Ok(page) => page.items,
+        Err(err) => {
+            tracing::error!(event = id, error = %err, "listing an event's tasks failed");
+            return None;
+        }
+    };
+    if tasks.is_empty() || tasks.iter().any(|t| !t.state.is_end()) {
+        return None;
+    }
+    match replies(shared, &tasks).await {
+        Some(text) => write_back(shared, &event, &text).await,
+        None => {
+            let completed = tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Completed)
+                .count();
+            if completed == 0 {
+                let error = format!("none of its {} tasks completed", tasks.len());
+                set_state(shared, id, EventState::Failed, Some(error)).await;
+            } else {
+                set_state(shared, id, EventState::Completed, None).await;
+            }
+            None
+        }
+    }
+}
+
+/// The replies to write back: the string `reply` of every completed task whose worker has
+/// `write_back: true`, oldest task first, joined by blank lines.
+async fn replies(shared: &Shared, tasks: &[mechanics_proto::domain::Task]) -> Option<String> {
+    let workers = shared.dispatcher.registry.all().await;
+    let mut tasks: Vec<_> = tasks.iter().collect();
+    tasks.sort_by_key(|t| t.id);
+    let texts: Vec<&str> = tasks
+        .into_iter()
+        .filter(|t| t.state == TaskState::Completed)
+        .filter(|t| workers.get(&t.worker).is_some_and(|w| w.spec.write_back))
+        .filter_map(|t| t.result.as_ref()?.get("reply").and_then(Value::as_str))
+        .filter(|text| !text.is_empty())
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("\n\n"))
+}
+
+/// Retries the write-backs that are due now.
+async fn retry_due(shared: &Shared) {
+    let filter = EventFilter {
+        write_back_due_by: Some(shared.clock.now_ms()),
+        limit: Some(100),
+        ..EventFilter::default()
+    };
+    let events = match shared.store.list_events(&filter).await {
+        Ok(page) => page.items,
+        Err(err) => {
+            tracing::error!(error = %err, "listing the write-backs due failed");
+            return;
+        }
+    };
+    for event in events {
+        let tasks = shared
+            .store
+            .list_tasks(&TaskFilter {
+                event_id: Some(event.id),
+                limit: Some(mechanics_store::MAX_PAGE_SIZE),
+                ..TaskFilter::default()
+            })
+            .await;
+        match tasks {
+            Ok(page) => match replies(shared, &page.items).await {
+                Some(text) => {
+                    write_back(shared, &event, &text).await;
+                }
+                // The worker stopped asking for write-back meanwhile.
+                None => {
+                    set_state(shared, event.id, EventState::Completed, None).await;
+                }
+            },
+            Err(err) => {
+                tracing::error!(event = event.id, error = %err, "listing an event's tasks failed")
+            }
+        }
+    }
+}
+
+/// Posts `text` in reply to `event` and records the outcome on the event. Returns the next try's
+/// time after a transient failure.
+async fn write_back(shared: &Shared, event: &Event, text: &str) -> Option<i64> {
+    let metrics = &shared.metrics;
+    let outcome = post(shared, event, text).await;
+    let now = shared.clock.now_ms();
+    match outcome {
+        Sent::Done => {
+            if event.write_back_attempts == 0 {
+                metrics.writeback_ok.inc();
+            } else {
+                metrics.writeback_retry_ok.inc();
+            }
+            tracing::info!(event = event.id, source = %event.source, "written back");
+            set_state(shared, event.id, EventState::Completed, None).await;
+            None
+        }
+        Sent::Permanent(error) => {
+            metrics.writeback_fail.inc();
+            tracing::warn!(event = event.id, source = %event.source, %error, "write-back failed for good");
+            set_state(shared, event.id, EventState::Failed, Some(error)).await;
+            None
+        }
+        Sent::Transient { delay, error } => {
+            metrics.writeback_fail.inc();
+            let failures = event.write_back_attempts + 1;
+            if failures > MAX_WRITE_BACK_RETRIES {
+                metrics.writeback_dead_letter.inc();
+                tracing::warn!(event = event.id, source = %event.source, %error, "write-back dead-lettered");
+                let error = format!("write-back gave up after {failures} tries: {error}");
+                set_state(shared, event.id, EventState::Failed, Some(error)).await;
+                return None;
+            }
+            let delay = delay.unwrap_or_else(|| retry_delay(failures));
+            let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            tracing::info!(event = event.id, source = %event.source, %error, retry_in_ms = at - now, "write-back failed; retrying later");
+            let update = EventUpdate {
+                state: EventState::WriteBackFailed,
+                error: Some(error),
+                next_write_back_at: Some(at),
+            };
+            match shared.store.update_event(event.id, update, now).await {
+                Ok(_) => Some(at),
+                Err(err) => {
+                    tracing::error!(event = event.id, error = %err, "recording a failed write-back failed");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Builds and sends the reply; every failure becomes a [`Sent`].
+async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
+    let Some(source) = shared.integrations.sources.get(&event.source).await else {
+        return Sent::Permanent(format!(
+            "the source {:?} is no longer registered",
+            event.source
+        ));
+    };
+    let spec = &source.spec;
+    let token = match crate::sources::token(spec) {
+        Ok(token) => token,
+        Err(message) => return Sent::Permanent(message),
+    };
+    let secret = crate::sources::secret(spec).ok();
+    let now_secs = shared.clock.now_ms().div_euclid(1000);
+    let outbound = match responders::build(
+        spec,
+        token.as_deref(),
+        secret.as_deref(),
+        event,
+        text,
+        now_secs,
+    ) {
+        Ok(outbound) => outbound,
+        Err(message) => return Sent::Permanent(message),
+    };
+    let client = shared.integrations.write_back.for_url(&outbound.url);
+    let mut request = client
+        .post(&outbound.url)
+        .header("content-type", "application/json")
+        .body(outbound.body);
+    for (name, value) in outbound.headers {
+        request = request.header(name, value);
+    }
+    let who = responders::platform(spec.kind);
+    let response = match request.send().await {
+        Ok(response) => response,
+        // Without the URL: Telegram's carries the token.
+        Err(err) => {
+            return Sent::Transient {
+                delay: None,
+                error: format!("{who} could not be reached: {}", describe(err)),
+            };
+        }
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(err) => {
+            return Sent::Transient {
+                delay: None,
+                error: format!("reading {who}'s answer failed: {}", describe(err)),
+            };
+        }
+    };
+    responders::classify(spec.kind, status, &headers, &body, now_secs)
+}
+
+fn describe(err: reqwest::Error) -> String {
+    let timeout = err.is_timeout();
+    let err = err.without_url();
+    let mut text = if timeout {
+        "the request timed out".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_from_30_s_up_to_30_min() {
+        let secs: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480, 960, 1800, 1800]);
+    }
+}
