@@ -835,3 +835,85 @@ async fn the_store_sees_exactly_the_accepted_events() {
     assert_eq!(event.map(|e| e.delivery_id), Some("c1".to_owned()));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_notes_and_signed_generic_callbacks() {
+    let (gl_api, gl_seen) = fake_platform(|_| status(201, &[])).await;
+    let (cb_url, cb_seen) = fake_platform(|_| status(204, &[])).await;
+    let server = TestServer::start().await;
+    add_source(
+        &server,
+        "gl",
+        "gitlab",
+        SECRET,
+        Some(&format!("{gl_api}/api/v4")),
+    )
+    .await;
+    add_source(
+        &server,
+        "gen",
+        "generic",
+        SECRET,
+        Some(&format!("{cb_url}/replies")),
+    )
+    .await;
+    replying_worker(&server, "gl-bot", "gl", json!(["issue.*"]), "noted").await;
+    replying_worker(&server, "gen-bot", "gen", json!(["generic"]), "called back").await;
+
+    let issue = serde_json::to_vec(&json!({
+        "object_kind": "issue", "project": { "id": 15 },
+        "object_attributes": { "iid": 3, "action": "open" }
+    }))
+    .unwrap();
+    let gl = [
+        ("x-gitlab-token", SECRET.to_owned()),
+        ("x-gitlab-event-uuid", "u-9".to_owned()),
+    ];
+    let (_, a, _) = deliver(&server, "gl", &gl, &issue).await;
+    let body = br#"{"data":1}"#;
+    let ts = now_secs();
+    let sig = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(
+        SECRET.as_bytes(),
+        &[format!("m1.{ts}.").as_bytes(), body],
+    ));
+    let gen_headers = [
+        ("webhook-id", "m1".to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", format!("v1,{sig}")),
+    ];
+    let (_, b, _) = deliver(&server, "gen", &gen_headers, body).await;
+    wait_event(
+        &server,
+        a["event_id"].as_i64().unwrap(),
+        EventState::Completed,
+    )
+    .await;
+    let event_id = b["event_id"].as_i64().unwrap();
+    wait_event(&server, event_id, EventState::Completed).await;
+
+    let gl = gl_seen.lock().unwrap().clone();
+    assert_eq!(gl.len(), 1);
+    assert_eq!(gl[0].path, "/api/v4/projects/15/issues/3/notes");
+    assert_eq!(gl[0].headers["private-token"], TOKEN);
+    assert_eq!(gl[0].body, json!({ "body": "noted" }));
+    let cb = cb_seen.lock().unwrap().clone();
+    assert_eq!(cb.len(), 1);
+    assert_eq!(cb[0].path, "/replies");
+    assert_eq!(
+        cb[0].body,
+        json!({ "type": "reply", "event_id": event_id, "delivery_id": "m1", "reply": "called back" })
+    );
+    // The callback verifies with the receiver's side of Standard Webhooks.
+    let id = cb[0].headers["webhook-id"].to_str().unwrap().to_owned();
+    let cb_ts = cb[0].headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let signed = serde_json::to_vec(&cb[0].body).unwrap();
+    let expected = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(
+        SECRET.as_bytes(),
+        &[format!("{id}.{cb_ts}.").as_bytes(), &signed],
+    ));
+    assert_eq!(cb[0].headers["webhook-signature"], format!("v1,{expected}"));
+    server.stop().await;
+}
