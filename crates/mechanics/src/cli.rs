@@ -59,6 +59,10 @@ enum Command {
         #[command(subcommand)]
         command: TaskCommand,
     },
+    /// The pipeline trace: every submission, attempt, retry, dead letter and rate-limit
+    /// re-queue (and, with webhooks, every delivery, match and policy decision), oldest first.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Logs(crate::logs::LogsArgs),
     /// Run one JavaScript module in the sandbox and print its JSON result.
     ///
     /// The module's default export is called with the argument; its (awaited) return value is
@@ -168,6 +172,7 @@ pub fn main() -> ExitCode {
         } => ExitCode::from(serve::config_show(&args)),
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
+        Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
             NodeCommand::List(client) => finish(client::node_list(&client)),

@@ -155,7 +155,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_USAGE,
             message: message.into(),
@@ -170,16 +170,16 @@ impl Failure {
     }
 }
 
-type Result<T, E = Failure> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Failure> = std::result::Result<T, E>;
 
 /// The API's answer: its text as sent (for `--json`) and parsed.
-struct Answer {
-    text: String,
-    value: Value,
+pub(crate) struct Answer {
+    pub(crate) text: String,
+    pub(crate) value: Value,
 }
 
 impl Answer {
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(self.value.clone()).map_err(|err| {
             Failure::failed(format!(
                 "the server's answer has an unexpected shape ({err}); is it the same version \
@@ -190,16 +190,16 @@ impl Answer {
 }
 
 /// A connection to the server.
-struct Api {
+pub(crate) struct Api {
     base: String,
     key: Option<String>,
-    json: bool,
+    pub(crate) json: bool,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Api {
-    fn new(args: &ClientArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let base = args.server.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|err| {
             Failure::usage(format!(
@@ -347,7 +347,7 @@ impl Api {
         }
     }
 
-    fn get(&self, path: &str) -> Result<Answer> {
+    pub(crate) fn get(&self, path: &str) -> Result<Answer> {
         self.call(Method::GET, path, None::<&()>)
     }
 
@@ -356,7 +356,11 @@ impl Api {
     }
 
     /// Prints the answer verbatim with `--json`, else `people(answer)`.
-    fn print(&self, answer: &Answer, people: impl FnOnce(&Answer) -> Result<String>) -> Result<()> {
+    pub(crate) fn print(
+        &self,
+        answer: &Answer,
+        people: impl FnOnce(&Answer) -> Result<String>,
+    ) -> Result<()> {
         let text = if self.json {
             let mut text = answer.text.trim_end().to_owned();
             text.push('\n');
@@ -369,7 +373,7 @@ impl Api {
     }
 }
 
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
@@ -848,7 +852,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     text
 }
 
-fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or_default();
     if line.chars().count() <= max && !text.contains('\n') {
         line.to_owned()
