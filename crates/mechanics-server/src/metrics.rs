@@ -73,15 +73,6 @@ impl PerWorker {
     pub fn get(&self) -> u64 {
         self.total.load(std::sync::atomic::Ordering::Relaxed)
     }
-
-    /// The count of one worker.
-    pub fn of(&self, worker: &str) -> u64 {
-        self.family
-            .get(&WorkerLabel {
-                worker: worker.to_owned(),
-            })
-            .map_or(0, |c| c.get())
-    }
 }
 
 type LatencyFamily = Family<WorkerLabel, Histogram, fn() -> Histogram>;
