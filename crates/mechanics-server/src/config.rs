@@ -301,7 +301,7 @@ impl ServerConfig {
                 burst: 5,
             },
             drain_timeout: Duration::from_secs(600),
-            log_format: LogFormat::Pretty,
+            log_format: LogFormat::Compact,
             log_level: "info".to_owned(),
             sources: BTreeMap::new(),
         }

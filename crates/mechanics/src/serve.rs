@@ -234,9 +234,20 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         drain_timeout = ?config.drain_timeout,
         "shutting down: no new tasks; waiting for those in flight"
     );
+    // A Ctrl+C in a terminal often reaches the server twice at once (directly, and forwarded
+    // by a wrapping script): only a signal at least a second after the first skips the drain.
+    let first = tokio::time::Instant::now();
+    let second = async {
+        loop {
+            signals.next().await;
+            if first.elapsed() >= std::time::Duration::from_secs(1) {
+                return;
+            }
+        }
+    };
     tokio::select! {
         () = server.shutdown() => {}
-        () = signals.next() => {
+        () = second => {
             tracing::warn!("second signal: stopping without waiting; recovery picks up the rest");
         }
     }
@@ -281,7 +292,8 @@ fn init_logging(format: LogFormat, level: &str) {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Pretty => builder.pretty().try_init(),
         LogFormat::Json => builder.json().try_init(),
