@@ -51,6 +51,14 @@ enum Command {
         #[command(subcommand)]
         command: WorkerCommand,
     },
+    /// Sources: the platforms whose signed webhooks start workers (`POST /webhooks/NAME`).
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Source {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::sources::SourceCommand,
+    },
     /// Tasks: submit, list, show, retry, cancel.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Task {
@@ -172,6 +180,7 @@ pub fn main() -> ExitCode {
         } => ExitCode::from(serve::config_show(&args)),
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
+        Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
         Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),

@@ -243,7 +243,7 @@ impl Api {
     }
 
     /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
-    fn call(
+    pub(crate) fn call(
         &self,
         method: Method,
         path: &str,
@@ -380,7 +380,7 @@ pub(crate) fn out(text: &str) {
 }
 
 /// Path segment: names are `[a-z0-9-]`, but anything typed is escaped so it stays one segment.
-fn segment(text: &str) -> String {
+pub(crate) fn segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
@@ -876,7 +876,7 @@ fn now_ms() -> i64 {
 }
 
 /// `3s ago`, `5m ago`, `2h ago`, `4d ago`.
-fn age(unix_ms: i64) -> String {
+pub(crate) fn age(unix_ms: i64) -> String {
     format!("{} ago", span(now_ms().saturating_sub(unix_ms)))
 }
 

@@ -7,3 +7,4 @@ pub mod cli;
 pub mod client;
 pub mod logs;
 pub mod serve;
+pub mod sources;

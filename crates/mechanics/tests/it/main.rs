@@ -6,6 +6,7 @@ mod faults;
 mod fleet;
 mod serve;
 mod support;
+mod webhooks;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,480 @@
+//! Webhooks through the real binary: `mechanics source add|list|show|rm` (tables, `--json`, exit
+//! codes), and a signed GitHub `issues.opened` delivery → a js worker → exactly one comment on a
+//! fake GitHub API, also when the delivery is sent twice and when the coordinator is killed with
+//! `kill -9` while the worker runs and restarted on the same database.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::support::{Coordinator, HttpServer, closed_port, code, command, stderr, tail};
+
+const SECRET: &str = "e2e-webhook-secret";
+const TOKEN: &str = "ghp-e2e-token";
+
+/// `X-Hub-Signature-256` of `body`.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// An `issues.opened` delivery shaped like GitHub's documented example.
+fn issue_opened(number: u64, title: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "action": "opened",
+        "issue": {
+            "number": number, "title": title, "body": "It crashes on start.",
+            "user": { "login": "octocat" }, "labels": []
+        },
+        "repository": { "full_name": "acme/app", "name": "app", "owner": { "login": "acme" } },
+        "sender": { "login": "octocat" }
+    }))
+    .unwrap()
+}
+
+/// A small blocking HTTP client for the test's own requests (deliveries, event reads).
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new() -> Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Client {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// A signed GitHub delivery to `POST /webhooks/{source}`: status and JSON answer.
+    fn deliver(&self, base: &str, source: &str, delivery: &str, body: &[u8]) -> (u16, Value) {
+        let request = self
+            .http
+            .post(format!("{base}/webhooks/{source}"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", github_signature(SECRET, body))
+            .body(body.to_vec());
+        self.runtime.block_on(async {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    fn get(&self, url: &str) -> Value {
+        self.runtime.block_on(async {
+            let response = self.http.get(url).send().await.unwrap();
+            assert!(response.status().is_success(), "GET {url}: {response:?}");
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+        })
+    }
+}
+
+/// One request the fake GitHub received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Value,
+}
+
+type Requests = Arc<Mutex<Vec<Seen>>>;
+
+/// A fake GitHub API that records every request and answers `201` as GitHub does for a comment.
+fn fake_github(seen: Requests) -> HttpServer {
+    HttpServer::start(axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Seen {
+                    method: method.to_string(),
+                    path: uri.path().to_owned(),
+                    authorization: headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                });
+                (
+                    StatusCode::CREATED,
+                    axum::Json(json!({ "id": 1, "body": "created" })),
+                )
+            }
+        },
+    ))
+}
+
+fn wait_until(limit: Duration, what: &str, server: &Coordinator, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {limit:?}; server log:\n{}",
+            tail(&server.stderr(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn source_commands_add_list_show_and_remove_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let good = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\ntoken_env: GH_TOKEN\n",
+    );
+
+    // Bad input exits 2 naming the file and the field, before any server is asked (none runs).
+    let no_server = format!("http://127.0.0.1:{}", closed_port());
+    let cases = [
+        (
+            "no-secret.yml",
+            "name: gh\nkind: github\n",
+            "secret_env: required",
+        ),
+        (
+            "value.yml",
+            "name: gh\nkind: github\nsecret: hunter2\n",
+            "unknown field `secret`",
+        ),
+        (
+            "kind.yml",
+            "name: gh\nkind: bitbucket\nsecret_env: S\n",
+            "bitbucket",
+        ),
+        (
+            "name.yml",
+            "name: Not_A_Name\nkind: github\nsecret_env: S\n",
+            "name:",
+        ),
+        (
+            "url.yml",
+            "name: gh\nkind: github\nsecret_env: S\napi_base_url: nope\n",
+            "api_base_url:",
+        ),
+        ("empty.yml", "\n", "is empty"),
+        ("syntax.yml", "name: [gh\n", "syntax.yml"),
+    ];
+    for (name, text, expected) in cases {
+        let path = file(name, text);
+        let out = command(dir.path())
+            .args(["source", "add", "-f", &path, "--server", &no_server])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(code(&out), Some(2), "{name}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(name) && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+    let out = command(dir.path())
+        .args(["source", "add", "-f", "/nonexistent/source.yml"])
+        .args(["--server", &no_server])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    // A valid file but no server: 3.
+    for args in [
+        vec!["source", "add", "-f", good.as_str()],
+        vec!["source", "list"],
+    ] {
+        let out = command(dir.path())
+            .args(&args)
+            .args(["--server", &no_server])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no Mechanics server"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    let server = Coordinator::start(dir.path(), &["--api-key", "k3y"], &[]);
+    assert_eq!(
+        server.ok(&["source", "list"]),
+        "no sources yet: add one with `mechanics source add -f source.yml`\n"
+    );
+    assert_eq!(
+        server.ok(&["source", "add", "-f", &good]),
+        "source gh added (revision 1): deliveries go to POST /webhooks/gh\n"
+    );
+    let tg = file(
+        "tg.yml",
+        "name: tg\nkind: telegram\nsecret_file: /run/secrets/tg\n\
+         api_base_url: http://127.0.0.1:9/bot\n",
+    );
+    server.ok(&["source", "add", "-f", &tg]);
+    // Adding again updates.
+    let updated = server.json(&["source", "add", "-f", &good]);
+    assert_eq!(updated["revision"], 2, "{updated}");
+    assert_eq!(updated["spec"]["secret_env"], "GH_WEBHOOK_SECRET");
+
+    let list = server.ok(&["source", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(
+        lines[0].starts_with("NAME  KIND      SECRET") && lines[0].contains("REVISION"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("gh    github    env:GH_WEBHOOK_SECRET")
+            && lines[1].contains("env:GH_TOKEN"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("tg    telegram  file:/run/secrets/tg")
+            && lines[2].contains("http://127.0.0.1:9/bot"),
+        "{list}"
+    );
+    let json = server.json(&["source", "list"]);
+    let names: Vec<&str> = json["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["spec"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gh", "tg"]);
+
+    let shown = server.ok(&["source", "show", "gh"]);
+    for line in [
+        "name:      gh",
+        "kind:      github",
+        "webhook:   POST /webhooks/gh",
+        "secret:    env:GH_WEBHOOK_SECRET",
+        "token:     env:GH_TOKEN",
+        "api:       the platform's public API",
+        "revision:  2",
+    ] {
+        assert!(shown.contains(line), "{line:?} in\n{shown}");
+    }
+    assert_eq!(
+        server.json(&["source", "show", "tg"])["spec"]["kind"],
+        "telegram"
+    );
+
+    assert_eq!(server.ok(&["source", "rm", "tg"]), "source tg removed\n");
+    for args in [["source", "show", "tg"], ["source", "rm", "tg"]] {
+        let out = server.cli(&args);
+        assert_eq!(code(&out), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("no source named \"tg\""),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // The API key is required: without it the server refuses (1), naming what to pass.
+    let out = command(dir.path())
+        .args(["source", "list", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--api-key"), "{}", stderr(&out));
+}
+
+/// The triage worker of the test: comments with the issue's number and title; spins for a
+/// while first so that the coordinator can be killed while it runs.
+const TRIAGE_JS: &str = r#"
+export default function main({ event }) {
+  const issue = event.payload.issue;
+  const until = Date.now() + 1500;
+  while (Date.now() < until) {}
+  return { reply: `Thanks @${issue.user.login}! #${issue.number} "${issue.title}" is triaged.` };
+}
+"#;
+
+#[test]
+fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Requests = Arc::default();
+    let github = fake_github(seen.clone());
+    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
+    let mut server = Coordinator::start(dir.path(), &[], &env);
+
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(
+        work.join("source.yml"),
+        format!(
+            "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\ntoken_env: GH_TOKEN\n\
+             api_base_url: {}\n",
+            github.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(work.join("triage.js"), TRIAGE_JS).unwrap();
+    std::fs::write(
+        work.join("worker.yml"),
+        "name: triage\nkind: js\nmodule: triage.js\n\
+         limits: { max_execution_time_ms: 8000, max_loop_iterations: 1000000000000 }\n\
+         triggers:\n  - webhook: { source: gh, events: [\"issues.opened\"] }\n\
+         write_back: true\n",
+    )
+    .unwrap();
+    server.ok(&[
+        "source",
+        "add",
+        "-f",
+        work.join("source.yml").to_str().unwrap(),
+    ]);
+    server.ok(&[
+        "worker",
+        "add",
+        "-f",
+        work.join("worker.yml").to_str().unwrap(),
+    ]);
+
+    let client = Client::new();
+    let comments_on = |number: u64| -> Vec<Seen> {
+        let path = format!("/repos/acme/app/issues/{number}/comments");
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    };
+    let event_state = |server: &Coordinator, id: i64| -> String {
+        let event = client.get(&format!("{}/api/v1/events/{id}", server.url));
+        event["state"].as_str().unwrap().to_owned()
+    };
+
+    // A signed delivery: stored before the 202, one comment.
+    let first = issue_opened(42, "Crash on start");
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    let (status, answer) = client.deliver(&server.url, "gh", delivery, &first);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["duplicate"], false, "{answer}");
+    let first_id = answer["event_id"].as_i64().unwrap();
+    // GitHub's redelivery of the same delivery while it runs: acknowledged, nothing new.
+    let (status, again) = client.deliver(&server.url, "gh", delivery, &first);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["event_id"], first_id, "{again}");
+    wait_until(
+        Duration::from_secs(15),
+        "event 1 completed",
+        &server,
+        || event_state(&server, first_id) == "completed",
+    );
+    let comments = comments_on(42);
+    assert_eq!(comments.len(), 1, "exactly one comment: {comments:?}");
+    let comment = &comments[0];
+    assert_eq!(comment.method, "POST");
+    assert_eq!(comment.path, "/repos/acme/app/issues/42/comments");
+    assert_eq!(
+        comment.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        comment.body,
+        json!({ "body": "Thanks @octocat! #42 \"Crash on start\" is triaged." })
+    );
+    // Once more after it completed: still a duplicate, still one comment.
+    let (status, again) = client.deliver(&server.url, "gh", delivery, &first);
+    assert_eq!((status, again["duplicate"].clone()), (200, json!(true)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(comments_on(42).len(), 1);
+    // A forged delivery is refused and stores nothing.
+    let forged = issue_opened(43, "Forged");
+    let request = client
+        .http
+        .post(format!("{}/webhooks/gh", server.url))
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", "forged-1")
+        .header("x-hub-signature-256", github_signature("wrong", &forged))
+        .body(forged);
+    let response = client.runtime.block_on(async { request.send().await });
+    assert_eq!(response.unwrap().status().as_u16(), 401);
+
+    // The crash: a new delivery, the coordinator (and its nodes) killed with kill -9 while the
+    // worker runs it, a restart on the same database.
+    let second = issue_opened(44, "Kill me");
+    let (status, answer) = client.deliver(&server.url, "gh", "delivery-44", &second);
+    assert_eq!(status, 202, "{answer}");
+    let second_id = answer["event_id"].as_i64().unwrap();
+    let tasks_url = |server: &Coordinator| format!("{}/api/v1/tasks?event={second_id}", server.url);
+    wait_until(
+        Duration::from_secs(10),
+        "event 2's task dispatched",
+        &server,
+        || {
+            let tasks = client.get(&tasks_url(&server));
+            tasks["tasks"]
+                .as_array()
+                .is_some_and(|t| t.len() == 1 && t[0]["state"] == "dispatched")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    server.kill9();
+    assert!(
+        comments_on(44).is_empty(),
+        "the kill came after the comment"
+    );
+
+    let server = Coordinator::start(dir.path(), &[], &env);
+    wait_until(
+        Duration::from_secs(20),
+        "event 2 completed after the restart",
+        &server,
+        || event_state(&server, second_id) == "completed",
+    );
+    // The delivery GitHub retries after the outage is a duplicate too.
+    let (status, again) = client.deliver(&server.url, "gh", "delivery-44", &second);
+    assert_eq!((status, again["event_id"].clone()), (200, json!(second_id)));
+    std::thread::sleep(Duration::from_millis(300));
+    let comments = comments_on(44);
+    assert_eq!(
+        comments.len(),
+        1,
+        "exactly one comment after the crash: {comments:?}"
+    );
+    assert_eq!(
+        comments[0].body,
+        json!({ "body": "Thanks @octocat! #44 \"Kill me\" is triaged." })
+    );
+    assert_eq!(comments_on(42).len(), 1);
+    assert_eq!(seen.lock().unwrap().len(), 2, "nothing else was posted");
+    // The task ran again after the restart (attempt 2), once.
+    let tasks = client.get(&tasks_url(&server));
+    let tasks = tasks["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["state"], "completed");
+    assert_eq!(tasks[0]["attempt"], 2, "{tasks:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
