@@ -478,3 +478,144 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
         started.elapsed()
     );
 }
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The worked examples under `examples/`: (folder, script, what the sample event must make it
+/// reply, or `None` to check separately).
+const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "github-triage",
+        "triage.js",
+        Some(
+            "Thanks @octocat for opening #42 in acme/app! This looks like: `bug`. A maintainer \
+             will have a look soon.",
+        ),
+    ),
+    (
+        "slack-echo",
+        "echo.js",
+        Some("<@U123ABC456> you said: is it everything a river should be?"),
+    ),
+    (
+        "telegram-bot",
+        "bot.js",
+        Some("Hello Ada! I know /start, /help, /ping, /time and /roll; anything else I repeat."),
+    ),
+    ("cron-heartbeat", "heartbeat.js", None),
+];
+
+#[test]
+fn the_examples_parse_validate_register_and_run_with_their_sample_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = std::path::Path::new(REPO).join("examples");
+    // Every file parses and validates as the CLI reads it (spec, js config and limits, module).
+    for (folder, script, _) in EXAMPLES {
+        let folder = examples.join(folder);
+        for file in ["worker.yml", "README.md", *script, "event.json"] {
+            assert!(folder.join(file).is_file(), "{}/{file}", folder.display());
+        }
+        let input = mechanics::client::load_worker(&folder.join("worker.yml"))
+            .unwrap_or_else(|f| panic!("{}", f.message));
+        assert!(input.module_source.is_some());
+        if folder.join("source.yml").exists() {
+            mechanics::sources::load_source(&folder.join("source.yml"))
+                .unwrap_or_else(|f| panic!("{}", f.message));
+        }
+    }
+
+    // The server takes them as the READMEs say (sources first, their variables set).
+    let env = [
+        ("GITHUB_WEBHOOK_SECRET", "s"),
+        ("GITHUB_TOKEN", "t"),
+        ("SLACK_SIGNING_SECRET", "s"),
+        ("SLACK_BOT_TOKEN", "t"),
+        ("TELEGRAM_SECRET_TOKEN", "s"),
+        ("TELEGRAM_BOT_TOKEN", "t"),
+    ];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    for (folder, _, _) in EXAMPLES {
+        let folder = examples.join(folder);
+        if folder.join("source.yml").exists() {
+            server.ok(&[
+                "source",
+                "add",
+                "-f",
+                folder.join("source.yml").to_str().unwrap(),
+            ]);
+        }
+        server.ok(&[
+            "worker",
+            "add",
+            "-f",
+            folder.join("worker.yml").to_str().unwrap(),
+        ]);
+    }
+    assert_eq!(
+        server.json(&["worker", "list"])["workers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    drop(server);
+
+    // Each script runs on its sample event (as the server passes it) and replies as expected.
+    for (folder, script, reply) in EXAMPLES {
+        let Some(reply) = reply else { continue };
+        let folder = examples.join(folder);
+        let arg = std::fs::read_to_string(folder.join("event.json")).unwrap();
+        let out = command(dir.path())
+            .args(["run", folder.join(script).to_str().unwrap(), "--arg", &arg])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(0), "{script}: {}", stderr(&out));
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["reply"], *reply, "{script}: {result}");
+    }
+
+    // The heartbeat calls its endpoint: the worker's config, pointed at a server of the test.
+    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = calls.clone();
+    let target = HttpServer::start(axum::Router::new().fallback(move |uri: Uri| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push(uri.to_string());
+            "alive"
+        }
+    }));
+    let folder = examples.join("cron-heartbeat");
+    let spec: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(folder.join("worker.yml")).unwrap())
+            .unwrap();
+    let mut config = spec["config"].clone();
+    let url = config["endpoints"]["heartbeat"]["url_template"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:8000", &target.url());
+    config["endpoints"]["heartbeat"]["url_template"] = json!(url);
+    let config_path = dir.path().join("heartbeat-config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let arg = std::fs::read_to_string(folder.join("event.json")).unwrap();
+    let out = command(dir.path())
+        .args([
+            "run",
+            folder.join("heartbeat.js").to_str().unwrap(),
+            "--arg",
+            &arg,
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result,
+        json!({ "ok": true, "status": 200, "fire_time": "2026-01-01T00:00:00.000Z", "dropped": 0, "attempt": 1 })
+    );
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["/?from=mechanics&fire_time=2026-01-01T00%3A00%3A00.000Z"]
+    );
+}
