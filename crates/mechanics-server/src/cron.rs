@@ -26,6 +26,7 @@ use mechanics_proto::domain::{Trigger, WorkerSpec};
 use serde_json::json;
 
 use crate::Shared;
+use crate::trace_log::{random_trace_id, task_trace_id};
 
 /// Most missed fire times counted on catch-up; beyond it the count stops (a per-second
 /// schedule after a month down would otherwise take millions of steps).
@@ -236,30 +237,38 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
         return;
     };
     let dropped = total - 1;
+    let fire = json!({ "schedule": expression, "tz": tz.unwrap_or("UTC"), "fire_time": fire_time, "dropped": dropped });
+    let payload = json!({ "cron": fire });
+    let fired = shared
+        .store
+        .record_cron_fire(worker, fire_time, payload, now)
+        .await;
     if dropped > 0 {
-        shared.metrics.cron_ticks_dropped.inc_by(dropped);
         tracing::warn!(
             worker,
             dropped,
             "cron fires missed while the server was down are dropped; firing once"
         );
+        // In the fired task's trace, so `?trace=task-N` shows why it stands for several times.
+        let trace_id = match &fired {
+            Ok(Some(task)) => task_trace_id(task),
+            _ => random_trace_id(),
+        };
+        shared.trace.cron_dropped(worker, dropped, trace_id, now);
     }
-    let payload = json!({
-        "cron": { "schedule": expression, "tz": tz.unwrap_or("UTC"), "fire_time": fire_time, "dropped": dropped }
-    });
-    match shared
-        .store
-        .record_cron_fire(worker, fire_time, payload, now)
-        .await
-    {
+    match fired {
         Ok(Some(task)) => {
-            shared.metrics.tasks_created.inc(worker);
+            shared.trace.cron_fired(&task, fire, now);
             tracing::debug!(worker, task = task.id, fire_time, "cron fired");
             shared.dispatcher.wake.notify_one();
         }
         // Another server (or an earlier run) fired it.
-        Ok(None) => {}
-        Err(err) => tracing::error!(worker, error = %err, "recording a cron fire failed"),
+        Ok(None) => shared.trace.cron_already_fired(worker, fire_time, now),
+        Err(err) => {
+            tracing::error!(worker, error = %err, "recording a cron fire failed");
+            let error = format!("recording the fire at {fire_time} failed: {err}");
+            shared.trace.cron_failed(worker, &error, now);
+        }
     }
 }
 

@@ -6,12 +6,15 @@
 //! result: ok, fail, or retry), `retry` (rescheduled; `detail.next_run_at`), `dead_letter`
 //! (fail), `rate_limit` (retry: re-queued to its reserved slot, not an attempt;
 //! `detail.until`), `recover` (retry: startup recovery or an expired lease), `retry_requested`
-//! and `cancel` (ok, through the API).
+//! and `cancel` (ok, through the API). Webhooks, cron and write-back add `webhook`, `dedup`,
+//! `match`, `cron` and `write_back` (see the second `impl` block), `submit` for the tasks they
+//! make, and `dead_letter` for a write-back given up; an event's entries carry its trace id
+//! `event-N` from the delivery to the write-back.
 
-use mechanics_proto::domain::{LogOutcome, LogRecord, Task};
-use serde_json::json;
+use mechanics_proto::domain::{Event, EventState, LogOutcome, LogRecord, Task};
+use serde_json::{Value, json};
 
-use crate::trace_log::{TraceLog, task_entry};
+use crate::trace_log::{TraceLog, entry, event_trace_id, random_trace_id, task_entry};
 
 impl TraceLog {
     /// An API submission created `task` (or named an existing one: `created == false`).
@@ -104,5 +107,317 @@ impl TraceLog {
     /// The API canceled `task`.
     pub(crate) fn canceled(&self, task: &Task, now: i64) {
         self.record(task_entry(task, "cancel", LogOutcome::Ok, now));
+    }
+}
+
+/// Why a webhook delivery was refused: `detail.reason` of its `webhook` deny entry, and the
+/// status the sender got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No source of that name is registered.
+    UnknownSource,
+    /// The body is over the limit.
+    TooLarge,
+    /// The body could not be read.
+    Unreadable,
+    /// A signature or token header is missing or wrong.
+    Signature,
+    /// The signed timestamp is too far from the server's time.
+    StaleTimestamp,
+    /// Over the source's token bucket.
+    RateLimited,
+    /// Not JSON, or without what the kind's delivery must carry (its id).
+    Malformed,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::UnknownSource => "unknown_source",
+            Self::TooLarge => "too_large",
+            Self::Unreadable => "unreadable",
+            Self::Signature => "signature",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::RateLimited => "rate_limit",
+            Self::Malformed => "malformed",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Self::UnknownSource => 404,
+            Self::TooLarge => 413,
+            Self::Signature | Self::StaleTimestamp => 401,
+            Self::RateLimited => 429,
+            Self::Unreadable | Self::Malformed => 400,
+        }
+    }
+}
+
+/// `text` cut to `max` characters: a refused request's source name and message quote whatever
+/// the sender typed in the path.
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// A source name from a request path, bounded.
+fn source_label(source: &str) -> String {
+    bounded(source, 100)
+}
+
+/// An entry about event `event`: its trace and id filled in.
+fn event_entry(event: &Event, action: &str, outcome: LogOutcome, ts: i64) -> LogRecord {
+    LogRecord {
+        trace_id: Some(event_trace_id(event.id)),
+        event_id: Some(event.id),
+        ..entry(action, outcome, ts)
+    }
+}
+
+/// The steps of webhooks, cron and write-back. Actions: `webhook` (ok: a delivery stored as an
+/// event; deny: refused, `detail.reason` one of [`Refusal`]'s; skip: Slack's URL challenge;
+/// fail: the server could not take it), `dedup` (skip: a redelivery of a stored event), `match`
+/// (ok with `detail.workers`, skip when no worker matches, fail), `submit` (ok: a task made
+/// for an event or a cron fire, `detail.trigger`), `cron` (ok: fired; skip: missed times
+/// dropped, `detail.dropped`, or a time already fired; fail), `write_back` (ok, retry with
+/// `detail.next_attempt_at`, fail, or skip when there is no reply to post) and `dead_letter`
+/// (fail: a write-back given up). A refused delivery has no event: its entry gets a fresh trace
+/// id. Nothing from the request but the source name goes into `detail`, and every entry passes
+/// the redactor.
+impl TraceLog {
+    /// A delivery to `source` was refused with `error` (the message the sender got).
+    pub(crate) fn webhook_refused(&self, source: &str, refusal: Refusal, error: &str, now: i64) {
+        if refusal == Refusal::RateLimited {
+            self.metrics().webhooks_rate_limited.inc();
+        }
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            error: Some(bounded(error, 300)),
+            detail: Some(json!({
+                "source": source_label(source),
+                "reason": refusal.reason(),
+                "status": refusal.status(),
+            })),
+            ..entry("webhook", LogOutcome::Deny, now)
+        });
+    }
+
+    /// A delivery to `source` could not be taken because of the server (its secret is not
+    /// available, the database refused the event).
+    pub(crate) fn webhook_failed(&self, source: &str, error: &str, now: i64) {
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            error: Some(error.to_owned()),
+            detail: Some(json!({ "source": source_label(source) })),
+            ..entry("webhook", LogOutcome::Fail, now)
+        });
+    }
+
+    /// Slack's `url_verification` challenge to `source` was answered; nothing was stored.
+    pub(crate) fn webhook_challenge(&self, source: &str, now: i64) {
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            detail: Some(json!({ "source": source_label(source), "reason": "url_verification" })),
+            ..entry("webhook", LogOutcome::Skip, now)
+        });
+    }
+
+    /// A delivery was stored as `event`.
+    pub(crate) fn webhook_received(&self, event: &Event, now: i64) {
+        self.metrics().webhooks_received.inc();
+        self.record(LogRecord {
+            detail: Some(json!({
+                "source": event.source,
+                "event_type": event.event_type,
+                "delivery_id": event.delivery_id,
+            })),
+            ..event_entry(event, "webhook", LogOutcome::Ok, now)
+        });
+    }
+
+    /// A delivery repeated the delivery id of the stored `event`: acknowledged, nothing new.
+    pub(crate) fn event_deduplicated(&self, event: &Event, now: i64) {
+        self.metrics().events_dedup_skipped.inc();
+        self.record(LogRecord {
+            detail: Some(json!({
+                "source": event.source,
+                "delivery_id": event.delivery_id,
+                "reason": "the delivery id names an existing event",
+            })),
+            ..event_entry(event, "dedup", LogOutcome::Skip, now)
+        });
+    }
+
+    /// The workers whose triggers match `event` (none: the event is skipped).
+    pub(crate) fn matched(&self, event: &Event, workers: &[&str], now: i64) {
+        let entry = if workers.is_empty() {
+            LogRecord {
+                detail: Some(json!({
+                    "event_type": event.event_type,
+                    "reason": "no worker's webhook trigger matches",
+                })),
+                ..event_entry(event, "match", LogOutcome::Skip, now)
+            }
+        } else {
+            LogRecord {
+                detail: Some(json!({ "event_type": event.event_type, "workers": workers })),
+                ..event_entry(event, "match", LogOutcome::Ok, now)
+            }
+        };
+        self.record(entry);
+    }
+
+    /// Matching `event` failed (its source is gone, or a task could not be stored).
+    pub(crate) fn match_failed(&self, event: &Event, error: &str, now: i64) {
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            ..event_entry(event, "match", LogOutcome::Fail, now)
+        });
+    }
+
+    /// Matching made `task` for its event (`created == false`: it existed, as when startup
+    /// recovery matches an event again).
+    pub(crate) fn event_task_submitted(&self, task: &Task, created: bool, now: i64) {
+        let entry = |outcome| LogRecord {
+            attempt: None,
+            ..task_entry(task, "submit", outcome, now)
+        };
+        if created {
+            self.metrics().tasks_created.inc(&task.worker);
+            self.record(LogRecord {
+                detail: Some(json!({ "trigger": "webhook" })),
+                ..entry(LogOutcome::Ok)
+            });
+        } else {
+            self.record(LogRecord {
+                detail: Some(json!({
+                    "trigger": "webhook",
+                    "reason": "the event already has a task for this worker",
+                })),
+                ..entry(LogOutcome::Skip)
+            });
+        }
+    }
+
+    /// `worker`'s schedule skipped `dropped` missed fire times (it fires once for the latest);
+    /// `trace_id` is the fired task's, if this server fired it.
+    pub(crate) fn cron_dropped(&self, worker: &str, dropped: u64, trace_id: String, now: i64) {
+        self.metrics().cron_ticks_dropped.inc_by(dropped);
+        self.record(LogRecord {
+            trace_id: Some(trace_id),
+            worker: Some(worker.to_owned()),
+            detail: Some(json!({
+                "dropped": dropped,
+                "reason": "missed while the server was down; firing once for the latest",
+            })),
+            ..entry("cron", LogOutcome::Skip, now)
+        });
+    }
+
+    /// A cron trigger fired and made `task`; `fire` describes the fire (schedule, time zone,
+    /// fire time).
+    pub(crate) fn cron_fired(&self, task: &Task, fire: Value, now: i64) {
+        self.record(LogRecord {
+            attempt: None,
+            detail: Some(fire),
+            ..task_entry(task, "cron", LogOutcome::Ok, now)
+        });
+        self.metrics().tasks_created.inc(&task.worker);
+        self.record(LogRecord {
+            attempt: None,
+            detail: Some(json!({ "trigger": "cron" })),
+            ..task_entry(task, "submit", LogOutcome::Ok, now)
+        });
+    }
+
+    /// `worker`'s fire at `fire_time` was recorded already (another server fired it).
+    pub(crate) fn cron_already_fired(&self, worker: &str, fire_time: i64, now: i64) {
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            worker: Some(worker.to_owned()),
+            detail: Some(
+                json!({ "fire_time": fire_time, "reason": "this fire time was already fired" }),
+            ),
+            ..entry("cron", LogOutcome::Skip, now)
+        });
+    }
+
+    /// Recording `worker`'s fire failed: it did not fire.
+    pub(crate) fn cron_failed(&self, worker: &str, error: &str, now: i64) {
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            worker: Some(worker.to_owned()),
+            error: Some(error.to_owned()),
+            ..entry("cron", LogOutcome::Fail, now)
+        });
+    }
+
+    /// The replies of `event` were posted (on its first try, or after retries).
+    pub(crate) fn written_back(&self, event: &Event, now: i64) {
+        let metrics = self.metrics();
+        if event.write_back_attempts == 0 {
+            metrics.writeback_ok.inc();
+        } else {
+            metrics.writeback_retry_ok.inc();
+        }
+        self.record(LogRecord {
+            detail: Some(json!({ "tries": event.write_back_attempts + 1 })),
+            ..event_entry(event, "write_back", LogOutcome::Ok, now)
+        });
+    }
+
+    /// Posting the replies of `event` failed in a way another try would repeat.
+    pub(crate) fn write_back_failed(&self, event: &Event, error: &str, now: i64) {
+        self.metrics().writeback_fail.inc();
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            detail: Some(json!({ "tries": event.write_back_attempts + 1, "permanent": true })),
+            ..event_entry(event, "write_back", LogOutcome::Fail, now)
+        });
+    }
+
+    /// Posting the replies of `event` failed transiently; the next try is at `at`.
+    pub(crate) fn write_back_retried(&self, event: &Event, error: &str, at: i64, now: i64) {
+        self.metrics().writeback_fail.inc();
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            detail: Some(json!({
+                "tries": event.write_back_attempts + 1,
+                "next_attempt_at": at,
+                "delay_ms": at.saturating_sub(now),
+            })),
+            ..event_entry(event, "write_back", LogOutcome::Retry, now)
+        });
+    }
+
+    /// Posting the replies of `event` failed transiently with no retries left: the event is
+    /// dead-lettered (`failed`).
+    pub(crate) fn write_back_dead_lettered(&self, event: &Event, error: &str, now: i64) {
+        let metrics = self.metrics();
+        metrics.writeback_fail.inc();
+        metrics.writeback_dead_letter.inc();
+        let tries = event.write_back_attempts + 1;
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            detail: Some(json!({ "tries": tries })),
+            ..event_entry(event, "write_back", LogOutcome::Fail, now)
+        });
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            detail: Some(json!({ "tries": tries })),
+            ..event_entry(event, "dead_letter", LogOutcome::Fail, now)
+        });
+    }
+
+    /// `event` ended without a write-back (none of its workers replied): `state` is `completed`
+    /// or `failed`.
+    pub(crate) fn settled_without_write_back(&self, event: &Event, state: EventState, now: i64) {
+        self.record(LogRecord {
+            detail: Some(json!({ "reason": "no reply to write back", "state": state })),
+            ..event_entry(event, "write_back", LogOutcome::Skip, now)
+        });
     }
 }

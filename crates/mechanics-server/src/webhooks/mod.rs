@@ -1,9 +1,10 @@
 //! Webhook ingest: `POST /webhooks/{source}`, outside `/api/v1` and without the API key (the
 //! delivery's signature is its authentication), and the matching of stored events to workers.
 //!
-//! Order of checks, each refusal storing nothing: unknown source `404`; body over 5 MiB `413`;
-//! signature, token or timestamp wrong or missing `401`; over the source's token bucket `429`
-//! with `Retry-After`; malformed JSON or a delivery without its id `400`. Slack's
+//! Order of checks, each refusal storing no event (its `webhook` deny entry in `/logs` says
+//! why): unknown source `404`; body over 5 MiB `413`; signature, token or timestamp wrong or
+//! missing `401`; over the source's token bucket `429` with `Retry-After`; malformed JSON or a
+//! delivery without its id `400`. Slack's
 //! `url_verification` challenge is answered (after its signature is checked) without storing.
 //! Then the event is inserted — deduplicated on the delivery id — and committed *before* the
 //! `202` (invariant 1). Matching happens after the answer: it creates one task per matching
@@ -32,6 +33,7 @@ use tokio::sync::Notify;
 
 use crate::api::Failure;
 use crate::dispatch::limiter::Rate;
+use crate::pipeline::Refusal;
 use crate::sources::SourceCache;
 use crate::writeback::WriteBackClient;
 use crate::{ServerConfig, Shared};
@@ -104,8 +106,38 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn unauthorized(message: String) -> Response {
-    Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+/// Registers a resolved secret or token with the redactor (a Standard Webhooks `whsec_` secret
+/// with and without its prefix). A value that is not text cannot appear in text.
+pub(crate) fn redact_from_now_on(shared: &Shared, secret: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(secret) {
+        let redactor = shared.trace.redactor();
+        redactor.add_secret(text);
+        if let Some(key) = text.trim().strip_prefix("whsec_") {
+            redactor.add_secret(key);
+        }
+    }
+}
+
+/// Refuses a delivery to `source` with `message`, and records the refusal in the trace
+/// (`webhook`, deny) with the same message: it names headers and limits, never a secret.
+fn refused(shared: &Shared, source: &str, refusal: Refusal, message: String) -> Response {
+    shared
+        .trace
+        .webhook_refused(source, refusal, &message, shared.clock.now_ms());
+    let failure = match refusal {
+        Refusal::UnknownSource => Failure::not_found(message),
+        Refusal::TooLarge => {
+            Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        }
+        Refusal::Signature | Refusal::StaleTimestamp => {
+            Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        }
+        Refusal::RateLimited => {
+            Failure::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+        Refusal::Unreadable | Refusal::Malformed => Failure::bad_request(message),
+    };
+    failure.into_response()
 }
 
 async fn ingest(
@@ -115,30 +147,38 @@ async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let integrations = &shared.integrations;
+    let trace = &shared.trace;
+    let refuse = |refusal, message| refused(&shared, &name, refusal, message);
     let Some(source) = integrations.sources.get(&name).await else {
-        return Failure::not_found(format!("no source named {name:?}")).into_response();
+        return refuse(Refusal::UnknownSource, format!("no source named {name:?}"));
     };
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+            return refuse(
+                Refusal::TooLarge,
                 format!("the webhook body is larger than the limit of {MAX_WEBHOOK_BYTES} bytes"),
-            )
-            .into_response();
+            );
         }
         Err(rejection) => {
-            return Failure::bad_request(format!("cannot read the webhook body: {rejection}"))
-                .into_response();
+            return refuse(
+                Refusal::Unreadable,
+                format!("cannot read the webhook body: {rejection}"),
+            );
         }
     };
     let secret = match crate::sources::secret(&source.spec) {
         Ok(secret) => secret,
         Err(message) => {
             // The server's configuration is wrong, not the sender's request: say so to the
-            // operator in the log, and nothing about it to the sender.
+            // operator in the log and the trace (the message names the reference, never a
+            // value), and nothing about it to the sender.
             tracing::error!(source = %name, "cannot verify a webhook: {message}");
+            trace.webhook_failed(
+                &name,
+                &format!("cannot verify a webhook: {message}"),
+                shared.clock.now_ms(),
+            );
             return Failure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -147,11 +187,21 @@ async fn ingest(
             .into_response();
         }
     };
+    // From now on the secret (and the write-back token, which a sender could also echo in a
+    // payload a worker then quotes in its error) is redacted wherever the server records text.
+    redact_from_now_on(&shared, &secret);
+    if let Ok(Some(token)) = crate::sources::token(&source.spec) {
+        redact_from_now_on(&shared, token.as_bytes());
+    }
     let now = shared.clock.now_ms();
     let kind = source.spec.kind;
     if let Err(denied) = verify::verify(kind, &secret, &headers, &body, now.div_euclid(1000)) {
         tracing::info!(source = %name, reason = %denied, "webhook refused");
-        return unauthorized(denied.to_string());
+        let refusal = match denied {
+            verify::Denied::Stale(_) => Refusal::StaleTimestamp,
+            verify::Denied::Missing(_) | verify::Denied::Mismatch(_) => Refusal::Signature,
+        };
+        return refuse(refusal, denied.to_string());
     }
     let allowed = integrations
         .buckets
@@ -159,15 +209,12 @@ async fn ingest(
         .unwrap_or_else(|e| e.into_inner())
         .take(&name, integrations.rate, now);
     if let Err(retry_after) = allowed {
-        shared.metrics.webhooks_rate_limited.inc();
-        let mut response = Failure::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+        let mut response = refuse(
+            Refusal::RateLimited,
             format!(
                 "the source {name:?} sends more webhooks than its limit; retry in {retry_after} s"
             ),
-        )
-        .into_response();
+        );
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
@@ -176,28 +223,33 @@ async fn ingest(
     let payload: Value = match serde_json::from_slice(&body) {
         Ok(payload) => payload,
         Err(err) => {
-            return Failure::bad_request(format!("the webhook body is not JSON: {err}"))
-                .into_response();
+            return refuse(
+                Refusal::Malformed,
+                format!("the webhook body is not JSON: {err}"),
+            );
         }
     };
     if kind == SourceKind::Slack
         && payload.get("type").and_then(Value::as_str) == Some("url_verification")
     {
         let challenge = payload.get("challenge").cloned().unwrap_or(Value::Null);
+        trace.webhook_challenge(&name, now);
         return axum::Json(json!({ "challenge": challenge })).into_response();
     }
     let delivery = match verify::describe(kind, &headers, &payload) {
         Ok(delivery) => delivery,
         Err(message) => {
-            return Failure::bad_request(format!("the delivery is not valid: {message}"))
-                .into_response();
+            return refuse(
+                Refusal::Malformed,
+                format!("the delivery is not valid: {message}"),
+            );
         }
     };
     let inserted = match shared
         .store
         .insert_event(
             NewEvent {
-                source: name,
+                source: name.clone(),
                 delivery_id: delivery.delivery_id,
                 event_type: delivery.event_type,
                 payload,
@@ -207,7 +259,10 @@ async fn ingest(
         .await
     {
         Ok(inserted) => inserted,
-        Err(err) => return Failure::from(err).into_response(),
+        Err(err) => {
+            trace.webhook_failed(&name, &format!("storing the event failed: {err}"), now);
+            return Failure::from(err).into_response();
+        }
     };
     let event = inserted.record;
     let answer = WebhookAccepted {
@@ -216,10 +271,10 @@ async fn ingest(
         duplicate: !inserted.created,
     };
     if !inserted.created {
-        shared.metrics.events_dedup_skipped.inc();
+        trace.event_deduplicated(&event, now);
         return (StatusCode::OK, axum::Json(answer)).into_response();
     }
-    shared.metrics.webhooks_received.inc();
+    trace.webhook_received(&event, now);
     let matcher = shared.clone();
     tokio::spawn(async move { match_event(&matcher, &event).await });
     (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
@@ -237,6 +292,7 @@ pub(crate) async fn match_event(shared: &Shared, event: &Event) {
         .collect();
     names.sort_unstable();
     let now = shared.clock.now_ms();
+    shared.trace.matched(event, &names, now);
     if names.is_empty() {
         tracing::debug!(event = event.id, event_type = %event.event_type, "no worker matches the event");
         set_state(shared, event.id, EventState::Skipped, None).await;
@@ -252,13 +308,16 @@ pub(crate) async fn match_event(shared: &Shared, event: &Event) {
             next_run_at: now,
         };
         match shared.store.create_task(task, now).await {
-            Ok(inserted) if inserted.created => {
-                shared.metrics.tasks_created.inc(name);
+            Ok(inserted) => {
+                shared
+                    .trace
+                    .event_task_submitted(&inserted.record, inserted.created, now);
             }
-            Ok(_) => {}
             Err(err) => {
                 // The event stays `received`: startup recovery matches it again.
                 tracing::error!(event = event.id, worker = name, error = %err, "creating a task for an event failed");
+                let error = format!("creating a task for the worker {name:?} failed: {err}");
+                shared.trace.match_failed(event, &error, now);
                 return;
             }
         }
@@ -332,6 +391,9 @@ pub(crate) async fn recover(shared: &Shared) {
                     match_event(shared, event).await;
                 } else {
                     let error = format!("the source {:?} is no longer registered", event.source);
+                    shared
+                        .trace
+                        .match_failed(event, &error, shared.clock.now_ms());
                     set_state(shared, event.id, EventState::Failed, Some(error)).await;
                 }
             }

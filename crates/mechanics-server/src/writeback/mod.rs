@@ -186,11 +186,15 @@ async fn settle_event(shared: &Shared, id: EventId) -> Option<i64> {
                 .iter()
                 .filter(|t| t.state == TaskState::Completed)
                 .count();
-            if completed == 0 {
+            let (state, error) = if completed == 0 {
                 let error = format!("none of its {} tasks completed", tasks.len());
-                set_state(shared, id, EventState::Failed, Some(error)).await;
+                (EventState::Failed, Some(error))
             } else {
-                set_state(shared, id, EventState::Completed, None).await;
+                (EventState::Completed, None)
+            };
+            if set_state(shared, id, state, error).await.is_some() {
+                let now = shared.clock.now_ms();
+                shared.trace.settled_without_write_back(&event, state, now);
             }
             None
         }
@@ -243,7 +247,11 @@ async fn retry_due(shared: &Shared) {
                 }
                 // The worker stopped asking for write-back meanwhile.
                 None => {
-                    set_state(shared, event.id, EventState::Completed, None).await;
+                    let state = EventState::Completed;
+                    if set_state(shared, event.id, state, None).await.is_some() {
+                        let now = shared.clock.now_ms();
+                        shared.trace.settled_without_write_back(&event, state, now);
+                    }
                 }
             },
             Err(err) => {
@@ -256,38 +264,39 @@ async fn retry_due(shared: &Shared) {
 /// Posts `text` in reply to `event` and records the outcome on the event. Returns the next try's
 /// time after a transient failure.
 async fn write_back(shared: &Shared, event: &Event, text: &str) -> Option<i64> {
-    let metrics = &shared.metrics;
+    let trace = &shared.trace;
     let outcome = post(shared, event, text).await;
     let now = shared.clock.now_ms();
+    // A platform's answer may quote the token: the event's error, the log line and the trace
+    // all get the redacted text.
+    let redact = |error: String| trace.redactor().redact(&error).into_owned();
     match outcome {
         Sent::Done => {
-            if event.write_back_attempts == 0 {
-                metrics.writeback_ok.inc();
-            } else {
-                metrics.writeback_retry_ok.inc();
-            }
+            trace.written_back(event, now);
             tracing::info!(event = event.id, source = %event.source, "written back");
             set_state(shared, event.id, EventState::Completed, None).await;
             None
         }
         Sent::Permanent(error) => {
-            metrics.writeback_fail.inc();
+            let error = redact(error);
+            trace.write_back_failed(event, &error, now);
             tracing::warn!(event = event.id, source = %event.source, %error, "write-back failed for good");
             set_state(shared, event.id, EventState::Failed, Some(error)).await;
             None
         }
         Sent::Transient { delay, error } => {
-            metrics.writeback_fail.inc();
+            let error = redact(error);
             let failures = event.write_back_attempts + 1;
             if failures > MAX_WRITE_BACK_RETRIES {
-                metrics.writeback_dead_letter.inc();
-                tracing::warn!(event = event.id, source = %event.source, %error, "write-back dead-lettered");
                 let error = format!("write-back gave up after {failures} tries: {error}");
+                trace.write_back_dead_lettered(event, &error, now);
+                tracing::warn!(event = event.id, source = %event.source, %error, "write-back dead-lettered");
                 set_state(shared, event.id, EventState::Failed, Some(error)).await;
                 return None;
             }
             let delay = delay.unwrap_or_else(|| retry_delay(failures));
             let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            trace.write_back_retried(event, &error, at, now);
             tracing::info!(event = event.id, source = %event.source, %error, retry_in_ms = at - now, "write-back failed; retrying later");
             let update = EventUpdate {
                 state: EventState::WriteBackFailed,
@@ -319,6 +328,13 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
         Err(message) => return Sent::Permanent(message),
     };
     let secret = crate::sources::secret(spec).ok();
+    // Redacted from now on: an error quoting either must not carry it into the trace.
+    for value in [token.as_deref().map(str::as_bytes), secret.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        crate::webhooks::redact_from_now_on(shared, value);
+    }
     let now_secs = shared.clock.now_ms().div_euclid(1000);
     let outbound = match responders::build(
         spec,

@@ -1,6 +1,7 @@
 //! Cron triggers on a running server: fires per schedule, once per fire time, and catch-up
-//! after downtime. Schedule arithmetic (time zones, daylight saving, counting) is unit-tested in
-//! `src/cron.rs` with fixed instants; these use real time, kept to a few seconds.
+//! after downtime, traced in `/logs`. Schedule arithmetic (time zones, daylight saving,
+//! counting) is unit-tested in `src/cron.rs` with fixed instants; these use real time, kept to a
+//! few seconds.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use mechanics_proto::domain::Task;
 use mechanics_store::Store;
 use serde_json::json;
 
+use crate::observe::{step, steps};
 use crate::support::{TestServer, http_worker, reply};
 
 async fn cron_tasks(server: &TestServer, worker: &str) -> Vec<Task> {
@@ -105,6 +107,27 @@ async fn after_downtime_a_schedule_fires_once_and_counts_the_missed_times() {
     let dropped = server.metrics().cron_ticks_dropped.get();
     assert!((9..=10).contains(&dropped), "{dropped}");
     assert_eq!(fired[0].payload["cron"]["dropped"], dropped);
+    // The fire's trace: the dropped times, the fire, the task it made, its attempt.
+    let task = fired[0].id;
+    server.wait_end(task).await;
+    assert_eq!(
+        steps(&server, &format!("trace=task-{task}")).await,
+        [
+            step("cron", "skip", None),
+            step("cron", "ok", None),
+            step("submit", "ok", None),
+            step("dispatch", "ok", Some(1)),
+        ]
+    );
+    let (_, logs) = server
+        .call("GET", &format!("/logs?trace=task-{task}&action=cron"), None)
+        .await;
+    let (fire, skip) = (&logs["entries"][0], &logs["entries"][1]);
+    assert_eq!(skip["detail"]["dropped"], dropped);
+    assert_eq!(skip["worker"], "nightly");
+    assert_eq!(fire["detail"]["fire_time"], fire_time);
+    assert_eq!(fire["detail"]["tz"], "Europe/Paris");
+    assert_eq!(fire["task_id"], task);
     server.stop().await;
 }
 

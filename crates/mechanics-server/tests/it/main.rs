@@ -5,5 +5,6 @@ mod api;
 mod cron;
 mod dispatch;
 mod observe;
+mod observe_webhooks;
 mod support;
 mod webhooks;

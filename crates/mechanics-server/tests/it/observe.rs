@@ -94,7 +94,7 @@ async fn scripted_run(server: &TestServer) -> Run {
 }
 
 /// `GET path` as text, with the server's key if it has one.
-async fn text(server: &TestServer, path: &str) -> (u16, String, Option<String>) {
+pub(crate) async fn text(server: &TestServer, path: &str) -> (u16, String, Option<String>) {
     let mut request = server.client.get(format!("{}{path}", server.base));
     if let Some(key) = &server.api_key {
         request = request.bearer_auth(key);
@@ -111,7 +111,7 @@ async fn text(server: &TestServer, path: &str) -> (u16, String, Option<String>) 
 /// Every sample of the exposition by name, summed over labels, after checking its syntax:
 /// the independent `prometheus-parse` parser reads it, and every sample belongs to a family
 /// declared with `# TYPE`.
-fn parse_exposition(body: &str) -> (prometheus_parse::Scrape, BTreeMap<String, f64>) {
+pub(crate) fn parse_exposition(body: &str) -> (prometheus_parse::Scrape, BTreeMap<String, f64>) {
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let name = regex::Regex::new(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$").unwrap();
     let mut typed = Vec::new();
@@ -270,7 +270,7 @@ async fn a_scripted_run_is_counted_exactly_in_a_valid_exposition() {
 }
 
 /// The `/logs` entries of `query`, oldest first, as `(action, outcome, attempt)`.
-async fn steps(server: &TestServer, query: &str) -> Vec<(String, String, Option<u64>)> {
+pub(crate) async fn steps(server: &TestServer, query: &str) -> Vec<(String, String, Option<u64>)> {
     let (status, body) = server.call("GET", &format!("/logs?{query}"), None).await;
     assert_eq!(status, 200, "{body}");
     let mut entries: Vec<Value> = body["entries"].as_array().unwrap().clone();
@@ -287,7 +287,11 @@ async fn steps(server: &TestServer, query: &str) -> Vec<(String, String, Option<
         .collect()
 }
 
-fn step(action: &str, outcome: &str, attempt: Option<u64>) -> (String, String, Option<u64>) {
+pub(crate) fn step(
+    action: &str,
+    outcome: &str,
+    attempt: Option<u64>,
+) -> (String, String, Option<u64>) {
     (action.to_owned(), outcome.to_owned(), attempt)
 }
 
@@ -467,7 +471,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub(crate) fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let subscriber = tracing_subscriber::fmt()
@@ -479,7 +483,7 @@ fn capture_logs() {
     });
 }
 
-fn captured() -> String {
+pub(crate) fn captured() -> String {
     String::from_utf8_lossy(&CAPTURED.lock().unwrap()).into_owned()
 }
 

@@ -46,11 +46,21 @@ impl TestServer {
 
     /// A server over the database in `dir`, with `api_key` if given.
     pub(crate) async fn start_with(api_key: Option<&str>, dir: tempfile::TempDir) -> Self {
+        Self::start_configured(api_key, dir, |_| {}).await
+    }
+
+    /// [`start_with`](Self::start_with), with `configure` applied to the configuration last.
+    pub(crate) async fn start_configured(
+        api_key: Option<&str>,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Arc::new(SqliteStore::open(dir.path().join("m.db")).unwrap());
         let mut config = ServerConfig::defaults(dir.path());
         config.api_key = api_key.map(str::to_owned);
         config.drain_timeout = Duration::from_secs(10);
+        configure(&mut config);
         let parts = ServerParts {
             store: store.clone(),
             js: None,

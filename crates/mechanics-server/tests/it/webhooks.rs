@@ -17,10 +17,10 @@ use sha2::Sha256;
 
 use crate::support::{TestServer, http_worker, reply};
 
-const SECRET: &str = "s3cret-for-tests";
-const TOKEN: &str = "tok-123";
+pub(crate) const SECRET: &str = "s3cret-for-tests";
+pub(crate) const TOKEN: &str = "tok-123";
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
     for part in parts {
         mac.update(part);
@@ -28,7 +28,7 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -59,7 +59,7 @@ async fn add_source(server: &TestServer, name: &str, kind: &str, secret: &str, a
 }
 
 /// `POST /webhooks/{source}` with raw `body` and `headers`; status, JSON answer, headers.
-async fn deliver(
+pub(crate) async fn deliver(
     server: &TestServer,
     source: &str,
     headers: &[(&str, String)],
@@ -84,7 +84,7 @@ async fn deliver(
     )
 }
 
-fn github_headers(
+pub(crate) fn github_headers(
     secret: &str,
     delivery: &str,
     event: &str,
@@ -101,7 +101,7 @@ fn github_headers(
 }
 
 /// An `issues.opened` payload shaped like GitHub's documented example.
-fn issue_opened(repo: &str, number: u64) -> Vec<u8> {
+pub(crate) fn issue_opened(repo: &str, number: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "action": "opened",
         "issue": { "number": number, "title": "Crash on start", "body": "It crashes.", "user": { "login": "octocat" } },
@@ -118,7 +118,7 @@ async fn events(server: &TestServer) -> Vec<Event> {
 }
 
 /// Waits until event `id` is in `state`, up to 20 s.
-async fn wait_event(server: &TestServer, id: i64, state: EventState) -> Event {
+pub(crate) async fn wait_event(server: &TestServer, id: i64, state: EventState) -> Event {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = server
@@ -138,18 +138,18 @@ async fn wait_event(server: &TestServer, id: i64, state: EventState) -> Event {
 
 /// One request a fake platform received.
 #[derive(Debug, Clone)]
-struct Seen {
+pub(crate) struct Seen {
     method: String,
     path: String,
     headers: HeaderMap,
     body: Value,
 }
 
-type Requests = Arc<Mutex<Vec<Seen>>>;
+pub(crate) type Requests = Arc<Mutex<Vec<Seen>>>;
 
 /// A fake platform API answering every request with `answer(call index)`; its base URL and the
 /// requests it saw.
-async fn fake_platform(
+pub(crate) async fn fake_platform(
     answer: impl Fn(usize) -> Response + Clone + Send + Sync + 'static,
 ) -> (String, Requests) {
     let seen: Requests = Arc::default();
@@ -179,7 +179,7 @@ async fn fake_platform(
     (url, seen)
 }
 
-fn status(code: u16, headers: &[(&'static str, &'static str)]) -> Response {
+pub(crate) fn status(code: u16, headers: &[(&'static str, &'static str)]) -> Response {
     let mut response = (
         StatusCode::from_u16(code).unwrap(),
         axum::Json(json!({ "message": "fake" })),
