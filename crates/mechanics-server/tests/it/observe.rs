@@ -57,7 +57,9 @@ async fn scripted_run(server: &TestServer) -> Run {
         .add_http_worker(
             "limited",
             &ok_url,
-            json!({ "rate_limit": { "per_second": 20, "burst": 1 } }),
+            // One token a second: the second task, submitted right after the first, always
+            // waits for its reserved slot (a faster refill made that a race).
+            json!({ "rate_limit": { "per_second": 1, "burst": 1 } }),
         )
         .await;
 
