@@ -161,10 +161,20 @@ async fn the_rate_limit_requeues_and_never_fails_a_task() {
             json!({ "rate_limit": { "per_second": 20, "burst": 2 } }),
         )
         .await;
+    // Five tasks written straight to the store (nothing wakes the dispatcher), then one through
+    // the API: the dispatcher claims all six at once, so exactly four find the bucket empty.
     let mut ids = Vec::new();
-    for n in 0..6 {
-        ids.push(server.submit("slow", json!(n)).await);
+    for n in 0..5 {
+        let task = NewTask {
+            worker: "slow".into(),
+            event_id: None,
+            idempotency_key: None,
+            payload: json!(n),
+            next_run_at: 0,
+        };
+        ids.push(server.store.create_task(task, 0).await.unwrap().record.id);
     }
+    ids.push(server.submit("slow", json!(5)).await);
     for id in &ids {
         let task = server.wait_end(*id).await;
         assert_eq!(task.state, TaskState::Completed, "{task:?}");
