@@ -633,3 +633,87 @@ fn serve_exits_2_when_the_address_is_taken_or_the_database_unusable() {
         stderr(&out)
     );
 }
+
+#[test]
+fn logs_show_a_tasks_trace_filter_it_and_follow_new_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    server.ok(&[
+        "worker",
+        "add",
+        "-f",
+        &format!("{REPO}/examples/hello-worker/worker.yml"),
+    ]);
+    let task = server.json(&["task", "submit", "hello", "--payload", "{}", "--wait"]);
+    let id = task["id"].to_string();
+
+    // The task's trace, oldest last as the API gives it: submitted, then dispatched once.
+    let trace = server.json(&["logs", "--task", &id]);
+    let steps: Vec<(String, String)> = trace["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("dispatch".to_owned(), "ok".to_owned()),
+            ("submit".to_owned(), "ok".to_owned())
+        ],
+        "{trace}"
+    );
+    let table = server.ok(&["logs", "--task", &id]);
+    assert!(
+        table.contains("dispatch") && table.contains("submit"),
+        "{table}"
+    );
+    assert!(
+        server.json(&["logs", "--task", &id, "--action", "submit"])["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+    let bad = server.cli(&["logs", "--outcome", "sideways"]);
+    assert_ne!(code(&bad), Some(0));
+    assert!(stderr(&bad).contains("sideways"), "{}", stderr(&bad));
+
+    // --follow prints what comes after it started, as JSON lines.
+    let mut follow = command(&server.home)
+        .env("MECHANICS_SERVER", &server.url)
+        .args([
+            "logs", "--follow", "--worker", "hello", "--json", "--limit", "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let later = server.json(&["task", "submit", "hello", "--payload", "{}", "--wait"]);
+    let later_id = later["id"].as_i64().unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.contains(&("dispatch".to_owned(), later_id)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follow printed {seen:?}"
+        );
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            panic!("follow ended: {seen:?}");
+        }
+        let entry: Value = serde_json::from_str(&line).unwrap();
+        seen.push((
+            entry["action"].as_str().unwrap().to_owned(),
+            entry["task_id"].as_i64().unwrap_or_default(),
+        ));
+    }
+    assert!(seen.contains(&("submit".to_owned(), later_id)), "{seen:?}");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}

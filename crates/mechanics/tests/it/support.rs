@@ -51,7 +51,7 @@ pub(crate) fn command(home: &Path) -> Command {
 pub(crate) struct Coordinator {
     child: Option<Child>,
     pub(crate) url: String,
-    home: PathBuf,
+    pub(crate) home: PathBuf,
     stderr: Arc<Mutex<String>>,
     api_key: Option<String>,
 }
