@@ -413,6 +413,10 @@ async fn cancel_task(
     let now = shared.clock.now_ms();
     let task = shared.store.cancel_task(id, now).await?;
     shared.trace.canceled(&task, now);
+    // A canceled task has ended: its event may now be settled (written back or failed).
+    if let Some(event) = task.event_id {
+        shared.dispatcher.settle.push(event);
+    }
     Ok(axum::Json(task))
 }
 

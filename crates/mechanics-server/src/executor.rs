@@ -23,6 +23,9 @@ pub enum Outcome {
     Transport(String),
     /// The worker asked to come back after a delay (`429` with `Retry-After`).
     RetryAfter(Duration, String),
+    /// The executor was too busy to take the attempt (no free node, a node's queue full). Not the
+    /// task's fault: the task goes back to the queue after the delay without spending a try.
+    Overloaded(Option<Duration>, String),
 }
 
 /// Runs js jobs. The binary implements it over the local fleet of executor nodes (and remote

@@ -216,7 +216,9 @@ pub async fn start(
             .into_future(),
         );
         let cron = tokio::spawn(cron::run(loops.clone(), until_stop(stopped.clone())));
-        let write_back = tokio::spawn(writeback::run(loops.clone(), until_stop(stopped.clone())));
+        // Write-back outlives the drain: events whose last task ends during it are settled.
+        let (drained, drained_rx) = watch::channel(false);
+        let write_back = tokio::spawn(writeback::run(loops.clone(), until_stop(drained_rx)));
         let reconciler = tokio::spawn(reconcile_loop(loops, until_stop(stopped.clone())));
         let cleaner = tokio::spawn(limiter_cleanup_loop(
             dispatcher.clone(),
@@ -233,6 +235,7 @@ pub async fn start(
             .clone()
             .run(until_stop(stopped.clone()), drain)
             .await;
+        let _ = drained.send(true);
         let _ = reconciler.await;
         let _ = cleaner.await;
         let _ = cron.await;

@@ -4,7 +4,7 @@
 //! [`Metrics`] holds every counter of spec/server.txt under Prometheus naming; incrementing one
 //! is one line, with no lock held across an await and no database access:
 //!
-//! ```ignore
+//! ```text
 //! shared.metrics.webhooks_received.inc();                  // unlabelled counters
 //! shared.metrics.tasks_created.inc(&worker_name);          // per-worker counters
 //! shared.metrics.writeback_dead_letter.inc();

@@ -2,7 +2,7 @@
 //!
 //! Recording is one line from any handler or loop, and never waits for the database:
 //!
-//! ```ignore
+//! ```text
 //! use mechanics_proto::domain::LogOutcome;
 //! use mechanics_server::trace_log::{event_trace_id, entry};
 //!

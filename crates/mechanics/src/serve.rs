@@ -318,10 +318,10 @@ pub fn outcome_of(result: Result<Value, FleetError>) -> Outcome {
     match result {
         Ok(value) => Outcome::Completed(value),
         Err(FleetError::Overloaded {
-            retry_after: Some(delay),
+            retry_after,
             kind,
             message,
-        }) => Outcome::RetryAfter(delay, format!("{kind}: {message}")),
+        }) => Outcome::Overloaded(retry_after, format!("{kind}: {message}")),
         Err(err) if err.is_retryable() => Outcome::Transport(err.to_string()),
         Err(err @ (FleetError::Script { .. } | FleetError::Rejected { .. })) => {
             Outcome::Failed(err.to_string())

@@ -58,6 +58,9 @@ pub(crate) struct Dispatcher {
     pub(crate) http: HttpWorkerClient,
     pub(crate) processes: Arc<ProcessWorkers>,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// Attempts running, by task id, so that those still running when the drain ends can be
+    /// stopped before the executors are.
+    running: Mutex<HashMap<i64, tokio::task::AbortHandle>>,
     /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
     /// that token instead of reserving another.
     reserved: Mutex<HashMap<i64, i64>>,
@@ -92,6 +95,7 @@ impl Dispatcher {
             processes,
             limiter: Mutex::new(RateLimiter::default()),
             reserved: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             trace,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             config,
@@ -127,7 +131,7 @@ impl Dispatcher {
                 }
             }
             let now = self.clock.now_ms();
-            let lease_until = now + duration_ms(self.lease());
+            let lease_until = now.saturating_add(duration_ms(self.lease().await));
             let claimed = match self
                 .store
                 .claim_due(now, lease_until, u32::try_from(permits.len()).unwrap_or(1))
@@ -154,13 +158,18 @@ impl Dispatcher {
             for (task, permit) in claimed.into_iter().zip(permits) {
                 let this = self.clone();
                 let span = task_span(&task);
-                tokio::spawn(
+                let id = task.id;
+                // Held while spawning, so the attempt cannot remove its entry before it exists.
+                let mut running = lock(&self.running);
+                let attempt = tokio::spawn(
                     async move {
                         this.run_attempt(task).await;
+                        lock(&this.running).remove(&id);
                         drop(permit);
                     }
                     .instrument(span),
                 );
+                running.insert(id, attempt.abort_handle());
             }
         }
         let all = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
@@ -172,12 +181,41 @@ impl Dispatcher {
                 in_flight = self.in_flight(),
                 "the drain timeout passed with attempts in flight; recovery picks them up"
             );
+            // Stop them before the executors go: an attempt whose node is stopped under it would
+            // be recorded as a transport failure and spend a try. Aborted, it stays `dispatched`
+            // with its lease, and startup recovery runs it again.
+            for (_, attempt) in lock(&self.running).drain() {
+                attempt.abort();
+            }
         }
     }
 
     /// The longest a claim may be held: the longest attempt plus a margin.
-    fn lease(&self) -> Duration {
-        self.config.http_timeout + self.config.lease_margin
+    ///
+    /// Claims are made before the claimed tasks' workers are known, so the lease covers the
+    /// slowest worker registered: an http call's timeout, or a js job's time limit plus the
+    /// executor's watchdog grace and its wait for a free node. A lease shorter than a running
+    /// attempt would hand the task to a second runner while the first still works on it.
+    async fn lease(&self) -> Duration {
+        let slowest_js = self
+            .registry
+            .all()
+            .await
+            .values()
+            .filter(|w| w.spec.kind == WorkerKind::Js)
+            .map(|w| {
+                let limit_ms = w
+                    .spec
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.get("max_execution_time_ms"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(DEFAULT_JS_TIME_LIMIT_MS);
+                Duration::from_millis(limit_ms) + JS_EXECUTOR_SLACK
+            })
+            .max()
+            .unwrap_or_default();
+        self.config.http_timeout.max(slowest_js) + self.config.lease_margin
     }
 
     /// Sleeps until the store's next due time (a pending task's `next_run_at`, or an expired
@@ -233,6 +271,16 @@ impl Dispatcher {
             .await;
             return;
         };
+        // Every claim counts a try; claims whose attempts never answered (their leases expired)
+        // count too, so a task that outlives every lease ends dead instead of running forever.
+        if !retry::may_retry(&worker.spec.retry, task.tries.saturating_sub(1)) {
+            let message = format!(
+                "claimed {} times without an answer in time (leases expired)",
+                task.tries - 1
+            );
+            self.finish(&task, Outcome::Transport(message)).await;
+            return;
+        }
         let now = self.clock.now_ms();
         let reserved = lock(&self.reserved).remove(&task.id);
         if reserved.is_none_or(|at| at > now) {
@@ -374,6 +422,18 @@ impl Dispatcher {
                 }
                 r
             }
+            Outcome::Overloaded(delay, message) => {
+                let at = now.saturating_add(duration_ms(delay.unwrap_or(OVERLOAD_BACKOFF)));
+                let r = self
+                    .store
+                    .release_task(task.id, task.attempt, at, now)
+                    .await;
+                if r.is_ok() {
+                    tracing::info!(task = task.id, worker = %task.worker, %message, "executor busy: the task waits without spending a try");
+                    self.wake.notify_one();
+                }
+                r
+            }
             Outcome::Transport(message) | Outcome::RetryAfter(_, message)
                 if !retry::may_retry(&spec, task.tries) =>
             {
@@ -392,12 +452,24 @@ impl Dispatcher {
             }
             Outcome::Transport(message) => {
                 let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
-                self.reschedule(task, now + duration_ms(delay), &redact(message), now)
-                    .await
+                self.reschedule(
+                    task,
+                    now.saturating_add(duration_ms(delay)),
+                    &redact(message),
+                    now,
+                )
+                .await
             }
             Outcome::RetryAfter(delay, message) => {
-                self.reschedule(task, now + duration_ms(delay), &redact(message), now)
-                    .await
+                // A worker's hint is honoured up to the worker's own longest backoff.
+                let delay = delay.min(spec.max_delay.0);
+                self.reschedule(
+                    task,
+                    now.saturating_add(duration_ms(delay)),
+                    &redact(message),
+                    now,
+                )
+                .await
             }
         };
         match result {
@@ -429,6 +501,14 @@ impl Dispatcher {
         r
     }
 }
+
+/// A js job's time limit when its worker sets none (`mechanics-core`'s default).
+const DEFAULT_JS_TIME_LIMIT_MS: u64 = 10_000;
+/// What a js attempt may take beyond its time limit: the executor's watchdog grace and its wait
+/// for a free node.
+const JS_EXECUTOR_SLACK: Duration = Duration::from_secs(15);
+/// How long an attempt the executor was too busy to take waits before it is claimed again.
+const OVERLOAD_BACKOFF: Duration = Duration::from_secs(1);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())

@@ -261,7 +261,20 @@ async fn ingest(
         Ok(inserted) => inserted,
         Err(err) => {
             trace.webhook_failed(&name, &format!("storing the event failed: {err}"), now);
-            return Failure::from(err).into_response();
+            tracing::error!(source = %name, error = %err, "storing a webhook event failed");
+            // The sender is not authenticated to read database errors; it only needs to know
+            // that the delivery was not taken and should come again.
+            let (status, code) = if err.is_transient() {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            } else {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            };
+            return Failure::new(
+                status,
+                code,
+                "the delivery could not be stored; deliver it again later",
+            )
+            .into_response();
         }
     };
     let event = inserted.record;

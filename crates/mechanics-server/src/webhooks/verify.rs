@@ -131,7 +131,8 @@ fn shared_token(headers: &HeaderMap, name: &'static str, secret: &[u8]) -> Resul
 
 fn check_timestamp(text: &str, now_secs: i64, name: &'static str) -> Result<(), Denied> {
     let ts: i64 = text.parse().map_err(|_| Denied::Mismatch(name))?;
-    if (now_secs - ts).abs() > TIMESTAMP_TOLERANCE_SECS {
+    // `abs_diff`: a sender controls `ts`, and `i64::MIN` must not overflow a subtraction.
+    if now_secs.abs_diff(ts) > TIMESTAMP_TOLERANCE_SECS.unsigned_abs() {
         return Err(Denied::Stale(name));
     }
     Ok(())

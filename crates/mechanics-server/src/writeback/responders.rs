@@ -250,7 +250,7 @@ pub(crate) fn classify(
                 // at which the limit resets.
                 header_secs("x-ratelimit-reset")
                     .or_else(|| header_secs("ratelimit-reset"))
-                    .map(|reset| reset - now_secs)
+                    .map(|reset| reset.saturating_sub(now_secs))
             })
             .or_else(|| {
                 json.as_ref()

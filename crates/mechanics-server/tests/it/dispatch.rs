@@ -69,7 +69,7 @@ async fn transport_failures_retry_with_backoff_then_go_dead_and_retry_revives() 
             let stall = flag.load(Ordering::SeqCst);
             async move {
                 if stall {
-                    // Longer than the dispatcher's 500 ms http timeout: a transport failure.
+                    // Longer than this server's 300 ms http timeout: a transport failure.
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
                 axum::Json(json!({ "ok": true }))
@@ -80,7 +80,7 @@ async fn transport_failures_retry_with_backoff_then_go_dead_and_retry_revives() 
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let server = TestServer::start().await;
+    let server = TestServer::start_timing_out_after(Duration::from_millis(300)).await;
     let retry =
         json!({ "retry": { "max_retries": 2, "base_delay": "50ms", "max_delay": "100ms" } });
     server.add_http_worker("flaky", &url, retry).await;

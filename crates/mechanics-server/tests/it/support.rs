@@ -25,13 +25,15 @@ pub(crate) struct TestServer {
     pub(crate) api_key: Option<String>,
 }
 
-/// Dispatcher settings for tests: quick timeouts, no rate limit unless a worker sets one.
-pub(crate) fn dispatch_config() -> DispatchConfig {
+/// Dispatcher settings for tests: a worker call times out after `http_timeout` (generous, so a
+/// loaded machine does not turn a slow answer into a transport failure, unless a test wants
+/// that), no rate limit unless a worker sets one.
+pub(crate) fn dispatch_config(http_timeout: Duration) -> DispatchConfig {
     DispatchConfig {
         concurrency: 16,
         claim_batch: 64,
         lease_margin: Duration::from_secs(60),
-        http_timeout: Duration::from_millis(500),
+        http_timeout,
         default_rate: Rate {
             per_second: 10_000.0,
             burst: 10_000,
@@ -55,6 +57,27 @@ impl TestServer {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_full(
+            api_key,
+            dir,
+            configure,
+            dispatch_config(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// A server whose worker calls time out after `http_timeout`.
+    pub(crate) async fn start_timing_out_after(http_timeout: Duration) -> Self {
+        let dispatch = dispatch_config(http_timeout);
+        Self::start_full(None, tempfile::tempdir().unwrap(), |_| {}, dispatch).await
+    }
+
+    async fn start_full(
+        api_key: Option<&str>,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+        dispatch: DispatchConfig,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Arc::new(SqliteStore::open(dir.path().join("m.db")).unwrap());
         let mut config = ServerConfig::defaults(dir.path());
@@ -66,7 +89,7 @@ impl TestServer {
             js: None,
             supervisor: Supervisor::new(SupervisorConfig::default(), ShutdownHandle::new()),
             clock: Clock::system(),
-            dispatch: dispatch_config(),
+            dispatch,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = mechanics_server::start(listener, &config, parts)
