@@ -424,9 +424,19 @@ mod tests {
             message: "full".into(),
             retry_after: Some(std::time::Duration::from_secs(2)),
         };
+        // Overload is the executor's state, not the task's fault: no try is spent on it.
         assert!(matches!(
             outcome_of(Err(busy)),
-            Outcome::RetryAfter(d, _) if d.as_secs() == 2
+            Outcome::Overloaded(Some(d), _) if d.as_secs() == 2
+        ));
+        let no_node = FleetError::Overloaded {
+            kind: "no_node_available".into(),
+            message: "every node is busy".into(),
+            retry_after: None,
+        };
+        assert!(matches!(
+            outcome_of(Err(no_node)),
+            Outcome::Overloaded(None, _)
         ));
     }
 
