@@ -343,3 +343,55 @@ async fn a_rate_limited_backlog_does_not_hold_up_other_workers() {
     assert_eq!(counts[&TaskState::Failed] + counts[&TaskState::Dead], 0);
     server.stop().await;
 }
+
+/// An executor that is too busy for the first two attempts, then runs the job. It stands in for
+/// the fleet (which needs the `mechanics` binary; the binary's own tests drive the real one) to
+/// show what the dispatcher does with overload.
+struct BusyExecutor {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl mechanics_server::JsExecutor for BusyExecutor {
+    async fn run(&self, _job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
+        match self.calls.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => mechanics_server::Outcome::Overloaded(
+                Some(Duration::from_millis(50)),
+                "no_node_available: every node is busy".into(),
+            ),
+            _ => mechanics_server::Outcome::Completed(json!("ran")),
+        }
+    }
+    fn validate(
+        &self,
+        _: Option<&serde_json::Value>,
+        _: Option<&serde_json::Value>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
+        Vec::new()
+    }
+    fn reset(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_overload_requeues_without_spending_a_try() {
+    let server = TestServer::start_with_js(Arc::new(BusyExecutor {
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    }))
+    .await;
+    // No retries at all: an overload that spent a try would make the task dead at once.
+    let spec = json!({ "spec": {
+        "name": "js", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+        "retry": { "max_retries": 0, "base_delay": "1s", "max_delay": "1s" },
+    }, "module_source": "export default () => 1;" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let task = server.wait_end(server.submit("js", json!(1)).await).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!((task.attempt, task.tries), (3, 1), "{task:?}");
+    server.stop().await;
+}

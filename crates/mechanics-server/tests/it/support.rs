@@ -62,6 +62,7 @@ impl TestServer {
             dir,
             configure,
             dispatch_config(Duration::from_secs(10)),
+            None,
         )
         .await
     }
@@ -69,7 +70,20 @@ impl TestServer {
     /// A server whose worker calls time out after `http_timeout`.
     pub(crate) async fn start_timing_out_after(http_timeout: Duration) -> Self {
         let dispatch = dispatch_config(http_timeout);
-        Self::start_full(None, tempfile::tempdir().unwrap(), |_| {}, dispatch).await
+        Self::start_full(None, tempfile::tempdir().unwrap(), |_| {}, dispatch, None).await
+    }
+
+    /// A server that runs js jobs on `js`.
+    pub(crate) async fn start_with_js(js: Arc<dyn mechanics_server::JsExecutor>) -> Self {
+        let dispatch = dispatch_config(Duration::from_secs(10));
+        Self::start_full(
+            None,
+            tempfile::tempdir().unwrap(),
+            |_| {},
+            dispatch,
+            Some(js),
+        )
+        .await
     }
 
     async fn start_full(
@@ -77,6 +91,7 @@ impl TestServer {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
         dispatch: DispatchConfig,
+        js: Option<Arc<dyn mechanics_server::JsExecutor>>,
     ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Arc::new(SqliteStore::open(dir.path().join("m.db")).unwrap());
@@ -86,7 +101,7 @@ impl TestServer {
         configure(&mut config);
         let parts = ServerParts {
             store: store.clone(),
-            js: None,
+            js,
             supervisor: Supervisor::new(SupervisorConfig::default(), ShutdownHandle::new()),
             clock: Clock::system(),
             dispatch,
