@@ -395,3 +395,62 @@ async fn executor_overload_requeues_without_spending_a_try() {
     assert_eq!((task.attempt, task.tries), (3, 1), "{task:?}");
     server.stop().await;
 }
+
+/// An executor whose jobs run until the test lets them finish.
+struct GatedExecutor {
+    open: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl mechanics_server::JsExecutor for GatedExecutor {
+    async fn run(&self, _job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
+        let _permit = self.open.acquire().await;
+        mechanics_server::Outcome::Completed(json!("done"))
+    }
+    fn validate(
+        &self,
+        _: Option<&serde_json::Value>,
+        _: Option<&serde_json::Value>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
+        Vec::new()
+    }
+    fn reset(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claims_lease_outlasts_the_slowest_workers_time_limit() {
+    let executor = Arc::new(GatedExecutor {
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let server = TestServer::start_with_js(executor.clone()).await;
+    // A js worker allowed 20 minutes, far beyond the 10 s http timeout of this server.
+    let spec = json!({ "spec": {
+        "name": "long", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+        "limits": { "max_execution_time_ms": 1_200_000 },
+    }, "module_source": "export default () => 1;" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = server.submit("long", json!(1)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let task = loop {
+        let task = server.task(id).await;
+        if task.state == TaskState::Dispatched {
+            break task;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{task:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let lease_ms = task.lease_expires_at.unwrap() - task.updated_at;
+    assert!(
+        lease_ms >= 1_200_000,
+        "a {lease_ms} ms lease would expire under a running job"
+    );
+    executor.open.add_permits(1);
+    assert_eq!(server.wait_end(id).await.state, TaskState::Completed);
+    server.stop().await;
+}
