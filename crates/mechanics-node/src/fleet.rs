@@ -700,7 +700,13 @@ fn process_node(config: &FleetConfig, name: &str, token: &str) -> Result<Process
     .into_iter()
     .map(OsString::from)
     .collect();
-    Ok(ProcessNode::new(&config.program)
+    // A node runs untrusted scripts: it gets none of the coordinator's environment (API key,
+    // platform tokens, webhook secrets), only its token and the log filter.
+    let mut node = ProcessNode::new(&config.program).clear_env();
+    if let Some(filter) = std::env::var_os("RUST_LOG") {
+        node = node.env("RUST_LOG", filter);
+    }
+    Ok(node
         .args(args)
         .env(TOKEN_ENV, token)
         .ready_timeout(config.ready_timeout)

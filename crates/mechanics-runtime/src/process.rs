@@ -41,6 +41,7 @@ pub struct ProcessNode {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    clear_env: bool,
     current_dir: Option<PathBuf>,
     ready_timeout: Option<Duration>,
     health_url: Option<String>,
@@ -56,6 +57,7 @@ impl ProcessNode {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
+            clear_env: false,
             current_dir: None,
             ready_timeout: None,
             health_url: None,
@@ -81,6 +83,13 @@ impl ProcessNode {
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts the child with only the variables given with [`env`](Self::env), not the parent's
+    /// environment, which may hold secrets the child has no business seeing.
+    pub fn clear_env(mut self) -> Self {
+        self.clear_env = true;
         self
     }
 
@@ -128,6 +137,9 @@ impl ProcessNode {
 
     fn spawn(&self) -> Result<Child, NodeFailure> {
         let mut command = Command::new(&self.program);
+        if self.clear_env {
+            command.env_clear();
+        }
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

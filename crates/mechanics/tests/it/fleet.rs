@@ -281,6 +281,21 @@ async fn kill_9_mid_job_gives_a_retryable_error_and_the_node_comes_back() {
         .unwrap()
         .name;
     let pid = pid_of(PREFIX, &node);
+    // A node runs untrusted scripts: it inherits none of this process's environment.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| v.split(|b| *b == b'=').next())
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    assert!(std::env::var_os("PATH").is_some());
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "MECHANICS_NODE_TOKEN" || n == "RUST_LOG"),
+        "{names:?}"
+    );
     signal(pid, libc::SIGKILL);
     let err = running.await.unwrap().unwrap_err();
     assert!(matches!(err, FleetError::Transport { .. }), "{err:?}");
