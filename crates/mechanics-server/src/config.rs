@@ -105,7 +105,8 @@ pub struct ServerConfig {
     pub db_path: PathBuf,
     /// Local executor nodes to launch.
     pub local_nodes: usize,
-    /// Tasks held in memory ready to dispatch.
+    /// Most tasks claimed by one query (capped at 64). Tasks wait in the database, which is the
+    /// queue; the dispatcher claims only as many as it has free runners.
     pub queue_size: usize,
     /// Tasks dispatched at once.
     pub concurrency: usize,

@@ -45,7 +45,8 @@ pub struct ConfigArgs {
     /// Tasks dispatched at once [default: 16; MECHANICS_CONCURRENCY].
     #[arg(long, value_name = "N")]
     concurrency: Option<String>,
-    /// Tasks held in memory ready to dispatch [default: 256; MECHANICS_QUEUE_SIZE].
+    /// Most tasks claimed from the database by one query (at most 64; tasks wait in the
+    /// database, not in memory) [default: 256; MECHANICS_QUEUE_SIZE].
     #[arg(long, value_name = "N")]
     queue_size: Option<String>,
     /// How long shutdown waits for tasks in flight, e.g. 30s or 10m [default: 10m;
