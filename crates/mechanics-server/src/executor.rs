@@ -113,8 +113,8 @@ impl HttpWorkerClient {
     }
 }
 
-/// The error with its causes, without the URL's query.
-fn describe(err: reqwest::Error) -> String {
+/// The error with its causes, without the URL (its query may hold a credential).
+pub(crate) fn describe(err: reqwest::Error) -> String {
     let timeout = err.is_timeout();
     let err = err.without_url();
     let mut text = if timeout {

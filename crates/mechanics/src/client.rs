@@ -490,20 +490,29 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
     }
 }
 
-/// Reads a worker file: the YAML spec, checked, with the js module's source.
-pub fn load_worker(path: &Path) -> Result<WorkerInput> {
+/// Reads the YAML spec at `path` (`what` names its fields for an empty file) and checks it with
+/// `validate`; errors name the file and the field.
+pub(crate) fn load_spec<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
+    path: &Path,
+    what: &str,
+    validate: impl FnOnce(&T) -> std::result::Result<(), E>,
+) -> Result<T> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|err| Failure::usage(format!("cannot read {shown}: {err}")))?;
     if text.trim().is_empty() {
-        return Err(Failure::usage(format!(
-            "{shown} is empty: write a worker spec (name, kind, ...)"
-        )));
+        return Err(Failure::usage(format!("{shown} is empty: write a {what}")));
     }
-    let spec: WorkerSpec =
+    let spec: T =
         serde_saphyr::from_str(&text).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
-    spec.validate()
-        .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+    validate(&spec).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+    Ok(spec)
+}
+
+/// Reads a worker file: the YAML spec, checked, with the js module's source.
+pub fn load_worker(path: &Path) -> Result<WorkerInput> {
+    let shown = path.display();
+    let spec: WorkerSpec = load_spec(path, "worker spec (name, kind, ...)", WorkerSpec::validate)?;
     let module_source = match (spec.kind, &spec.module) {
         (WorkerKind::Js, Some(module)) => {
             crate::serve::validate_js(spec.config.as_ref(), spec.limits.as_ref())

@@ -11,7 +11,7 @@ use mechanics_proto::api::SourceList;
 use mechanics_proto::domain::{Source, SourceKind, SourceSpec};
 use reqwest::Method;
 
-use crate::client::{Api, ClientArgs, Failure, Result, age, out, segment, table};
+use crate::client::{Api, ClientArgs, Result, age, out, segment, table};
 
 /// `mechanics source ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -141,19 +141,11 @@ pub fn source(args: &ClientArgs, command: &SourceCommand) -> Result<()> {
 
 /// Reads a source file: the YAML spec, checked.
 pub fn load_source(path: &Path) -> Result<SourceSpec> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| Failure::usage(format!("cannot read {shown}: {err}")))?;
-    if text.trim().is_empty() {
-        return Err(Failure::usage(format!(
-            "{shown} is empty: write a source spec (name, kind, secret_env, ...)"
-        )));
-    }
-    let spec: SourceSpec =
-        serde_saphyr::from_str(&text).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
-    spec.validate()
-        .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
-    Ok(spec)
+    crate::client::load_spec(
+        path,
+        "source spec (name, kind, secret_env, ...)",
+        SourceSpec::validate,
+    )
 }
 
 fn kind_name(kind: SourceKind) -> &'static str {

@@ -362,7 +362,10 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
         Err(err) => {
             return Sent::Transient {
                 delay: None,
-                error: format!("{who} could not be reached: {}", describe(err)),
+                error: format!(
+                    "{who} could not be reached: {}",
+                    crate::executor::describe(err)
+                ),
             };
         }
     };
@@ -373,28 +376,14 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
         Err(err) => {
             return Sent::Transient {
                 delay: None,
-                error: format!("reading {who}'s answer failed: {}", describe(err)),
+                error: format!(
+                    "reading {who}'s answer failed: {}",
+                    crate::executor::describe(err)
+                ),
             };
         }
     };
     responders::classify(spec.kind, status, &headers, &body, now_secs)
-}
-
-fn describe(err: reqwest::Error) -> String {
-    let timeout = err.is_timeout();
-    let err = err.without_url();
-    let mut text = if timeout {
-        "the request timed out".to_owned()
-    } else {
-        err.to_string()
-    };
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -344,67 +344,42 @@ async fn a_rate_limited_backlog_does_not_hold_up_other_workers() {
     server.stop().await;
 }
 
-/// An executor that is too busy for the first two attempts, then runs the job. It stands in for
-/// the fleet (which needs the `mechanics` binary; the binary's own tests drive the real one) to
-/// show what the dispatcher does with overload.
-struct BusyExecutor {
-    calls: std::sync::atomic::AtomicUsize,
+/// A js executor for the dispatcher's side of the contract (the fleet itself needs the
+/// `mechanics` binary; the binary's tests drive it): it answers the first `overloads` attempts
+/// as too busy, and runs the others once `gate` gives a permit.
+struct TestExecutor {
+    overloads: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+impl TestExecutor {
+    fn new(overloads: usize, open: bool) -> Arc<Self> {
+        let permits = if open {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            0
+        };
+        Arc::new(Self {
+            overloads: std::sync::atomic::AtomicUsize::new(overloads),
+            gate: tokio::sync::Semaphore::new(permits),
+        })
+    }
 }
 
 #[async_trait::async_trait]
-impl mechanics_server::JsExecutor for BusyExecutor {
+impl mechanics_server::JsExecutor for TestExecutor {
     async fn run(&self, _job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
-        match self.calls.fetch_add(1, Ordering::SeqCst) {
-            0 | 1 => mechanics_server::Outcome::Overloaded(
+        let busy = self
+            .overloads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if busy {
+            return mechanics_server::Outcome::Overloaded(
                 Some(Duration::from_millis(50)),
                 "no_node_available: every node is busy".into(),
-            ),
-            _ => mechanics_server::Outcome::Completed(json!("ran")),
+            );
         }
-    }
-    fn validate(
-        &self,
-        _: Option<&serde_json::Value>,
-        _: Option<&serde_json::Value>,
-    ) -> Result<(), String> {
-        Ok(())
-    }
-    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
-        Vec::new()
-    }
-    fn reset(&self, _: &str) -> bool {
-        false
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn executor_overload_requeues_without_spending_a_try() {
-    let server = TestServer::start_with_js(Arc::new(BusyExecutor {
-        calls: std::sync::atomic::AtomicUsize::new(0),
-    }))
-    .await;
-    // No retries at all: an overload that spent a try would make the task dead at once.
-    let spec = json!({ "spec": {
-        "name": "js", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
-        "retry": { "max_retries": 0, "base_delay": "1s", "max_delay": "1s" },
-    }, "module_source": "export default () => 1;" });
-    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
-    assert_eq!(status, 201, "{body}");
-    let task = server.wait_end(server.submit("js", json!(1)).await).await;
-    assert_eq!(task.state, TaskState::Completed, "{task:?}");
-    assert_eq!((task.attempt, task.tries), (3, 1), "{task:?}");
-    server.stop().await;
-}
-
-/// An executor whose jobs run until the test lets them finish.
-struct GatedExecutor {
-    open: tokio::sync::Semaphore,
-}
-
-#[async_trait::async_trait]
-impl mechanics_server::JsExecutor for GatedExecutor {
-    async fn run(&self, _job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
-        let _permit = self.open.acquire().await;
+        let _permit = self.gate.acquire().await;
         mechanics_server::Outcome::Completed(json!("done"))
     }
     fn validate(
@@ -423,10 +398,24 @@ impl mechanics_server::JsExecutor for GatedExecutor {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_overload_requeues_without_spending_a_try() {
+    let server = TestServer::start_with_js(TestExecutor::new(2, true)).await;
+    // No retries at all: an overload that spent a try would make the task dead at once.
+    let spec = json!({ "spec": {
+        "name": "js", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+        "retry": { "max_retries": 0, "base_delay": "1s", "max_delay": "1s" },
+    }, "module_source": "export default () => 1;" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let task = server.wait_end(server.submit("js", json!(1)).await).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+    assert_eq!((task.attempt, task.tries), (3, 1), "{task:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claims_lease_outlasts_the_slowest_workers_time_limit() {
-    let executor = Arc::new(GatedExecutor {
-        open: tokio::sync::Semaphore::new(0),
-    });
+    let executor = TestExecutor::new(0, false);
     let server = TestServer::start_with_js(executor.clone()).await;
     // A js worker allowed 20 minutes, far beyond the 10 s http timeout of this server.
     let spec = json!({ "spec": {
@@ -450,7 +439,7 @@ async fn a_claims_lease_outlasts_the_slowest_workers_time_limit() {
         lease_ms >= 1_200_000,
         "a {lease_ms} ms lease would expire under a running job"
     );
-    executor.open.add_permits(1);
+    executor.gate.add_permits(1);
     assert_eq!(server.wait_end(id).await.state, TaskState::Completed);
     server.stop().await;
 }
