@@ -1,0 +1,63 @@
+//! `mechanics-test-support`: data the test suites of several Mechanics crates share, so that
+//! the engine's tests and the executor fleet's tests check the same hostile scripts.
+//!
+//! Test-only: no crate depends on it outside `[dev-dependencies]`.
+
+/// Hostile job modules: a name, the module source, and a piece of the error message each must
+/// end with. Every one must fail cleanly within its time limit plus grace, and leave the pool or
+/// node serving the next job.
+pub fn hostile_corpus() -> Vec<(&'static str, String, &'static str)> {
+    let nested = |open: &str, inner: &str, close: &str, depth: usize| {
+        format!("{}{inner}{}", open.repeat(depth), close.repeat(depth))
+    };
+    vec![
+        ("infinite sync loop", "export default () => { while (true) {} }".into(), "time limit"),
+        (
+            "endless promise chain",
+            "function f() { return Promise.resolve().then(f) } export default () => f()".into(),
+            "time limit",
+        ),
+        ("deep recursion", "function r(n) { return r(n + 1) + 1 } export default () => r(0)".into(), "recursion"),
+        ("huge repeat", "export default () => 'a'.repeat(2 ** 30).length".into(), "limit"),
+        (
+            "string doubling",
+            "export default () => { let s = 'ab'; while (true) s += s }".into(),
+            "memory limit",
+        ),
+        ("huge array fill", "export default () => new Array(1e9).fill(0).length".into(), "limit"),
+        (
+            "object flood",
+            "export default () => { const a = []; while (true) a.push({ n: a.length }) }".into(),
+            "limit",
+        ),
+        (
+            "10,000 nested parentheses",
+            format!("export default () => {}", nested("(", "1", ")", 10_000)),
+            "nested too deeply",
+        ),
+        (
+            "deeply nested JSON literal",
+            format!("export default () => {}", nested("[", "", "]", 100_000)),
+            "nested too deeply",
+        ),
+        (
+            "catastrophic regex",
+            "export default () => { const r = /^(a+)+$/; for (let i = 0; i < 1e6; i++) r.test('a'.repeat(24) + 'b') }"
+                .into(),
+            "time limit",
+        ),
+        (
+            "throw in .then after a limit",
+            "export default () => { Promise.resolve().then(() => { throw new Error('x') }); while (true) {} }"
+                .into(),
+            "time limit",
+        ),
+        ("import /etc/passwd", "import '/etc/passwd'; export default () => 1".into(), "cannot import"),
+        ("eval escape", "export default () => eval('while (true) {}')".into(), "EvalError"),
+        (
+            "giant sparse result",
+            "export default () => { const a = []; a.length = 2 ** 32 - 1; return a }".into(),
+            "larger than the limit",
+        ),
+    ]
+}
