@@ -9,7 +9,7 @@ use mechanics_proto::domain::TaskState;
 use mechanics_store::{NewTask, Store};
 use serde_json::json;
 
-use crate::support::{TestServer, http_worker, reply, slow_http_worker};
+use crate::support::{TestServer, http_worker, rate_limited_once_worker, reply, slow_http_worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_worker_completes_a_task_with_its_json_answer() {
@@ -126,16 +126,7 @@ async fn transport_failures_retry_with_backoff_then_go_dead_and_retry_revives() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_retry_after_is_retried_after_that_delay() {
-    let (url, seen) = http_worker(|_, index| {
-        if index == 0 {
-            let mut r = reply(429, json!({}));
-            r.headers_mut().insert("retry-after", "1".parse().unwrap());
-            r
-        } else {
-            reply(200, json!("done"))
-        }
-    })
-    .await;
+    let (url, seen) = rate_limited_once_worker("1", json!("done")).await;
     let server = TestServer::start().await;
     server.add_http_worker("limited", &url, json!({})).await;
     let id = server.submit("limited", json!(1)).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mechanics_proto::domain::TaskState;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, http_worker, reply};
+use crate::support::{TestServer, http_worker, rate_limited_once_worker, reply};
 
 /// The tasks of [`scripted_run`], by what happened to them.
 struct Run {
@@ -27,16 +27,7 @@ struct Run {
 async fn scripted_run(server: &TestServer) -> Run {
     let (ok_url, _) = http_worker(|_, _| reply(200, json!({ "done": true }))).await;
     let (broken_url, _) = http_worker(|_, _| reply(500, json!({ "oops": "broken" }))).await;
-    let (flaky_url, _) = http_worker(|_, index| {
-        if index == 0 {
-            let mut r = reply(429, json!({}));
-            r.headers_mut().insert("retry-after", "0".parse().unwrap());
-            r
-        } else {
-            reply(200, json!("second time lucky"))
-        }
-    })
-    .await;
+    let (flaky_url, _) = rate_limited_once_worker("0", json!("second time lucky")).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -263,3 +263,22 @@ pub(crate) async fn slow_http_worker(delay: std::time::Duration) -> String {
     tokio::spawn(async move { axum::serve(listener, router).await });
     url
 }
+
+/// An http worker that answers its first call `429` with `Retry-After: retry_after` (seconds),
+/// and every later one `200` with `then`; its URL and the calls it saw.
+pub(crate) async fn rate_limited_once_worker(
+    retry_after: &'static str,
+    then: Value,
+) -> (String, Seen) {
+    http_worker(move |_, index| {
+        if index == 0 {
+            let mut r = reply(429, json!({}));
+            r.headers_mut()
+                .insert("retry-after", retry_after.parse().unwrap());
+            r
+        } else {
+            reply(200, then.clone())
+        }
+    })
+    .await
+}
