@@ -56,12 +56,7 @@ fn measure(count: usize, mut once: impl FnMut()) -> Stats {
 }
 
 fn main() {
-    let scale: f64 = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    let count = ((2_000.0 * scale) as usize).max(20);
+    let count = mechanics_test_support::bench_count(2_000, 20);
 
     let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

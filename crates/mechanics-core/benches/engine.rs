@@ -527,11 +527,7 @@ fn render(report: &Report) -> String {
 }
 
 fn main() {
-    let scale = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .unwrap_or(1.0);
+    let scale = mechanics_test_support::bench_scale();
     let scripts = scripts(scale);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let enforced = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1))

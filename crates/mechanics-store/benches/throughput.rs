@@ -20,12 +20,7 @@ use serde_json::json;
 const CONCURRENCY: usize = 64;
 
 fn main() {
-    let scale: f64 = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    let n = ((5_000.0 * scale) as usize).max(CONCURRENCY);
+    let n = mechanics_test_support::bench_count(5_000, CONCURRENCY);
     let dir = tempfile::tempdir().unwrap();
 
     let raw_each = raw_inserts(&dir.path().join("raw-each.db"), n, false);

@@ -1,5 +1,6 @@
-//! `mechanics-test-support`: data the test suites of several Mechanics crates share, so that
-//! the engine's tests and the executor fleet's tests check the same hostile scripts.
+//! `mechanics-test-support`: what the test suites and benchmarks of several Mechanics crates
+//! share: the hostile scripts that the engine's and the fleet's tests both run, and the
+//! benchmarks' `MECHANICS_BENCH_SCALE` knob.
 //!
 //! Test-only: no crate depends on it outside `[dev-dependencies]`.
 
@@ -60,4 +61,18 @@ pub fn hostile_corpus() -> Vec<(&'static str, String, &'static str)> {
             "larger than the limit",
         ),
     ]
+}
+
+/// The benchmarks' scale: `MECHANICS_BENCH_SCALE` when it is a positive number, else 1.
+pub fn bench_scale() -> f64 {
+    std::env::var("MECHANICS_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// `base` scaled by [`bench_scale`], and at least `min`.
+pub fn bench_count(base: usize, min: usize) -> usize {
+    ((base as f64 * bench_scale()) as usize).max(min)
 }

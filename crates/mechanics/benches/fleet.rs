@@ -118,12 +118,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let scale: f64 = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    let count = ((4_000.0 * scale) as usize).max(40);
+    let count = mechanics_test_support::bench_count(4_000, 40);
 
     let pool =
         Arc::new(MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(2)).unwrap());

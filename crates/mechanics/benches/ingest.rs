@@ -33,15 +33,6 @@ use sha2::Sha256;
 const CLIENTS: usize = 32;
 const SECRET: &str = "bench-webhook-secret";
 
-fn scaled(base: usize) -> usize {
-    let scale: f64 = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    ((base as f64 * scale) as usize).max(CLIENTS * 10)
-}
-
 /// An `issues.opened` delivery of about 6 KiB, like a real one (GitHub's carry the full issue,
 /// repository and sender objects).
 fn delivery_body() -> Vec<u8> {
@@ -147,7 +138,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let count = scaled(20_000);
+    let count = mechanics_test_support::bench_count(20_000, CLIENTS * 10);
     let warmup = CLIENTS * 50;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gh.secret"), SECRET).unwrap();

@@ -28,15 +28,6 @@ use serde_json::{Value, json};
 
 const CLIENTS: usize = 16;
 
-fn scaled(base: usize) -> usize {
-    let scale: f64 = std::env::var("MECHANICS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|s: &f64| *s > 0.0)
-        .unwrap_or(1.0);
-    ((base as f64 * scale) as usize).max(50)
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -100,7 +91,7 @@ async fn wait_completed(metrics: &mechanics_server::metrics::Metrics, target: u6
 }
 
 fn main() {
-    let count = scaled(2_000) / CLIENTS * CLIENTS;
+    let count = mechanics_test_support::bench_count(2_000, 50) / CLIENTS * CLIENTS;
     let dir = tempfile::tempdir().unwrap();
     let raw_per_sec = raw_sqlite(dir.path(), count);
 
@@ -180,7 +171,7 @@ fn main() {
         latencies.sort_unstable();
 
         // Unloaded latency: one task at a time, each submitted after the previous completed.
-        let single = scaled(200).min(count);
+        let single = mechanics_test_support::bench_count(200, 50).min(count);
         let mut idle_latencies = Vec::with_capacity(single);
         for n in 0..single {
             let done = server.metrics.tasks_completed.get();
