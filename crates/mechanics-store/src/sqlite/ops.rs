@@ -341,6 +341,39 @@ pub(super) fn get_task(conn: &Connection, id: TaskId) -> StoreResult<Option<Task
     )
 }
 
+// The queries that find due work name their partial index. Without `ANALYZE` statistics SQLite
+// prefers the `(state, id)` index for `state = '...'` and then sorts every row in that state: each
+// claim of one task would cost O(backlog). `query_plans_walk_the_due_indexes` guards the plans.
+
+/// Claims up to `?3` tasks due by `?1`, oldest first, leasing them until `?2`.
+const CLAIM_DUE: &str = concat!(
+    "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
+    "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due ",
+    "WHERE state = 'pending' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?3) ",
+    "RETURNING ",
+    task_columns!()
+);
+
+/// Puts back to `pending` every task whose lease expired by `?1`.
+const REQUEUE_EXPIRED: &str = concat!(
+    "UPDATE tasks INDEXED BY tasks_lease SET state = 'pending', next_run_at = ?1, ",
+    "lease_expires_at = NULL, updated_at = ?1 ",
+    "WHERE state = 'dispatched' AND lease_expires_at <= ?1 RETURNING ",
+    task_columns!()
+);
+
+/// The earliest pending run, lease expiry and write-back retry: each subquery reads the first
+/// entry of one partial index.
+const NEXT_DUE: &str = concat!(
+    "SELECT (SELECT next_run_at FROM tasks INDEXED BY tasks_due WHERE state = 'pending' ",
+    "ORDER BY next_run_at LIMIT 1), ",
+    "(SELECT lease_expires_at FROM tasks INDEXED BY tasks_lease WHERE state = 'dispatched' ",
+    "ORDER BY lease_expires_at LIMIT 1), ",
+    "(SELECT next_write_back_at FROM events INDEXED BY events_write_back_due ",
+    "WHERE state = 'write_back_failed' ",
+    "AND next_write_back_at IS NOT NULL ORDER BY next_write_back_at LIMIT 1)"
+);
+
 pub(super) fn claim_due(
     conn: &Connection,
     now: i64,
@@ -349,13 +382,7 @@ pub(super) fn claim_due(
 ) -> StoreResult<Vec<Task>> {
     let mut tasks = query_all(
         conn,
-        concat!(
-            "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
-            "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks ",
-            "WHERE state = 'pending' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?3) ",
-            "RETURNING ",
-            task_columns!()
-        ),
+        CLAIM_DUE,
         params![now, lease_until, limit],
         rows::task,
         "claiming tasks",
@@ -452,11 +479,7 @@ pub(super) fn requeue_dispatched(
     only_expired: bool,
 ) -> StoreResult<Vec<Task>> {
     let sql = if only_expired {
-        concat!(
-            "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, ",
-            "updated_at = ?1 WHERE state = 'dispatched' AND lease_expires_at <= ?1 RETURNING ",
-            task_columns!()
-        )
+        REQUEUE_EXPIRED
     } else {
         concat!(
             "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, ",
@@ -515,25 +538,17 @@ pub(super) fn task_counts(
 }
 
 pub(super) fn next_due(conn: &Connection) -> StoreResult<NextDue> {
-    // Each subquery walks one partial index to its first entry.
-    conn.prepare_cached(concat!(
-        "SELECT (SELECT next_run_at FROM tasks WHERE state = 'pending' ",
-        "ORDER BY next_run_at LIMIT 1), ",
-        "(SELECT lease_expires_at FROM tasks WHERE state = 'dispatched' ",
-        "ORDER BY lease_expires_at LIMIT 1), ",
-        "(SELECT next_write_back_at FROM events WHERE state = 'write_back_failed' ",
-        "AND next_write_back_at IS NOT NULL ORDER BY next_write_back_at LIMIT 1)"
-    ))
-    .and_then(|mut s| {
-        s.query_row([], |row| {
-            Ok(NextDue {
-                task_run_at: row.get(0)?,
-                lease_expires_at: row.get(1)?,
-                write_back_at: row.get(2)?,
+    conn.prepare_cached(NEXT_DUE)
+        .and_then(|mut s| {
+            s.query_row([], |row| {
+                Ok(NextDue {
+                    task_run_at: row.get(0)?,
+                    lease_expires_at: row.get(1)?,
+                    write_back_at: row.get(2)?,
+                })
             })
         })
-    })
-    .map_err(db_err("reading the next due time"))
+        .map_err(db_err("reading the next due time"))
 }
 
 // ---- cron ----
@@ -729,5 +744,46 @@ impl Filters {
             None
         };
         Ok(Page { items, next_cursor })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query_plan(conn: &Connection, sql: &str) -> String {
+        let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = vec![SqlValue::Null; statement.parameter_count()];
+        let details = statement
+            .query_map(params_from_iter(unbound), |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        details.join("\n")
+    }
+
+    #[test]
+    fn query_plans_walk_the_due_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, ":memory:", super::super::schema::LATEST_VERSION)
+            .unwrap();
+        for (sql, indexes) in [
+            (CLAIM_DUE, &["tasks_due"][..]),
+            (REQUEUE_EXPIRED, &["tasks_lease"][..]),
+            (
+                NEXT_DUE,
+                &["tasks_due", "tasks_lease", "events_write_back_due"][..],
+            ),
+        ] {
+            let plan = query_plan(&conn, sql);
+            // A sort means the query reads every row in the state instead of the index's head.
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+            for index in indexes {
+                assert!(
+                    plan.split_whitespace().any(|word| word == *index),
+                    "{sql}\n{plan}"
+                );
+            }
+        }
     }
 }
