@@ -105,8 +105,9 @@ pub struct ServerConfig {
     pub db_path: PathBuf,
     /// Local executor nodes to launch.
     pub local_nodes: usize,
-    /// Most tasks claimed by one query (capped at 64). Tasks wait in the database, which is the
-    /// queue; the dispatcher claims only as many as it has free runners.
+    /// The in-memory ready queue: claimed tasks waiting for a runner, at most `concurrency` of
+    /// them, and the most claimed by one query (at most 64). Tasks wait in the database, which is
+    /// the queue; this only lets the dispatcher claim in batches under load.
     pub queue_size: usize,
     /// Tasks dispatched at once.
     pub concurrency: usize,

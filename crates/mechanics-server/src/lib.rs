@@ -82,6 +82,7 @@ impl DispatchConfig {
         Self {
             concurrency: config.concurrency,
             claim_batch: u32::try_from(config.queue_size.min(64)).unwrap_or(64),
+            prefetch: config.queue_size,
             lease_margin: Duration::from_secs(60),
             http_timeout: Duration::from_secs(600),
             default_rate: Rate {

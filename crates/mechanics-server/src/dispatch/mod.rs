@@ -1,8 +1,11 @@
 //! The dispatcher: the database is the queue.
 //!
-//! One feeder claims due tasks (each claim takes a lease and a fencing `attempt`) only as fast as
-//! runners free up, so a claimed task never waits in memory while its lease runs out. Each runner
-//! takes a token from the worker's bucket — or re-queues the task at its reserved slot, which is
+//! One feeder claims due tasks (each claim takes a lease and a fencing `attempt`) into a small
+//! ready queue in front of the runners: at most `prefetch` claimed tasks wait for a runner, and
+//! `prefetch` is never more than `concurrency`, so a claimed task starts within one attempt's time
+//! and its lease covers the wait. Under load the feeder claims only when half the queue has
+//! drained, so one claim query takes many tasks instead of one per finished attempt; with nothing
+//! claimed it claims as soon as a task is due. Each runner takes a token from the worker's bucket — or re-queues the task at its reserved slot, which is
 //! not an attempt — runs the attempt through the worker's [`executor`](crate::executor), and
 //! records the outcome fenced by the attempt: a late answer from an older claim changes nothing.
 //!
@@ -41,12 +44,22 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     /// Most tasks claimed by one query.
     pub claim_batch: u32,
+    /// Claimed tasks that may wait for a free runner; capped at `concurrency` (see the module
+    /// docs).
+    pub prefetch: usize,
     /// A claim's lease beyond the attempt's own timeout.
     pub lease_margin: Duration,
     /// Timeout of one http or process worker call.
     pub http_timeout: Duration,
     /// Bucket of workers whose spec sets no `rate_limit`.
     pub default_rate: Rate,
+}
+
+impl DispatchConfig {
+    /// Claimed tasks that may wait for a runner: `prefetch`, at most `concurrency`, at least 1.
+    fn ready_queue(&self) -> usize {
+        self.prefetch.min(self.concurrency).max(1)
+    }
 }
 
 /// Everything a runner needs.
@@ -64,6 +77,10 @@ pub(crate) struct Dispatcher {
     /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
     /// that token instead of reserving another.
     reserved: Mutex<HashMap<i64, i64>>,
+    /// One per claimed task, running or waiting for a runner: `concurrency + prefetch` in all.
+    slots: Arc<Semaphore>,
+    /// Set when the feeder stops: claimed tasks still waiting for a runner are put back.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Metrics and `/logs` entries of every step.
     pub(crate) trace: Arc<TraceLog>,
     pub(crate) config: DispatchConfig,
@@ -98,6 +115,8 @@ impl Dispatcher {
             running: Mutex::new(HashMap::new()),
             trace,
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            slots: Arc::new(Semaphore::new(config.concurrency + config.ready_queue())),
+            stopping: tokio::sync::watch::Sender::new(false),
             config,
             wake: Notify::new(),
             settle: crate::writeback::SettleQueue::default(),
@@ -113,20 +132,32 @@ impl Dispatcher {
     /// flight. Attempts still running after that keep their leases and are recovered later.
     pub(crate) async fn run(self: Arc<Self>, stop: impl Future<Output = ()>, drain: Duration) {
         tokio::pin!(stop);
+        let all_slots = self.config.concurrency + self.config.ready_queue();
+        let refill = (self.config.ready_queue() / 2).max(1);
         loop {
-            let permit = tokio::select! {
-                () = &mut stop => break,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
+            // With tasks claimed already, wait until half the ready queue has drained, so one
+            // query claims a batch; with none, claim as soon as one task can be taken.
+            let wanted = if self.slots.available_permits() == all_slots {
+                1
+            } else {
+                refill
             };
-            let mut permits = vec![permit];
-            let wanted =
-                (1 + self.permits.available_permits()).min(self.config.claim_batch as usize);
-            while permits.len() < wanted {
-                match self.permits.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
+            let mut first = tokio::select! {
+                () = &mut stop => break,
+                slots = self.slots.clone().acquire_many_owned(u32::try_from(wanted).unwrap_or(1)) => {
+                    match slots {
+                        Ok(slots) => slots,
+                        Err(_) => break,
+                    }
+                }
+            };
+            let mut slots = Vec::with_capacity(self.config.claim_batch as usize);
+            while let Some(slot) = first.split(1) {
+                slots.push(slot);
+            }
+            while slots.len() < self.config.claim_batch as usize {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
                     Err(_) => break,
                 }
             }
@@ -134,13 +165,13 @@ impl Dispatcher {
             let lease_until = now.saturating_add(duration_ms(self.lease().await));
             let claimed = match self
                 .store
-                .claim_due(now, lease_until, u32::try_from(permits.len()).unwrap_or(1))
+                .claim_due(now, lease_until, u32::try_from(slots.len()).unwrap_or(1))
                 .await
             {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::error!(error = %err, "claiming tasks failed; trying again in 1 s");
-                    drop(permits);
+                    drop(slots);
                     tokio::select! {
                         () = &mut stop => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -148,14 +179,14 @@ impl Dispatcher {
                 }
             };
             if claimed.is_empty() {
-                drop(permits);
+                drop(slots);
                 tokio::select! {
                     () = &mut stop => break,
                     () = self.sleep_until_due() => {}
                 }
                 continue;
             }
-            for (task, permit) in claimed.into_iter().zip(permits) {
+            for (task, slot) in claimed.into_iter().zip(slots) {
                 let this = self.clone();
                 let span = task_span(&task);
                 let id = task.id;
@@ -163,17 +194,18 @@ impl Dispatcher {
                 let mut running = lock(&self.running);
                 let attempt = tokio::spawn(
                     async move {
-                        this.run_attempt(task).await;
+                        this.wait_and_run(task).await;
                         lock(&this.running).remove(&id);
-                        drop(permit);
+                        drop(slot);
                     }
                     .instrument(span),
                 );
                 running.insert(id, attempt.abort_handle());
             }
         }
-        let all = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
-        if tokio::time::timeout(drain, self.permits.acquire_many(all))
+        self.stopping.send_replace(true);
+        let all = u32::try_from(all_slots).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, self.slots.acquire_many(all))
             .await
             .is_err()
         {
@@ -190,7 +222,33 @@ impl Dispatcher {
         }
     }
 
-    /// The longest a claim may be held: the longest attempt plus a margin.
+    /// Waits for a free runner, then runs the claimed `task`; if the dispatcher stops first, puts
+    /// the task back to `pending` without spending a try.
+    async fn wait_and_run(&self, task: Task) {
+        let mut stopping = self.stopping.subscribe();
+        let permit = tokio::select! {
+            biased;
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            _ = stopping.wait_for(|stopping| *stopping) => None,
+        };
+        let Some(permit) = permit else {
+            let now = self.clock.now_ms();
+            if let Err(err) = self
+                .store
+                .release_task(task.id, task.attempt, now, now)
+                .await
+            {
+                log_store_error(&task, "putting back a task that never started", &err);
+            }
+            return;
+        };
+        self.run_attempt(task).await;
+        drop(permit);
+    }
+
+    /// The longest a claim may be held: a wait in the ready queue, then the attempt, plus a
+    /// margin. The wait is at most one attempt's time: at most `concurrency` tasks wait, and
+    /// each running attempt ends within that time and hands its runner to the next in line.
     ///
     /// Claims are made before the claimed tasks' workers are known, so the lease covers the
     /// slowest worker registered: an http call's timeout, or a js job's time limit plus the
@@ -215,7 +273,7 @@ impl Dispatcher {
             })
             .max()
             .unwrap_or_default();
-        self.config.http_timeout.max(slowest_js) + self.config.lease_margin
+        self.config.http_timeout.max(slowest_js) * 2 + self.config.lease_margin
     }
 
     /// Sleeps until the store's next due time (a pending task's `next_run_at`, or an expired

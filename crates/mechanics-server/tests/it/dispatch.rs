@@ -425,12 +425,82 @@ async fn a_claims_lease_outlasts_the_slowest_workers_time_limit() {
         assert!(tokio::time::Instant::now() < deadline, "{task:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // A claimed task may first wait in the ready queue for up to one attempt's time.
     let lease_ms = task.lease_expires_at.unwrap() - task.updated_at;
     assert!(
-        lease_ms >= 1_200_000,
-        "a {lease_ms} ms lease would expire under a running job"
+        lease_ms >= 2 * 1_200_000,
+        "a {lease_ms} ms lease could expire under a job that waited for a runner"
     );
     executor.gate.add_permits(1);
     assert_eq!(server.wait_end(id).await.state, TaskState::Completed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_spending_a_try() {
+    // One runner and a ready queue of one: the first task runs (held by the closed gate), the
+    // second is claimed and waits, the third stays in the database.
+    let mut dispatch = crate::support::dispatch_config(Duration::from_secs(10));
+    dispatch.concurrency = 1;
+    dispatch.prefetch = 1;
+    let executor = TestExecutor::new(0, false);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_js_dispatch(executor.clone(), dispatch.clone(), dir).await;
+    let spec = json!({ "spec": {
+        "name": "gated", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+    }, "module_source": "export default () => 1;" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(server.submit("gated", json!(n)).await);
+    }
+    let store = server.store.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.task_counts(None).await.unwrap()[&TaskState::Dispatched] < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second task was never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.task(ids[2]).await.state, TaskState::Pending);
+
+    let stopping = tokio::spawn(server.stop());
+    // The waiting task is put back while the first one still runs.
+    loop {
+        let waiting = store.get_task(ids[1]).await.unwrap().unwrap();
+        if waiting.state == TaskState::Pending {
+            assert_eq!((waiting.attempt, waiting.tries), (1, 0), "{waiting:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{waiting:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        store.get_task(ids[0]).await.unwrap().unwrap().state,
+        TaskState::Dispatched
+    );
+    executor.gate.add_permits(1);
+    let dir = stopping.await.unwrap();
+    let first = store.get_task(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        first.state,
+        TaskState::Completed,
+        "the running attempt drained: {first:?}"
+    );
+    drop(store);
+
+    let server =
+        TestServer::start_with_js_dispatch(TestExecutor::new(0, true), dispatch, dir).await;
+    for &id in &ids[1..] {
+        let task = server.wait_end(id).await;
+        assert_eq!(task.state, TaskState::Completed, "{task:?}");
+        assert_eq!(
+            task.tries, 1,
+            "only the attempt that ran spent a try: {task:?}"
+        );
+    }
+    assert_eq!(server.metrics().tasks_recovered.get(), 0);
     server.stop().await;
 }

@@ -32,6 +32,7 @@ pub(crate) fn dispatch_config(http_timeout: Duration) -> DispatchConfig {
     DispatchConfig {
         concurrency: 16,
         claim_batch: 64,
+        prefetch: 16,
         lease_margin: Duration::from_secs(60),
         http_timeout,
         default_rate: Rate {
@@ -76,14 +77,17 @@ impl TestServer {
     /// A server that runs js jobs on `js`.
     pub(crate) async fn start_with_js(js: Arc<dyn mechanics_server::JsExecutor>) -> Self {
         let dispatch = dispatch_config(Duration::from_secs(10));
-        Self::start_full(
-            None,
-            tempfile::tempdir().unwrap(),
-            |_| {},
-            dispatch,
-            Some(js),
-        )
-        .await
+        Self::start_with_js_dispatch(js, dispatch, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A server over the database in `dir` that runs js jobs on `js` and dispatches as
+    /// `dispatch` says.
+    pub(crate) async fn start_with_js_dispatch(
+        js: Arc<dyn mechanics_server::JsExecutor>,
+        dispatch: DispatchConfig,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        Self::start_full(None, dir, |_| {}, dispatch, Some(js)).await
     }
 
     async fn start_full(
