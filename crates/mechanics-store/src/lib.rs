@@ -96,7 +96,9 @@ pub trait Store: Send + Sync {
     /// The task with this id.
     async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
     /// Claims up to `limit` pending tasks due at `now` (oldest `next_run_at` first): each becomes
-    /// `dispatched` with `attempt` and `tries` + 1 and a lease until `lease_until`.
+    /// `dispatched` with `attempt` and `tries` + 1 and a lease until `lease_until`. The events of
+    /// claimed tasks that are `matched` become `dispatched` in the same write (an event still
+    /// `received`, whose matching has not finished, is left to its matcher).
     async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<Task>>;
     /// `dispatched → completed` with the result, if `attempt` is the current claim; otherwise
     /// [`StoreError::StaleAttempt`] and nothing changes (fencing).

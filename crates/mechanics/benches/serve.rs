@@ -26,6 +26,10 @@ use mechanics_server::{Clock, DispatchConfig, ServerConfig, ServerParts};
 use mechanics_store::{SqliteStore, Store, TaskFilter};
 use serde_json::{Value, json};
 
+// The same allocator as the `mechanics` binary, whose `serve` this process stands in for.
+#[global_allocator]
+static ALLOCATOR: mechanics_core::JobMemoryAllocator = mechanics_core::JobMemoryAllocator;
+
 const CLIENTS: usize = 16;
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {

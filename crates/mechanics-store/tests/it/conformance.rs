@@ -868,3 +868,36 @@ pub(crate) async fn futures_join_all<F: std::future::Future>(
         .map(|o| o.expect("every future finished"))
         .collect()
 }
+
+pub(crate) async fn claiming_an_events_task_dispatches_the_matched_event(store: &dyn Store) {
+    let mut events = Vec::new();
+    for delivery in ["matched", "received"] {
+        let event = store
+            .insert_event(new_event("gh", delivery), 0)
+            .await
+            .unwrap()
+            .record;
+        let task = NewTask {
+            event_id: Some(event.id),
+            ..api_task("w", None, 0)
+        };
+        assert!(store.create_task(task, 0).await.unwrap().created);
+        events.push(event.id);
+    }
+    let matched = EventUpdate {
+        state: EventState::Matched,
+        error: None,
+        next_write_back_at: None,
+    };
+    store.update_event(events[0], matched, 1).await.unwrap();
+
+    assert_eq!(store.claim_due(5, 1_000, 10).await.unwrap().len(), 2);
+    let dispatched = store.get_event(events[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (dispatched.state, dispatched.updated_at),
+        (EventState::Dispatched, 5)
+    );
+    // Still being matched: its matcher moves it on; `received -> dispatched` is no transition.
+    let received = store.get_event(events[1]).await.unwrap().unwrap();
+    assert_eq!(received.state, EventState::Received);
+}

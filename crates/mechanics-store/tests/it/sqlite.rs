@@ -37,6 +37,7 @@ conformance_on_sqlite!(
     events_move_only_along_their_lifecycle,
     one_task_per_event_and_worker_and_per_idempotency_key,
     claims_take_due_tasks_under_a_lease_and_completions_are_fenced,
+    claiming_an_events_task_dispatches_the_matched_event,
     expired_leases_are_requeued_and_the_late_reply_is_rejected,
     retry_cancel_release_and_reschedule_follow_the_lifecycle,
     listings_filter_and_page_newest_first,
