@@ -45,8 +45,9 @@ pub struct ConfigArgs {
     /// Tasks dispatched at once [default: 16; MECHANICS_CONCURRENCY].
     #[arg(long, value_name = "N")]
     concurrency: Option<String>,
-    /// Most tasks claimed from the database by one query (at most 64; tasks wait in the
-    /// database, not in memory) [default: 256; MECHANICS_QUEUE_SIZE].
+    /// Claimed tasks that may wait in memory for a free runner (at most --concurrency of them)
+    /// and the most claimed by one query (at most 64); the rest wait in the database
+    /// [default: 256; MECHANICS_QUEUE_SIZE].
     #[arg(long, value_name = "N")]
     queue_size: Option<String>,
     /// How long shutdown waits for tasks in flight, e.g. 30s or 10m [default: 10m;
