@@ -118,6 +118,9 @@ pub struct Metrics {
     /// `mechanics_logs_dropped_total`: `/logs` entries dropped because the database could not
     /// take them and the buffer was full.
     pub logs_dropped: Counter,
+    /// `mechanics_logs_refusals_unrecorded_total`: refused webhook deliveries past the per-source
+    /// trace budget, counted here instead of written to `/logs` one by one.
+    pub logs_refusals_unrecorded: Counter,
     latency: LatencyFamily,
     latency_ema: Gauge<f64, AtomicU64>,
     ema: Mutex<Option<f64>>,
@@ -154,6 +157,7 @@ impl Metrics {
             writeback_retry_ok: Counter::default(),
             writeback_dead_letter: Counter::default(),
             logs_dropped: Counter::default(),
+            logs_refusals_unrecorded: Counter::default(),
             latency,
             latency_ema: Gauge::default(),
             ema: Mutex::new(None),
@@ -249,6 +253,11 @@ impl Metrics {
                 "Pipeline trace entries dropped because the database could not take them",
                 &metrics.logs_dropped,
             ),
+            (
+                "logs_refusals_unrecorded",
+                "Refused webhook deliveries over the per-source trace budget, not written one by one",
+                &metrics.logs_refusals_unrecorded,
+            ),
         ] {
             r.register(name, help, counter.clone());
         }
@@ -329,6 +338,10 @@ impl Metrics {
             ("writeback_retry_ok", self.writeback_retry_ok.get()),
             ("writeback_dead_letter", self.writeback_dead_letter.get()),
             ("logs_dropped", self.logs_dropped.get()),
+            (
+                "logs_refusals_unrecorded",
+                self.logs_refusals_unrecorded.get(),
+            ),
         ])
     }
 }

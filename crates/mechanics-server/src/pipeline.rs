@@ -11,6 +11,8 @@
 //! make, and `dead_letter` for a write-back given up; an event's entries carry its trace id
 //! `event-N` from the delivery to the write-back.
 
+use std::collections::HashMap;
+
 use mechanics_proto::domain::{Event, EventState, LogOutcome, LogRecord, Task};
 use serde_json::{Value, json};
 
@@ -164,6 +166,53 @@ fn bounded(text: &str, max: usize) -> String {
 }
 
 /// A source name from a request path, bounded.
+/// Refused webhook deliveries written to `/logs` per second, per source.
+pub(crate) const REFUSALS_RECORDED_PER_SECOND: u32 = 10;
+
+/// Budgets of refused deliveries per source (`None`: every unknown source together), one second
+/// at a time.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalBudget {
+    windows: HashMap<Option<String>, RefusalWindow>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RefusalWindow {
+    second: i64,
+    recorded: u32,
+    unrecorded: u64,
+}
+
+impl RefusalBudget {
+    /// Whether a refusal at `now_ms` may be written: `Some(n)`, with the number of refusals not
+    /// written since the last one that was, or `None` when this second's budget is spent.
+    pub(crate) fn admit(&mut self, source: Option<&str>, now_ms: i64) -> Option<u64> {
+        let second = now_ms.div_euclid(1000);
+        // Keys are configured sources plus one for unknown names; forget idle ones all the same.
+        if self.windows.len() > 1024 {
+            self.windows.retain(|_, window| window.second >= second - 1);
+        }
+        let window = self
+            .windows
+            .entry(source.map(str::to_owned))
+            .or_insert(RefusalWindow {
+                second,
+                recorded: 0,
+                unrecorded: 0,
+            });
+        if window.second != second {
+            window.second = second;
+            window.recorded = 0;
+        }
+        if window.recorded >= REFUSALS_RECORDED_PER_SECOND {
+            window.unrecorded += 1;
+            return None;
+        }
+        window.recorded += 1;
+        Some(std::mem::take(&mut window.unrecorded))
+    }
+}
+
 fn source_label(source: &str) -> String {
     bounded(source, 100)
 }
@@ -193,14 +242,31 @@ impl TraceLog {
         if refusal == Refusal::RateLimited {
             self.metrics().webhooks_rate_limited.inc();
         }
+        // Anyone can send refused deliveries as fast as the network allows; each source writes
+        // at most `REFUSALS_RECORDED_PER_SECOND` of them, and deliveries to unknown sources
+        // share one budget, so a flood cannot fill the database.
+        let budget_key = (refusal != Refusal::UnknownSource).then_some(source);
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(budget_key, now);
+        let Some(unrecorded_before) = admitted else {
+            self.metrics().logs_refusals_unrecorded.inc();
+            return;
+        };
+        let mut detail = json!({
+            "source": source_label(source),
+            "reason": refusal.reason(),
+            "status": refusal.status(),
+        });
+        if unrecorded_before > 0 {
+            detail["unrecorded_before"] = json!(unrecorded_before);
+        }
         self.record(LogRecord {
             trace_id: Some(random_trace_id()),
             error: Some(bounded(error, 300)),
-            detail: Some(json!({
-                "source": source_label(source),
-                "reason": refusal.reason(),
-                "status": refusal.status(),
-            })),
+            detail: Some(detail),
             ..entry("webhook", LogOutcome::Deny, now)
         });
     }
@@ -419,5 +485,26 @@ impl TraceLog {
             detail: Some(json!({ "reason": "no reply to write back", "state": state })),
             ..event_entry(event, "write_back", LogOutcome::Skip, now)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_records_a_bounded_number_of_refusals_per_second() {
+        let mut budget = RefusalBudget::default();
+        for n in 0..REFUSALS_RECORDED_PER_SECOND {
+            assert_eq!(budget.admit(Some("gh"), 5_000 + i64::from(n)), Some(0));
+        }
+        assert_eq!(budget.admit(Some("gh"), 5_500), None);
+        assert_eq!(budget.admit(Some("gh"), 5_999), None);
+        // Another source and the unknown-source budget are separate.
+        assert_eq!(budget.admit(Some("slack"), 5_999), Some(0));
+        assert_eq!(budget.admit(None, 5_999), Some(0));
+        // The next second records again and says how many went unrecorded meanwhile.
+        assert_eq!(budget.admit(Some("gh"), 6_000), Some(2));
+        assert_eq!(budget.admit(Some("gh"), 6_001), Some(0));
     }
 }

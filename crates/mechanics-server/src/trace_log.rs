@@ -280,6 +280,8 @@ pub struct TraceLog {
     full: Notify,
     /// One flush at a time, so entries reach the database in the order they were recorded.
     flushing: tokio::sync::Mutex<()>,
+    /// How many refused webhook deliveries each source may still write this second.
+    pub(crate) refusals: Mutex<crate::pipeline::RefusalBudget>,
 }
 
 impl std::fmt::Debug for TraceLog {
@@ -299,6 +301,7 @@ impl TraceLog {
             pending: Notify::new(),
             full: Notify::new(),
             flushing: tokio::sync::Mutex::new(()),
+            refusals: Mutex::new(crate::pipeline::RefusalBudget::default()),
         }
     }
 

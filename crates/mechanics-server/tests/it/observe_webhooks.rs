@@ -1,8 +1,8 @@
 //! Observability of webhooks, matching and write-back: the issue's scripted run (a webhook
 //! accepted, one refused for its signature, one deduplicated, one rate limited, a task retry, a
 //! write-back retry and a write-back dead letter) counted exactly in a valid exposition, the
-//! `/logs` chain of each event in order, the refusals in the trace without secrets, and a source
-//! secret and write-back token echoed back never surfacing.
+//! `/logs` chain of each event in order, the refusals in the trace without secrets (and bounded
+//! under a flood), and a source secret and write-back token echoed back never surfacing.
 
 use mechanics_proto::domain::{EventState, TaskState};
 use mechanics_server::config::RateLimit;
@@ -417,6 +417,61 @@ async fn every_kind_of_refused_delivery_is_traced_with_its_reason() {
         })
         .collect();
     assert_eq!(actions, [("webhook", "ok"), ("match", "skip")]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_deliveries_writes_a_bounded_trace() {
+    let server = TestServer::start().await;
+    let (api, _) = fake_platform(|_| status(201, &[])).await;
+    add_github_source(&server, "gh", SECRET, TOKEN, &api).await;
+    let body = issue_opened("acme/app", 1);
+    let unix_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    const FLOOD: usize = 60;
+    let first_second = unix_second();
+    for n in 0..FLOOD {
+        let forged = github_headers("not-the-secret", &format!("f{n}"), "issues", &body);
+        assert_eq!(deliver(&server, "gh", &forged, &body).await.0, 401);
+        let headers = github_headers(SECRET, &format!("u{n}"), "issues", &body);
+        let unknown = format!("nope-{n}");
+        assert_eq!(deliver(&server, &unknown, &headers, &body).await.0, 404);
+    }
+    let seconds = unix_second() - first_second + 1;
+    let budget = usize::try_from(seconds).unwrap() * 10;
+
+    let refused = entries(&server, "outcome=deny&limit=1000").await;
+    let recorded = |reason: &str| {
+        refused
+            .iter()
+            .filter(|e| e["detail"]["reason"] == reason)
+            .count()
+    };
+    let (forged, unknown) = (recorded("signature"), recorded("unknown_source"));
+    // Each budget writes its first 10 each second, whatever the flood.
+    assert!(
+        (10..=budget.min(FLOOD)).contains(&forged),
+        "{forged} of {FLOOD} in {seconds} s"
+    );
+    assert!(
+        (10..=budget.min(FLOOD)).contains(&unknown),
+        "{unknown} of {FLOOD} in {seconds} s"
+    );
+    assert_eq!(
+        server.metrics().logs_refusals_unrecorded.get(),
+        u64::try_from(2 * FLOOD - forged - unknown).unwrap(),
+        "every refusal is either written or counted"
+    );
+    // A refusal written after some went unrecorded says how many.
+    let said: u64 = refused
+        .iter()
+        .filter_map(|e| e["detail"]["unrecorded_before"].as_u64())
+        .sum();
+    assert!(said <= server.metrics().logs_refusals_unrecorded.get());
     server.stop().await;
 }
 
