@@ -412,6 +412,7 @@ async fn cancel_task(
     let id = parse_id(&id)?;
     let now = shared.clock.now_ms();
     let task = shared.store.cancel_task(id, now).await?;
+    shared.dispatcher.withdraw(id);
     shared.trace.canceled(&task, now);
     // A canceled task has ended: its event may now be settled (written back or failed).
     if let Some(event) = task.event_id {

@@ -314,6 +314,9 @@ async fn limiter_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Out
         if forgotten > 0 {
             tracing::debug!(forgotten, "idle rate-limit buckets forgotten");
         }
-        dispatcher.forget_stale_reservations(idle_since);
+        // A task re-queued to its reserved slot may wait in the ready queue for up to a lease
+        // after that slot before it runs and uses the reservation.
+        let lease_ms = i64::try_from(dispatcher.lease().await.as_millis()).unwrap_or(i64::MAX);
+        dispatcher.forget_stale_reservations(idle_since.saturating_sub(lease_ms));
     }
 }

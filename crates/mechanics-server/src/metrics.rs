@@ -364,6 +364,8 @@ pub struct Snapshot {
     pub tasks: Option<BTreeMap<TaskState, u64>>,
     /// Attempts running now.
     pub in_flight: usize,
+    /// Claimed tasks waiting for a runner (the ready queue).
+    pub ready: usize,
     /// Attempts that may run at once.
     pub concurrency: usize,
     /// Seconds since the server started.
@@ -426,6 +428,11 @@ impl Snapshot {
             "tasks_in_flight",
             "Attempts running now",
             ConstGauge::new(i64::try_from(self.in_flight).unwrap_or(i64::MAX)),
+        );
+        r.register(
+            "tasks_ready",
+            "Claimed tasks waiting for a runner",
+            ConstGauge::new(i64::try_from(self.ready).unwrap_or(i64::MAX)),
         );
         r.register(
             "dispatch_concurrency",

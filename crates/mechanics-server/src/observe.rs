@@ -80,6 +80,7 @@ async fn snapshot(shared: &Shared) -> Snapshot {
     Snapshot {
         tasks,
         in_flight: shared.dispatcher.in_flight(),
+        ready: shared.dispatcher.ready(),
         concurrency: shared.dispatcher.config.concurrency,
         uptime_seconds: shared.metrics.uptime().as_secs_f64(),
         nodes,
@@ -314,6 +315,7 @@ async fn debug_vars(
         },
         "dispatch": {
             "in_flight": snapshot.in_flight,
+            "ready": snapshot.ready,
             "concurrency": snapshot.concurrency,
             "latency_ema_seconds": metrics.dispatch_latency_ema(),
         },

@@ -165,7 +165,6 @@ fn bounded(text: &str, max: usize) -> String {
     }
 }
 
-/// A source name from a request path, bounded.
 /// Refused webhook deliveries written to `/logs` per second, per source.
 pub(crate) const REFUSALS_RECORDED_PER_SECOND: u32 = 10;
 
@@ -213,6 +212,7 @@ impl RefusalBudget {
     }
 }
 
+/// A source name from a request path, bounded.
 fn source_label(source: &str) -> String {
     bounded(source, 100)
 }

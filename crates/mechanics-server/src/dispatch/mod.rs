@@ -19,7 +19,7 @@
 pub mod limiter;
 pub mod retry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +81,9 @@ pub(crate) struct Dispatcher {
     slots: Arc<Semaphore>,
     /// Set when the feeder stops: claimed tasks still waiting for a runner are put back.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Claimed tasks waiting for a runner, by id and attempt: one canceled meanwhile is dropped
+    /// unrun.
+    waiting: Mutex<HashSet<(i64, u32)>>,
     /// Metrics and `/logs` entries of every step.
     pub(crate) trace: Arc<TraceLog>,
     pub(crate) config: DispatchConfig,
@@ -117,6 +120,7 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(config.concurrency)),
             slots: Arc::new(Semaphore::new(config.concurrency + config.ready_queue())),
             stopping: tokio::sync::watch::Sender::new(false),
+            waiting: Mutex::new(HashSet::new()),
             config,
             wake: Notify::new(),
             settle: crate::writeback::SettleQueue::default(),
@@ -126,6 +130,26 @@ impl Dispatcher {
     /// Attempts running now.
     pub(crate) fn in_flight(&self) -> usize {
         self.config.concurrency - self.permits.available_permits()
+    }
+
+    /// Claimed tasks waiting for a runner now (the ready queue).
+    pub(crate) fn ready(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    /// Drops claimed task `id` if it is still waiting for a runner (it was canceled): it must not
+    /// run. A task already running is left to finish; its answer is then fenced out.
+    pub(crate) fn withdraw(&self, id: i64) {
+        let withdrawn = {
+            let mut waiting = lock(&self.waiting);
+            let claim = waiting.iter().find(|(task, _)| *task == id).copied();
+            claim.is_some_and(|claim| waiting.remove(&claim))
+        };
+        // Not under the `waiting` lock: the feeder takes `running` first.
+        let waiter = withdrawn.then(|| lock(&self.running).remove(&id)).flatten();
+        if let Some(waiter) = waiter {
+            waiter.abort();
+        }
     }
 
     /// Claims and runs tasks until `stop` resolves; then waits up to `drain` for the attempts in
@@ -192,6 +216,7 @@ impl Dispatcher {
                 let id = task.id;
                 // Held while spawning, so the attempt cannot remove its entry before it exists.
                 let mut running = lock(&self.running);
+                lock(&self.waiting).insert((id, task.attempt));
                 let attempt = tokio::spawn(
                     async move {
                         this.wait_and_run(task).await;
@@ -228,9 +253,13 @@ impl Dispatcher {
         let mut stopping = self.stopping.subscribe();
         let permit = tokio::select! {
             biased;
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
             _ = stopping.wait_for(|stopping| *stopping) => None,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
         };
+        if !lock(&self.waiting).remove(&(task.id, task.attempt)) {
+            // Canceled while it waited ([`withdraw`](Self::withdraw)).
+            return;
+        }
         let Some(permit) = permit else {
             let now = self.clock.now_ms();
             if let Err(err) = self
@@ -242,6 +271,19 @@ impl Dispatcher {
             }
             return;
         };
+        if task
+            .lease_expires_at
+            .is_some_and(|until| until <= self.clock.now_ms())
+        {
+            // Only attempts that overran their own limits make a wait this long; the claim is
+            // no longer ours, and the expired lease puts the task back.
+            tracing::warn!(
+                task = task.id,
+                attempt = task.attempt,
+                "a claimed task waited past its lease; it was not run"
+            );
+            return;
+        }
         self.run_attempt(task).await;
         drop(permit);
     }
@@ -254,7 +296,7 @@ impl Dispatcher {
     /// slowest worker registered: an http call's timeout, or a js job's time limit plus the
     /// executor's watchdog grace and its wait for a free node. A lease shorter than a running
     /// attempt would hand the task to a second runner while the first still works on it.
-    async fn lease(&self) -> Duration {
+    pub(crate) async fn lease(&self) -> Duration {
         let slowest_js = self
             .registry
             .all()

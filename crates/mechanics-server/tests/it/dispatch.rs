@@ -341,6 +341,8 @@ async fn a_rate_limited_backlog_does_not_hold_up_other_workers() {
 struct TestExecutor {
     overloads: std::sync::atomic::AtomicUsize,
     gate: tokio::sync::Semaphore,
+    /// Jobs that passed the gate.
+    ran: std::sync::atomic::AtomicUsize,
 }
 
 impl TestExecutor {
@@ -353,6 +355,7 @@ impl TestExecutor {
         Arc::new(Self {
             overloads: std::sync::atomic::AtomicUsize::new(overloads),
             gate: tokio::sync::Semaphore::new(permits),
+            ran: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 }
@@ -371,6 +374,7 @@ impl mechanics_server::JsExecutor for TestExecutor {
             );
         }
         let _permit = self.gate.acquire().await;
+        self.ran.fetch_add(1, Ordering::SeqCst);
         mechanics_server::Outcome::Completed(json!("done"))
     }
     fn validate(
@@ -502,5 +506,50 @@ async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_sp
         );
     }
     assert_eq!(server.metrics().tasks_recovered.get(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_canceled_while_waiting_for_a_runner_never_runs() {
+    let mut dispatch = crate::support::dispatch_config(Duration::from_secs(10));
+    dispatch.concurrency = 1;
+    dispatch.prefetch = 1;
+    let executor = TestExecutor::new(0, false);
+    let server = TestServer::start_with_js_dispatch(
+        executor.clone(),
+        dispatch,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let spec = json!({ "spec": {
+        "name": "gated", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+    }, "module_source": "export default () => 1;" });
+    assert_eq!(
+        server.call("POST", "/api/v1/workers", Some(spec)).await.0,
+        201
+    );
+    let running = server.submit("gated", json!(1)).await;
+    let waiting = server.submit("gated", json!(2)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.task(waiting).await.state != TaskState::Dispatched {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, vars) = server.call("GET", "/debug/vars", None).await;
+    assert_eq!(vars["dispatch"]["ready"], 1, "{vars}");
+
+    let (code, body) = server
+        .call("POST", &format!("/api/v1/tasks/{waiting}/cancel"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, vars) = server.call("GET", "/debug/vars", None).await;
+    assert_eq!(vars["dispatch"]["ready"], 0, "{vars}");
+    executor.gate.add_permits(1);
+    assert_eq!(server.wait_end(running).await.state, TaskState::Completed);
+    // A third task takes the freed place in the queue and runs: the canceled one never did.
+    let third = server.submit("gated", json!(3)).await;
+    assert_eq!(server.wait_end(third).await.state, TaskState::Completed);
+    assert_eq!(executor.ran.load(Ordering::SeqCst), 2);
+    assert_eq!(server.task(waiting).await.state, TaskState::Canceled);
     server.stop().await;
 }
