@@ -440,21 +440,31 @@ async fn a_claims_lease_outlasts_the_slowest_workers_time_limit() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_spending_a_try() {
-    // One runner and a ready queue of one: the first task runs (held by the closed gate), the
-    // second is claimed and waits, the third stays in the database.
+/// One runner and a ready queue of one.
+fn one_runner() -> mechanics_server::DispatchConfig {
     let mut dispatch = crate::support::dispatch_config(Duration::from_secs(10));
     dispatch.concurrency = 1;
     dispatch.prefetch = 1;
-    let executor = TestExecutor::new(0, false);
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with_js_dispatch(executor.clone(), dispatch.clone(), dir).await;
+    dispatch
+}
+
+/// Adds js worker `gated`, whose jobs a [`TestExecutor`] runs.
+async fn add_gated_worker(server: &TestServer) {
     let spec = json!({ "spec": {
         "name": "gated", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
     }, "module_source": "export default () => 1;" });
     let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
     assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_spending_a_try() {
+    // The first task runs (held by the closed gate), the second is claimed and waits, the third
+    // stays in the database.
+    let executor = TestExecutor::new(0, false);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_js_dispatch(executor.clone(), one_runner(), dir).await;
+    add_gated_worker(&server).await;
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(server.submit("gated", json!(n)).await);
@@ -496,7 +506,7 @@ async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_sp
     drop(store);
 
     let server =
-        TestServer::start_with_js_dispatch(TestExecutor::new(0, true), dispatch, dir).await;
+        TestServer::start_with_js_dispatch(TestExecutor::new(0, true), one_runner(), dir).await;
     for &id in &ids[1..] {
         let task = server.wait_end(id).await;
         assert_eq!(task.state, TaskState::Completed, "{task:?}");
@@ -511,23 +521,10 @@ async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_sp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_canceled_while_waiting_for_a_runner_never_runs() {
-    let mut dispatch = crate::support::dispatch_config(Duration::from_secs(10));
-    dispatch.concurrency = 1;
-    dispatch.prefetch = 1;
     let executor = TestExecutor::new(0, false);
-    let server = TestServer::start_with_js_dispatch(
-        executor.clone(),
-        dispatch,
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
-    let spec = json!({ "spec": {
-        "name": "gated", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
-    }, "module_source": "export default () => 1;" });
-    assert_eq!(
-        server.call("POST", "/api/v1/workers", Some(spec)).await.0,
-        201
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_js_dispatch(executor.clone(), one_runner(), dir).await;
+    add_gated_worker(&server).await;
     let running = server.submit("gated", json!(1)).await;
     let waiting = server.submit("gated", json!(2)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
