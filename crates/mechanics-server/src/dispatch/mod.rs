@@ -5,9 +5,10 @@
 //! `prefetch` is never more than `concurrency`, so a claimed task starts within one attempt's time
 //! and its lease covers the wait. Under load the feeder claims only when half the queue has
 //! drained, so one claim query takes many tasks instead of one per finished attempt; with nothing
-//! claimed it claims as soon as a task is due. Each runner takes a token from the worker's bucket — or re-queues the task at its reserved slot, which is
-//! not an attempt — runs the attempt through the worker's [`executor`](crate::executor), and
-//! records the outcome fenced by the attempt: a late answer from an older claim changes nothing.
+//! claimed it claims as soon as a task is due. Each runner takes a token from the worker's bucket
+//! — or re-queues the task at its reserved slot, which is not an attempt — runs the attempt
+//! through the worker's [`executor`](crate::executor), and records the outcome fenced by the
+//! attempt: a late answer from an older claim changes nothing.
 //!
 //! When nothing is due the feeder sleeps until the earliest `next_run_at` or lease expiry the
 //! store reports, or until something new is queued: an idle server makes no queries.
@@ -164,16 +165,14 @@ impl Dispatcher {
             let wanted = if self.slots.available_permits() == all_slots {
                 1
             } else {
-                refill
+                u32::try_from(refill).unwrap_or(1)
             };
             let mut first = tokio::select! {
                 () = &mut stop => break,
-                slots = self.slots.clone().acquire_many_owned(u32::try_from(wanted).unwrap_or(1)) => {
-                    match slots {
-                        Ok(slots) => slots,
-                        Err(_) => break,
-                    }
-                }
+                slots = self.slots.clone().acquire_many_owned(wanted) => match slots {
+                    Ok(slots) => slots,
+                    Err(_) => break,
+                },
             };
             let mut slots = Vec::with_capacity(self.config.claim_batch as usize);
             while let Some(slot) = first.split(1) {
