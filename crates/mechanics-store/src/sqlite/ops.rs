@@ -389,16 +389,13 @@ pub(super) fn claim_due(
     )?;
     // RETURNING gives no order; callers dispatch the oldest first.
     tasks.sort_by_key(|t| (t.next_run_at, t.id));
-    let mut dispatch_event = conn
-        .prepare_cached(
+    for event in tasks.iter().filter_map(|t| t.event_id) {
+        conn.prepare_cached(
             "UPDATE events SET state = 'dispatched', updated_at = ?2 \
              WHERE id = ?1 AND state = 'matched'",
         )
+        .and_then(|mut statement| statement.execute(params![event, now]))
         .map_err(db_err("marking claimed tasks' events dispatched"))?;
-    for event in tasks.iter().filter_map(|t| t.event_id) {
-        dispatch_event
-            .execute(params![event, now])
-            .map_err(db_err("marking claimed tasks' events dispatched"))?;
     }
     Ok(tasks)
 }
