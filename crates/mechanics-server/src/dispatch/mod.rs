@@ -551,24 +551,12 @@ impl Dispatcher {
             }
             Outcome::Transport(message) => {
                 let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
-                self.reschedule(
-                    task,
-                    now.saturating_add(duration_ms(delay)),
-                    &redact(message),
-                    now,
-                )
-                .await
+                self.reschedule(task, delay, &redact(message), now).await
             }
             Outcome::RetryAfter(delay, message) => {
                 // A worker's hint is honoured up to the worker's own longest backoff.
                 let delay = delay.min(spec.max_delay.0);
-                self.reschedule(
-                    task,
-                    now.saturating_add(duration_ms(delay)),
-                    &redact(message),
-                    now,
-                )
-                .await
+                self.reschedule(task, delay, &redact(message), now).await
             }
         };
         match result {
@@ -582,13 +570,15 @@ impl Dispatcher {
         }
     }
 
+    /// Puts the attempt's task back to `pending`, due `delay` after `now`.
     async fn reschedule(
         &self,
         task: &Task,
-        at: i64,
+        delay: Duration,
         message: &str,
         now: i64,
     ) -> Result<Task, StoreError> {
+        let at = now.saturating_add(duration_ms(delay));
         let r = self
             .store
             .reschedule_task(task.id, task.attempt, at, message, now)
