@@ -41,6 +41,8 @@ struct Node {
 /// Refuses a listener on a non-loopback address when `config` has no token. Starts the engine
 /// pool (a `JobMemoryAllocator` must be the process's global allocator for memory limits to
 /// hold) and, with `memory_cap_bytes`, the memory monitor that ends the process past the cap.
+/// Raises the process's soft descriptor limit to its hard limit, and serves through
+/// `mechanics-edge` with its default limits, under that descriptor limit.
 pub async fn serve(
     listener: TcpListener,
     config: NodeConfig,
@@ -65,9 +67,14 @@ pub async fn serve(
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize))
         .layer(DefaultBodyLimit::max(node.config.max_body_bytes));
     let router = guarded.route(HEALTH_PATH, get(health)).with_state(node);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // The coordinator is the only intended client, but the port may be reachable by others:
+    // the edge keeps them from holding connections or descriptors.
+    let limits = mechanics_edge::EdgeLimits::default();
+    let limits = match mechanics_edge::raise_open_files_limit() {
+        Ok(open_files) => limits.within_open_files(open_files),
+        Err(_) => limits,
+    };
+    mechanics_edge::serve(listener, router, limits, shutdown).await;
     tracing::info!(%addr, "node stopped");
     // Dropping the pool waits up to its shutdown timeout for running jobs: not on the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(pool)).await;

@@ -121,6 +121,16 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Log filter (`info`, `mechanics_server=debug`); `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Connections open at once; `mechanics serve` lowers it to what the descriptor limit
+    /// leaves (see [`mechanics_edge::EdgeLimits::within_open_files`]).
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Webhook body bytes being received at once, over all deliveries; past it a delivery is
+    /// answered `503` with `Retry-After` before its body is read.
+    pub webhook_body_budget: usize,
     /// Where each setting came from, by key.
     pub sources: BTreeMap<&'static str, ConfigSource>,
 }
@@ -154,6 +164,14 @@ pub struct ConfigLayer {
     pub log_format: Option<LogFormat>,
     /// See [`ServerConfig::log_level`].
     pub log_level: Option<String>,
+    /// See [`ServerConfig::max_connections`].
+    pub max_connections: Option<usize>,
+    /// See [`ServerConfig::header_timeout`] (`10s`).
+    pub header_timeout: Option<String>,
+    /// See [`ServerConfig::idle_timeout`] (`60s`).
+    pub idle_timeout: Option<String>,
+    /// See [`ServerConfig::webhook_body_budget`], in bytes.
+    pub webhook_body_budget: Option<usize>,
 }
 
 /// Environment variables read, and the key each sets.
@@ -168,6 +186,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MECHANICS_DRAIN_TIMEOUT", "drain_timeout"),
     ("MECHANICS_LOG_FORMAT", "log_format"),
     ("MECHANICS_LOG_LEVEL", "log_level"),
+    ("MECHANICS_MAX_CONNECTIONS", "max_connections"),
+    ("MECHANICS_HEADER_TIMEOUT", "header_timeout"),
+    ("MECHANICS_IDLE_TIMEOUT", "idle_timeout"),
+    ("MECHANICS_WEBHOOK_BODY_BUDGET", "webhook_body_budget"),
 ];
 
 impl ConfigLayer {
@@ -250,6 +272,19 @@ impl ConfigLayer {
                 });
             }
             "log_level" => self.log_level = Some(value.to_owned()),
+            "max_connections" => {
+                self.max_connections = Some(parse("max_connections", value, &source, "a number")?);
+            }
+            "header_timeout" => self.header_timeout = Some(value.to_owned()),
+            "idle_timeout" => self.idle_timeout = Some(value.to_owned()),
+            "webhook_body_budget" => {
+                self.webhook_body_budget = Some(parse(
+                    "webhook_body_budget",
+                    value,
+                    &source,
+                    "a number of bytes",
+                )?);
+            }
             _ => {
                 return Err(ConfigError::Invalid {
                     origin: source,
@@ -305,6 +340,10 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(600),
             log_format: LogFormat::Compact,
             log_level: "info".to_owned(),
+            max_connections: mechanics_edge::EdgeLimits::default().max_connections,
+            header_timeout: mechanics_edge::EdgeLimits::default().header_timeout,
+            idle_timeout: mechanics_edge::EdgeLimits::default().idle_timeout,
+            webhook_body_budget: 64 * 1024 * 1024,
             sources: BTreeMap::new(),
         }
     }
@@ -375,7 +414,33 @@ impl ServerConfig {
         if let Some(v) = layer.log_level {
             self.log_level = v;
         }
+        if let Some(v) = layer.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(text) = layer.header_timeout {
+            self.header_timeout = HumanDuration::parse(&text)
+                .map_err(|message| invalid("header_timeout", message))?
+                .0;
+        }
+        if let Some(text) = layer.idle_timeout {
+            self.idle_timeout = HumanDuration::parse(&text)
+                .map_err(|message| invalid("idle_timeout", message))?
+                .0;
+        }
+        if let Some(v) = layer.webhook_body_budget {
+            self.webhook_body_budget = v;
+        }
         Ok(())
+    }
+
+    /// The limits of the listener's connections.
+    pub fn edge_limits(&self) -> mechanics_edge::EdgeLimits {
+        mechanics_edge::EdgeLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            ..mechanics_edge::EdgeLimits::default()
+        }
     }
 
     /// Where the value of `key` came from.
@@ -396,6 +461,7 @@ impl ServerConfig {
             ("local_nodes", self.local_nodes, 256),
             ("queue_size", self.queue_size, 1_000_000),
             ("concurrency", self.concurrency, 10_000),
+            ("max_connections", self.max_connections, 1_000_000),
         ] {
             if !(1..=max).contains(&value) {
                 return Err(invalid(
@@ -429,6 +495,28 @@ impl ServerConfig {
                 ),
             ));
         }
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1s and 1h, got {}", HumanDuration(value)),
+                ));
+            }
+        }
+        // At least one whole delivery must fit, or every webhook would be refused.
+        let smallest = crate::webhooks::MAX_WEBHOOK_BYTES;
+        if !(smallest..=1 << 40).contains(&self.webhook_body_budget) {
+            return Err(invalid(
+                "webhook_body_budget",
+                format!(
+                    "must be between {smallest} bytes (one largest webhook) and 1 TiB, got {}",
+                    self.webhook_body_budget
+                ),
+            ));
+        }
         if self.log_level.trim().is_empty() {
             return Err(invalid("log_level", "must not be empty".to_owned()));
         }
@@ -439,7 +527,7 @@ impl ServerConfig {
     pub fn show(&self) -> String {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
-        let rows: [(&str, String); 12] = [
+        let rows: [(&str, String); 16] = [
             ("addr", self.addr.to_string()),
             ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
             ("insecure_no_auth", self.insecure_no_auth.to_string()),
@@ -463,6 +551,13 @@ impl ServerConfig {
                 .to_owned(),
             ),
             ("log_level", self.log_level.clone()),
+            ("max_connections", self.max_connections.to_string()),
+            (
+                "header_timeout",
+                HumanDuration(self.header_timeout).to_string(),
+            ),
+            ("idle_timeout", HumanDuration(self.idle_timeout).to_string()),
+            ("webhook_body_budget", self.webhook_body_budget.to_string()),
         ];
         let mut out = String::new();
         for (key, value) in rows {
@@ -493,6 +588,10 @@ impl ConfigLayer {
         note(self.drain_timeout.is_some(), "drain_timeout");
         note(self.log_format.is_some(), "log_format");
         note(self.log_level.is_some(), "log_level");
+        note(self.max_connections.is_some(), "max_connections");
+        note(self.header_timeout.is_some(), "header_timeout");
+        note(self.idle_timeout.is_some(), "idle_timeout");
+        note(self.webhook_body_budget.is_some(), "webhook_body_budget");
         keys
     }
 }

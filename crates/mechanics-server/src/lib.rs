@@ -20,6 +20,7 @@ pub mod observe;
 mod pipeline;
 pub mod processes;
 mod registry;
+pub mod secret_file;
 mod sources;
 pub mod trace_log;
 pub mod webhooks;
@@ -126,9 +127,16 @@ pub struct RunningServer {
     pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    secrets_refresh: Arc<Notify>,
 }
 
 impl RunningServer {
+    /// Reads every source's secret and token again now (what SIGHUP does), instead of at the
+    /// next minute.
+    pub fn refresh_secrets(&self) {
+        self.secrets_refresh.notify_one();
+    }
+
     /// Stops accepting requests, drains attempts in flight (up to the drain timeout), stops
     /// process workers, and returns when all of that is done.
     pub async fn shutdown(self) {
@@ -185,8 +193,12 @@ pub async fn start(
         parts.dispatch,
     ));
     let integrations = Arc::new(
-        webhooks::Integrations::new(parts.store.clone(), config).map_err(ServerError::Http)?,
+        webhooks::Integrations::new(parts.store.clone(), trace.clone(), config)
+            .map_err(ServerError::Http)?,
     );
+    // Every source's secret is read before the first delivery can ask for it.
+    let _ = integrations.sources.get("").await;
+    let secrets_refresh = Arc::new(Notify::new());
     let shared = Arc::new(Shared {
         store: parts.store,
         clock: parts.clock,
@@ -201,21 +213,27 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
     let app = api::router(shared.clone()).merge(webhooks::router(shared.clone()));
+    let edge = config.edge_limits();
     let loops = shared.clone();
+    let refresh_now = secrets_refresh.clone();
     let (store, clock) = (shared.store.clone(), shared.clock);
     let task = tokio::spawn(async move {
         let until_stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let http = tokio::spawn(
-            // The peer address lets `/debug/vars` tell loopback callers apart.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(until_stop(stopped.clone()))
-            .into_future(),
-        );
+        // The edge gives handlers the peer's address (`ConnectInfo`), which lets `/debug/vars`
+        // tell loopback callers apart.
+        let http = tokio::spawn(mechanics_edge::serve(
+            listener,
+            app,
+            edge,
+            until_stop(stopped.clone()),
+        ));
+        let refresher = tokio::spawn(sources::refresh_loop(
+            loops.integrations.clone(),
+            refresh_now,
+            until_stop(stopped.clone()),
+        ));
         let cron = tokio::spawn(cron::run(loops.clone(), until_stop(stopped.clone())));
         // Write-back outlives the drain: events whose last task ends during it are settled.
         let (drained, drained_rx) = watch::channel(false);
@@ -243,10 +261,9 @@ pub async fn start(
         let _ = write_back.await;
         let _ = flusher.await;
         let _ = pruner.await;
-        match http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "the API server failed"),
-            Err(err) => tracing::error!(error = %err, "the API server task failed"),
+        let _ = refresher.await;
+        if let Err(err) = http.await {
+            tracing::error!(error = %err, "the API server task failed");
         }
         processes.shutdown().await;
         // Last: the drain and the API may have recorded steps until now.
@@ -260,6 +277,7 @@ pub async fn start(
         metrics,
         stop,
         task,
+        secrets_refresh,
     })
 }
 

@@ -130,6 +130,12 @@ pub(crate) enum Refusal {
     RateLimited,
     /// Not JSON, or without what the kind's delivery must carry (its id).
     Malformed,
+    /// The body arrived slower than the listener's minimum rate.
+    TooSlow,
+    /// The webhook body budget is spent: too many bodies are being received at once.
+    Busy,
+    /// The source's secret cannot be read on the server (its configuration, not the sender).
+    SecretUnavailable,
 }
 
 impl Refusal {
@@ -142,6 +148,9 @@ impl Refusal {
             Self::StaleTimestamp => "stale_timestamp",
             Self::RateLimited => "rate_limit",
             Self::Malformed => "malformed",
+            Self::TooSlow => "too_slow",
+            Self::Busy => "busy",
+            Self::SecretUnavailable => "secret_unavailable",
         }
     }
 
@@ -152,6 +161,16 @@ impl Refusal {
             Self::Signature | Self::StaleTimestamp => 401,
             Self::RateLimited => 429,
             Self::Unreadable | Self::Malformed => 400,
+            Self::TooSlow => 408,
+            Self::Busy | Self::SecretUnavailable => 503,
+        }
+    }
+
+    /// The server's own failure (`fail`), or the sender's request refused (`deny`).
+    fn outcome(self) -> LogOutcome {
+        match self {
+            Self::SecretUnavailable => LogOutcome::Fail,
+            _ => LogOutcome::Deny,
         }
     }
 }
@@ -237,8 +256,16 @@ fn event_entry(event: &Event, action: &str, outcome: LogOutcome, ts: i64) -> Log
 /// id. Nothing from the request but the source name goes into `detail`, and every entry passes
 /// the redactor.
 impl TraceLog {
-    /// A delivery to `source` was refused with `error` (the message the sender got).
-    pub(crate) fn webhook_refused(&self, source: &str, refusal: Refusal, error: &str, now: i64) {
+    /// A delivery to `source` was refused with `error` (the message the sender got, or for the
+    /// server's own failures what the operator must fix). Whether it was recorded: a caller that
+    /// also logs the refusal logs only those, under the same budget.
+    pub(crate) fn webhook_refused(
+        &self,
+        source: &str,
+        refusal: Refusal,
+        error: &str,
+        now: i64,
+    ) -> bool {
         if refusal == Refusal::RateLimited {
             self.metrics().webhooks_rate_limited.inc();
         }
@@ -253,7 +280,7 @@ impl TraceLog {
             .admit(budget_key, now);
         let Some(unrecorded_before) = admitted else {
             self.metrics().logs_refusals_unrecorded.inc();
-            return;
+            return false;
         };
         let mut detail = json!({
             "source": source_label(source),
@@ -267,12 +294,12 @@ impl TraceLog {
             trace_id: Some(random_trace_id()),
             error: Some(bounded(error, 300)),
             detail: Some(detail),
-            ..entry("webhook", LogOutcome::Deny, now)
+            ..entry("webhook", refusal.outcome(), now)
         });
+        true
     }
 
-    /// A delivery to `source` could not be taken because of the server (its secret is not
-    /// available, the database refused the event).
+    /// A delivery to `source` could not be taken because the database refused the event.
     pub(crate) fn webhook_failed(&self, source: &str, error: &str, now: i64) {
         self.record(LogRecord {
             trace_id: Some(random_trace_id()),

@@ -2,12 +2,15 @@
 //! sources for the ingest path, and the resolution of a source's secret and token references.
 //!
 //! A source stores only *where* its secret and token are (`secret_env`, `secret_file`, ...). The
-//! values are read when a request needs them, so rotating a secret needs no re-registration, and
-//! a value never reaches the database, an API answer, a log line or an error message
-//! (invariant 5): errors name the variable or file, never what it holds.
+//! values are read into memory off the async threads — when the source is added or changed, at
+//! startup, every minute and on SIGHUP — so rotating a secret needs no re-registration, a
+//! delivery never waits on a file, and a value never reaches the database, an API answer, a log
+//! line or an error message (invariant 5): errors name the variable or file, never what it holds.
 
 use std::collections::HashMap;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,10 +21,11 @@ use axum::routing::get;
 use mechanics_proto::api::SourceList;
 use mechanics_proto::domain::{Source, SourceSpec};
 use mechanics_store::Store;
-use tokio::sync::RwLock;
+use tokio::sync::{Notify, RwLock};
 
-use crate::Shared;
 use crate::api::{ApiResult, Failure, parse_body};
+use crate::secret_file::SecretFileError;
+use crate::{Shared, TraceLog};
 
 /// The routes under `/api/v1/sources`, merged into the API router (and so behind its
 /// authentication).
@@ -38,14 +42,53 @@ async fn add_source(
     let spec: SourceSpec = parse_body(body)?;
     spec.validate()
         .map_err(|err| Failure::bad_request(format!("invalid source: {err}")))?;
+    refuse_unusable_files(&spec).await?;
     let now = shared.clock.now_ms();
     let source = shared.store.upsert_source(spec, now).await?;
+    // Resolved before the answer, so the first delivery finds the secret in memory.
+    shared.integrations.sources.prime(source.clone()).await;
     let status = if source.revision == 1 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, axum::Json(source)))
+}
+
+/// `400` for a `secret_file` or `token_file` that can never hold a secret (a FIFO, a device, a
+/// directory, an oversized file). A file that does not exist yet is accepted: it may be
+/// deployed after the source is registered, and the server reads it again every minute.
+async fn refuse_unusable_files(spec: &SourceSpec) -> ApiResult<()> {
+    let files: Vec<(&'static str, String)> = [
+        ("secret_file", spec.secret_file.clone()),
+        ("token_file", spec.token_file.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(field, path)| path.map(|path| (field, path)))
+    .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    let checked = tokio::task::spawn_blocking(move || {
+        for (field, path) in files {
+            if let Err(
+                err @ (SecretFileError::NotRegular { .. } | SecretFileError::TooLarge { .. }),
+            ) = crate::secret_file::read(std::path::Path::new(&path))
+            {
+                return Err(format!("invalid source: {field}: {err}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match checked {
+        Ok(result) => result.map_err(Failure::bad_request),
+        Err(_) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "checking the source's files failed",
+        )),
+    }
 }
 
 async fn list_sources(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<SourceList>> {
@@ -75,26 +118,64 @@ async fn delete_source(
     }
 }
 
-/// Sources by name.
-type Sources = Arc<HashMap<String, Arc<Source>>>;
+/// A registered source with its secret and token as they were last resolved.
+#[derive(Debug)]
+pub(crate) struct CachedSource {
+    /// The source as stored.
+    pub(crate) source: Source,
+    /// The webhook secret, or why it is not available (the message names the reference).
+    pub(crate) secret: Result<Vec<u8>, String>,
+    /// The write-back token (`None`: none configured), or why it is not available.
+    pub(crate) token: Result<Option<String>, String>,
+}
 
-/// The registered sources, cached and reloaded when the store's registry version moves (every
-/// source change bumps it), so a webhook costs no query to find its source.
+impl CachedSource {
+    /// Resolves `source`'s references now. Blocking: reads environment variables and files.
+    fn resolve(source: Source) -> Self {
+        let secret = secret(&source.spec);
+        let token = token(&source.spec);
+        Self {
+            source,
+            secret,
+            token,
+        }
+    }
+}
+
+/// Sources by name.
+type Sources = Arc<HashMap<String, Arc<CachedSource>>>;
+
+/// How long a reload waits for the files of sources it has not resolved before (startup, or a
+/// change made by another process); those still unread are unavailable until the next refresh.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// How often every source's secret and token are read again, so a rotated file is picked up.
+pub(crate) const SECRET_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The registered sources with their resolved secrets, cached and reloaded when the store's
+/// registry version moves (every source change bumps it), so a webhook costs no query to find
+/// its source and never reads a file.
+///
+/// Secrets and tokens are resolved off the async threads: when the API adds or changes a source
+/// (before it answers), at startup, every [`SECRET_REFRESH_INTERVAL`] and on SIGHUP. Each value
+/// joins the redactor as soon as it is read.
 pub(crate) struct SourceCache {
     store: Arc<dyn Store>,
+    trace: Arc<TraceLog>,
     cache: RwLock<(Option<u64>, Sources)>,
 }
 
 impl SourceCache {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, trace: Arc<TraceLog>) -> Self {
         Self {
             store,
+            trace,
             cache: RwLock::new((None, Arc::new(HashMap::new()))),
         }
     }
 
     /// The source called `name`, as of the current registry version.
-    pub(crate) async fn get(&self, name: &str) -> Option<Arc<Source>> {
+    pub(crate) async fn get(&self, name: &str) -> Option<Arc<CachedSource>> {
         let version = self.store.registry_version();
         {
             let cache = self.cache.read().await;
@@ -106,10 +187,7 @@ impl SourceCache {
         if cache.0 != Some(version) {
             match self.store.list_sources().await {
                 Ok(sources) => {
-                    let map = sources
-                        .into_iter()
-                        .map(|s| (s.spec.name.clone(), Arc::new(s)))
-                        .collect();
+                    let map = self.resolve_changed(&cache.1, sources).await;
                     *cache = (Some(version), Arc::new(map));
                 }
                 Err(err) => {
@@ -119,11 +197,146 @@ impl SourceCache {
         }
         cache.1.get(name).cloned()
     }
+
+    /// The new map: a source whose revision is unchanged keeps its resolved values; the others
+    /// are resolved on the blocking pool, waiting at most [`RESOLVE_WAIT`].
+    async fn resolve_changed(
+        &self,
+        previous: &Sources,
+        sources: Vec<Source>,
+    ) -> HashMap<String, Arc<CachedSource>> {
+        let mut map = HashMap::with_capacity(sources.len());
+        let mut unresolved = Vec::new();
+        for source in sources {
+            match previous.get(&source.spec.name) {
+                Some(cached) if cached.source.revision == source.revision => {
+                    map.insert(source.spec.name.clone(), cached.clone());
+                }
+                _ => unresolved.push(source),
+            }
+        }
+        if unresolved.is_empty() {
+            return map;
+        }
+        let names: Vec<String> = unresolved.iter().map(|s| s.spec.name.clone()).collect();
+        let resolving = tokio::task::spawn_blocking(move || {
+            unresolved
+                .into_iter()
+                .map(CachedSource::resolve)
+                .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout(RESOLVE_WAIT, resolving).await {
+            Ok(Ok(resolved)) => {
+                for cached in resolved {
+                    self.learn(&cached);
+                    map.insert(cached.source.spec.name.clone(), Arc::new(cached));
+                }
+            }
+            _ => {
+                tracing::error!(
+                    sources = ?names,
+                    "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; they are \
+                     unavailable until the next refresh"
+                );
+            }
+        }
+        map
+    }
+
+    /// Resolves `source` now, off the async threads, and keeps the result for its revision:
+    /// the API calls it when a source is added or changed, so deliveries find it resolved.
+    pub(crate) async fn prime(&self, source: Source) {
+        let Ok(cached) = tokio::task::spawn_blocking(move || CachedSource::resolve(source)).await
+        else {
+            return;
+        };
+        self.learn(&cached);
+        let mut cache = self.cache.write().await;
+        let mut map = (*cache.1).clone();
+        map.insert(cached.source.spec.name.clone(), Arc::new(cached));
+        // The version is not raised: the next `get` reloads the list and keeps this entry, since
+        // its revision matches.
+        cache.1 = Arc::new(map);
+    }
+
+    /// Reads every source's secret and token again (a rotated file, a changed variable).
+    pub(crate) async fn refresh(&self) {
+        let mut cache = self.cache.write().await;
+        let sources: Vec<Source> = cache.1.values().map(|c| c.source.clone()).collect();
+        let resolving = tokio::task::spawn_blocking(move || {
+            sources
+                .into_iter()
+                .map(CachedSource::resolve)
+                .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout(RESOLVE_WAIT, resolving).await {
+            Ok(Ok(resolved)) => {
+                for cached in &resolved {
+                    self.learn(cached);
+                }
+                let map = resolved
+                    .into_iter()
+                    .map(|c| (c.source.spec.name.clone(), Arc::new(c)))
+                    .collect();
+                cache.1 = Arc::new(map);
+            }
+            _ => tracing::error!(
+                "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; keeping the \
+                 values read before"
+            ),
+        }
+    }
+
+    /// Redacts a resolved secret and token from now on, and says what could not be resolved.
+    fn learn(&self, cached: &CachedSource) {
+        if let Ok(secret) = &cached.secret {
+            redact_secret(&self.trace, secret);
+        }
+        if let Ok(Some(token)) = &cached.token {
+            redact_secret(&self.trace, token.as_bytes());
+        }
+        for problem in [cached.secret.as_ref().err(), cached.token.as_ref().err()]
+            .into_iter()
+            .flatten()
+        {
+            tracing::warn!(source = %cached.source.spec.name, "{problem}");
+        }
+    }
+}
+
+/// Registers a resolved secret or token with the redactor (a Standard Webhooks `whsec_` secret
+/// with and without its prefix). A value that is not text cannot appear in text.
+fn redact_secret(trace: &TraceLog, secret: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(secret) {
+        let redactor = trace.redactor();
+        redactor.add_secret(text);
+        if let Some(key) = text.trim().strip_prefix("whsec_") {
+            redactor.add_secret(key);
+        }
+    }
+}
+
+/// Reloads every source's secret and token every [`SECRET_REFRESH_INTERVAL`], and when `now`
+/// is rung (SIGHUP).
+pub(crate) async fn refresh_loop(
+    sources: Arc<crate::webhooks::Integrations>,
+    now: Arc<Notify>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(SECRET_REFRESH_INTERVAL) => {}
+            () = now.notified() => tracing::info!("reading the sources' secrets again"),
+        }
+        sources.sources.refresh().await;
+    }
 }
 
 /// The source's webhook secret, read from its environment variable or file now. The error names
 /// the reference, never a value.
-pub(crate) fn secret(spec: &SourceSpec) -> Result<Vec<u8>, String> {
+fn secret(spec: &SourceSpec) -> Result<Vec<u8>, String> {
     resolve(
         "secret",
         spec.secret_env.as_deref(),
@@ -133,7 +346,7 @@ pub(crate) fn secret(spec: &SourceSpec) -> Result<Vec<u8>, String> {
 }
 
 /// The source's write-back token, if it has one configured.
-pub(crate) fn token(spec: &SourceSpec) -> Result<Option<String>, String> {
+fn token(spec: &SourceSpec) -> Result<Option<String>, String> {
     resolve(
         "token",
         spec.token_env.as_deref(),
@@ -160,25 +373,9 @@ fn resolve(what: &str, env: Option<&str>, file: Option<&str>) -> Result<Option<V
         };
     }
     if let Some(path) = file {
-        return match std::fs::read(path) {
-            // A trailing newline is an artefact of `echo secret > file`, not part of the secret.
-            Ok(mut bytes) => {
-                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    bytes.pop();
-                }
-                if bytes.is_empty() {
-                    Err(format!(
-                        "the file {path} that holds the source's {what} is empty"
-                    ))
-                } else {
-                    Ok(Some(bytes))
-                }
-            }
-            Err(err) => Err(format!(
-                "cannot read the file {path} that holds the source's {what}: {}",
-                err.kind()
-            )),
-        };
+        return crate::secret_file::read(std::path::Path::new(path))
+            .map(Some)
+            .map_err(|err| format!("the file that holds the source's {what}: {err}"));
     }
     Ok(None)
 }

@@ -61,6 +61,22 @@ pub struct ConfigArgs {
     /// RUST_LOG wins when set.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Connections open at once; more wait in the kernel's backlog. Lowered at startup to what
+    /// the descriptor limit leaves [default: 1024; MECHANICS_MAX_CONNECTIONS].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// How long a client has to send a request's headers (and a body may pause), e.g. 10s
+    /// [default: 10s; MECHANICS_HEADER_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// How long a kept-alive connection may wait for its next request, e.g. 60s
+    /// [default: 60s; MECHANICS_IDLE_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Webhook body bytes received at once over all deliveries; past it deliveries get 503
+    /// with Retry-After [default: 67108864 (64 MiB); MECHANICS_WEBHOOK_BODY_BUDGET].
+    #[arg(long, value_name = "BYTES")]
+    webhook_body_budget: Option<String>,
 }
 
 /// Exit status for a server that could not start (bad configuration, port in use, database).
@@ -116,6 +132,26 @@ impl ConfigArgs {
             ),
             ("log_format", "--log-format", self.log_format.as_deref()),
             ("log_level", "--log-level", self.log_level.as_deref()),
+            (
+                "max_connections",
+                "--max-connections",
+                self.max_connections.as_deref(),
+            ),
+            (
+                "header_timeout",
+                "--header-timeout",
+                self.header_timeout.as_deref(),
+            ),
+            (
+                "idle_timeout",
+                "--idle-timeout",
+                self.idle_timeout.as_deref(),
+            ),
+            (
+                "webhook_body_budget",
+                "--webhook-body-budget",
+                self.webhook_body_budget.as_deref(),
+            ),
         ];
         for (key, flag, value) in given {
             if let Some(value) = value {
@@ -175,7 +211,27 @@ pub fn serve(args: &ConfigArgs) -> u8 {
     }
 }
 
-async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
+async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
+    // Connections must leave descriptors for the database, the nodes and outgoing requests.
+    match mechanics_edge::raise_open_files_limit() {
+        Ok(open_files) => {
+            let affordable = config
+                .edge_limits()
+                .within_open_files(open_files)
+                .max_connections;
+            if affordable < config.max_connections {
+                tracing::warn!(
+                    configured = config.max_connections,
+                    max_connections = affordable,
+                    open_files,
+                    "max_connections lowered to what the descriptor limit leaves; raise the limit \
+                     (ulimit -n) to allow more"
+                );
+                config.max_connections = affordable;
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the descriptor limit"),
+    }
     let db_path = config.db_path.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
         .await
@@ -231,7 +287,10 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         let _ = writeln!(stdout, "READY {addr}");
         let _ = stdout.flush();
     }
-    signals.next().await;
+    // SIGHUP reads the sources' secrets again; SIGINT or SIGTERM stops.
+    while signals.next().await == Signal::Hangup {
+        server.refresh_secrets();
+    }
     tracing::info!(
         drain_timeout = ?config.drain_timeout,
         "shutting down: no new tasks; waiting for those in flight"
@@ -241,7 +300,9 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     let first = tokio::time::Instant::now();
     let second = async {
         loop {
-            signals.next().await;
+            if signals.next().await == Signal::Hangup {
+                continue;
+            }
             if first.elapsed() >= std::time::Duration::from_secs(1) {
                 return;
             }
@@ -258,10 +319,18 @@ async fn run_server(config: ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT.
+/// SIGTERM and SIGINT (stop), and SIGHUP (read the secrets again).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Hangup,
 }
 
 impl Signals {
@@ -270,13 +339,15 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) {
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Hangup,
         }
     }
 }

@@ -19,24 +19,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body::Body as _;
 use mechanics_proto::api::WebhookAccepted;
 use mechanics_proto::domain::{Event, EventState, SourceKind};
 use mechanics_store::{EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::Failure;
 use crate::dispatch::limiter::Rate;
 use crate::pipeline::Refusal;
 use crate::sources::SourceCache;
 use crate::writeback::WriteBackClient;
-use crate::{ServerConfig, Shared};
+use crate::{ServerConfig, Shared, TraceLog};
 
 /// Largest webhook body (DESIGN §3).
 pub const MAX_WEBHOOK_BYTES: usize = 5 * 1024 * 1024;
@@ -48,15 +50,25 @@ pub(crate) struct Integrations {
     pub(crate) buckets: Mutex<SourceBuckets>,
     /// The per-source webhook bucket (`webhook_rate_limit`).
     pub(crate) rate: Rate,
+    /// Webhook body bytes being received now, over all deliveries (`webhook_body_budget`): one
+    /// permit a byte.
+    pub(crate) body_budget: Arc<Semaphore>,
     pub(crate) write_back: WriteBackClient,
     /// Rung when the registry changes: the cron scheduler recomputes its next fire.
     pub(crate) cron_wake: Notify,
 }
 
 impl Integrations {
-    pub(crate) fn new(store: Arc<dyn Store>, config: &ServerConfig) -> Result<Self, String> {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        trace: Arc<TraceLog>,
+        config: &ServerConfig,
+    ) -> Result<Self, String> {
         Ok(Self {
-            sources: SourceCache::new(store),
+            sources: SourceCache::new(store, trace),
+            body_budget: Arc::new(Semaphore::new(
+                config.webhook_body_budget.min(Semaphore::MAX_PERMITS),
+            )),
             buckets: Mutex::new(SourceBuckets::default()),
             rate: Rate {
                 per_second: config.webhook_rate_limit.per_second,
@@ -102,20 +114,7 @@ impl SourceBuckets {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/webhooks/{source}", post(ingest))
-        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(shared)
-}
-
-/// Registers a resolved secret or token with the redactor (a Standard Webhooks `whsec_` secret
-/// with and without its prefix). A value that is not text cannot appear in text.
-pub(crate) fn redact_from_now_on(shared: &Shared, secret: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(secret) {
-        let redactor = shared.trace.redactor();
-        redactor.add_secret(text);
-        if let Some(key) = text.trim().strip_prefix("whsec_") {
-            redactor.add_secret(key);
-        }
-    }
 }
 
 /// Refuses a delivery to `source` with `message`, and records the refusal in the trace
@@ -136,72 +135,141 @@ fn refused(shared: &Shared, source: &str, refusal: Refusal, message: String) -> 
             Failure::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
         Refusal::Unreadable | Refusal::Malformed => Failure::bad_request(message),
+        Refusal::TooSlow => Failure::new(StatusCode::REQUEST_TIMEOUT, "too_slow", message),
+        // 503 with `Retry-After` (the `Failure` adds it): the sender did nothing wrong and
+        // should come again.
+        Refusal::Busy => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+        Refusal::SecretUnavailable => secret_unavailable(),
     };
     failure.into_response()
+}
+
+/// What the sender learns when the source's secret cannot be read: that the server cannot take
+/// the delivery now, and nothing about why (that is for the operator, in the log and the trace).
+fn secret_unavailable() -> Failure {
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the source's secret is not available on the server; see the server's log",
+    )
+}
+
+/// Why a webhook body was not read to its end.
+enum BodyRefusal {
+    TooLarge,
+    Busy,
+    TooSlow(String),
+    Unreadable(String),
+}
+
+/// Reads a webhook body of at most [`MAX_WEBHOOK_BYTES`], holding its bytes against the
+/// server-wide budget: a declared length is reserved in full before the first byte is read, a
+/// chunked body piece by piece. The reservation lasts as long as the returned permit.
+async fn read_body(
+    budget: &Arc<Semaphore>,
+    mut body: Body,
+    declared: Option<u64>,
+) -> Result<(Bytes, OwnedSemaphorePermit), BodyRefusal> {
+    let reserve = |bytes: usize| {
+        u32::try_from(bytes)
+            .ok()
+            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or(BodyRefusal::Busy)
+    };
+    let declared = declared.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut permit = reserve(declared.unwrap_or(0))?;
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|err| {
+            if mechanics_edge::is_body_too_slow(&err) {
+                BodyRefusal::TooSlow(err.to_string())
+            } else {
+                BodyRefusal::Unreadable(err.to_string())
+            }
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + chunk.len() > MAX_WEBHOOK_BYTES {
+            return Err(BodyRefusal::TooLarge);
+        }
+        if declared.is_none() {
+            permit.merge(reserve(chunk.len())?);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(bytes), permit))
 }
 
 async fn ingest(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let integrations = &shared.integrations;
     let trace = &shared.trace;
     let refuse = |refusal, message| refused(&shared, &name, refusal, message);
+    // Everything the path and headers decide is decided before a byte of the body is read.
     let Some(source) = integrations.sources.get(&name).await else {
         return refuse(Refusal::UnknownSource, format!("no source named {name:?}"));
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                Refusal::TooLarge,
-                format!("the webhook body is larger than the limit of {MAX_WEBHOOK_BYTES} bytes"),
-            );
-        }
-        Err(rejection) => {
-            return refuse(
-                Refusal::Unreadable,
-                format!("cannot read the webhook body: {rejection}"),
-            );
-        }
-    };
-    let secret = match crate::sources::secret(&source.spec) {
+    let secret = match &source.secret {
         Ok(secret) => secret,
         Err(message) => {
             // The server's configuration is wrong, not the sender's request: say so to the
             // operator in the log and the trace (the message names the reference, never a
-            // value), and nothing about it to the sender.
-            tracing::error!(source = %name, "cannot verify a webhook: {message}");
-            trace.webhook_failed(
-                &name,
-                &format!("cannot verify a webhook: {message}"),
-                shared.clock.now_ms(),
-            );
-            return Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the source's secret is not available on the server; see the server's log",
-            )
-            .into_response();
+            // value), under the refusal budget, and nothing about it to the sender.
+            let message = format!("cannot verify a webhook: {message}");
+            let now = shared.clock.now_ms();
+            if trace.webhook_refused(&name, Refusal::SecretUnavailable, &message, now) {
+                tracing::error!(source = %name, "{message}");
+            }
+            return secret_unavailable().into_response();
         }
     };
-    // From now on the secret (and the write-back token, which a sender could also echo in a
-    // payload a worker then quotes in its error) is redacted wherever the server records text.
-    redact_from_now_on(&shared, &secret);
-    if let Ok(Some(token)) = crate::sources::token(&source.spec) {
-        redact_from_now_on(&shared, token.as_bytes());
-    }
     let now = shared.clock.now_ms();
-    let kind = source.spec.kind;
-    if let Err(denied) = verify::verify(kind, &secret, &headers, &body, now.div_euclid(1000)) {
+    let kind = source.source.spec.kind;
+    let denied = |denied: verify::Denied| {
         tracing::info!(source = %name, reason = %denied, "webhook refused");
         let refusal = match denied {
             verify::Denied::Stale(_) => Refusal::StaleTimestamp,
             verify::Denied::Missing(_) | verify::Denied::Mismatch(_) => Refusal::Signature,
         };
-        return refuse(refusal, denied.to_string());
+        refuse(refusal, denied.to_string())
+    };
+    if let Err(err) = verify::verify_headers(kind, secret, &headers, now.div_euclid(1000)) {
+        return denied(err);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large =
+        || format!("the webhook body is larger than the limit of {MAX_WEBHOOK_BYTES} bytes");
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BYTES as u64) {
+        return refuse(Refusal::TooLarge, too_large());
+    }
+    let (body, _reservation) = match read_body(&integrations.body_budget, body, declared).await {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return refuse(Refusal::TooLarge, too_large()),
+        Err(BodyRefusal::Busy) => {
+            return refuse(
+                Refusal::Busy,
+                "the server is receiving too many webhook bodies at once; deliver again shortly"
+                    .to_owned(),
+            );
+        }
+        Err(BodyRefusal::TooSlow(message)) => return refuse(Refusal::TooSlow, message),
+        Err(BodyRefusal::Unreadable(message)) => {
+            return refuse(
+                Refusal::Unreadable,
+                format!("cannot read the webhook body: {message}"),
+            );
+        }
+    };
+    if let Err(err) = verify::verify(kind, secret, &headers, &body, now.div_euclid(1000)) {
+        return denied(err);
     }
     let allowed = integrations
         .buckets

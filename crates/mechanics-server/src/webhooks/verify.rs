@@ -120,6 +120,33 @@ pub fn verify(
     }
 }
 
+/// What can be checked before the body is read: every header `kind` requires is present, a
+/// signed timestamp is recent, and a shared token (GitLab, Telegram) matches. A sender that
+/// fails here never gets its body read.
+pub fn verify_headers(
+    kind: SourceKind,
+    secret: &[u8],
+    headers: &HeaderMap,
+    now_secs: i64,
+) -> Result<(), Denied> {
+    match kind {
+        SourceKind::Github => header(headers, "x-hub-signature-256").map(drop),
+        SourceKind::Gitlab => shared_token(headers, "x-gitlab-token", secret),
+        SourceKind::Telegram => shared_token(headers, "x-telegram-bot-api-secret-token", secret),
+        SourceKind::Slack => {
+            header(headers, "x-slack-signature")?;
+            let timestamp = header(headers, "x-slack-request-timestamp")?;
+            check_timestamp(timestamp, now_secs, "x-slack-request-timestamp")
+        }
+        SourceKind::Generic => {
+            header(headers, "webhook-id")?;
+            header(headers, "webhook-signature")?;
+            let timestamp = header(headers, "webhook-timestamp")?;
+            check_timestamp(timestamp, now_secs, "webhook-timestamp")
+        }
+    }
+}
+
 fn shared_token(headers: &HeaderMap, name: &'static str, secret: &[u8]) -> Result<(), Denied> {
     let given = header(headers, name)?;
     if bool::from(given.as_bytes().ct_eq(secret)) {

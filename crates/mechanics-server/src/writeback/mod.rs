@@ -322,19 +322,13 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
             event.source
         ));
     };
-    let spec = &source.spec;
-    let token = match crate::sources::token(spec) {
-        Ok(token) => token,
-        Err(message) => return Sent::Permanent(message),
+    let spec = &source.source.spec;
+    // Both were read into memory (and joined the redactor) when the source was loaded.
+    let token = match &source.token {
+        Ok(token) => token.clone(),
+        Err(message) => return Sent::Permanent(message.clone()),
     };
-    let secret = crate::sources::secret(spec).ok();
-    // Redacted from now on: an error quoting either must not carry it into the trace.
-    for value in [token.as_deref().map(str::as_bytes), secret.as_deref()]
-        .into_iter()
-        .flatten()
-    {
-        crate::webhooks::redact_from_now_on(shared, value);
-    }
+    let secret = source.secret.as_ref().ok().cloned();
     let now_secs = shared.clock.now_ms().div_euclid(1000);
     let outbound = match responders::build(
         spec,

@@ -1,0 +1,207 @@
+//! `mechanics-edge`: the HTTP edge that every Mechanics listener serves through — the
+//! coordinator's API and webhooks, and an executor node's job service.
+//!
+//! It exists so that nobody who can reach a port can exhaust the process: connections are
+//! counted and capped below the descriptor limit ([`EdgeLimits::max_connections`]); a connection
+//! must deliver its request head within [`EdgeLimits::header_timeout`], may idle between requests
+//! for [`EdgeLimits::idle_timeout`], and must send its body at [`EdgeLimits::min_body_rate`];
+//! accept errors (a full descriptor table) back off instead of spinning; and the requests hyper
+//! refuses before any handler sees them (a huge URI or head, garbage) are answered in the JSON
+//! error shape like every other refusal.
+//!
+//! It must not know routes, authentication, tasks or nodes; must not buffer a body (a body is
+//! passed to the handler as it arrives, metered); and never prints.
+
+mod body;
+mod connection;
+mod errors;
+mod limits;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+pub use body::{BodyTooSlow, is_body_too_slow};
+pub use limits::{EdgeLimits, MAX_HEADER_BYTES, MAX_URI_BYTES, raise_open_files_limit};
+
+use body::{GuardedBody, MeteredBody};
+use connection::{ConnState, Watched};
+
+/// Serves `app` on `listener` under `limits` until `shutdown` resolves; then stops accepting,
+/// lets the requests in progress finish, closes idle connections, and returns when every
+/// connection is closed.
+///
+/// Handlers can take [`ConnectInfo<SocketAddr>`] to learn the peer's address.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: EdgeLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stopping, stop_rx) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
+    tokio::pin!(shutdown);
+    loop {
+        // At the limit, wait for a slot before accepting: the kernel's backlog holds the rest.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    let pause = accept_errors.failed(&err);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            },
+        };
+        accept_errors.succeeded();
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, app, limits, stop_rx).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    // Every connection gives its slot back when it ends.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
+
+/// One connection, until it closes or, after shutdown began, its last request is answered.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: EdgeLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = ConnState::new();
+    let io = TokioIo::new(Watched::new(stream, state.clone(), limits));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let guard = state.request_started();
+        let mut app = app.clone();
+        // Boxed so the connection is `Unpin` and its socket can be taken back for lingering.
+        Box::pin(async move {
+            if let Some(refusal) = errors::refuse_oversized_head(&request) {
+                return Ok::<_, Infallible>(refusal.map(|b| Body::new(GuardedBody::new(b, guard))));
+            }
+            let mut request = request.map(|incoming| Body::new(MeteredBody::new(incoming, limits)));
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let response: Response<Body> =
+                match tower_service::Service::call(&mut app, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+            Ok(response.map(|b| Body::new(GuardedBody::new(b, guard))))
+        })
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The socket wrapper keeps the time (header, idle and write timeouts); hyper's own header
+    // timer would also cut kept-alive connections at the header timeout.
+    builder
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BYTES + MAX_URI_BYTES + 16 * 1024);
+    let mut connection = builder.serve_connection(io, service);
+    let stopping = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => result,
+        () = stopping => {
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
+        }
+    };
+    match result {
+        Ok(()) => linger(connection.into_parts().io.into_inner().into_stream()).await,
+        Err(err) => tracing::debug!(%peer, error = %err, "connection ended"),
+    }
+}
+
+/// How long, and for how many bytes, a connection is drained after its last answer.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Closes a connection whose client may still be sending (a body refused from its headers):
+/// the answer is followed by a FIN, then what the client still sends is read and dropped for a
+/// little while. Closing at once with unread bytes would send a reset, and the client could
+/// lose the answer (a `413`, a `401`) it was meant to read.
+async fn linger(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    let mut buf = [0u8; 8192];
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+/// Accept failures: a pause that doubles from 10 ms to 1 s while they last, and one log line a
+/// second at most, so a full descriptor table neither spins a core nor floods the log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    pause: Option<Duration>,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, err: &std::io::Error) -> Duration {
+        let pause = self.pause.map_or(Duration::from_millis(10), |p| {
+            (p * 2).min(Duration::from_secs(1))
+        });
+        self.pause = Some(pause);
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            let hint = if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                "; the process is out of file descriptors: lower --max-connections or raise the \
+                 descriptor limit (ulimit -n)"
+            } else {
+                ""
+            };
+            tracing::warn!(error = %err, failures = self.unlogged, "accepting connections failed{hint}");
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = None;
+    }
+}
