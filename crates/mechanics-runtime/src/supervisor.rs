@@ -5,6 +5,10 @@
 //! the end of one instance before it starts the next, so a node never has two live instances.
 //! Every wait in the loop (backoff, breaker cool-down, a running instance, a health check) is
 //! raced against the stop signal, so shutdown is honoured in every state.
+//!
+//! A health check or launch that failed because this process is out of descriptors or memory
+//! is kept apart from the node's own failures: it strikes nothing, kills nothing, counts no death,
+//! and a starved launch is tried again after the short `resource_retry` delay.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -561,7 +565,9 @@ impl NodeLoop {
                         }
                         // This process could not ask: the node may well be fine, so it keeps its
                         // strikes and its last conclusive health, and keeps serving.
-                        HealthStatus::Unchecked(resource) => self.shortages.warn(*resource, &"health check"),
+                        HealthStatus::Unchecked(resource) => {
+                            self.shortages.warn(*resource, &"health check");
+                        }
                     }
                     let reason = match &health {
                         HealthStatus::Unhealthy(reason) if strikes >= self.config.unhealthy_threshold => Some(format!(
@@ -633,10 +639,10 @@ impl NodeLoop {
         }
     }
 
-    /// The instance's launch failed because this process is out of `resource` (the
-    /// `starved_in_row`-th such failure in a row): the node never ran, so this is no death and no
-    /// start, neither the restart policy's backoff nor the breaker sees it. Waits the short
-    /// resource-retry delay instead. Returns false if the node must stop instead.
+    /// The instance's launch failed because this process is out of `resource`, after
+    /// `starved_in_row` such failures in a row: the node never ran, so this is neither a death
+    /// nor a start, and neither the restart policy's backoff nor the breaker sees it. Waits the
+    /// short resource-retry delay instead. Returns false if the node must stop instead.
     async fn retry_starved_launch(
         &mut self,
         resource: ResourceExhaustion,
