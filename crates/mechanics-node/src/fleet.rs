@@ -6,6 +6,10 @@
 //! limit plus a grace, recycling (a node asks for it through `RECYCLE_HEADER`; the fleet stops
 //! sending it jobs, waits for those in flight, stops it and starts a fresh process), and the rule
 //! that a job which killed its node twice is failed as `sandbox_crashed`.
+//!
+//! A call that fails because this process (the coordinator) is out of descriptors or memory is
+//! not a node's failure: it is answered as overload, holds nothing against the job or the node,
+//! and leaves the node's address in use, so work resumes as soon as the shortage ends.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -20,7 +24,8 @@ use mechanics_proto::node::{
     SANDBOX_CRASHED, TOKEN_ENV,
 };
 use mechanics_runtime::{
-    HealthStatus, NodeSnapshot, ProcessNode, ShutdownHandle, Supervisor, SupervisorConfig,
+    HealthStatus, NodeSnapshot, ProcessNode, ShortageLog, ShutdownHandle, Supervisor,
+    SupervisorConfig, resource_exhaustion,
 };
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
@@ -43,6 +48,9 @@ const CONNECT_TRIES: usize = 3;
 /// How long an address whose connection failed gets no jobs. A dead instance withdraws its
 /// address within milliseconds; one still announced after this was alive after all.
 const DEAD_MARK: Duration = Duration::from_secs(5);
+/// The [`FleetError::Overloaded`] kind of a call that failed because this process is out of
+/// descriptors or memory.
+const RESOURCE_EXHAUSTED: &str = "resource_exhausted";
 
 /// How a [`Fleet`] is run. [`FleetConfig::new`] gives the defaults; set fields to change them.
 #[derive(Debug, Clone)]
@@ -150,10 +158,12 @@ pub enum FleetError {
         /// What happened.
         message: String,
     },
-    /// No node could take the job in time, or a node answered `503`. Retry later.
+    /// No node could take the job in time, a node answered `503`, or this process is out of
+    /// descriptors or memory to call a node with. Retry later; the job is not at fault.
     #[error("{kind}: {message}")]
     Overloaded {
-        /// `queue_full`, `queue_timeout`, `no_node_available`, ...
+        /// `queue_full`, `queue_timeout`, `no_node_available`, `resource_exhausted` (this
+        /// process is out of descriptors or memory), ...
         kind: String,
         /// What happened.
         message: String,
@@ -235,6 +245,8 @@ struct Inner {
     freed: Notify,
     /// Where the least-loaded search starts, so that ties are spread.
     next: AtomicUsize,
+    /// Warnings about calls that failed because this process is out of a resource.
+    shortages: Mutex<ShortageLog>,
 }
 
 struct Slot {
@@ -255,15 +267,7 @@ impl Fleet {
     /// stop when `shutdown` is triggered (or on [`shutdown`](Self::shutdown)).
     pub async fn start(config: FleetConfig, shutdown: ShutdownHandle) -> Result<Fleet, NodeError> {
         config.validate()?;
-        // reqwest is built with rustls but no provider; plain http on loopback never uses it, yet
-        // the client builder needs one installed. Another part of the process may have done so.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(config.workers_per_node * 2)
-            .build()
-            .map_err(|err| NodeError::Config(format!("cannot build the HTTP client: {err}")))?;
+        let client = http_client(&config)?;
         let supervisor = Supervisor::new(config.supervisor.clone(), shutdown.clone());
         let token = random_token()?;
         let mut slots = Vec::with_capacity(config.nodes);
@@ -284,29 +288,9 @@ impl Fleet {
                 }
             };
             pending.push((name.clone(), address.clone()));
-            slots.push(Slot {
-                name,
-                address: Mutex::new(address),
-                dead_address: Mutex::new(None),
-                in_flight: AtomicUsize::new(0),
-                jobs: AtomicU64::new(0),
-                draining: AtomicBool::new(false),
-                recycles: AtomicU64::new(0),
-            });
+            slots.push(Slot::new(name, address));
         }
-        let fleet = Fleet {
-            inner: Arc::new(Inner {
-                config,
-                supervisor,
-                shutdown,
-                token,
-                client,
-                slots,
-                crashes: Mutex::new(HashMap::new()),
-                freed: Notify::new(),
-                next: AtomicUsize::new(0),
-            }),
-        };
+        let fleet = Fleet::from_parts(config, supervisor, shutdown, token, client, slots);
         let limit = fleet.inner.config.ready_timeout + Duration::from_secs(1);
         for (name, mut address) in pending {
             let ready = tokio::time::timeout(limit, address.wait_for(Option::is_some)).await;
@@ -328,13 +312,39 @@ impl Fleet {
         Ok(fleet)
     }
 
+    fn from_parts(
+        config: FleetConfig,
+        supervisor: Supervisor,
+        shutdown: ShutdownHandle,
+        token: String,
+        client: reqwest::Client,
+        slots: Vec<Slot>,
+    ) -> Fleet {
+        Fleet {
+            inner: Arc::new(Inner {
+                config,
+                supervisor,
+                shutdown,
+                token,
+                client,
+                slots,
+                crashes: Mutex::new(HashMap::new()),
+                freed: Notify::new(),
+                next: AtomicUsize::new(0),
+                shortages: Mutex::new(ShortageLog::new()),
+            }),
+        }
+    }
+
     /// Runs `request` on the least-loaded healthy node and returns the job's result.
     ///
     /// Waits up to `queue_timeout` for a node with a free slot. A node that dies while it has
     /// the job gives [`FleetError::Transport`] (retryable) and is restarted by the supervisor;
     /// a node whose job overruns `max_execution_time + watchdog_grace` is killed, with the same
     /// result. Each such death is held against `request.job_id`; at the second the answer is
-    /// [`FleetError::SandboxCrashed`], and so is every later call with that id.
+    /// [`FleetError::SandboxCrashed`], and so is every later call with that id. A call that fails
+    /// because this process is out of descriptors or memory is [`FleetError::Overloaded`] with
+    /// kind `resource_exhausted`: nothing is held against the job or the node.
     pub async fn run(&self, request: &JobRequest) -> Result<Value, FleetError> {
         let inner = &self.inner;
         if let Some(crashes) = inner.crashes_of(&request.job_id) {
@@ -371,6 +381,8 @@ impl Fleet {
                 let bytes = response.bytes().await?;
                 Ok::<_, reqwest::Error>((status, recycle, retry_after, bytes))
             };
+            // A call that fails here, for lack of descriptors say, ends this select with its
+            // error at once: only a node that does not answer lets the watchdog fire.
             let outcome = tokio::select! {
                 outcome = call => outcome,
                 () = tokio::time::sleep(watchdog) => {
@@ -386,26 +398,10 @@ impl Fleet {
             };
             let (status, recycle, retry_after, bytes) = match outcome {
                 Ok(answer) => answer,
-                Err(err) if err.is_connect() && tries < CONNECT_TRIES => {
-                    // Never reached the node, so the job did not run: its instance is gone.
-                    slot.mark_dead(&lease.address);
-                    drop(lease);
-                    continue;
-                }
-                Err(err) if err.is_connect() => {
-                    slot.mark_dead(&lease.address);
-                    return Err(FleetError::Transport {
-                        node: slot.name.clone(),
-                        message: format!("cannot connect: {err}"),
-                    });
-                }
-                Err(err) => {
-                    // The connection broke with the job on it: the node died (the supervisor
-                    // restarts it) or is dying; send nothing more there.
-                    slot.mark_dead(&lease.address);
-                    let message = format!("{err:#}");
-                    return Err(inner.crashed(&request.job_id, &slot.name, message));
-                }
+                Err(err) => match inner.call_failed(&request.job_id, &lease, &err, tries) {
+                    Some(error) => return Err(error),
+                    None => continue,
+                },
             };
             slot.jobs.fetch_add(1, Ordering::Relaxed);
             if recycle {
@@ -573,6 +569,44 @@ impl Inner {
         healthy.then_some(address)
     }
 
+    /// What a call on `lease` that failed with `err` (on try number `tries`) means: the error to
+    /// give the caller, or `None` to offer the job to a node again.
+    fn call_failed(
+        &self,
+        job_id: &str,
+        lease: &Lease<'_>,
+        err: &reqwest::Error,
+        tries: usize,
+    ) -> Option<FleetError> {
+        let slot = &self.slots[lease.slot];
+        if let Some(resource) = resource_exhaustion(err) {
+            // This process could not open or use a connection: the node is not at fault and
+            // any other would fare no better. Overload makes the caller try again shortly
+            // without spending one of the job's tries, and the address stays in use so work
+            // resumes as soon as the shortage ends.
+            lock(&self.shortages).warn(
+                resource,
+                &format_args!("sending a job to node {}", slot.name),
+            );
+            return Some(FleetError::Overloaded {
+                kind: RESOURCE_EXHAUSTED.into(),
+                message: format!("the coordinator cannot call node {}: {resource}", slot.name),
+                retry_after: None,
+            });
+        }
+        slot.mark_dead(&lease.address);
+        if err.is_connect() {
+            // Never reached the node, so the job did not run: its instance is gone.
+            return (tries >= CONNECT_TRIES).then(|| FleetError::Transport {
+                node: slot.name.clone(),
+                message: format!("cannot connect: {err}"),
+            });
+        }
+        // The connection broke with the job on it: the node died (the supervisor restarts it)
+        // or is dying; send nothing more there.
+        Some(self.crashed(job_id, &slot.name, format!("{err:#}")))
+    }
+
     /// Records a node death against `job_id`; the error to give the caller.
     fn crashed(&self, job_id: &str, node: &str, message: String) -> FleetError {
         let now = Instant::now();
@@ -622,6 +656,18 @@ impl Drop for Lease<'_> {
 }
 
 impl Slot {
+    fn new(name: String, address: watch::Receiver<Option<String>>) -> Self {
+        Slot {
+            name,
+            address: Mutex::new(address),
+            dead_address: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            jobs: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            recycles: AtomicU64::new(0),
+        }
+    }
+
     fn address(&self) -> MutexGuard<'_, watch::Receiver<Option<String>>> {
         lock(&self.address)
     }
@@ -714,6 +760,19 @@ fn process_node(config: &FleetConfig, name: &str, token: &str) -> Result<Process
         .health_url(&format!("http://{{addr}}{HEALTH_PATH}"))?)
 }
 
+/// The client the fleet calls its nodes with.
+fn http_client(config: &FleetConfig) -> Result<reqwest::Client, NodeError> {
+    // reqwest is built with rustls but no provider; plain http on loopback never uses it, yet
+    // the client builder needs one installed. Another part of the process may have done so.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(config.workers_per_node * 2)
+        .build()
+        .map_err(|err| NodeError::Config(format!("cannot build the HTTP client: {err}")))
+}
+
 /// 32 random bytes as hex.
 fn random_token() -> Result<String, NodeError> {
     let mut bytes = [0u8; 32];
@@ -727,4 +786,186 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fleet's handling of failed calls, against fake nodes on loopback (the fleet with real
+    //! node processes is tested in `crates/mechanics/tests/it/fleet.rs`).
+
+    use std::fs::File;
+    use std::net::SocketAddr;
+
+    use axum::routing::post;
+    use mechanics_runtime::{NodeFailure, NodeRunner, ShutdownSignal};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Set in a child process of this test binary, which may starve itself of descriptors.
+    const CHILD: &str = "MECHANICS_TEST_CHILD";
+
+    /// A supervised node that runs until stopped, standing in for a node process whose address
+    /// the test gives the fleet directly.
+    struct Idle;
+
+    impl NodeRunner for Idle {
+        async fn run(&self, shutdown: ShutdownSignal) -> Result<(), NodeFailure> {
+            shutdown.requested().await;
+            Ok(())
+        }
+    }
+
+    /// A fleet of one supervised node `node-1` listening at `address`.
+    fn fleet_at(address: SocketAddr) -> Fleet {
+        let config = FleetConfig {
+            queue_timeout: Duration::from_millis(200),
+            ..FleetConfig::new("unused")
+        };
+        let shutdown = ShutdownHandle::new();
+        let supervisor = Supervisor::new(
+            SupervisorConfig {
+                health_check_interval: Duration::ZERO,
+                ..SupervisorConfig::default()
+            },
+            shutdown.clone(),
+        );
+        supervisor.add("node-1", Idle).unwrap();
+        let (_, announced) = watch::channel(Some(address.to_string()));
+        let client = http_client(&config).unwrap();
+        let slots = vec![Slot::new("node-1".into(), announced)];
+        Fleet::from_parts(config, supervisor, shutdown, "token".into(), client, slots)
+    }
+
+    /// A node that answers every job with `{"result": 1}` and closes the connection, so that
+    /// each call opens a new one.
+    async fn answering_node() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let answer = || async {
+            (
+                [(reqwest::header::CONNECTION, "close")],
+                axum::Json(json!({ "result": 1 })),
+            )
+        };
+        let router = axum::Router::new().route(JOBS_PATH, post(answer));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        address
+    }
+
+    fn job() -> JobRequest {
+        JobRequest::new("job-1", "export default () => 1", Value::Null)
+    }
+
+    /// Whether anything is held against the job or the node's address.
+    fn held_against(fleet: &Fleet) -> (usize, bool) {
+        let inner = &fleet.inner;
+        let crashes = lock(&inner.crashes).len();
+        let address_dead = inner.usable_address(&inner.slots[0]).is_none();
+        (crashes, address_dead)
+    }
+
+    /// Lowers this process's descriptor limit and opens descriptors until none is left; dropping
+    /// the files ends the shortage. Only in a child process: tests share a descriptor table.
+    fn exhaust_descriptors() -> Vec<File> {
+        assert!(
+            std::env::var_os(CHILD).is_some(),
+            "never starve the whole test binary"
+        );
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: both calls only read or write the struct passed by reference.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = highest + 32;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        let mut files = Vec::new();
+        loop {
+            match File::open("/dev/null") {
+                Ok(file) => files.push(file),
+                Err(err) => {
+                    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+                    return files;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_call_that_fails_for_lack_of_descriptors_here_is_overload_and_holds_nothing_against_the_node()
+     {
+        let name = "fleet::tests::a_call_that_fails_for_lack_of_descriptors_here_is_overload_and_holds_nothing_against_the_node";
+        if std::env::var_os(CHILD).is_none() {
+            // Run again in a child process, which may lower its own descriptor limit.
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && stdout.contains("1 passed"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let fleet = fleet_at(answering_node().await);
+            assert_eq!(fleet.run(&job()).await, Ok(json!(1)));
+
+            let files = exhaust_descriptors();
+            for _ in 0..2 * CRASHES_BEFORE_FAILING {
+                let error = fleet.run(&job()).await.unwrap_err();
+                assert!(
+                    matches!(&error, FleetError::Overloaded { kind, message, retry_after: None }
+                        if kind == RESOURCE_EXHAUSTED && message.contains("(EMFILE)")),
+                    "{error:?}"
+                );
+            }
+            assert_eq!(held_against(&fleet), (0, false));
+            let snapshot = fleet.supervisor().snapshot("node-1").unwrap();
+            assert_eq!((snapshot.starts, snapshot.deaths), (1, 0));
+
+            // Once descriptors are free again the same node takes the job at once.
+            drop(files);
+            assert_eq!(fleet.run(&job()).await, Ok(json!(1)));
+            fleet.shutdown().await;
+        });
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_breaks_with_the_job_on_it_is_still_a_node_death() {
+        // Accepts each connection, reads the request, and hangs up without an answer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            }
+        });
+        let fleet = fleet_at(address);
+        let error = fleet.run(&job()).await.unwrap_err();
+        assert!(
+            matches!(&error, FleetError::Transport { node, .. } if node == "node-1"),
+            "{error:?}"
+        );
+        assert_eq!(held_against(&fleet), (1, true));
+        fleet.shutdown().await;
+    }
 }

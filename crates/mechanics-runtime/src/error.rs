@@ -1,5 +1,7 @@
 //! Errors of the runtime, and how a node reports that it failed.
 
+use crate::ResourceExhaustion;
+
 /// Why a node instance failed: returned by [`NodeRunner::run`](crate::NodeRunner::run).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status}")]
@@ -8,6 +10,12 @@ pub struct NodeFailure {
     pub status: String,
     /// The last lines the instance wrote to stderr, oldest first (empty when there are none).
     pub stderr_tail: Vec<String>,
+    /// Set when the instance could not be launched because *this* process ran out of a
+    /// resource (descriptors, memory, processes): the node is not at fault, so the supervisor
+    /// counts no death and tries the launch again after
+    /// [`SupervisorConfig::resource_retry`](crate::SupervisorConfig::resource_retry). An instance
+    /// that ran and then failed for its own lack of resources is a death and leaves it `None`.
+    pub resource_exhaustion: Option<ResourceExhaustion>,
 }
 
 impl NodeFailure {
@@ -16,6 +24,16 @@ impl NodeFailure {
         NodeFailure {
             status: status.into(),
             stderr_tail: Vec::new(),
+            resource_exhaustion: None,
+        }
+    }
+
+    /// A launch that failed because this process is out of `resource`; see
+    /// [`resource_exhaustion`](Self::resource_exhaustion).
+    pub fn launch_starved(resource: ResourceExhaustion, status: impl Into<String>) -> Self {
+        NodeFailure {
+            resource_exhaustion: Some(resource),
+            ..NodeFailure::new(status)
         }
     }
 }

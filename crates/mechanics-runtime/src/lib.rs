@@ -10,6 +10,10 @@
 //! starts and stops nodes by name at run time; [`NodeSnapshot`]s expose states and counters.
 //! [`Runtime`] bundles them behind a builder.
 //!
+//! A health check or launch that fails because this process is out of descriptors or memory
+//! ([`resource_exhaustion`]) is not held against the node: no strike, no death, no breaker
+//! count; the check is simply repeated and the launch retried after a short delay.
+//!
 //! This crate must not know about JavaScript, tasks or databases, must never print (it emits
 //! `tracing` events; only [`Runtime::init_logging`], called by a binary, configures output), and
 //! must never leave a child process running, unreaped or holding our descriptors.
@@ -21,6 +25,7 @@ mod launcher;
 mod node;
 mod policy;
 mod process;
+mod resource;
 mod runtime;
 mod shutdown;
 mod supervisor;
@@ -32,6 +37,7 @@ pub use launcher::{LaunchEntry, Launcher};
 pub use node::{HealthStatus, NodeRunner};
 pub use policy::{ExponentialBackoff, RestartPolicy};
 pub use process::ProcessNode;
+pub use resource::{ResourceExhaustion, ShortageLog, resource_exhaustion};
 pub use runtime::{LogFormat, Runtime, RuntimeBuilder};
 pub use shutdown::{ShutdownHandle, ShutdownSignal};
 pub use supervisor::{LastExit, NodeSnapshot, NodeState, Supervisor, SupervisorConfig};

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::{NodeFailure, ShutdownSignal};
+use crate::{NodeFailure, ResourceExhaustion, ShutdownSignal};
 
 /// A node the supervisor runs, restarts and health-checks. Each call to [`run`](Self::run) is
 /// one *instance*; the supervisor never runs two instances of a node at once, so an
@@ -36,6 +36,11 @@ pub enum HealthStatus {
     Healthy,
     /// Unhealthy, with the reason.
     Unhealthy(String),
+    /// The check could not be made because *this* process is out of a resource (it could not
+    /// open a socket to ask, say): it tells nothing about the node, so it is neither a strike
+    /// nor a clear, and the last conclusive result stands. Find the error's resource with
+    /// [`resource_exhaustion`](crate::resource_exhaustion).
+    Unchecked(ResourceExhaustion),
 }
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -19,7 +19,9 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::{Notify, watch};
 
-use crate::{HealthStatus, NodeFailure, NodeRunner, RuntimeError, ShutdownSignal};
+use crate::{
+    HealthStatus, NodeFailure, NodeRunner, RuntimeError, ShutdownSignal, resource_exhaustion,
+};
 
 /// Lines of stderr kept for [`NodeFailure::stderr_tail`].
 const STDERR_TAIL_LINES: usize = 20;
@@ -173,9 +175,15 @@ impl ProcessNode {
                 });
             }
         }
-        command
-            .spawn()
-            .map_err(|err| NodeFailure::new(format!("cannot start {:?}: {err}", self.program)))
+        command.spawn().map_err(|err| {
+            let status = format!("cannot start {:?}: {err}", self.program);
+            match resource_exhaustion(&err) {
+                // The pipes or the fork failed for want of descriptors or memory here: the
+                // program is not at fault and a later launch may well succeed.
+                Some(resource) => NodeFailure::launch_starved(resource, status),
+                None => NodeFailure::new(status),
+            }
+        })
     }
 
     /// Waits for readiness (if required) and then for the child's exit or the stop signal.
@@ -282,6 +290,8 @@ impl NodeRunner for ProcessNode {
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .into(),
+            // The child ran: however it ended, that is its own death.
+            resource_exhaustion: None,
         })
     }
 
@@ -302,7 +312,11 @@ impl NodeRunner for ProcessNode {
         match http_get_status(&url).await {
             Ok(code) if (200..300).contains(&code) => HealthStatus::Healthy,
             Ok(code) => HealthStatus::Unhealthy(format!("GET {url} answered {code}")),
-            Err(err) => HealthStatus::Unhealthy(format!("GET {url}: {err}")),
+            Err(err) => match resource_exhaustion(&err) {
+                // We could not even open a socket to ask: that says nothing about the child.
+                Some(resource) => HealthStatus::Unchecked(resource),
+                None => HealthStatus::Unhealthy(format!("GET {url}: {err}")),
+            },
         }
     }
 }

@@ -5,6 +5,10 @@
 //! the end of one instance before it starts the next, so a node never has two live instances.
 //! Every wait in the loop (backoff, breaker cool-down, a running instance, a health check) is
 //! raced against the stop signal, so shutdown is honoured in every state.
+//!
+//! A health check or launch that failed because this process is out of descriptors or memory
+//! is kept apart from the node's own failures: it strikes nothing, kills nothing, counts no death,
+//! and a starved launch is tried again after the short `resource_retry` delay.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -19,7 +23,10 @@ use tracing::Instrument;
 
 use crate::breaker::{BreakerConfig, BreakerState, CrashLoopBreaker};
 use crate::node::DynRunner;
-use crate::{HealthStatus, NodeFailure, NodeRunner, RestartPolicy, RuntimeError, ShutdownHandle};
+use crate::{
+    ExponentialBackoff, HealthStatus, NodeFailure, NodeRunner, ResourceExhaustion, RestartPolicy,
+    RuntimeError, ShortageLog, ShutdownHandle,
+};
 
 /// How the supervisor treats its nodes. Every node uses these settings; only the restart policy
 /// can be set per node ([`Supervisor::add_with_policy`]).
@@ -39,11 +46,18 @@ pub struct SupervisorConfig {
     pub unhealthy_threshold: u32,
     /// The crash-loop breaker's limits.
     pub breaker: BreakerConfig,
+    /// The wait before launching again after a launch failed because this process ran out of
+    /// descriptors or memory ([`NodeFailure::resource_exhaustion`]); it grows with each such
+    /// failure in a row. Such a failure is no death, so the restart policy's backoff and the
+    /// breaker do not see it; keep the cap short, so nodes are back within seconds once the
+    /// shortage ends.
+    pub resource_retry: ExponentialBackoff,
 }
 
 impl Default for SupervisorConfig {
     /// Restart on failure with the default backoff, 10 s shutdown timeout, a health check every
-    /// 5 s with a 5 s timeout, 3 strikes, and the default breaker.
+    /// 5 s with a 5 s timeout, 3 strikes, the default breaker, and launches that failed for lack
+    /// of a resource retried after 1 s, doubling up to 5 s.
     fn default() -> Self {
         SupervisorConfig {
             restart_policy: RestartPolicy::default(),
@@ -52,6 +66,7 @@ impl Default for SupervisorConfig {
             health_check_timeout: Duration::from_secs(5),
             unhealthy_threshold: 3,
             breaker: BreakerConfig::default(),
+            resource_retry: ExponentialBackoff::new(Duration::from_secs(1), Duration::from_secs(5)),
         }
     }
 }
@@ -125,6 +140,13 @@ pub struct NodeSnapshot {
     pub restarts: u64,
     /// Deaths the breaker counts in its current window.
     pub recent_deaths: usize,
+    /// Set while the node's last launch, or the last health check of its instance, failed
+    /// because this process is out of a resource; cleared by the next launch and by the next
+    /// health check that gets an answer. Such failures are not counted as deaths or strikes.
+    pub resource_exhaustion: Option<ResourceExhaustion>,
+    /// Launches and health checks of this node that failed because this process was out of a
+    /// resource.
+    pub resource_failures: u64,
     /// How the last instance ended.
     pub last_exit: Option<LastExit>,
     /// When the node is next started, while it is backing off or tripped.
@@ -219,6 +241,8 @@ impl Supervisor {
             deaths: 0,
             restarts: 0,
             recent_deaths: 0,
+            resource_exhaustion: None,
+            resource_failures: 0,
             last_exit: None,
             next_start_at: None,
         });
@@ -233,6 +257,7 @@ impl Supervisor {
             commands: Some(commands_rx),
             stop: stop.clone(),
             breaker,
+            shortages: ShortageLog::new(),
             span: span.clone(),
         };
         self.inner.tasks.spawn(node_loop.run().instrument(span));
@@ -365,12 +390,15 @@ struct NodeLoop {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     stop: ShutdownHandle,
     breaker: CrashLoopBreaker,
+    /// Warnings about launches and health checks that failed for lack of a resource.
+    shortages: ShortageLog,
     span: tracing::Span,
 }
 
 impl NodeLoop {
     async fn run(mut self) {
         let mut failures_in_row: u32 = 0;
+        let mut starved_in_row: u32 = 0;
         loop {
             if self.stop.is_triggered() {
                 break;
@@ -380,9 +408,23 @@ impl NodeLoop {
                 s.state = NodeState::Running;
                 s.starts += 1;
                 s.health = HealthStatus::Unknown;
+                s.resource_exhaustion = None;
                 s.next_start_at = None;
             });
-            let end = self.supervise_instance(started).await;
+            let end = match self.supervise_instance(started).await {
+                InstanceEnd::Ended(Err(NodeFailure {
+                    resource_exhaustion: Some(resource),
+                    ..
+                })) => {
+                    if !self.retry_starved_launch(resource, starved_in_row).await {
+                        break;
+                    }
+                    starved_in_row = starved_in_row.saturating_add(1);
+                    continue;
+                }
+                end => end,
+            };
+            starved_in_row = 0;
             let ran_for = started.elapsed();
             let last_exit = match end {
                 InstanceEnd::Stopped => break,
@@ -521,6 +563,11 @@ impl NodeLoop {
                             strikes += 1;
                             tracing::warn!(%reason, strikes, "health check failed");
                         }
+                        // This process could not ask: the node may well be fine, so it keeps its
+                        // strikes and its last conclusive health, and keeps serving.
+                        HealthStatus::Unchecked(resource) => {
+                            self.shortages.warn(*resource, &"health check");
+                        }
                     }
                     let reason = match &health {
                         HealthStatus::Unhealthy(reason) if strikes >= self.config.unhealthy_threshold => Some(format!(
@@ -528,7 +575,16 @@ impl NodeLoop {
                         )),
                         _ => None,
                     };
-                    self.status.send_modify(|s| s.health = health);
+                    self.status.send_modify(|s| match health {
+                        HealthStatus::Unchecked(resource) => {
+                            s.resource_exhaustion = Some(resource);
+                            s.resource_failures += 1;
+                        }
+                        health => {
+                            s.health = health;
+                            s.resource_exhaustion = None;
+                        }
+                    });
                     if let Some(reason) = reason {
                         tracing::warn!(%reason, "killing the node's instance");
                         self.status.send_modify(|s| s.state = NodeState::Stopping);
@@ -581,6 +637,38 @@ impl NodeLoop {
                 )))
             }
         }
+    }
+
+    /// The instance's launch failed because this process is out of `resource`, after
+    /// `starved_in_row` such failures in a row: the node never ran, so this is neither a death
+    /// nor a start, and neither the restart policy's backoff nor the breaker sees it. Waits the
+    /// short resource-retry delay instead. Returns false if the node must stop instead.
+    async fn retry_starved_launch(
+        &mut self,
+        resource: ResourceExhaustion,
+        starved_in_row: u32,
+    ) -> bool {
+        self.shortages.warn(resource, &"launch");
+        self.status.send_modify(|s| {
+            s.starts = s.starts.saturating_sub(1);
+            s.resource_exhaustion = Some(resource);
+            s.resource_failures += 1;
+        });
+        let delay = self
+            .config
+            .resource_retry
+            .delay(starved_in_row, random_unit());
+        if !self
+            .wait_to_restart(NodeState::BackingOff, Instant::now() + delay)
+            .await
+        {
+            return false;
+        }
+        // A half-open breaker's one try is measured from when an instance really runs.
+        if self.breaker.state() == BreakerState::HalfOpen {
+            self.breaker.half_open(Instant::now());
+        }
+        true
     }
 
     /// Waits in `state` (backing off or tripped) until `until`: the restart delay or the

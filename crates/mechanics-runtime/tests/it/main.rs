@@ -5,6 +5,7 @@ mod breaker;
 mod health;
 mod launcher;
 mod policy;
+mod pressure;
 mod process;
 mod resources;
 mod shutdown;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use mechanics_runtime::{
     BreakerConfig, HealthStatus, NodeFailure, NodeRunner, NodeSnapshot, RestartPolicy,
-    ShutdownHandle, ShutdownSignal, Supervisor, SupervisorConfig,
+    ShutdownHandle, ShutdownSignal, Supervisor, SupervisorConfig, resource_exhaustion,
 };
 use tokio::time::Instant;
 
@@ -37,6 +38,10 @@ struct Script {
     health: Mutex<Box<dyn Fn(u32) -> Option<HealthStatus> + Send>>,
     health_calls: AtomicU32,
     starts: Mutex<Vec<Instant>>,
+    /// Launches still to fail as if this process were out of descriptors.
+    starved_launches: AtomicU32,
+    /// When those launches were tried.
+    starved_at: Mutex<Vec<Instant>>,
     live: AtomicU32,
     max_live: AtomicU32,
 }
@@ -58,6 +63,8 @@ impl TestNode {
                 health: Mutex::new(Box::new(|_| Some(HealthStatus::Healthy))),
                 health_calls: AtomicU32::new(0),
                 starts: Mutex::new(Vec::new()),
+                starved_launches: AtomicU32::new(0),
+                starved_at: Mutex::new(Vec::new()),
                 live: AtomicU32::new(0),
                 max_live: AtomicU32::new(0),
             }),
@@ -80,6 +87,16 @@ impl TestNode {
 
     fn set_health(&self, health: impl Fn(u32) -> Option<HealthStatus> + Send + 'static) {
         *self.script.health.lock().unwrap() = Box::new(health);
+    }
+
+    /// Makes the next `n` launches fail as a `ProcessNode`'s spawn does when this process is out
+    /// of descriptors.
+    fn starve_launches(&self, n: u32) {
+        self.script.starved_launches.store(n, Ordering::SeqCst);
+    }
+
+    fn starved_at(&self) -> Vec<Instant> {
+        self.script.starved_at.lock().unwrap().clone()
     }
 
     fn ignore_shutdown(&self) {
@@ -115,6 +132,19 @@ impl Drop for Live<'_> {
 impl NodeRunner for TestNode {
     async fn run(&self, shutdown: ShutdownSignal) -> Result<(), NodeFailure> {
         let script = &*self.script;
+        let starved = script
+            .starved_launches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if starved {
+            script.starved_at.lock().unwrap().push(Instant::now());
+            let err = std::io::Error::from_raw_os_error(libc::EMFILE);
+            let resource = resource_exhaustion(&err).expect("EMFILE is resource exhaustion");
+            return Err(NodeFailure::launch_starved(
+                resource,
+                format!("cannot start: {err}"),
+            ));
+        }
         script.starts.lock().unwrap().push(Instant::now());
         let live = script.live.fetch_add(1, Ordering::SeqCst) + 1;
         script.max_live.fetch_max(live, Ordering::SeqCst);
@@ -129,8 +159,8 @@ impl NodeRunner for TestNode {
         match ending {
             Ending::Clean => Ok(()),
             Ending::Fail => Err(NodeFailure {
-                status: "boom".into(),
                 stderr_tail: vec!["last words".into()],
+                ..NodeFailure::new("boom")
             }),
             Ending::Panic => panic!("node exploded"),
         }
