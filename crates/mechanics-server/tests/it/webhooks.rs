@@ -1024,6 +1024,8 @@ async fn a_github_body_replayed_under_a_new_delivery_id_is_a_duplicate_for_24_ho
             (&json!("body"), &json!(sent), &json!("d-1")),
             "{detail}"
         );
+        let reason = detail["reason"].as_str().unwrap();
+        assert!(reason.starts_with("the body repeats"), "{reason}");
     }
 
     // Another body is another delivery.
