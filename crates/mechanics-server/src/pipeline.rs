@@ -331,15 +331,35 @@ impl TraceLog {
         });
     }
 
-    /// A delivery repeated the delivery id of the stored `event`: acknowledged, nothing new.
-    pub(crate) fn event_deduplicated(&self, event: &Event, now: i64) {
+    /// A delivery sent with `delivery_id` is the stored `event` again: acknowledged, nothing
+    /// new. The store matched it by its delivery id (a redelivery) when the ids are equal, else
+    /// by its body (a GitHub or GitLab delivery replayed under a new id; see
+    /// [`verify::delivery_id_is_forgeable`](crate::webhooks::verify::delivery_id_is_forgeable)).
+    pub(crate) fn event_deduplicated(&self, event: &Event, delivery_id: &str, now: i64) {
         self.metrics().events_dedup_skipped.inc();
-        self.record(LogRecord {
-            detail: Some(json!({
+        let detail = if delivery_id == event.delivery_id {
+            json!({
                 "source": event.source,
                 "delivery_id": event.delivery_id,
+                "by": "delivery_id",
                 "reason": "the delivery id names an existing event",
-            })),
+            })
+        } else {
+            json!({
+                "source": event.source,
+                // Sender-chosen text that no event stores: bounded like a refusal's message.
+                "delivery_id": bounded(delivery_id, 300),
+                "event_delivery_id": event.delivery_id,
+                "by": "body",
+                "reason": format!(
+                    "the body repeats an event received in the last {} hours under another \
+                     delivery id",
+                    crate::webhooks::BODY_REPLAY_WINDOW_MS / 3_600_000
+                ),
+            })
+        };
+        self.record(LogRecord {
+            detail: Some(detail),
             ..event_entry(event, "dedup", LogOutcome::Skip, now)
         });
     }

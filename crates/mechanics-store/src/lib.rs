@@ -77,8 +77,12 @@ pub trait Store: Send + Sync {
 
     // ---- events ----
 
-    /// Stores an event in state `received`, unless `(source, delivery_id)` exists: then the
-    /// stored event is returned with `created: false`.
+    /// Stores an event in state `received`, unless `(source, delivery_id)` exists, or
+    /// `event.body_dedup` is given and an event of the same source with the same body hash was
+    /// received at or after its `since_ms`: then that stored event (the earliest such one) is
+    /// returned with `created: false`. The check and the insert are one write, so two concurrent
+    /// deliveries of one body cannot both be created. A duplicate whose `delivery_id` differs
+    /// from `event.delivery_id` was found by its body.
     async fn insert_event(&self, event: NewEvent, now: i64) -> StoreResult<Inserted<Event>>;
     /// The event with this id.
     async fn get_event(&self, id: EventId) -> StoreResult<Option<Event>>;
@@ -202,6 +206,20 @@ pub struct NewEvent {
     pub event_type: String,
     /// The delivered JSON.
     pub payload: Value,
+    /// Also deduplicate on the body within a time window; `None` deduplicates on the delivery
+    /// id only. Which sources need it is the caller's decision.
+    pub body_dedup: Option<BodyDedup>,
+}
+
+/// Deduplication of an event on its body, for senders whose delivery id is not authenticated:
+/// a replayed body under a new delivery id is still a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDedup {
+    /// A hash of the exact body bytes (the server uses SHA-256). Stored with the event, never
+    /// shown in [`Event`].
+    pub hash: [u8; 32],
+    /// Only events received at or after this time (unix ms) count as the same delivery.
+    pub since_ms: i64,
 }
 
 /// A state change of an event.

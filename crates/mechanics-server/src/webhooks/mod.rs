@@ -318,9 +318,10 @@ async fn ingest(
         .insert_event(
             NewEvent {
                 source: name.clone(),
-                delivery_id: delivery.delivery_id,
+                delivery_id: delivery.delivery_id.clone(),
                 event_type: delivery.event_type,
                 payload,
+                body_dedup: body_dedup(kind, &body, now),
             },
             now,
         )
@@ -352,13 +353,29 @@ async fn ingest(
         duplicate: !inserted.created,
     };
     if !inserted.created {
-        trace.event_deduplicated(&event, now);
+        trace.event_deduplicated(&event, &delivery.delivery_id, now);
         return (StatusCode::OK, axum::Json(answer)).into_response();
     }
     trace.webhook_received(&event, now);
     let matcher = shared.clone();
     tokio::spawn(async move { match_event(&matcher, &event).await });
     (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
+}
+
+/// How long a source whose delivery id anyone can forge remembers a body: the same body again
+/// within it is a replay under a new id, not a new delivery (README, "Webhooks").
+pub const BODY_REPLAY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The body deduplication of a delivery of `kind` received at `now`, on top of the delivery id
+/// (the module's dedup): the SHA-256 of its exact bytes, matched against the last
+/// [`BODY_REPLAY_WINDOW_MS`], for the kinds whose delivery id is not authenticated
+/// ([`verify::delivery_id_is_forgeable`]); `None` for the others.
+fn body_dedup(kind: SourceKind, body: &[u8], now: i64) -> Option<mechanics_store::BodyDedup> {
+    use sha2::Digest as _;
+    verify::delivery_id_is_forgeable(kind).then(|| mechanics_store::BodyDedup {
+        hash: sha2::Sha256::digest(body).into(),
+        since_ms: now.saturating_sub(BODY_REPLAY_WINDOW_MS),
+    })
 }
 
 /// Creates a task for every worker whose webhook trigger matches `event` and moves the event to

@@ -194,6 +194,21 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Whether someone who captured one delivery of `kind` can send it again under a new delivery
+/// id that still passes [`verify`]: true when neither the signature nor the id's place covers
+/// the id. GitHub signs only the body and carries the id in the unsigned `X-GitHub-Delivery`;
+/// GitLab signs nothing (a shared token) and carries it in `X-Gitlab-Event-UUID`. Slack's
+/// `event_id` is in the signed body and Standard Webhooks sign `webhook-id`, both with a
+/// timestamp checked to 5 minutes; Telegram's `update_id` is in the body, so a new id is a new
+/// body. The kinds that say true are deduplicated on their body as well.
+pub fn delivery_id_is_forgeable(kind: SourceKind) -> bool {
+    // No wildcard: a new kind must decide.
+    match kind {
+        SourceKind::Github | SourceKind::Gitlab => true,
+        SourceKind::Slack | SourceKind::Telegram | SourceKind::Generic => false,
+    }
+}
+
 /// What a verified delivery is: its dedup id and its event type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

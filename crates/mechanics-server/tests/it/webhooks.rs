@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use mechanics_proto::domain::{Event, EventState};
-use mechanics_store::{NewEvent, Store};
+use mechanics_server::webhooks::BODY_REPLAY_WINDOW_MS;
+use mechanics_store::{BodyDedup, EventFilter, NewEvent, Store, TaskFilter};
 use serde_json::{Value, json};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::support::{TestServer, http_worker, reply};
 
@@ -742,6 +743,7 @@ async fn an_event_left_received_by_a_crash_is_matched_at_startup_once() {
                     delivery_id: "lost".into(),
                     event_type: "issues.opened".into(),
                     payload,
+                    body_dedup: None,
                 },
                 1,
             )
@@ -915,5 +917,246 @@ async fn gitlab_notes_and_signed_generic_callbacks() {
         &[format!("{id}.{cb_ts}.").as_bytes(), &signed],
     ));
     assert_eq!(cb[0].headers["webhook-signature"], format!("v1,{expected}"));
+    server.stop().await;
+}
+
+/// A server whose sources' buckets never refuse, so a test can send many deliveries to one.
+async fn unlimited_server() -> TestServer {
+    TestServer::start_configured(None, tempfile::tempdir().unwrap(), |config| {
+        config.webhook_rate_limit = mechanics_server::config::RateLimit {
+            per_second: 1_000.0,
+            burst: 1_000,
+        };
+    })
+    .await
+}
+
+/// The events and tasks the store holds for `source`.
+async fn stored(server: &TestServer, source: &str) -> (Vec<Event>, usize) {
+    let events = server
+        .store
+        .list_events(&EventFilter {
+            source: Some(source.into()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let mut tasks = 0;
+    for event in &events {
+        let filter = TaskFilter {
+            event_id: Some(event.id),
+            ..TaskFilter::default()
+        };
+        tasks += server.store.list_tasks(&filter).await.unwrap().items.len();
+    }
+    (events, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_body_replayed_under_a_new_delivery_id_is_a_duplicate_for_24_hours() {
+    let server = unlimited_server().await;
+    add_source(&server, "gh", "github", SECRET, None).await;
+    let (url, _) = http_worker(|_, _| reply(200, json!({}))).await;
+    server
+        .add_http_worker(
+            "triage",
+            &url,
+            json!({ "triggers": [{ "webhook": { "source": "gh", "events": ["issues.*"] } }] }),
+        )
+        .await;
+    let body = issue_opened("acme/app", 1);
+    let (code, first, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-1", "issues", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(code, 202, "{first}");
+    let id = first["event_id"].as_i64().unwrap();
+    // Captured and sent again: the signature covers only the body, so it verifies under any
+    // delivery id. Once before the first ran, once after.
+    let (code, again, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-2", "issues", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (code, &again["duplicate"], &again["event_id"]),
+        (200, &json!(true), &json!(id))
+    );
+    wait_event(&server, id, EventState::Completed).await;
+    let (code, again, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-3", "issues", &body),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (code, &again["duplicate"], &again["event_id"]),
+        (200, &json!(true), &json!(id))
+    );
+    let (events, tasks) = stored(&server, "gh").await;
+    assert_eq!((events.len(), tasks), (1, 1), "{events:?}");
+    assert_eq!(server.metrics().events_dedup_skipped.get(), 2);
+    // The trace says it was the body, and under which id it came.
+    let (_, logs) = server
+        .call("GET", &format!("/logs?trace=event-{id}&action=dedup"), None)
+        .await;
+    let details: Vec<&Value> = logs["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["detail"])
+        .collect();
+    assert_eq!(details.len(), 2, "{logs}");
+    for (detail, sent) in details.iter().zip(["d-3", "d-2"]) {
+        assert_eq!(
+            (
+                &detail["by"],
+                &detail["delivery_id"],
+                &detail["event_delivery_id"]
+            ),
+            (&json!("body"), &json!(sent), &json!("d-1")),
+            "{detail}"
+        );
+        let reason = detail["reason"].as_str().unwrap();
+        assert!(reason.starts_with("the body repeats"), "{reason}");
+    }
+
+    // Another body is another delivery.
+    let other = issue_opened("acme/app", 2);
+    let (code, answer, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-4", "issues", &other),
+        &other,
+    )
+    .await;
+    assert_eq!(
+        (code, &answer["duplicate"]),
+        (202, &json!(false)),
+        "{answer}"
+    );
+    assert_ne!(answer["event_id"], json!(id));
+
+    // The window: the server hashes the exact body bytes with SHA-256 and looks back 24 hours.
+    // Events stored as if received 23 hours and 24 hours and a minute ago stand in for waiting.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut ids = Vec::new();
+    for (number, age) in [
+        (3, BODY_REPLAY_WINDOW_MS - 3_600_000),
+        (4, BODY_REPLAY_WINDOW_MS + 60_000),
+    ] {
+        let body = issue_opened("acme/app", number);
+        let event = NewEvent {
+            source: "gh".into(),
+            delivery_id: format!("aged-{number}"),
+            event_type: "issues.opened".into(),
+            payload: serde_json::from_slice(&body).unwrap(),
+            body_dedup: Some(BodyDedup {
+                hash: Sha256::digest(&body).into(),
+                since_ms: 0,
+            }),
+        };
+        let inserted = server.store.insert_event(event, now - age).await.unwrap();
+        assert!(inserted.created);
+        ids.push(inserted.record.id);
+    }
+    let recent = issue_opened("acme/app", 3);
+    let (code, answer, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-5", "issues", &recent),
+        &recent,
+    )
+    .await;
+    assert_eq!(
+        (code, &answer["event_id"]),
+        (200, &json!(ids[0])),
+        "23 hours ago: {answer}"
+    );
+    let old = issue_opened("acme/app", 4);
+    let (code, answer, _) = deliver(
+        &server,
+        "gh",
+        &github_headers(SECRET, "d-6", "issues", &old),
+        &old,
+    )
+    .await;
+    assert_eq!(
+        (code, &answer["duplicate"]),
+        (202, &json!(false)),
+        "a day ago: {answer}"
+    );
+    assert_ne!(answer["event_id"], json!(ids[1]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_body_replayed_under_a_new_uuid_is_a_duplicate_but_standard_webhooks_ids_count() {
+    let server = unlimited_server().await;
+    add_source(&server, "gl", "gitlab", SECRET, None).await;
+    let issue = |iid: u64| {
+        serde_json::to_vec(&json!({
+            "object_kind": "issue", "project": { "id": 15 },
+            "object_attributes": { "iid": iid, "action": "open", "title": "Bug" }
+        }))
+        .unwrap()
+    };
+    let gl = |uuid: &str| {
+        vec![
+            ("x-gitlab-token", SECRET.to_owned()),
+            ("x-gitlab-event-uuid", uuid.to_owned()),
+        ]
+    };
+    let (code, first, _) = deliver(&server, "gl", &gl("u-1"), &issue(3)).await;
+    assert_eq!(code, 202, "{first}");
+    let (code, again, _) = deliver(&server, "gl", &gl("u-2"), &issue(3)).await;
+    assert_eq!(
+        (code, &again["duplicate"], &again["event_id"]),
+        (200, &json!(true), &first["event_id"])
+    );
+    // The bytes are hashed, not the JSON: the same issue with other whitespace is new.
+    let mut spaced = issue(3);
+    spaced.push(b' ');
+    assert_eq!(deliver(&server, "gl", &gl("u-3"), &spaced).await.0, 202);
+    assert_eq!(deliver(&server, "gl", &gl("u-4"), &issue(4)).await.0, 202);
+    assert_eq!(stored(&server, "gl").await.0.len(), 3);
+
+    // Standard Webhooks signs its id: a sender's two messages with one body are two events.
+    let whsec = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"generic key bytes")
+    );
+    add_source(&server, "gen", "generic", &whsec, None).await;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(whsec.trim_start_matches("whsec_"))
+        .unwrap();
+    let payload = br#"{"type":"invoice.paid","data":{"id":7}}"#;
+    let mut answers = Vec::new();
+    for id in ["msg_1", "msg_2"] {
+        let ts = now_secs();
+        let signed = format!("{id}.{ts}.");
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(hmac_sha256(&key, &[signed.as_bytes(), payload]));
+        let headers = [
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", format!("v1,{signature}")),
+        ];
+        let (code, answer, _) = deliver(&server, "gen", &headers, payload).await;
+        assert_eq!(code, 202, "{answer}");
+        answers.push(answer["event_id"].clone());
+    }
+    assert_ne!(answers[0], answers[1]);
+    assert_eq!(stored(&server, "gen").await.0.len(), 2);
     server.stop().await;
 }

@@ -284,17 +284,8 @@ impl Store for SqliteStore {
     async fn insert_event(&self, event: NewEvent, now: i64) -> StoreResult<Inserted<Event>> {
         // Serialize on the caller's thread: the writer thread is the bottleneck to protect.
         let payload = to_json(&event.payload)?;
-        self.write(move |conn| {
-            ops::insert_event(
-                conn,
-                &event.source,
-                &event.delivery_id,
-                &event.event_type,
-                &payload,
-                now,
-            )
-        })
-        .await
+        self.write(move |conn| ops::insert_event(conn, &event, &payload, now))
+            .await
     }
 
     async fn get_event(&self, id: EventId) -> StoreResult<Option<Event>> {

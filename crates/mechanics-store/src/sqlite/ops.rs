@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_it
 use super::db_err;
 use super::rows::{self, event_columns, log_columns, source_columns, task_columns, worker_columns};
 use crate::{
-    DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NextDue, Page,
-    Pruned, StoreError, StoreResult, TaskFilter,
+    DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NewEvent,
+    NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter,
 };
 
 // ---- registry ----
@@ -134,23 +134,75 @@ pub(super) fn list_sources(conn: &Connection) -> StoreResult<Vec<Source>> {
 
 // ---- events ----
 
+/// The earliest event of source `?1` with body hash `?2` received at or after `?3`: it walks the
+/// partial index from `?3`, whatever the number of events with other bodies.
+const EVENT_BY_BODY: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events INDEXED BY events_body_hash ",
+    "WHERE source = ?1 AND body_hash = ?2 AND received_at >= ?3 ORDER BY received_at, id LIMIT 1"
+);
+
+/// The event of source `?1` with delivery id `?2`.
+const EVENT_BY_DELIVERY: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = ?1 AND delivery_id = ?2"
+);
+
 pub(super) fn insert_event(
     conn: &Connection,
-    source: &str,
-    delivery_id: &str,
-    event_type: &str,
+    event: &NewEvent,
     payload_json: &str,
     now: i64,
 ) -> StoreResult<Inserted<Event>> {
+    let NewEvent {
+        source,
+        delivery_id,
+        event_type,
+        body_dedup,
+        ..
+    } = event;
+    let existing = |record| {
+        Ok(Inserted {
+            record,
+            created: false,
+        })
+    };
+    if let Some(dedup) = body_dedup {
+        // The delivery id goes first: a redelivery is reported as what it is, and returns the
+        // event of its own id even if the body matches another one.
+        let by_delivery = query_opt(
+            conn,
+            EVENT_BY_DELIVERY,
+            [source, delivery_id],
+            rows::event,
+            "reading a duplicate event",
+        )?;
+        if let Some(record) = by_delivery {
+            return existing(record);
+        }
+        let by_body = query_opt(
+            conn,
+            EVENT_BY_BODY,
+            params![source, &dedup.hash[..], dedup.since_ms],
+            rows::event,
+            "reading an event with the same body",
+        )?;
+        if let Some(record) = by_body {
+            return existing(record);
+        }
+    }
+    let hash = body_dedup.as_ref().map(|dedup| &dedup.hash[..]);
     let inserted = query_opt(
         conn,
         concat!(
             "INSERT INTO events (source, delivery_id, event_type, payload, state, received_at, ",
-            "updated_at) VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?5) ",
+            "updated_at, body_hash) VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?5, ?6) ",
             "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING ",
             event_columns!()
         ),
-        params![source, delivery_id, event_type, payload_json, now],
+        params![source, delivery_id, event_type, payload_json, now, hash],
         rows::event,
         "storing an event",
     )?;
@@ -162,11 +214,7 @@ pub(super) fn insert_event(
     }
     let record = query_opt(
         conn,
-        concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE source = ?1 AND delivery_id = ?2"
-        ),
+        EVENT_BY_DELIVERY,
         [source, delivery_id],
         rows::event,
         "reading a duplicate event",
@@ -175,10 +223,7 @@ pub(super) fn insert_event(
         context: "storing an event".into(),
         message: "the conflicting event vanished".into(),
     })?;
-    Ok(Inserted {
-        record,
-        created: false,
-    })
+    existing(record)
 }
 
 pub(super) fn get_event(conn: &Connection, id: EventId) -> StoreResult<Option<Event>> {
@@ -777,6 +822,7 @@ mod tests {
             .unwrap();
         for (sql, indexes) in [
             (CLAIM_DUE, &["tasks_due"][..]),
+            (EVENT_BY_BODY, &["events_body_hash"][..]),
             (REQUEUE_EXPIRED, &["tasks_lease"][..]),
             (
                 NEXT_DUE,

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use mechanics_proto::domain::{EventState, LogOutcome, LogRecord, TaskState};
 use mechanics_store::{
-    EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Store, StoreError, TaskFilter,
+    BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Store, StoreError,
+    TaskFilter,
 };
 use serde_json::{Value, json};
 
@@ -18,6 +19,18 @@ fn new_event(source: &str, delivery: &str) -> NewEvent {
         delivery_id: delivery.into(),
         event_type: "issues.opened".into(),
         payload: json!({ "delivery": delivery }),
+        body_dedup: None,
+    }
+}
+
+/// [`new_event`] deduplicated on the body hash `[hash; 32]` since `since_ms`.
+fn body_event(source: &str, delivery: &str, hash: u8, since_ms: i64) -> NewEvent {
+    NewEvent {
+        body_dedup: Some(BodyDedup {
+            hash: [hash; 32],
+            since_ms,
+        }),
+        ..new_event(source, delivery)
     }
 }
 
@@ -160,6 +173,83 @@ pub(crate) async fn events_are_deduplicated_per_source_and_delivery_id(store: &d
         store.get_event(first.record.id).await.unwrap(),
         Some(first.record)
     );
+}
+
+pub(crate) async fn events_are_deduplicated_per_source_and_body_hash_within_the_window(
+    store: &dyn Store,
+) {
+    let insert = |event: NewEvent, now: i64| async move {
+        let inserted = store.insert_event(event, now).await.unwrap();
+        (inserted.created, inserted.record)
+    };
+    let (created, first) = insert(body_event("gh", "d-1", 1, 0), 1_000).await;
+    assert!(created);
+    // The same body under a new delivery id, with the window starting exactly at the first's
+    // receipt: the first event, nothing new.
+    let (created, replay) = insert(body_event("gh", "d-2", 1, 1_000), 2_000).await;
+    assert!(!created);
+    assert_eq!(replay, first);
+    // The window starts after the first's receipt: a new event.
+    let (created, later) = insert(body_event("gh", "d-3", 1, 1_001), 3_000).await;
+    assert!(created);
+    assert_ne!(later.id, first.id);
+    assert_eq!(later.delivery_id, "d-3");
+    // With both in the window the earliest is the original.
+    assert_eq!(
+        insert(body_event("gh", "d-4", 1, 0), 4_000).await,
+        (false, first.clone())
+    );
+    assert_eq!(
+        insert(body_event("gh", "d-4", 1, 2_000), 4_000).await,
+        (false, later.clone())
+    );
+    // The delivery id goes first: a redelivery returns its own event, whatever the body.
+    assert_eq!(
+        insert(body_event("gh", "d-3", 1, 0), 5_000).await,
+        (false, later.clone())
+    );
+    assert_eq!(
+        insert(body_event("gh", "d-1", 2, 0), 5_000).await,
+        (false, first.clone())
+    );
+    // Another body of the same source, and the same body of another source, are new.
+    let (created, other_body) = insert(body_event("gh", "d-5", 2, 0), 6_000).await;
+    assert!(created && other_body.id != first.id);
+    let (created, other_source) = insert(body_event("gl", "d-2", 1, 0), 6_000).await;
+    assert!(created && other_source.id != first.id);
+    // Without `body_dedup` only the delivery id counts, and no hash is stored for the body:
+    // a later delivery of it with `body_dedup` is new.
+    let (created, plain) = insert(new_event("gh", "d-6"), 7_000).await;
+    assert!(created);
+    assert_eq!(insert(new_event("gh", "d-6"), 7_000).await, (false, plain));
+    let (created, _) = insert(new_event("gh", "d-7"), 7_000).await;
+    assert!(created, "body_dedup None ignores other events' bodies");
+    let (created, _) = insert(new_event("sl", "s-1"), 7_000).await;
+    assert!(created);
+    let (created, _) = insert(body_event("sl", "s-2", 3, 0), 8_000).await;
+    assert!(
+        created,
+        "an event stored without a hash never matches a body"
+    );
+    let (created, _) = insert(body_event("sl", "s-3", 3, 0), 8_000).await;
+    assert!(!created, "but one stored with it does");
+
+    // Two deliveries of one body at once: one event.
+    let (a, b) = tokio::join!(
+        store.insert_event(body_event("gh", "c-1", 9, 0), 9_000),
+        store.insert_event(body_event("gh", "c-2", 9, 0), 9_000),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.created ^ b.created, "{a:?} {b:?}");
+    assert_eq!(a.record.id, b.record.id);
+    let gh = store
+        .list_events(&EventFilter {
+            source: Some("gh".into()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(gh.items.len(), 6, "d-1, d-3, d-5, d-6, d-7, c-*");
 }
 
 pub(crate) async fn events_move_only_along_their_lifecycle(store: &dyn Store) {

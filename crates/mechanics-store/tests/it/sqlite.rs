@@ -5,9 +5,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mechanics_proto::domain::TaskState;
+use mechanics_proto::domain::{EventState, TaskState};
 use mechanics_store::{
-    NewTask, SQLITE_SCHEMA_VERSION, SqliteStore, Store, StoreError, migrate_sqlite_to,
+    BodyDedup, NewEvent, NewTask, SQLITE_SCHEMA_VERSION, SqliteStore, Store, StoreError,
+    migrate_sqlite_to,
 };
 use rusqlite::Connection;
 use serde_json::json;
@@ -34,6 +35,7 @@ conformance_on_sqlite!(
     registry_upserts_count_revisions_and_bump_the_version,
     invalid_registry_input_is_refused_naming_the_field,
     events_are_deduplicated_per_source_and_delivery_id,
+    events_are_deduplicated_per_source_and_body_hash_within_the_window,
     events_move_only_along_their_lifecycle,
     one_task_per_event_and_worker_and_per_idempotency_key,
     claims_take_due_tasks_under_a_lease_and_completions_are_fenced,
@@ -104,6 +106,50 @@ fn a_database_at_every_earlier_version_migrates_to_the_latest() {
     // Opening the latest again changes nothing.
     drop(SqliteStore::open(&fresh).unwrap());
     assert_eq!(schema_of(&fresh), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_body_hashes_survive_the_upgrade_and_match_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    // Version 1 had no body hash column: an event as that release stored it.
+    migrate_sqlite_to(&path, 1).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO events (source, delivery_id, event_type, payload, state, received_at, \
+             updated_at) VALUES ('gh', 'old', 'issues.opened', '{\"n\":1}', 'matched', 5, 6)",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let old = store
+        .get_event(1)
+        .await
+        .unwrap()
+        .expect("the old event is kept");
+    assert_eq!(
+        (
+            old.delivery_id.as_str(),
+            old.state,
+            &old.payload,
+            old.received_at
+        ),
+        ("old", EventState::Matched, &json!({ "n": 1 }), 5)
+    );
+    let event = |delivery: &str| NewEvent {
+        source: "gh".into(),
+        delivery_id: delivery.into(),
+        event_type: "issues.opened".into(),
+        payload: json!({ "n": 1 }),
+        body_dedup: Some(BodyDedup {
+            hash: [7; 32],
+            since_ms: 0,
+        }),
+    };
+    // Its delivery id still deduplicates; its body, never hashed, matches nothing.
+    let again = store.insert_event(event("old"), 10).await.unwrap();
+    assert_eq!((again.created, again.record), (false, old));
+    assert!(store.insert_event(event("new"), 10).await.unwrap().created);
 }
 
 #[test]
