@@ -273,6 +273,7 @@ async fn delete_worker(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     if shared.store.delete_worker(&name).await? {
+        shared.metrics.forget_worker(&name);
         shared.registry_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod cron;
 pub mod dispatch;
 pub mod executor;
+pub mod files;
 pub mod metrics;
 pub mod observe;
 mod pipeline;
