@@ -27,8 +27,8 @@ pub const MAX_API_KEY_FILE_BYTES: usize = 64 * 1024;
 pub fn check_api_key(key: &str) -> Result<(), String> {
     if key.trim().is_empty() {
         return Err(format!(
-            "the key is blank ({} characters of whitespace): set a key of visible characters, \
-             or leave api_key and api_key_file unset to serve without one (on loopback only)",
+            "the key is blank ({} characters of whitespace): give a key of visible characters, \
+             or none at all",
             key.chars().count()
         ));
     }
