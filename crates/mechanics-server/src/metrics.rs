@@ -12,7 +12,8 @@
 //!
 //! Task counters carry a `worker` label (worker names are bounded by the registry; tasks and
 //! events are never labels); a worker's series appears with its first count, as usual for
-//! labelled Prometheus metrics (`sum(...) or vector(0)` in queries). Webhook, cron and write-back counters are unlabelled. Gauges that
+//! labelled Prometheus metrics (`sum(...) or vector(0)` in queries), and goes when the worker is
+//! deleted ([`Metrics::forget_worker`]). Webhook, cron and write-back counters are unlabelled. Gauges that
 //! describe state (tasks per state, queue depth, in-flight attempts, nodes) are not kept here:
 //! [`Metrics::render`] takes them from a [`Snapshot`] read at scrape time, so nothing has to
 //! keep them in sync and an idle server does no work for them.
