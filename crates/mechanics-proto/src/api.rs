@@ -38,6 +38,10 @@ use crate::domain::{Event, EventId, EventState, Source, Task, TaskState, Worker,
 /// Path prefix of the API.
 pub const API_PREFIX: &str = "/api/v1";
 
+/// Largest js module source accepted with a worker, in bytes: the server refuses a larger
+/// [`WorkerInput::module_source`], and the CLI stops reading a module file past it.
+pub const MAX_MODULE_BYTES: usize = 1024 * 1024;
+
 /// A worker to add or update: the spec, and for js workers the module's source (the CLI reads the
 /// file named by `spec.module`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

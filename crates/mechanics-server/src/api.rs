@@ -17,8 +17,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, ApiErrorBody, EventList, NodeList, SubmitTask, Submitted, TaskList,
-    WorkerInput, WorkerList, WorkerView,
+    API_PREFIX, ApiError, ApiErrorBody, EventList, MAX_MODULE_BYTES, NodeList, SubmitTask,
+    Submitted, TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{EventState, TaskState, WorkerKind};
 use mechanics_store::{EventFilter, NewTask, StoreError, TaskFilter};
@@ -30,8 +30,6 @@ use crate::Shared;
 
 /// Largest API request body: a worker with its module fits well within it.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// Largest js module source accepted with a worker.
-pub const MAX_MODULE_BYTES: usize = 1024 * 1024;
 
 /// An error answer.
 #[derive(Debug)]
@@ -275,6 +273,7 @@ async fn delete_worker(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     if shared.store.delete_worker(&name).await? {
+        shared.metrics.forget_worker(&name);
         shared.registry_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -12,8 +12,56 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mechanics_proto::domain::HumanDuration;
+use mechanics_proto::domain::{HumanDuration, RateLimitSpec};
 use serde::{Deserialize, Serialize};
+
+/// Largest API key file accepted (`api_key_file`): a key is a line of text, so anything bigger is
+/// the wrong file.
+pub const MAX_API_KEY_FILE_BYTES: usize = 64 * 1024;
+
+/// Checks an API key: non-blank, only visible ASCII characters and inner spaces, no whitespace at
+/// its ends. Clients send the key in an HTTP header, which cannot carry control characters or
+/// (as text the server can compare) anything outside ASCII, and whose value loses the whitespace
+/// at its ends: a key breaking these rules could never be sent, so the server could never be
+/// used. The message never repeats the key.
+pub fn check_api_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err(format!(
+            "the key is blank ({} characters of whitespace): give a key of visible characters, \
+             or none at all",
+            key.chars().count()
+        ));
+    }
+    if let Some(at) = key.bytes().position(|b| !(b' '..=b'~').contains(&b)) {
+        return Err(format!(
+            "the key has a control or non-ASCII character at byte {at}: an HTTP header cannot \
+             carry it; use visible ASCII characters"
+        ));
+    }
+    if key.trim() != key {
+        return Err(
+            "the key starts or ends with whitespace, which HTTP headers drop: remove it".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Reads the API key from the file at `path`: a regular file of at most
+/// [`MAX_API_KEY_FILE_BYTES`], its trailing line break(s) trimmed, checked by [`check_api_key`].
+/// The server reads it once at startup; the CLI's `--api-key-file` reads it the same way.
+pub fn read_api_key_file(path: &Path) -> Result<String, String> {
+    let text = crate::files::read_text(path, MAX_API_KEY_FILE_BYTES).map_err(|e| e.to_string())?;
+    // Editors and `echo` end a file with a line break; it is not part of the key.
+    let key = text.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        return Err(format!(
+            "{} is empty: write the key into it",
+            path.display()
+        ));
+    }
+    check_api_key(key).map_err(|message| format!("{}: {message}", path.display()))?;
+    Ok(key.to_owned())
+}
 
 /// Where a setting was read from, for error messages and `mechanics config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +145,12 @@ pub struct RateLimit {
 pub struct ServerConfig {
     /// Where the API listens.
     pub addr: SocketAddr,
-    /// The API key; `None` means no authentication (loopback only, unless `insecure_no_auth`).
+    /// The API key, given directly or read from [`api_key_file`](Self::api_key_file); `None`
+    /// means no authentication (loopback only, unless `insecure_no_auth`). Never blank: see
+    /// [`check_api_key`].
     pub api_key: Option<String>,
+    /// The file the API key was read from at startup, if it came from one.
+    pub api_key_file: Option<PathBuf>,
     /// Serve without an API key on a non-loopback address.
     pub insecure_no_auth: bool,
     /// The SQLite database file.
@@ -144,6 +196,8 @@ pub struct ConfigLayer {
     pub addr: Option<String>,
     /// See [`ServerConfig::api_key`].
     pub api_key: Option<String>,
+    /// See [`ServerConfig::api_key_file`]; giving it and `api_key` (in any layers) is an error.
+    pub api_key_file: Option<PathBuf>,
     /// See [`ServerConfig::insecure_no_auth`].
     pub insecure_no_auth: Option<bool>,
     /// See [`ServerConfig::db_path`].
@@ -178,6 +232,7 @@ pub struct ConfigLayer {
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MECHANICS_ADDR", "addr"),
     ("MECHANICS_API_KEY", "api_key"),
+    ("MECHANICS_API_KEY_FILE", "api_key_file"),
     ("MECHANICS_INSECURE_NO_AUTH", "insecure_no_auth"),
     ("MECHANICS_DB_PATH", "db"),
     ("MECHANICS_LOCAL_NODES", "local_nodes"),
@@ -243,6 +298,7 @@ impl ConfigLayer {
         match key {
             "addr" => self.addr = Some(value.to_owned()),
             "api_key" => self.api_key = Some(value.to_owned()),
+            "api_key_file" => self.api_key_file = Some(PathBuf::from(value)),
             "insecure_no_auth" => {
                 self.insecure_no_auth = Some(parse_bool("insecure_no_auth", value, &source)?);
             }
@@ -324,6 +380,7 @@ impl ServerConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 21212)),
             api_key: None,
+            api_key_file: None,
             insecure_no_auth: false,
             db_path: home.join("mechanics.db"),
             local_nodes: cpus,
@@ -358,7 +415,31 @@ impl ServerConfig {
             config.apply(&source, layer)?;
         }
         config.check()?;
+        config.load_api_key_file()?;
         Ok(config)
+    }
+
+    /// Reads `api_key_file` into `api_key`; giving both is an error naming both and where each
+    /// came from, since neither could be said to win.
+    fn load_api_key_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.api_key_file else {
+            return Ok(());
+        };
+        let invalid = |message| ConfigError::Invalid {
+            origin: self.source_of("api_key_file"),
+            key: "api_key_file",
+            message,
+        };
+        if self.api_key.is_some() {
+            return Err(invalid(format!(
+                "api_key (from {}) is set too: give the key one way, api_key or api_key_file",
+                self.source_of("api_key")
+            )));
+        }
+        self.api_key = Some(read_api_key_file(path).map_err(invalid)?);
+        self.sources
+            .insert("api_key", self.source_of("api_key_file"));
+        Ok(())
     }
 
     fn apply(&mut self, source: &ConfigSource, layer: ConfigLayer) -> Result<(), ConfigError> {
@@ -379,8 +460,12 @@ impl ServerConfig {
             })?;
         }
         if let Some(key) = layer.api_key {
-            // An empty key in a later layer switches authentication off again.
-            self.api_key = Some(key).filter(|k| !k.is_empty());
+            // A blank key is refused in `check`, not taken as "no key": an unset secret
+            // (`MECHANICS_API_KEY=$UNSET`) must not switch authentication off.
+            self.api_key = Some(key);
+        }
+        if let Some(path) = layer.api_key_file {
+            self.api_key_file = Some(path);
         }
         if let Some(v) = layer.insecure_no_auth {
             self.insecure_no_auth = v;
@@ -474,22 +559,24 @@ impl ServerConfig {
             ("worker_rate_limit", self.worker_rate_limit),
             ("webhook_rate_limit", self.webhook_rate_limit),
         ] {
-            if !(limit.per_second.is_finite() && limit.per_second > 0.0) || limit.burst == 0 {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "per_second must be a positive number and burst at least 1, got {} and {}",
-                        limit.per_second, limit.burst
-                    ),
-                ));
+            // The same range as a worker's own `rate_limit`.
+            RateLimitSpec::check_per_second(limit.per_second)
+                .map_err(|message| invalid(key, format!("per_second {message}")))?;
+            if limit.burst == 0 {
+                return Err(invalid(key, "burst must be at least 1, got 0".to_owned()));
             }
         }
-        if self.api_key.is_none() && !self.addr.ip().is_loopback() && !self.insecure_no_auth {
+        if let Some(api_key) = &self.api_key {
+            check_api_key(api_key).map_err(|message| invalid("api_key", message))?;
+        }
+        let keyed = self.api_key.is_some() || self.api_key_file.is_some();
+        if !keyed && !self.addr.ip().is_loopback() && !self.insecure_no_auth {
             return Err(invalid(
                 "addr",
                 format!(
                     "{} is not a loopback address and no api_key is set: set an API key \
-                     (--api-key or MECHANICS_API_KEY), or pass --insecure-no-auth to serve \
+                     (--api-key-file, MECHANICS_API_KEY_FILE or MECHANICS_API_KEY), or pass \
+                     --insecure-no-auth to serve \
                      without one",
                     self.addr
                 ),
@@ -527,9 +614,15 @@ impl ServerConfig {
     pub fn show(&self) -> String {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
-        let rows: [(&str, String); 16] = [
+        let rows: [(&str, String); 17] = [
             ("addr", self.addr.to_string()),
             ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
+            (
+                "api_key_file",
+                self.api_key_file
+                    .as_ref()
+                    .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
+            ),
             ("insecure_no_auth", self.insecure_no_auth.to_string()),
             ("db", self.db_path.display().to_string()),
             ("local_nodes", self.local_nodes.to_string()),
@@ -578,6 +671,7 @@ impl ConfigLayer {
         };
         note(self.addr.is_some(), "addr");
         note(self.api_key.is_some(), "api_key");
+        note(self.api_key_file.is_some(), "api_key_file");
         note(self.insecure_no_auth.is_some(), "insecure_no_auth");
         note(self.db.is_some(), "db");
         note(self.local_nodes.is_some(), "local_nodes");
@@ -743,7 +837,269 @@ mod tests {
         assert!(resolve(layer("0.0.0.0:21212", None, Some("k"))).is_ok());
         assert!(
             resolve(layer("0.0.0.0:21212", None, Some(""))).is_err(),
-            "an empty key is no key"
+            "an empty key is refused"
         );
+    }
+
+    fn flag_layer(key: &str, value: &str) -> (ConfigSource, ConfigLayer) {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let mut layer = ConfigLayer::default();
+        layer
+            .set(key, value, ConfigSource::Flag(flag.clone()))
+            .unwrap();
+        (ConfigSource::Flag(flag), layer)
+    }
+
+    #[test]
+    fn a_blank_or_unsendable_api_key_is_refused_without_repeating_it() {
+        // Blank keys are refused on loopback too: an empty value is never "no key", so an unset
+        // secret in a deployment cannot switch authentication off.
+        for (key, expected) in [
+            (
+                "",
+                "--api-key: api_key: the key is blank (0 characters of whitespace)",
+            ),
+            (
+                "  ",
+                "--api-key: api_key: the key is blank (2 characters of whitespace)",
+            ),
+            ("\t\n", "--api-key: api_key: the key is blank"),
+            (
+                "k3y\u{0}x",
+                "--api-key: api_key: the key has a control or non-ASCII character at byte 3",
+            ),
+            (
+                "k3yé",
+                "--api-key: api_key: the key has a control or non-ASCII character at byte 3",
+            ),
+            (
+                " k3y",
+                "--api-key: api_key: the key starts or ends with whitespace",
+            ),
+            (
+                "k3y ",
+                "--api-key: api_key: the key starts or ends with whitespace",
+            ),
+        ] {
+            let err = ServerConfig::resolve(Path::new("/h"), [flag_layer("api_key", key)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{key:?}: {err}");
+            if !key.trim().is_empty() {
+                assert!(!err.contains("k3y"), "the key is never repeated: {err}");
+            }
+        }
+        let (_dir, path) = file("api_key: \"   \"\n");
+        let err = ConfigLayer::from_file(&path)
+            .and_then(|layer| {
+                ServerConfig::resolve(Path::new("/h"), [(ConfigSource::File(path.clone()), layer)])
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: api_key: the key is blank", path.display())),
+            "{err}"
+        );
+        let config = ServerConfig::resolve(
+            Path::new("/h"),
+            [flag_layer("api_key", "a key with spaces")],
+        )
+        .unwrap();
+        assert_eq!(config.api_key.as_deref(), Some("a key with spaces"));
+    }
+
+    #[test]
+    fn the_api_key_file_is_read_at_startup_trimmed_bounded_and_exclusive_with_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let resolve = |layers: Vec<(ConfigSource, ConfigLayer)>| {
+            ServerConfig::resolve(Path::new("/h"), layers).map_err(|e| e.to_string())
+        };
+        let from_file =
+            |path: &Path| resolve(vec![flag_layer("api_key_file", path.to_str().unwrap())]);
+
+        // One trailing line break (LF or CRLF) is not part of the key; the key is used on a
+        // public address, `config show` names the file and redacts the key.
+        for (name, bytes) in [
+            ("lf", &b"s3cret-key\n"[..]),
+            ("crlf", b"s3cret-key\r\n"),
+            ("none", b"s3cret-key"),
+        ] {
+            let path = write(name, bytes);
+            let mut layers = vec![flag_layer("addr", "0.0.0.0:21212")];
+            layers.push(flag_layer("api_key_file", path.to_str().unwrap()));
+            let config = resolve(layers).unwrap();
+            assert_eq!(config.api_key.as_deref(), Some("s3cret-key"), "{name}");
+            let shown = config.show();
+            assert!(
+                shown.contains(&format!(
+                    "api_key_file: {}  # --api-key-file",
+                    path.display()
+                )),
+                "{shown}"
+            );
+            assert!(
+                shown.contains("api_key: <redacted>  # --api-key-file"),
+                "{shown}"
+            );
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        // The variable works like the flag.
+        let path = write("env", b"from-env\n");
+        let layer =
+            ConfigLayer::from_env(env(&[("MECHANICS_API_KEY_FILE", path.to_str().unwrap())]))
+                .unwrap();
+        let config = resolve(vec![(
+            ConfigSource::Env("MECHANICS_API_KEY_FILE".into()),
+            layer,
+        )])
+        .unwrap();
+        assert_eq!(config.api_key.as_deref(), Some("from-env"));
+
+        let shown = |path: &Path| path.display().to_string();
+        let empty = write("empty", b"");
+        assert_eq!(
+            from_file(&empty).unwrap_err(),
+            format!(
+                "--api-key-file: api_key_file: {} is empty: write the key into it",
+                shown(&empty)
+            )
+        );
+        let newline = write("newline", b"\n");
+        assert!(
+            from_file(&newline)
+                .unwrap_err()
+                .ends_with("is empty: write the key into it")
+        );
+        let blank = write("blank", b"   \n");
+        assert!(
+            from_file(&blank).unwrap_err().starts_with(&format!(
+                "--api-key-file: api_key_file: {}: the key is blank",
+                shown(&blank)
+            )),
+            "{:?}",
+            from_file(&blank)
+        );
+        let padded = write("padded", b"s3cret-key \n");
+        let err = from_file(&padded).unwrap_err();
+        assert!(
+            err.ends_with(
+                "the key starts or ends with whitespace, which HTTP headers drop: remove it"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let big = write("big", &vec![b'k'; MAX_API_KEY_FILE_BYTES + 1]);
+        assert_eq!(
+            from_file(&big).unwrap_err(),
+            format!(
+                "--api-key-file: api_key_file: {} is larger than the limit of 65536 bytes",
+                shown(&big)
+            )
+        );
+        let at_limit = write("at-limit", &vec![b'k'; MAX_API_KEY_FILE_BYTES]);
+        assert_eq!(
+            from_file(&at_limit).unwrap().api_key.unwrap().len(),
+            MAX_API_KEY_FILE_BYTES
+        );
+        let missing = dir.path().join("missing");
+        assert!(from_file(&missing).unwrap_err().starts_with(&format!(
+            "--api-key-file: api_key_file: cannot read {}",
+            shown(&missing)
+        )));
+        // A FIFO with no writer would block an ordinary open forever.
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            from_file(&fifo).unwrap_err(),
+            format!(
+                "--api-key-file: api_key_file: {} is a FIFO, not a regular file",
+                shown(&fifo)
+            )
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Both ways at once, in any layers, is an error naming both and their sources.
+        let key_file = write("key", b"k\n");
+        let (_cfg_dir, cfg) = file("api_key: from-file\n");
+        let err = resolve(vec![
+            (
+                ConfigSource::File(cfg.clone()),
+                ConfigLayer::from_file(&cfg).unwrap(),
+            ),
+            flag_layer("api_key_file", key_file.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "--api-key-file: api_key_file: api_key (from {}) is set too: give the key one \
+                 way, api_key or api_key_file",
+                cfg.display()
+            )
+        );
+    }
+
+    #[test]
+    fn server_rate_limits_have_the_same_range_as_a_workers() {
+        for (text, expected) in [
+            (
+                "worker_rate_limit: { per_second: 1e-300, burst: 1 }\n",
+                "worker_rate_limit: per_second must be between 1/3600 (one token per hour, \
+                 0.000278) and 1000000 tokens per second, got 1e-300",
+            ),
+            (
+                "webhook_rate_limit: { per_second: .inf, burst: 1 }\n",
+                "webhook_rate_limit: per_second must be between 1/3600",
+            ),
+            (
+                "webhook_rate_limit: { per_second: -2, burst: 1 }\n",
+                "webhook_rate_limit: per_second must be between 1/3600",
+            ),
+            (
+                "worker_rate_limit: { per_second: 2000000, burst: 1 }\n",
+                "worker_rate_limit: per_second must be between 1/3600",
+            ),
+            (
+                "worker_rate_limit: { per_second: 2, burst: 0 }\n",
+                "worker_rate_limit: burst must be at least 1, got 0",
+            ),
+        ] {
+            let (_dir, path) = file(text);
+            let err = ServerConfig::resolve(
+                Path::new("/h"),
+                [(
+                    ConfigSource::File(path.clone()),
+                    ConfigLayer::from_file(&path).unwrap(),
+                )],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(&format!("{}: {expected}", path.display())),
+                "{text}: {err}"
+            );
+        }
+        let (_dir, path) = file("worker_rate_limit: { per_second: 0.000278, burst: 1 }\n");
+        let config = ServerConfig::resolve(
+            Path::new("/h"),
+            [(
+                ConfigSource::File(path.clone()),
+                ConfigLayer::from_file(&path).unwrap(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(config.worker_rate_limit.per_second, 0.000278);
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! Task counters carry a `worker` label (worker names are bounded by the registry; tasks and
 //! events are never labels); a worker's series appears with its first count, as usual for
-//! labelled Prometheus metrics (`sum(...) or vector(0)` in queries). Webhook, cron and write-back counters are unlabelled. Gauges that
+//! labelled Prometheus metrics (`sum(...) or vector(0)` in queries), and goes when the worker is
+//! deleted ([`Metrics::forget_worker`]). Webhook, cron and write-back counters are unlabelled. Gauges that
 //! describe state (tasks per state, queue depth, in-flight attempts, nodes) are not kept here:
 //! [`Metrics::render`] takes them from a [`Snapshot`] read at scrape time, so nothing has to
 //! keep them in sync and an idle server does no work for them.
@@ -69,9 +70,14 @@ impl PerWorker {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The sum over all workers.
+    /// The sum over all workers since the server started, removed workers included.
     pub fn get(&self) -> u64 {
         self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops `worker`'s series; the total keeps its counts.
+    fn remove(&self, worker: &WorkerLabel) {
+        self.family.remove(worker);
     }
 }
 
@@ -292,6 +298,28 @@ impl Metrics {
         self.latency_ema.set(next);
     }
 
+    /// Drops every series labelled with `worker`, when the worker is removed: the registry bounds
+    /// the labels only if a removed worker's series go with it. Should a task of the removed
+    /// worker still end afterwards, its count starts a new series, as after a restart.
+    pub fn forget_worker(&self, worker: &str) {
+        let label = WorkerLabel {
+            worker: worker.to_owned(),
+        };
+        for counter in [
+            &self.tasks_created,
+            &self.tasks_completed,
+            &self.tasks_failed,
+            &self.tasks_dead,
+            &self.tasks_retried,
+            &self.tasks_rate_limited,
+            &self.tasks_recovered,
+            &self.tasks_dedup_skipped,
+        ] {
+            counter.remove(&label);
+        }
+        self.latency.remove(&label);
+    }
+
     /// Time since these metrics were made (the server's start).
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
@@ -489,5 +517,52 @@ impl Snapshot {
         r.register("node_deaths", "Times the node died", deaths);
         r.register("node_jobs", "Jobs the node ran", jobs);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_a_worker_drops_its_series_from_every_family_and_keeps_the_others() {
+        let metrics = Metrics::new();
+        for worker in ["gone", "kept"] {
+            for counter in [
+                &metrics.tasks_created,
+                &metrics.tasks_completed,
+                &metrics.tasks_failed,
+                &metrics.tasks_dead,
+                &metrics.tasks_retried,
+                &metrics.tasks_rate_limited,
+                &metrics.tasks_recovered,
+                &metrics.tasks_dedup_skipped,
+            ] {
+                counter.inc(worker);
+            }
+            metrics.observe_dispatch_latency(worker, 0.2);
+        }
+        let labelled = |text: &str, worker: &str| {
+            let label = format!("worker=\"{worker}\"");
+            let mut families: Vec<String> = text
+                .lines()
+                .filter(|line| !line.starts_with('#') && line.contains(&label))
+                .map(|line| line.split('{').next().unwrap().to_owned())
+                .collect();
+            families.dedup();
+            families
+        };
+        let before = metrics.render(&Snapshot::default());
+        let every_family = labelled(&before, "gone");
+        // 8 counters, and the histogram's buckets, sum and count.
+        assert_eq!(every_family.len(), 11, "{every_family:?}");
+        assert_eq!(labelled(&before, "kept"), every_family);
+
+        metrics.forget_worker("gone");
+        let after = metrics.render(&Snapshot::default());
+        assert_eq!(labelled(&after, "gone"), Vec::<String>::new(), "{after}");
+        assert_eq!(labelled(&after, "kept"), every_family, "{after}");
+        // Totals count since the start, removed workers included.
+        assert_eq!(metrics.tasks_created.get(), 2);
     }
 }

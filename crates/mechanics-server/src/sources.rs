@@ -24,7 +24,7 @@ use mechanics_store::Store;
 use tokio::sync::{Notify, RwLock};
 
 use crate::api::{ApiResult, Failure, parse_body};
-use crate::secret_file::SecretFileError;
+use crate::files::ReadFileError;
 use crate::{Shared, TraceLog};
 
 /// The routes under `/api/v1/sources`, merged into the API router (and so behind its
@@ -71,9 +71,8 @@ async fn refuse_unusable_files(spec: &SourceSpec) -> ApiResult<()> {
     }
     let checked = tokio::task::spawn_blocking(move || {
         for (field, path) in files {
-            if let Err(
-                err @ (SecretFileError::NotRegular { .. } | SecretFileError::TooLarge { .. }),
-            ) = crate::secret_file::read(std::path::Path::new(&path))
+            if let Err(err @ (ReadFileError::NotRegular { .. } | ReadFileError::TooLarge { .. })) =
+                crate::files::read_bytes(std::path::Path::new(&path), MAX_SECRET_FILE_BYTES)
             {
                 return Err(format!("invalid source: {field}: {err}"));
             }
@@ -141,6 +140,10 @@ impl CachedSource {
         }
     }
 }
+
+/// The largest secret or token file read: a FIFO, a device or a huge file named as a source's
+/// `secret_file` once froze or exhausted the server.
+pub(crate) const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
 
 /// Sources by name.
 type Sources = Arc<HashMap<String, Arc<CachedSource>>>;
@@ -373,9 +376,18 @@ fn resolve(what: &str, env: Option<&str>, file: Option<&str>) -> Result<Option<V
         };
     }
     if let Some(path) = file {
-        return crate::secret_file::read(std::path::Path::new(path))
-            .map(Some)
-            .map_err(|err| format!("the file that holds the source's {what}: {err}"));
+        let mut bytes = crate::files::read_bytes(std::path::Path::new(path), MAX_SECRET_FILE_BYTES)
+            .map_err(|err| format!("the file that holds the source's {what}: {err}"))?;
+        // A trailing newline is an artefact of `echo secret > file`, not part of the secret.
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err(format!(
+                "the file {path} that holds the source's {what} is empty"
+            ));
+        }
+        return Ok(Some(bytes));
     }
     Ok(None)
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, NodeList, SubmitTask, Submitted, TaskList, WorkerInput, WorkerList,
-    WorkerView,
+    API_PREFIX, ApiError, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted, TaskList, WorkerInput,
+    WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{HumanDuration, Task, TaskState, WorkerKind, WorkerSpec};
 use reqwest::Method;
@@ -26,6 +26,10 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// No server answered at the URL.
 pub const EXIT_NO_SERVER: u8 = 3;
+
+/// Largest worker or source YAML file read: a spec is a page of settings (the module is read
+/// separately, up to [`MAX_MODULE_BYTES`]), so anything bigger is the wrong file.
+pub const MAX_SPEC_FILE_BYTES: usize = 256 * 1024;
 
 /// The exit statuses, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -48,7 +52,8 @@ pub struct ClientArgs {
         value_name = "URL"
     )]
     server: String,
-    /// The server's API key, sent as `Authorization: Bearer`.
+    /// The server's API key, sent as `Authorization: Bearer`. Every local user can read a flag's
+    /// value with `ps`: prefer --api-key-file or MECHANICS_API_KEY.
     #[arg(
         long,
         global = true,
@@ -57,6 +62,15 @@ pub struct ClientArgs {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// A file holding the server's API key: a regular file of at most 64 KiB, its trailing line
+    /// break trimmed. Not together with --api-key.
+    #[arg(
+        long,
+        global = true,
+        env = "MECHANICS_API_KEY_FILE",
+        value_name = "PATH"
+    )]
+    api_key_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of tables, for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -69,8 +83,9 @@ pub enum WorkerCommand {
     ///
     /// For js workers the module named by `module:` is read relative to the YAML file's directory
     /// and stored with the worker; editing the file later changes nothing until you add it
-    /// again. Errors in the file (syntax, unknown fields, invalid values) name the file and the
-    /// field and exit 2.
+    /// again. Both must be regular files: the YAML at most 256 KiB, the module at most 1 MiB.
+    /// Errors in the file (syntax, unknown fields, invalid values) name the file and the field
+    /// and exit 2.
     Add {
         /// The worker's YAML spec.
         #[arg(short = 'f', long = "file", value_name = "WORKER.yml")]
@@ -189,6 +204,31 @@ impl Answer {
     }
 }
 
+impl ClientArgs {
+    /// The API key to send, from --api-key/MECHANICS_API_KEY or --api-key-file/
+    /// MECHANICS_API_KEY_FILE, checked by the server's own rules (a blank key or one no header
+    /// can carry is refused, not sent).
+    fn key(&self) -> Result<Option<String>> {
+        use mechanics_server::config::{check_api_key, read_api_key_file};
+        match (&self.api_key, &self.api_key_file) {
+            (Some(_), Some(_)) => Err(Failure::usage(
+                "--api-key (or MECHANICS_API_KEY) and --api-key-file (or MECHANICS_API_KEY_FILE) \
+                 are both set: give the key one way",
+            )),
+            (Some(key), None) => {
+                check_api_key(key).map_err(|message| {
+                    Failure::usage(format!("--api-key (or MECHANICS_API_KEY): {message}"))
+                })?;
+                Ok(Some(key.clone()))
+            }
+            (None, Some(path)) => read_api_key_file(path)
+                .map(Some)
+                .map_err(|message| Failure::usage(format!("--api-key-file: {message}"))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// A connection to the server.
 pub(crate) struct Api {
     base: String,
@@ -235,7 +275,7 @@ impl Api {
             .map_err(|err| Failure::failed(format!("cannot start the async runtime: {err}")))?;
         Ok(Self {
             base,
-            key: args.api_key.clone().filter(|k| !k.is_empty()),
+            key: args.key()?,
             json: args.json,
             client,
             runtime,
@@ -330,9 +370,10 @@ impl Api {
         match serde_json::from_str::<ApiError>(text) {
             Ok(error) if status == reqwest::StatusCode::UNAUTHORIZED => {
                 let hint = if self.key.is_some() {
-                    "the API key given was not accepted: check --api-key or MECHANICS_API_KEY"
+                    "the API key given was not accepted: check --api-key-file, --api-key or \
+                     MECHANICS_API_KEY"
                 } else {
-                    "pass the server's API key with --api-key or MECHANICS_API_KEY"
+                    "pass the server's API key with --api-key-file, MECHANICS_API_KEY or --api-key"
                 };
                 Failure::failed(format!("{} ({hint})", error.error.message))
             }
@@ -498,8 +539,9 @@ pub(crate) fn load_spec<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
     validate: impl FnOnce(&T) -> std::result::Result<(), E>,
 ) -> Result<T> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| Failure::usage(format!("cannot read {shown}: {err}")))?;
+    // Bounded, and never blocking on a FIFO or reading a device forever.
+    let text = mechanics_server::files::read_text(path, MAX_SPEC_FILE_BYTES)
+        .map_err(|err| Failure::usage(err.to_string()))?;
     if text.trim().is_empty() {
         return Err(Failure::usage(format!("{shown} is empty: write a {what}")));
     }
@@ -519,12 +561,10 @@ pub fn load_worker(path: &Path) -> Result<WorkerInput> {
                 .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let module_path = dir.join(module);
-            let source = std::fs::read_to_string(&module_path).map_err(|err| {
-                Failure::usage(format!(
-                    "{shown}: module: cannot read {}: {err}",
-                    module_path.display()
-                ))
-            })?;
+            // The server refuses a module past the limit anyway; stopping at it here keeps
+            // `module: /dev/zero` from reading forever.
+            let source = mechanics_server::files::read_text(&module_path, MAX_MODULE_BYTES)
+                .map_err(|err| Failure::usage(format!("{shown}: module: {err}")))?;
             Some(source)
         }
         _ => None,

@@ -26,10 +26,15 @@ pub struct ConfigArgs {
     /// The address to listen on [default: 127.0.0.1:21212; MECHANICS_ADDR].
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
-    /// The API key clients must send (Bearer or X-API-Key) [MECHANICS_API_KEY]. Without one the
-    /// server only listens on loopback addresses.
+    /// The API key clients must send (Bearer or X-API-Key) [MECHANICS_API_KEY]. Every local user
+    /// can read a flag's value with `ps`: prefer --api-key-file or MECHANICS_API_KEY. Without a
+    /// key the server only listens on loopback addresses; a blank key is refused.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// A file holding the API key, read once at startup: a regular file of at most 64 KiB, its
+    /// trailing line break trimmed [MECHANICS_API_KEY_FILE]. Not together with --api-key.
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<String>,
     /// Serve without an API key on a non-loopback address (anyone who reaches it may use it).
     #[arg(long)]
     insecure_no_auth: bool,
@@ -116,6 +121,11 @@ impl ConfigArgs {
         let given = [
             ("addr", "--addr", self.addr.as_deref()),
             ("api_key", "--api-key", self.api_key.as_deref()),
+            (
+                "api_key_file",
+                "--api-key-file",
+                self.api_key_file.as_deref(),
+            ),
             (
                 "insecure_no_auth",
                 "--insecure-no-auth",

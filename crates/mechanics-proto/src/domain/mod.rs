@@ -74,8 +74,40 @@ pub(crate) fn validate_env_name(field: &str, name: &str) -> Result<(), SpecError
     }
 }
 
-/// Checks that `url` is an absolute `http://` or `https://` URL with a host.
+/// Refuses a NUL byte in a string the operating system or a parser receives as a C string (a
+/// program, an argument, a file path): it would cut the string short there, so `exec` and `open`
+/// refuse it, and only after the spec was stored. `carrier` names what cannot carry it.
+pub(crate) fn refuse_nul(field: &str, value: &str, carrier: &str) -> Result<(), SpecError> {
+    match value.find('\0') {
+        None => Ok(()),
+        Some(at) => Err(SpecError::new(
+            field,
+            format!("{value:?} contains a NUL byte (at byte {at}), which {carrier} cannot carry"),
+        )),
+    }
+}
+
+/// Refuses control characters (NUL, tab, newline, DEL, ...) in a string that must match text
+/// from a URL or an HTTP header, which cannot carry them: such a value could never match, or a
+/// URL parser would silently drop them.
+pub(crate) fn refuse_control(field: &str, value: &str) -> Result<(), SpecError> {
+    match value.char_indices().find(|(_, c)| c.is_control()) {
+        None => Ok(()),
+        Some((at, c)) => Err(SpecError::new(
+            field,
+            format!(
+                "{value:?} contains the control character {:?} (at byte {at}): \
+                 control characters are not allowed here",
+                c
+            ),
+        )),
+    }
+}
+
+/// Checks that `url` is an absolute `http://` or `https://` URL with a host, free of control
+/// characters (URL parsers drop tabs and newlines without a word, and refuse the rest later).
 pub(crate) fn validate_http_url(field: &str, url: &str) -> Result<(), SpecError> {
+    refuse_control(field, url)?;
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));

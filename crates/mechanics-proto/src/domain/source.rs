@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{SpecError, validate_env_name, validate_http_url, validate_name};
+use super::{SpecError, refuse_nul, validate_env_name, validate_http_url, validate_name};
 
 /// The platform a source's webhooks come from; it decides verification, dedup id, event type
 /// and write-back (DESIGN §3).
@@ -81,6 +81,7 @@ fn check_reference(
         (None, Some(path)) if path.is_empty() => {
             Err(SpecError::new(format!("{what}_file"), "must not be empty"))
         }
+        (None, Some(path)) => refuse_nul(&format!("{what}_file"), path, "a file path"),
         _ => Ok(()),
     }
 }
@@ -138,5 +139,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.starts_with("api_base_url:"), "{err}");
+    }
+
+    #[test]
+    fn nul_bytes_in_file_references_and_control_characters_in_urls_are_refused() {
+        let err = check(json!({ "name": "gh", "kind": "github", "secret_file": "/run/s\0" }))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "secret_file: \"/run/s\\0\" contains a NUL byte (at byte 6), which a file path \
+             cannot carry"
+        );
+        let err = check(
+            json!({ "name": "gh", "kind": "github", "secret_env": "S", "token_file": "t\0" }),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("token_file: \"t\\0\" contains a NUL byte"),
+            "{err}"
+        );
+        let err =
+            check(json!({ "name": "g\0h", "kind": "github", "secret_env": "S" })).unwrap_err();
+        assert!(
+            err.starts_with("name: \"g\\0h\" is not a valid name"),
+            "{err}"
+        );
+        for name in ["A=B", "A\0"] {
+            let err =
+                check(json!({ "name": "gh", "kind": "github", "secret_env": name })).unwrap_err();
+            assert!(
+                err.starts_with("secret_env: ")
+                    && err.contains("is not an environment variable name"),
+                "{name:?}: {err}"
+            );
+        }
+        let err = check(json!({ "name": "gh", "kind": "github", "secret_env": "S",
+            "api_base_url": "https://ghe.example\0.com" }))
+        .unwrap_err();
+        assert!(
+            err.starts_with("api_base_url: ") && err.contains("control character"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HumanDuration, SpecError, validate_http_url, validate_name};
+use super::{
+    HumanDuration, SpecError, refuse_control, refuse_nul, validate_http_url, validate_name,
+};
 
 /// How a worker runs its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -216,6 +218,31 @@ fn default_per_second() -> f64 {
     2.0
 }
 
+impl RateLimitSpec {
+    /// The slowest refill accepted: one token per hour. Slower buckets are almost certainly a
+    /// typo, and rates near zero make the reservation arithmetic overflow to infinity.
+    pub const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
+    /// The fastest refill accepted; beyond it a bucket limits nothing a dispatcher can reach.
+    pub const MAX_PER_SECOND: f64 = 1_000_000.0;
+
+    /// Checks a refill rate (tokens per second) against
+    /// [`MIN_PER_SECOND`](Self::MIN_PER_SECOND)..=[`MAX_PER_SECOND`](Self::MAX_PER_SECOND); the
+    /// message says the allowed range. Shared with the server's `worker_rate_limit` and
+    /// `webhook_rate_limit` settings, so a bucket means the same wherever it is written.
+    pub fn check_per_second(per_second: f64) -> Result<(), String> {
+        if (Self::MIN_PER_SECOND..=Self::MAX_PER_SECOND).contains(&per_second) {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be between 1/3600 (one token per hour, {:.6}) and {} tokens per second, \
+                 got {per_second:?}",
+                Self::MIN_PER_SECOND,
+                Self::MAX_PER_SECOND
+            ))
+        }
+    }
+}
+
 fn default_burst() -> u32 {
     5
 }
@@ -261,8 +288,11 @@ impl WorkerSpec {
                 ));
             }
         }
-        if self.module.as_deref().is_some_and(|m| m.trim().is_empty()) {
-            return Err(SpecError::new("module", "must not be empty"));
+        if let Some(module) = &self.module {
+            if module.trim().is_empty() {
+                return Err(SpecError::new("module", "must not be empty"));
+            }
+            refuse_nul("module", module, "a file path")?;
         }
         for (field, value) in [("config", &self.config), ("limits", &self.limits)] {
             if value.as_ref().is_some_and(|v| !v.is_object()) {
@@ -272,13 +302,16 @@ impl WorkerSpec {
         if let Some(url) = &self.url {
             validate_http_url("url", url)?;
         }
-        if let Some(command) = &self.command
-            && command.first().is_none_or(|program| program.is_empty())
-        {
-            return Err(SpecError::new(
-                "command",
-                "must name a program: [\"program\", \"arg\", ...]",
-            ));
+        if let Some(command) = &self.command {
+            if command.first().is_none_or(|program| program.is_empty()) {
+                return Err(SpecError::new(
+                    "command",
+                    "must name a program: [\"program\", \"arg\", ...]",
+                ));
+            }
+            for (i, part) in command.iter().enumerate() {
+                refuse_nul(&format!("command[{i}]"), part, "a program's command line")?;
+            }
         }
         if let Some(restart) = &self.restart
             && restart.initial_backoff_ms > restart.max_backoff_ms
@@ -304,12 +337,8 @@ impl WorkerSpec {
             ));
         }
         if let Some(rate_limit) = &self.rate_limit {
-            if !(rate_limit.per_second.is_finite() && rate_limit.per_second > 0.0) {
-                return Err(SpecError::new(
-                    "rate_limit.per_second",
-                    "must be a number greater than 0",
-                ));
-            }
+            RateLimitSpec::check_per_second(rate_limit.per_second)
+                .map_err(|message| SpecError::new("rate_limit.per_second", message))?;
             if rate_limit.burst == 0 {
                 return Err(SpecError::new("rate_limit.burst", "must be at least 1"));
             }
@@ -333,11 +362,14 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
                     "list at least one event type",
                 ));
             }
-            if let Some(j) = webhook.events.iter().position(|e| e.trim().is_empty()) {
-                return Err(SpecError::new(
-                    format!("triggers[{i}].webhook.events[{j}]"),
-                    "must not be empty",
-                ));
+            for (j, event) in webhook.events.iter().enumerate() {
+                let field = format!("triggers[{i}].webhook.events[{j}]");
+                if event.trim().is_empty() {
+                    return Err(SpecError::new(field, "must not be empty"));
+                }
+                // Event types come from headers and payload fields of the platform: a control
+                // character could never match one.
+                refuse_control(&field, event)?;
             }
             if let Some(filter) = &webhook.filter {
                 match filter.as_object() {
@@ -353,6 +385,11 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
             }
         }
         Trigger::Cron(cron) => {
+            refuse_nul(
+                &format!("triggers[{i}].cron"),
+                cron.schedule(),
+                "a schedule",
+            )?;
             let fields = cron.schedule().split_whitespace().count();
             if !(fields == 5 || fields == 6) {
                 return Err(SpecError::new(
@@ -363,11 +400,12 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
                     ),
                 ));
             }
-            if cron.tz().is_some_and(|tz| tz.trim().is_empty()) {
-                return Err(SpecError::new(
-                    format!("triggers[{i}].cron.tz"),
-                    "must not be empty",
-                ));
+            if let Some(tz) = cron.tz() {
+                let field = format!("triggers[{i}].cron.tz");
+                if tz.trim().is_empty() {
+                    return Err(SpecError::new(field, "must not be empty"));
+                }
+                refuse_control(&field, tz)?;
             }
         }
         Trigger::Api(_) => {}
@@ -474,7 +512,7 @@ mod tests {
             ),
             (
                 json!({ "rate_limit": { "per_second": 0 } }),
-                "rate_limit.per_second: must be a number greater than 0",
+                "rate_limit.per_second: must be between 1/3600",
             ),
             (
                 json!({ "rate_limit": { "burst": 0 } }),
@@ -494,6 +532,115 @@ mod tests {
             "restart": { "policy": "on-failure" } }))
         .unwrap();
         assert_eq!(ok.restart.unwrap().max_backoff_ms, 30_000);
+    }
+
+    #[test]
+    fn nul_bytes_and_control_characters_are_refused_where_the_os_or_a_header_gets_the_string() {
+        let process = |command: Value| {
+            spec(json!({ "name": "p", "kind": "process", "command": command })).unwrap_err()
+        };
+        let err = process(json!(["bot\0"]));
+        assert_eq!(
+            err,
+            "command[0]: \"bot\\0\" contains a NUL byte (at byte 3), which a program's command \
+             line cannot carry"
+        );
+        let err = process(json!(["bot", "--ok", "a\0b"]));
+        assert!(
+            err.starts_with("command[2]: \"a\\0b\" contains a NUL byte (at byte 1)"),
+            "{err}"
+        );
+        // Arguments may hold any other character: a program gets them as they are.
+        spec(json!({ "name": "p", "kind": "process", "command": ["bot", "a\nb\tc", "é"] }))
+            .unwrap();
+
+        let js = |extra: Value| {
+            let mut base = json!({ "name": "w", "kind": "js", "module": "m.js" });
+            base.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec(base).unwrap_err()
+        };
+        for (extra, expected) in [
+            (
+                json!({ "name": "w\0" }),
+                "name: \"w\\0\" is not a valid name",
+            ),
+            (
+                json!({ "module": "m\0.js" }),
+                "module: \"m\\0.js\" contains a NUL byte (at byte 1), which a file path",
+            ),
+            (
+                json!({ "triggers": [{ "webhook": { "source": "g\0h", "events": ["x"] } }] }),
+                "triggers[0].webhook.source: \"g\\0h\" is not a valid name",
+            ),
+            (
+                json!({ "triggers": [{ "webhook": { "source": "gh", "events": ["a", "issues\0"] } }] }),
+                "triggers[0].webhook.events[1]: \"issues\\0\" contains the control character '\\0'",
+            ),
+            (
+                json!({ "triggers": [{ "webhook": { "source": "gh", "events": ["issues\n.opened"] } }] }),
+                "triggers[0].webhook.events[0]: \"issues\\n.opened\" contains the control character",
+            ),
+            (
+                json!({ "triggers": [{ "cron": "* * * * *\0" }] }),
+                "triggers[0].cron: \"* * * * *\\0\" contains a NUL byte (at byte 9)",
+            ),
+            (
+                json!({ "triggers": [{ "cron": { "schedule": "* * * * *", "tz": "Europe/Paris\0" } }] }),
+                "triggers[0].cron.tz: \"Europe/Paris\\0\" contains the control character",
+            ),
+        ] {
+            let err = js(extra.clone());
+            assert!(err.starts_with(expected), "{extra}: {err}");
+        }
+        for url in [
+            "http://exa\0mple.com",
+            "http://exa\nmple.com",
+            "http://x/\t",
+        ] {
+            let err = spec(json!({ "name": "h", "kind": "http", "url": url })).unwrap_err();
+            assert!(
+                err.starts_with("url: ") && err.contains("contains the control character"),
+                "{url:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_per_second_is_between_one_per_hour_and_a_million() {
+        let rate = |per_second: Value| {
+            spec(
+                json!({ "name": "w", "kind": "http", "url": "http://127.0.0.1:9",
+                "rate_limit": { "per_second": per_second, "burst": 1 } }),
+            )
+        };
+        let one_per_hour = 1.0 / 3600.0;
+        for ok in [json!(one_per_hour), json!(0.5), json!(2), json!(1_000_000)] {
+            rate(ok.clone()).unwrap_or_else(|err| panic!("{ok}: {err}"));
+        }
+        for bad in [
+            json!(1e-300),
+            json!(one_per_hour * 0.99),
+            json!(0),
+            json!(-1),
+            json!(1_000_000.5),
+            json!(1e300),
+        ] {
+            let err = rate(bad.clone()).unwrap_err();
+            assert!(
+                err.starts_with(
+                    "rate_limit.per_second: must be between 1/3600 (one token per hour, 0.000278) \
+                     and 1000000 tokens per second, got "
+                ),
+                "{bad}: {err}"
+            );
+        }
+        assert!(rate(json!(1e-300)).unwrap_err().ends_with("got 1e-300"));
+        // Not numbers JSON can carry, but YAML can (`.nan`, `.inf`).
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(RateLimitSpec::check_per_second(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -138,6 +138,55 @@ pub(crate) fn parse_exposition(body: &str) -> (prometheus_parse::Scrape, BTreeMa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_workers_series_are_gone_from_metrics() {
+    let server = TestServer::start().await;
+    scripted_run(&server).await;
+    // The families labelled with `worker`, per worker, by sample name.
+    let labelled = |scrape: &prometheus_parse::Scrape| {
+        let mut by_worker: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sample in &scrape.samples {
+            if let Some(worker) = sample.labels.get("worker") {
+                by_worker
+                    .entry(worker.to_owned())
+                    .or_default()
+                    .push(sample.metric.clone());
+            }
+        }
+        by_worker
+    };
+    let (status, body, _) = text(&server, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let before = labelled(&parse_exposition(&body).0);
+    // "gone" went dead after a retry, "limited" waited for its bucket: several families each.
+    for (worker, family) in [
+        ("gone", "mechanics_tasks_dead_total"),
+        ("gone", "mechanics_tasks_retried_total"),
+        ("limited", "mechanics_tasks_rate_limited_total"),
+        ("limited", "mechanics_dispatch_latency_seconds_count"),
+    ] {
+        assert!(
+            before[worker].iter().any(|m| m == family),
+            "{worker} {family}: {body}"
+        );
+    }
+
+    for worker in ["gone", "limited"] {
+        let (status, answer) = server
+            .call("DELETE", &format!("/api/v1/workers/{worker}"), None)
+            .await;
+        assert_eq!(status, 204, "{answer}");
+    }
+    let (status, body, _) = text(&server, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let after = labelled(&parse_exposition(&body).0);
+    let workers: Vec<&str> = after.keys().map(String::as_str).collect();
+    assert_eq!(workers, ["broken", "flaky", "ok"], "{body}");
+    for worker in workers {
+        assert_eq!(after[worker], before[worker], "{worker} keeps its series");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_run_is_counted_exactly_in_a_valid_exposition() {
     let server = TestServer::start().await;
     scripted_run(&server).await;

@@ -1,11 +1,13 @@
 //! `mechanics run` and `mechanics node serve` as a user runs them: the real binary, real files,
 //! exit codes and streams; the local fleet of node processes (`fleet`); `mechanics serve` with the
-//! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`).
+//! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
+//! files and API keys refused at once (`validation`).
 
 mod faults;
 mod fleet;
 mod serve;
 mod support;
+mod validation;
 mod webhooks;
 
 use std::io::{BufRead, BufReader, Read};

@@ -429,8 +429,8 @@ fn bad_input_is_refused_naming_the_file_and_field() {
         "{err}"
     );
 
-    // Refused by the server: exit 1 with its message.
-    let server = Coordinator::start(dir.path(), &[], &[]);
+    // A module over the limit is refused before it is sent (the server's own check is in
+    // mechanics-server's api tests; the CLI's in `validation`).
     write(
         "big.js",
         &format!(
@@ -439,13 +439,16 @@ fn bad_input_is_refused_naming_the_file_and_field() {
         ),
     );
     let big_worker = write("big.yml", "name: big\nkind: js\nmodule: big.js\n");
-    let out = server.cli(&["worker", "add", "-f", &big_worker]);
-    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let out = unreachable(&["worker", "add", "-f", &big_worker]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("limit of 1048576 bytes"),
+        stderr(&out).contains("big.js is larger than the limit of 1048576 bytes"),
         "{}",
         stderr(&out)
     );
+
+    // Refused by the server: exit 1 with its message.
+    let server = Coordinator::start(dir.path(), &[], &[]);
     let out = server.cli(&["task", "submit", "nosuch"]);
     assert_eq!(code(&out), Some(1));
     assert!(

@@ -17,6 +17,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mechanics");
 const SCRUB: &[&str] = &[
     "MECHANICS_ADDR",
     "MECHANICS_API_KEY",
+    "MECHANICS_API_KEY_FILE",
     "MECHANICS_INSECURE_NO_AUTH",
     "MECHANICS_DB_PATH",
     "MECHANICS_LOCAL_NODES",
