@@ -5,9 +5,10 @@
 //! malformed one a JSON `400` naming what is wrong; every error is `{ "error": { "code",
 //! "message" } }`. Overload (`Busy` store) is `503` with `Retry-After`, never the caller's fault.
 //!
-//! One shape for every refusal: the handlers answer [`Failure`]; what axum refuses before a
-//! handler runs (a path segment that does not decode, a method the route does not take, an
-//! unknown route) is rewritten into the same shape by one layer, [`json_errors`]. Listings take
+//! One shape for every refusal: the handlers and the fallback (an unknown route) answer
+//! [`Failure`]; what axum refuses before a handler runs (a path segment that does not decode, a
+//! method the route does not take) is rewritten into the same shape by one layer,
+//! [`json_errors`]. Listings take
 //! only their own query parameters ([`ListingQuery`]): an unknown or repeated one, a `limit`
 //! outside 1 to [`MAX_PAGE_SIZE`] or a cursor or id that is not a positive number is a `400`.
 //! Whatever a caller sent and an error quotes back (a name, an id, a query value) goes through
@@ -205,11 +206,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 const MAX_REJECTION_BYTES: usize = 4096;
 
 /// Rewrites every error answer that is not JSON into `{ "error": { "code", "message" } }`, its
-/// status and headers kept. Those answers are axum's own, made before a
-/// handler runs: a path parameter that does not decode (`/workers/%ff`, `400`), a method the
-/// route does not take (`405`, empty), a rejection of any extractor a route uses. Rewriting the
-/// answer, rather than catching each rejection at each handler, covers every route of the
-/// router, present and future, in one place.
+/// status and headers kept. Those answers are axum's own, made before a handler runs: a path
+/// parameter that does not decode (`/workers/%ff`, `400`), a method the route does not take
+/// (`405`, empty), a rejection of any extractor a route uses. Rewriting the answer, rather than
+/// catching each rejection at each handler, covers every route of the router, present and
+/// future, in one place.
 async fn json_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let response = next.run(request).await;
