@@ -25,8 +25,8 @@
 //! `duplicate: true` for a delivery id it already has.
 //!
 //! Every error is [`ApiError`] with a stable `code`: `bad_request`, `unauthorized`, `not_found`,
-//! `conflict`, `payload_too_large`, `unavailable` (overload: `Retry-After` says when to come back),
-//! `internal`.
+//! `method_not_allowed`, `conflict`, `payload_too_large`, `rate_limited`, `unavailable` (overload:
+//! `Retry-After` says when to come back), `internal`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

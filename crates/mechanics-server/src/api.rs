@@ -4,13 +4,23 @@
 //! Bodies are read as bytes and parsed here, so a body over the limit is a JSON `413` and a
 //! malformed one a JSON `400` naming what is wrong; every error is `{ "error": { "code",
 //! "message" } }`. Overload (`Busy` store) is `503` with `Retry-After`, never the caller's fault.
+//!
+//! One shape for every refusal: the handlers and the fallback (an unknown route) answer
+//! [`Failure`]; what axum refuses before a handler runs (a path segment that does not decode, a
+//! method the route does not take) is rewritten into the same shape by one layer,
+//! [`json_errors`]. Listings take
+//! only their own query parameters ([`ListingQuery`]): an unknown or repeated one, a `limit`
+//! outside 1 to [`MAX_PAGE_SIZE`] or a cursor or id that is not a positive number is a `400`.
+//! Whatever a caller sent and an error quotes back (a name, an id, a query value) goes through
+//! [`quote`], so it is cut to [`MAX_QUOTED_CHARS`] characters.
 
+use std::fmt::Display;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -20,9 +30,8 @@ use mechanics_proto::api::{
     API_PREFIX, ApiError, ApiErrorBody, EventList, MAX_MODULE_BYTES, NodeList, SubmitTask,
     Submitted, TaskList, WorkerInput, WorkerList, WorkerView,
 };
-use mechanics_proto::domain::{EventState, TaskState, WorkerKind};
-use mechanics_store::{EventFilter, NewTask, StoreError, TaskFilter};
-use serde::Deserialize;
+use mechanics_proto::domain::{Event, EventState, Task, TaskState, WorkerKind};
+use mechanics_store::{EventFilter, MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -30,6 +39,25 @@ use crate::Shared;
 
 /// Largest API request body: a worker with its module fits well within it.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Most characters of a caller's text (a name, an id, a query value) an error message quotes.
+pub const MAX_QUOTED_CHARS: usize = 100;
+
+/// `text` as an error message quotes it: in double quotes, escaped like `{:?}` (a control
+/// character cannot forge a line of a client's output), cut after [`MAX_QUOTED_CHARS`]
+/// characters with `…` marking the cut, so a 100 kB name makes a short message. The one way an
+/// error echoes what a caller sent.
+pub(crate) fn quote(text: &str) -> String {
+    let mut escaped = text.escape_debug();
+    let mut quoted = String::with_capacity(MAX_QUOTED_CHARS + 8);
+    quoted.push('"');
+    quoted.extend(escaped.by_ref().take(MAX_QUOTED_CHARS));
+    if escaped.next().is_some() {
+        quoted.push('…');
+    }
+    quoted.push('"');
+    quoted
+}
 
 /// An error answer.
 #[derive(Debug)]
@@ -58,6 +86,21 @@ impl Failure {
 
     fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// The stable code of an error answer with `status`.
+    fn code_of(status: StatusCode) -> &'static str {
+        match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        }
     }
 }
 
@@ -152,7 +195,54 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
+        .fallback(|| async { Failure::not_found("no such route") })
         .with_state(shared)
+}
+
+/// Largest body of a non-JSON error answer read to quote it: axum's rejections are one line.
+const MAX_REJECTION_BYTES: usize = 4096;
+
+/// Rewrites every error answer that is not JSON into `{ "error": { "code", "message" } }`, its
+/// status and headers kept. Those answers are axum's own, made before a handler runs: a path
+/// parameter that does not decode (`/workers/%ff`, `400`), a method the route does not take
+/// (`405`, empty), a rejection of any extractor a route uses. Rewriting the answer, rather than
+/// catching each rejection at each handler, covers every route of the router, present and
+/// future, in one place.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        // axum adds `Allow` outside this layer, after it ran.
+        format!("this route does not take {method}: its `Allow` header lists the methods it takes")
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_owned()
+    } else {
+        text
+    };
+    let mut answer = Failure::new(status, Failure::code_of(status), message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// Accepts `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
@@ -264,7 +354,10 @@ async fn show_worker(
 ) -> ApiResult<axum::Json<WorkerView>> {
     match shared.store.get_worker(&name).await? {
         Some(worker) => Ok(axum::Json(WorkerView { worker })),
-        None => Err(Failure::not_found(format!("no worker named {name:?}"))),
+        None => Err(Failure::not_found(format!(
+            "no worker named {}",
+            quote(&name)
+        ))),
     }
 }
 
@@ -277,7 +370,10 @@ async fn delete_worker(
         shared.registry_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(Failure::not_found(format!("no worker named {name:?}")))
+        Err(Failure::not_found(format!(
+            "no worker named {}",
+            quote(&name)
+        )))
     }
 }
 
@@ -288,14 +384,14 @@ async fn submit_task(
     let submit: SubmitTask = parse_body(body)?;
     let Some(worker) = shared.dispatcher.registry.get(&submit.worker).await else {
         return Err(Failure::not_found(format!(
-            "no worker named {:?}; `mechanics worker list` shows the registered ones",
-            submit.worker
+            "no worker named {}; `mechanics worker list` shows the registered ones",
+            quote(&submit.worker)
         )));
     };
     if !worker.spec.accepts_api() {
         return Err(Failure::conflict(format!(
-            "the worker {:?} does not take API submissions: add `- api: true` to its triggers",
-            submit.worker
+            "the worker {} does not take API submissions: add `- api: true` to its triggers",
+            quote(&submit.worker)
         )));
     }
     let now = shared.clock.now_ms();
@@ -328,50 +424,131 @@ async fn submit_task(
     ))
 }
 
-/// Query parameters of the listings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    state: Option<String>,
-    worker: Option<String>,
-    source: Option<String>,
-    event: Option<i64>,
-    limit: Option<u32>,
-    cursor: Option<i64>,
+/// A listing's query string, checked against the parameters the listing takes; each value is
+/// taken out once, parsed, with a `400` naming the parameter when it does not parse.
+pub(crate) struct ListingQuery {
+    pairs: Vec<(String, String)>,
 }
 
-fn parse_state<T: FromStr<Err = E>, E: std::fmt::Display>(
-    text: Option<&str>,
-) -> ApiResult<Option<T>> {
-    text.map(|s| {
-        s.parse()
-            .map_err(|err: E| Failure::bad_request(err.to_string()))
-    })
-    .transpose()
+impl ListingQuery {
+    /// The parameters of `query`: an unknown one (a misspelt filter would otherwise be ignored
+    /// and the whole list answered) or a repeated one is a `400` naming it and the `accepted`.
+    pub(crate) fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        accepted: &[&str],
+    ) -> ApiResult<Self> {
+        let Query(pairs) = query.map_err(|err| {
+            Failure::bad_request(format!("invalid query string: {}", err.body_text()))
+        })?;
+        for (index, (name, _)) in pairs.iter().enumerate() {
+            if !accepted.contains(&name.as_str()) {
+                return Err(Failure::bad_request(format!(
+                    "unknown query parameter {}; this listing takes: {}",
+                    quote(name),
+                    accepted.join(", ")
+                )));
+            }
+            if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(Failure::bad_request(format!(
+                    "the query parameter {name} is given more than once"
+                )));
+            }
+        }
+        Ok(Self { pairs })
+    }
+
+    /// The value of `name`, if given.
+    pub(crate) fn text(&mut self, name: &str) -> Option<String> {
+        let index = self.pairs.iter().position(|(n, _)| n == name)?;
+        Some(self.pairs.swap_remove(index).1)
+    }
+
+    /// `name` as one of `all` (a state or an outcome).
+    pub(crate) fn one_of<T: FromStr + Display + Copy>(
+        &mut self,
+        name: &str,
+        all: &[T],
+    ) -> ApiResult<Option<T>> {
+        self.text(name)
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    let all: Vec<String> = all.iter().map(T::to_string).collect();
+                    Failure::bad_request(format!(
+                        "{name}: {} is not one of: {}",
+                        quote(&text),
+                        all.join(", ")
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// `name` as an id: a positive number (a task or event id, or a `next_cursor`).
+    pub(crate) fn id(&mut self, name: &str) -> ApiResult<Option<i64>> {
+        self.text(name)
+            .map(|text| match text.parse::<i64>() {
+                Ok(id) if id > 0 => Ok(id),
+                _ => Err(Failure::bad_request(format!(
+                    "{name}: {} is not an id (a positive number)",
+                    quote(&text)
+                ))),
+            })
+            .transpose()
+    }
+
+    /// `limit`: 1 to [`MAX_PAGE_SIZE`]. A larger one is refused rather than cut, so a caller
+    /// asking for more never mistakes a short page for the whole list.
+    pub(crate) fn limit(&mut self) -> ApiResult<Option<u32>> {
+        self.text("limit")
+            .map(|text| match text.parse::<u32>() {
+                Ok(limit) if (1..=MAX_PAGE_SIZE).contains(&limit) => Ok(limit),
+                _ => Err(Failure::bad_request(format!(
+                    "limit: must be a number from 1 to {MAX_PAGE_SIZE}, not {}",
+                    quote(&text)
+                ))),
+            })
+            .transpose()
+    }
 }
 
-fn query(
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<ListQuery> {
-    q.map(|Query(q)| q)
-        .map_err(|err| Failure::bad_request(format!("invalid query: {}", err.body_text())))
+/// `task` as the API shows it: its payload and result without any secret the server knows. The
+/// payload is stored as the submitter or sender gave it (the worker needs it), so it is redacted
+/// on the way out; the result was redacted before it was stored and is again here, for secrets
+/// learnt since.
+fn shown_task(shared: &Shared, mut task: Task) -> Task {
+    let redactor = shared.trace.redactor();
+    redactor.redact_json(&mut task.payload);
+    if let Some(result) = &mut task.result {
+        redactor.redact_json(result);
+    }
+    task
+}
+
+/// `event` as the API shows it: its payload without any secret the server knows.
+fn shown_event(shared: &Shared, mut event: Event) -> Event {
+    shared.trace.redactor().redact_json(&mut event.payload);
+    event
 }
 
 async fn list_tasks(
     State(shared): State<Arc<Shared>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<axum::Json<TaskList>> {
-    let q = query(q)?;
+    let mut q = ListingQuery::parse(query, &["state", "worker", "event", "limit", "cursor"])?;
     let filter = TaskFilter {
-        state: parse_state::<TaskState, _>(q.state.as_deref())?,
-        worker: q.worker,
-        event_id: q.event,
-        limit: q.limit,
-        cursor: q.cursor,
+        state: q.one_of("state", TaskState::ALL)?,
+        worker: q.text("worker"),
+        event_id: q.id("event")?,
+        limit: q.limit()?,
+        cursor: q.id("cursor")?,
     };
     let page = shared.store.list_tasks(&filter).await?;
     Ok(axum::Json(TaskList {
-        tasks: page.items,
+        tasks: page
+            .items
+            .into_iter()
+            .map(|task| shown_task(&shared, task))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -379,35 +556,39 @@ async fn list_tasks(
 async fn show_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<mechanics_proto::domain::Task>> {
+) -> ApiResult<axum::Json<Task>> {
     let id = parse_id(&id)?;
     match shared.store.get_task(id).await? {
-        Some(task) => Ok(axum::Json(task)),
+        Some(task) => Ok(axum::Json(shown_task(&shared, task))),
         None => Err(Failure::not_found(format!("no task {id}"))),
     }
 }
 
 fn parse_id(text: &str) -> ApiResult<i64> {
-    text.parse()
-        .map_err(|_| Failure::bad_request(format!("{text:?} is not a task or event id (a number)")))
+    text.parse().map_err(|_| {
+        Failure::bad_request(format!(
+            "{} is not a task or event id (a number)",
+            quote(text)
+        ))
+    })
 }
 
 async fn retry_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<mechanics_proto::domain::Task>> {
+) -> ApiResult<axum::Json<Task>> {
     let id = parse_id(&id)?;
     let now = shared.clock.now_ms();
     let task = shared.store.retry_task(id, now, now).await?;
     shared.trace.retry_requested(&task, now);
     shared.dispatcher.wake.notify_one();
-    Ok(axum::Json(task))
+    Ok(axum::Json(shown_task(&shared, task)))
 }
 
 async fn cancel_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<mechanics_proto::domain::Task>> {
+) -> ApiResult<axum::Json<Task>> {
     let id = parse_id(&id)?;
     let now = shared.clock.now_ms();
     let task = shared.store.cancel_task(id, now).await?;
@@ -417,24 +598,28 @@ async fn cancel_task(
     if let Some(event) = task.event_id {
         shared.dispatcher.settle.push(event);
     }
-    Ok(axum::Json(task))
+    Ok(axum::Json(shown_task(&shared, task)))
 }
 
 async fn list_events(
     State(shared): State<Arc<Shared>>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<axum::Json<EventList>> {
-    let q = query(q)?;
+    let mut q = ListingQuery::parse(query, &["state", "source", "limit", "cursor"])?;
     let filter = EventFilter {
-        source: q.source,
-        state: parse_state::<EventState, _>(q.state.as_deref())?,
+        source: q.text("source"),
+        state: q.one_of("state", EventState::ALL)?,
         write_back_due_by: None,
-        limit: q.limit,
-        cursor: q.cursor,
+        limit: q.limit()?,
+        cursor: q.id("cursor")?,
     };
     let page = shared.store.list_events(&filter).await?;
     Ok(axum::Json(EventList {
-        events: page.items,
+        events: page
+            .items
+            .into_iter()
+            .map(|event| shown_event(&shared, event))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -442,10 +627,10 @@ async fn list_events(
 async fn show_event(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<mechanics_proto::domain::Event>> {
+) -> ApiResult<axum::Json<Event>> {
     let id = parse_id(&id)?;
     match shared.store.get_event(id).await? {
-        Some(event) => Ok(axum::Json(event)),
+        Some(event) => Ok(axum::Json(shown_event(&shared, event))),
         None => Err(Failure::not_found(format!("no event {id}"))),
     }
 }
@@ -464,7 +649,8 @@ async fn reset_node(
         || shared.dispatcher.processes.reset(&name);
     if !reset {
         return Err(Failure::not_found(format!(
-            "no node or process worker named {name:?}"
+            "no node or process worker named {}",
+            quote(&name)
         )));
     }
     Ok(list_nodes(State(shared)).await)

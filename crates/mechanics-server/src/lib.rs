@@ -212,7 +212,10 @@ pub async fn start(
     });
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
-    let app = api::router(shared.clone()).merge(webhooks::router(shared.clone()));
+    // One error shape for every route, webhooks included (see `api::json_errors`).
+    let app = api::router(shared.clone())
+        .merge(webhooks::router(shared.clone()))
+        .layer(axum::middleware::from_fn(api::json_errors));
     let edge = config.edge_limits();
     let loops = shared.clone();
     let refresh_now = secrets_refresh.clone();

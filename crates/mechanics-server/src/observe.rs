@@ -11,7 +11,6 @@
 //!   through the redactor as well.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,12 +22,11 @@ use axum::routing::get;
 use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogOutcome;
 use mechanics_store::LogQuery;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::Shared;
-use crate::api::Failure;
+use crate::api::{Failure, ListingQuery, quote};
 use crate::metrics::{NodeState, Snapshot};
 
 /// The routes outside `/api/v1`: `/metrics`, `/logs` (authenticated) and `/debug/vars`.
@@ -100,63 +98,40 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// Query parameters of `GET /logs`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LogsParams {
-    event: Option<i64>,
-    task: Option<i64>,
-    worker: Option<String>,
-    action: Option<String>,
-    outcome: Option<String>,
-    since: Option<String>,
-    trace: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<i64>,
-}
+/// The parameters `GET /logs` takes.
+const LOG_PARAMS: &[&str] = &[
+    "event", "task", "worker", "action", "outcome", "since", "trace", "limit", "cursor",
+];
 
 /// `params` as a store query, with `now` for relative `since` values.
-fn log_query(params: LogsParams, now: i64) -> Result<LogQuery, Failure> {
-    let outcome = params
-        .outcome
-        .as_deref()
-        .map(LogOutcome::from_str)
-        .transpose()
-        .map_err(|err| Failure::bad_request(format!("outcome: {err}")))?;
+fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
     let since = params
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, now))
+        .text("since")
+        .map(|s| parse_since(&s, now))
         .transpose()
         .map_err(|err| Failure::bad_request(format!("since: {err}")))?;
-    if params.limit == Some(0) {
-        return Err(Failure::bad_request(format!(
-            "limit: must be 1 to {}",
-            mechanics_store::MAX_PAGE_SIZE
-        )));
-    }
     Ok(LogQuery {
-        event_id: params.event,
-        task_id: params.task,
-        worker: params.worker,
-        action: params.action,
-        outcome,
+        event_id: params.id("event")?,
+        task_id: params.id("task")?,
+        worker: params.text("worker"),
+        action: params.text("action"),
+        outcome: params.one_of("outcome", LogOutcome::ALL)?,
         since,
-        trace_id: params.trace,
-        limit: params.limit,
-        cursor: params.cursor,
+        trace_id: params.text("trace"),
+        limit: params.limit()?,
+        cursor: params.id("cursor")?,
     })
 }
 
 /// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
 pub(crate) async fn list_logs(
     State(shared): State<Arc<Shared>>,
-    params: Result<Query<LogsParams>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<axum::Json<LogList>, Failure> {
-    let params = params
-        .map(|Query(p)| p)
-        .map_err(|err| Failure::bad_request(format!("invalid query: {}", err.body_text())))?;
-    let query = log_query(params, shared.clock.now_ms())?;
+    let query = log_query(
+        ListingQuery::parse(query, LOG_PARAMS)?,
+        shared.clock.now_ms(),
+    )?;
     if let Err(err) = shared.trace.flush().await {
         tracing::warn!(error = %err, "flushing the pipeline trace before a read failed");
     }
@@ -173,8 +148,9 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
     let text = text.trim();
     let invalid = || {
         format!(
-            "{text:?} is neither a duration back from now (90s, 15m, 1h, 24h, 7d) nor an \
-             RFC 3339 time (2026-01-31T12:00:00Z)"
+            "{} is neither a duration back from now (90s, 15m, 1h, 24h, 7d) nor an \
+             RFC 3339 time (2026-01-31T12:00:00Z)",
+            quote(text)
         )
     };
     if let Some(unit) = text.chars().last().filter(char::is_ascii_alphabetic)

@@ -102,7 +102,10 @@ async fn show_source(
 ) -> ApiResult<axum::Json<Source>> {
     match shared.store.get_source(&name).await? {
         Some(source) => Ok(axum::Json(source)),
-        None => Err(Failure::not_found(format!("no source named {name:?}"))),
+        None => Err(Failure::not_found(format!(
+            "no source named {}",
+            crate::api::quote(&name)
+        ))),
     }
 }
 
@@ -113,7 +116,10 @@ async fn delete_source(
     if shared.store.delete_source(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(Failure::not_found(format!("no source named {name:?}")))
+        Err(Failure::not_found(format!(
+            "no source named {}",
+            crate::api::quote(&name)
+        )))
     }
 }
 

@@ -212,46 +212,21 @@ impl Redactor {
 
     /// `text` with every secret replaced.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = Cow::Borrowed(text);
-        if PATTERNS.is_match(&out) {
-            out = Cow::Owned(PATTERNS.replace_all(&out, REDACTED).into_owned());
-        }
-        if BEARER.is_match(&out) {
-            out = Cow::Owned(
-                BEARER
-                    .replace_all(&out, format!("$1 {REDACTED}").as_str())
-                    .into_owned(),
-            );
-        }
-        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
-        for secret in secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
-            }
-        }
-        out
+        redact_text(
+            text,
+            &self.secrets.read().unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
-    /// `value` with every secret in its strings replaced, and the values of secret-named keys.
+    /// `value` with every secret replaced in its strings and object keys, and the values of
+    /// secret-named keys replaced whole. The value is walked in place, never re-serialised: a
+    /// string or key without a secret is neither copied nor reallocated, so a clean value costs
+    /// one scan of its text. The one JSON redaction of the server: `/logs` details,
+    /// `/debug/vars`, task results before they are stored, and the payloads and results of the
+    /// API's answers.
     pub fn redact_json(&self, value: &mut Value) {
-        match value {
-            Value::String(text) => {
-                if let Cow::Owned(redacted) = self.redact(text) {
-                    *text = redacted;
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
-            Value::Object(map) => {
-                for (key, v) in map.iter_mut() {
-                    if SECRET_KEYS.is_match(key) && !v.is_null() {
-                        *v = Value::String(REDACTED.to_owned());
-                    } else {
-                        self.redact_json(v);
-                    }
-                }
-            }
-            _ => {}
-        }
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        redact_value(value, &secrets);
     }
 
     /// `record` with its error and detail redacted.
@@ -265,6 +240,61 @@ impl Redactor {
             self.redact_json(detail);
         }
         record
+    }
+}
+
+/// `text` with the token shapes, `Bearer` values and the registered `secrets` replaced.
+fn redact_text<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(text);
+    if PATTERNS.is_match(&out) {
+        out = Cow::Owned(PATTERNS.replace_all(&out, REDACTED).into_owned());
+    }
+    if BEARER.is_match(&out) {
+        out = Cow::Owned(
+            BEARER
+                .replace_all(&out, format!("$1 {REDACTED}").as_str())
+                .into_owned(),
+        );
+    }
+    for secret in secrets {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+        }
+    }
+    out
+}
+
+/// [`Redactor::redact_json`] under one read of the registered `secrets`.
+fn redact_value(value: &mut Value, secrets: &[String]) {
+    match value {
+        Value::String(text) => {
+            if let Cow::Owned(redacted) = redact_text(text, secrets) {
+                *text = redacted;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, secrets)),
+        Value::Object(map) => {
+            // A key can be sender data too (a map keyed by user input); keys are rewritten only
+            // when one holds a secret, which rebuilds the map (two keys that redact alike keep
+            // the later value).
+            if map
+                .keys()
+                .any(|key| matches!(redact_text(key, secrets), Cow::Owned(_)))
+            {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(key, v)| (redact_text(&key, secrets).into_owned(), v))
+                    .collect();
+            }
+            for (key, v) in map.iter_mut() {
+                if SECRET_KEYS.is_match(key) && !v.is_null() {
+                    *v = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_value(v, secrets);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -505,6 +535,28 @@ mod tests {
                 "list": ["[redacted]"],
             })
         );
+    }
+
+    #[test]
+    fn json_keys_holding_a_secret_are_redacted_and_clean_values_stay_as_they_are() {
+        let r = Redactor::default();
+        r.add_secret("k3y-s3cr3t-value");
+        let mut value = json!({
+            "by-k3y-s3cr3t-value": { "echo": "x k3y-s3cr3t-value y" },
+            "plain": ["a", 1, null, { "n": true }],
+        });
+        r.redact_json(&mut value);
+        assert_eq!(
+            value,
+            json!({
+                "by-[redacted]": { "echo": "x [redacted] y" },
+                "plain": ["a", 1, null, { "n": true }],
+            })
+        );
+        let clean = json!({ "issue": { "title": "a bug", "labels": ["x"] }, "n": 5 });
+        let mut same = clean.clone();
+        r.redact_json(&mut same);
+        assert_eq!(same, clean);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use mechanics_proto::api::{
     WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{HumanDuration, Task, TaskState, WorkerKind, WorkerSpec};
+use mechanics_store::MAX_PAGE_SIZE;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -136,7 +137,7 @@ pub enum TaskCommand {
         /// Only tasks of this worker.
         #[arg(long, value_name = "NAME")]
         worker: Option<String>,
-        /// At most this many (the server caps it at 1000).
+        /// At most this many, 1 to 1000 (pass the printed --cursor for the next page).
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
         /// Continue a listing after this id (the `next_cursor` of the previous page).
@@ -186,6 +187,18 @@ impl Failure {
 }
 
 pub(crate) type Result<T, E = Failure> = std::result::Result<T, E>;
+
+/// `--limit` as the server takes it, 1 to [`MAX_PAGE_SIZE`]: the server refuses any other
+/// page size, so a bad one exits 2 here without a request.
+pub(crate) fn page_limit(limit: u32) -> Result<u32> {
+    if (1..=MAX_PAGE_SIZE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Failure::usage(format!(
+            "--limit: must be 1 to {MAX_PAGE_SIZE}; follow the printed --cursor for more"
+        )))
+    }
+}
 
 /// The API's answer: its text as sent (for `--json`) and parsed.
 pub(crate) struct Answer {
@@ -646,7 +659,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                 query.push(format!("worker={}", segment(worker)));
             }
             if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
+                query.push(format!("limit={}", page_limit(*limit)?));
             }
             if let Some(cursor) = cursor {
                 query.push(format!("cursor={cursor}"));

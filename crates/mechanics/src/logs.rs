@@ -9,7 +9,7 @@ use std::time::Duration;
 use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogEntry;
 
-use crate::client::{Api, ClientArgs, Failure, Result, out, shorten, table};
+use crate::client::{Api, ClientArgs, Result, out, page_limit, shorten, table};
 
 /// The filters of `mechanics logs`; each is the `GET /logs` parameter of the same name.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,9 +85,7 @@ impl LogsArgs {
 
 /// Runs `mechanics logs`.
 pub fn logs(args: &LogsArgs) -> Result<()> {
-    if !(1..=1000).contains(&args.limit) {
-        return Err(Failure::usage("--limit: must be 1 to 1000"));
-    }
+    page_limit(args.limit)?;
     let api = Api::new(&args.client)?;
     let answer = api.get(&args.query(None))?;
     let page: LogList = answer.parse()?;

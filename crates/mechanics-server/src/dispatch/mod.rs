@@ -497,10 +497,12 @@ impl Dispatcher {
             .await
             .map(|w| w.spec.retry.clone());
         let spec = spec.unwrap_or_default();
-        // Errors are stored (and so shown by the API) without secrets a worker echoed.
+        // Errors and results are stored (and so shown by the API and written back) without
+        // secrets a worker echoed: the store never holds them.
         let redact = |message: String| self.trace.redactor().redact(&message).into_owned();
         let result = match outcome {
-            Outcome::Completed(value) => {
+            Outcome::Completed(mut value) => {
+                self.trace.redactor().redact_json(&mut value);
                 let r = self
                     .store
                     .complete_task(task.id, task.attempt, value, now)

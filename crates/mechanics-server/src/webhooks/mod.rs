@@ -212,7 +212,10 @@ async fn ingest(
     let refuse = |refusal, message| refused(&shared, &name, refusal, message);
     // Everything the path and headers decide is decided before a byte of the body is read.
     let Some(source) = integrations.sources.get(&name).await else {
-        return refuse(Refusal::UnknownSource, format!("no source named {name:?}"));
+        return refuse(
+            Refusal::UnknownSource,
+            format!("no source named {}", crate::api::quote(&name)),
+        );
     };
     let secret = match &source.secret {
         Ok(secret) => secret,
@@ -280,7 +283,8 @@ async fn ingest(
         let mut response = refuse(
             Refusal::RateLimited,
             format!(
-                "the source {name:?} sends more webhooks than its limit; retry in {retry_after} s"
+                "the source {} sends more webhooks than its limit; retry in {retry_after} s",
+                crate::api::quote(&name)
             ),
         );
         response

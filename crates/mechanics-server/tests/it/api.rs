@@ -1,6 +1,6 @@
 //! The API's answers to bad input, authentication, and listings.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{TestServer, http_worker, reply};
 
@@ -87,13 +87,239 @@ async fn bad_input_gets_a_json_error_that_says_what_is_wrong_and_changes_nothing
         ("GET", "/api/v1/nope", None, 404, "no such API route"),
         ("POST", "/api/v1/nodes/nobody/reset", None, 404, "nobody"),
     ];
+    let huge = "n".repeat(100 * 1024);
+    let long_path_name = "p".repeat(2000);
+    // URLs stay under the 64 kB the client takes.
+    let long_value = "n".repeat(10_000);
+    // Every refusal class of the API: a filter a listing does not take, a limit out of range,
+    // a cursor or id that is not one, a path segment that does not decode, a method a route
+    // does not take, an unknown route outside `/api/v1`.
+    let refusals: Vec<(&str, String, Option<Value>, u16, &str)> = vec![
+        (
+            "GET",
+            "/api/v1/tasks?colour=red".into(),
+            None,
+            400,
+            "unknown query parameter \"colour\"; this listing takes: state, worker, event, limit, cursor",
+        ),
+        // Each listing takes its own filters: a task filter is not silently ignored by events.
+        (
+            "GET",
+            "/api/v1/events?worker=w".into(),
+            None,
+            400,
+            "takes: state, source, limit, cursor",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks?source=gh".into(),
+            None,
+            400,
+            "\"source\"",
+        ),
+        (
+            "GET",
+            "/logs?color=red".into(),
+            None,
+            400,
+            "takes: event, task, worker, action",
+        ),
+        (
+            "GET",
+            "/api/v1/logs?color=red".into(),
+            None,
+            400,
+            "\"color\"",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks?state=failed&state=dead".into(),
+            None,
+            400,
+            "more than once",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks?limit=0".into(),
+            None,
+            400,
+            "limit: must be a number from 1 to 1000",
+        ),
+        (
+            "GET",
+            "/api/v1/events?limit=1001".into(),
+            None,
+            400,
+            "from 1 to 1000",
+        ),
+        (
+            "GET",
+            "/logs?limit=99999999999".into(),
+            None,
+            400,
+            "from 1 to 1000",
+        ),
+        ("GET", "/api/v1/tasks?limit=many".into(), None, 400, "limit"),
+        (
+            "GET",
+            "/api/v1/tasks?cursor=abc".into(),
+            None,
+            400,
+            "cursor: \"abc\" is not an id",
+        ),
+        (
+            "GET",
+            "/api/v1/events?cursor=-5".into(),
+            None,
+            400,
+            "cursor",
+        ),
+        ("GET", "/logs?cursor=1.5".into(), None, 400, "cursor"),
+        ("GET", "/api/v1/tasks?event=x".into(), None, 400, "event"),
+        (
+            "GET",
+            "/api/v1/events?state=lost".into(),
+            None,
+            400,
+            "state: \"lost\" is not one of: received",
+        ),
+        ("GET", "/api/v1/workers/%ff".into(), None, 400, "UTF-8"),
+        ("DELETE", "/api/v1/workers/%ff".into(), None, 400, "UTF-8"),
+        ("GET", "/api/v1/sources/%ff".into(), None, 400, "UTF-8"),
+        ("GET", "/api/v1/tasks/%ff".into(), None, 400, "UTF-8"),
+        (
+            "POST",
+            "/api/v1/tasks/%ff/cancel".into(),
+            None,
+            400,
+            "UTF-8",
+        ),
+        ("GET", "/api/v1/events/%ff".into(), None, 400, "UTF-8"),
+        ("POST", "/api/v1/nodes/%ff/reset".into(), None, 400, "UTF-8"),
+        (
+            "PUT",
+            "/api/v1/workers".into(),
+            None,
+            405,
+            "does not take PUT: its `Allow` header lists",
+        ),
+        (
+            "DELETE",
+            "/api/v1/tasks".into(),
+            None,
+            405,
+            "does not take DELETE",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks/1/retry".into(),
+            None,
+            405,
+            "does not take GET",
+        ),
+        ("POST", "/metrics".into(), None, 405, "does not take POST"),
+        ("POST", "/healthz".into(), None, 405, "does not take POST"),
+        ("POST", "/logs".into(), None, 405, "does not take POST"),
+        ("GET", "/nope".into(), None, 404, "no such route"),
+        // What a caller sent is quoted back cut to 100 characters.
+        (
+            "POST",
+            "/api/v1/tasks".into(),
+            Some(json!({ "worker": huge })),
+            404,
+            "no worker named \"nnnn",
+        ),
+        (
+            "GET",
+            format!("/api/v1/tasks?state={long_value}"),
+            None,
+            400,
+            "state: \"nnnn",
+        ),
+        (
+            "GET",
+            format!("/api/v1/tasks?{long_value}=1"),
+            None,
+            400,
+            "unknown query parameter \"nnnn",
+        ),
+        (
+            "GET",
+            format!("/api/v1/workers/{long_path_name}"),
+            None,
+            404,
+            "no worker named \"pppp",
+        ),
+        (
+            "GET",
+            format!("/api/v1/tasks/{long_path_name}"),
+            None,
+            400,
+            "not a task or event id",
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(method, path, body, status, needle)| (method, path.to_owned(), body, status, needle))
+        .chain(refusals);
     for (method, path, body, status, needle) in cases {
-        let (got, answer) = server.call(method, path, body).await;
-        assert_eq!(got, status, "{method} {path}: {answer}");
+        let (got, answer) = server.call(method, &path, body).await;
+        let shown = &path[..path.len().min(80)];
+        assert_eq!(got, status, "{method} {shown}: {answer}");
+        // One shape: `{ "error": { "code", "message" } }` and nothing else.
+        let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(
+            keys(&answer),
+            Some(vec!["error".to_owned()]),
+            "{method} {shown}: {answer}"
+        );
+        assert_eq!(
+            keys(&answer["error"]),
+            Some(vec!["code".to_owned(), "message".to_owned()]),
+            "{method} {shown}: {answer}"
+        );
+        let code = match status {
+            400 => "bad_request",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            413 => "payload_too_large",
+            other => panic!("no code for {other}"),
+        };
+        assert_eq!(
+            answer["error"]["code"],
+            json!(code),
+            "{method} {shown}: {answer}"
+        );
         let message = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(needle), "{method} {path}: {answer}");
-        assert!(answer["error"]["code"].is_string(), "{answer}");
+        assert!(message.contains(needle), "{method} {shown}: {answer}");
+        assert!(
+            message.chars().count() <= 400,
+            "{method} {shown}: a message of {} characters",
+            message.chars().count()
+        );
+        if message.contains("nnnn") || message.contains("pppp") {
+            // Exactly 100 characters of the name, the cut marked, in a short message.
+            let quoted = message.split('"').nth(1).unwrap();
+            assert_eq!(quoted.chars().count(), 101, "{message}");
+            assert!(quoted.ends_with('…'), "{message}");
+            assert!(message.chars().count() <= 200, "{message}");
+        }
     }
+    // A 405 keeps its `Allow` header.
+    let response = server
+        .client
+        .put(format!("{}/api/v1/workers", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD,POST");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     // A body over the API limit.
     let big = json!({ "worker": "x", "payload": "y".repeat(3 * 1024 * 1024) });
     let (status, answer) = server.call("POST", "/api/v1/tasks", Some(big)).await;

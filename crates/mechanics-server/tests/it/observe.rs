@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::Duration;
 
 use mechanics_proto::domain::TaskState;
+use mechanics_store::Store;
 use serde_json::{Value, json};
 
 use crate::support::{TestServer, http_worker, rate_limited_once_worker, reply};
@@ -549,10 +550,38 @@ async fn secrets_never_reach_logs_debug_vars_api_answers_or_log_output() {
         http_worker(move |body, _| reply(500, json!({ "payload": body["payload"], "auth": echo })))
             .await;
     server.add_http_worker("leaky", &url, json!({})).await;
+    // And one that completes, echoing the same into its result, under a key and as a key.
+    let echo = format!("{bearer} {token} {api_key}");
+    let (url, _) = http_worker(move |body, _| {
+        reply(
+            200,
+            json!({ "reply": echo, "got": body["payload"], api_key: "as a key" }),
+        )
+    })
+    .await;
+    server.add_http_worker("echo", &url, json!({})).await;
     let payload = json!({ "note": format!("use {slack}"), "authorization": bearer });
-    let id = server.submit("leaky", payload).await;
+    let id = server.submit("leaky", payload.clone()).await;
+    let echoed = server.submit("echo", payload).await;
     let task = server.wait_end(id).await;
     assert_eq!(task.state, TaskState::Failed);
+    let completed = server.wait_end(echoed).await;
+    assert_eq!(completed.state, TaskState::Completed);
+    // Redacted before it was stored: the database never held the secrets.
+    let stored = server.store.get_task(echoed).await.unwrap().unwrap();
+    let stored_result = stored.result.clone().unwrap();
+    assert_eq!(
+        stored_result["reply"],
+        json!("Bearer [redacted] [redacted] [redacted]"),
+        "{stored_result}"
+    );
+    assert_eq!(
+        stored_result["[redacted]"],
+        json!("as a key"),
+        "{stored_result}"
+    );
+    // The stored payload is the submitter's own, as the worker needs it.
+    assert_eq!(stored.payload["authorization"], json!(bearer));
     let error = task.error.clone().unwrap();
     assert!(
         error.contains("[redacted]") && error.contains("500"),
@@ -574,6 +603,15 @@ async fn secrets_never_reach_logs_debug_vars_api_answers_or_log_output() {
     let (_, vars, _) = text(&server, "/debug/vars").await;
     let (_, shown, _) = text(&server, &format!("/api/v1/tasks/{id}")).await;
     let (_, listed, _) = text(&server, "/api/v1/tasks?worker=leaky").await;
+    let (_, shown_result, _) = text(&server, &format!("/api/v1/tasks/{echoed}")).await;
+    let (_, all_tasks, _) = text(&server, "/api/v1/tasks").await;
+    let (status, retried) = server
+        .call("POST", &format!("/api/v1/tasks/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 200, "{retried}");
+    let retried = retried.to_string();
+    let (_, echo_logs, _) = text(&server, &format!("/logs?task={echoed}")).await;
+    let stored_result = stored_result.to_string();
     let (_, metrics, _) = text(&server, "/metrics").await;
     assert!(
         logs.contains("dispatch") && logs.contains("[redacted]"),
@@ -585,8 +623,14 @@ async fn secrets_never_reach_logs_debug_vars_api_answers_or_log_output() {
     let output = captured();
     for (place, text) in [
         ("/logs", &logs),
+        ("/logs of the completed task", &echo_logs),
         ("/debug/vars", &vars),
-        ("GET /tasks/{id} error", &task_error.to_string()),
+        ("GET /tasks/{id}", &shown),
+        ("GET /tasks/{id} of the completed task", &shown_result),
+        ("GET /tasks", &all_tasks),
+        ("GET /tasks?worker=leaky", &listed),
+        ("POST /tasks/{id}/retry", &retried),
+        ("the stored result", &stored_result),
         ("/metrics", &metrics),
         ("401 answer", &refused),
         ("log output", &output),
@@ -598,9 +642,13 @@ async fn secrets_never_reach_logs_debug_vars_api_answers_or_log_output() {
             );
         }
     }
-    // The listing shows the same redacted error (the payload is the caller's own data).
+    // The listing shows the same redacted error, and the payload redacted on its way out.
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["tasks"][0]["error"], task_error);
+    assert_eq!(
+        listed["tasks"][0]["payload"],
+        json!({ "note": "use [redacted]", "authorization": "[redacted]" })
+    );
     // Every log line of the attempt carries the task's trace id.
     let trace = format!("trace_id=task-{id}");
     let attempt_lines: Vec<&str> = output
@@ -682,4 +730,93 @@ async fn debug_vars_shows_runtime_state_to_key_holders_or_loopback() {
     assert_eq!(status, 200, "{vars}");
     assert_eq!(vars["counters"]["tasks_created"], json!(0));
     open.stop().await;
+}
+
+/// A js executor whose every job answers with the header value its config was resolved to and
+/// the payload it got, as a script echoing its endpoint's credentials would; it keeps the jobs.
+#[derive(Default)]
+struct EchoingExecutor {
+    jobs: Mutex<Vec<mechanics_proto::node::JobRequest>>,
+}
+
+#[async_trait::async_trait]
+impl mechanics_server::JsExecutor for EchoingExecutor {
+    async fn run(&self, job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
+        let config = job.config.clone().unwrap_or_default();
+        let header = config["endpoints"]["api"]["headers"]["x-custom"].clone();
+        let payload = job.arg["payload"].clone();
+        self.jobs.lock().unwrap().push(job);
+        mechanics_server::Outcome::Completed(json!({
+            "reply": format!("sent {}", header.as_str().unwrap_or_default()),
+            "got": payload,
+        }))
+    }
+    fn validate(&self, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
+        Ok(())
+    }
+    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
+        Vec::new()
+    }
+    fn reset(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_env_value_echoed_in_a_result_is_redacted_before_it_is_stored() {
+    // `std::env::set_var` is unsafe while other threads read the environment; cargo sets this
+    // variable for every test process, so it stands in for an operator's secret.
+    let secret = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    assert!(secret.len() >= 6, "{secret}");
+    let js = Arc::new(EchoingExecutor::default());
+    let server = TestServer::start_with_js(js.clone()).await;
+    let spec = json!({ "spec": {
+        "name": "echo-js", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+        "config": { "endpoints": { "api": {
+            "method": "post", "url_template": "http://127.0.0.1:9/x",
+            "headers": { "x-custom": "k=${env:CARGO_MANIFEST_DIR}" },
+        } } },
+    }, "module_source": "export default function main() { return 1; }" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = server
+        .submit("echo-js", json!({ "note": format!("pass {secret}") }))
+        .await;
+    let task = server.wait_end(id).await;
+    assert_eq!(task.state, TaskState::Completed, "{task:?}");
+
+    // The job got the real values: its resolved config and the payload as submitted.
+    {
+        let jobs = js.jobs.lock().unwrap();
+        let config = jobs[0].config.clone().unwrap();
+        assert_eq!(
+            config["endpoints"]["api"]["headers"]["x-custom"],
+            json!(format!("k={secret}"))
+        );
+        assert_eq!(
+            jobs[0].arg["payload"]["note"],
+            json!(format!("pass {secret}"))
+        );
+    }
+    // The store never held the value; the API shows neither it nor the payload's copy.
+    let stored = server.store.get_task(id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.result,
+        Some(json!({ "reply": "sent k=[redacted]", "got": { "note": "pass [redacted]" } }))
+    );
+    assert_eq!(task.result, stored.result);
+    assert_eq!(task.payload, json!({ "note": "pass [redacted]" }));
+    let (_, listed, _) = text(&server, "/api/v1/tasks?worker=echo-js").await;
+    let (_, logs, _) = text(&server, &format!("/logs?task={id}")).await;
+    assert!(
+        logs.contains("\"completed\"") || logs.contains("dispatch"),
+        "{logs}"
+    );
+    for (place, text) in [("GET /tasks", &listed), ("/logs", &logs)] {
+        assert!(
+            !text.contains(&secret),
+            "the env value leaked into {place}: {text}"
+        );
+    }
+    server.stop().await;
 }

@@ -4,8 +4,11 @@
 //! `/logs` chain of each event in order, the refusals in the trace without secrets (and bounded
 //! under a flood), and a source secret and write-back token echoed back never surfacing.
 
+use std::sync::{Arc, Mutex};
+
 use mechanics_proto::domain::{EventState, TaskState};
 use mechanics_server::config::RateLimit;
+use mechanics_store::Store;
 use serde_json::{Value, json};
 
 use crate::observe::{capture_logs, captured, parse_exposition, step, steps, text};
@@ -490,10 +493,20 @@ async fn a_source_secret_and_token_echoed_back_never_surface() {
     .await;
     let server = TestServer::start().await;
     add_github_source(&server, "gh", secret, token, &api).await;
-    // One worker fails quoting the delivery; another replies, so a write-back is tried.
+    // One worker fails quoting the delivery; another replies quoting it too, so a write-back
+    // is tried and its result holds the secret. Both keep what they were sent.
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
     let (leaky, _) =
         http_worker(|body, _| reply(500, json!({ "got": body["event"]["payload"]["leak"] }))).await;
-    let (answer, _) = http_worker(|_, _| reply(200, json!({ "reply": "ok" }))).await;
+    let sent = got.clone();
+    let (answer, _) = http_worker(move |body, _| {
+        sent.lock().unwrap().push(body["event"]["payload"].clone());
+        reply(
+            200,
+            json!({ "reply": "ok", "got": body["event"]["payload"]["leak"] }),
+        )
+    })
+    .await;
     subscribe(&server, "leaky", "gh", &leaky).await;
     subscribe(&server, "answer", "gh", &answer).await;
     let body = serde_json::to_vec(&json!({
@@ -538,22 +551,50 @@ async fn a_source_secret_and_token_echoed_back_never_surface() {
     assert!(logs.contains("[redacted]"), "{logs}");
     let (_, vars, _) = text(&server, "/debug/vars").await;
     let (_, events, _) = text(&server, "/api/v1/events").await;
-    let events: Value = serde_json::from_str(&events).unwrap();
-    // The stored payload is the sender's own data, handed to workers unchanged; the server's
-    // own words about the event are redacted.
-    let event_errors: Vec<&Value> = events["events"]
+    let (_, shown_event, _) = text(&server, &format!("/api/v1/events/{id}")).await;
+    let (_, all_tasks, _) = text(&server, "/api/v1/tasks").await;
+    // The stored payload is the sender's own data, handed to workers unchanged; the API shows
+    // it redacted, as it does the server's own words about the event.
+    let stored = server.store.get_event(id).await.unwrap().unwrap();
+    assert_eq!(stored.payload["leak"], json!(format!("{secret} {token}")));
+    assert_eq!(got.lock().unwrap()[0]["leak"], stored.payload["leak"]);
+    let shown: Value = serde_json::from_str(&shown_event).unwrap();
+    assert_eq!(
+        shown["payload"]["leak"],
+        json!("[redacted] [redacted]"),
+        "{shown}"
+    );
+    // The answering worker's result was stored without the webhook secret, which the server
+    // knew from the delivery before the result came.
+    let completed = tasks["tasks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| &e["error"])
-        .collect();
-    let event_errors = json!(event_errors).to_string();
+        .find(|t| t["state"] == json!(TaskState::Completed))
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let result = server
+        .store
+        .get_task(completed)
+        .await
+        .unwrap()
+        .unwrap()
+        .result;
+    let result = result.unwrap();
+    assert!(
+        !result.to_string().contains(secret),
+        "stored result: {result}"
+    );
+    assert_eq!(result["reply"], json!("ok"));
     let output = captured();
     for (place, text) in [
         ("/logs", &logs),
         ("/debug/vars", &vars),
-        ("task errors", &tasks.to_string()),
-        ("event errors", &event_errors),
+        ("GET /tasks?event=", &tasks.to_string()),
+        ("GET /tasks", &all_tasks),
+        ("GET /events", &events),
+        ("GET /events/{id}", &shown_event),
         ("log output", &output),
     ] {
         for value in [secret, token] {

@@ -417,6 +417,21 @@ fn bad_input_is_refused_naming_the_file_and_field() {
     assert!(stderr(&out).contains("pending"), "{}", stderr(&out));
     let out = unreachable(&["task", "show", "not-a-number"]);
     assert_eq!(code(&out), Some(2));
+    // The server refuses page sizes outside 1 to 1000 rather than cutting them: so does the CLI.
+    for limit in ["0", "1001"] {
+        for args in [
+            &["task", "list", "--limit", limit][..],
+            &["logs", "--limit", limit],
+        ] {
+            let out = unreachable(args);
+            assert_eq!(code(&out), Some(2), "{args:?}");
+            assert!(
+                stderr(&out).contains("--limit: must be 1 to 1000"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
 
     // No server at the URL: exit 3 and what to do.
     let out = unreachable(&["worker", "list"]);
