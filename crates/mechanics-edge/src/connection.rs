@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::errors;
@@ -37,6 +38,9 @@ pub(crate) struct ConnState {
     /// The connection task, parked in a read while a request was answered: hyper reads before
     /// it writes, so without a wake-up the idle clock would only start at the next byte.
     reader: Mutex<Option<Waker>>,
+    /// Rung when the listener is full and this connection, waiting for a request, is the one
+    /// that makes room.
+    eviction: Notify,
 }
 
 impl ConnState {
@@ -48,6 +52,7 @@ impl ConnState {
             }),
             requests: AtomicU64::new(0),
             reader: Mutex::new(None),
+            eviction: Notify::new(),
         })
     }
 
@@ -64,6 +69,30 @@ impl ConnState {
             Phase::Waiting { .. } => Phase::Busy(1),
         };
         RequestGuard(self.clone())
+    }
+
+    /// Since when the connection has waited for a request; `None` while one is answered.
+    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+        match *self.phase() {
+            Phase::Waiting { since, .. } => Some(since),
+            Phase::Busy(_) => None,
+        }
+    }
+
+    /// Asks the connection to close if it is still waiting for a request.
+    pub(crate) fn evict(&self) {
+        self.eviction.notify_one();
+    }
+
+    /// Resolves when the connection was evicted while waiting for a request (an eviction that
+    /// arrives while a request is answered is ignored: that connection is in use).
+    pub(crate) async fn evicted(&self) {
+        loop {
+            self.eviction.notified().await;
+            if self.waiting_since().is_some() {
+                return;
+            }
+        }
     }
 
     fn bytes_arrived(&self) {

@@ -2,7 +2,8 @@
 //! coordinator's API and webhooks, and an executor node's job service.
 //!
 //! It exists so that nobody who can reach a port can exhaust the process: connections are
-//! counted and capped below the descriptor limit ([`EdgeLimits::max_connections`]); a connection
+//! counted and capped below the descriptor limit ([`EdgeLimits::max_connections`]), and at the
+//! cap a connection that only waits makes room for a new one; a connection
 //! must deliver its request head within [`EdgeLimits::header_timeout`], may idle between requests
 //! for [`EdgeLimits::idle_timeout`], and must send its body at [`EdgeLimits::min_body_rate`];
 //! accept errors (a full descriptor table) back off instead of spinning; and the requests hyper
@@ -51,18 +52,11 @@ pub async fn serve(
 ) {
     let max = limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));
+    let open = Arc::new(OpenConnections::default());
     let (stopping, stop_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        // At the limit, wait for a slot before accepting: the kernel's backlog holds the rest.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -77,11 +71,30 @@ pub async fn serve(
             },
         };
         accept_errors.succeeded();
+        // At the limit, the connection that has waited longest for a request makes room for the
+        // one just accepted; with every connection busy, it waits for a slot (and the ones
+        // behind it in the kernel's backlog). Evicting only for a connection in hand keeps the
+        // idle ones open while nobody else wants in.
+        let slot = loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break Some(slot);
+            }
+            open.evict_longest_waiting();
+            tokio::select! {
+                () = &mut shutdown => break None,
+                slot = slots.clone().acquire_owned() => break slot.ok(),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        };
+        let Some(slot) = slot else { break };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop_rx = stop_rx.clone();
+        let state = ConnState::new();
+        let registered = open.register(state.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, app, limits, stop_rx).await;
+            serve_connection(stream, peer, state, app, limits, stop_rx).await;
+            drop(registered);
             drop(slot);
         });
     }
@@ -96,11 +109,12 @@ pub async fn serve(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    state: Arc<ConnState>,
     app: Router,
     limits: EdgeLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let state = ConnState::new();
+    let evicted = state.clone();
     let io = TokioIo::new(Watched::new(stream, state.clone(), limits));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let guard = state.request_started();
@@ -132,6 +146,10 @@ async fn serve_connection(
     };
     let result = tokio::select! {
         result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => result,
+        () = evicted.evicted() => {
+            tracing::debug!(%peer, "connection closed to make room for a new one");
+            return;
+        }
         () = stopping => {
             std::pin::Pin::new(&mut connection).graceful_shutdown();
             std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
@@ -140,6 +158,55 @@ async fn serve_connection(
     match result {
         Ok(()) => linger(connection.into_parts().io.into_inner().into_stream()).await,
         Err(err) => tracing::debug!(%peer, error = %err, "connection ended"),
+    }
+}
+
+/// The connections open now, so that a full listener can close one that is only waiting.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    next_id: std::sync::atomic::AtomicU64,
+    by_id: std::sync::Mutex<std::collections::HashMap<u64, Arc<ConnState>>>,
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<ConnState>>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(self: &Arc<Self>, state: Arc<ConnState>) -> Registered {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, state);
+        Registered {
+            open: self.clone(),
+            id,
+        }
+    }
+
+    /// Evicts the connection that has waited longest for a request (idle, or sending a head
+    /// too slowly): a client that is being answered is never cut off to make room.
+    fn evict_longest_waiting(&self) {
+        let longest = self
+            .lock()
+            .values()
+            .filter_map(|state| state.waiting_since().map(|since| (since, state.clone())))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, state)) = longest {
+            state.evict();
+        }
+    }
+}
+
+/// Removes its connection from [`OpenConnections`] when dropped.
+struct Registered {
+    open: Arc<OpenConnections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
     }
 }
 

@@ -5,9 +5,11 @@ use std::time::Duration;
 /// The limits every connection of a listener lives under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
-    /// Connections open at once. At the limit the listener stops accepting: new connections
-    /// wait in the kernel's backlog until one closes, so the process never runs out of
-    /// descriptors because of its clients. [`EdgeLimits::within_open_files`] lowers it to what
+    /// Connections open at once. At the limit, the connection that has waited longest for a
+    /// request (idle, or sending its head slowly) is closed to make room for a new one; when
+    /// every connection is being answered, new ones wait in the kernel's backlog. Either way the
+    /// process never runs out of descriptors because of its clients, and connections that only
+    /// hold a slot cannot lock others out. [`EdgeLimits::within_open_files`] lowers it to what
     /// the descriptor limit leaves.
     pub max_connections: usize,
     /// From a connection's accept, or the first byte of a request, to its complete head (request

@@ -154,28 +154,73 @@ async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_during_a_s
 }
 
 #[tokio::test]
-async fn at_the_connection_limit_new_connections_wait_until_one_closes() {
+async fn at_the_connection_limit_an_idle_connection_makes_room_and_busy_ones_never_do() {
     let edge = start(EdgeLimits {
         max_connections: 2,
-        ..limits(600, 5_000)
+        ..limits(5_000, 30_000)
     })
     .await;
-    let opened = Instant::now();
-    let mut idle_a = TcpStream::connect(edge.addr).await.unwrap();
-    let mut idle_b = TcpStream::connect(edge.addr).await.unwrap();
-    // Give the edge time to accept both before the third arrives.
+    let mut oldest = TcpStream::connect(edge.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut newer = TcpStream::connect(edge.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both slots hold connections that send nothing: the one waiting longest is closed for the
+    // newcomer, long before any timeout.
+    let opened = Instant::now();
     let answer = exchange(
         edge.addr,
         b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let served = opened.elapsed();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    // Served only once the idle ones were closed by their header timeout.
-    assert!(served >= Duration::from_millis(550), "{served:?}");
-    read_to_close(&mut idle_a).await;
-    read_to_close(&mut idle_b).await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        opened.elapsed()
+    );
+    let (rest, closed) = read_to_close(&mut oldest).await;
+    assert!(
+        rest.is_empty() && closed - opened < Duration::from_secs(2),
+        "{rest}"
+    );
+    // The newer idle one was still open: it answers a request.
+    newer
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut newer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Two requests in progress fill the listener: a third connection waits for one to end.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        busy.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let opened = Instant::now();
+    let answer = exchange(
+        edge.addr,
+        b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        opened.elapsed()
+    );
+    for mut stream in busy {
+        let (answer, _) = read_to_close(&mut stream).await;
+        assert!(
+            answer.ends_with("done"),
+            "a busy connection was cut off: {answer}"
+        );
+    }
     let _ = edge.stop.send(());
     edge.task.await.unwrap();
 }
