@@ -1,8 +1,9 @@
 //! `mechanics run` and `mechanics node serve` as a user runs them: the real binary, real files,
 //! exit codes and streams; the local fleet of node processes (`fleet`); `mechanics serve` with the
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
-//! files and API keys refused at once (`validation`).
+//! files and API keys refused at once (`validation`); the public edge under attack (`edge`).
 
+mod edge;
 mod faults;
 mod fleet;
 mod serve;

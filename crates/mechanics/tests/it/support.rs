@@ -60,6 +60,17 @@ pub(crate) struct Coordinator {
 impl Coordinator {
     /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 <extra>` with `env`.
     pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
+        Self::start_with(dir, extra, env, |_| {})
+    }
+
+    /// [`Coordinator::start`], with `adjust` applied to the command first (a lower descriptor
+    /// limit, say).
+    pub(crate) fn start_with(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Coordinator {
         let db = dir.join("m.db");
         let mut command = command(dir);
         command
@@ -72,6 +83,7 @@ impl Coordinator {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        adjust(&mut command);
         let mut child = command.spawn().expect("mechanics serve starts");
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
@@ -121,6 +133,19 @@ impl Coordinator {
             stderr,
             api_key,
         }
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// The server's address, `127.0.0.1:PORT`.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the server's address")
     }
 
     /// What the server logged so far.
