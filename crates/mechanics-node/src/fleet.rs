@@ -769,6 +769,9 @@ fn http_client(config: &FleetConfig) -> Result<reqwest::Client, NodeError> {
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(config.workers_per_node * 2)
+        // Well under the node's idle timeout (the edge's 60 s): the client drops a kept-alive
+        // connection before the node does, so a job is never sent on one being closed.
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build()
         .map_err(|err| NodeError::Config(format!("cannot build the HTTP client: {err}")))
 }
@@ -865,38 +868,13 @@ mod tests {
         (crashes, address_dead)
     }
 
-    /// Lowers this process's descriptor limit and opens descriptors until none is left; dropping
-    /// the files ends the shortage. Only in a child process: tests share a descriptor table.
+    /// [`mechanics_test_support::exhaust_descriptors`], only in the child process.
     fn exhaust_descriptors() -> Vec<File> {
         assert!(
             std::env::var_os(CHILD).is_some(),
             "never starve the whole test binary"
         );
-        let highest = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: both calls only read or write the struct passed by reference.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-            limit.rlim_cur = highest + 32;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-        let mut files = Vec::new();
-        loop {
-            match File::open("/dev/null") {
-                Ok(file) => files.push(file),
-                Err(err) => {
-                    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
-                    return files;
-                }
-            }
-        }
+        mechanics_test_support::exhaust_descriptors()
     }
 
     #[test]

@@ -228,28 +228,39 @@ impl SourceCache {
             return map;
         }
         let names: Vec<String> = unresolved.iter().map(|s| s.spec.name.clone()).collect();
+        match self.resolve_all(unresolved).await {
+            Some(resolved) => map.extend(resolved),
+            None => tracing::error!(
+                sources = ?names,
+                "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; they are \
+                 unavailable until the next refresh"
+            ),
+        }
+        map
+    }
+
+    /// Resolves `sources` on the blocking pool and learns their values; `None` when that took
+    /// longer than [`RESOLVE_WAIT`] (a file on a hung mount).
+    async fn resolve_all(&self, sources: Vec<Source>) -> Option<Vec<(String, Arc<CachedSource>)>> {
         let resolving = tokio::task::spawn_blocking(move || {
-            unresolved
+            sources
                 .into_iter()
                 .map(CachedSource::resolve)
                 .collect::<Vec<_>>()
         });
-        match tokio::time::timeout(RESOLVE_WAIT, resolving).await {
-            Ok(Ok(resolved)) => {
-                for cached in resolved {
+        let resolved = tokio::time::timeout(RESOLVE_WAIT, resolving)
+            .await
+            .ok()?
+            .ok()?;
+        Some(
+            resolved
+                .into_iter()
+                .map(|cached| {
                     self.learn(&cached);
-                    map.insert(cached.source.spec.name.clone(), Arc::new(cached));
-                }
-            }
-            _ => {
-                tracing::error!(
-                    sources = ?names,
-                    "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; they are \
-                     unavailable until the next refresh"
-                );
-            }
-        }
-        map
+                    (cached.source.spec.name.clone(), Arc::new(cached))
+                })
+                .collect(),
+        )
     }
 
     /// Resolves `source` now, off the async threads, and keeps the result for its revision:
@@ -270,26 +281,25 @@ impl SourceCache {
 
     /// Reads every source's secret and token again (a rotated file, a changed variable).
     pub(crate) async fn refresh(&self) {
-        let mut cache = self.cache.write().await;
-        let sources: Vec<Source> = cache.1.values().map(|c| c.source.clone()).collect();
-        let resolving = tokio::task::spawn_blocking(move || {
-            sources
-                .into_iter()
-                .map(CachedSource::resolve)
-                .collect::<Vec<_>>()
-        });
-        match tokio::time::timeout(RESOLVE_WAIT, resolving).await {
-            Ok(Ok(resolved)) => {
-                for cached in &resolved {
-                    self.learn(cached);
+        // Files are read with no lock held, so deliveries go on meanwhile; an entry changed in
+        // the meantime (a newer revision) is kept as it is.
+        let current = self.cache.read().await.1.clone();
+        let sources: Vec<Source> = current.values().map(|c| c.source.clone()).collect();
+        match self.resolve_all(sources).await {
+            Some(resolved) => {
+                let mut cache = self.cache.write().await;
+                let mut map = (*cache.1).clone();
+                for (name, fresh) in resolved {
+                    if map
+                        .get(&name)
+                        .is_some_and(|c| c.source.revision == fresh.source.revision)
+                    {
+                        map.insert(name, fresh);
+                    }
                 }
-                let map = resolved
-                    .into_iter()
-                    .map(|c| (c.source.spec.name.clone(), Arc::new(c)))
-                    .collect();
                 cache.1 = Arc::new(map);
             }
-            _ => tracing::error!(
+            None => tracing::error!(
                 "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; keeping the \
                  values read before"
             ),

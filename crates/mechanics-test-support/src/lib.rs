@@ -1,6 +1,6 @@
 //! `mechanics-test-support`: what the test suites and benchmarks of several Mechanics crates
-//! share: the hostile scripts that the engine's and the fleet's tests both run, and the
-//! benchmarks' `MECHANICS_BENCH_SCALE` knob.
+//! share: the hostile scripts that the engine's and the fleet's tests both run, the
+//! benchmarks' `MECHANICS_BENCH_SCALE` knob, and running out of descriptors on purpose.
 //!
 //! Test-only: no crate depends on it outside `[dev-dependencies]`.
 
@@ -75,4 +75,37 @@ pub fn bench_scale() -> f64 {
 /// `base` scaled by [`bench_scale`], and at least `min`.
 pub fn bench_count(base: usize, min: usize) -> usize {
     ((base as f64 * bench_scale()) as usize).max(min)
+}
+
+/// Lowers this process's descriptor limit and opens descriptors until none is left; dropping
+/// the files ends the shortage.
+///
+/// Only for a child process of a test binary (the caller checks): the tests of one binary share
+/// its descriptor table, and starving it would fail them all.
+pub fn exhaust_descriptors() -> Vec<std::fs::File> {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd lists this process's descriptors")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write the struct passed by reference.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = highest + 32;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let mut files = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => files.push(file),
+            Err(err) => {
+                assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+                return files;
+            }
+        }
+    }
 }

@@ -344,3 +344,70 @@ async fn shutdown_finishes_the_request_in_progress_and_closes_idle_connections()
         .expect("serve returns once its connections are closed")
         .unwrap();
 }
+
+/// Set in the child process that may run out of descriptors.
+const CHILD: &str = "MECHANICS_EDGE_TEST_CHILD";
+
+/// CPU time this process has used, user and system.
+fn cpu_time() -> Duration {
+    // SAFETY: `getrusage` only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let name = "out_of_descriptors_the_accept_loop_backs_off_and_recovers";
+    if std::env::var_os(CHILD).is_none() {
+        // Run again in a child process, which may exhaust its own descriptors.
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let edge = start(limits(5_000, 5_000)).await;
+        let mut files = mechanics_test_support::exhaust_descriptors();
+        // One descriptor for the client: the kernel completes its handshake, and the server,
+        // with none left, cannot accept it.
+        files.pop();
+        let mut client = TcpStream::connect(edge.addr).await.unwrap();
+        let before = cpu_time();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let spent = cpu_time() - before;
+        // Backing off, the loop sleeps: a spinning one would burn the whole second.
+        assert!(
+            spent < Duration::from_millis(300),
+            "{spent:?} of CPU in 1 s"
+        );
+        drop(files);
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = read_to_close(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let _ = edge.stop.send(());
+        edge.task.await.unwrap();
+    });
+}

@@ -185,36 +185,10 @@ async fn shutdown_is_honoured_at_once_while_a_starved_launch_waits() {
     assert_eq!((last.state, last.deaths), (NodeState::Stopped, 0));
 }
 
-/// Lowers this process's descriptor limit and opens descriptors until none is left; dropping
-/// the files ends the shortage. Only for a child process of the test binary: other tests share
-/// a process's descriptor table.
+/// [`mechanics_test_support::exhaust_descriptors`], only in the child process.
 fn exhaust_descriptors() -> Vec<File> {
     assert!(in_child(), "never starve the whole test binary");
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: both calls only read or write the struct passed by reference.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = highest + 32;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    let mut files = Vec::new();
-    loop {
-        match File::open("/dev/null") {
-            Ok(file) => files.push(file),
-            Err(err) => {
-                assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
-                return files;
-            }
-        }
-    }
+    mechanics_test_support::exhaust_descriptors()
 }
 
 #[test]

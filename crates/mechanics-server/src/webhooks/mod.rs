@@ -1,14 +1,18 @@
 //! Webhook ingest: `POST /webhooks/{source}`, outside `/api/v1` and without the API key (the
 //! delivery's signature is its authentication), and the matching of stored events to workers.
 //!
-//! Order of checks, each refusal storing no event (its `webhook` deny entry in `/logs` says
-//! why): unknown source `404`; body over 5 MiB `413`; signature, token or timestamp wrong or
-//! missing `401`; over the source's token bucket `429` with `Retry-After`; malformed JSON or a
-//! delivery without its id `400`. Slack's
-//! `url_verification` challenge is answered (after its signature is checked) without storing.
-//! Then the event is inserted — deduplicated on the delivery id — and committed *before* the
-//! `202` (invariant 1). Matching happens after the answer: it creates one task per matching
-//! worker (unique per event and worker) and moves the event to `matched` or `skipped`. Matching is
+//! Order of checks, each refusal storing no event (its `webhook` entry in `/logs` says why,
+//! under the per-source refusal budget). From the path and headers, before a byte of the body
+//! is read: unknown source `404`; the source's secret unreadable on the server `503`; a missing
+//! signature header, a wrong shared token or a stale timestamp `401`; a declared length over
+//! 5 MiB `413`. Then the body, under the server-wide byte budget (`503` with `Retry-After` when
+//! spent; `408` when it arrives too slowly; `413` past 5 MiB): signature wrong `401`; over the
+//! source's token bucket `429` with `Retry-After`; malformed JSON or a delivery without its id
+//! `400`. Slack's `url_verification` challenge is answered (after its signature is checked)
+//! without storing. Then the event is inserted — deduplicated on the delivery id, and for
+//! GitHub and GitLab on the body's hash within 24 hours — and committed *before* the `202`
+//! (invariant 1). Matching happens after the answer: it creates one task per matching worker
+//! (unique per event and worker) and moves the event to `matched` or `skipped`. Matching is
 //! idempotent, so a crash between the insert and the match is repaired by startup recovery
 //! ([`recover`]) re-matching every event still `received`, without duplicate tasks.
 
