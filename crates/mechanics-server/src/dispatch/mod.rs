@@ -581,12 +581,15 @@ impl Dispatcher {
         now: i64,
     ) -> Result<Task, StoreError> {
         let at = now.saturating_add(duration_ms(delay));
+        // Recorded before the write: once it commits, a feeder already awake may claim and run
+        // the next attempt before this call returns, and the trace must keep the attempts in
+        // order. A write that fails (a task canceled meanwhile) is logged by the caller.
+        self.trace.retried(task, message, at, now);
         let r = self
             .store
             .reschedule_task(task.id, task.attempt, at, message, now)
             .await;
         if r.is_ok() {
-            self.trace.retried(task, message, at, now);
             self.wake.notify_one();
         }
         r
