@@ -157,6 +157,10 @@ pub struct NodeView {
     /// How its last instance ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// What the process ran out of at its last launch or health check ("the process is out of
+    /// file descriptors (EMFILE)"), while that lasts; such failures are not held against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_exhaustion: Option<String>,
 }
 
 /// `GET /nodes`.

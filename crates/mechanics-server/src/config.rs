@@ -1102,4 +1102,56 @@ mod tests {
         .unwrap();
         assert_eq!(config.worker_rate_limit.per_second, 0.000278);
     }
+
+    #[test]
+    fn connection_limits_are_read_checked_and_shown() {
+        let flags = |pairs: &[(&str, &str)]| {
+            let mut layer = ConfigLayer::default();
+            for (key, value) in pairs {
+                layer
+                    .set(key, value, ConfigSource::Flag(format!("--{key}")))
+                    .unwrap();
+            }
+            ServerConfig::resolve(
+                Path::new("/h"),
+                [(ConfigSource::Flag("flags".into()), layer)],
+            )
+        };
+        let config = flags(&[
+            ("max_connections", "300"),
+            ("header_timeout", "5s"),
+            ("idle_timeout", "2m"),
+            ("webhook_body_budget", "10485760"),
+        ])
+        .unwrap();
+        let limits = config.edge_limits();
+        assert_eq!(limits.max_connections, 300);
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.webhook_body_budget, 10 * 1024 * 1024);
+        let shown = config.show();
+        assert!(shown.contains("header_timeout: 5s  # flags"), "{shown}");
+        assert!(shown.contains("webhook_body_budget: 10485760"), "{shown}");
+
+        let defaults = flags(&[]).unwrap();
+        assert_eq!(
+            defaults.edge_limits(),
+            mechanics_edge::EdgeLimits::default()
+        );
+        assert_eq!(defaults.webhook_body_budget, 64 * 1024 * 1024);
+
+        for (key, value, message) in [
+            ("max_connections", "0", "must be between 1 and 1000000"),
+            ("header_timeout", "0s", "must be between 1s and 1h"),
+            ("idle_timeout", "2h", "must be between 1s and 1h"),
+            ("webhook_body_budget", "1000", "one largest webhook"),
+        ] {
+            let err = flags(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(message), "{err}");
+        }
+        let err = flags(&[("header_timeout", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header_timeout"), "{err}");
+    }
 }

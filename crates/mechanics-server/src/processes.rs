@@ -147,6 +147,7 @@ impl ProcessWorkers {
                 deaths: s.deaths,
                 restarts: s.restarts,
                 last_exit: s.last_exit.map(|e| e.status),
+                resource_exhaustion: s.resource_exhaustion.map(|r| r.to_string()),
                 name: s.name,
             })
             .collect()

@@ -774,6 +774,21 @@ pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
     })
 }
 
+/// One line per node short of a resource, under the table: why its launches or health checks
+/// fail, and that this is not held against it.
+fn shortages(list: &NodeList) -> String {
+    list.nodes
+        .iter()
+        .filter_map(|n| {
+            let what = n.resource_exhaustion.as_deref()?;
+            Some(format!(
+                "{}: {what}; not counted as a death, retried shortly\n",
+                n.name
+            ))
+        })
+        .collect()
+}
+
 fn nodes_table(answer: &Answer) -> Result<String> {
     let list: NodeList = answer.parse()?;
     if list.nodes.is_empty() {
@@ -812,7 +827,7 @@ fn nodes_table(answer: &Answer) -> Result<String> {
             "LAST_EXIT",
         ],
         rows,
-    ))
+    ) + &shortages(&list))
 }
 
 fn show_task(task: &Task) -> String {
@@ -960,6 +975,37 @@ fn span(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_short_of_descriptors_gets_a_line_under_the_table() {
+        let node = |name: &str, short: Option<&str>| mechanics_proto::api::NodeView {
+            name: name.to_owned(),
+            state: "running".to_owned(),
+            breaker: "closed".to_owned(),
+            address: None,
+            in_flight: 0,
+            jobs: 0,
+            starts: 1,
+            deaths: 0,
+            restarts: 0,
+            last_exit: None,
+            resource_exhaustion: short.map(str::to_owned),
+        };
+        let list = NodeList {
+            nodes: vec![
+                node("node-1", None),
+                node(
+                    "node-2",
+                    Some("the process is out of file descriptors (EMFILE)"),
+                ),
+            ],
+        };
+        assert_eq!(
+            shortages(&list),
+            "node-2: the process is out of file descriptors (EMFILE); not counted as a death, \
+             retried shortly\n"
+        );
+    }
 
     #[test]
     fn tables_align_columns() {

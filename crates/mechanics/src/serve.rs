@@ -472,6 +472,9 @@ fn node_view(info: NodeInfo) -> NodeView {
         deaths: snapshot.map_or(0, |s| s.deaths),
         restarts: snapshot.map_or(0, |s| s.restarts),
         last_exit: snapshot.and_then(|s| s.last_exit.as_ref().map(|e| e.status.clone())),
+        resource_exhaustion: snapshot
+            .and_then(|s| s.resource_exhaustion)
+            .map(|r| r.to_string()),
         name: info.name,
     }
 }

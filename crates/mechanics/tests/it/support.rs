@@ -26,6 +26,10 @@ const SCRUB: &[&str] = &[
     "MECHANICS_DRAIN_TIMEOUT",
     "MECHANICS_LOG_FORMAT",
     "MECHANICS_LOG_LEVEL",
+    "MECHANICS_MAX_CONNECTIONS",
+    "MECHANICS_HEADER_TIMEOUT",
+    "MECHANICS_IDLE_TIMEOUT",
+    "MECHANICS_WEBHOOK_BODY_BUDGET",
     "MECHANICS_SERVER",
     "RUST_LOG",
     // Requests to the test's servers on 127.0.0.1 must not go through a proxy.
