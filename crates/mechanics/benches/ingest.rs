@@ -8,6 +8,9 @@
 //!   to refuse), JSON parse, the event's insert committed, `202`.
 //! - `bare axum`: a handler that takes the same body and answers `202` with a JSON body of the
 //!   same shape, on the same runtime, from the same client — what HTTP on loopback costs here.
+//! - `bare, edge`: that handler served by `mechanics_edge::serve` (what every Mechanics
+//!   listener runs: connection cap, socket timeouts, metered bodies) instead of `axum::serve` —
+//!   what the edge costs.
 //!
 //! Latency is per request, client side (send to the last byte of the answer). The goals (issue
 //! 8, on 2 cores): >= 5,000 webhooks/s and p99 <= 20 ms. `MECHANICS_BENCH_SCALE` scales the
@@ -156,7 +159,7 @@ fn main() {
         .build()
         .unwrap();
 
-    let (server, bare_addr) = server_rt.block_on(async {
+    let (server, bare_addr, edge_addr) = server_rt.block_on(async {
         let store = Arc::new(SqliteStore::open(dir.path().join("m.db")).unwrap());
         let mut config = ServerConfig::defaults(dir.path());
         // The per-source bucket is not what is measured: high enough never to refuse.
@@ -188,14 +191,24 @@ fn main() {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bare_addr = listener.local_addr().unwrap();
+        let edged = bare.clone();
         tokio::spawn(async move { axum::serve(listener, bare).await });
-        (server, bare_addr)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge_addr = listener.local_addr().unwrap();
+        tokio::spawn(mechanics_edge::serve(
+            listener,
+            edged,
+            mechanics_edge::EdgeLimits::default(),
+            std::future::pending(),
+        ));
+        (server, bare_addr, edge_addr)
     });
     let base = format!("http://{}", server.addr);
     let ingest_url = format!("{base}/webhooks/gh");
     let bare_url = format!("http://{bare_addr}/webhooks/gh");
+    let edge_url = format!("http://{edge_addr}/webhooks/gh");
 
-    let (ingest, bare) = client_rt.block_on(async {
+    let (ingest, bare, edge) = client_rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -217,9 +230,11 @@ fn main() {
 
         load(&client, &bare_url, &body, warmup, 0).await;
         let bare = load(&client, &bare_url, &body, count, 0).await;
+        load(&client, &edge_url, &body, warmup, 0).await;
+        let edge = load(&client, &edge_url, &body, count, 0).await;
         load(&client, &ingest_url, &body, warmup, 0).await;
         let ingest = load(&client, &ingest_url, &body, count, warmup).await;
-        (ingest, bare)
+        (ingest, bare, edge)
     });
     let received = server.metrics.webhooks_received.get();
 
@@ -231,6 +246,7 @@ fn main() {
     for (name, run) in [
         ("ingest (verify+commit+202)", &ingest),
         ("bare axum 202", &bare),
+        ("bare 202, edge", &edge),
     ] {
         println!(
             "  {name:<27} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms",
@@ -244,6 +260,11 @@ fn main() {
         "  ingest / bare axum: {:.2} of the throughput, p99 x{:.1}",
         ingest.per_sec / bare.per_sec,
         ms(ingest.p99) / ms(bare.p99).max(1e-3)
+    );
+    println!(
+        "  edge / axum::serve (same handler): {:.2} of the throughput, p99 x{:.1}",
+        edge.per_sec / bare.per_sec,
+        ms(edge.p99) / ms(bare.p99).max(1e-3)
     );
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
