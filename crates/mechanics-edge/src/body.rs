@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::connection::RequestGuard;
-use crate::limits::EdgeLimits;
+use crate::limits::{EdgeLimits, after};
 
 /// Why a request body was cut off: it arrived slower than the listener's minimum rate, or
 /// paused for too long. Handlers find it in the source chain of a body error
@@ -77,14 +77,16 @@ impl<B> MeteredBody<B> {
 
     /// The time by which more of the body must have arrived.
     fn deadline(&self, started: Instant) -> Instant {
+        // A rate of 0 sets no pace, only the pause limit.
         let paced = self
             .received
             .checked_div(self.limits.min_body_rate)
-            .map_or(self.limits.header_timeout * 1000, |secs| {
-                std::time::Duration::from_secs(secs)
-            });
-        let pace_deadline = started + self.limits.header_timeout + paced;
-        let pause_deadline = self.last_data.unwrap_or(started) + self.limits.header_timeout;
+            .map_or(std::time::Duration::MAX, std::time::Duration::from_secs);
+        let pace_deadline = after(after(started, self.limits.header_timeout), paced);
+        let pause_deadline = after(
+            self.last_data.unwrap_or(started),
+            self.limits.header_timeout,
+        );
         pace_deadline.min(pause_deadline)
     }
 }

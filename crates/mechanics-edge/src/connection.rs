@@ -14,7 +14,10 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::errors;
-use crate::limits::EdgeLimits;
+use crate::limits::{EdgeLimits, after};
+
+/// How long a connection waits for a request before it may be evicted to make room.
+const EVICTABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a connection is between requests.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,8 @@ pub(crate) struct ConnState {
     /// Rung when the listener is full and this connection, waiting for a request, is the one
     /// that makes room.
     eviction: Notify,
+    /// Evicted and closing: not a candidate for another eviction.
+    evicting: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -53,6 +58,7 @@ impl ConnState {
             requests: AtomicU64::new(0),
             reader: Mutex::new(None),
             eviction: Notify::new(),
+            evicting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -71,11 +77,21 @@ impl ConnState {
         RequestGuard(self.clone())
     }
 
-    /// Since when the connection has waited for a request; `None` while one is answered.
-    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+    /// How long the connection has waited for a request, as an eviction rank (lower goes
+    /// first): one that has sent nothing of its next request before one that has, then the
+    /// longest waiting; `None` while a request is answered, and for the first
+    /// [`EVICTABLE_AFTER`] of a wait — a client just accepted, or just answered, is about to
+    /// send its request or read its answer.
+    pub(crate) fn waiting_rank(&self) -> Option<(bool, Instant)> {
+        if self.evicting.load(Ordering::Relaxed) {
+            return None;
+        }
         match *self.phase() {
-            Phase::Waiting { since, .. } => Some(since),
-            Phase::Busy(_) => None,
+            Phase::Waiting {
+                since,
+                head_started,
+            } if since.elapsed() >= EVICTABLE_AFTER => Some((head_started.is_some(), since)),
+            _ => None,
         }
     }
 
@@ -89,7 +105,8 @@ impl ConnState {
     pub(crate) async fn evicted(&self) {
         loop {
             self.eviction.notified().await;
-            if self.waiting_since().is_some() {
+            if self.waiting_rank().is_some() {
+                self.evicting.store(true, Ordering::Relaxed);
                 return;
             }
         }
@@ -119,13 +136,13 @@ impl ConnState {
             // A fresh connection must send its first request promptly: an idle or trickling
             // connection is the cheapest attack there is.
             Phase::Waiting { since, .. } if self.requests.load(Ordering::Relaxed) == 0 => {
-                Some(since + limits.header_timeout)
+                Some(after(since, limits.header_timeout))
             }
             Phase::Waiting {
                 head_started: Some(started),
                 ..
-            } => Some(started + limits.header_timeout),
-            Phase::Waiting { since, .. } => Some(since + limits.idle_timeout),
+            } => Some(after(started, limits.header_timeout)),
+            Phase::Waiting { since, .. } => Some(after(since, limits.idle_timeout)),
         }
     }
 }
@@ -271,7 +288,7 @@ impl AsyncWrite for Watched {
             }
             Poll::Pending => {
                 let since = *this.write_blocked_since.get_or_insert_with(Instant::now);
-                let deadline = since + this.limits.idle_timeout;
+                let deadline = after(since, this.limits.idle_timeout);
                 if this.write_timer.deadline() != deadline {
                     this.write_timer.as_mut().reset(deadline);
                 }

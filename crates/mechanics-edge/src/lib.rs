@@ -40,8 +40,8 @@ use body::{GuardedBody, MeteredBody};
 use connection::{ConnState, Watched};
 
 /// Serves `app` on `listener` under `limits` until `shutdown` resolves; then stops accepting,
-/// lets the requests in progress finish, closes idle connections, and returns when every
-/// connection is closed.
+/// lets the requests in progress finish (for up to [`SHUTDOWN_GRACE`]; those still running
+/// then are dropped), closes idle connections, and returns when every connection is closed.
 ///
 /// Handlers can take [`ConnectInfo<SocketAddr>`] to learn the peer's address.
 pub async fn serve(
@@ -54,6 +54,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(max));
     let open = Arc::new(OpenConnections::default());
     let (stopping, stop_rx) = watch::channel(false);
+    let (abandoning, abandon_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -90,22 +91,50 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let stop_rx = stop_rx.clone();
+        let mut abandon_rx = abandon_rx.clone();
         let state = ConnState::new();
         let registered = open.register(state.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, state, app, limits, stop_rx).await;
-            drop(registered);
+            let abandoned = async move {
+                let _ = abandon_rx.wait_for(|abandon| *abandon).await;
+            };
+            tokio::select! {
+                done = serve_connection(stream, peer, state, app, limits, stop_rx) => {
+                    // A closing connection is no longer one to evict.
+                    drop(registered);
+                    if let Some(stream) = done {
+                        linger(stream).await;
+                    }
+                }
+                () = abandoned => {}
+            }
             drop(slot);
         });
     }
     drop(listener);
     let _ = stopping.send(true);
-    // Every connection gives its slot back when it ends.
+    // Every connection gives its slot back when it ends; after the grace, by force.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running {SHUTDOWN_GRACE:?} after shutdown began are dropped"
+        );
+        let _ = abandoning.send(true);
+        let _ = slots.acquire_many(all).await;
+    }
 }
 
-/// One connection, until it closes or, after shutdown began, its last request is answered.
+/// How long an evicted connection may take to send what is left of its last answer.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for requests in progress (a body still arriving, a slow answer).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// One connection, until it closes or, after shutdown began, its last request is answered;
+/// the socket, when it is to be drained before it is closed ([`linger`]).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -113,7 +142,7 @@ async fn serve_connection(
     app: Router,
     limits: EdgeLimits,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<tokio::net::TcpStream> {
     let evicted = state.clone();
     let io = TokioIo::new(Watched::new(stream, state.clone(), limits));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -148,17 +177,40 @@ async fn serve_connection(
         result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => result,
         () = evicted.evicted() => {
             tracing::debug!(%peer, "connection closed to make room for a new one");
-            return;
+            // Gracefully, so that the end of an answer still buffered is sent first; a client
+            // in the middle of a head gets a moment, not its full header timeout.
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            let flushed = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
+            let _ = tokio::time::timeout(EVICTION_GRACE, flushed).await;
+            return None;
         }
         () = stopping => {
             std::pin::Pin::new(&mut connection).graceful_shutdown();
             std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
         }
     };
-    match result {
-        Ok(()) => linger(connection.into_parts().io.into_inner().into_stream()).await,
-        Err(err) => tracing::debug!(%peer, error = %err, "connection ended"),
+    if let Err(err) = &result {
+        tracing::debug!(%peer, error = %err, "connection ended");
+        // A connection that overstayed a timeout is closed at once; one refused for what it
+        // sent (a head hyper could not parse) is drained like any other, so its client reads
+        // the answer.
+        if timed_out(err) {
+            return None;
+        }
     }
+    Some(connection.into_parts().io.into_inner().into_stream())
+}
+
+/// Whether `err` comes from one of the socket's timeouts.
+fn timed_out(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The connections open now, so that a full listener can close one that is only waiting.
@@ -184,14 +236,15 @@ impl OpenConnections {
         }
     }
 
-    /// Evicts the connection that has waited longest for a request (idle, or sending a head
-    /// too slowly): a client that is being answered is never cut off to make room.
+    /// Evicts the connection that has waited longest for a request, preferring one that has
+    /// sent nothing of its next one: a client that is being answered is never cut off to make
+    /// room.
     fn evict_longest_waiting(&self) {
         let longest = self
             .lock()
             .values()
-            .filter_map(|state| state.waiting_since().map(|since| (since, state.clone())))
-            .min_by_key(|(since, _)| *since);
+            .filter_map(|state| state.waiting_rank().map(|rank| (rank, state.clone())))
+            .min_by_key(|(rank, _)| *rank);
         if let Some((_, state)) = longest {
             state.evict();
         }

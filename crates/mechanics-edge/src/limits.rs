@@ -6,8 +6,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
     /// Connections open at once. At the limit, the connection that has waited longest for a
-    /// request (idle, or sending its head slowly) is closed to make room for a new one; when
-    /// every connection is being answered, new ones wait in the kernel's backlog. Either way the
+    /// request (idle, or sending its head slowly; for at least a second) is closed to make room
+    /// for a new one; when every connection is being answered, new ones wait in the kernel's
+    /// backlog. Either way the
     /// process never runs out of descriptors because of its clients, and connections that only
     /// hold a slot cannot lock others out. [`EdgeLimits::within_open_files`] lowers it to what
     /// the descriptor limit leaves.
@@ -36,6 +37,13 @@ impl Default for EdgeLimits {
     }
 }
 
+/// `at + wait`, or a time a century away when that does not fit: limits are public fields, and a
+/// huge one means "no limit", not a panic.
+pub(crate) fn after(at: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// The longest request URI answered; a longer one gets a JSON `414`.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// The largest request head (names and values of all headers); a larger one gets a JSON `431`.
@@ -55,7 +63,8 @@ impl EdgeLimits {
     }
 }
 
-/// Raises the soft limit on open descriptors to the hard limit and returns the new soft limit.
+/// Raises the soft limit on open descriptors to the hard limit (where allowed) and returns the
+/// soft limit in force.
 ///
 /// Linux starts most services with a soft limit of 1024 and a far higher hard limit; a server
 /// that can take a thousand connections needs the room.
@@ -74,10 +83,11 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
             rlim_max: limit.rlim_max,
         };
         // SAFETY: `setrlimit` only reads the struct it is given.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
         }
-        limit.rlim_cur = limit.rlim_max;
+        // Not allowed to raise it (a hard limit above the kernel's maximum): the soft limit is
+        // still the one to stay under.
     }
     Ok(limit.rlim_cur)
 }

@@ -197,7 +197,7 @@ pub async fn start(
             .map_err(ServerError::Http)?,
     );
     // Every source's secret is read before the first delivery can ask for it.
-    let _ = integrations.sources.get("").await;
+    integrations.sources.prime().await;
     let secrets_refresh = Arc::new(Notify::new());
     let shared = Arc::new(Shared {
         store: parts.store,

@@ -7,7 +7,7 @@
 //! delivery never waits on a file, and a value never reaches the database, an API answer, a log
 //! line or an error message (invariant 5): errors name the variable or file, never what it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use axum::routing::get;
 use mechanics_proto::api::SourceList;
 use mechanics_proto::domain::{Source, SourceSpec};
 use mechanics_store::Store;
-use tokio::sync::{Notify, RwLock};
+use tokio::sync::{Mutex, Notify, RwLock};
 
 use crate::api::{ApiResult, Failure, parse_body};
 use crate::files::ReadFileError;
@@ -45,8 +45,8 @@ async fn add_source(
     refuse_unusable_files(&spec).await?;
     let now = shared.clock.now_ms();
     let source = shared.store.upsert_source(spec, now).await?;
-    // Resolved before the answer, so the first delivery finds the secret in memory.
-    shared.integrations.sources.prime(source.clone()).await;
+    // Read before the answer, so the first delivery finds the secret in memory.
+    shared.integrations.sources.prime().await;
     let status = if source.revision == 1 {
         StatusCode::CREATED
     } else {
@@ -145,6 +145,25 @@ impl CachedSource {
             token,
         }
     }
+
+    /// `source` before its files were read: deliveries to it are answered `503` meanwhile.
+    fn unread(source: Source) -> Self {
+        let why = format!(
+            "the secret of the source {:?} has not been read yet",
+            source.spec.name
+        );
+        Self {
+            source,
+            secret: Err(why.clone()),
+            token: Err(why),
+        }
+    }
+
+    /// Whether this is the stored version `source`: a source removed and added again starts
+    /// at revision 1 again, with a new `created_at`.
+    fn is_version(&self, source: &Source) -> bool {
+        (self.source.created_at, self.source.revision) == (source.created_at, source.revision)
+    }
 }
 
 /// The largest secret or token file read: a FIFO, a device or a huge file named as a source's
@@ -154,8 +173,8 @@ pub(crate) const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
 /// Sources by name.
 type Sources = Arc<HashMap<String, Arc<CachedSource>>>;
 
-/// How long a reload waits for the files of sources it has not resolved before (startup, or a
-/// change made by another process); those still unread are unavailable until the next refresh.
+/// How long the reads of one round may take before they are reported as stuck (a file on a hung
+/// mount); a stuck read is not started again until it ends.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often every source's secret and token are read again, so a rotated file is picked up.
@@ -165,13 +184,19 @@ pub(crate) const SECRET_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// registry version moves (every source change bumps it), so a webhook costs no query to find
 /// its source and never reads a file.
 ///
-/// Secrets and tokens are resolved off the async threads: when the API adds or changes a source
-/// (before it answers), at startup, every [`SECRET_REFRESH_INTERVAL`] and on SIGHUP. Each value
-/// joins the redactor as soon as it is read.
+/// Secrets and tokens are read on the blocking pool, never under the cache's lock: when the API
+/// adds or changes a source (before it answers), at startup, every [`SECRET_REFRESH_INTERVAL`]
+/// and on SIGHUP, and in the background for a change another process made. Each value joins the
+/// redactor as soon as it is read. A read only replaces the entry of the stored version it was
+/// made for, so a removed or newer source is never overwritten by an older read.
 pub(crate) struct SourceCache {
     store: Arc<dyn Store>,
     trace: Arc<TraceLog>,
     cache: RwLock<(Option<u64>, Sources)>,
+    /// One reload of the list at a time.
+    reloading: Mutex<()>,
+    /// Sources whose files are being read now: a read that hangs is not started again.
+    reading: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl SourceCache {
@@ -180,11 +205,14 @@ impl SourceCache {
             store,
             trace,
             cache: RwLock::new((None, Arc::new(HashMap::new()))),
+            reloading: Mutex::new(()),
+            reading: Arc::default(),
         }
     }
 
-    /// The source called `name`, as of the current registry version.
-    pub(crate) async fn get(&self, name: &str) -> Option<Arc<CachedSource>> {
+    /// The source called `name`, as of the current registry version. Sources new to this
+    /// cache are read in the background; until then they answer as not read yet.
+    pub(crate) async fn get(self: &Arc<Self>, name: &str) -> Option<Arc<CachedSource>> {
         let version = self.store.registry_version();
         {
             let cache = self.cache.read().await;
@@ -192,117 +220,112 @@ impl SourceCache {
                 return cache.1.get(name).cloned();
             }
         }
-        let mut cache = self.cache.write().await;
-        if cache.0 != Some(version) {
-            match self.store.list_sources().await {
-                Ok(sources) => {
-                    let map = self.resolve_changed(&cache.1, sources).await;
-                    *cache = (Some(version), Arc::new(map));
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "reloading the sources failed; using the last list");
-                }
+        let unread = self.reload(version).await;
+        if !unread.is_empty() {
+            let cache = self.clone();
+            tokio::spawn(async move { cache.read_and_install(unread).await });
+        }
+        self.cache.read().await.1.get(name).cloned()
+    }
+
+    /// Brings the cache to the current registry version and reads, before returning, the
+    /// secrets of the sources new to it: the API calls it after adding or changing a source so
+    /// that the first delivery finds its secret; startup calls it before serving.
+    pub(crate) async fn prime(&self) {
+        let unread = self.reload(self.store.registry_version()).await;
+        self.read_and_install(unread).await;
+    }
+
+    /// Reloads the list for `version`: an unchanged source keeps its entry, a new or changed one
+    /// gets an unread entry; those are returned, for their files to be read.
+    async fn reload(&self, version: u64) -> Vec<Source> {
+        let _one = self.reloading.lock().await;
+        let previous = {
+            let cache = self.cache.read().await;
+            if cache.0 == Some(version) {
+                return Vec::new();
             }
-        }
-        cache.1.get(name).cloned()
-    }
-
-    /// The new map: a source whose revision is unchanged keeps its resolved values; the others
-    /// are resolved on the blocking pool, waiting at most [`RESOLVE_WAIT`].
-    async fn resolve_changed(
-        &self,
-        previous: &Sources,
-        sources: Vec<Source>,
-    ) -> HashMap<String, Arc<CachedSource>> {
-        let mut map = HashMap::with_capacity(sources.len());
-        let mut unresolved = Vec::new();
-        for source in sources {
-            match previous.get(&source.spec.name) {
-                Some(cached) if cached.source.revision == source.revision => {
-                    map.insert(source.spec.name.clone(), cached.clone());
-                }
-                _ => unresolved.push(source),
-            }
-        }
-        if unresolved.is_empty() {
-            return map;
-        }
-        let names: Vec<String> = unresolved.iter().map(|s| s.spec.name.clone()).collect();
-        match self.resolve_all(unresolved).await {
-            Some(resolved) => map.extend(resolved),
-            None => tracing::error!(
-                sources = ?names,
-                "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; they are \
-                 unavailable until the next refresh"
-            ),
-        }
-        map
-    }
-
-    /// Resolves `sources` on the blocking pool and learns their values; `None` when that took
-    /// longer than [`RESOLVE_WAIT`] (a file on a hung mount).
-    async fn resolve_all(&self, sources: Vec<Source>) -> Option<Vec<(String, Arc<CachedSource>)>> {
-        let resolving = tokio::task::spawn_blocking(move || {
-            sources
-                .into_iter()
-                .map(CachedSource::resolve)
-                .collect::<Vec<_>>()
-        });
-        let resolved = tokio::time::timeout(RESOLVE_WAIT, resolving)
-            .await
-            .ok()?
-            .ok()?;
-        Some(
-            resolved
-                .into_iter()
-                .map(|cached| {
-                    self.learn(&cached);
-                    (cached.source.spec.name.clone(), Arc::new(cached))
-                })
-                .collect(),
-        )
-    }
-
-    /// Resolves `source` now, off the async threads, and keeps the result for its revision:
-    /// the API calls it when a source is added or changed, so deliveries find it resolved.
-    pub(crate) async fn prime(&self, source: Source) {
-        let Ok(cached) = tokio::task::spawn_blocking(move || CachedSource::resolve(source)).await
-        else {
-            return;
+            cache.1.clone()
         };
-        self.learn(&cached);
-        let mut cache = self.cache.write().await;
-        let mut map = (*cache.1).clone();
-        map.insert(cached.source.spec.name.clone(), Arc::new(cached));
-        // The version is not raised: the next `get` reloads the list and keeps this entry, since
-        // its revision matches.
-        cache.1 = Arc::new(map);
+        let sources = match self.store.list_sources().await {
+            Ok(sources) => sources,
+            Err(err) => {
+                tracing::error!(error = %err, "reloading the sources failed; using the last list");
+                return Vec::new();
+            }
+        };
+        let mut map = HashMap::with_capacity(sources.len());
+        let mut unread = Vec::new();
+        for source in sources {
+            let name = source.spec.name.clone();
+            match previous.get(&name) {
+                Some(cached) if cached.is_version(&source) => {
+                    map.insert(name, cached.clone());
+                }
+                _ => {
+                    map.insert(name, Arc::new(CachedSource::unread(source.clone())));
+                    unread.push(source);
+                }
+            }
+        }
+        *self.cache.write().await = (Some(version), Arc::new(map));
+        unread
     }
 
     /// Reads every source's secret and token again (a rotated file, a changed variable).
     pub(crate) async fn refresh(&self) {
-        // Files are read with no lock held, so deliveries go on meanwhile; an entry changed in
-        // the meantime (a newer revision) is kept as it is.
         let current = self.cache.read().await.1.clone();
-        let sources: Vec<Source> = current.values().map(|c| c.source.clone()).collect();
-        match self.resolve_all(sources).await {
-            Some(resolved) => {
-                let mut cache = self.cache.write().await;
-                let mut map = (*cache.1).clone();
-                for (name, fresh) in resolved {
-                    if map
-                        .get(&name)
-                        .is_some_and(|c| c.source.revision == fresh.source.revision)
-                    {
-                        map.insert(name, fresh);
-                    }
-                }
-                cache.1 = Arc::new(map);
+        let sources = current.values().map(|c| c.source.clone()).collect();
+        self.read_and_install(sources).await;
+    }
+
+    /// Reads each of `sources` on its own blocking task and installs what was read by
+    /// [`RESOLVE_WAIT`]; a read still running from an earlier round is not started again.
+    async fn read_and_install(&self, sources: Vec<Source>) {
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        let mut reads = Vec::new();
+        for source in sources {
+            let name = source.spec.name.clone();
+            if !lock(&self.reading).insert(name.clone()) {
+                tracing::warn!(source = %name, "the source's secret is still being read since an earlier round");
+                continue;
             }
-            None => tracing::error!(
-                "reading the secrets of sources took longer than {RESOLVE_WAIT:?}; keeping the \
-                 values read before"
-            ),
+            let reading = self.reading.clone();
+            let done = name.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let cached = CachedSource::resolve(source);
+                lock(&reading).remove(&done);
+                cached
+            });
+            reads.push((name, read));
+        }
+        for (name, read) in reads {
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(cached)) => {
+                    self.learn(&cached);
+                    self.install(cached).await;
+                }
+                _ => tracing::error!(
+                    source = %name,
+                    "reading the source's secret takes longer than {RESOLVE_WAIT:?} (a hung file \
+                     system?); its last value stays in use, and it is read again once the read ends"
+                ),
+            }
+        }
+    }
+
+    /// Puts `cached` in place of the entry of the same stored version, if there still is one.
+    async fn install(&self, cached: CachedSource) {
+        let mut cache = self.cache.write().await;
+        let name = cached.source.spec.name.clone();
+        if cache
+            .1
+            .get(&name)
+            .is_some_and(|c| c.is_version(&cached.source))
+        {
+            let mut map = (*cache.1).clone();
+            map.insert(name, Arc::new(cached));
+            cache.1 = Arc::new(map);
         }
     }
 
@@ -321,6 +344,10 @@ impl SourceCache {
             tracing::warn!(source = %cached.source.spec.name, "{problem}");
         }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Registers a resolved secret or token with the redactor (a Standard Webhooks `whsec_` secret

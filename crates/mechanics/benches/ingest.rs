@@ -84,18 +84,12 @@ async fn load(
     count: usize,
     first_id: usize,
 ) -> Run {
-    let sig = signature(body);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (client, url, body, sig, next) = (
-            client.clone(),
-            url.to_owned(),
-            body.clone(),
-            sig.clone(),
-            next.clone(),
-        );
+        let (client, url, body, next) =
+            (client.clone(), url.to_owned(), body.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -103,6 +97,11 @@ async fn load(
                 if n >= count {
                     return latencies;
                 }
+                // Each delivery's body is its own (a replayed GitHub body is a duplicate even
+                // under a new delivery id), so each is signed anew, as GitHub does.
+                let mut unique = format!("{{\"seq\":{},", first_id + n).into_bytes();
+                unique.extend_from_slice(&body[1..]);
+                let sig = signature(&unique);
                 let sent = Instant::now();
                 let response = client
                     .post(&url)
@@ -110,7 +109,7 @@ async fn load(
                     .header("x-github-event", "issues")
                     .header("x-github-delivery", format!("bench-{}", first_id + n))
                     .header("x-hub-signature-256", &sig)
-                    .body(body.as_ref().clone())
+                    .body(unique)
                     .send()
                     .await
                     .unwrap();

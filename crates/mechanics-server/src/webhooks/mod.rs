@@ -50,7 +50,7 @@ pub const MAX_WEBHOOK_BYTES: usize = 5 * 1024 * 1024;
 /// What webhooks, cron and write-back share: the source cache, the per-source buckets, the
 /// write-back HTTP client, and the cron scheduler's wake-up.
 pub(crate) struct Integrations {
-    pub(crate) sources: SourceCache,
+    pub(crate) sources: Arc<SourceCache>,
     pub(crate) buckets: Mutex<SourceBuckets>,
     /// The per-source webhook bucket (`webhook_rate_limit`).
     pub(crate) rate: Rate,
@@ -69,7 +69,7 @@ impl Integrations {
         config: &ServerConfig,
     ) -> Result<Self, String> {
         Ok(Self {
-            sources: SourceCache::new(store, trace),
+            sources: Arc::new(SourceCache::new(store, trace)),
             body_budget: Arc::new(Semaphore::new(
                 config.webhook_body_budget.min(Semaphore::MAX_PERMITS),
             )),
@@ -124,9 +124,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// Refuses a delivery to `source` with `message`, and records the refusal in the trace
 /// (`webhook`, deny) with the same message: it names headers and limits, never a secret.
 fn refused(shared: &Shared, source: &str, refusal: Refusal, message: String) -> Response {
-    shared
+    let recorded = shared
         .trace
         .webhook_refused(source, refusal, &message, shared.clock.now_ms());
+    // Under the trace's budget too: a flood of refusals cannot flood the log.
+    if recorded {
+        tracing::info!(source = %crate::api::quote(source), %message, "webhook refused");
+    }
     let failure = match refusal {
         Refusal::UnknownSource => Failure::not_found(message),
         Refusal::TooLarge => {
@@ -166,13 +170,31 @@ enum BodyRefusal {
     Unreadable(String),
 }
 
+/// The longest a webhook body may take to arrive, whatever its pace: GitHub gives a whole
+/// delivery 10 s. A sender that keeps a body crawling cannot hold its share of the budget for
+/// longer.
+const WEBHOOK_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads a webhook body of at most [`MAX_WEBHOOK_BYTES`], holding its bytes against the
-/// server-wide budget: a declared length is reserved in full before the first byte is read, a
-/// chunked body piece by piece. The reservation lasts as long as the returned permit.
+/// server-wide budget as they arrive (a slow sender holds only what it has sent), within
+/// [`WEBHOOK_BODY_DEADLINE`]. The reservation lasts as long as the returned permit.
 async fn read_body(
     budget: &Arc<Semaphore>,
+    body: Body,
+) -> Result<(Bytes, OwnedSemaphorePermit), BodyRefusal> {
+    tokio::time::timeout(WEBHOOK_BODY_DEADLINE, read_body_within_budget(budget, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BodyRefusal::TooSlow(format!(
+                "the webhook body did not arrive within {} s",
+                WEBHOOK_BODY_DEADLINE.as_secs()
+            )))
+        })
+}
+
+async fn read_body_within_budget(
+    budget: &Arc<Semaphore>,
     mut body: Body,
-    declared: Option<u64>,
 ) -> Result<(Bytes, OwnedSemaphorePermit), BodyRefusal> {
     let reserve = |bytes: usize| {
         u32::try_from(bytes)
@@ -180,9 +202,12 @@ async fn read_body(
             .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
             .ok_or(BodyRefusal::Busy)
     };
-    let declared = declared.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    let mut permit = reserve(declared.unwrap_or(0))?;
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    let mut permit = reserve(0)?;
+    // Pieces kept as they arrive: memory follows what was sent (and reserved), not what a
+    // sender announced, and is not doubled by a growing buffer; one exact copy joins them at
+    // the end.
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut received = 0;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|err| {
             if mechanics_edge::is_body_too_slow(&err) {
@@ -194,13 +219,19 @@ async fn read_body(
         let Ok(chunk) = frame.into_data() else {
             continue;
         };
-        if bytes.len() + chunk.len() > MAX_WEBHOOK_BYTES {
+        received += chunk.len();
+        if received > MAX_WEBHOOK_BYTES {
             return Err(BodyRefusal::TooLarge);
         }
-        if declared.is_none() {
-            permit.merge(reserve(chunk.len())?);
-        }
-        bytes.extend_from_slice(&chunk);
+        permit.merge(reserve(chunk.len())?);
+        pieces.push(chunk);
+    }
+    if pieces.len() == 1 {
+        return Ok((pieces.swap_remove(0), permit));
+    }
+    let mut bytes = Vec::with_capacity(received);
+    for piece in pieces {
+        bytes.extend_from_slice(&piece);
     }
     Ok((Bytes::from(bytes), permit))
 }
@@ -238,7 +269,6 @@ async fn ingest(
     let now = shared.clock.now_ms();
     let kind = source.source.spec.kind;
     let denied = |denied: verify::Denied| {
-        tracing::info!(source = %name, reason = %denied, "webhook refused");
         let refusal = match denied {
             verify::Denied::Stale(_) => Refusal::StaleTimestamp,
             verify::Denied::Missing(_) | verify::Denied::Mismatch(_) => Refusal::Signature,
@@ -257,7 +287,7 @@ async fn ingest(
     if declared.is_some_and(|n| n > MAX_WEBHOOK_BYTES as u64) {
         return refuse(Refusal::TooLarge, too_large());
     }
-    let (body, _reservation) = match read_body(&integrations.body_budget, body, declared).await {
+    let (body, _reservation) = match read_body(&integrations.body_budget, body).await {
         Ok(read) => read,
         Err(BodyRefusal::TooLarge) => return refuse(Refusal::TooLarge, too_large()),
         Err(BodyRefusal::Busy) => {
