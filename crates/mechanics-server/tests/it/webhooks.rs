@@ -1160,3 +1160,48 @@ async fn a_gitlab_body_replayed_under_a_new_uuid_is_a_duplicate_but_standard_web
     assert_eq!(stored(&server, "gen").await.0.len(), 2);
     server.stop().await;
 }
+
+/// A rotated secret file is read again on `refresh_secrets` (what SIGHUP does); a source removed
+/// and added again under its name uses its new secret at once, never an old read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_and_re_added_secrets_take_effect_and_old_ones_stop_working() {
+    let server = TestServer::start().await;
+    add_source(&server, "gh", "github", "one", None).await;
+    let signed = |secret: &str, n: u64| {
+        let body = issue_opened("acme/app", n);
+        (
+            github_headers(secret, &format!("d-{n}"), "issues", &body),
+            body,
+        )
+    };
+    let (headers, body) = signed("one", 1);
+    assert_eq!(deliver(&server, "gh", &headers, &body).await.0, 202);
+
+    std::fs::write(server.dir.path().join("gh.secret"), "two\n").unwrap();
+    server.server.as_ref().unwrap().refresh_secrets();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 2;
+    loop {
+        let (headers, body) = signed("two", n);
+        n += 1;
+        if deliver(&server, "gh", &headers, &body).await.0 == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated secret was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (headers, body) = signed("one", 100);
+    assert_eq!(deliver(&server, "gh", &headers, &body).await.0, 401);
+
+    let (status, _) = server.call("DELETE", "/api/v1/sources/gh", None).await;
+    assert_eq!(status, 204);
+    add_source(&server, "gh", "github", "three", None).await;
+    // The first delivery after `source add` answered finds the new secret in memory.
+    let (headers, body) = signed("three", 101);
+    assert_eq!(deliver(&server, "gh", &headers, &body).await.0, 202);
+    let (headers, body) = signed("two", 102);
+    assert_eq!(deliver(&server, "gh", &headers, &body).await.0, 401);
+}
