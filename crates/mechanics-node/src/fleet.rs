@@ -796,7 +796,6 @@ mod tests {
     //! The fleet's handling of failed calls, against fake nodes on loopback (the fleet with real
     //! node processes is tested in `crates/mechanics/tests/it/fleet.rs`).
 
-    use std::fs::File;
     use std::net::SocketAddr;
 
     use axum::routing::post;
@@ -804,9 +803,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    /// Set in a child process of this test binary, which may starve itself of descriptors.
-    const CHILD: &str = "MECHANICS_TEST_CHILD";
 
     /// A supervised node that runs until stopped, standing in for a node process whose address
     /// the test gives the fleet directly.
@@ -868,31 +864,13 @@ mod tests {
         (crashes, address_dead)
     }
 
-    /// [`mechanics_test_support::exhaust_descriptors`], only in the child process.
-    fn exhaust_descriptors() -> Vec<File> {
-        assert!(
-            std::env::var_os(CHILD).is_some(),
-            "never starve the whole test binary"
-        );
-        mechanics_test_support::exhaust_descriptors()
-    }
-
     #[test]
     fn a_call_that_fails_for_lack_of_descriptors_here_is_overload_and_holds_nothing_against_the_node()
      {
-        let name = "fleet::tests::a_call_that_fails_for_lack_of_descriptors_here_is_overload_and_holds_nothing_against_the_node";
-        if std::env::var_os(CHILD).is_none() {
-            // Run again in a child process, which may lower its own descriptor limit.
-            let output = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", name, "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success() && stdout.contains("1 passed"),
-                "{stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
+        // In a child process, which may exhaust its own descriptors.
+        if !mechanics_test_support::in_child_process() {
+            mechanics_test_support::passes_in_a_child_process(
+                "fleet::tests::a_call_that_fails_for_lack_of_descriptors_here_is_overload_and_holds_nothing_against_the_node",
             );
             return;
         }
@@ -905,7 +883,7 @@ mod tests {
             let fleet = fleet_at(answering_node().await);
             assert_eq!(fleet.run(&job()).await, Ok(json!(1)));
 
-            let files = exhaust_descriptors();
+            let files = mechanics_test_support::exhaust_descriptors();
             for _ in 0..2 * CRASHES_BEFORE_FAILING {
                 let error = fleet.run(&job()).await.unwrap_err();
                 assert!(

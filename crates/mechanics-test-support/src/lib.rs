@@ -77,12 +77,39 @@ pub fn bench_count(base: usize, min: usize) -> usize {
     ((base as f64 * bench_scale()) as usize).max(min)
 }
 
+/// Set in the environment of a test run again in a child process.
+const CHILD_ENV: &str = "MECHANICS_TEST_CHILD";
+
+/// Whether this process is a child started by [`passes_in_a_child_process`].
+pub fn in_child_process() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Runs the test `name` (its path in the test binary, `module::test`) again, alone, in a child
+/// process of the same binary, and asserts that it passed there. For a test that must do what
+/// would disturb the others running in this process, such as [`exhaust_descriptors`]; the test
+/// calls this first and returns unless [`in_child_process`].
+pub fn passes_in_a_child_process(name: &str) {
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .expect("the test binary runs again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Lowers this process's descriptor limit and opens descriptors until none is left; dropping
 /// the files ends the shortage.
 ///
-/// Only for a child process of a test binary (the caller checks): the tests of one binary share
-/// its descriptor table, and starving it would fail them all.
+/// Only in a child process ([`passes_in_a_child_process`]): the tests of one binary share its
+/// descriptor table, and starving it would fail them all.
 pub fn exhaust_descriptors() -> Vec<std::fs::File> {
+    assert!(in_child_process(), "never starve the whole test binary");
     let highest = std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd lists this process's descriptors")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())

@@ -345,9 +345,6 @@ async fn shutdown_finishes_the_request_in_progress_and_closes_idle_connections()
         .unwrap();
 }
 
-/// Set in the child process that may run out of descriptors.
-const CHILD: &str = "MECHANICS_EDGE_TEST_CHILD";
-
 /// CPU time this process has used, user and system.
 fn cpu_time() -> Duration {
     // SAFETY: `getrusage` only writes the struct it is given.
@@ -364,19 +361,10 @@ fn cpu_time() -> Duration {
 
 #[test]
 fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
-    let name = "out_of_descriptors_the_accept_loop_backs_off_and_recovers";
-    if std::env::var_os(CHILD).is_none() {
-        // Run again in a child process, which may exhaust its own descriptors.
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+    // In a child process, which may exhaust its own descriptors.
+    if !mechanics_test_support::in_child_process() {
+        mechanics_test_support::passes_in_a_child_process(
+            "out_of_descriptors_the_accept_loop_backs_off_and_recovers",
         );
         return;
     }

@@ -3,7 +3,6 @@
 //! count), and the node is back within seconds once the shortage ends. Paused time, except the
 //! last test, which starves a real child process of this test binary of descriptors.
 
-use std::fs::File;
 use std::time::Duration;
 
 use mechanics_runtime::{
@@ -185,12 +184,6 @@ async fn shutdown_is_honoured_at_once_while_a_starved_launch_waits() {
     assert_eq!((last.state, last.deaths), (NodeState::Stopped, 0));
 }
 
-/// [`mechanics_test_support::exhaust_descriptors`], only in the child process.
-fn exhaust_descriptors() -> Vec<File> {
-    assert!(in_child(), "never starve the whole test binary");
-    mechanics_test_support::exhaust_descriptors()
-}
-
 #[test]
 fn a_real_process_node_out_of_descriptors_is_retried_and_checked_again_without_a_death() {
     if !in_child() {
@@ -237,7 +230,7 @@ fn a_real_process_node_out_of_descriptors_is_retried_and_checked_again_without_a
             ShutdownHandle::new(),
         );
 
-        let files = exhaust_descriptors();
+        let files = mechanics_test_support::exhaust_descriptors();
         let node = ProcessNode::new("sleep")
             .arg("1000")
             .health_url(&health_url)
