@@ -290,9 +290,10 @@ fn node_serve(args: &ServeArgs) -> ExitCode {
 
 fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
     let token = match &args.token_file {
+        // Only a small regular file: a FIFO or a device would hang or exhaust the node.
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("--token-file: cannot read {}", path.display()))?
+            mechanics_server::files::read_text(path, 64 * 1024)
+                .context("--token-file")?
                 .trim()
                 .to_owned(),
         ),

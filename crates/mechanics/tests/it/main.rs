@@ -1,8 +1,10 @@
 //! `mechanics run` and `mechanics node serve` as a user runs them: the real binary, real files,
 //! exit codes and streams; the local fleet of node processes (`fleet`); `mechanics serve` with the
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
-//! files and API keys refused at once (`validation`); the public edge under attack (`edge`).
+//! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
+//! secrets, replays and error shapes in what the server answers (`answers`).
 
+mod answers;
 mod edge;
 mod faults;
 mod fleet;
@@ -191,4 +193,29 @@ fn node_serve_refuses_a_public_address_without_a_token() {
     assert!(out.stdout.is_empty(), "no READY line");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without a token"), "{stderr}");
+}
+
+#[test]
+fn node_serve_refuses_a_token_file_that_is_a_device_at_once() {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_mechanics"))
+        .args([
+            "node",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--token-file",
+            "/dev/zero",
+        ])
+        .env_remove("MECHANICS_NODE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no READY line");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
