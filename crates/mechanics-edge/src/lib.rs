@@ -3,9 +3,9 @@
 //!
 //! It exists so that nobody who can reach a port can exhaust the process: connections are
 //! counted and capped below the descriptor limit ([`EdgeLimits::max_connections`]), and at the
-//! cap a connection that only waits makes room for a new one; a connection
-//! must deliver its request head within [`EdgeLimits::header_timeout`], may idle between requests
-//! for [`EdgeLimits::idle_timeout`], and must send its body at [`EdgeLimits::min_body_rate`];
+//! cap a connection that only waits makes room for a new one; a connection must deliver its
+//! request head within [`EdgeLimits::header_timeout`], may idle between requests for
+//! [`EdgeLimits::idle_timeout`], and must send its body at [`EdgeLimits::min_body_rate`];
 //! accept errors (a full descriptor table) back off instead of spinning; and the requests hyper
 //! refuses before any handler sees them (a huge URI or head, garbage) are answered in the JSON
 //! error shape like every other refusal.
