@@ -406,13 +406,15 @@ impl Dispatcher {
             return;
         }
         lock(&self.reserved).insert(task.id, allowed_at);
+        // Traced before the write, as a retry is: once it commits, the task may be claimed and
+        // run before this call returns.
+        self.trace.rate_limited(task, allowed_at, now);
         match self
             .store
             .release_task(task.id, task.attempt, allowed_at, now)
             .await
         {
             Ok(_) => {
-                self.trace.rate_limited(task, allowed_at, now);
                 self.wake.notify_one();
             }
             Err(err) => {

@@ -711,9 +711,14 @@ fn logs_show_a_tasks_trace_filter_it_and_follow_new_entries() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    // Its first line is the newest entry before it started: only then is the next submission
+    // sure to come after its starting point.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
     let later = server.json(&["task", "submit", "hello", "--payload", "{}", "--wait"]);
     let later_id = later["id"].as_i64().unwrap();
-    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while !seen.contains(&("dispatch".to_owned(), later_id)) {
