@@ -89,8 +89,9 @@ impl Failure {
     }
 
     /// The stable code of an error answer with `status`.
-    fn code_of(status: StatusCode) -> &'static str {
+    pub(crate) fn code_of(status: StatusCode) -> &'static str {
         match status {
+            StatusCode::REQUEST_TIMEOUT => "too_slow",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",

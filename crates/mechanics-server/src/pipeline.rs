@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use axum::http::StatusCode;
 use mechanics_proto::domain::{Event, EventState, LogOutcome, LogRecord, Task};
 use serde_json::{Value, json};
 
@@ -154,15 +155,16 @@ impl Refusal {
         }
     }
 
-    fn status(self) -> u16 {
+    /// The status the sender gets.
+    pub(crate) fn status(self) -> StatusCode {
         match self {
-            Self::UnknownSource => 404,
-            Self::TooLarge => 413,
-            Self::Signature | Self::StaleTimestamp => 401,
-            Self::RateLimited => 429,
-            Self::Unreadable | Self::Malformed => 400,
-            Self::TooSlow => 408,
-            Self::Busy | Self::SecretUnavailable => 503,
+            Self::UnknownSource => StatusCode::NOT_FOUND,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Signature | Self::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unreadable | Self::Malformed => StatusCode::BAD_REQUEST,
+            Self::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy | Self::SecretUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -285,7 +287,7 @@ impl TraceLog {
         let mut detail = json!({
             "source": source_label(source),
             "reason": refusal.reason(),
-            "status": refusal.status(),
+            "status": refusal.status().as_u16(),
         });
         if unrecorded_before > 0 {
             detail["unrecorded_before"] = json!(unrecorded_before);

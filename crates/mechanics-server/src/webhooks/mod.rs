@@ -121,45 +121,32 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Refuses a delivery to `source` with `message`, and records the refusal in the trace
-/// (`webhook`, deny) with the same message: it names headers and limits, never a secret.
+/// Refuses a delivery to `source` with `message` (the refusal's status, `Retry-After` on a `503`
+/// added by the `Failure`), and records the refusal in the trace and the log, under the trace's
+/// budget so that a flood of refusals floods neither. The message names headers and limits,
+/// never a secret. When the server is at fault (its secret is unavailable) the message is for
+/// the operator, logged as an error, and the sender learns only that it should come again.
 fn refused(shared: &Shared, source: &str, refusal: Refusal, message: String) -> Response {
     let recorded = shared
         .trace
         .webhook_refused(source, refusal, &message, shared.clock.now_ms());
-    // Under the trace's budget too: a flood of refusals cannot flood the log.
-    if recorded {
-        tracing::info!(source = %crate::api::quote(source), %message, "webhook refused");
+    let source = crate::api::quote(source);
+    let status = refusal.status();
+    if refusal == Refusal::SecretUnavailable {
+        if recorded {
+            tracing::error!(%source, "{message}");
+        }
+        return Failure::new(
+            status,
+            Failure::code_of(status),
+            "the source's secret is not available on the server; see the server's log",
+        )
+        .into_response();
     }
-    let failure = match refusal {
-        Refusal::UnknownSource => Failure::not_found(message),
-        Refusal::TooLarge => {
-            Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-        }
-        Refusal::Signature | Refusal::StaleTimestamp => {
-            Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-        }
-        Refusal::RateLimited => {
-            Failure::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-        }
-        Refusal::Unreadable | Refusal::Malformed => Failure::bad_request(message),
-        Refusal::TooSlow => Failure::new(StatusCode::REQUEST_TIMEOUT, "too_slow", message),
-        // 503 with `Retry-After` (the `Failure` adds it): the sender did nothing wrong and
-        // should come again.
-        Refusal::Busy => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
-        Refusal::SecretUnavailable => secret_unavailable(),
-    };
-    failure.into_response()
-}
-
-/// What the sender learns when the source's secret cannot be read: that the server cannot take
-/// the delivery now, and nothing about why (that is for the operator, in the log and the trace).
-fn secret_unavailable() -> Failure {
-    Failure::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the source's secret is not available on the server; see the server's log",
-    )
+    if recorded {
+        tracing::info!(%source, %message, "webhook refused");
+    }
+    Failure::new(status, Failure::code_of(status), message).into_response()
 }
 
 /// Why a webhook body was not read to its end.
@@ -254,16 +241,13 @@ async fn ingest(
     };
     let secret = match &source.secret {
         Ok(secret) => secret,
+        // The server's configuration is wrong, not the sender's request; the message names the
+        // reference, never a value.
         Err(message) => {
-            // The server's configuration is wrong, not the sender's request: say so to the
-            // operator in the log and the trace (the message names the reference, never a
-            // value), under the refusal budget, and nothing about it to the sender.
-            let message = format!("cannot verify a webhook: {message}");
-            let now = shared.clock.now_ms();
-            if trace.webhook_refused(&name, Refusal::SecretUnavailable, &message, now) {
-                tracing::error!(source = %name, "{message}");
-            }
-            return secret_unavailable().into_response();
+            return refuse(
+                Refusal::SecretUnavailable,
+                format!("cannot verify a webhook: {message}"),
+            );
         }
     };
     let now = shared.clock.now_ms();
