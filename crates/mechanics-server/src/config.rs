@@ -15,10 +15,6 @@ use std::time::Duration;
 use mechanics_proto::domain::{HumanDuration, RateLimitSpec};
 use serde::{Deserialize, Serialize};
 
-/// Largest API key file accepted (`api_key_file`): a key is a line of text, so anything bigger is
-/// the wrong file.
-pub const MAX_API_KEY_FILE_BYTES: usize = 64 * 1024;
-
 /// Checks an API key: non-blank, only visible ASCII characters and inner spaces, no whitespace at
 /// its ends. Clients send the key in an HTTP header, which cannot carry control characters or
 /// (as text the server can compare) anything outside ASCII, and whose value loses the whitespace
@@ -46,21 +42,22 @@ pub fn check_api_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the API key from the file at `path`: a regular file of at most
-/// [`MAX_API_KEY_FILE_BYTES`], its trailing line break(s) trimmed, checked by [`check_api_key`].
-/// The server reads it once at startup; the CLI's `--api-key-file` reads it the same way.
+/// Reads the API key from the file at `path` with [`crate::files::read_secret`] (a regular file
+/// of at most [`crate::files::MAX_SECRET_FILE_BYTES`], its closing line breaks dropped), checked
+/// by [`check_api_key`]. The server reads it once at startup; the CLI's `--api-key-file` reads
+/// it the same way.
 pub fn read_api_key_file(path: &Path) -> Result<String, String> {
-    let text = crate::files::read_text(path, MAX_API_KEY_FILE_BYTES).map_err(|e| e.to_string())?;
-    // Editors and `echo` end a file with a line break; it is not part of the key.
-    let key = text.trim_end_matches(['\n', '\r']);
-    if key.is_empty() {
-        return Err(format!(
-            "{} is empty: write the key into it",
-            path.display()
-        ));
-    }
-    check_api_key(key).map_err(|message| format!("{}: {message}", path.display()))?;
-    Ok(key.to_owned())
+    let bytes = crate::files::read_secret(path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is empty: write the key into it", path.display()))?;
+    let key = String::from_utf8(bytes).map_err(|_| {
+        crate::files::ReadFileError::NotText {
+            path: path.to_owned(),
+        }
+        .to_string()
+    })?;
+    check_api_key(&key).map_err(|message| format!("{}: {message}", path.display()))?;
+    Ok(key)
 }
 
 /// Where a setting was read from, for error messages and `mechanics config show`.
@@ -377,6 +374,7 @@ impl ServerConfig {
     /// The compiled defaults, with the database under `home`.
     pub fn defaults(home: &Path) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let edge = mechanics_edge::EdgeLimits::default();
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 21212)),
             api_key: None,
@@ -397,9 +395,9 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(600),
             log_format: LogFormat::Compact,
             log_level: "info".to_owned(),
-            max_connections: mechanics_edge::EdgeLimits::default().max_connections,
-            header_timeout: mechanics_edge::EdgeLimits::default().header_timeout,
-            idle_timeout: mechanics_edge::EdgeLimits::default().idle_timeout,
+            max_connections: edge.max_connections,
+            header_timeout: edge.header_timeout,
+            idle_timeout: edge.idle_timeout,
             webhook_body_budget: 64 * 1024 * 1024,
             sources: BTreeMap::new(),
         }
@@ -993,7 +991,7 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("s3cret"), "{err}");
-        let big = write("big", &vec![b'k'; MAX_API_KEY_FILE_BYTES + 1]);
+        let big = write("big", &vec![b'k'; crate::files::MAX_SECRET_FILE_BYTES + 1]);
         assert_eq!(
             from_file(&big).unwrap_err(),
             format!(
@@ -1001,10 +999,10 @@ mod tests {
                 shown(&big)
             )
         );
-        let at_limit = write("at-limit", &vec![b'k'; MAX_API_KEY_FILE_BYTES]);
+        let at_limit = write("at-limit", &vec![b'k'; crate::files::MAX_SECRET_FILE_BYTES]);
         assert_eq!(
             from_file(&at_limit).unwrap().api_key.unwrap().len(),
-            MAX_API_KEY_FILE_BYTES
+            crate::files::MAX_SECRET_FILE_BYTES
         );
         let missing = dir.path().join("missing");
         assert!(from_file(&missing).unwrap_err().starts_with(&format!(

@@ -53,6 +53,22 @@ pub fn read_text(path: &Path, limit: usize) -> Result<String, ReadFileError> {
     })
 }
 
+/// The largest file a secret is read from: a source's secret or token, the API key, a node's
+/// token. A secret is a line; anything bigger is the wrong file.
+pub const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
+
+/// The secret in the file at `path`, read as [`read_bytes`] reads (at most
+/// [`MAX_SECRET_FILE_BYTES`]), without the line breaks that end it (`echo secret > file` writes
+/// one; it is not part of the secret); `None` when there is nothing else in it, for the caller
+/// to say what the file should hold.
+pub fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, ReadFileError> {
+    let mut bytes = read_bytes(path, MAX_SECRET_FILE_BYTES)?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(Some(bytes).filter(|bytes| !bytes.is_empty()))
+}
+
 /// [`read_text`] for content that need not be text (a webhook secret may be any bytes).
 pub fn read_bytes(path: &Path, limit: usize) -> Result<Vec<u8>, ReadFileError> {
     let io = |source| ReadFileError::Io {
@@ -129,6 +145,21 @@ mod tests {
         ));
         let err = read_text(&dir.path().join("absent"), 10).unwrap_err();
         assert!(err.to_string().starts_with("cannot read "), "{err}");
+    }
+
+    #[test]
+    fn a_secret_loses_its_closing_line_breaks_and_an_empty_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret \r\n\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap().unwrap(), b"s3cret ");
+        std::fs::write(&path, "\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), None);
+        std::fs::write(&path, vec![b'k'; MAX_SECRET_FILE_BYTES + 1]).unwrap();
+        assert!(matches!(
+            read_secret(&path),
+            Err(ReadFileError::TooLarge { .. })
+        ));
     }
 
     #[test]

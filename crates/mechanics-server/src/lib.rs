@@ -233,7 +233,7 @@ pub async fn start(
             until_stop(stopped.clone()),
         ));
         let refresher = tokio::spawn(sources::refresh_loop(
-            loops.integrations.clone(),
+            loops.integrations.sources.clone(),
             refresh_now,
             until_stop(stopped.clone()),
         ));

@@ -72,7 +72,7 @@ async fn refuse_unusable_files(spec: &SourceSpec) -> ApiResult<()> {
     let checked = tokio::task::spawn_blocking(move || {
         for (field, path) in files {
             if let Err(err @ (ReadFileError::NotRegular { .. } | ReadFileError::TooLarge { .. })) =
-                crate::files::read_bytes(std::path::Path::new(&path), MAX_SECRET_FILE_BYTES)
+                crate::files::read_secret(std::path::Path::new(&path))
             {
                 return Err(format!("invalid source: {field}: {err}"));
             }
@@ -165,10 +165,6 @@ impl CachedSource {
         (self.source.created_at, self.source.revision) == (source.created_at, source.revision)
     }
 }
-
-/// The largest secret or token file read: a FIFO, a device or a huge file named as a source's
-/// `secret_file` once froze or exhausted the server.
-pub(crate) const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
 
 /// Sources by name.
 type Sources = Arc<HashMap<String, Arc<CachedSource>>>;
@@ -365,7 +361,7 @@ fn redact_secret(trace: &TraceLog, secret: &[u8]) {
 /// Reloads every source's secret and token every [`SECRET_REFRESH_INTERVAL`], and when `now`
 /// is rung (SIGHUP).
 pub(crate) async fn refresh_loop(
-    sources: Arc<crate::webhooks::Integrations>,
+    sources: Arc<SourceCache>,
     now: Arc<Notify>,
     stop: impl Future<Output = ()>,
 ) {
@@ -376,7 +372,7 @@ pub(crate) async fn refresh_loop(
             () = tokio::time::sleep(SECRET_REFRESH_INTERVAL) => {}
             () = now.notified() => tracing::info!("reading the sources' secrets again"),
         }
-        sources.sources.refresh().await;
+        sources.refresh().await;
     }
 }
 
@@ -419,18 +415,13 @@ fn resolve(what: &str, env: Option<&str>, file: Option<&str>) -> Result<Option<V
         };
     }
     if let Some(path) = file {
-        let mut bytes = crate::files::read_bytes(std::path::Path::new(path), MAX_SECRET_FILE_BYTES)
-            .map_err(|err| format!("the file that holds the source's {what}: {err}"))?;
-        // A trailing newline is an artefact of `echo secret > file`, not part of the secret.
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
-            return Err(format!(
+        return match crate::files::read_secret(std::path::Path::new(path)) {
+            Ok(Some(bytes)) => Ok(Some(bytes)),
+            Ok(None) => Err(format!(
                 "the file {path} that holds the source's {what} is empty"
-            ));
-        }
-        return Ok(Some(bytes));
+            )),
+            Err(err) => Err(format!("the file that holds the source's {what}: {err}")),
+        };
     }
     Ok(None)
 }

@@ -292,10 +292,13 @@ fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
     let token = match &args.token_file {
         // Only a small regular file: a FIFO or a device would hang or exhaust the node.
         Some(path) => Some(
-            mechanics_server::files::read_text(path, 64 * 1024)
-                .context("--token-file")?
-                .trim()
-                .to_owned(),
+            mechanics_server::files::read_text(
+                path,
+                mechanics_server::files::MAX_SECRET_FILE_BYTES,
+            )
+            .context("--token-file")?
+            .trim()
+            .to_owned(),
         ),
         None => std::env::var(TOKEN_ENV).ok(),
     };

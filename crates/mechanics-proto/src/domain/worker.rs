@@ -473,15 +473,17 @@ mod tests {
         assert_eq!(back, spec);
     }
 
+    /// The error of a js worker spec with `extra`'s fields over a valid minimal one.
+    fn js_error(extra: Value) -> String {
+        let mut base = json!({ "name": "w", "kind": "js", "module": "m.js" });
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec(base).unwrap_err()
+    }
+
     #[test]
     fn errors_name_the_field() {
-        let js = |extra: Value| {
-            let mut base = json!({ "name": "w", "kind": "js", "module": "m.js" });
-            base.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            spec(base).unwrap_err()
-        };
         for (extra, expected) in [
             (
                 json!({ "name": "Bad_Name" }),
@@ -519,7 +521,7 @@ mod tests {
                 "rate_limit.burst: must be at least 1",
             ),
         ] {
-            let err = js(extra.clone());
+            let err = js_error(extra.clone());
             assert!(err.contains(expected), "{extra}: {err}");
         }
         let err = spec(json!({ "name": "w", "kind": "http" })).unwrap_err();
@@ -554,13 +556,6 @@ mod tests {
         spec(json!({ "name": "p", "kind": "process", "command": ["bot", "a\nb\tc", "é"] }))
             .unwrap();
 
-        let js = |extra: Value| {
-            let mut base = json!({ "name": "w", "kind": "js", "module": "m.js" });
-            base.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            spec(base).unwrap_err()
-        };
         for (extra, expected) in [
             (
                 json!({ "name": "w\0" }),
@@ -591,7 +586,7 @@ mod tests {
                 "triggers[0].cron.tz: \"Europe/Paris\\0\" contains the control character",
             ),
         ] {
-            let err = js(extra.clone());
+            let err = js_error(extra.clone());
             assert!(err.starts_with(expected), "{extra}: {err}");
         }
         for url in [
