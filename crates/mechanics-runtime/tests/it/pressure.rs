@@ -12,7 +12,7 @@ use mechanics_runtime::{
 };
 use tokio::time::Instant;
 
-use crate::{TestNode, gaps, in_child, ms, run_in_child, supervisor, wait_for};
+use crate::{TestNode, gaps, in_child, ms, supervisor, wait_for};
 
 /// The health of a check this process could not make: it could not open a socket.
 fn out_of_descriptors() -> Option<HealthStatus> {
@@ -187,18 +187,9 @@ async fn shutdown_is_honoured_at_once_while_a_starved_launch_waits() {
 #[test]
 fn a_real_process_node_out_of_descriptors_is_retried_and_checked_again_without_a_death() {
     if !in_child() {
-        let child = run_in_child(
+        mechanics_test_support::passes_in_a_child_process(
             "pressure::a_real_process_node_out_of_descriptors_is_retried_and_checked_again_without_a_death",
-            &[],
         );
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(stdout.contains("1 passed"), "{stdout}");
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
