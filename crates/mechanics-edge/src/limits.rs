@@ -50,6 +50,30 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 impl EdgeLimits {
+    /// These limits for this process: raises its soft descriptor limit to the hard one
+    /// ([`raise_open_files_limit`]), then lowers `max_connections` to what that leaves
+    /// ([`EdgeLimits::within_open_files`]), with a warning when it had to.
+    pub fn for_this_process(self) -> Self {
+        let open_files = match raise_open_files_limit() {
+            Ok(open_files) => open_files,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read or raise the descriptor limit");
+                return self;
+            }
+        };
+        let fitted = self.within_open_files(open_files);
+        if fitted.max_connections < self.max_connections {
+            tracing::warn!(
+                configured = self.max_connections,
+                max_connections = fitted.max_connections,
+                open_files,
+                "max_connections lowered to what the descriptor limit leaves; raise the limit \
+                 (ulimit -n) to allow more"
+            );
+        }
+        fitted
+    }
+
     /// These limits with `max_connections` lowered so that connections leave descriptors for
     /// everything else the process opens (its database, child processes, outgoing requests):
     /// half of `open_files`, but never more than 256 of them, are kept for that.

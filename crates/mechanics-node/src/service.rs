@@ -69,11 +69,7 @@ pub async fn serve(
     let router = guarded.route(HEALTH_PATH, get(health)).with_state(node);
     // The coordinator is the only intended client, but the port may be reachable by others:
     // the edge keeps them from holding connections or descriptors.
-    let limits = mechanics_edge::EdgeLimits::default();
-    let limits = match mechanics_edge::raise_open_files_limit() {
-        Ok(open_files) => limits.within_open_files(open_files),
-        Err(_) => limits,
-    };
+    let limits = mechanics_edge::EdgeLimits::default().for_this_process();
     mechanics_edge::serve(listener, router, limits, shutdown).await;
     tracing::info!(%addr, "node stopped");
     // Dropping the pool waits up to its shutdown timeout for running jobs: not on the runtime.

@@ -223,25 +223,7 @@ pub fn serve(args: &ConfigArgs) -> u8 {
 
 async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     // Connections must leave descriptors for the database, the nodes and outgoing requests.
-    match mechanics_edge::raise_open_files_limit() {
-        Ok(open_files) => {
-            let affordable = config
-                .edge_limits()
-                .within_open_files(open_files)
-                .max_connections;
-            if affordable < config.max_connections {
-                tracing::warn!(
-                    configured = config.max_connections,
-                    max_connections = affordable,
-                    open_files,
-                    "max_connections lowered to what the descriptor limit leaves; raise the limit \
-                     (ulimit -n) to allow more"
-                );
-                config.max_connections = affordable;
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "cannot read or raise the descriptor limit"),
-    }
+    config.max_connections = config.edge_limits().for_this_process().max_connections;
     let db_path = config.db_path.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
         .await
