@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README and CI run it: formatting, lints, then every test.
-# Later features that need services (PostgreSQL) install and start them here.
+# The whole test suite, as the README and CI run it: formatting, lints, then every test, with a
+# throwaway PostgreSQL cluster for the tests that need one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A one-shot full run gains nothing from incremental caches, which would roughly double `target/`.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+log=""
+# start_postgres, stop_postgres (scripts/postgres.sh: the throwaway cluster).
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+cleanup() {
+    stop_postgres
+    if [ -n "$log" ]; then rm -f "$log"; fi
+}
+trap cleanup EXIT
+# So that Ctrl-C or a kill still runs the cleanup (and stops the cluster).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+start_postgres
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 # Unit and integration tests (benches run with `cargo bench`; the crates have no doc tests).
 cargo test --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole run.

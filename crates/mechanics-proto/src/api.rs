@@ -197,3 +197,25 @@ pub struct LogList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<i64>,
 }
+
+/// A `mechanics serve` process using the database, as its heartbeats record it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Chosen at startup, unique per process.
+    pub id: String,
+    /// Where its API listens.
+    pub address: String,
+    /// The Mechanics version it runs.
+    pub version: String,
+    /// When it started (unix ms).
+    pub started_at: i64,
+    /// Its last heartbeat (unix ms).
+    pub last_seen: i64,
+}
+
+/// `GET /instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    /// The instances seen within the last three heartbeats, by id.
+    pub instances: Vec<Instance>,
+}

@@ -181,6 +181,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/events/{id}", get(show_event))
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}/reset", post(reset_node))
+        .route("/instances", get(crate::instances::list))
         .route("/logs", get(crate::observe::list_logs))
         .merge(crate::sources::routes())
         .fallback(|| async { Failure::not_found("no such API route") })

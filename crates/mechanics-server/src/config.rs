@@ -137,6 +137,121 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// The schemes of a `db` setting that select PostgreSQL; anything else is a SQLite path.
+pub const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
+
+/// Where the server keeps its state: the `db` setting, typed.
+///
+/// Its `Display` and `Debug` forms never show a PostgreSQL password (it is replaced by `***`),
+/// so the value can go into logs and messages as it is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file: one server per file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://USER:PASSWORD@HOST:PORT/DB`): any number of
+    /// servers may share the database.
+    Postgres(String),
+}
+
+impl Database {
+    /// The database a `db` setting names: a value starting with one of [`POSTGRES_SCHEMES`] is
+    /// a PostgreSQL URL, anything else the path of a SQLite file. Surrounding whitespace is
+    /// dropped; a blank value is an error (it would otherwise be a file with no name).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(
+                "is empty: give a SQLite file path or a postgres:// URL, or leave it unset for \
+                 ~/.mechanics/mechanics.db"
+                    .to_owned(),
+            );
+        }
+        if POSTGRES_SCHEMES.iter().any(|s| value.starts_with(s)) {
+            Ok(Self::Postgres(value.to_owned()))
+        } else {
+            Ok(Self::Sqlite(PathBuf::from(value)))
+        }
+    }
+
+    /// The password of a PostgreSQL URL, in every form it may take in text: as written and
+    /// percent-decoded, from the user part (`USER:PASSWORD@`) and from a `password=` query
+    /// parameter. Registered with the trace's redactor, so that it never reaches `/logs` even
+    /// if a database message were to quote it. Empty for SQLite and for a URL without one.
+    pub fn passwords(&self) -> Vec<String> {
+        let Self::Postgres(url) = self else {
+            return Vec::new();
+        };
+        let rest = POSTGRES_SCHEMES
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .unwrap_or(url);
+        let mut found = Vec::new();
+        // The user part ends at the first `@`, wherever it is: the client reads it so (a
+        // password may hold an unencoded `/`), and a false find only redacts more.
+        if let Some((credentials, _)) = rest.split_once('@')
+            && let Some((_, password)) = credentials.split_once(':')
+        {
+            found.push(password.to_owned());
+        }
+        if let Some((_, query)) = rest.split_once('?') {
+            for pair in query.split('&') {
+                if let Some(("password", password)) = pair.split_once('=') {
+                    found.push(password.to_owned());
+                }
+            }
+        }
+        let decoded: Vec<String> = found.iter().map(|p| percent_decode(p)).collect();
+        found.extend(decoded);
+        found.retain(|p| !p.is_empty());
+        found.sort();
+        found.dedup();
+        found
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (invalid UTF-8 replaced); a `%` not followed by two
+/// hex digits stays as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            // Two hex digits are at most 255.
+            out.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&mechanics_store::redact_database_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
+}
+
 /// The effective server configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -150,8 +265,10 @@ pub struct ServerConfig {
     pub api_key_file: Option<PathBuf>,
     /// Serve without an API key on a non-loopback address.
     pub insecure_no_auth: bool,
-    /// The SQLite database file.
-    pub db_path: PathBuf,
+    /// The database: a SQLite file, or a PostgreSQL server shared with other servers.
+    pub db: Database,
+    /// How long startup keeps trying to reach a PostgreSQL database before giving up.
+    pub db_connect_timeout: Duration,
     /// Local executor nodes to launch.
     pub local_nodes: usize,
     /// The in-memory ready queue: claimed tasks waiting for a runner, at most `concurrency` of
@@ -197,8 +314,10 @@ pub struct ConfigLayer {
     pub api_key_file: Option<PathBuf>,
     /// See [`ServerConfig::insecure_no_auth`].
     pub insecure_no_auth: Option<bool>,
-    /// See [`ServerConfig::db_path`].
-    pub db: Option<PathBuf>,
+    /// See [`ServerConfig::db`]: a `postgres://` or `postgresql://` URL, or a SQLite file path.
+    pub db: Option<String>,
+    /// See [`ServerConfig::db_connect_timeout`] (`30s`).
+    pub db_connect_timeout: Option<String>,
     /// See [`ServerConfig::local_nodes`].
     pub local_nodes: Option<usize>,
     /// See [`ServerConfig::queue_size`].
@@ -232,6 +351,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MECHANICS_API_KEY_FILE", "api_key_file"),
     ("MECHANICS_INSECURE_NO_AUTH", "insecure_no_auth"),
     ("MECHANICS_DB_PATH", "db"),
+    ("MECHANICS_DB_CONNECT_TIMEOUT", "db_connect_timeout"),
     ("MECHANICS_LOCAL_NODES", "local_nodes"),
     ("MECHANICS_QUEUE_SIZE", "queue_size"),
     ("MECHANICS_CONCURRENCY", "concurrency"),
@@ -299,7 +419,8 @@ impl ConfigLayer {
             "insecure_no_auth" => {
                 self.insecure_no_auth = Some(parse_bool("insecure_no_auth", value, &source)?);
             }
-            "db" => self.db = Some(PathBuf::from(value)),
+            "db" => self.db = Some(value.to_owned()),
+            "db_connect_timeout" => self.db_connect_timeout = Some(value.to_owned()),
             "local_nodes" => {
                 self.local_nodes = Some(parse("local_nodes", value, &source, "a number")?)
             }
@@ -380,7 +501,8 @@ impl ServerConfig {
             api_key: None,
             api_key_file: None,
             insecure_no_auth: false,
-            db_path: home.join("mechanics.db"),
+            db: Database::Sqlite(home.join("mechanics.db")),
+            db_connect_timeout: Duration::from_secs(30),
             local_nodes: cpus,
             queue_size: 256,
             concurrency: 16,
@@ -469,7 +591,12 @@ impl ServerConfig {
             self.insecure_no_auth = v;
         }
         if let Some(v) = layer.db {
-            self.db_path = v;
+            self.db = Database::parse(&v).map_err(|message| invalid("db", message))?;
+        }
+        if let Some(text) = layer.db_connect_timeout {
+            self.db_connect_timeout = HumanDuration::parse(&text)
+                .map_err(|message| invalid("db_connect_timeout", message))?
+                .0;
         }
         if let Some(v) = layer.local_nodes {
             self.local_nodes = v;
@@ -580,6 +707,15 @@ impl ServerConfig {
                 ),
             ));
         }
+        if self.db_connect_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "db_connect_timeout",
+                format!(
+                    "must be at most 1h, got {}",
+                    HumanDuration(self.db_connect_timeout)
+                ),
+            ));
+        }
         for (key, value) in [
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
@@ -608,11 +744,12 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The effective configuration as `key: value  # source` lines, the API key redacted.
+    /// The effective configuration as `key: value  # source` lines, the API key and the
+    /// database password redacted.
     pub fn show(&self) -> String {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
-        let rows: [(&str, String); 17] = [
+        let rows: [(&str, String); 18] = [
             ("addr", self.addr.to_string()),
             ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
             (
@@ -622,7 +759,11 @@ impl ServerConfig {
                     .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
             ),
             ("insecure_no_auth", self.insecure_no_auth.to_string()),
-            ("db", self.db_path.display().to_string()),
+            ("db", self.db.to_string()),
+            (
+                "db_connect_timeout",
+                HumanDuration(self.db_connect_timeout).to_string(),
+            ),
             ("local_nodes", self.local_nodes.to_string()),
             ("queue_size", self.queue_size.to_string()),
             ("concurrency", self.concurrency.to_string()),
@@ -672,6 +813,7 @@ impl ConfigLayer {
         note(self.api_key_file.is_some(), "api_key_file");
         note(self.insecure_no_auth.is_some(), "insecure_no_auth");
         note(self.db.is_some(), "db");
+        note(self.db_connect_timeout.is_some(), "db_connect_timeout");
         note(self.local_nodes.is_some(), "local_nodes");
         note(self.queue_size.is_some(), "queue_size");
         note(self.concurrency.is_some(), "concurrency");
@@ -739,7 +881,8 @@ mod tests {
         assert_eq!(config.concurrency, 12);
         assert_eq!(config.queue_size, 10);
         assert_eq!(config.drain_timeout, Duration::from_secs(30));
-        assert_eq!(config.db_path, home.join("mechanics.db"));
+        assert_eq!(config.db, Database::Sqlite(home.join("mechanics.db")));
+        assert_eq!(config.db_connect_timeout, Duration::from_secs(30));
         assert_eq!(config.source_of("queue_size"), ConfigSource::File(path));
         assert_eq!(
             config.source_of("concurrency"),
@@ -750,6 +893,151 @@ mod tests {
         assert!(shown.contains("api_key: <redacted>"), "{shown}");
         assert!(!shown.contains("from-file"), "{shown}");
         assert!(shown.contains("concurrency: 12  # flags"), "{shown}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_and_anything_else_is_a_sqlite_path() {
+        let resolve = |layers: Vec<(ConfigSource, ConfigLayer)>| {
+            ServerConfig::resolve(Path::new("/h"), layers).map_err(|e| e.to_string())
+        };
+        for url in [
+            "postgres://alice@db.example:5432/mechanics",
+            "postgresql://alice@db.example/mechanics",
+        ] {
+            let config = resolve(vec![flag_layer("db", url)]).unwrap();
+            assert_eq!(config.db, Database::Postgres(url.to_owned()), "{url}");
+            assert_eq!(config.db.to_string(), url, "nothing to redact");
+        }
+        for path in [
+            "/var/lib/mechanics.db",
+            "relative.db",
+            "postgres.db",
+            "postgres:/one-slash",
+            "Postgres://not-the-scheme",
+        ] {
+            let config = resolve(vec![flag_layer("db", path)]).unwrap();
+            assert_eq!(config.db, Database::Sqlite(PathBuf::from(path)), "{path}");
+        }
+        // The variable and the file name the same setting.
+        let layer =
+            ConfigLayer::from_env(env(&[("MECHANICS_DB_PATH", "postgresql://u@127.0.0.1/x")]))
+                .unwrap();
+        let config = resolve(vec![(ConfigSource::Env("MECHANICS_DB_PATH".into()), layer)]).unwrap();
+        assert!(matches!(config.db, Database::Postgres(_)));
+        assert_eq!(
+            config.source_of("db"),
+            ConfigSource::Env("MECHANICS_DB_PATH".into())
+        );
+        let (_dir, path) = file("db: postgres://u@127.0.0.1:5432/x\n");
+        let config = resolve(vec![(
+            ConfigSource::File(path.clone()),
+            ConfigLayer::from_file(&path).unwrap(),
+        )])
+        .unwrap();
+        assert_eq!(
+            config.db,
+            Database::Postgres("postgres://u@127.0.0.1:5432/x".into())
+        );
+        let err = resolve(vec![flag_layer("db", " ")]).unwrap_err();
+        assert!(err.starts_with("--db: db: is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_database_password_is_never_shown_and_is_known_to_the_redactor() {
+        let url = "postgres://alice:s3cret%21@127.0.0.1:5432/db?sslmode=disable&password=0ther";
+        let config = ServerConfig::resolve(Path::new("/h"), [flag_layer("db", url)]).unwrap();
+        for shown in [
+            config.show(),
+            config.db.to_string(),
+            format!("{:?}", config.db),
+            format!("{config:?}"),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("0ther"), "{shown}");
+            assert!(shown.contains("alice"), "{shown}");
+        }
+        assert!(
+            config
+                .show()
+                .contains("db: postgres://alice:***@127.0.0.1:5432/db")
+        );
+        assert_eq!(
+            config.db.passwords(),
+            ["0ther", "s3cret!", "s3cret%21"].map(str::to_owned)
+        );
+        for none in [
+            "postgres://alice@127.0.0.1/db",
+            "postgresql://127.0.0.1:5432/db",
+            "postgres://alice:@127.0.0.1/db",
+        ] {
+            assert!(
+                Database::Postgres(none.to_owned()).passwords().is_empty(),
+                "{none}"
+            );
+        }
+        assert!(
+            Database::Sqlite(PathBuf::from("a:b@c"))
+                .passwords()
+                .is_empty()
+        );
+        assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+    }
+
+    #[test]
+    fn the_database_connect_timeout_is_a_duration_of_at_most_an_hour() {
+        let resolve = |value: &str| {
+            ServerConfig::resolve(Path::new("/h"), [flag_layer("db_connect_timeout", value)])
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            resolve("1s").unwrap().db_connect_timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            resolve("2m30s").unwrap().db_connect_timeout,
+            Duration::from_secs(150)
+        );
+        assert_eq!(resolve("0s").unwrap().db_connect_timeout, Duration::ZERO);
+        let shown = resolve("45s").unwrap().show();
+        assert!(
+            shown.contains("db_connect_timeout: 45s  # --db-connect-timeout"),
+            "{shown}"
+        );
+        assert_eq!(
+            resolve("soon").unwrap_err(),
+            "--db-connect-timeout: db_connect_timeout: \"soon\" is not a duration: write e.g. \
+             500ms, 30s, 30m, 1h30m or 7d"
+        );
+        assert_eq!(
+            resolve("2h").unwrap_err(),
+            "--db-connect-timeout: db_connect_timeout: must be at most 1h, got 2h"
+        );
+        let err = ConfigLayer::from_env(env(&[("MECHANICS_DB_CONNECT_TIMEOUT", "x")]))
+            .and_then(|layer| {
+                ServerConfig::resolve(
+                    Path::new("/h"),
+                    [(
+                        ConfigSource::Env("MECHANICS_DB_CONNECT_TIMEOUT".into()),
+                        layer,
+                    )],
+                )
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("MECHANICS_DB_CONNECT_TIMEOUT: db_connect_timeout: \"x\""),
+            "{err}"
+        );
+        let (_dir, path) = file("db_connect_timeout: 10s\n");
+        let config = ServerConfig::resolve(
+            Path::new("/h"),
+            [(
+                ConfigSource::File(path.clone()),
+                ConfigLayer::from_file(&path).unwrap(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(config.db_connect_timeout, Duration::from_secs(10));
     }
 
     #[test]

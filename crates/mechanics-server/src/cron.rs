@@ -26,7 +26,7 @@ use mechanics_proto::domain::{Trigger, WorkerSpec};
 use serde_json::json;
 
 use crate::Shared;
-use crate::trace_log::{random_trace_id, task_trace_id};
+use crate::trace_log::task_trace_id;
 
 /// Most missed fire times counted on catch-up; beyond it the count stops (a per-second
 /// schedule after a month down would otherwise take millions of steps).
@@ -243,18 +243,20 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
         .store
         .record_cron_fire(worker, fire_time, payload, now)
         .await;
-    if dropped > 0 {
+    // Several servers catch up on the same missed times: the one that recorded the fire
+    // counts them, so they are counted once.
+    if let Ok(Some(task)) = &fired
+        && dropped > 0
+    {
         tracing::warn!(
             worker,
             dropped,
             "cron fires missed while the server was down are dropped; firing once"
         );
         // In the fired task's trace, so `?trace=task-N` shows why it stands for several times.
-        let trace_id = match &fired {
-            Ok(Some(task)) => task_trace_id(task),
-            _ => random_trace_id(),
-        };
-        shared.trace.cron_dropped(worker, dropped, trace_id, now);
+        shared
+            .trace
+            .cron_dropped(worker, dropped, task_trace_id(task), now);
     }
     match fired {
         Ok(Some(task)) => {

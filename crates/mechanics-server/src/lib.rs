@@ -16,6 +16,7 @@ pub mod cron;
 pub mod dispatch;
 pub mod executor;
 pub mod files;
+pub mod instances;
 pub mod metrics;
 pub mod observe;
 mod pipeline;
@@ -44,7 +45,6 @@ pub use metrics::Metrics;
 pub use trace_log::TraceLog;
 
 use dispatch::Dispatcher;
-use dispatch::limiter::Rate;
 use executor::HttpWorkerClient;
 use processes::ProcessWorkers;
 use registry::Registry;
@@ -61,6 +61,9 @@ pub enum ServerError {
     /// The HTTP client for http workers could not be built.
     #[error("{0}")]
     Http(String),
+    /// The first heartbeat, which lists this server among the instances, could not be written.
+    #[error("registering this server in the database failed: {0}")]
+    Instance(mechanics_store::StoreError),
 }
 
 /// What the server is built from, besides its configuration.
@@ -86,13 +89,22 @@ impl DispatchConfig {
             prefetch: config.queue_size,
             lease_margin: Duration::from_secs(60),
             http_timeout: Duration::from_secs(600),
-            default_rate: Rate {
+            default_rate: mechanics_store::TokenRate {
                 per_second: config.worker_rate_limit.per_second,
                 burst: config.worker_rate_limit.burst,
             },
         }
     }
 }
+
+/// With other servers on the database, the longest an idle dispatcher sleeps before it reads
+/// the next due time again (which also refreshes the registry version): a lost notification
+/// delays work by at most this, never loses it. The only query an idle server makes besides
+/// its heartbeat.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// How often a busy server re-queues tasks whose lease expired, with other servers on the
+/// database.
+pub const LEASE_SWEEP: Duration = Duration::from_secs(5);
 
 /// State shared by the API handlers and the loops.
 pub(crate) struct Shared {
@@ -163,13 +175,19 @@ pub async fn start(
     if let Some(key) = &config.api_key {
         trace.redactor().add_secret(key);
     }
+    for password in config.db.passwords() {
+        trace.redactor().add_secret(&password);
+    }
     let now = parts.clock.now_ms();
-    // One server per SQLite file: nothing can still be running a claim from before.
-    let recovered = parts
-        .store
-        .requeue_all_dispatched(now)
-        .await
-        .map_err(ServerError::Recovery)?;
+    // Alone on the database (SQLite: one server per file), nothing can still be running a
+    // claim from before. With other servers on it, only claims whose lease ran out are taken
+    // back: a live server's are its own.
+    let recovered = if parts.store.shared() {
+        parts.store.requeue_expired_leases(now).await
+    } else {
+        parts.store.requeue_all_dispatched(now).await
+    }
+    .map_err(ServerError::Recovery)?;
     if !recovered.is_empty() {
         tracing::info!(
             tasks = recovered.len(),
@@ -210,6 +228,13 @@ pub async fn start(
         integrations,
         reconcile: Notify::new(),
     });
+    // Listed before it serves: a client that reached this server finds it in the list.
+    let instance = instances::this_instance(format!("http://{addr}"), shared.clock.now_ms());
+    shared
+        .store
+        .heartbeat(&instance, instance.started_at)
+        .await
+        .map_err(ServerError::Instance)?;
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
     // One error shape for every route, webhooks included (see `api::json_errors`).
@@ -240,12 +265,33 @@ pub async fn start(
         let cron = tokio::spawn(cron::run(loops.clone(), until_stop(stopped.clone())));
         // Write-back outlives the drain: events whose last task ends during it are settled.
         let (drained, drained_rx) = watch::channel(false);
+        // So does the heartbeat: a draining server still holds claims, and is still listed.
+        let heartbeat = tokio::spawn(instances::heartbeat_loop(
+            store.clone(),
+            clock,
+            instance,
+            until_stop(drained_rx.clone()),
+        ));
         let write_back = tokio::spawn(writeback::run(loops.clone(), until_stop(drained_rx)));
-        let reconciler = tokio::spawn(reconcile_loop(loops, until_stop(stopped.clone())));
-        let cleaner = tokio::spawn(limiter_cleanup_loop(
+        let reconciler = tokio::spawn(reconcile_loop(loops.clone(), until_stop(stopped.clone())));
+        let cleaner = tokio::spawn(reservation_cleanup_loop(
             dispatcher.clone(),
             until_stop(stopped.clone()),
         ));
+        let (remote, sweeper) = if loops.store.shared() {
+            (
+                Some(tokio::spawn(remote_changes_loop(
+                    loops.clone(),
+                    until_stop(stopped.clone()),
+                ))),
+                Some(tokio::spawn(lease_sweep_loop(
+                    dispatcher.clone(),
+                    until_stop(stopped.clone()),
+                ))),
+            )
+        } else {
+            (None, None)
+        };
         let flusher = tokio::spawn(trace.clone().flush_loop(until_stop(stopped.clone())));
         let pruner = tokio::spawn(trace_log::prune_loop(
             store,
@@ -260,8 +306,12 @@ pub async fn start(
         let _ = drained.send(true);
         let _ = reconciler.await;
         let _ = cleaner.await;
+        for handle in [remote, sweeper].into_iter().flatten() {
+            let _ = handle.await;
+        }
         let _ = cron.await;
         let _ = write_back.await;
+        let _ = heartbeat.await;
         let _ = flusher.await;
         let _ = pruner.await;
         let _ = refresher.await;
@@ -317,27 +367,59 @@ async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     }
 }
 
-/// Every 5 minutes, forgets rate-limit buckets idle for 10 minutes (they would be full again).
-/// Memory only: it touches no database.
-async fn limiter_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
+/// Every 5 minutes, forgets the rate-limit reservations of tasks that never came back for them
+/// (canceled or deleted meanwhile). Memory only: it touches no database.
+async fn reservation_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
             () = tokio::time::sleep(Duration::from_secs(300)) => {}
         }
-        let idle_since = dispatcher.clock.now_ms() - 600_000;
-        let forgotten = dispatcher
-            .limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_idle(idle_since);
-        if forgotten > 0 {
-            tracing::debug!(forgotten, "idle rate-limit buckets forgotten");
-        }
         // A task re-queued to its reserved slot may wait in the ready queue for up to a lease
         // after that slot before it runs and uses the reservation.
         let lease_ms = i64::try_from(dispatcher.lease().await.as_millis()).unwrap_or(i64::MAX);
-        dispatcher.forget_stale_reservations(idle_since.saturating_sub(lease_ms));
+        let before = (dispatcher.clock.now_ms() - 600_000).saturating_sub(lease_ms);
+        dispatcher.forget_stale_reservations(before);
+    }
+}
+
+/// With other servers on the database: wakes the dispatcher when one of them made work due,
+/// and the registry's users (process workers, cron) when the registry version moved, whether a
+/// notification or the dispatcher's poll ([`FALLBACK_POLL`]) showed it. Reads no database.
+async fn remote_changes_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let changes = shared.store.remote_changes();
+    let mut seen = shared.store.registry_version();
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = changes.notified() => shared.dispatcher.wake.notify_one(),
+            () = tokio::time::sleep(FALLBACK_POLL) => {}
+        }
+        let version = shared.store.registry_version();
+        if version != seen {
+            seen = version;
+            shared.registry_changed();
+        }
+    }
+}
+
+/// With other servers on the database: while this one is busy, re-queues tasks whose lease
+/// expired (a server that died holding them) every [`LEASE_SWEEP`]. An idle dispatcher's poll
+/// does the same on its own, so an idle server adds no query here.
+async fn lease_sweep_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut claims_seen = dispatcher.claims_made();
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(LEASE_SWEEP) => {}
+        }
+        let claims = dispatcher.claims_made();
+        if claims != claims_seen {
+            claims_seen = claims;
+            dispatcher.requeue_expired().await;
+        }
     }
 }

@@ -30,7 +30,7 @@ impl TraceLog {
         };
         if created {
             metrics.tasks_created.inc(&task.worker);
-            self.record(entry(LogOutcome::Ok));
+            self.record_creation(entry(LogOutcome::Ok));
         } else {
             metrics.tasks_dedup_skipped.inc(&task.worker);
             self.record(LogRecord {
@@ -402,7 +402,7 @@ impl TraceLog {
         };
         if created {
             self.metrics().tasks_created.inc(&task.worker);
-            self.record(LogRecord {
+            self.record_creation(LogRecord {
                 detail: Some(json!({ "trigger": "webhook" })),
                 ..entry(LogOutcome::Ok)
             });
@@ -435,16 +435,18 @@ impl TraceLog {
     /// A cron trigger fired and made `task`; `fire` describes the fire (schedule, time zone,
     /// fire time).
     pub(crate) fn cron_fired(&self, task: &Task, fire: Value, now: i64) {
-        self.record(LogRecord {
-            attempt: None,
-            detail: Some(fire),
-            ..task_entry(task, "cron", LogOutcome::Ok, now)
-        });
         self.metrics().tasks_created.inc(&task.worker);
-        self.record(LogRecord {
+        // Each goes before the task's steps the dispatcher may have recorded already, so the
+        // submission first and the fire before it.
+        self.record_creation(LogRecord {
             attempt: None,
             detail: Some(json!({ "trigger": "cron" })),
             ..task_entry(task, "submit", LogOutcome::Ok, now)
+        });
+        self.record_creation(LogRecord {
+            attempt: None,
+            detail: Some(fire),
+            ..task_entry(task, "cron", LogOutcome::Ok, now)
         });
     }
 

@@ -352,6 +352,17 @@ impl TraceLog {
 
     /// Redacts `record` and queues it for the next write. Never blocks on the database.
     pub fn record(&self, record: LogRecord) {
+        self.queue(record, false);
+    }
+
+    /// [`record`](Self::record) for the step that created a task: it goes before the task's
+    /// other steps still buffered. Once a task is committed the dispatcher may claim and run it
+    /// before the creating request records its step, and `/logs` must still show creation first.
+    pub(crate) fn record_creation(&self, record: LogRecord) {
+        self.queue(record, true);
+    }
+
+    fn queue(&self, record: LogRecord, before_task_steps: bool) {
         let record = self.redactor.redact_record(record);
         tracing::debug!(
             action = %record.action,
@@ -363,7 +374,16 @@ impl TraceLog {
         );
         let len = {
             let mut buffer = self.lock();
-            buffer.push_back(record);
+            let first_step = match record.task_id {
+                Some(task) if before_task_steps => {
+                    buffer.iter().position(|r| r.task_id == Some(task))
+                }
+                _ => None,
+            };
+            match first_step {
+                Some(at) => buffer.insert(at, record),
+                None => buffer.push_back(record),
+            }
             if buffer.len() > MAX_BUFFERED {
                 buffer.pop_front();
                 self.metrics.logs_dropped.inc();

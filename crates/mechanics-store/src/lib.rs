@@ -1,7 +1,9 @@
 //! `mechanics-store`: the durable state of the coordinator — workers, sources, events, tasks,
-//! cron fires and the `/logs` pipeline trace — behind one [`Store`] trait, with all of its SQL,
-//! schema and migrations. [`SqliteStore`] is the embedded backend; PostgreSQL comes next and must
-//! pass the same conformance suite (`tests/it/conformance.rs`).
+//! cron fires, the `/logs` pipeline trace, the shared token buckets and the instances using the
+//! database — behind one [`Store`] trait, with all of its SQL, schema and migrations.
+//! [`SqliteStore`] is the embedded backend (one server per file); [`PgStore`] lets several
+//! servers share one PostgreSQL database. Both pass the same conformance suite
+//! (`tests/it/conformance.rs`).
 //!
 //! This crate must not contain policy. It never decides whether or when to retry, never computes
 //! a backoff, never reads the clock for a decision: every time (`now`, `next_run_at`, lease
@@ -17,19 +19,25 @@
 //! per-dialect SQL (placeholders, `SKIP LOCKED`, `LISTEN`), so the PostgreSQL backend is a second
 //! implementation of [`Store`] with its own client either way.
 
+mod buckets;
 mod error;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
     Event, EventId, EventState, LogEntry, LogOutcome, LogRecord, Source, SourceSpec, Task, TaskId,
     TaskState, Worker, WorkerSpec,
 };
 use serde_json::Value;
 
+pub use buckets::{Take, TokenRate, Tokens};
 pub use error::StoreError;
+pub use postgres::{PG_SCHEMA_VERSION, PgStore, redact_database_url};
 pub use sqlite::{SQLITE_SCHEMA_VERSION, SqliteStore, migrate_sqlite_to};
 
 /// Result of every store operation.
@@ -184,6 +192,47 @@ pub trait Store: Send + Sync {
     async fn query_logs(&self, query: &LogQuery) -> StoreResult<Page<LogEntry>>;
     /// Deletes `/logs` entries and cron fire records older than `before` (retention).
     async fn prune(&self, before: i64) -> StoreResult<Pruned>;
+
+    // ---- several servers on one database ----
+
+    /// Whether other servers may use this database at the same time (PostgreSQL). When false
+    /// (SQLite: one server per file) startup recovery may take back every claim, and no
+    /// heartbeat or poll is needed: every change is this process's own.
+    fn shared(&self) -> bool;
+    /// Rung when another server made work due or changed the registry (PostgreSQL `NOTIFY`;
+    /// the registry version has moved by then). Never rung on an unshared store. A hint can be
+    /// lost, so a shared server also polls [`next_due`](Store::next_due), which refreshes the
+    /// registry version too.
+    fn remote_changes(&self) -> Arc<tokio::sync::Notify>;
+    /// Takes tokens of the bucket named `bucket` (see [`buckets`](crate::buckets)) at `now`,
+    /// atomically for every server on the database. A bucket whose `rate` changed starts full.
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: TokenRate,
+        take: Take,
+        now: i64,
+    ) -> StoreResult<Tokens>;
+    /// Claims up to `limit` `write_back_failed` events due at `now` for one server's retry:
+    /// their `next_write_back_at` moves to `until`, so no other server retries them meanwhile,
+    /// and a server that dies holding them leaves them due again at `until`.
+    async fn claim_write_backs(&self, now: i64, until: i64, limit: u32) -> StoreResult<Vec<Event>>;
+    /// Claims event `id` for its first write-back: its `next_write_back_at` moves to `until` if
+    /// it is `matched` or `dispatched` and no claim on it is running (none, or one that ran out
+    /// by `now`). `None` if the event is elsewhere in its lifecycle or another server holds it:
+    /// two servers finishing an event's last tasks at once post its reply once.
+    async fn claim_write_back(
+        &self,
+        id: EventId,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<Option<Event>>;
+    /// Records that `instance` is alive at `now` (its `last_seen`).
+    async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()>;
+    /// The instances whose last heartbeat was at or after `seen_since`, by id.
+    async fn list_instances(&self, seen_since: i64) -> StoreResult<Vec<Instance>>;
+    /// Forgets the instance `id` (a clean shutdown).
+    async fn remove_instance(&self, id: &str) -> StoreResult<()>;
 
     // ---- counters (no query) ----
 

@@ -1,8 +1,12 @@
 //! `mechanics-test-support`: what the test suites and benchmarks of several Mechanics crates
 //! share: the hostile scripts that the engine's and the fleet's tests both run, the
-//! benchmarks' `MECHANICS_BENCH_SCALE` knob, and running out of descriptors on purpose.
+//! benchmarks' `MECHANICS_BENCH_SCALE` knob, running out of descriptors on purpose, and the real
+//! PostgreSQL server of the tests that need one ([`postgres`]: a fresh database per test, server
+//! restarts).
 //!
 //! Test-only: no crate depends on it outside `[dev-dependencies]`.
+
+pub mod postgres;
 
 /// Hostile job modules: a name, the module source, and a piece of the error message each must
 /// end with. Every one must fail cleanly within its time limit plus grace, and leave the pool or

@@ -30,13 +30,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the coordinator: the API, the task queue on SQLite, and local executor nodes.
+    /// Run the coordinator: the API, the task queue (on SQLite, or on PostgreSQL shared with
+    /// other servers), and local executor nodes.
     ///
     /// Settings come from compiled defaults, then ~/.mechanics/config.yml (or --config), then
     /// MECHANICS_* variables, then these flags; `mechanics config show` prints the result.
     /// Prints `READY <addr>` on stdout once it listens. Stops on SIGINT or SIGTERM after the
     /// tasks in flight finish (up to the drain timeout; a second signal stops at once). Exits 2
-    /// when it cannot start (bad configuration, address in use, database unusable).
+    /// when it cannot start (bad configuration, address in use, database unusable or not
+    /// reachable within --db-connect-timeout).
     Serve(ConfigArgs),
     /// The server's configuration.
     Config {
@@ -82,12 +84,27 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Instances: the `mechanics serve` processes using the server's database.
+    Instance {
+        #[command(subcommand)]
+        command: InstanceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCommand {
+    /// List the servers using the database (several share one PostgreSQL database; SQLite has
+    /// one): id, address, version, when it started and when its last heartbeat was. A server
+    /// that stopped cleanly is gone at once; one that died after 3 missed heartbeats (15 s).
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    List(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Print the effective configuration, each value with where it came from (the API key is
-    /// redacted). Takes the flags of `mechanics serve`, to see what they would change.
+    /// Print the effective configuration, each value with where it came from (the API key and
+    /// the database password are redacted). Takes the flags of `mechanics serve`, to see what
+    /// they would change.
     Show(ConfigArgs),
 }
 
@@ -187,6 +204,9 @@ pub fn main() -> ExitCode {
             NodeCommand::List(client) => finish(client::node_list(&client)),
             NodeCommand::Reset { name, client } => finish(client::node_reset(&client, &name)),
         },
+        Command::Instance {
+            command: InstanceCommand::List(client),
+        } => finish(client::instance_list(&client)),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The CLI client of a running coordinator: `mechanics worker|task|node ...`.
+//! The CLI client of a running coordinator: `mechanics worker|task|node|instance ...`.
 //!
 //! Every command is one or a few calls of the API under `/api/v1` (shapes in
 //! `mechanics_proto::api`). People get aligned tables and short lines; `--json` prints the API's
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted, TaskList, WorkerInput,
-    WorkerList, WorkerView,
+    API_PREFIX, ApiError, InstanceList, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
+    TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{HumanDuration, Task, TaskState, WorkerKind, WorkerSpec};
 use mechanics_store::MAX_PAGE_SIZE;
@@ -772,6 +772,37 @@ pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
             nodes_table(answer)?
         ))
     })
+}
+
+/// Runs `mechanics instance list`.
+pub fn instance_list(args: &ClientArgs) -> Result<()> {
+    let api = Api::new(args)?;
+    let answer = api.get("/instances")?;
+    api.print(&answer, instances_table)
+}
+
+fn instances_table(answer: &Answer) -> Result<String> {
+    let list: InstanceList = answer.parse()?;
+    if list.instances.is_empty() {
+        return Ok("no instances\n".to_owned());
+    }
+    let rows = list
+        .instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.address.clone(),
+                i.version.clone(),
+                age(i.started_at),
+                age(i.last_seen),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["ID", "ADDRESS", "VERSION", "STARTED", "LAST_SEEN"],
+        rows,
+    ))
 }
 
 /// One line per node short of a resource, under the table: why its launches or health checks

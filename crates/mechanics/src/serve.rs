@@ -1,8 +1,9 @@
 //! `mechanics serve` and `mechanics config show`: the coordinator's wiring.
 //!
 //! The configuration comes from four layers (defaults < `config.yml` < `MECHANICS_*` < flags,
-//! resolved by `mechanics-server`); the parts are the SQLite store, the local fleet of executor
-//! nodes (behind [`FleetExecutor`]) and a supervisor for process workers.
+//! resolved by `mechanics-server`); the parts are the store (a SQLite file, or a PostgreSQL
+//! database shared with other servers), the local fleet of executor nodes (behind
+//! [`FleetExecutor`]) and a supervisor for process workers.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,11 +14,12 @@ use async_trait::async_trait;
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits};
 use mechanics_node::{Fleet, FleetConfig, FleetError, NodeInfo, ShutdownHandle};
 use mechanics_proto::api::NodeView;
+use mechanics_proto::domain::HumanDuration;
 use mechanics_proto::node::JobRequest;
 use mechanics_runtime::{Supervisor, SupervisorConfig};
-use mechanics_server::config::{self, ConfigLayer, ConfigSource, LogFormat};
+use mechanics_server::config::{self, ConfigLayer, ConfigSource, Database, LogFormat};
 use mechanics_server::{Clock, DispatchConfig, JsExecutor, Outcome, ServerConfig, ServerParts};
-use mechanics_store::SqliteStore;
+use mechanics_store::{PgStore, SqliteStore, Store};
 use serde_json::Value;
 
 /// The flags of `mechanics serve` and `mechanics config show` that override the configuration.
@@ -38,9 +40,16 @@ pub struct ConfigArgs {
     /// Serve without an API key on a non-loopback address (anyone who reaches it may use it).
     #[arg(long)]
     insecure_no_auth: bool,
-    /// The SQLite database file [default: ~/.mechanics/mechanics.db; MECHANICS_DB_PATH].
-    #[arg(long, value_name = "PATH")]
+    /// The database: a SQLite file, or a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB,
+    /// also postgresql://) that several servers may share [default: ~/.mechanics/mechanics.db;
+    /// MECHANICS_DB_PATH]. Every local user can read a flag's value with `ps`: put a password
+    /// in MECHANICS_DB_PATH or config.yml instead.
+    #[arg(long, value_name = "PATH|URL")]
     db: Option<String>,
+    /// How long startup keeps trying to reach a PostgreSQL database before it gives up and
+    /// exits 2, e.g. 30s [default: 30s; MECHANICS_DB_CONNECT_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    db_connect_timeout: Option<String>,
     /// The configuration file [default: ~/.mechanics/config.yml; a missing default file is fine].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -132,6 +141,11 @@ impl ConfigArgs {
                 self.insecure_no_auth.then_some("true"),
             ),
             ("db", "--db", self.db.as_deref()),
+            (
+                "db_connect_timeout",
+                "--db-connect-timeout",
+                self.db_connect_timeout.as_deref(),
+            ),
             ("local_nodes", "--local-nodes", self.local_nodes.as_deref()),
             ("concurrency", "--concurrency", self.concurrency.as_deref()),
             ("queue_size", "--queue-size", self.queue_size.as_deref()),
@@ -224,16 +238,7 @@ pub fn serve(args: &ConfigArgs) -> u8 {
 async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     // Connections must leave descriptors for the database, the nodes and outgoing requests.
     config.max_connections = config.edge_limits().for_this_process().max_connections;
-    let db_path = config.db_path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
-        .await
-        .context("opening the database")?
-        .with_context(|| {
-            format!(
-                "cannot open the database {}: pass another path with --db or MECHANICS_DB_PATH",
-                config.db_path.display()
-            )
-        })?;
+    let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| {
@@ -250,7 +255,7 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
         .await
         .context("cannot start the local executor nodes")?;
     let parts = ServerParts {
-        store: Arc::new(store),
+        store,
         js: Some(Arc::new(FleetExecutor {
             fleet: fleet.clone(),
         })),
@@ -268,7 +273,7 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     let addr = server.addr;
     tracing::info!(
         %addr,
-        db = %config.db_path.display(),
+        db = %config.db,
         local_nodes = config.local_nodes,
         auth = config.api_key.is_some(),
         "Mechanics is serving on http://{addr}"
@@ -309,6 +314,50 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     fleet.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store `config.db` names: the SQLite file, or the PostgreSQL database (tried until
+/// `db_connect_timeout` passes, then migrated). An error is one line that names the database
+/// (never its password) and what to do.
+async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.db {
+        Database::Sqlite(path) => {
+            let opened = path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opened))
+                .await
+                .context("opening the database")?
+                .with_context(|| {
+                    format!(
+                        "cannot open the database {}: pass another path with --db or \
+                         MECHANICS_DB_PATH",
+                        path.display()
+                    )
+                })?;
+            Ok(Arc::new(store))
+        }
+        Database::Postgres(url) => match PgStore::connect(url, config.db_connect_timeout).await {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(err) => {
+                // A database's message may span lines (DETAIL, HINT): the reason stays one line.
+                let mut line = err
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // The store's connection errors name the database; any other is told which.
+                let shown = config.db.to_string();
+                if !line.contains(&shown) {
+                    line = format!("cannot use the PostgreSQL database {shown}: {line}");
+                }
+                anyhow::bail!(
+                    "{line}: check the URL (--db or MECHANICS_DB_PATH) and that PostgreSQL is \
+                     running, reachable from here and accepts this user, or allow it longer \
+                     with --db-connect-timeout (now {})",
+                    HumanDuration(config.db_connect_timeout)
+                )
+            }
+        },
+    }
 }
 
 /// SIGTERM and SIGINT (stop), and SIGHUP (read the secrets again).

@@ -17,7 +17,6 @@
 //! through the [`TraceLog`]'s pipeline methods, which count it in the metrics and write its
 //! `/logs` entry; each attempt runs in a span carrying its trace id.
 
-pub mod limiter;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +25,7 @@ use std::time::Duration;
 
 use mechanics_proto::domain::{Task, TaskState, Worker, WorkerKind};
 use mechanics_proto::node::JobRequest;
-use mechanics_store::{Store, StoreError};
+use mechanics_store::{Store, StoreError, Take, TokenRate, Tokens};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
@@ -36,7 +35,6 @@ use crate::executor::{HttpWorkerClient, JsExecutor, Outcome, task_body};
 use crate::processes::ProcessWorkers;
 use crate::registry::Registry;
 use crate::trace_log::{TraceLog, task_span};
-use limiter::{Rate, RateLimiter};
 
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -53,7 +51,7 @@ pub struct DispatchConfig {
     /// Timeout of one http or process worker call.
     pub http_timeout: Duration,
     /// Bucket of workers whose spec sets no `rate_limit`.
-    pub default_rate: Rate,
+    pub default_rate: TokenRate,
 }
 
 impl DispatchConfig {
@@ -71,7 +69,6 @@ pub(crate) struct Dispatcher {
     pub(crate) js: Option<Arc<dyn JsExecutor>>,
     pub(crate) http: HttpWorkerClient,
     pub(crate) processes: Arc<ProcessWorkers>,
-    pub(crate) limiter: Mutex<RateLimiter>,
     /// Attempts running, by task id, so that those still running when the drain ends can be
     /// stopped before the executors are.
     running: Mutex<HashMap<i64, tokio::task::AbortHandle>>,
@@ -93,6 +90,8 @@ pub(crate) struct Dispatcher {
     /// Events whose task ended, for the write-back loop to settle.
     pub(crate) settle: crate::writeback::SettleQueue,
     permits: Arc<Semaphore>,
+    /// Claim queries that returned tasks, for the lease sweep to tell a busy dispatcher.
+    claims: std::sync::atomic::AtomicU64,
 }
 
 impl Dispatcher {
@@ -114,7 +113,6 @@ impl Dispatcher {
             js,
             http,
             processes,
-            limiter: Mutex::new(RateLimiter::default()),
             reserved: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             trace,
@@ -125,7 +123,13 @@ impl Dispatcher {
             config,
             wake: Notify::new(),
             settle: crate::writeback::SettleQueue::default(),
+            claims: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Claim queries that returned tasks since start.
+    pub(crate) fn claims_made(&self) -> u64 {
+        self.claims.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Attempts running now.
@@ -201,6 +205,10 @@ impl Dispatcher {
                     }
                 }
             };
+            if !claimed.is_empty() {
+                self.claims
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if claimed.is_empty() {
                 drop(slots);
                 tokio::select! {
@@ -318,7 +326,9 @@ impl Dispatcher {
     }
 
     /// Sleeps until the store's next due time (a pending task's `next_run_at`, or an expired
-    /// lease, which it then requeues) or until [`wake`](Self::wake) is rung.
+    /// lease, which it then requeues) or until [`wake`](Self::wake) is rung. With other servers
+    /// on the database it sleeps at most [`FALLBACK_POLL`](crate::FALLBACK_POLL): their hints
+    /// wake it, and the poll covers a hint that was lost.
     async fn sleep_until_due(&self) {
         let next = match self.store.next_due().await {
             Ok(next) => next,
@@ -332,7 +342,12 @@ impl Dispatcher {
             .into_iter()
             .flatten()
             .min();
-        match due {
+        let poll_at = self.store.shared().then(|| {
+            self.clock
+                .now_ms()
+                .saturating_add(duration_ms(crate::FALLBACK_POLL))
+        });
+        match due.into_iter().chain(poll_at).min() {
             Some(at) => {
                 tokio::select! {
                     () = self.wake.notified() => {}
@@ -347,7 +362,8 @@ impl Dispatcher {
         }
     }
 
-    async fn requeue_expired(&self) {
+    /// Puts tasks whose lease expired back to pending.
+    pub(crate) async fn requeue_expired(&self) {
         match self.store.requeue_expired_leases(self.clock.now_ms()).await {
             Ok(tasks) => {
                 for task in &tasks {
@@ -390,17 +406,31 @@ impl Dispatcher {
     }
 
     /// Runs the attempt if the worker's bucket has a token now; else re-queues the task to the
-    /// slot reserved for it, which is not an attempt.
+    /// slot reserved for it, which is not an attempt. The bucket is the store's, shared by every
+    /// server on the database.
     async fn take_token(&self, worker: &Worker, task: &Task, now: i64) {
         let rate = worker
             .spec
             .rate_limit
             .as_ref()
-            .map_or(self.config.default_rate, |r| Rate {
+            .map_or(self.config.default_rate, |r| TokenRate {
                 per_second: r.per_second,
                 burst: r.burst,
             });
-        let allowed_at = lock(&self.limiter).reserve(&task.worker, rate, now);
+        let bucket = format!("worker:{}", task.worker);
+        let allowed_at = match self
+            .store
+            .take_tokens(&bucket, rate, Take::Reserve(1), now)
+            .await
+        {
+            Ok(Tokens::Granted(slots)) => slots.first().copied().unwrap_or(now),
+            Ok(Tokens::NotBefore(at)) => at,
+            Err(err) => {
+                // No token without the bucket: the task waits a moment, without spending a try.
+                log_store_error(task, "taking a rate-limit token", &err);
+                now.saturating_add(duration_ms(OVERLOAD_BACKOFF))
+            }
+        };
         if allowed_at <= now {
             self.run_with_token(worker, task).await;
             return;
@@ -490,9 +520,42 @@ impl Dispatcher {
         }
     }
 
-    /// Records `outcome` for the attempt `task.attempt`, deciding on retries.
+    /// Records `outcome` for the attempt `task.attempt`, deciding on retries. A write the
+    /// database could not take for a transient reason (a restart, a lost connection) is tried
+    /// again until the claim's lease runs out: an attempt's outcome is never dropped while the
+    /// claim is still ours, and after that the expired lease re-runs the task.
     async fn finish(&self, task: &Task, outcome: Outcome) {
-        let now = self.clock.now_ms();
+        let mut delay = Duration::from_millis(100);
+        let result = loop {
+            let now = self.clock.now_ms();
+            let result = self.record(task, outcome.clone(), now).await;
+            match &result {
+                Err(err)
+                    if err.is_transient()
+                        && task.lease_expires_at.is_some_and(|until| {
+                            now.saturating_add(duration_ms(delay)) < until
+                        }) =>
+                {
+                    tracing::warn!(task = task.id, attempt = task.attempt, error = %err, "recording the attempt failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                _ => break result,
+            }
+        };
+        match result {
+            Ok(ended) if ended.state.is_end() => {
+                if let Some(event) = ended.event_id {
+                    self.settle.push(event);
+                }
+            }
+            Ok(_) => {}
+            Err(err) => log_store_error(task, "recording the attempt", &err),
+        }
+    }
+
+    /// One try at recording `outcome` (see [`finish`](Self::finish)).
+    async fn record(&self, task: &Task, outcome: Outcome, now: i64) -> Result<Task, StoreError> {
         let spec = self
             .registry
             .get(&task.worker)
@@ -502,7 +565,7 @@ impl Dispatcher {
         // Errors and results are stored (and so shown by the API and written back) without
         // secrets a worker echoed: the store never holds them.
         let redact = |message: String| self.trace.redactor().redact(&message).into_owned();
-        let result = match outcome {
+        match outcome {
             Outcome::Completed(mut value) => {
                 self.trace.redactor().redact_json(&mut value);
                 let r = self
@@ -562,15 +625,6 @@ impl Dispatcher {
                 let delay = delay.min(spec.max_delay.0);
                 self.reschedule(task, delay, &redact(message), now).await
             }
-        };
-        match result {
-            Ok(ended) if ended.state.is_end() => {
-                if let Some(event) = ended.event_id {
-                    self.settle.push(event);
-                }
-            }
-            Ok(_) => {}
-            Err(err) => log_store_error(task, "recording the attempt", &err),
         }
     }
 

@@ -19,8 +19,7 @@
 pub mod matching;
 pub mod verify;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use std::pin::Pin;
@@ -33,12 +32,13 @@ use axum::routing::post;
 use http_body::Body as _;
 use mechanics_proto::api::WebhookAccepted;
 use mechanics_proto::domain::{Event, EventState, SourceKind};
-use mechanics_store::{EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError};
+use mechanics_store::{
+    EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError, Take, Tokens,
+};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::Failure;
-use crate::dispatch::limiter::Rate;
 use crate::pipeline::Refusal;
 use crate::sources::SourceCache;
 use crate::writeback::WriteBackClient;
@@ -47,13 +47,13 @@ use crate::{ServerConfig, Shared, TraceLog};
 /// Largest webhook body (DESIGN §3).
 pub const MAX_WEBHOOK_BYTES: usize = 5 * 1024 * 1024;
 
-/// What webhooks, cron and write-back share: the source cache, the per-source buckets, the
+/// What webhooks, cron and write-back share: the source cache, the per-source bucket rate, the
 /// write-back HTTP client, and the cron scheduler's wake-up.
 pub(crate) struct Integrations {
     pub(crate) sources: Arc<SourceCache>,
-    pub(crate) buckets: Mutex<SourceBuckets>,
-    /// The per-source webhook bucket (`webhook_rate_limit`).
-    pub(crate) rate: Rate,
+    /// The per-source webhook bucket (`webhook_rate_limit`), kept by the store so that every
+    /// server on the database shares it. A refused delivery takes no token.
+    pub(crate) rate: mechanics_store::TokenRate,
     /// Webhook body bytes being received now, over all deliveries (`webhook_body_budget`): one
     /// permit a byte.
     pub(crate) body_budget: Arc<Semaphore>,
@@ -73,8 +73,7 @@ impl Integrations {
             body_budget: Arc::new(Semaphore::new(
                 config.webhook_body_budget.min(Semaphore::MAX_PERMITS),
             )),
-            buckets: Mutex::new(SourceBuckets::default()),
-            rate: Rate {
+            rate: mechanics_store::TokenRate {
                 per_second: config.webhook_rate_limit.per_second,
                 burst: config.webhook_rate_limit.burst,
             },
@@ -84,34 +83,25 @@ impl Integrations {
     }
 }
 
-/// One token bucket per source (refill `per_second`, capacity `burst`). A refused delivery takes
-/// no token. Only registered sources get a bucket (unknown ones are refused first), so the map is
-/// bounded by the registry.
-#[derive(Debug, Default)]
-pub(crate) struct SourceBuckets {
-    buckets: HashMap<String, (f64, i64)>,
-}
-
-impl SourceBuckets {
-    /// Takes a token of `source`'s bucket at `now_ms`, or says in how many whole seconds one
-    /// will be there.
-    pub(crate) fn take(&mut self, source: &str, rate: Rate, now_ms: i64) -> Result<(), u64> {
-        let burst = f64::from(rate.burst.max(1));
-        let (tokens, last) = self
-            .buckets
-            .entry(source.to_owned())
-            .or_insert((burst, now_ms));
-        let elapsed = (now_ms - *last).max(0) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * rate.per_second).min(burst);
-        *last = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - *tokens) / rate.per_second;
-            Err((wait.ceil() as u64).max(1))
-        }
-    }
+/// The answer to a delivery the database could not take (`what` failed): `503` when that is
+/// transient, else `500`. The sender is not authenticated to read database errors; it only
+/// needs to know that the delivery was not taken and should come again.
+fn not_stored(shared: &Shared, name: &str, what: &str, err: &StoreError, now: i64) -> Response {
+    shared
+        .trace
+        .webhook_failed(name, &format!("{what} failed: {err}"), now);
+    tracing::error!(source = %name, error = %err, "{what} failed for a webhook");
+    let (status, code) = if err.is_transient() {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    };
+    Failure::new(
+        status,
+        code,
+        "the delivery could not be stored; deliver it again later",
+    )
+    .into_response()
 }
 
 /// The `POST /webhooks/{source}` route.
@@ -292,12 +282,27 @@ async fn ingest(
     if let Err(err) = verify::verify(kind, secret, &headers, &body, now.div_euclid(1000)) {
         return denied(err);
     }
-    let allowed = integrations
-        .buckets
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(&name, integrations.rate, now);
-    if let Err(retry_after) = allowed {
+    let bucket = format!("source:{name}");
+    let allowed = shared
+        .store
+        .take_tokens(&bucket, integrations.rate, Take::IfFree, now)
+        .await;
+    let not_before = match allowed {
+        Ok(Tokens::Granted(_)) => None,
+        Ok(Tokens::NotBefore(at)) => Some(at),
+        // The bucket's database is unreachable: overload, not the sender's fault.
+        Err(err) => {
+            return not_stored(
+                &shared,
+                &name,
+                "taking a token of the source's bucket",
+                &err,
+                now,
+            );
+        }
+    };
+    if let Some(at) = not_before {
+        let retry_after = u64::try_from((at - now).max(1)).unwrap_or(1).div_ceil(1000);
         let mut response = refuse(
             Refusal::RateLimited,
             format!(
@@ -350,23 +355,7 @@ async fn ingest(
         .await
     {
         Ok(inserted) => inserted,
-        Err(err) => {
-            trace.webhook_failed(&name, &format!("storing the event failed: {err}"), now);
-            tracing::error!(source = %name, error = %err, "storing a webhook event failed");
-            // The sender is not authenticated to read database errors; it only needs to know
-            // that the delivery was not taken and should come again.
-            let (status, code) = if err.is_transient() {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            } else {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            };
-            return Failure::new(
-                status,
-                code,
-                "the delivery could not be stored; deliver it again later",
-            )
-            .into_response();
-        }
+        Err(err) => return not_stored(&shared, &name, "storing the event", &err, now),
     };
     let event = inserted.record;
     let answer = WebhookAccepted {
@@ -525,27 +514,5 @@ pub(crate) async fn recover(shared: &Shared) {
                 None => break,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_bucket_refuses_beyond_its_burst_and_refills() {
-        let rate = Rate {
-            per_second: 2.0,
-            burst: 3,
-        };
-        let mut buckets = SourceBuckets::default();
-        for _ in 0..3 {
-            assert_eq!(buckets.take("gh", rate, 0), Ok(()));
-        }
-        assert_eq!(buckets.take("gh", rate, 0), Err(1));
-        assert_eq!(buckets.take("other", rate, 0), Ok(()));
-        // Half a second later one token is back; a refusal took none.
-        assert_eq!(buckets.take("gh", rate, 500), Ok(()));
-        assert_eq!(buckets.take("gh", rate, 500), Err(1));
     }
 }

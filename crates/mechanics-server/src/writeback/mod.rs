@@ -12,7 +12,9 @@
 //! 30 min — and the write-back loop tries again then, up to [`MAX_WRITE_BACK_RETRIES`] times;
 //! after that the event is `failed` (the dead letter). Other 4xx answers are permanent: `failed`
 //! at once. The loop sleeps until the store's next `write_back_at` or until a task of an event
-//! ends: an idle server makes no query here (invariant 6).
+//! ends: an idle server alone on its database makes no query here (invariant 6). With other
+//! servers on the database, every write-back is claimed first (one server posts it) and the
+//! loop also reads the next retry time every [`SHARED_WRITE_BACK_POLL`].
 
 pub(crate) mod responders;
 
@@ -21,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mechanics_proto::domain::{Event, EventId, EventState, TaskState};
-use mechanics_store::{EventFilter, EventUpdate, TaskFilter};
+use mechanics_store::{EventUpdate, TaskFilter};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -34,6 +36,16 @@ pub const MAX_WRITE_BACK_RETRIES: u32 = 5;
 
 /// Timeout of one write-back request.
 const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server holds a write-back it claimed: the post's timeout with room to record its
+/// outcome. A server that dies holding it leaves it to the others after this.
+const WRITE_BACK_CLAIM: Duration = Duration::from_secs(60);
+/// With other servers on the database, the longest the loop sleeps before it reads the next
+/// retry time again: a retry another server scheduled, and then died, is found by then.
+const SHARED_WRITE_BACK_POLL: Duration = Duration::from_secs(30);
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// Events to look at because one of their tasks ended (or they were just matched). Filled by the
 /// dispatcher and the matcher, drained by the write-back loop.
@@ -112,7 +124,11 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     crate::webhooks::recover(&shared).await;
     let mut next_retry = next_due(&shared).await;
     loop {
-        let (due, clock) = (next_retry, shared.clock);
+        let poll = shared
+            .store
+            .shared()
+            .then(|| shared.clock.now_ms() + duration_ms(SHARED_WRITE_BACK_POLL));
+        let (due, clock) = (next_retry.into_iter().chain(poll).min(), shared.clock);
         let sleep = async move {
             match due {
                 Some(at) => tokio::time::sleep_until(clock.instant_at(at)).await,
@@ -180,7 +196,22 @@ async fn settle_event(shared: &Shared, id: EventId) -> Option<i64> {
         return None;
     }
     match replies(shared, &tasks).await {
-        Some(text) => write_back(shared, &event, &text).await,
+        Some(text) => {
+            // Two servers may finish an event's last tasks at once: one posts.
+            let now = shared.clock.now_ms();
+            match shared
+                .store
+                .claim_write_back(id, now, now + duration_ms(WRITE_BACK_CLAIM))
+                .await
+            {
+                Ok(Some(event)) => write_back(shared, &event, &text).await,
+                Ok(None) => None,
+                Err(err) => {
+                    tracing::error!(event = id, error = %err, "claiming a write-back failed");
+                    None
+                }
+            }
+        }
         None => {
             let completed = tasks
                 .iter()
@@ -217,17 +248,15 @@ async fn replies(shared: &Shared, tasks: &[mechanics_proto::domain::Task]) -> Op
     (!texts.is_empty()).then(|| texts.join("\n\n"))
 }
 
-/// Retries the write-backs that are due now.
+/// Retries the write-backs that are due now, claimed so that no other server on the database
+/// retries them at the same time.
 async fn retry_due(shared: &Shared) {
-    let filter = EventFilter {
-        write_back_due_by: Some(shared.clock.now_ms()),
-        limit: Some(100),
-        ..EventFilter::default()
-    };
-    let events = match shared.store.list_events(&filter).await {
-        Ok(page) => page.items,
+    let now = shared.clock.now_ms();
+    let until = now + duration_ms(WRITE_BACK_CLAIM);
+    let events = match shared.store.claim_write_backs(now, until, 100).await {
+        Ok(events) => events,
         Err(err) => {
-            tracing::error!(error = %err, "listing the write-backs due failed");
+            tracing::error!(error = %err, "claiming the write-backs due failed");
             return;
         }
     };

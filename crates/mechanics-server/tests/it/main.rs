@@ -4,6 +4,7 @@
 mod api;
 mod cron;
 mod dispatch;
+mod instances;
 mod observe;
 mod observe_webhooks;
 mod support;

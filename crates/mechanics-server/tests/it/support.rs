@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mechanics_proto::domain::Task;
 use mechanics_runtime::{ShutdownHandle, Supervisor, SupervisorConfig};
-use mechanics_server::dispatch::limiter::Rate;
 use mechanics_server::{Clock, DispatchConfig, RunningServer, ServerConfig, ServerParts};
+use mechanics_store::TokenRate;
 use mechanics_store::{SqliteStore, Store};
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ pub(crate) fn dispatch_config(http_timeout: Duration) -> DispatchConfig {
         prefetch: 16,
         lease_margin: Duration::from_secs(60),
         http_timeout,
-        default_rate: Rate {
+        default_rate: TokenRate {
             per_second: 10_000.0,
             burst: 10_000,
         },

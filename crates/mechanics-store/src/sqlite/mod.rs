@@ -19,10 +19,12 @@ use mechanics_proto::domain::{
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
 
+use crate::buckets::MemoryBuckets;
 use crate::{
     EventFilter, EventUpdate, Inserted, LogQuery, NewEvent, NewTask, NextDue, Page, Pruned, Store,
-    StoreError, StoreResult, TaskFilter,
+    StoreError, StoreResult, Take, TaskFilter, TokenRate, Tokens,
 };
+use mechanics_proto::api::Instance;
 use writer::Writer;
 
 /// How long a statement waits for a lock held by another connection (another process, such as
@@ -48,6 +50,13 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     queries: AtomicU64,
     registry_version: AtomicU64,
+    /// The token buckets: no other server uses the file, so they live in memory and cost no
+    /// query.
+    buckets: Mutex<MemoryBuckets>,
+    /// This process's own heartbeat, the only instance a file has.
+    instances: Mutex<BTreeMap<String, Instance>>,
+    /// Never rung: no other server changes the file.
+    remote_changes: Arc<tokio::sync::Notify>,
 }
 
 /// The schema version this build of the SQLite backend writes.
@@ -89,6 +98,9 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             queries: AtomicU64::new(0),
             registry_version: AtomicU64::new(registry_version),
+            buckets: Mutex::default(),
+            instances: Mutex::default(),
+            remote_changes: Arc::default(),
         })
     }
 
@@ -496,6 +508,73 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before: i64) -> StoreResult<Pruned> {
         self.write(move |conn| ops::prune(conn, before)).await
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn remote_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.remote_changes.clone()
+    }
+
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: TokenRate,
+        take: Take,
+        now: i64,
+    ) -> StoreResult<Tokens> {
+        crate::buckets::check_rate(rate)?;
+        Ok(self
+            .buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(bucket, rate, take, now))
+    }
+
+    async fn claim_write_backs(&self, now: i64, until: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        self.write(move |conn| ops::claim_write_backs(conn, now, until, limit))
+            .await
+    }
+
+    async fn claim_write_back(
+        &self,
+        id: EventId,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<Option<Event>> {
+        self.write(move |conn| ops::claim_write_back(conn, id, now, until))
+            .await
+    }
+
+    async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()> {
+        let seen = Instance {
+            last_seen: now,
+            ..instance.clone()
+        };
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seen.id.clone(), seen);
+        Ok(())
+    }
+
+    async fn list_instances(&self, seen_since: i64) -> StoreResult<Vec<Instance>> {
+        let instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(instances
+            .values()
+            .filter(|i| i.last_seen >= seen_since)
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_instance(&self, id: &str) -> StoreResult<()> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(())
     }
 
     fn queries_executed(&self) -> u64 {

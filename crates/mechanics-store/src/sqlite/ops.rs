@@ -296,6 +296,54 @@ pub(super) fn list_events(conn: &Connection, filter: &EventFilter) -> StoreResul
     )
 }
 
+/// Moves the next try of up to `?3` write-backs due by `?1` to `?2`, oldest first.
+const CLAIM_WRITE_BACKS: &str = concat!(
+    "UPDATE events SET next_write_back_at = ?2 WHERE id IN (SELECT id FROM events ",
+    "INDEXED BY events_write_back_due WHERE state = 'write_back_failed' ",
+    "AND next_write_back_at <= ?1 ORDER BY next_write_back_at, id LIMIT ?3) RETURNING ",
+    event_columns!()
+);
+
+pub(super) fn claim_write_backs(
+    conn: &Connection,
+    now: i64,
+    until: i64,
+    limit: u32,
+) -> StoreResult<Vec<Event>> {
+    let mut events = query_all(
+        conn,
+        CLAIM_WRITE_BACKS,
+        params![now, until, limit],
+        rows::event,
+        "claiming write-backs",
+    )?;
+    events.sort_by_key(|e| e.id);
+    Ok(events)
+}
+
+/// Claims event `?1` for its first write-back until `?3`, unless claimed past `?2`.
+const CLAIM_WRITE_BACK: &str = concat!(
+    "UPDATE events SET next_write_back_at = ?3 WHERE id = ?1 ",
+    "AND state IN ('matched', 'dispatched') ",
+    "AND (next_write_back_at IS NULL OR next_write_back_at <= ?2) RETURNING ",
+    event_columns!()
+);
+
+pub(super) fn claim_write_back(
+    conn: &Connection,
+    id: EventId,
+    now: i64,
+    until: i64,
+) -> StoreResult<Option<Event>> {
+    query_opt(
+        conn,
+        CLAIM_WRITE_BACK,
+        params![id, now, until],
+        rows::event,
+        "claiming a write-back",
+    )
+}
+
 // ---- tasks ----
 
 pub(super) fn create_task(
@@ -823,6 +871,7 @@ mod tests {
         for (sql, indexes) in [
             (CLAIM_DUE, &["tasks_due"][..]),
             (EVENT_BY_BODY, &["events_body_hash"][..]),
+            (CLAIM_WRITE_BACKS, &["events_write_back_due"][..]),
             (REQUEUE_EXPIRED, &["tasks_lease"][..]),
             (
                 NEXT_DUE,

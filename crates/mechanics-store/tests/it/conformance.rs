@@ -4,10 +4,11 @@
 
 use std::collections::HashSet;
 
+use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{EventState, LogOutcome, LogRecord, TaskState};
 use mechanics_store::{
     BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Store, StoreError,
-    TaskFilter,
+    Take, TaskFilter, TokenRate, Tokens,
 };
 use serde_json::{Value, json};
 
@@ -924,6 +925,255 @@ pub(crate) async fn concurrent_creates_all_commit_with_distinct_ids(store: &dyn 
         store.task_counts(Some("w")).await.unwrap()[&TaskState::Pending],
         1_000
     );
+}
+
+pub(crate) async fn token_buckets_reserve_slots_and_refuse_without_taking(store: &dyn Store) {
+    // Whole-millisecond intervals, so both backends' floating point gives the same slots.
+    let rate = TokenRate {
+        per_second: 2.0,
+        burst: 3,
+    };
+    let granted = |tokens: Tokens| match tokens {
+        Tokens::Granted(slots) => slots,
+        Tokens::NotBefore(at) => panic!("refused until {at}"),
+    };
+    let now = 1_000_000;
+    let first = granted(
+        store
+            .take_tokens("worker:w", rate, Take::Reserve(5), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first, [now, now, now, now + 500, now + 1000]);
+    // The next reservation continues where the last one ended; another bucket is separate.
+    let next = granted(
+        store
+            .take_tokens("worker:w", rate, Take::Reserve(1), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next, [now + 1500]);
+    let other = granted(
+        store
+            .take_tokens("worker:x", rate, Take::Reserve(1), now)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(other, [now]);
+    // A refusal says when, and takes nothing.
+    let source = TokenRate {
+        per_second: 1.0,
+        burst: 2,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .take_tokens("source:gh", source, Take::IfFree, now)
+                .await
+                .unwrap(),
+            Tokens::Granted(vec![now])
+        );
+    }
+    assert_eq!(
+        store
+            .take_tokens("source:gh", source, Take::IfFree, now)
+            .await
+            .unwrap(),
+        Tokens::NotBefore(now + 1000)
+    );
+    assert_eq!(
+        store
+            .take_tokens("source:gh", source, Take::IfFree, now + 1000)
+            .await
+            .unwrap(),
+        Tokens::Granted(vec![now + 1000])
+    );
+    // A changed rate starts a full bucket; a long idle bucket is full again, never more.
+    let faster = TokenRate {
+        per_second: 10.0,
+        burst: 1,
+    };
+    assert_eq!(
+        granted(
+            store
+                .take_tokens("worker:w", faster, Take::Reserve(2), now)
+                .await
+                .unwrap()
+        ),
+        [now, now + 100]
+    );
+    let later = now + 3_600_000;
+    assert_eq!(
+        granted(
+            store
+                .take_tokens("worker:w", rate, Take::Reserve(4), later)
+                .await
+                .unwrap()
+        ),
+        [later, later, later, later + 500]
+    );
+    // An unusable rate is refused, not divided by.
+    let zero = TokenRate {
+        per_second: 0.0,
+        burst: 1,
+    };
+    assert!(matches!(
+        store
+            .take_tokens("worker:z", zero, Take::Reserve(1), now)
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
+pub(crate) async fn write_back_claims_hide_events_until_they_expire(store: &dyn Store) {
+    store.upsert_source(github_source("gh"), 0).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, due) in [(1, 100), (2, 200), (3, 100_000)] {
+        let event = store
+            .insert_event(new_event("gh", &format!("d{i}")), 0)
+            .await
+            .unwrap()
+            .record;
+        for state in [EventState::Matched, EventState::Dispatched] {
+            store
+                .update_event(
+                    event.id,
+                    EventUpdate {
+                        state,
+                        error: None,
+                        next_write_back_at: None,
+                    },
+                    0,
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .update_event(
+                event.id,
+                EventUpdate {
+                    state: EventState::WriteBackFailed,
+                    error: Some("503".into()),
+                    next_write_back_at: Some(due),
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        ids.push(event.id);
+    }
+    // A first write-back is claimed once; a claim that ran out can be taken again.
+    let fresh = store
+        .insert_event(new_event("gh", "first"), 0)
+        .await
+        .unwrap()
+        .record;
+    assert!(
+        store
+            .claim_write_back(fresh.id, 100, 1_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "received"
+    );
+    store
+        .update_event(
+            fresh.id,
+            EventUpdate {
+                state: EventState::Matched,
+                error: None,
+                next_write_back_at: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let first = store.claim_write_back(fresh.id, 100, 1_000).await.unwrap();
+    assert_eq!(first.map(|e| e.next_write_back_at), Some(Some(1_000)));
+    assert!(
+        store
+            .claim_write_back(fresh.id, 999, 2_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .claim_write_back(fresh.id, 1_000, 2_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .claim_write_back(ids[0], 100, 1_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "failed ones are retried, not claimed first"
+    );
+
+    let claimed = store.claim_write_backs(500, 60_500, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    assert!(claimed.iter().all(|e| e.next_write_back_at == Some(60_500)));
+    // Claimed: no other server sees them due until the claim runs out.
+    assert!(
+        store
+            .claim_write_backs(600, 60_600, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_write_backs(60_500, 120_000, 1).await.unwrap();
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[0]]);
+    // Other states are never claimed.
+    store
+        .update_event(
+            ids[1],
+            EventUpdate {
+                state: EventState::Completed,
+                error: None,
+                next_write_back_at: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_write_backs(200_000, 300_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.id != ids[1])
+    );
+}
+
+pub(crate) async fn instances_heartbeat_list_and_leave(store: &dyn Store) {
+    let instance = |id: &str| Instance {
+        id: id.into(),
+        address: format!("http://127.0.0.1:1/{id}"),
+        version: "0.1.0".into(),
+        started_at: 1_000,
+        last_seen: 0,
+    };
+    store.heartbeat(&instance("a"), 5_000).await.unwrap();
+    store.heartbeat(&instance("b"), 5_000).await.unwrap();
+    store.heartbeat(&instance("a"), 20_000).await.unwrap();
+    let seen = store.list_instances(10_000).await.unwrap();
+    assert_eq!(
+        seen,
+        [Instance {
+            last_seen: 20_000,
+            ..instance("a")
+        }]
+    );
+    assert_eq!(store.list_instances(0).await.unwrap().len(), 2);
+    store.remove_instance("a").await.unwrap();
+    assert!(store.list_instances(10_000).await.unwrap().is_empty());
 }
 
 /// Polls every future concurrently on the current task (no spawning, so `&dyn Store` borrows

@@ -1,8 +1,50 @@
 //! Integration tests of `mechanics-store`: the backend-independent conformance suite
-//! (`conformance`), run here on SQLite files, and SQLite-only tests (`sqlite`: migrations,
-//! pragmas, crash safety, group commit).
+//! (`conformance`), run on SQLite files and on a real PostgreSQL, and the tests of what only one
+//! backend has (`sqlite`: migrations, pragmas, crash safety, group commit; `postgres`: several
+//! stores on one database, notifications, migrations under a lock, restarts).
+
+/// One `#[tokio::test]` per conformance function in module `$module`, each on a fresh store
+/// from `$fresh` (an async fn giving a guard that keeps the store's database, and the store).
+/// The list is written once so that no backend can skip a test.
+macro_rules! conformance_suite {
+    ($module:ident, $fresh:path) => {
+        conformance_suite!(@tests $module, $fresh;
+            registry_upserts_count_revisions_and_bump_the_version,
+            invalid_registry_input_is_refused_naming_the_field,
+            events_are_deduplicated_per_source_and_delivery_id,
+            events_are_deduplicated_per_source_and_body_hash_within_the_window,
+            events_move_only_along_their_lifecycle,
+            one_task_per_event_and_worker_and_per_idempotency_key,
+            claims_take_due_tasks_under_a_lease_and_completions_are_fenced,
+            claiming_an_events_task_dispatches_the_matched_event,
+            expired_leases_are_requeued_and_the_late_reply_is_rejected,
+            retry_cancel_release_and_reschedule_follow_the_lifecycle,
+            listings_filter_and_page_newest_first,
+            next_due_reports_the_earliest_work,
+            cron_fires_create_one_task_per_worker_and_time,
+            logs_are_filtered_paged_and_pruned,
+            an_idle_store_runs_no_queries,
+            concurrent_creates_all_commit_with_distinct_ids,
+            token_buckets_reserve_slots_and_refuse_without_taking,
+            write_back_claims_hide_events_until_they_expire,
+            instances_heartbeat_list_and_leave,
+        );
+    };
+    (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_database, store) = $fresh().await;
+                    crate::conformance::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
 
 mod conformance;
+mod postgres;
 mod sqlite;
 
 use mechanics_proto::domain::{SourceSpec, WorkerSpec};
@@ -10,11 +52,18 @@ use mechanics_store::SqliteStore;
 use serde_json::json;
 use tempfile::TempDir;
 
+conformance_suite!(on_sqlite, crate::fresh_sqlite);
+conformance_suite!(on_postgres, crate::postgres::fresh_postgres);
+
 /// A fresh store on a real file in a temporary directory (removed when the `TempDir` drops).
 fn temp_store() -> (TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("mechanics.db")).unwrap();
     (dir, store)
+}
+
+async fn fresh_sqlite() -> (TempDir, SqliteStore) {
+    temp_store()
 }
 
 /// A valid js worker spec named `name`.

@@ -16,40 +16,6 @@ use serde_json::json;
 use crate::conformance::futures_join_all;
 use crate::{js_worker, temp_store};
 
-/// One `#[tokio::test]` per conformance function, each on a fresh SQLite file.
-macro_rules! conformance_on_sqlite {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_dir, store) = crate::temp_store();
-                    crate::conformance::$name(&store).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance_on_sqlite!(
-    registry_upserts_count_revisions_and_bump_the_version,
-    invalid_registry_input_is_refused_naming_the_field,
-    events_are_deduplicated_per_source_and_delivery_id,
-    events_are_deduplicated_per_source_and_body_hash_within_the_window,
-    events_move_only_along_their_lifecycle,
-    one_task_per_event_and_worker_and_per_idempotency_key,
-    claims_take_due_tasks_under_a_lease_and_completions_are_fenced,
-    claiming_an_events_task_dispatches_the_matched_event,
-    expired_leases_are_requeued_and_the_late_reply_is_rejected,
-    retry_cancel_release_and_reschedule_follow_the_lifecycle,
-    listings_filter_and_page_newest_first,
-    next_due_reports_the_earliest_work,
-    cron_fires_create_one_task_per_worker_and_time,
-    logs_are_filtered_paged_and_pruned,
-    an_idle_store_runs_no_queries,
-    concurrent_creates_all_commit_with_distinct_ids,
-);
-
 fn task(worker: &str, key: Option<String>) -> NewTask {
     NewTask {
         worker: worker.into(),

@@ -653,6 +653,133 @@ fn serve_exits_2_when_the_address_is_taken_or_the_database_unusable() {
 }
 
 #[test]
+fn config_show_never_prints_the_database_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let url = "postgres://alice:s3cret@127.0.0.1:1/db";
+    let shown = |out: std::process::Output| {
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+        assert!(!text.contains("s3cret"), "{text}");
+        text
+    };
+    let text = shown(
+        command(home)
+            .args(["config", "show", "--db", url, "--db-connect-timeout", "5s"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        text.contains("db: postgres://alice:***@127.0.0.1:1/db  # --db\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("db_connect_timeout: 5s  # --db-connect-timeout\n"),
+        "{text}"
+    );
+    // From the variable and from the file, the same.
+    let text = shown(
+        command(home)
+            .args(["config", "show"])
+            .env("MECHANICS_DB_PATH", url)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        text.contains("db: postgres://alice:***@127.0.0.1:1/db  # MECHANICS_DB_PATH"),
+        "{text}"
+    );
+    assert!(
+        text.contains("db_connect_timeout: 30s  # default"),
+        "{text}"
+    );
+    std::fs::create_dir_all(home.join(".mechanics")).unwrap();
+    std::fs::write(
+        home.join(".mechanics/config.yml"),
+        format!("db: \"{url}\"\n"),
+    )
+    .unwrap();
+    let text = shown(command(home).args(["config", "show"]).output().unwrap());
+    assert!(text.contains("db: postgres://alice:***@"), "{text}");
+    // A bad timeout names the key and where it came from.
+    let out = command(home)
+        .args(["config", "show", "--db-connect-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: --db-connect-timeout: db_connect_timeout: \"soon\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_exits_2_with_one_line_when_postgresql_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // Nothing listens on port 1.
+    let out = command(dir.path())
+        .args(["serve", "--addr", "127.0.0.1:0", "--local-nodes", "1"])
+        .args(["--db", "postgres://alice:s3cret@127.0.0.1:1/x"])
+        .args(["--db-connect-timeout", "1s"])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no READY line");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    // What, where (the password hidden) and what to do.
+    assert!(
+        lines[0].starts_with("error: ")
+            && lines[0].contains("connect")
+            && lines[0].contains("postgres://alice:***@127.0.0.1:1/x")
+            && lines[0].ends_with("allow it longer with --db-connect-timeout (now 1s)"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn instance_list_shows_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let list = server.json(&["instance", "list"]);
+    let instances = list["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{list}");
+    assert_eq!(instances[0]["address"], server.url.as_str());
+    assert_eq!(instances[0]["version"], env!("CARGO_PKG_VERSION"));
+    let id = instances[0]["id"].as_str().unwrap();
+    let text = server.ok(&["instance", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "ADDRESS", "VERSION", "STARTED", "LAST_SEEN"],
+        "{text}"
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &row[..3],
+        [id, server.url.as_str(), env!("CARGO_PKG_VERSION")],
+        "{text}"
+    );
+    assert!(
+        row[3..]
+            .iter()
+            .all(|cell| *cell == "ago" || cell.ends_with('s')),
+        "{text}"
+    );
+}
+
+#[test]
 fn logs_show_a_tasks_trace_filter_it_and_follow_new_entries() {
     let dir = tempfile::tempdir().unwrap();
     let server = Coordinator::start(dir.path(), &[], &[]);

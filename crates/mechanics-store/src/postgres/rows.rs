@@ -1,0 +1,161 @@
+//! Column lists and row mapping of the PostgreSQL backend (the same columns as SQLite's, so a
+//! record reads the same from either).
+
+use std::str::FromStr;
+
+use mechanics_proto::api::Instance;
+use mechanics_proto::domain::{Event, LogEntry, LogRecord, Source, Task, Worker};
+use serde::de::DeserializeOwned;
+use tokio_postgres::Row;
+
+use crate::{StoreError, StoreResult};
+
+macro_rules! task_columns {
+    () => {
+        "id, worker, event_id, idempotency_key, payload, state, attempt, tries, next_run_at, \
+         lease_expires_at, result, error, created_at, updated_at"
+    };
+}
+macro_rules! event_columns {
+    () => {
+        "id, source, delivery_id, event_type, payload, state, error, write_back_attempts, \
+         next_write_back_at, received_at, updated_at"
+    };
+}
+macro_rules! worker_columns {
+    () => {
+        "name, spec, module_source, revision, created_at, updated_at"
+    };
+}
+macro_rules! source_columns {
+    () => {
+        "name, spec, revision, created_at, updated_at"
+    };
+}
+macro_rules! log_columns {
+    () => {
+        "id, trace_id, ts, action, outcome, event_id, task_id, worker, attempt, error, detail"
+    };
+}
+pub(super) use {event_columns, log_columns, source_columns, task_columns, worker_columns};
+
+fn corrupt(column: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Database {
+        context: format!("reading the column {column}"),
+        message: err.to_string(),
+    }
+}
+
+fn json<T: DeserializeOwned>(row: &Row, index: usize) -> StoreResult<T> {
+    let text: &str = row.get(index);
+    serde_json::from_str(text).map_err(|err| corrupt(row.columns()[index].name(), err))
+}
+
+fn opt_json<T: DeserializeOwned>(row: &Row, index: usize) -> StoreResult<Option<T>> {
+    let text: Option<&str> = row.get(index);
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|err| corrupt(row.columns()[index].name(), err))
+    })
+    .transpose()
+}
+
+fn parsed<T>(row: &Row, index: usize) -> StoreResult<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: &str = row.get(index);
+    text.parse()
+        .map_err(|err| corrupt(row.columns()[index].name(), err))
+}
+
+/// A count stored as `BIGINT` that the domain keeps as `u32`.
+fn small(row: &Row, index: usize) -> StoreResult<u32> {
+    let value: i64 = row.get(index);
+    u32::try_from(value).map_err(|err| corrupt(row.columns()[index].name(), err))
+}
+
+pub(super) fn task(row: &Row) -> StoreResult<Task> {
+    Ok(Task {
+        id: row.get(0),
+        worker: row.get(1),
+        event_id: row.get(2),
+        idempotency_key: row.get(3),
+        payload: json(row, 4)?,
+        state: parsed(row, 5)?,
+        attempt: small(row, 6)?,
+        tries: small(row, 7)?,
+        next_run_at: row.get(8),
+        lease_expires_at: row.get(9),
+        result: opt_json(row, 10)?,
+        error: row.get(11),
+        created_at: row.get(12),
+        updated_at: row.get(13),
+    })
+}
+
+pub(super) fn event(row: &Row) -> StoreResult<Event> {
+    Ok(Event {
+        id: row.get(0),
+        source: row.get(1),
+        delivery_id: row.get(2),
+        event_type: row.get(3),
+        payload: json(row, 4)?,
+        state: parsed(row, 5)?,
+        error: row.get(6),
+        write_back_attempts: small(row, 7)?,
+        next_write_back_at: row.get(8),
+        received_at: row.get(9),
+        updated_at: row.get(10),
+    })
+}
+
+pub(super) fn worker(row: &Row) -> StoreResult<Worker> {
+    Ok(Worker {
+        spec: json(row, 1)?,
+        module_source: row.get(2),
+        revision: row.get(3),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+    })
+}
+
+pub(super) fn source(row: &Row) -> StoreResult<Source> {
+    Ok(Source {
+        spec: json(row, 1)?,
+        revision: row.get(2),
+        created_at: row.get(3),
+        updated_at: row.get(4),
+    })
+}
+
+pub(super) fn log(row: &Row) -> StoreResult<LogEntry> {
+    let attempt: Option<i64> = row.get(8);
+    Ok(LogEntry {
+        id: row.get(0),
+        record: LogRecord {
+            trace_id: row.get(1),
+            ts: row.get(2),
+            action: row.get(3),
+            outcome: parsed(row, 4)?,
+            event_id: row.get(5),
+            task_id: row.get(6),
+            worker: row.get(7),
+            attempt: attempt
+                .map(|a| u32::try_from(a).map_err(|err| corrupt("attempt", err)))
+                .transpose()?,
+            error: row.get(9),
+            detail: opt_json(row, 10)?,
+        },
+    })
+}
+
+pub(super) fn instance(row: &Row) -> StoreResult<Instance> {
+    Ok(Instance {
+        id: row.get(0),
+        address: row.get(1),
+        version: row.get(2),
+        started_at: row.get(3),
+        last_seen: row.get(4),
+    })
+}

@@ -1,0 +1,1277 @@
+//! [`Store`] on PostgreSQL: the SQL of every operation.
+
+use super::*;
+
+/// Claims up to `$3` tasks due by `$1`, oldest first, leasing them until `$2`, and marks their
+/// matched events dispatched, in one statement. `SKIP LOCKED`: rows another server is claiming
+/// right now are passed over, not waited for.
+const CLAIM_DUE: &str = concat!(
+    "WITH due AS (SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
+    "ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), ",
+    "claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
+    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1 FROM due WHERE t.id = due.id ",
+    "RETURNING t.*), ",
+    "events_dispatched AS (UPDATE events e SET state = 'dispatched', updated_at = $1 ",
+    "WHERE e.id IN (SELECT event_id FROM claimed WHERE event_id IS NOT NULL) ",
+    "AND e.state = 'matched') ",
+    "SELECT ",
+    task_columns!(),
+    " FROM claimed ORDER BY next_run_at, id"
+);
+
+const REQUEUE_EXPIRED: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, ",
+    "updated_at = $1 WHERE id IN (SELECT id FROM tasks WHERE state = 'dispatched' ",
+    "AND lease_expires_at <= $1 FOR UPDATE SKIP LOCKED) RETURNING ",
+    task_columns!()
+);
+
+const REQUEUE_ALL: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, ",
+    "updated_at = $1 WHERE state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+
+/// The poll of an idle server: the next due times and the registry version, in one query.
+const NEXT_DUE: &str = concat!(
+    "SELECT (SELECT next_run_at FROM tasks WHERE state = 'pending' ",
+    "ORDER BY next_run_at, id LIMIT 1), ",
+    "(SELECT lease_expires_at FROM tasks WHERE state = 'dispatched' ",
+    "ORDER BY lease_expires_at LIMIT 1), ",
+    "(SELECT next_write_back_at FROM events WHERE state = 'write_back_failed' ",
+    "AND next_write_back_at IS NOT NULL ORDER BY next_write_back_at, id LIMIT 1), ",
+    "(SELECT value FROM meta WHERE key = 'registry_version')"
+);
+
+// The fenced moves out of `dispatched`: `$1` id, `$2` attempt, `$3` now, then extras.
+const COMPLETE: &str = concat!(
+    "UPDATE tasks SET state = 'completed', result = $4, error = NULL, lease_expires_at = NULL, ",
+    "updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+const FAIL: &str = concat!(
+    "UPDATE tasks SET state = $4, error = $5, lease_expires_at = NULL, updated_at = $3 ",
+    "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+const RESCHEDULE: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = $4, error = $5, lease_expires_at = NULL, ",
+    "updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+const RELEASE: &str = concat!(
+    "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, ",
+    "lease_expires_at = NULL, updated_at = $3 ",
+    "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    task_columns!()
+);
+// The unfenced moves: `$1` id, `$2` now, then extras.
+const RETRY: &str = concat!(
+    "UPDATE tasks SET state = 'pending', tries = 0, next_run_at = $3, result = NULL, ",
+    "updated_at = $2 WHERE id = $1 AND state IN ('dead', 'failed') RETURNING ",
+    task_columns!()
+);
+const CANCEL: &str = concat!(
+    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, updated_at = $2 ",
+    "WHERE id = $1 AND state IN ('pending', 'dispatched') RETURNING ",
+    task_columns!()
+);
+
+const TASK_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
+const EVENT_BY_ID: &str = concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
+const EVENT_BY_DELIVERY: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = $1 AND delivery_id = $2"
+);
+const EVENT_BY_BODY: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE source = $1 AND body_hash = $2 AND received_at >= $3 ",
+    "ORDER BY received_at, id LIMIT 1"
+);
+const INSERT_EVENT: &str = concat!(
+    "INSERT INTO events (source, delivery_id, event_type, payload, state, received_at, ",
+    "updated_at, body_hash) VALUES ($1, $2, $3, $4, 'received', $5, $5, $6) ",
+    "ON CONFLICT (source, delivery_id) DO NOTHING RETURNING ",
+    event_columns!()
+);
+const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
+    "created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6) ",
+    "ON CONFLICT DO NOTHING RETURNING ",
+    task_columns!()
+);
+const BUMP_REGISTRY: &str =
+    "UPDATE meta SET value = value + 1 WHERE key = 'registry_version' RETURNING value";
+
+/// Takes `$5` tokens (`$6`: reserve, or only if one is free now) of bucket `$1` with rate
+/// `$2`/s and burst `$3` at `$4` ms; `$7` is the interval and `$8` the tolerance in ms. Every
+/// `SET` expression sees the row as it was, so `taken` says whether this call took tokens.
+const TAKE_TOKENS: &str = "INSERT INTO rate_buckets AS b (name, per_second, burst, tat, taken) \
+     VALUES ($1, $2::FLOAT8, $3::BIGINT, $4::FLOAT8 + $5::FLOAT8 * $7::FLOAT8, true) \
+     ON CONFLICT (name) DO UPDATE SET \
+     tat = CASE \
+       WHEN b.per_second <> $2 OR b.burst <> $3 THEN $4 + $5 * $7 \
+       WHEN $6::BOOLEAN OR GREATEST(b.tat, $4) - $8::FLOAT8 <= $4 THEN GREATEST(b.tat, $4) + $5 * $7 \
+       ELSE b.tat END, \
+     taken = (b.per_second <> $2 OR b.burst <> $3 OR $6 OR GREATEST(b.tat, $4) - $8 <= $4), \
+     per_second = $2, burst = $3 \
+     RETURNING tat, taken";
+
+fn not_found(what: &'static str, id: i64) -> StoreError {
+    StoreError::NotFound {
+        what,
+        key: id.to_string(),
+    }
+}
+
+/// Runs one fenced move; if no row matched, says whether the task is missing or the attempt
+/// stale — unless this is a retry after a failure that may have hidden a commit, and the task
+/// already shows this very move (same attempt, target state): then that is the result.
+async fn fenced(
+    db: &impl Db,
+    sql: &str,
+    params: &Params<'_>,
+    id: TaskId,
+    attempt: u32,
+    target: TaskState,
+    retried: bool,
+) -> StoreResult<Task> {
+    if let Some(task) = opt(db, sql, params, rows::task, "finishing a task attempt").await? {
+        return Ok(task);
+    }
+    let task = opt(db, TASK_BY_ID, &[&id], rows::task, "reading a task")
+        .await?
+        .ok_or_else(|| not_found("task", id))?;
+    if retried && task.attempt == attempt && task.state == target {
+        return Ok(task);
+    }
+    Err(StoreError::StaleAttempt {
+        id,
+        attempt,
+        current_attempt: task.attempt,
+        state: task.state,
+    })
+}
+
+/// Runs one unfenced move to `to`; if no row matched, says why.
+async fn transition(
+    db: &impl Db,
+    sql: &str,
+    params: &Params<'_>,
+    id: TaskId,
+    to: TaskState,
+) -> StoreResult<Task> {
+    if let Some(task) = opt(db, sql, params, rows::task, "changing a task's state").await? {
+        return Ok(task);
+    }
+    let task = opt(db, TASK_BY_ID, &[&id], rows::task, "reading a task")
+        .await?
+        .ok_or_else(|| not_found("task", id))?;
+    Err(StoreError::InvalidTransition {
+        what: "task",
+        id,
+        from: task.state.to_string(),
+        to: to.to_string(),
+    })
+}
+
+/// Inserts a task unless one with the same (event, worker) or (worker, idempotency key)
+/// exists; then returns that one.
+async fn insert_task(
+    db: &impl Db,
+    task: &NewTask,
+    payload: &str,
+    now: i64,
+) -> StoreResult<Inserted<Task>> {
+    let context = "creating a task";
+    let statement = db.statement(INSERT_TASK).await.map_err(pg_err(context))?;
+    let inserted = db
+        .rows(
+            &statement,
+            &[
+                &task.worker,
+                &task.event_id,
+                &task.idempotency_key,
+                &payload,
+                &task.next_run_at,
+                &now,
+            ],
+        )
+        .await;
+    let inserted = match inserted {
+        Ok(rows) => rows,
+        Err(err) if is_missing_reference(&err) => {
+            return Err(not_found("event", task.event_id.unwrap_or_default()));
+        }
+        Err(err) => return Err(pg_err(context)(err)),
+    };
+    if let Some(row) = inserted.first() {
+        return Ok(Inserted {
+            record: rows::task(row)?,
+            created: true,
+        });
+    }
+    let mut existing = None;
+    if let Some(event_id) = task.event_id {
+        existing = opt(
+            db,
+            concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE event_id = $1 AND worker = $2"
+            ),
+            &[&event_id, &task.worker],
+            rows::task,
+            "reading a duplicate task",
+        )
+        .await?;
+    }
+    if existing.is_none()
+        && let Some(key) = &task.idempotency_key
+    {
+        existing = opt(
+            db,
+            concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE worker = $1 AND idempotency_key = $2"
+            ),
+            &[&task.worker, key],
+            rows::task,
+            "reading a duplicate task",
+        )
+        .await?;
+    }
+    let record = existing.ok_or_else(|| StoreError::Database {
+        context: context.into(),
+        message: "the conflicting task vanished".into(),
+    })?;
+    Ok(Inserted {
+        record,
+        created: false,
+    })
+}
+
+/// The optional `WHERE` conditions of a listing, numbered as they are added.
+#[derive(Default)]
+struct Filters {
+    conditions: Vec<String>,
+    values: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Filters {
+    /// `condition` has one `{}` where the parameter goes.
+    fn add<T: ToSql + Sync + Send + 'static>(&mut self, condition: &str, value: Option<T>) {
+        if let Some(value) = value {
+            self.values.push(Box::new(value));
+            let placeholder = format!("${}", self.values.len());
+            self.conditions.push(condition.replace("{}", &placeholder));
+        }
+    }
+
+    /// `select` with the conditions, newest first, one page.
+    fn sql(&mut self, select: &str, limit: u32) -> String {
+        let mut sql = select.to_owned();
+        if !self.conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&self.conditions.join(" AND "));
+        }
+        self.values.push(Box::new(i64::from(limit)));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", self.values.len()));
+        sql
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.values
+            .iter()
+            .map(|v| &**v as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+fn page<T>(items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = if items.len() == limit as usize {
+        items.last().map(id_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+fn page_size(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn upsert_worker(
+        &self,
+        spec: WorkerSpec,
+        module_source: Option<String>,
+        now: i64,
+    ) -> StoreResult<Worker> {
+        spec.validate()
+            .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
+        match (spec.kind, &module_source) {
+            (WorkerKind::Js, None) => {
+                return Err(StoreError::InvalidInput(
+                    "module_source: required for js workers".into(),
+                ));
+            }
+            (WorkerKind::Http | WorkerKind::Process, Some(_)) => {
+                return Err(StoreError::InvalidInput(
+                    "module_source: only js workers have a module".into(),
+                ));
+            }
+            _ => {}
+        }
+        let spec_json = to_json(&spec)?;
+        let context = "storing a worker";
+        let (worker, version) = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let worker = opt(
+                &tx,
+                concat!(
+                    "INSERT INTO workers (name, spec, module_source, revision, created_at, ",
+                    "updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO UPDATE SET ",
+                    "spec = excluded.spec, module_source = excluded.module_source, ",
+                    "revision = workers.revision + 1, updated_at = excluded.updated_at RETURNING ",
+                    worker_columns!()
+                ),
+                &[&spec.name, &spec_json, &module_source, &now],
+                rows::worker,
+                context,
+            )
+            .await?
+            .ok_or_else(|| StoreError::Database {
+                context: context.into(),
+                message: "the upsert returned no row".into(),
+            })?;
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok((worker, version))
+        })?;
+        self.committed();
+        self.saw_registry_version(version);
+        Ok(worker)
+    }
+
+    async fn get_worker(&self, name: &str) -> StoreResult<Option<Worker>> {
+        retrying!(self, |db, _retried| {
+            opt(
+                &*db,
+                concat!(
+                    "SELECT ",
+                    worker_columns!(),
+                    " FROM workers WHERE name = $1"
+                ),
+                &[&name],
+                rows::worker,
+                "reading a worker",
+            )
+            .await
+        })
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!("SELECT ", worker_columns!(), " FROM workers ORDER BY name"),
+                &[],
+                rows::worker,
+                "listing workers",
+            )
+            .await
+        })
+    }
+
+    async fn delete_worker(&self, name: &str) -> StoreResult<bool> {
+        self.delete_named("DELETE FROM workers WHERE name = $1", name)
+            .await
+    }
+
+    async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
+        spec.validate()
+            .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))?;
+        let spec_json = to_json(&spec)?;
+        let context = "storing a source";
+        let (source, version) = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let source = opt(
+                &tx,
+                concat!(
+                    "INSERT INTO sources (name, spec, revision, created_at, updated_at) ",
+                    "VALUES ($1, $2, 1, $3, $3) ON CONFLICT (name) DO UPDATE SET ",
+                    "spec = excluded.spec, revision = sources.revision + 1, ",
+                    "updated_at = excluded.updated_at RETURNING ",
+                    source_columns!()
+                ),
+                &[&spec.name, &spec_json, &now],
+                rows::source,
+                context,
+            )
+            .await?
+            .ok_or_else(|| StoreError::Database {
+                context: context.into(),
+                message: "the upsert returned no row".into(),
+            })?;
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok((source, version))
+        })?;
+        self.committed();
+        self.saw_registry_version(version);
+        Ok(source)
+    }
+
+    async fn get_source(&self, name: &str) -> StoreResult<Option<Source>> {
+        retrying!(self, |db, _retried| {
+            opt(
+                &*db,
+                concat!(
+                    "SELECT ",
+                    source_columns!(),
+                    " FROM sources WHERE name = $1"
+                ),
+                &[&name],
+                rows::source,
+                "reading a source",
+            )
+            .await
+        })
+    }
+
+    async fn list_sources(&self) -> StoreResult<Vec<Source>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!("SELECT ", source_columns!(), " FROM sources ORDER BY name"),
+                &[],
+                rows::source,
+                "listing sources",
+            )
+            .await
+        })
+    }
+
+    async fn delete_source(&self, name: &str) -> StoreResult<bool> {
+        self.delete_named("DELETE FROM sources WHERE name = $1", name)
+            .await
+    }
+
+    fn registry_version(&self) -> u64 {
+        self.registry_version.load(Ordering::Relaxed)
+    }
+
+    async fn refresh_registry_version(&self) -> StoreResult<u64> {
+        let version: i64 = retrying!(self, |db, _retried| {
+            let rows = query(
+                &*db,
+                "SELECT value FROM meta WHERE key = 'registry_version'",
+                &[],
+                "reading the registry version",
+            )
+            .await?;
+            Ok(rows.first().map_or(0, |row| row.get(0)))
+        })?;
+        self.saw_registry_version(u64::try_from(version).unwrap_or_default());
+        Ok(self.registry_version())
+    }
+
+    async fn insert_event(&self, event: NewEvent, now: i64) -> StoreResult<Inserted<Event>> {
+        let payload = to_json(&event.payload)?;
+        let context = "storing an event";
+        let hash = event.body_dedup.as_ref().map(|dedup| dedup.hash.to_vec());
+        let inserted = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            if let Some(dedup) = &event.body_dedup {
+                // Two deliveries of one body at once: the second waits for the first's commit
+                // and then finds it.
+                let key = i64::from_le_bytes(dedup.hash[..8].try_into().unwrap_or_default());
+                execute(
+                    &tx,
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&key],
+                    "locking an event body",
+                )
+                .await?;
+                let by_delivery = opt(
+                    &tx,
+                    EVENT_BY_DELIVERY,
+                    &[&event.source, &event.delivery_id],
+                    rows::event,
+                    "reading a duplicate event",
+                )
+                .await?;
+                let found = match by_delivery {
+                    Some(found) => Some(found),
+                    None => {
+                        opt(
+                            &tx,
+                            EVENT_BY_BODY,
+                            &[&event.source, &hash, &dedup.since_ms],
+                            rows::event,
+                            "reading an event with the same body",
+                        )
+                        .await?
+                    }
+                };
+                if let Some(record) = found {
+                    return Ok(Inserted {
+                        record,
+                        created: false,
+                    });
+                }
+            }
+            let inserted = opt(
+                &tx,
+                INSERT_EVENT,
+                &[
+                    &event.source,
+                    &event.delivery_id,
+                    &event.event_type,
+                    &payload,
+                    &now,
+                    &hash,
+                ],
+                rows::event,
+                context,
+            )
+            .await?;
+            let result = match inserted {
+                Some(record) => Inserted {
+                    record,
+                    created: true,
+                },
+                None => {
+                    let record = opt(
+                        &tx,
+                        EVENT_BY_DELIVERY,
+                        &[&event.source, &event.delivery_id],
+                        rows::event,
+                        "reading a duplicate event",
+                    )
+                    .await?
+                    .ok_or_else(|| StoreError::Database {
+                        context: context.into(),
+                        message: "the conflicting event vanished".into(),
+                    })?;
+                    Inserted {
+                        record,
+                        created: false,
+                    }
+                }
+            };
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(result)
+        })?;
+        self.committed();
+        Ok(inserted)
+    }
+
+    async fn get_event(&self, id: EventId) -> StoreResult<Option<Event>> {
+        retrying!(self, |db, _retried| {
+            opt(&*db, EVENT_BY_ID, &[&id], rows::event, "reading an event").await
+        })
+    }
+
+    async fn update_event(&self, id: EventId, update: EventUpdate, now: i64) -> StoreResult<Event> {
+        let context = "updating an event";
+        let event = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let current = opt(
+                &tx,
+                concat!(
+                    "SELECT ",
+                    event_columns!(),
+                    " FROM events WHERE id = $1 FOR UPDATE"
+                ),
+                &[&id],
+                rows::event,
+                "reading an event",
+            )
+            .await?
+            .ok_or_else(|| not_found("event", id))?;
+            if !current.state.can_become(update.state) {
+                return Err(StoreError::InvalidTransition {
+                    what: "event",
+                    id,
+                    from: current.state.to_string(),
+                    to: update.state.to_string(),
+                });
+            }
+            let event = opt(
+                &tx,
+                concat!(
+                    "UPDATE events SET state = $2, error = $3, next_write_back_at = $4, ",
+                    "write_back_attempts = write_back_attempts + ",
+                    "CASE WHEN $2 = 'write_back_failed' THEN 1 ELSE 0 END, updated_at = $5 ",
+                    "WHERE id = $1 RETURNING ",
+                    event_columns!()
+                ),
+                &[
+                    &id,
+                    &update.state.as_str(),
+                    &update.error,
+                    &update.next_write_back_at,
+                    &now,
+                ],
+                rows::event,
+                context,
+            )
+            .await?
+            .ok_or_else(|| not_found("event", id))?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(event)
+        })?;
+        self.committed();
+        Ok(event)
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Page<Event>> {
+        let limit = page_size(filter.limit);
+        let mut filters = Filters::default();
+        filters.add("source = {}", filter.source.clone());
+        filters.add("state = {}", filter.state.map(|s| s.as_str().to_owned()));
+        filters.add(
+            "state = 'write_back_failed' AND next_write_back_at <= {}",
+            filter.write_back_due_by,
+        );
+        filters.add("id < {}", filter.cursor);
+        let sql = filters.sql(concat!("SELECT ", event_columns!(), " FROM events"), limit);
+        let items = retrying!(self, |db, _retried| {
+            all(&*db, &sql, &filters.params(), rows::event, "listing events").await
+        })?;
+        Ok(page(items, limit, |e| e.id))
+    }
+
+    async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>> {
+        let payload = to_json(&task.payload)?;
+        let inserted = retrying!(self, |db, _retried| {
+            insert_task(&*db, &task, &payload, now).await
+        })?;
+        if inserted.created {
+            self.committed();
+            self.hints.work_made_due();
+        }
+        Ok(inserted)
+    }
+
+    async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>> {
+        retrying!(self, |db, _retried| {
+            opt(&*db, TASK_BY_ID, &[&id], rows::task, "reading a task").await
+        })
+    }
+
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<Task>> {
+        let limit = i64::from(limit);
+        let tasks = retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                CLAIM_DUE,
+                &[&now, &lease_until, &limit],
+                rows::task,
+                "claiming tasks",
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(tasks)
+    }
+
+    async fn complete_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        result: Value,
+        now: i64,
+    ) -> StoreResult<Task> {
+        let result = to_json(&result)?;
+        let attempt_i = i64::from(attempt);
+        let task = retrying!(self, |db, retried| {
+            fenced(
+                &*db,
+                COMPLETE,
+                &[&id, &attempt_i, &now, &result],
+                id,
+                attempt,
+                TaskState::Completed,
+                retried,
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(task)
+    }
+
+    async fn fail_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        end: TaskState,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task> {
+        if !matches!(end, TaskState::Failed | TaskState::Dead) {
+            return Err(StoreError::InvalidInput(format!(
+                "fail_task ends a task as failed or dead, not {end}"
+            )));
+        }
+        let attempt_i = i64::from(attempt);
+        let task = retrying!(self, |db, retried| {
+            fenced(
+                &*db,
+                FAIL,
+                &[&id, &attempt_i, &now, &end.as_str(), &error],
+                id,
+                attempt,
+                end,
+                retried,
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(task)
+    }
+
+    async fn reschedule_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        error: &str,
+        now: i64,
+    ) -> StoreResult<Task> {
+        let attempt_i = i64::from(attempt);
+        let task = retrying!(self, |db, retried| {
+            fenced(
+                &*db,
+                RESCHEDULE,
+                &[&id, &attempt_i, &now, &next_run_at, &error],
+                id,
+                attempt,
+                TaskState::Pending,
+                retried,
+            )
+            .await
+        })?;
+        self.committed();
+        self.hints.work_made_due();
+        Ok(task)
+    }
+
+    async fn release_task(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        next_run_at: i64,
+        now: i64,
+    ) -> StoreResult<Task> {
+        let attempt_i = i64::from(attempt);
+        let task = retrying!(self, |db, retried| {
+            fenced(
+                &*db,
+                RELEASE,
+                &[&id, &attempt_i, &now, &next_run_at],
+                id,
+                attempt,
+                TaskState::Pending,
+                retried,
+            )
+            .await
+        })?;
+        self.committed();
+        self.hints.work_made_due();
+        Ok(task)
+    }
+
+    async fn retry_task(&self, id: TaskId, next_run_at: i64, now: i64) -> StoreResult<Task> {
+        let task = retrying!(self, |db, _retried| {
+            transition(
+                &*db,
+                RETRY,
+                &[&id, &now, &next_run_at],
+                id,
+                TaskState::Pending,
+            )
+            .await
+        })?;
+        self.committed();
+        self.hints.work_made_due();
+        Ok(task)
+    }
+
+    async fn cancel_task(&self, id: TaskId, now: i64) -> StoreResult<Task> {
+        let task = retrying!(self, |db, _retried| {
+            transition(&*db, CANCEL, &[&id, &now], id, TaskState::Canceled).await
+        })?;
+        self.committed();
+        Ok(task)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>> {
+        let limit = page_size(filter.limit);
+        let mut filters = Filters::default();
+        filters.add("state = {}", filter.state.map(|s| s.as_str().to_owned()));
+        filters.add("worker = {}", filter.worker.clone());
+        filters.add("event_id = {}", filter.event_id);
+        filters.add("id < {}", filter.cursor);
+        let sql = filters.sql(concat!("SELECT ", task_columns!(), " FROM tasks"), limit);
+        let items = retrying!(self, |db, _retried| {
+            all(&*db, &sql, &filters.params(), rows::task, "listing tasks").await
+        })?;
+        Ok(page(items, limit, |t| t.id))
+    }
+
+    async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>> {
+        let rows = retrying!(self, |db, _retried| {
+            query(
+                &*db,
+                "SELECT state, COUNT(*) FROM tasks WHERE ($1::TEXT IS NULL OR worker = $1) \
+                 GROUP BY state",
+                &[&worker],
+                "counting tasks",
+            )
+            .await
+        })?;
+        let mut counts: BTreeMap<TaskState, u64> = TaskState::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let state: &str = row.get(0);
+            let count: i64 = row.get(1);
+            let state = state.parse().map_err(|err| StoreError::Database {
+                context: "counting tasks".into(),
+                message: format!("{err}"),
+            })?;
+            counts.insert(state, u64::try_from(count).unwrap_or_default());
+        }
+        Ok(counts)
+    }
+
+    async fn next_due(&self) -> StoreResult<NextDue> {
+        let row = retrying!(self, |db, _retried| {
+            let rows = query(&*db, NEXT_DUE, &[], "reading the next due time").await?;
+            rows.into_iter().next().ok_or_else(|| StoreError::Database {
+                context: "reading the next due time".into(),
+                message: "no row".into(),
+            })
+        })?;
+        let version: Option<i64> = row.get(3);
+        self.saw_registry_version(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0));
+        Ok(NextDue {
+            task_run_at: row.get(0),
+            lease_expires_at: row.get(1),
+            write_back_at: row.get(2),
+        })
+    }
+
+    async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {
+        self.requeue(REQUEUE_EXPIRED, now).await
+    }
+
+    async fn requeue_all_dispatched(&self, now: i64) -> StoreResult<Vec<Task>> {
+        self.requeue(REQUEUE_ALL, now).await
+    }
+
+    async fn record_cron_fire(
+        &self,
+        worker: &str,
+        fire_time: i64,
+        payload: Value,
+        now: i64,
+    ) -> StoreResult<Option<Task>> {
+        let payload = to_json(&payload)?;
+        let context = "recording a cron fire";
+        let new_task = NewTask {
+            worker: worker.to_owned(),
+            event_id: None,
+            idempotency_key: None,
+            payload: Value::Null,
+            next_run_at: fire_time,
+        };
+        let task = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            // The fire's row first: a second server recording the same fire waits here for the
+            // first's commit, then inserts nothing.
+            let statement = tx
+                .statement(
+                    "INSERT INTO cron_fires (worker, fire_time, task_id) VALUES ($1, $2, 0) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(pg_err(context))?;
+            let recorded = match tx.exec(&statement, &[&worker, &fire_time]).await {
+                Ok(n) => n,
+                Err(err) if is_missing_reference(&err) => {
+                    return Err(StoreError::NotFound {
+                        what: "worker",
+                        key: worker.to_owned(),
+                    });
+                }
+                Err(err) => return Err(pg_err(context)(err)),
+            };
+            if recorded == 0 {
+                return Ok(None);
+            }
+            let task = insert_task(&tx, &new_task, &payload, now).await?.record;
+            execute(
+                &tx,
+                "UPDATE cron_fires SET task_id = $3 WHERE worker = $1 AND fire_time = $2",
+                &[&worker, &fire_time, &task.id],
+                context,
+            )
+            .await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Some(task))
+        })?;
+        if task.is_some() {
+            self.committed();
+            self.hints.work_made_due();
+        }
+        Ok(task)
+    }
+
+    async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>> {
+        retrying!(self, |db, _retried| {
+            let rows = query(
+                &*db,
+                "SELECT MAX(fire_time) FROM cron_fires WHERE worker = $1",
+                &[&worker],
+                "reading the last cron fire",
+            )
+            .await?;
+            Ok(rows.first().and_then(|row| row.get(0)))
+        })
+    }
+
+    async fn append_logs(&self, entries: Vec<LogRecord>) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One statement for the whole batch: a column per array.
+        let mut trace_ids = Vec::with_capacity(entries.len());
+        let mut ts = Vec::with_capacity(entries.len());
+        let mut actions = Vec::with_capacity(entries.len());
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut event_ids = Vec::with_capacity(entries.len());
+        let mut task_ids = Vec::with_capacity(entries.len());
+        let mut workers = Vec::with_capacity(entries.len());
+        let mut attempts = Vec::with_capacity(entries.len());
+        let mut errors = Vec::with_capacity(entries.len());
+        let mut details = Vec::with_capacity(entries.len());
+        for entry in entries {
+            details.push(entry.detail.as_ref().map(to_json).transpose()?);
+            trace_ids.push(entry.trace_id);
+            ts.push(entry.ts);
+            actions.push(entry.action);
+            outcomes.push(entry.outcome.as_str().to_owned());
+            event_ids.push(entry.event_id);
+            task_ids.push(entry.task_id);
+            workers.push(entry.worker);
+            attempts.push(entry.attempt.map(i64::from));
+            errors.push(entry.error);
+        }
+        retrying!(self, |db, _retried| {
+            execute(
+                &*db,
+                "INSERT INTO logs (trace_id, ts, action, outcome, event_id, task_id, worker, \
+                 attempt, error, detail) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], \
+                 $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BIGINT[], \
+                 $9::TEXT[], $10::TEXT[])",
+                &[
+                    &trace_ids, &ts, &actions, &outcomes, &event_ids, &task_ids, &workers,
+                    &attempts, &errors, &details,
+                ],
+                "appending logs",
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(())
+    }
+
+    async fn query_logs(&self, query_: &LogQuery) -> StoreResult<Page<LogEntry>> {
+        let limit = page_size(query_.limit);
+        let mut filters = Filters::default();
+        filters.add("event_id = {}", query_.event_id);
+        filters.add("task_id = {}", query_.task_id);
+        filters.add("worker = {}", query_.worker.clone());
+        filters.add("action = {}", query_.action.clone());
+        filters.add(
+            "outcome = {}",
+            query_.outcome.map(|o| o.as_str().to_owned()),
+        );
+        filters.add("ts >= {}", query_.since);
+        filters.add("trace_id = {}", query_.trace_id.clone());
+        filters.add("id < {}", query_.cursor);
+        let sql = filters.sql(concat!("SELECT ", log_columns!(), " FROM logs"), limit);
+        let items = retrying!(self, |db, _retried| {
+            all(&*db, &sql, &filters.params(), rows::log, "querying logs").await
+        })?;
+        Ok(page(items, limit, |e| e.id))
+    }
+
+    async fn prune(&self, before: i64) -> StoreResult<Pruned> {
+        let context = "pruning";
+        let pruned = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            // One server prunes at a time; the others find nothing to do this round.
+            let locked: bool = query(
+                &tx,
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&PRUNE_LOCK],
+                context,
+            )
+            .await?
+            .first()
+            .is_some_and(|row| row.get(0));
+            if !locked {
+                return Ok(Pruned::default());
+            }
+            let logs = execute(&tx, "DELETE FROM logs WHERE ts < $1", &[&before], context).await?;
+            let cron_fires = execute(
+                &tx,
+                "DELETE FROM cron_fires WHERE fire_time < $1",
+                &[&before],
+                context,
+            )
+            .await?;
+            // Buckets full since then are the same as absent ones; instances silent since then
+            // are long gone.
+            let before_f = before as f64;
+            execute(
+                &tx,
+                "DELETE FROM rate_buckets WHERE tat < $1",
+                &[&before_f],
+                context,
+            )
+            .await?;
+            execute(
+                &tx,
+                "DELETE FROM instances WHERE last_seen < $1",
+                &[&before],
+                context,
+            )
+            .await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Pruned { logs, cron_fires })
+        })?;
+        self.committed();
+        Ok(pruned)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn remote_changes(&self) -> Arc<Notify> {
+        self.remote_changes.clone()
+    }
+
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: TokenRate,
+        take: Take,
+        now: i64,
+    ) -> StoreResult<Tokens> {
+        crate::buckets::check_rate(rate)?;
+        let (count, reserve) = match take {
+            Take::Reserve(n) => (n, true),
+            Take::IfFree => (1, false),
+        };
+        let (interval, tolerance) = (rate.interval_ms(), rate.tolerance_ms());
+        let (nowf, countf, burst) = (now as f64, f64::from(count), i64::from(rate.burst));
+        let row = retrying!(self, |db, _retried| {
+            let rows = query(
+                &*db,
+                TAKE_TOKENS,
+                &[
+                    &bucket,
+                    &rate.per_second,
+                    &burst,
+                    &nowf,
+                    &countf,
+                    &reserve,
+                    &interval,
+                    &tolerance,
+                ],
+                "taking tokens",
+            )
+            .await?;
+            rows.into_iter().next().ok_or_else(|| StoreError::Database {
+                context: "taking tokens".into(),
+                message: "no row".into(),
+            })
+        })?;
+        let (tat, taken): (f64, bool) = (row.get(0), row.get(1));
+        if !taken {
+            return Ok(Tokens::NotBefore((tat - tolerance).ceil() as i64));
+        }
+        Ok(Tokens::Granted(rate.slots(
+            tat - countf * interval,
+            count,
+            now,
+        )))
+    }
+
+    async fn claim_write_backs(&self, now: i64, until: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        let limit = i64::from(limit);
+        let events = retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!(
+                    "UPDATE events SET next_write_back_at = $2 WHERE id IN (SELECT id FROM events ",
+                    "WHERE state = 'write_back_failed' AND next_write_back_at <= $1 ",
+                    "ORDER BY next_write_back_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+                    event_columns!()
+                ),
+                &[&now, &until, &limit],
+                rows::event,
+                "claiming write-backs",
+            )
+            .await
+        })?;
+        let mut events = events;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    async fn claim_write_back(
+        &self,
+        id: EventId,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<Option<Event>> {
+        retrying!(self, |db, _retried| {
+            opt(
+                &*db,
+                concat!(
+                    "UPDATE events SET next_write_back_at = $3 WHERE id = $1 ",
+                    "AND state IN ('matched', 'dispatched') ",
+                    "AND (next_write_back_at IS NULL OR next_write_back_at <= $2) RETURNING ",
+                    event_columns!()
+                ),
+                &[&id, &now, &until],
+                rows::event,
+                "claiming a write-back",
+            )
+            .await
+        })
+    }
+
+    async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()> {
+        retrying!(self, |db, _retried| {
+            execute(
+                &*db,
+                "INSERT INTO instances (id, address, version, started_at, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                 address = excluded.address, version = excluded.version, last_seen = $5",
+                &[
+                    &instance.id,
+                    &instance.address,
+                    &instance.version,
+                    &instance.started_at,
+                    &now,
+                ],
+                "recording a heartbeat",
+            )
+            .await
+        })?;
+        Ok(())
+    }
+
+    async fn list_instances(&self, seen_since: i64) -> StoreResult<Vec<Instance>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                "SELECT id, address, version, started_at, last_seen FROM instances \
+                 WHERE last_seen >= $1 ORDER BY id",
+                &[&seen_since],
+                rows::instance,
+                "listing instances",
+            )
+            .await
+        })
+    }
+
+    async fn remove_instance(&self, id: &str) -> StoreResult<()> {
+        retrying!(self, |db, _retried| {
+            execute(
+                &*db,
+                "DELETE FROM instances WHERE id = $1",
+                &[&id],
+                "removing an instance",
+            )
+            .await
+        })?;
+        Ok(())
+    }
+
+    fn queries_executed(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl PgStore {
+    /// Bumps the registry version in `tx` and tells the other servers (delivered at commit).
+    async fn bump_registry(&self, tx: &deadpool_postgres::Transaction<'_>) -> StoreResult<u64> {
+        let context = "bumping the registry version";
+        let version: i64 = query(tx, BUMP_REGISTRY, &[], context)
+            .await?
+            .first()
+            .map_or(0, |row| row.get(0));
+        let payload = format!("{}:{version}", self.tag);
+        execute(
+            tx,
+            "SELECT pg_notify('mechanics_registry', $1)",
+            &[&payload],
+            context,
+        )
+        .await?;
+        Ok(u64::try_from(version).unwrap_or_default())
+    }
+
+    async fn delete_named(&self, sql: &'static str, name: &str) -> StoreResult<bool> {
+        let context = "deleting from the registry";
+        let version = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            if execute(&tx, sql, &[&name], context).await? == 0 {
+                return Ok(None);
+            }
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Some(version))
+        })?;
+        if let Some(version) = version {
+            self.committed();
+            self.saw_registry_version(version);
+        }
+        Ok(version.is_some())
+    }
+
+    async fn requeue(&self, sql: &'static str, now: i64) -> StoreResult<Vec<Task>> {
+        let mut tasks = retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                sql,
+                &[&now],
+                rows::task,
+                "requeueing dispatched tasks",
+            )
+            .await
+        })?;
+        tasks.sort_by_key(|t| t.id);
+        if !tasks.is_empty() {
+            self.committed();
+            self.hints.work_made_due();
+        }
+        Ok(tasks)
+    }
+}
