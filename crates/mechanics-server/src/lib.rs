@@ -272,26 +272,33 @@ pub async fn start(
             instance,
             until_stop(drained_rx.clone()),
         ));
-        let write_back = tokio::spawn(writeback::run(loops.clone(), until_stop(drained_rx)));
+        let write_back = tokio::spawn(writeback::run(
+            loops.clone(),
+            until_stop(drained_rx.clone()),
+        ));
         let reconciler = tokio::spawn(reconcile_loop(loops.clone(), until_stop(stopped.clone())));
         let cleaner = tokio::spawn(reservation_cleanup_loop(
             dispatcher.clone(),
             until_stop(stopped.clone()),
         ));
-        let (remote, sweeper) = if loops.store.shared() {
-            (
-                Some(tokio::spawn(remote_changes_loop(
+        // With other servers on the database: their hints, the lease sweep, and the renewal of
+        // this server's claims (which, like write-back, outlives the drain).
+        let shared_loops = loops.store.shared().then(|| {
+            [
+                tokio::spawn(remote_changes_loop(
                     loops.clone(),
                     until_stop(stopped.clone()),
-                ))),
-                Some(tokio::spawn(lease_sweep_loop(
+                )),
+                tokio::spawn(lease_sweep_loop(
                     dispatcher.clone(),
                     until_stop(stopped.clone()),
-                ))),
-            )
-        } else {
-            (None, None)
-        };
+                )),
+                tokio::spawn(lease_renewal_loop(
+                    dispatcher.clone(),
+                    until_stop(drained_rx.clone()),
+                )),
+            ]
+        });
         let flusher = tokio::spawn(trace.clone().flush_loop(until_stop(stopped.clone())));
         let pruner = tokio::spawn(trace_log::prune_loop(
             store,
@@ -306,7 +313,7 @@ pub async fn start(
         let _ = drained.send(true);
         let _ = reconciler.await;
         let _ = cleaner.await;
-        for handle in [remote, sweeper].into_iter().flatten() {
+        for handle in shared_loops.into_iter().flatten() {
             let _ = handle.await;
         }
         let _ = cron.await;
@@ -402,6 +409,19 @@ async fn remote_changes_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>
             seen = version;
             shared.registry_changed();
         }
+    }
+}
+
+/// With other servers on the database: renews the leases of the claims this server holds every
+/// third of [`dispatch::SHARED_LEASE`], until the drain has ended (attempts still run during it).
+async fn lease_renewal_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(dispatch::SHARED_LEASE / 3) => {}
+        }
+        dispatcher.renew_leases().await;
     }
 }
 

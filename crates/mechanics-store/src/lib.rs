@@ -227,6 +227,10 @@ pub trait Store: Send + Sync {
         now: i64,
         until: i64,
     ) -> StoreResult<Option<Event>>;
+    /// Moves the lease of each `(task, attempt)` still dispatched under that attempt to `until`
+    /// (a server renewing the claims it is working on); returns how many were renewed. A claim
+    /// that was taken back meanwhile is left alone.
+    async fn renew_leases(&self, claims: &[(TaskId, u32)], until: i64) -> StoreResult<u64>;
     /// Records that `instance` is alive at `now` (its `last_seen`).
     async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()>;
     /// The instances whose last heartbeat was at or after `seen_since`, by id.

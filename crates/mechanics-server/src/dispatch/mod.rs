@@ -71,7 +71,8 @@ pub(crate) struct Dispatcher {
     pub(crate) processes: Arc<ProcessWorkers>,
     /// Attempts running, by task id, so that those still running when the drain ends can be
     /// stopped before the executors are.
-    running: Mutex<HashMap<i64, tokio::task::AbortHandle>>,
+    /// Each with the attempt of its claim, whose lease a shared store's renewal extends.
+    running: Mutex<HashMap<i64, (u32, tokio::task::AbortHandle)>>,
     /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
     /// that token instead of reserving another.
     reserved: Mutex<HashMap<i64, i64>>,
@@ -152,7 +153,7 @@ impl Dispatcher {
         };
         // Not under the `waiting` lock: the feeder takes `running` first.
         let waiter = withdrawn.then(|| lock(&self.running).remove(&id)).flatten();
-        if let Some(waiter) = waiter {
+        if let Some((_, waiter)) = waiter {
             waiter.abort();
         }
     }
@@ -220,7 +221,7 @@ impl Dispatcher {
             for (task, slot) in claimed.into_iter().zip(slots) {
                 let this = self.clone();
                 let span = task_span(&task);
-                let id = task.id;
+                let (id, claim) = (task.id, task.attempt);
                 // Held while spawning, so the attempt cannot remove its entry before it exists.
                 let mut running = lock(&self.running);
                 lock(&self.waiting).insert((id, task.attempt));
@@ -232,7 +233,7 @@ impl Dispatcher {
                     }
                     .instrument(span),
                 );
-                running.insert(id, attempt.abort_handle());
+                running.insert(id, (claim, attempt.abort_handle()));
             }
         }
         self.stopping.send_replace(true);
@@ -248,7 +249,7 @@ impl Dispatcher {
             // Stop them before the executors go: an attempt whose node is stopped under it would
             // be recorded as a transport failure and spend a try. Aborted, it stays `dispatched`
             // with its lease, and startup recovery runs it again.
-            for (_, attempt) in lock(&self.running).drain() {
+            for (_, (_, attempt)) in lock(&self.running).drain() {
                 attempt.abort();
             }
         }
@@ -278,9 +279,12 @@ impl Dispatcher {
             }
             return;
         };
-        if task
-            .lease_expires_at
-            .is_some_and(|until| until <= self.clock.now_ms())
+        // A shared store's claims are renewed while they wait: only a lone server's lease
+        // can run out here.
+        if !self.store.shared()
+            && task
+                .lease_expires_at
+                .is_some_and(|until| until <= self.clock.now_ms())
         {
             // Only attempts that overran their own limits make a wait this long; the claim is
             // no longer ours, and the expired lease puts the task back.
@@ -303,7 +307,14 @@ impl Dispatcher {
     /// slowest worker registered: an http call's timeout, or a js job's time limit plus the
     /// executor's watchdog grace and its wait for a free node. A lease shorter than a running
     /// attempt would hand the task to a second runner while the first still works on it.
+    ///
+    /// With other servers on the database the lease is [`SHARED_LEASE`] instead, renewed while
+    /// the claim is held ([`renew_leases`](Self::renew_leases)): a server that dies gives its
+    /// tasks back within that time rather than after the slowest worker's timeout.
     pub(crate) async fn lease(&self) -> Duration {
+        if self.store.shared() {
+            return SHARED_LEASE;
+        }
         let slowest_js = self
             .registry
             .all()
@@ -359,6 +370,25 @@ impl Dispatcher {
                 }
             }
             None => self.wake.notified().await,
+        }
+    }
+
+    /// Extends the leases of every claim this dispatcher holds (waiting or running) by
+    /// [`SHARED_LEASE`]; a shared store's servers call it every third of that.
+    pub(crate) async fn renew_leases(&self) {
+        let claims: Vec<(i64, u32)> = lock(&self.running)
+            .iter()
+            .map(|(id, (attempt, _))| (*id, *attempt))
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(duration_ms(SHARED_LEASE));
+        if let Err(err) = self.store.renew_leases(&claims, until).await {
+            tracing::warn!(error = %err, claims = claims.len(), "renewing leases failed; trying again at the next renewal");
         }
     }
 
@@ -526,13 +556,23 @@ impl Dispatcher {
     /// claim is still ours, and after that the expired lease re-runs the task.
     async fn finish(&self, task: &Task, outcome: Outcome) {
         let mut delay = Duration::from_millis(100);
+        // A shared store's lease is renewed while the attempt is held, so it lasts another
+        // lease from now at least.
+        let lease_until = match task.lease_expires_at {
+            Some(_) if self.store.shared() => Some(
+                self.clock
+                    .now_ms()
+                    .saturating_add(duration_ms(SHARED_LEASE)),
+            ),
+            until => until,
+        };
         let result = loop {
             let now = self.clock.now_ms();
             let result = self.record(task, outcome.clone(), now).await;
             match &result {
                 Err(err)
                     if err.is_transient()
-                        && task.lease_expires_at.is_some_and(|until| {
+                        && lease_until.is_some_and(|until| {
                             now.saturating_add(duration_ms(delay)) < until
                         }) =>
                 {
@@ -651,6 +691,10 @@ impl Dispatcher {
         r
     }
 }
+
+/// The lease of a claim with other servers on the database: renewed every third of it while
+/// held, so a server that dies gives its tasks back within this time.
+pub const SHARED_LEASE: Duration = Duration::from_secs(30);
 
 /// A js job's time limit when its worker sets none (`mechanics-core`'s default).
 const DEFAULT_JS_TIME_LIMIT_MS: u64 = 10_000;

@@ -1162,6 +1162,27 @@ impl Store for PgStore {
         })
     }
 
+    async fn renew_leases(&self, claims: &[(TaskId, u32)], until: i64) -> StoreResult<u64> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
+        let attempts: Vec<i64> = claims.iter().map(|(_, a)| i64::from(*a)).collect();
+        let renewed = retrying!(self, |db, _retried| {
+            execute(
+                &*db,
+                "UPDATE tasks t SET lease_expires_at = $3 \
+                 FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS c(id, attempt) \
+                 WHERE t.id = c.id AND t.attempt = c.attempt AND t.state = 'dispatched'",
+                &[&ids, &attempts, &until],
+                "renewing leases",
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(renewed)
+    }
+
     async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()> {
         retrying!(self, |db, _retried| {
             execute(

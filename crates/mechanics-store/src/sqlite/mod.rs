@@ -548,6 +548,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn renew_leases(&self, claims: &[(TaskId, u32)], until: i64) -> StoreResult<u64> {
+        let claims = claims.to_vec();
+        self.write(move |conn| ops::renew_leases(conn, &claims, until))
+            .await
+    }
+
     async fn heartbeat(&self, instance: &Instance, now: i64) -> StoreResult<()> {
         let seen = Instance {
             last_seen: now,

@@ -344,6 +344,26 @@ pub(super) fn claim_write_back(
     )
 }
 
+pub(super) fn renew_leases(
+    conn: &Connection,
+    claims: &[(TaskId, u32)],
+    until: i64,
+) -> StoreResult<u64> {
+    let mut statement = conn
+        .prepare_cached(
+            "UPDATE tasks SET lease_expires_at = ?3 \
+             WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched'",
+        )
+        .map_err(db_err("renewing leases"))?;
+    let mut renewed = 0;
+    for (id, attempt) in claims {
+        renewed += statement
+            .execute(params![id, attempt, until])
+            .map_err(db_err("renewing leases"))? as u64;
+    }
+    Ok(renewed)
+}
+
 // ---- tasks ----
 
 pub(super) fn create_task(

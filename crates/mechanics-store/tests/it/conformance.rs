@@ -1152,6 +1152,28 @@ pub(crate) async fn write_back_claims_hide_events_until_they_expire(store: &dyn 
     );
 }
 
+pub(crate) async fn renewed_leases_keep_a_claim_and_stale_ones_are_ignored(store: &dyn Store) {
+    let (a, b) = (task_id(store, "w", 0).await, task_id(store, "w", 0).await);
+    let claimed = store.claim_due(10, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // The claim of `a` is renewed; `b` is renewed under a wrong attempt, which changes nothing.
+    assert_eq!(
+        store.renew_leases(&[(a, 1), (b, 7)], 5_000).await.unwrap(),
+        1
+    );
+    let requeued = store.requeue_expired_leases(2_000).await.unwrap();
+    assert_eq!(requeued.iter().map(|t| t.id).collect::<Vec<_>>(), [b]);
+    let kept = store.get_task(a).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.state, kept.lease_expires_at),
+        (TaskState::Dispatched, Some(5_000))
+    );
+    // A task no longer dispatched is not renewed back into a claim.
+    store.complete_task(a, 1, json!(null), 3_000).await.unwrap();
+    assert_eq!(store.renew_leases(&[(a, 1)], 9_000).await.unwrap(), 0);
+    assert_eq!(store.renew_leases(&[], 9_000).await.unwrap(), 0);
+}
+
 pub(crate) async fn instances_heartbeat_list_and_leave(store: &dyn Store) {
     let instance = |id: &str| Instance {
         id: id.into(),

@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             token_buckets_reserve_slots_and_refuse_without_taking,
             write_back_claims_hide_events_until_they_expire,
             instances_heartbeat_list_and_leave,
+            renewed_leases_keep_a_claim_and_stale_ones_are_ignored,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {
