@@ -119,6 +119,17 @@ const TAKE_TOKENS: &str = "INSERT INTO rate_buckets AS b (name, per_second, burs
      per_second = $2, burst = $3 \
      RETURNING tat, taken";
 
+/// An event found instead of inserted. On a retry after a failure that may have hidden the
+/// first try's commit, an event still `received` and stamped with this very call's `now` is
+/// that commit: it is reported as created, so its delivery is matched rather than taken for a
+/// duplicate and left unmatched.
+fn own_insert(record: Event, retried: bool, now: i64) -> Inserted<Event> {
+    let created = retried
+        && record.received_at == now
+        && record.state == mechanics_proto::domain::EventState::Received;
+    Inserted { record, created }
+}
+
 fn not_found(what: &'static str, id: i64) -> StoreError {
     StoreError::NotFound {
         what,
@@ -485,7 +496,7 @@ impl Store for PgStore {
         let payload = to_json(&event.payload)?;
         let context = "storing an event";
         let hash = event.body_dedup.as_ref().map(|dedup| dedup.hash.to_vec());
-        let inserted = retrying!(self, |db, _retried| {
+        let inserted = retrying!(self, |db, retried| {
             let tx = db.transaction().await.map_err(pg_err(context))?;
             if let Some(dedup) = &event.body_dedup {
                 // Two deliveries of one body at once: the second waits for the first's commit
@@ -520,10 +531,7 @@ impl Store for PgStore {
                     }
                 };
                 if let Some(record) = found {
-                    return Ok(Inserted {
-                        record,
-                        created: false,
-                    });
+                    return Ok(own_insert(record, retried, now));
                 }
             }
             let inserted = opt(
@@ -559,10 +567,7 @@ impl Store for PgStore {
                         context: context.into(),
                         message: "the conflicting event vanished".into(),
                     })?;
-                    Inserted {
-                        record,
-                        created: false,
-                    }
+                    own_insert(record, retried, now)
                 }
             };
             tx.commit().await.map_err(pg_err(context))?;
