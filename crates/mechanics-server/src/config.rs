@@ -297,6 +297,10 @@ pub struct ServerConfig {
     /// Webhook body bytes being received at once, over all deliveries; past it a delivery is
     /// answered `503` with `Retry-After` before its body is read.
     pub webhook_body_budget: usize,
+    /// How long an http worker (or process worker) has to answer one task; the lease of a
+    /// claimed task is twice the slowest worker's limit plus a margin, so this also bounds how
+    /// long the tasks of a server that died wait before another server runs them.
+    pub http_worker_timeout: Duration,
     /// Where each setting came from, by key.
     pub sources: BTreeMap<&'static str, ConfigSource>,
 }
@@ -342,6 +346,8 @@ pub struct ConfigLayer {
     pub idle_timeout: Option<String>,
     /// See [`ServerConfig::webhook_body_budget`], in bytes.
     pub webhook_body_budget: Option<usize>,
+    /// See [`ServerConfig::http_worker_timeout`] (`10m`).
+    pub http_worker_timeout: Option<String>,
 }
 
 /// Environment variables read, and the key each sets.
@@ -362,6 +368,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MECHANICS_HEADER_TIMEOUT", "header_timeout"),
     ("MECHANICS_IDLE_TIMEOUT", "idle_timeout"),
     ("MECHANICS_WEBHOOK_BODY_BUDGET", "webhook_body_budget"),
+    ("MECHANICS_HTTP_WORKER_TIMEOUT", "http_worker_timeout"),
 ];
 
 impl ConfigLayer {
@@ -451,6 +458,7 @@ impl ConfigLayer {
             }
             "header_timeout" => self.header_timeout = Some(value.to_owned()),
             "idle_timeout" => self.idle_timeout = Some(value.to_owned()),
+            "http_worker_timeout" => self.http_worker_timeout = Some(value.to_owned()),
             "webhook_body_budget" => {
                 self.webhook_body_budget = Some(parse(
                     "webhook_body_budget",
@@ -521,6 +529,7 @@ impl ServerConfig {
             header_timeout: edge.header_timeout,
             idle_timeout: edge.idle_timeout,
             webhook_body_budget: 64 * 1024 * 1024,
+            http_worker_timeout: Duration::from_secs(600),
             sources: BTreeMap::new(),
         }
     }
@@ -640,6 +649,11 @@ impl ServerConfig {
         if let Some(v) = layer.webhook_body_budget {
             self.webhook_body_budget = v;
         }
+        if let Some(text) = layer.http_worker_timeout {
+            self.http_worker_timeout = HumanDuration::parse(&text)
+                .map_err(|message| invalid("http_worker_timeout", message))?
+                .0;
+        }
         Ok(())
     }
 
@@ -719,6 +733,7 @@ impl ServerConfig {
         for (key, value) in [
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("http_worker_timeout", self.http_worker_timeout),
         ] {
             if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value) {
                 return Err(invalid(
@@ -749,7 +764,7 @@ impl ServerConfig {
     pub fn show(&self) -> String {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
-        let rows: [(&str, String); 18] = [
+        let rows: [(&str, String); 19] = [
             ("addr", self.addr.to_string()),
             ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
             (
@@ -790,6 +805,10 @@ impl ServerConfig {
             ),
             ("idle_timeout", HumanDuration(self.idle_timeout).to_string()),
             ("webhook_body_budget", self.webhook_body_budget.to_string()),
+            (
+                "http_worker_timeout",
+                HumanDuration(self.http_worker_timeout).to_string(),
+            ),
         ];
         let mut out = String::new();
         for (key, value) in rows {
@@ -826,6 +845,7 @@ impl ConfigLayer {
         note(self.header_timeout.is_some(), "header_timeout");
         note(self.idle_timeout.is_some(), "idle_timeout");
         note(self.webhook_body_budget.is_some(), "webhook_body_budget");
+        note(self.http_worker_timeout.is_some(), "http_worker_timeout");
         keys
     }
 }
@@ -1439,5 +1459,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("header_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_http_worker_timeout_is_10_minutes_unless_set_and_bounded() {
+        let resolve = |layers: Vec<(ConfigSource, ConfigLayer)>| {
+            ServerConfig::resolve(Path::new("/h"), layers).map_err(|e| e.to_string())
+        };
+        let config = resolve(vec![]).unwrap();
+        assert_eq!(config.http_worker_timeout, Duration::from_secs(600));
+        assert!(
+            config
+                .show()
+                .contains("http_worker_timeout: 10m  # default\n")
+        );
+        let config = resolve(vec![flag_layer("http_worker_timeout", "2s")]).unwrap();
+        assert_eq!(config.http_worker_timeout, Duration::from_secs(2));
+        assert!(
+            config
+                .show()
+                .contains("http_worker_timeout: 2s  # --http-worker-timeout\n"),
+            "{}",
+            config.show()
+        );
+        let env = ConfigLayer::from_env(env(&[("MECHANICS_HTTP_WORKER_TIMEOUT", "45s")])).unwrap();
+        let config = resolve(vec![(ConfigSource::Env("MECHANICS_*".into()), env)]).unwrap();
+        assert_eq!(config.http_worker_timeout, Duration::from_secs(45));
+        for bad in ["0s", "2h", "soon"] {
+            let err = resolve(vec![flag_layer("http_worker_timeout", bad)]).unwrap_err();
+            assert!(
+                err.starts_with("--http-worker-timeout: http_worker_timeout: "),
+                "{bad}: {err}"
+            );
+        }
     }
 }

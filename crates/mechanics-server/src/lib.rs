@@ -81,14 +81,16 @@ pub struct ServerParts {
 }
 
 impl DispatchConfig {
-    /// The dispatcher settings of `config`, with 10 min for an http worker's answer.
+    /// The dispatcher settings of `config`: `http_worker_timeout` (10 min by default) for an
+    /// http or process worker's answer, and a tenth of it (1 s to 60 s) as the lease's margin.
     pub fn from_config(config: &ServerConfig) -> Self {
         Self {
             concurrency: config.concurrency,
             claim_batch: u32::try_from(config.queue_size.min(64)).unwrap_or(64),
             prefetch: config.queue_size,
-            lease_margin: Duration::from_secs(60),
-            http_timeout: Duration::from_secs(600),
+            lease_margin: (config.http_worker_timeout / 10)
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            http_timeout: config.http_worker_timeout,
             default_rate: mechanics_store::TokenRate {
                 per_second: config.worker_rate_limit.per_second,
                 burst: config.worker_rate_limit.burst,

@@ -5,10 +5,11 @@
 //! - `GET /logs` and its alias `GET /api/v1/logs` (API key, as the rest of the API): the
 //!   pipeline trace, filtered by `event`, `task`, `worker`, `action`, `outcome`, `since` (`90s`,
 //!   `15m`, `1h`, `24h`, `7d` or RFC 3339), `trace`, `limit` and `cursor`; newest first.
-//! - `GET /debug/vars`: metrics and runtime state as JSON. With an API key configured it needs
-//!   the key; without one it answers loopback peers only (401 otherwise). It never shows
-//!   environment variables, the command line, the configuration or secrets, and its JSON passes
-//!   through the redactor as well.
+//! - `GET /debug/vars`: metrics and runtime state as JSON (`store.queries`: the store operations
+//!   that ran SQL since the server started, not counting this request's own). With an API key
+//!   configured it needs the key; without one it answers loopback peers only (401 otherwise). It
+//!   never shows environment variables, the command line, the configuration or secrets, and its
+//!   JSON passes through the redactor as well.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -280,6 +281,9 @@ async fn debug_vars(
             message,
         ));
     }
+    // Read before this request's own query (the task counts below): two reads of an idle server
+    // differ by exactly that one query of the first read.
+    let queries = shared.store.queries_executed();
     let snapshot = snapshot(&shared).await;
     let metrics = &shared.metrics;
     let mut vars = json!({
@@ -298,6 +302,10 @@ async fn debug_vars(
         "counters": metrics.totals(),
         "trace": { "buffered": shared.trace.buffered() },
         "nodes": snapshot.nodes,
+        "store": {
+            "shared": shared.store.shared(),
+            "queries": queries,
+        },
     });
     shared.trace.redactor().redact_json(&mut vars);
     Ok(axum::Json(vars))

@@ -14,8 +14,12 @@
 //! and as the generic plan a prepared statement may switch to. It must walk the partial index
 //! `tasks_due` in order and stop after its batch (no sort of the backlog).
 //!
-//! `MECHANICS_BENCH_SCALE` scales the number of claims (default 600 per phase); the backlog stays
-//! 100,000. Nothing here asserts; the goal (issue 14) is claim p99 <= 10 ms.
+//! First, on another fresh database, what each store operation of a task's life costs the
+//! PostgreSQL backends (CPU from `/proc`), one kind at a time: `create_task`, `claim_due`,
+//! `take_tokens` (one per attempt, all on one worker's bucket) and `complete_task`.
+//!
+//! `MECHANICS_BENCH_SCALE` scales the number of claims (default 600 per phase) and the tasks of
+//! the cost run (default 4,096); the backlog stays 100,000. Nothing here asserts; the goal (issue 14) is claim p99 <= 10 ms.
 
 // A custom bench harness reports by printing; the workspace denies these lints for library code.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -23,7 +27,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mechanics_store::{PgStore, Store};
+use std::future::Future;
+use std::pin::Pin;
+
+use mechanics_store::{NewTask, PgStore, Store, Take, TokenRate};
 use mechanics_test_support::postgres::{TestDatabase, URL_ENV};
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -32,6 +39,9 @@ const BACKLOG: i64 = 100_000;
 const BATCH: u32 = 64;
 const CLAIMERS: usize = 3;
 const LEASE_MS: i64 = 60_000;
+/// The paced phase: each of the 3 claimers claims a batch this often, 1,500 tasks/s in all
+/// (the issue's throughput goal for one server).
+const PACED_EVERY: Duration = Duration::from_millis(128);
 
 /// The claim statement of `PgStore::claim_due` (`CLAIM_DUE` in `src/postgres/store.rs`), its
 /// final select list shortened; `$1` now, `$2` lease end, `$3` batch size.
@@ -57,8 +67,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Claim and completion timings of one phase.
 #[derive(Default)]
 struct Phase {
-    /// Milliseconds per `claim_due`.
-    claims: Vec<f64>,
+    /// When each `claim_due` started, and its milliseconds.
+    claims: Vec<(Instant, f64)>,
     /// Milliseconds per `complete_task`.
     completes: Vec<f64>,
     tasks: usize,
@@ -67,8 +77,18 @@ struct Phase {
 
 impl Phase {
     fn print(&self, label: &str) {
-        let mut claims = self.claims.clone();
-        claims.sort_by(f64::total_cmp);
+        // The claims in the order they were made: the first and the last tenth.
+        let mut in_order = self.claims.clone();
+        in_order.sort_by_key(|(at, _)| *at);
+        let tenth = (in_order.len() / 10).max(1);
+        let sorted = |claims: &[(Instant, f64)]| {
+            let mut ms: Vec<f64> = claims.iter().map(|(_, ms)| *ms).collect();
+            ms.sort_by(f64::total_cmp);
+            ms
+        };
+        let first = sorted(&in_order[..tenth]);
+        let last = sorted(&in_order[in_order.len() - tenth..]);
+        let claims = sorted(&in_order);
         let mut completes = self.completes.clone();
         completes.sort_by(f64::total_cmp);
         println!(
@@ -88,6 +108,11 @@ impl Phase {
             }
         );
         println!(
+            "    claim_due p50 of the first tenth of the claims {:.2} ms, of the last tenth {:.2} ms",
+            percentile(&first, 0.5),
+            percentile(&last, 0.5),
+        );
+        println!(
             "    complete_task p50 {:>6.2} ms   p99 {:>6.2} ms   ({BATCH} at once on a pool of 16)",
             percentile(&completes, 0.5),
             percentile(&completes, 0.99),
@@ -99,15 +124,20 @@ impl Phase {
     }
 }
 
-/// `claims` rounds of one claim and the completion of what it took.
-async fn claimer(store: Arc<PgStore>, claims: usize) -> Phase {
+/// `claims` rounds of one claim and the completion of what it took; a round every `every`, or
+/// each as soon as the previous one is done.
+async fn claimer(store: Arc<PgStore>, claims: usize, every: Option<Duration>) -> Phase {
     let mut phase = Phase::default();
+    let mut ticker = every.map(tokio::time::interval);
     let started = Instant::now();
     for _ in 0..claims {
+        if let Some(ticker) = &mut ticker {
+            ticker.tick().await;
+        }
         let now = now_ms();
         let at = Instant::now();
         let claimed = store.claim_due(now, now + LEASE_MS, BATCH).await.unwrap();
-        phase.claims.push(at.elapsed().as_secs_f64() * 1e3);
+        phase.claims.push((at, at.elapsed().as_secs_f64() * 1e3));
         phase.tasks += claimed.len();
         let mut completing = tokio::task::JoinSet::new();
         for task in claimed {
@@ -127,6 +157,183 @@ async fn claimer(store: Arc<PgStore>, claims: usize) -> Phase {
     }
     phase.elapsed = started.elapsed();
     phase
+}
+
+/// CPU seconds used so far by the PostgreSQL backends whose process title names `database`
+/// (`/proc`, in USER_HZ ticks of 1/100 s).
+fn backend_cpu(database: &str) -> f64 {
+    let mut seconds = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let title = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let title = String::from_utf8_lossy(&title);
+        if !title.starts_with("postgres") || !title.contains(database) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<f64> = fields
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        seconds += (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0;
+    }
+    seconds
+}
+
+type Op = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Runs `op(0..ops)` from `callers` callers at once; prints ops/s and the backends' CPU per op.
+async fn cost(database: &str, label: &str, ops: usize, callers: usize, op: Op) -> f64 {
+    let cpu_before = backend_cpu(database);
+    let started = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let op = op.clone();
+        running.spawn(async move {
+            for i in (c..ops).step_by(callers) {
+                op(i).await;
+            }
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        done.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let cpu_ms = (backend_cpu(database) - cpu_before) * 1e3 / ops as f64;
+    println!(
+        "    {label:<52} {:>7.0} /s   PostgreSQL backend CPU {cpu_ms:.3} ms each",
+        ops as f64 / elapsed.as_secs_f64()
+    );
+    cpu_ms
+}
+
+/// What each store operation of a task's life costs PostgreSQL, on an empty database: the
+/// dispatcher's calls per task, measured one kind at a time.
+async fn per_task_costs(db: &TestDatabase, tasks: usize) {
+    const CALLERS: usize = 16;
+    let store = Arc::new(
+        PgStore::connect(db.url(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    let name = db.name().to_owned();
+    println!(
+        "PgStore cost per task, {tasks} tasks, {CALLERS} callers at once (claims: one caller)"
+    );
+    let s = store.clone();
+    let create: Op = Arc::new(move |i| {
+        let s = s.clone();
+        Box::pin(async move {
+            let now = now_ms();
+            let task = NewTask {
+                worker: "bench".to_owned(),
+                event_id: None,
+                idempotency_key: None,
+                payload: json!({ "n": i }),
+                next_run_at: now,
+            };
+            s.create_task(task, now).await.unwrap();
+        })
+    });
+    let mut total = cost(
+        &name,
+        "create_task (API submission)",
+        tasks,
+        CALLERS,
+        create,
+    )
+    .await;
+
+    let claimed = Arc::new(std::sync::Mutex::new(Vec::with_capacity(tasks)));
+    let (s, c) = (store.clone(), claimed.clone());
+    let claim: Op = Arc::new(move |_| {
+        let (s, c) = (s.clone(), c.clone());
+        Box::pin(async move {
+            let now = now_ms();
+            let tasks = s.claim_due(now, now + LEASE_MS, BATCH).await.unwrap();
+            c.lock()
+                .unwrap()
+                .extend(tasks.into_iter().map(|t| (t.id, t.attempt)));
+        })
+    });
+    let claims = tasks.div_ceil(BATCH as usize);
+    let per_claim = cost(
+        &name,
+        &format!("claim_due, batches of {BATCH}"),
+        claims,
+        1,
+        claim,
+    )
+    .await;
+    total += per_claim * claims as f64 / tasks as f64;
+
+    let s = store.clone();
+    let take: Op = Arc::new(move |_| {
+        let s = s.clone();
+        Box::pin(async move {
+            let rate = TokenRate {
+                per_second: 1_000_000.0,
+                burst: 1_000_000,
+            };
+            s.take_tokens("worker:bench", rate, Take::Reserve(1), now_ms())
+                .await
+                .unwrap();
+        })
+    });
+    total += cost(
+        &name,
+        "take_tokens, one bucket (one per attempt)",
+        tasks,
+        CALLERS,
+        take,
+    )
+    .await;
+
+    let claimed: Arc<Vec<(i64, u32)>> = Arc::new(std::mem::take(&mut *claimed.lock().unwrap()));
+    let (s, c) = (store.clone(), claimed.clone());
+    let complete: Op = Arc::new(move |i| {
+        let (s, c) = (s.clone(), c.clone());
+        Box::pin(async move {
+            let (id, attempt) = c[i];
+            s.complete_task(id, attempt, json!({ "ok": true }), now_ms())
+                .await
+                .unwrap();
+        })
+    });
+    total += cost(&name, "complete_task", claimed.len(), CALLERS, complete).await;
+    println!(
+        "    {:<52} {:>7}     PostgreSQL backend CPU {total:.3} ms per task",
+        "in all", ""
+    );
+}
+
+/// `claimer`s on `stores` at once, `claims` rounds each; their timings together.
+async fn concurrently(stores: &[Arc<PgStore>], claims: usize, every: Option<Duration>) -> Phase {
+    let mut claimers = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (i, store) in stores.iter().enumerate() {
+        let store = store.clone();
+        claimers.spawn(async move {
+            // Paced claimers start apart, as independent servers would be.
+            if let Some(every) = every {
+                tokio::time::sleep(every * u32::try_from(i).unwrap() / CLAIMERS as u32).await;
+            }
+            claimer(store, claims, every).await
+        });
+    }
+    let mut all = Phase::default();
+    while let Some(phase) = claimers.join_next().await {
+        let phase = phase.unwrap();
+        all.claims.extend(phase.claims);
+        all.completes.extend(phase.completes);
+        all.tasks += phase.tasks;
+    }
+    all.elapsed = started.elapsed();
+    all
 }
 
 /// Inserts pending tasks, all due, until `target` are pending.
@@ -151,33 +358,59 @@ async fn top_up(client: &tokio_postgres::Client, target: i64) -> i64 {
     pending + missing
 }
 
-/// The claim's plan, by `psql`: as executed with literal values (`EXPLAIN ANALYZE` in a
-/// transaction that is rolled back), and the generic plan of the prepared statement.
+/// The claim's plan, by `psql`: as executed with literal values (`EXPLAIN ANALYZE`), and as a
+/// prepared statement (which the store's are) after 10 executions, with how many of them used a
+/// generic plan; then the generic plan itself. Each in a transaction that is rolled back.
 fn print_plans(db: &TestDatabase) {
     let now = now_ms();
+    let lease = now + LEASE_MS;
     let literal = CLAIM_SQL
         .replace("$1", &now.to_string())
-        .replace("$2", &(now + LEASE_MS).to_string())
+        .replace("$2", &lease.to_string())
         .replace("$3", &BATCH.to_string());
     let analyzed = db.query(&format!(
-        "BEGIN; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {literal}; ROLLBACK"
+        "BEGIN; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) {literal}; ROLLBACK"
     ));
+    let execute = format!("EXECUTE claim({now}, {lease}, {BATCH});");
+    let prepared = db.query(&format!(
+        "BEGIN; PREPARE claim(BIGINT, BIGINT, BIGINT) AS {CLAIM_SQL}; {} \
+         SELECT 'plan cache: ' || generic_plans || ' generic plans, ' || custom_plans || \
+         ' custom plans' FROM pg_prepared_statements WHERE name = 'claim'; \
+         EXPLAIN (COSTS OFF) {execute} ROLLBACK",
+        execute.repeat(10)
+    ));
+    // Past the ids the executions returned.
+    let prepared = prepared
+        .find("plan cache:")
+        .map_or(prepared.as_str(), |at| &prepared[at..]);
     let generic = db.query(&format!(
-        "SET plan_cache_mode = force_generic_plan; \
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
          PREPARE claim(BIGINT, BIGINT, BIGINT) AS {CLAIM_SQL}; \
-         EXPLAIN (COSTS OFF) EXECUTE claim({now}, {}, {BATCH})",
-        now + LEASE_MS
+         EXPLAIN (COSTS OFF) {execute} ROLLBACK"
     ));
     for (label, plan) in [
-        ("as executed (EXPLAIN ANALYZE, rolled back)", &analyzed),
-        ("generic plan of the prepared statement", &generic),
+        ("as executed (EXPLAIN ANALYZE)", analyzed.as_str()),
+        ("prepared, after 10 executions", prepared),
+        (
+            "forced generic plan (plan_cache_mode = force_generic_plan)",
+            generic.as_str(),
+        ),
     ] {
-        let uses_index = plan.contains("tasks_due");
-        let sorts = plan.lines().any(|line| line.contains("Sort"));
+        // The CTE `due` is what reads the backlog; the one Sort outside it orders the claimed
+        // rows only.
+        let due: Vec<&str> = plan
+            .lines()
+            .skip_while(|line| !line.contains("CTE due"))
+            .take_while(|line| !line.contains("CTE claimed"))
+            .collect();
+        let uses_index = due.iter().any(|line| line.contains("tasks_due"));
+        let sorts_backlog = due.iter().any(|line| line.contains("Sort"));
+        let seq_scan = plan.contains("Seq Scan on tasks");
         println!(
-            "  claim plan, {label}: tasks_due index {}, {}",
-            if uses_index { "used" } else { "NOT used" },
-            if sorts { "with a Sort node" } else { "no sort" },
+            "  claim plan, {label}: backlog read through the tasks_due index: {}; sort of the backlog: {}; sequential scan of tasks: {}",
+            if uses_index { "yes" } else { "NO" },
+            if sorts_backlog { "YES" } else { "none" },
+            if seq_scan { "YES" } else { "none" },
         );
         for line in plan.lines() {
             println!("    | {line}");
@@ -195,13 +428,19 @@ fn main() {
         std::process::exit(2);
     }
     let claims = mechanics_test_support::bench_count(600, 30);
+    let paced_claims = mechanics_test_support::bench_count(300, 30);
     let db = TestDatabase::create();
+    let costs_db = TestDatabase::create();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (single, concurrent, backlog) = runtime.block_on(async {
+    runtime.block_on(per_task_costs(
+        &costs_db,
+        mechanics_test_support::bench_count(4_096, 256),
+    ));
+    let (single, flat_out, paced, backlog) = runtime.block_on(async {
         let store = Arc::new(
             PgStore::connect(db.url(), Duration::from_secs(10))
                 .await
@@ -221,9 +460,8 @@ fn main() {
         // Enough above the backlog that the phase's claims never take it below it.
         let per_phase = i64::try_from(claims).unwrap() * i64::from(BATCH);
         top_up(&client, BACKLOG + per_phase).await;
-        let single = claimer(store.clone(), claims).await;
+        let single = claimer(store.clone(), claims, None).await;
 
-        top_up(&client, BACKLOG + per_phase).await;
         let mut stores = Vec::new();
         for _ in 0..CLAIMERS {
             stores.push(Arc::new(
@@ -232,24 +470,22 @@ fn main() {
                     .unwrap(),
             ));
         }
-        let mut claimers = tokio::task::JoinSet::new();
-        let started = Instant::now();
-        for store in stores {
-            claimers.spawn(claimer(store, claims / CLAIMERS));
-        }
-        let mut concurrent = Phase::default();
-        while let Some(phase) = claimers.join_next().await {
-            let phase = phase.unwrap();
-            concurrent.claims.extend(phase.claims);
-            concurrent.completes.extend(phase.completes);
-            concurrent.tasks += phase.tasks;
-        }
-        concurrent.elapsed = started.elapsed();
-        (single, concurrent, backlog)
+        top_up(&client, BACKLOG + per_phase).await;
+        let flat_out = concurrently(&stores, claims / CLAIMERS, None).await;
+        top_up(&client, BACKLOG + per_phase).await;
+        let paced = concurrently(&stores, paced_claims / CLAIMERS, Some(PACED_EVERY)).await;
+        (single, flat_out, paced, backlog)
     });
     drop(runtime);
     println!("(backlog >= {backlog} pending during every claim; due times in the past)");
-    single.print("1 claimer");
-    concurrent.print(&format!("{CLAIMERS} claimers at once (3 stores)"));
+    single.print("1 claimer, each claim as soon as the last one's tasks are completed");
+    flat_out.print(&format!(
+        "{CLAIMERS} claimers at once (3 stores), each claim as soon as the last one's tasks are completed"
+    ));
+    paced.print(&format!(
+        "{CLAIMERS} claimers at once (3 stores), each claiming every {} ms, staggered ({:.0} tasks/s in all)",
+        PACED_EVERY.as_millis(),
+        (CLAIMERS as f64 * f64::from(BATCH)) / PACED_EVERY.as_secs_f64()
+    ));
     print_plans(&db);
 }

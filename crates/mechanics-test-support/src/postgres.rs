@@ -2,6 +2,12 @@
 //! `scripts/test.sh` starts, a fresh database per test ([`TestDatabase`]), and restarting the
 //! server under a running test ([`restart_server`]).
 //!
+//! Restarting the server breaks every connection of every test using it, so the two exclude each
+//! other within a test process: [`TestDatabase::create`] holds a shared claim on the server for
+//! the database's lifetime, and [`TestDatabase::create_exclusive`] (for a test that restarts it)
+//! waits until no other database of this process is alive and keeps new ones waiting until it is
+//! dropped. Test binaries run one after another, so one process is what matters.
+//!
 //! Only std: the SQL goes through `psql` (the one beside `pg_ctl`, else from `PATH`, else the
 //! newest in `/usr/lib/postgresql/*/bin`). A test that needs the server fails when it is missing;
 //! none is skipped.
@@ -9,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The server's URL, `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).
@@ -45,6 +52,80 @@ pub fn server_url() -> String {
 pub struct TestDatabase {
     url: String,
     name: String,
+    /// The claim on the server held for the database's lifetime; released on drop, after the
+    /// database is dropped.
+    claim: Option<Claim>,
+}
+
+/// Who is using the server in this process: databases of [`TestDatabase::create`] (shared), or
+/// one of [`TestDatabase::create_exclusive`] (alone, as its test restarts the server).
+///
+/// A lock of our own rather than [`std::sync::RwLock`]: its guards are not `Send`, and a
+/// `TestDatabase` must be free to move between threads (async tests, helpers). Writers are
+/// preferred: once an exclusive claim waits, new shared claims wait behind it, so a steady
+/// stream of tests cannot starve the test that restarts the server.
+#[derive(Debug)]
+struct ServerUse {
+    shared: usize,
+    exclusive: bool,
+    exclusive_waiting: usize,
+}
+
+static SERVER_USE: Mutex<ServerUse> = Mutex::new(ServerUse {
+    shared: 0,
+    exclusive: false,
+    exclusive_waiting: 0,
+});
+static SERVER_USE_CHANGED: Condvar = Condvar::new();
+
+/// A claim on the test server, released when dropped.
+#[derive(Debug)]
+enum Claim {
+    Shared,
+    Exclusive,
+}
+
+fn server_use() -> MutexGuard<'static, ServerUse> {
+    // A test that panicked while holding the mutex left the counts consistent (no code between
+    // the lock and the update can panic).
+    SERVER_USE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Claim {
+    fn take(exclusive: bool) -> Claim {
+        let mut state = server_use();
+        if exclusive {
+            state.exclusive_waiting += 1;
+            while state.exclusive || state.shared > 0 {
+                state = SERVER_USE_CHANGED
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            state.exclusive_waiting -= 1;
+            state.exclusive = true;
+            Claim::Exclusive
+        } else {
+            while state.exclusive || state.exclusive_waiting > 0 {
+                state = SERVER_USE_CHANGED
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            state.shared += 1;
+            Claim::Shared
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut state = server_use();
+        match self {
+            Claim::Shared => state.shared -= 1,
+            Claim::Exclusive => state.exclusive = false,
+        }
+        drop(state);
+        SERVER_USE_CHANGED.notify_all();
+    }
 }
 
 impl TestDatabase {
@@ -54,7 +135,24 @@ impl TestDatabase {
     /// # Panics
     /// When the server is missing (see [`server_url`]) or the database cannot be created; a
     /// server that does not answer is retried for up to 30 s (it may be restarting).
+    ///
+    /// While it lives, [`TestDatabase::create_exclusive`] in this process waits (its test
+    /// restarts the server, which would break this database's connections); while an exclusive
+    /// database lives or waits, this waits. A test must therefore not hold a database of either
+    /// kind when it asks for an exclusive one: it would wait for itself.
     pub fn create() -> TestDatabase {
+        Self::create_claimed(Claim::take(false))
+    }
+
+    /// [`TestDatabase::create`] for a test that restarts the server ([`restart_server`]): it
+    /// waits until no other [`TestDatabase`] of this process is alive, and no new one is created
+    /// until it is dropped, so that the restart breaks no other test's connections. (Tests in
+    /// other processes are not covered: `cargo test` runs test binaries one after another.)
+    pub fn create_exclusive() -> TestDatabase {
+        Self::create_claimed(Claim::take(true))
+    }
+
+    fn create_claimed(claim: Claim) -> TestDatabase {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let server = server_url();
         let nanos = SystemTime::now()
@@ -90,7 +188,11 @@ impl TestDatabase {
             );
         }
         let url = with_database(&server, &name);
-        TestDatabase { url, name }
+        TestDatabase {
+            url,
+            name,
+            claim: Some(claim),
+        }
     }
 
     /// The URL of this database: the server's host, port and user, with this database's name.
@@ -142,6 +244,8 @@ impl Drop for TestDatabase {
                 &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
             );
         }
+        // Only now may a test that restarts the server go ahead.
+        drop(self.claim.take());
     }
 }
 

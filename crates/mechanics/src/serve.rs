@@ -68,6 +68,10 @@ pub struct ConfigArgs {
     /// MECHANICS_DRAIN_TIMEOUT].
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<String>,
+    /// How long an http or process worker has to answer one task, e.g. 30s; past it the attempt
+    /// is a transport failure and retried [default: 10m; MECHANICS_HTTP_WORKER_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    http_worker_timeout: Option<String>,
     /// Log format: pretty, json or compact [default: pretty; MECHANICS_LOG_FORMAT].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -153,6 +157,11 @@ impl ConfigArgs {
                 "drain_timeout",
                 "--drain-timeout",
                 self.drain_timeout.as_deref(),
+            ),
+            (
+                "http_worker_timeout",
+                "--http-worker-timeout",
+                self.http_worker_timeout.as_deref(),
             ),
             ("log_format", "--log-format", self.log_format.as_deref()),
             ("log_level", "--log-level", self.log_level.as_deref()),

@@ -339,37 +339,46 @@ impl Dispatcher {
     /// Sleeps until the store's next due time (a pending task's `next_run_at`, or an expired
     /// lease, which it then requeues) or until [`wake`](Self::wake) is rung. With other servers
     /// on the database it sleeps at most [`FALLBACK_POLL`](crate::FALLBACK_POLL): their hints
-    /// wake it, and the poll covers a hint that was lost.
+    /// wake it, and the poll covers a hint that was lost. The poll is this one query: when it
+    /// shows nothing due, the sleep goes on without a claim (an idle server makes one query a
+    /// second, not two).
     async fn sleep_until_due(&self) {
-        let next = match self.store.next_due().await {
-            Ok(next) => next,
-            Err(err) => {
-                tracing::error!(error = %err, "reading the next due time failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            }
-        };
-        let due = [next.task_run_at, next.lease_expires_at]
-            .into_iter()
-            .flatten()
-            .min();
-        let poll_at = self.store.shared().then(|| {
-            self.clock
-                .now_ms()
-                .saturating_add(duration_ms(crate::FALLBACK_POLL))
-        });
-        match due.into_iter().chain(poll_at).min() {
-            Some(at) => {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep_until(self.clock.instant_at(at)) => {
-                        if next.lease_expires_at.is_some_and(|l| l <= self.clock.now_ms()) {
-                            self.requeue_expired().await;
+        loop {
+            let next = match self.store.next_due().await {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::error!(error = %err, "reading the next due time failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
+            };
+            let due = [next.task_run_at, next.lease_expires_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let poll_at = self.store.shared().then(|| {
+                self.clock
+                    .now_ms()
+                    .saturating_add(duration_ms(crate::FALLBACK_POLL))
+            });
+            match due.into_iter().chain(poll_at).min() {
+                Some(at) => {
+                    tokio::select! {
+                        () = self.wake.notified() => return,
+                        () = tokio::time::sleep_until(self.clock.instant_at(at)) => {
+                            if next.lease_expires_at.is_some_and(|l| l <= self.clock.now_ms()) {
+                                self.requeue_expired().await;
+                            }
+                            // Only the poll's time came: read the due times again.
+                            if due.is_none_or(|due| due > at) {
+                                continue;
+                            }
+                            return;
                         }
                     }
                 }
+                None => return self.wake.notified().await,
             }
-            None => self.wake.notified().await,
         }
     }
 

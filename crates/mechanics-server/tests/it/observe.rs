@@ -697,12 +697,20 @@ async fn debug_vars_shows_runtime_state_to_key_holders_or_loopback() {
             "dispatch",
             "nodes",
             "queue",
+            "store",
             "trace",
             "uptime_seconds",
             "version"
         ]
     );
     assert_eq!(vars["version"], json!(env!("CARGO_PKG_VERSION")));
+    // The store's own count, not including this request's query.
+    assert_eq!(vars["store"]["shared"], json!(false));
+    let queries = vars["store"]["queries"].as_u64().unwrap();
+    assert!(
+        queries > 0 && queries < server.store.queries_executed(),
+        "{vars}"
+    );
     assert_eq!(vars["counters"]["tasks_completed"], json!(1));
     assert_eq!(vars["queue"]["depth"], json!(0));
     assert_eq!(vars["queue"]["tasks"]["completed"], json!(1));

@@ -2,9 +2,11 @@
 //! exit codes and streams; the local fleet of node processes (`fleet`); `mechanics serve` with the
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
-//! secrets, replays and error shapes in what the server answers (`answers`).
+//! secrets, replays and error shapes in what the server answers (`answers`); several servers on
+//! one PostgreSQL database (`cluster`).
 
 mod answers;
+mod cluster;
 mod edge;
 mod faults;
 mod fleet;

@@ -31,6 +31,7 @@ const SCRUB: &[&str] = &[
     "MECHANICS_HEADER_TIMEOUT",
     "MECHANICS_IDLE_TIMEOUT",
     "MECHANICS_WEBHOOK_BODY_BUDGET",
+    "MECHANICS_HTTP_WORKER_TIMEOUT",
     "MECHANICS_SERVER",
     "RUST_LOG",
     // Requests to the test's servers on 127.0.0.1 must not go through a proxy.
@@ -63,7 +64,8 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 <extra>` with `env`.
+    /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 <extra>` with `env`
+    /// (`--db` in `extra` replaces `<dir>/m.db`: a PostgreSQL URL, say).
     pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         Self::start_with(dir, extra, env, |_| {})
     }
@@ -76,12 +78,12 @@ impl Coordinator {
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command),
     ) -> Coordinator {
-        let db = dir.join("m.db");
         let mut command = command(dir);
+        command.args(["serve", "--addr", "127.0.0.1:0", "--local-nodes", "1"]);
+        if !extra.contains(&"--db") {
+            command.arg("--db").arg(dir.join("m.db"));
+        }
         command
-            .args(["serve", "--addr", "127.0.0.1:0", "--local-nodes", "1"])
-            .arg("--db")
-            .arg(&db)
             .args(["--log-format", "compact"])
             .args(extra)
             .envs(env.iter().copied())
@@ -143,6 +145,13 @@ impl Coordinator {
     /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// Whether the server process is still running (it has not exited, and was not killed).
+    pub(crate) fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The server's address, `127.0.0.1:PORT`.
@@ -349,6 +358,16 @@ impl HttpServer {
     }
 
     pub(crate) fn start_on(addr: SocketAddr, router: axum::Router) -> HttpServer {
+        Self::serve(addr, router, false)
+    }
+
+    /// [`HttpServer::start`], with each request's peer address for its handler
+    /// (`axum::extract::ConnectInfo<SocketAddr>`): which connection, so which client, sent it.
+    pub(crate) fn start_with_peers(router: axum::Router) -> HttpServer {
+        Self::serve("127.0.0.1:0".parse().unwrap(), router, true)
+    }
+
+    fn serve(addr: SocketAddr, router: axum::Router, peers: bool) -> HttpServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -359,7 +378,12 @@ impl HttpServer {
             .unwrap_or_else(|err| panic!("bind {addr}: {err}"));
         let addr = listener.local_addr().unwrap();
         runtime.spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            if peers {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                let _ = axum::serve(listener, service).await;
+            } else {
+                let _ = axum::serve(listener, router).await;
+            }
         });
         HttpServer {
             addr,
