@@ -279,10 +279,6 @@ pub async fn start(
             until_stop(drained_rx.clone()),
         ));
         let reconciler = tokio::spawn(reconcile_loop(loops.clone(), until_stop(stopped.clone())));
-        let cleaner = tokio::spawn(reservation_cleanup_loop(
-            dispatcher.clone(),
-            until_stop(stopped.clone()),
-        ));
         // With other servers on the database: their hints, the lease sweep, and the renewal of
         // this server's claims (which, like write-back, outlives the drain).
         let shared_loops = loops.store.shared().then(|| {
@@ -314,7 +310,6 @@ pub async fn start(
             .await;
         let _ = drained.send(true);
         let _ = reconciler.await;
-        let _ = cleaner.await;
         for handle in shared_loops.into_iter().flatten() {
             let _ = handle.await;
         }
@@ -373,23 +368,6 @@ async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             .cloned()
             .collect();
         shared.dispatcher.processes.reconcile(&workers).await;
-    }
-}
-
-/// Every 5 minutes, forgets the rate-limit reservations of tasks that never came back for them
-/// (canceled or deleted meanwhile). Memory only: it touches no database.
-async fn reservation_cleanup_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(Duration::from_secs(300)) => {}
-        }
-        // A task re-queued to its reserved slot may wait in the ready queue for up to a lease
-        // after that slot before it runs and uses the reservation.
-        let lease_ms = i64::try_from(dispatcher.lease().await.as_millis()).unwrap_or(i64::MAX);
-        let before = (dispatcher.clock.now_ms() - 600_000).saturating_sub(lease_ms);
-        dispatcher.forget_stale_reservations(before);
     }
 }
 

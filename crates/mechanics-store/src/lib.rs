@@ -140,13 +140,16 @@ pub trait Store: Send + Sync {
         error: &str,
         now: i64,
     ) -> StoreResult<Task>;
-    /// `dispatched → pending` at `next_run_at` without running (the worker's rate limit had no
-    /// token), fenced; the try is given back. `attempt` stays, so this claim stays fenced out.
+    /// `dispatched → pending` at `next_run_at` without running (no rate-limit token yet, a busy
+    /// executor, a stopping server), fenced; the try is given back. `attempt` stays, so this
+    /// claim stays fenced out. With [`Release::OnReservedToken`] the task's `reserved_slot` is
+    /// `next_run_at`; every other move out of `dispatched` clears it.
     async fn release_task(
         &self,
         id: TaskId,
         attempt: u32,
         next_run_at: i64,
+        release: Release,
         now: i64,
     ) -> StoreResult<Task>;
     /// `dead | failed → pending` at `next_run_at` with `tries` back to 0 (`mechanics task retry`).
@@ -246,6 +249,15 @@ pub trait Store: Send + Sync {
     /// Transactions committed by this store's writer since open; with group commit, far fewer
     /// than the writes under concurrency.
     fn commits(&self) -> u64;
+}
+
+/// How a claimed task goes back to `pending` without running ([`Store::release_task`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Nothing reserved for it (a busy executor, a stopping server).
+    Unreserved,
+    /// The worker's bucket reserved a token for `next_run_at`: the next claim runs on it.
+    OnReservedToken,
 }
 
 /// A new webhook (or synthetic) event.

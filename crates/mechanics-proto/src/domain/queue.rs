@@ -201,6 +201,11 @@ pub struct Task {
     pub created_at: i64,
     /// Unix ms of the last change.
     pub updated_at: i64,
+    /// The worker's rate limit reserved a token for this time (pending after a rate-limit
+    /// wait, or claimed on it): the attempt runs on that token instead of taking another, on
+    /// whichever server claims it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_slot: Option<i64>,
 }
 
 state_enum!(

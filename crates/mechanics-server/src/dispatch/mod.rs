@@ -5,10 +5,13 @@
 //! `prefetch` is never more than `concurrency`, so a claimed task starts within one attempt's time
 //! and its lease covers the wait. Under load the feeder claims only when half the queue has
 //! drained, so one claim query takes many tasks instead of one per finished attempt; with nothing
-//! claimed it claims as soon as a task is due. Each runner takes a token from the worker's bucket
-//! — or re-queues the task at its reserved slot, which is not an attempt — runs the attempt
-//! through the worker's [`executor`](crate::executor), and records the outcome fenced by the
-//! attempt: a late answer from an older claim changes nothing.
+//! claimed it claims as soon as a task is due. The feeder takes the claimed tasks' tokens from
+//! their workers' buckets (the store's, shared by every server on the database), one statement
+//! per worker and batch; a task whose token is in the future is re-queued to that slot with the
+//! token reserved in its row, which is not an attempt, and whichever server claims it then runs it
+//! on that token. Each runner runs the attempt through the worker's
+//! [`executor`](crate::executor) and records the outcome fenced by the attempt: a late answer from
+//! an older claim changes nothing.
 //!
 //! When nothing is due the feeder sleeps until the earliest `next_run_at` or lease expiry the
 //! store reports, or until something new is queued: an idle server makes no queries.
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 use mechanics_proto::domain::{Task, TaskState, Worker, WorkerKind};
 use mechanics_proto::node::JobRequest;
-use mechanics_store::{Store, StoreError, Take, TokenRate, Tokens};
+use mechanics_store::{Release, Store, StoreError, Take, TokenRate, Tokens};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
@@ -73,9 +76,6 @@ pub(crate) struct Dispatcher {
     /// stopped before the executors are.
     /// Each with the attempt of its claim, whose lease a shared store's renewal extends.
     running: Mutex<HashMap<i64, (u32, tokio::task::AbortHandle)>>,
-    /// Tasks re-queued to a reserved token, by id, with the slot's time: their next claim uses
-    /// that token instead of reserving another.
-    reserved: Mutex<HashMap<i64, i64>>,
     /// One per claimed task, running or waiting for a runner: `concurrency + prefetch` in all.
     slots: Arc<Semaphore>,
     /// Set when the feeder stops: claimed tasks still waiting for a runner are put back.
@@ -114,7 +114,6 @@ impl Dispatcher {
             js,
             http,
             processes,
-            reserved: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             trace,
             permits: Arc::new(Semaphore::new(config.concurrency)),
@@ -191,7 +190,7 @@ impl Dispatcher {
             }
             let now = self.clock.now_ms();
             let lease_until = now.saturating_add(duration_ms(self.lease().await));
-            let claimed = match self
+            let mut claimed = match self
                 .store
                 .claim_due(now, lease_until, u32::try_from(slots.len()).unwrap_or(1))
                 .await
@@ -209,6 +208,7 @@ impl Dispatcher {
             if !claimed.is_empty() {
                 self.claims
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reserve_tokens(&mut claimed).await;
             }
             if claimed.is_empty() {
                 drop(slots);
@@ -272,7 +272,7 @@ impl Dispatcher {
             let now = self.clock.now_ms();
             if let Err(err) = self
                 .store
-                .release_task(task.id, task.attempt, now, now)
+                .release_task(task.id, task.attempt, now, Release::Unreserved, now)
                 .await
             {
                 log_store_error(&task, "putting back a task that never started", &err);
@@ -417,7 +417,15 @@ impl Dispatcher {
 
     /// Runs one claimed attempt and records what came of it.
     async fn run_attempt(&self, task: Task) {
-        let Some(worker) = self.registry.get(&task.worker).await else {
+        let mut worker = self.registry.get(&task.worker).await;
+        if worker.is_none() && self.store.shared() {
+            // Another server may have added it an instant ago, before its notification came.
+            if let Err(err) = self.store.refresh_registry_version().await {
+                log_store_error(&task, "reading the registry version", &err);
+            }
+            worker = self.registry.get(&task.worker).await;
+        }
+        let Some(worker) = worker else {
             self.finish(
                 &task,
                 Outcome::Failed(format!("the worker {:?} no longer exists", task.worker)),
@@ -436,60 +444,117 @@ impl Dispatcher {
             return;
         }
         let now = self.clock.now_ms();
-        let reserved = lock(&self.reserved).remove(&task.id);
-        if reserved.is_none_or(|at| at > now) {
-            self.take_token(&worker, &task, now).await;
-            return;
+        match task.reserved_slot {
+            // The token reserved for it (at the claim, or by the server that re-queued it).
+            Some(slot) if slot <= now => self.run_with_token(&worker, &task).await,
+            Some(slot) => self.wait_for_token(&task, slot, now).await,
+            None => match self.take_token(&worker, &task, now).await {
+                Some(slot) if slot <= now => self.run_with_token(&worker, &task).await,
+                Some(slot) => self.wait_for_token(&task, slot, now).await,
+                None => {
+                    self.release(
+                        &task,
+                        now.saturating_add(duration_ms(OVERLOAD_BACKOFF)),
+                        now,
+                    )
+                    .await
+                }
+            },
         }
-        self.run_with_token(&worker, &task).await;
     }
 
-    /// Runs the attempt if the worker's bucket has a token now; else re-queues the task to the
-    /// slot reserved for it, which is not an attempt. The bucket is the store's, shared by every
-    /// server on the database.
-    async fn take_token(&self, worker: &Worker, task: &Task, now: i64) {
-        let rate = worker
+    /// The rate of `worker`'s bucket: its `rate_limit`, else the server's default.
+    fn rate_of(&self, worker: &Worker) -> TokenRate {
+        worker
             .spec
             .rate_limit
             .as_ref()
             .map_or(self.config.default_rate, |r| TokenRate {
                 per_second: r.per_second,
                 burst: r.burst,
-            });
-        let bucket = format!("worker:{}", task.worker);
-        let allowed_at = match self
-            .store
-            .take_tokens(&bucket, rate, Take::Reserve(1), now)
-            .await
-        {
-            Ok(Tokens::Granted(slots)) => slots.first().copied().unwrap_or(now),
-            Ok(Tokens::NotBefore(at)) => at,
-            Err(err) => {
-                // No token without the bucket: the task waits a moment, without spending a try.
-                log_store_error(task, "taking a rate-limit token", &err);
-                now.saturating_add(duration_ms(OVERLOAD_BACKOFF))
-            }
-        };
-        if allowed_at <= now {
-            self.run_with_token(worker, task).await;
-            return;
-        }
-        lock(&self.reserved).insert(task.id, allowed_at);
-        // Traced before the write, as a retry is: once it commits, the task may be claimed and
-        // run before this call returns.
-        self.trace.rate_limited(task, allowed_at, now);
+            })
+    }
+
+    /// Takes one token of the worker's bucket (the store's, shared by every server on the
+    /// database): the time it may be used, or `None` when the bucket could not be read.
+    async fn take_token(&self, worker: &Worker, task: &Task, now: i64) -> Option<i64> {
+        let bucket = bucket_of(&task.worker);
         match self
             .store
-            .release_task(task.id, task.attempt, allowed_at, now)
+            .take_tokens(&bucket, self.rate_of(worker), Take::Reserve(1), now)
             .await
         {
-            Ok(_) => {
-                self.wake.notify_one();
-            }
+            Ok(Tokens::Granted(slots)) => slots.first().copied(),
+            Ok(Tokens::NotBefore(at)) => Some(at),
             Err(err) => {
-                lock(&self.reserved).remove(&task.id);
-                log_store_error(task, "re-queueing a rate-limited task", &err);
+                log_store_error(task, "taking a rate-limit token", &err);
+                None
             }
+        }
+    }
+
+    /// Takes, with one statement per worker, the tokens of the claimed tasks that have none
+    /// reserved yet, and records each task's slot in it: the runner then runs it or re-queues
+    /// it to that slot. A bucket that cannot be read leaves its tasks to take their own.
+    async fn reserve_tokens(&self, tasks: &mut [Task]) {
+        let workers = self.registry.all().await;
+        let mut by_worker: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, task) in tasks.iter().enumerate() {
+            if task.reserved_slot.is_none() && workers.contains_key(&task.worker) {
+                by_worker
+                    .entry(task.worker.as_str())
+                    .or_default()
+                    .push(index);
+            }
+        }
+        let now = self.clock.now_ms();
+        let mut slots_of = Vec::new();
+        for (name, indexes) in by_worker {
+            let rate = self.rate_of(&workers[name]);
+            let count = u32::try_from(indexes.len()).unwrap_or(u32::MAX);
+            match self
+                .store
+                .take_tokens(&bucket_of(name), rate, Take::Reserve(count), now)
+                .await
+            {
+                Ok(Tokens::Granted(slots)) => slots_of.push((indexes, slots)),
+                Ok(Tokens::NotBefore(_)) => {}
+                Err(err) => {
+                    tracing::warn!(worker = name, error = %err, "reserving rate-limit tokens failed; each task takes its own");
+                }
+            }
+        }
+        for (indexes, slots) in slots_of {
+            for (index, slot) in indexes.into_iter().zip(slots) {
+                tasks[index].reserved_slot = Some(slot);
+            }
+        }
+    }
+
+    /// Re-queues `task` to the token reserved for it at `slot`, which is not an attempt.
+    async fn wait_for_token(&self, task: &Task, slot: i64, now: i64) {
+        // Traced before the write, as a retry is: once it commits, the task may be claimed and
+        // run before this call returns.
+        self.trace.rate_limited(task, slot, now);
+        match self
+            .store
+            .release_task(task.id, task.attempt, slot, Release::OnReservedToken, now)
+            .await
+        {
+            Ok(_) => self.wake.notify_one(),
+            Err(err) => log_store_error(task, "re-queueing a rate-limited task", &err),
+        }
+    }
+
+    /// Re-queues `task` to `at` without a reserved token and without spending a try.
+    async fn release(&self, task: &Task, at: i64, now: i64) {
+        match self
+            .store
+            .release_task(task.id, task.attempt, at, Release::Unreserved, now)
+            .await
+        {
+            Ok(_) => self.wake.notify_one(),
+            Err(err) => log_store_error(task, "re-queueing a task", &err),
         }
     }
 
@@ -498,12 +563,6 @@ impl Dispatcher {
         self.trace.attempt_started(task, self.clock.now_ms());
         let outcome = self.execute(worker, task).await;
         self.finish(task, outcome).await;
-    }
-
-    /// Forgets reservations whose slot passed before `before` (their task was canceled or
-    /// deleted, or will reserve again).
-    pub(crate) fn forget_stale_reservations(&self, before: i64) {
-        lock(&self.reserved).retain(|_, at| *at >= before);
     }
 
     async fn execute(&self, worker: &Worker, task: &Task) -> Outcome {
@@ -641,7 +700,7 @@ impl Dispatcher {
                 let at = now.saturating_add(duration_ms(delay.unwrap_or(OVERLOAD_BACKOFF)));
                 let r = self
                     .store
-                    .release_task(task.id, task.attempt, at, now)
+                    .release_task(task.id, task.attempt, at, Release::Unreserved, now)
                     .await;
                 if r.is_ok() {
                     tracing::info!(task = task.id, worker = %task.worker, %message, "executor busy: the task waits without spending a try");
@@ -704,6 +763,11 @@ impl Dispatcher {
 /// The lease of a claim with other servers on the database: renewed every third of it while
 /// held, so a server that dies gives its tasks back within this time.
 pub const SHARED_LEASE: Duration = Duration::from_secs(30);
+
+/// The store's bucket of worker `name`.
+fn bucket_of(name: &str) -> String {
+    format!("worker:{name}")
+}
 
 /// A js job's time limit when its worker sets none (`mechanics-core`'s default).
 const DEFAULT_JS_TIME_LIMIT_MS: u64 = 10_000;

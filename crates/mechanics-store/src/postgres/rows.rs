@@ -13,7 +13,7 @@ use crate::{StoreError, StoreResult};
 macro_rules! task_columns {
     () => {
         "id, worker, event_id, idempotency_key, payload, state, attempt, tries, next_run_at, \
-         lease_expires_at, result, error, created_at, updated_at"
+         lease_expires_at, result, error, created_at, updated_at, reserved_slot"
     };
 }
 macro_rules! event_columns {
@@ -91,6 +91,7 @@ pub(super) fn task(row: &Row) -> StoreResult<Task> {
         error: row.get(11),
         created_at: row.get(12),
         updated_at: row.get(13),
+        reserved_slot: row.get(14),
     })
 }
 

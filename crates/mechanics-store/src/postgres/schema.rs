@@ -141,6 +141,11 @@ const MIGRATIONS: &[&str] = &[
         last_seen  BIGINT NOT NULL
     );
     "#,
+    // 2: the rate-limit token reserved for a task's next attempt, kept with the task so that
+    // whichever server claims it uses it.
+    r#"
+    ALTER TABLE tasks ADD COLUMN reserved_slot BIGINT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

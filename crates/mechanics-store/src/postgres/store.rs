@@ -1,16 +1,18 @@
 //! [`Store`] on PostgreSQL: the SQL of every operation.
 
 use super::*;
+use crate::Release;
 
 /// Claims up to `$3` tasks due by `$1`, oldest first, leasing them until `$2`, and marks their
 /// matched events dispatched, in one statement. `SKIP LOCKED`: rows another server is claiming
 /// right now are passed over, not waited for.
 const CLAIM_DUE: &str = concat!(
-    "WITH due AS (SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
-    "ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), ",
-    "claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
-    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1 FROM due WHERE t.id = due.id ",
-    "RETURNING t.*), ",
+    // `= ANY(ARRAY(...))` rather than a join with the due ids: its plan reads the claimed rows
+    // by primary key even as a cached generic plan, which a join may turn into a scan.
+    "WITH claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
+    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1 ",
+    "WHERE t.id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
+    "ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING t.*), ",
     "events_dispatched AS (UPDATE events e SET state = 'dispatched', updated_at = $1 ",
     "WHERE e.id IN (SELECT event_id FROM claimed WHERE event_id IS NOT NULL) ",
     "AND e.state = 'matched') ",
@@ -46,33 +48,35 @@ const NEXT_DUE: &str = concat!(
 // The fenced moves out of `dispatched`: `$1` id, `$2` attempt, `$3` now, then extras.
 const COMPLETE: &str = concat!(
     "UPDATE tasks SET state = 'completed', result = $4, error = NULL, lease_expires_at = NULL, ",
-    "updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    "reserved_slot = NULL, updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 const FAIL: &str = concat!(
-    "UPDATE tasks SET state = $4, error = $5, lease_expires_at = NULL, updated_at = $3 ",
+    "UPDATE tasks SET state = $4, error = $5, lease_expires_at = NULL, reserved_slot = NULL, ",
+    "updated_at = $3 ",
     "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 const RESCHEDULE: &str = concat!(
     "UPDATE tasks SET state = 'pending', next_run_at = $4, error = $5, lease_expires_at = NULL, ",
-    "updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
+    "reserved_slot = NULL, updated_at = $3 WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 const RELEASE: &str = concat!(
     "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, ",
-    "lease_expires_at = NULL, updated_at = $3 ",
+    "lease_expires_at = NULL, reserved_slot = CASE WHEN $5::BOOLEAN THEN $4::BIGINT END, updated_at = $3 ",
     "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 // The unfenced moves: `$1` id, `$2` now, then extras.
 const RETRY: &str = concat!(
     "UPDATE tasks SET state = 'pending', tries = 0, next_run_at = $3, result = NULL, ",
-    "updated_at = $2 WHERE id = $1 AND state IN ('dead', 'failed') RETURNING ",
+    "reserved_slot = NULL, updated_at = $2 WHERE id = $1 AND state IN ('dead', 'failed') RETURNING ",
     task_columns!()
 );
 const CANCEL: &str = concat!(
-    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, updated_at = $2 ",
+    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, reserved_slot = NULL, ",
+    "updated_at = $2 ",
     "WHERE id = $1 AND state IN ('pending', 'dispatched') RETURNING ",
     task_columns!()
 );
@@ -773,14 +777,16 @@ impl Store for PgStore {
         id: TaskId,
         attempt: u32,
         next_run_at: i64,
+        release: Release,
         now: i64,
     ) -> StoreResult<Task> {
+        let reserved = release == Release::OnReservedToken;
         let attempt_i = i64::from(attempt);
         let task = retrying!(self, |db, retried| {
             fenced(
                 &*db,
                 RELEASE,
-                &[&id, &attempt_i, &now, &next_run_at],
+                &[&id, &attempt_i, &now, &next_run_at, &reserved],
                 id,
                 attempt,
                 TaskState::Pending,

@@ -19,6 +19,7 @@ use mechanics_proto::domain::{
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
 
+use crate::Release;
 use crate::buckets::MemoryBuckets;
 use crate::{
     EventFilter, EventUpdate, Inserted, LogQuery, NewEvent, NewTask, NextDue, Page, Pruned, Store,
@@ -411,15 +412,17 @@ impl Store for SqliteStore {
         id: TaskId,
         attempt: u32,
         next_run_at: i64,
+        release: Release,
         now: i64,
     ) -> StoreResult<Task> {
+        let reserved = release == Release::OnReservedToken;
         self.write(move |conn| {
             ops::fenced(
                 conn,
                 ops::RELEASE,
                 id,
                 attempt,
-                &[&id, &attempt, &now, &next_run_at],
+                &[&id, &attempt, &now, &next_run_at, &reserved],
             )
         })
         .await

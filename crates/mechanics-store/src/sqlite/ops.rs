@@ -516,22 +516,23 @@ pub(super) fn claim_due(
 /// SQL of the fenced moves out of `dispatched`: `?1` id, `?2` attempt, `?3` now, then extras.
 pub(super) const COMPLETE: &str = concat!(
     "UPDATE tasks SET state = 'completed', result = ?4, error = NULL, lease_expires_at = NULL, ",
-    "updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    "reserved_slot = NULL, updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 pub(super) const FAIL: &str = concat!(
-    "UPDATE tasks SET state = ?4, error = ?5, lease_expires_at = NULL, updated_at = ?3 ",
+    "UPDATE tasks SET state = ?4, error = ?5, lease_expires_at = NULL, reserved_slot = NULL, ",
+    "updated_at = ?3 ",
     "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 pub(super) const RESCHEDULE: &str = concat!(
     "UPDATE tasks SET state = 'pending', next_run_at = ?4, error = ?5, lease_expires_at = NULL, ",
-    "updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
+    "reserved_slot = NULL, updated_at = ?3 WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
 pub(super) const RELEASE: &str = concat!(
     "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, ",
-    "lease_expires_at = NULL, updated_at = ?3 ",
+    "lease_expires_at = NULL, reserved_slot = CASE WHEN ?5 THEN ?4 END, updated_at = ?3 ",
     "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()
 );
@@ -562,11 +563,12 @@ pub(super) fn fenced(
 /// SQL of the unfenced moves: `?1` id, `?2` now, then extras.
 pub(super) const RETRY: &str = concat!(
     "UPDATE tasks SET state = 'pending', tries = 0, next_run_at = ?3, result = NULL, ",
-    "updated_at = ?2 WHERE id = ?1 AND state IN ('dead', 'failed') RETURNING ",
+    "reserved_slot = NULL, updated_at = ?2 WHERE id = ?1 AND state IN ('dead', 'failed') RETURNING ",
     task_columns!()
 );
 pub(super) const CANCEL: &str = concat!(
-    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, updated_at = ?2 ",
+    "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, reserved_slot = NULL, ",
+    "updated_at = ?2 ",
     "WHERE id = ?1 AND state IN ('pending', 'dispatched') RETURNING ",
     task_columns!()
 );

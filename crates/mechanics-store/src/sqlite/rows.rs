@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 macro_rules! task_columns {
     () => {
         "id, worker, event_id, idempotency_key, payload, state, attempt, tries, next_run_at, \
-         lease_expires_at, result, error, created_at, updated_at"
+         lease_expires_at, result, error, created_at, updated_at, reserved_slot"
     };
 }
 macro_rules! event_columns {
@@ -80,6 +80,7 @@ pub(super) fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
         error: row.get(11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
+        reserved_slot: row.get(14)?,
     })
 }
 

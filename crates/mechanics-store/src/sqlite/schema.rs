@@ -115,6 +115,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_body_hash ON events (source, body_hash, received_at)
         WHERE body_hash IS NOT NULL;
     "#,
+    // 3: the rate-limit token reserved for a task's next attempt, kept with the task (not in
+    // the memory of the server that reserved it) so that any server claiming it uses it.
+    r#"
+    ALTER TABLE tasks ADD COLUMN reserved_slot INTEGER;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

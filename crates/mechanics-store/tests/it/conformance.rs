@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{EventState, LogOutcome, LogRecord, TaskState};
 use mechanics_store::{
-    BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Store, StoreError,
-    Take, TaskFilter, TokenRate, Tokens,
+    BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Release, Store,
+    StoreError, Take, TaskFilter, TokenRate, Tokens,
 };
 use serde_json::{Value, json};
 
@@ -468,17 +468,33 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
 
     // Rate limited: the claim is given back without counting as a try; its attempt stays fenced.
     let t = claim(0).await;
-    let released = store.release_task(id, t.attempt, 50, 1).await.unwrap();
+    let released = store
+        .release_task(id, t.attempt, 50, Release::OnReservedToken, 1)
+        .await
+        .unwrap();
     assert_eq!(
         (released.state, released.attempt, released.tries),
         (TaskState::Pending, 1, 0)
     );
-    assert_eq!(released.next_run_at, 50);
+    assert_eq!(
+        (released.next_run_at, released.reserved_slot),
+        (50, Some(50))
+    );
     assert!(store.complete_task(id, 1, json!(null), 2).await.is_err());
+
+    // The reserved token travels with the task to whoever claims it next.
+    let t = claim(50).await;
+    assert_eq!((t.attempt, t.tries, t.reserved_slot), (2, 1, Some(50)));
+    // A release for another reason reserves nothing.
+    let released = store
+        .release_task(id, t.attempt, 50, Release::Unreserved, 51)
+        .await
+        .unwrap();
+    assert_eq!(released.reserved_slot, None);
 
     // A transport failure the server decided to retry.
     let t = claim(50).await;
-    assert_eq!((t.attempt, t.tries), (2, 1));
+    assert_eq!((t.attempt, t.tries), (3, 1));
     let rescheduled = store
         .reschedule_task(id, t.attempt, 500, "connection refused", 60)
         .await
@@ -512,7 +528,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
             retried.attempt,
             retried.next_run_at
         ),
-        (TaskState::Pending, 0, 3, 600)
+        (TaskState::Pending, 0, 4, 600)
     );
     let err = store.retry_task(id, 600, 530).await.unwrap_err();
     assert_eq!(

@@ -703,12 +703,15 @@ fn three_servers_share_a_workers_rate_limit() {
     assert!(rerun.is_empty(), "{rerun:?}");
 
     // In any window, at most the burst plus what the rate refilled started: for the sorted start
-    // times t, t[j] - t[i] >= (j - i + 1 - burst) / rate, less 30 ms of delivery jitter.
+    // times t, t[j] - t[i] >= (j - i + 1 - burst) / rate, less the delivery jitter between a
+    // token's slot and the worker seeing the request (up to 250 ms on a loaded 2-core CI
+    // machine). Servers each keeping their own bucket would start the 60 tasks three times as
+    // fast: seconds too early over the long windows, far beyond that allowance.
     let mut starts: Vec<Instant> = recorder.hits().iter().map(|h| h.at).collect();
     starts.sort_unstable();
     assert_eq!(starts.len(), TASKS);
     let step = Duration::from_millis(1000 / u64::from(PER_SECOND));
-    let tolerance = Duration::from_millis(30);
+    let tolerance = Duration::from_millis(250);
     let mut tightest = Duration::MAX;
     for i in 0..TASKS {
         for j in i + 1..TASKS {
@@ -737,6 +740,14 @@ fn three_servers_share_a_workers_rate_limit() {
         starts[TASKS - 1] - starts[0],
         step * (TASKS - BURST) as u32,
         started.elapsed()
+    );
+    // A reserved token travels with its task to whichever server claims it: no task waits for
+    // a second slot, so the tasks beyond the burst wait once each at most.
+    let reserved: usize = reserved.parse().unwrap();
+    assert!(
+        reserved <= TASKS - BURST,
+        "{reserved} slots reserved for {} tasks beyond the burst",
+        TASKS - BURST
     );
 }
 
