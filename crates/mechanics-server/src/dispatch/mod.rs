@@ -5,11 +5,11 @@
 //! `prefetch` is never more than `concurrency`, so a claimed task starts within one attempt's time
 //! and its lease covers the wait. Under load the feeder claims only when half the queue has
 //! drained, so one claim query takes many tasks instead of one per finished attempt; with nothing
-//! claimed it claims as soon as a task is due. The feeder takes the claimed tasks' tokens from
-//! their workers' buckets (the store's, shared by every server on the database), one statement
-//! per worker and batch; a task whose token is in the future is re-queued to that slot with the
-//! token reserved in its row, which is not an attempt, and whichever server claims it then runs it
-//! on that token. Each runner runs the attempt through the worker's
+//! claimed it claims as soon as a task is due. A runner, once free, takes a token from the
+//! worker's bucket (the store's, shared by every server on the database); a task whose token is
+//! in the future is re-queued to that slot with the token reserved in its row, which is not an
+//! attempt, and whichever server claims it then runs it on that token. The runner runs the
+//! attempt through the worker's
 //! [`executor`](crate::executor) and records the outcome fenced by the attempt: a late answer from
 //! an older claim changes nothing.
 //!
@@ -190,7 +190,7 @@ impl Dispatcher {
             }
             let now = self.clock.now_ms();
             let lease_until = now.saturating_add(duration_ms(self.lease().await));
-            let mut claimed = match self
+            let claimed = match self
                 .store
                 .claim_due(now, lease_until, u32::try_from(slots.len()).unwrap_or(1))
                 .await
@@ -208,7 +208,6 @@ impl Dispatcher {
             if !claimed.is_empty() {
                 self.claims
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.reserve_tokens(&mut claimed).await;
             }
             if claimed.is_empty() {
                 drop(slots);
@@ -445,7 +444,9 @@ impl Dispatcher {
         }
         let now = self.clock.now_ms();
         match task.reserved_slot {
-            // The token reserved for it (at the claim, or by the server that re-queued it).
+            // The token reserved for it by the server that re-queued it to this slot. Tokens are
+            // taken when a runner is free, never while a task waits for one: tasks that waited
+            // together must not start together beyond the burst.
             Some(slot) if slot <= now => self.run_with_token(&worker, &task).await,
             Some(slot) => self.wait_for_token(&task, slot, now).await,
             None => match self.take_token(&worker, &task, now).await {
@@ -489,44 +490,6 @@ impl Dispatcher {
             Err(err) => {
                 log_store_error(task, "taking a rate-limit token", &err);
                 None
-            }
-        }
-    }
-
-    /// Takes, with one statement per worker, the tokens of the claimed tasks that have none
-    /// reserved yet, and records each task's slot in it: the runner then runs it or re-queues
-    /// it to that slot. A bucket that cannot be read leaves its tasks to take their own.
-    async fn reserve_tokens(&self, tasks: &mut [Task]) {
-        let workers = self.registry.all().await;
-        let mut by_worker: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, task) in tasks.iter().enumerate() {
-            if task.reserved_slot.is_none() && workers.contains_key(&task.worker) {
-                by_worker
-                    .entry(task.worker.as_str())
-                    .or_default()
-                    .push(index);
-            }
-        }
-        let now = self.clock.now_ms();
-        let mut slots_of = Vec::new();
-        for (name, indexes) in by_worker {
-            let rate = self.rate_of(&workers[name]);
-            let count = u32::try_from(indexes.len()).unwrap_or(u32::MAX);
-            match self
-                .store
-                .take_tokens(&bucket_of(name), rate, Take::Reserve(count), now)
-                .await
-            {
-                Ok(Tokens::Granted(slots)) => slots_of.push((indexes, slots)),
-                Ok(Tokens::NotBefore(_)) => {}
-                Err(err) => {
-                    tracing::warn!(worker = name, error = %err, "reserving rate-limit tokens failed; each task takes its own");
-                }
-            }
-        }
-        for (indexes, slots) in slots_of {
-            for (index, slot) in indexes.into_iter().zip(slots) {
-                tasks[index].reserved_slot = Some(slot);
             }
         }
     }

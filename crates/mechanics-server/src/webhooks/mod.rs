@@ -463,10 +463,13 @@ pub(crate) async fn set_state(
     }
 }
 
-/// Startup recovery of events: every event still `received` is matched again (or `failed` if
-/// its source is gone), and every `matched` or `dispatched` event is handed to the write-back
-/// loop, which settles those whose tasks all ended while the server was down.
-pub(crate) async fn recover(shared: &Shared) {
+/// Recovery of events: every event still `received` is matched again (or `failed` if its
+/// source is gone), and every `matched` or `dispatched` event is handed to the write-back loop,
+/// which settles those whose tasks all ended while no server was looking. With
+/// `unchanged_before`, only events unchanged since then: with other servers on the database an
+/// event changed recently may be another server's work in progress (both steps are idempotent
+/// anyway: tasks are unique per event and worker, and a write-back is claimed).
+pub(crate) async fn recover(shared: &Shared, unchanged_before: Option<i64>) {
     for state in [
         EventState::Received,
         EventState::Matched,
@@ -487,7 +490,9 @@ pub(crate) async fn recover(shared: &Shared) {
                     break;
                 }
             };
-            for event in &page.items {
+            let settled_long_enough =
+                |event: &&Event| unchanged_before.is_none_or(|before| event.updated_at < before);
+            for event in page.items.iter().filter(settled_long_enough) {
                 if state != EventState::Received {
                     shared.dispatcher.settle.push(event.id);
                 } else if shared

@@ -14,7 +14,8 @@
 //! at once. The loop sleeps until the store's next `write_back_at` or until a task of an event
 //! ends: an idle server alone on its database makes no query here (invariant 6). With other
 //! servers on the database, every write-back is claimed first (one server posts it) and the
-//! loop also reads the next retry time every [`SHARED_WRITE_BACK_POLL`].
+//! loop also reads the next retry time every [`SHARED_WRITE_BACK_POLL`] and recovers, every
+//! [`EVENT_SWEEP`], events a server that died left unfinished.
 
 pub(crate) mod responders;
 
@@ -39,6 +40,10 @@ const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server holds a write-back it claimed: the post's timeout with room to record its
 /// outcome. A server that dies holding it leaves it to the others after this.
 const WRITE_BACK_CLAIM: Duration = Duration::from_secs(60);
+/// With other servers on the database, how often events left unfinished by a server that died
+/// (still `received`, or with every task ended but not settled) are looked for, and how long an
+/// event must have been unchanged to count as left.
+const EVENT_SWEEP: Duration = Duration::from_secs(60);
 /// With other servers on the database, the longest the loop sleeps before it reads the next
 /// retry time again: a retry another server scheduled, and then died, is found by then.
 const SHARED_WRITE_BACK_POLL: Duration = Duration::from_secs(30);
@@ -121,7 +126,12 @@ pub fn retry_delay(tries: u32) -> Duration {
 /// retries failed write-backs when they are due.
 pub(crate) async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
-    crate::webhooks::recover(&shared).await;
+    let shared_store = shared.store.shared();
+    let grace = || shared.clock.now_ms() - duration_ms(EVENT_SWEEP);
+    crate::webhooks::recover(&shared, shared_store.then(grace)).await;
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + EVENT_SWEEP, EVENT_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_retry = next_due(&shared).await;
     loop {
         let poll = shared
@@ -148,6 +158,9 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             () = sleep => {
                 retry_due(&shared).await;
                 next_retry = next_due(&shared).await;
+            }
+            _ = sweep.tick(), if shared_store => {
+                crate::webhooks::recover(&shared, Some(grace())).await;
             }
         }
     }

@@ -25,7 +25,7 @@ mod rows;
 mod schema;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,34 +73,35 @@ pub fn redact_database_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    // The user information ends at the first `@` (as the client reads it), even when an
-    // unencoded `/` comes before it.
+    // The user information ends at the first `@`, as the client reads it, even when a `/` or
+    // a `?` comes before it.
     let mut shown = format!("{scheme}://");
-    match before_query.split_once('@') {
-        Some((userinfo, host)) => {
+    let after_credentials = match rest.split_once('@') {
+        Some((userinfo, after)) => {
             match userinfo.split_once(':') {
-                Some((user, _password)) => shown.push_str(&format!("{user}:***")),
-                None => shown.push_str(userinfo),
+                Some((user, _password)) => shown.push_str(&format!("{user}:***@")),
+                None => shown.push_str(&format!("{userinfo}@")),
             }
-            shown.push('@');
-            shown.push_str(host);
+            after
         }
-        None => shown.push_str(before_query),
-    }
-    if let Some(query) = query {
-        let parameters: Vec<String> = query
-            .split('&')
-            .map(|parameter| match parameter.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => parameter.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&parameters.join("&"));
+        None => rest,
+    };
+    match after_credentials.split_once('?') {
+        Some((location, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            shown.push_str(location);
+            shown.push('?');
+            shown.push_str(&parameters.join("&"));
+        }
+        None => shown.push_str(after_credentials),
     }
     shown
 }
@@ -396,13 +397,20 @@ impl PgStore {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let registry_version = Arc::new(AtomicU64::new(0));
         let remote_changes = Arc::new(Notify::new());
+        let (listening, heard_from) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(listen(
             config,
             tag.clone(),
             registry_version.clone(),
             remote_changes.clone(),
+            listening,
         ))
         .abort_handle();
+        // Connected means the other servers' hints are heard from now on (the poll covers them
+        // if the listener is slow to come up).
+        if tokio::time::timeout(POOL_WAIT, heard_from).await.is_err() {
+            tracing::warn!(database = %shown, "not listening for other servers' hints yet; polling covers them meanwhile");
+        }
         let store = Self {
             display: shown,
             pool: pool.clone(),
@@ -415,7 +423,6 @@ impl PgStore {
                 pool,
                 tag,
                 last_sent: Mutex::new(None),
-                pending: AtomicBool::new(false),
             }),
             listener,
         };
@@ -441,9 +448,9 @@ impl PgStore {
 struct Hints {
     pool: Pool,
     tag: String,
+    /// When the last hint was sent, or the next one is scheduled to be (in the future): hints
+    /// are at least [`HINT_DEBOUNCE`] apart.
     last_sent: Mutex<Option<Instant>>,
-    /// A hint is scheduled for the end of the current debounce window.
-    pending: AtomicBool,
 }
 
 impl Hints {
@@ -452,35 +459,27 @@ impl Hints {
     /// the window).
     fn work_made_due(self: &Arc<Self>) {
         let now = Instant::now();
-        let wait = {
+        let send_at = {
             let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
             match *last {
-                Some(at) if now < at + HINT_DEBOUNCE => Some(at + HINT_DEBOUNCE),
+                // A hint is already scheduled for the end of the window: it covers this write.
+                Some(at) if at > now => return,
+                Some(at) if now < at + HINT_DEBOUNCE => {
+                    // The window's hint went out; one more at its end covers this write.
+                    *last = Some(at + HINT_DEBOUNCE);
+                    at + HINT_DEBOUNCE
+                }
                 _ => {
                     *last = Some(now);
-                    None
+                    now
                 }
             }
         };
-        match wait {
-            None => {
-                let hints = self.clone();
-                tokio::spawn(async move { hints.send().await });
-            }
-            Some(at) => {
-                if self.pending.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-                let hints = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(at).await;
-                    *hints.last_sent.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Instant::now());
-                    hints.pending.store(false, Ordering::Release);
-                    hints.send().await;
-                });
-            }
-        }
+        let hints = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(send_at).await;
+            hints.send().await;
+        });
     }
 
     async fn send(&self) {
@@ -509,8 +508,10 @@ async fn listen(
     tag: String,
     registry_version: Arc<AtomicU64>,
     changes: Arc<Notify>,
+    listening: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut reconnected = false;
+    let mut listening = Some(listening);
     loop {
         if let Ok((client, mut connection)) = config.connect(NoTls).await {
             let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -526,10 +527,13 @@ async fn listen(
                     }
                 }
             });
-            let listening = client
+            let listening_now = client
                 .batch_execute(&format!("LISTEN {WORK_CHANNEL}; LISTEN {REGISTRY_CHANNEL}"))
                 .await;
-            if listening.is_ok() {
+            if listening_now.is_ok() {
+                if let Some(listening) = listening.take() {
+                    let _ = listening.send(());
+                }
                 if reconnected {
                     if let Ok(row) = client
                         .query_one("SELECT value FROM meta WHERE key = 'registry_version'", &[])

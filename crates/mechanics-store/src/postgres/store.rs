@@ -22,14 +22,14 @@ const CLAIM_DUE: &str = concat!(
 );
 
 const REQUEUE_EXPIRED: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, reserved_slot = NULL, ",
     "updated_at = $1 WHERE id IN (SELECT id FROM tasks WHERE state = 'dispatched' ",
     "AND lease_expires_at <= $1 FOR UPDATE SKIP LOCKED) RETURNING ",
     task_columns!()
 );
 
 const REQUEUE_ALL: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = $1, lease_expires_at = NULL, reserved_slot = NULL, ",
     "updated_at = $1 WHERE state = 'dispatched' RETURNING ",
     task_columns!()
 );

@@ -470,7 +470,7 @@ const CLAIM_DUE: &str = concat!(
 /// Puts back to `pending` every task whose lease expired by `?1`.
 const REQUEUE_EXPIRED: &str = concat!(
     "UPDATE tasks INDEXED BY tasks_lease SET state = 'pending', next_run_at = ?1, ",
-    "lease_expires_at = NULL, updated_at = ?1 ",
+    "lease_expires_at = NULL, reserved_slot = NULL, updated_at = ?1 ",
     "WHERE state = 'dispatched' AND lease_expires_at <= ?1 RETURNING ",
     task_columns!()
 );
@@ -605,7 +605,7 @@ pub(super) fn requeue_dispatched(
         REQUEUE_EXPIRED
     } else {
         concat!(
-            "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, ",
+            "UPDATE tasks SET state = 'pending', next_run_at = ?1, lease_expires_at = NULL, reserved_slot = NULL, ",
             "updated_at = ?1 WHERE state = 'dispatched' RETURNING ",
             task_columns!()
         )

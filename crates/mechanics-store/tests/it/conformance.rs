@@ -485,6 +485,14 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
     // The reserved token travels with the task to whoever claims it next.
     let t = claim(50).await;
     assert_eq!((t.attempt, t.tries, t.reserved_slot), (2, 1, Some(50)));
+    // A claim whose lease runs out may have spent its token: the requeued task has none.
+    let requeued = store
+        .requeue_expired_leases(t.lease_expires_at.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(requeued[0].reserved_slot, None);
+    let t = claim(150).await;
+    assert_eq!((t.attempt, t.reserved_slot), (3, None));
     // A release for another reason reserves nothing.
     let released = store
         .release_task(id, t.attempt, 50, Release::Unreserved, 51)
@@ -494,7 +502,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
 
     // A transport failure the server decided to retry.
     let t = claim(50).await;
-    assert_eq!((t.attempt, t.tries), (3, 1));
+    assert_eq!((t.attempt, t.tries), (4, 2));
     let rescheduled = store
         .reschedule_task(id, t.attempt, 500, "connection refused", 60)
         .await
@@ -528,7 +536,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
             retried.attempt,
             retried.next_run_at
         ),
-        (TaskState::Pending, 0, 4, 600)
+        (TaskState::Pending, 0, 5, 600)
     );
     let err = store.retry_task(id, 600, 530).await.unwrap_err();
     assert_eq!(

@@ -390,7 +390,8 @@ fn three_servers_1000_tasks_and_kill_9_of_one_each_task_completes_only_its_claim
     let hits = recorder.hits();
     let by_victim: Vec<&Hit> = hits
         .iter()
-        .filter(|h| h.at < kill_at && victim_ports.contains(&h.peer))
+        // By connection alone: a request written just before the kill may be seen after it.
+        .filter(|h| victim_ports.contains(&h.peer))
         .collect();
     let in_flight: BTreeSet<(i64, u64)> = by_victim
         .iter()
@@ -519,10 +520,14 @@ fn three_servers_fire_each_cron_time_once() {
     let mut got = settled.clone();
     got.sort_unstable();
     assert_eq!(got, expected, "one task per second from {first} to {last}");
-    // The database agrees: one fire row per time, pointing at that time's task.
-    let rows = db.query("SELECT count(*), count(DISTINCT fire_time) FROM cron_fires");
-    let (rows, distinct) = rows.split_once('|').unwrap();
-    assert_eq!(rows, distinct);
+    // The database agrees: each fire row points at its own task, and no task was made without
+    // its fire row (three servers, each trying every fire).
+    let rows = db.query(
+        "SELECT (SELECT count(*) FROM tasks WHERE worker = 'tick'), \
+         (SELECT count(DISTINCT task_id) FROM cron_fires WHERE worker = 'tick')",
+    );
+    let (made, fired) = rows.split_once('|').unwrap();
+    assert_eq!(made, fired, "cron tasks vs fire rows");
     // And the worker got each task once.
     let attempts = recorder.attempts();
     assert!(
