@@ -142,9 +142,11 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 2: the rate-limit token reserved for a task's next attempt, kept with the task so that
-    // whichever server claims it uses it.
+    // whichever server claims it uses it; and the random token of the claim that holds a task,
+    // so that a claim retried after a failure that hid its commit finds the tasks it took.
     r#"
     ALTER TABLE tasks ADD COLUMN reserved_slot BIGINT;
+    ALTER TABLE tasks ADD COLUMN claim_token BIGINT;
     "#,
 ];
 

@@ -10,12 +10,15 @@ const CLAIM_DUE: &str = concat!(
     // `= ANY(ARRAY(...))` rather than a join with the due ids: its plan reads the claimed rows
     // by primary key even as a cached generic plan, which a join may turn into a scan.
     "WITH claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
-    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1 ",
+    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
     "WHERE t.id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
     "ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING t.*), ",
+    // An event another claimer is marking right now is skipped, not waited for (nor deadlocked
+    // on): it stays `matched`, which write-back treats as `dispatched`.
     "events_dispatched AS (UPDATE events e SET state = 'dispatched', updated_at = $1 ",
-    "WHERE e.id IN (SELECT event_id FROM claimed WHERE event_id IS NOT NULL) ",
-    "AND e.state = 'matched') ",
+    "WHERE e.id IN (SELECT id FROM events WHERE state = 'matched' AND id IN ",
+    "(SELECT event_id FROM claimed WHERE event_id IS NOT NULL) ORDER BY id ",
+    "FOR UPDATE SKIP LOCKED)) ",
     "SELECT ",
     task_columns!(),
     " FROM claimed ORDER BY next_run_at, id"
@@ -132,6 +135,23 @@ fn own_insert(record: Event, retried: bool, now: i64) -> Inserted<Event> {
         && record.received_at == now
         && record.state == mechanics_proto::domain::EventState::Received;
     Inserted { record, created }
+}
+
+/// A random number telling one claim from every other.
+fn random_token() -> i64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    i64::from_le_bytes(bytes[..8].try_into().unwrap_or_default())
+}
+
+/// `text` as PostgreSQL can store it: a `TEXT` value cannot hold U+0000, which an error
+/// message or an event type taken from a payload may contain; it becomes U+FFFD. (JSON is
+/// stored as text with NUL escaped, so payloads and results need nothing.)
+fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 fn not_found(what: &'static str, id: i64) -> StoreError {
@@ -544,7 +564,7 @@ impl Store for PgStore {
                 &[
                     &event.source,
                     &event.delivery_id,
-                    &event.event_type,
+                    &pg_text(&event.event_type),
                     &payload,
                     &now,
                     &hash,
@@ -624,7 +644,7 @@ impl Store for PgStore {
                 &[
                     &id,
                     &update.state.as_str(),
-                    &update.error,
+                    &update.error.as_deref().map(pg_text),
                     &update.next_write_back_at,
                     &now,
                 ],
@@ -677,11 +697,32 @@ impl Store for PgStore {
 
     async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> StoreResult<Vec<Task>> {
         let limit = i64::from(limit);
-        let tasks = retrying!(self, |db, _retried| {
+        let token = random_token();
+        let tasks = retrying!(self, |db, retried| {
+            if retried {
+                // The failed try may have committed: its tasks are ours, and would otherwise
+                // sit claimed and unrun until their lease ran out.
+                let taken = all(
+                    &*db,
+                    concat!(
+                        "SELECT ",
+                        task_columns!(),
+                        " FROM tasks WHERE claim_token = $1 AND state = 'dispatched' ",
+                        "ORDER BY next_run_at, id"
+                    ),
+                    &[&token],
+                    rows::task,
+                    "finding a claim's tasks",
+                )
+                .await?;
+                if !taken.is_empty() {
+                    return Ok(taken);
+                }
+            }
             all(
                 &*db,
                 CLAIM_DUE,
-                &[&now, &lease_until, &limit],
+                &[&now, &lease_until, &limit, &token],
                 rows::task,
                 "claiming tasks",
             )
@@ -734,7 +775,7 @@ impl Store for PgStore {
             fenced(
                 &*db,
                 FAIL,
-                &[&id, &attempt_i, &now, &end.as_str(), &error],
+                &[&id, &attempt_i, &now, &end.as_str(), &pg_text(error)],
                 id,
                 attempt,
                 end,
@@ -759,7 +800,7 @@ impl Store for PgStore {
             fenced(
                 &*db,
                 RESCHEDULE,
-                &[&id, &attempt_i, &now, &next_run_at, &error],
+                &[&id, &attempt_i, &now, &next_run_at, &pg_text(error)],
                 id,
                 attempt,
                 TaskState::Pending,
@@ -976,13 +1017,13 @@ impl Store for PgStore {
             details.push(entry.detail.as_ref().map(to_json).transpose()?);
             trace_ids.push(entry.trace_id);
             ts.push(entry.ts);
-            actions.push(entry.action);
+            actions.push(pg_text(&entry.action).into_owned());
             outcomes.push(entry.outcome.as_str().to_owned());
             event_ids.push(entry.event_id);
             task_ids.push(entry.task_id);
             workers.push(entry.worker);
             attempts.push(entry.attempt.map(i64::from));
-            errors.push(entry.error);
+            errors.push(entry.error.as_deref().map(|e| pg_text(e).into_owned()));
         }
         retrying!(self, |db, _retried| {
             execute(

@@ -1198,6 +1198,52 @@ pub(crate) async fn renewed_leases_keep_a_claim_and_stale_ones_are_ignored(store
     assert_eq!(store.renew_leases(&[], 9_000).await.unwrap(), 0);
 }
 
+pub(crate) async fn text_with_nul_characters_is_stored(store: &dyn Store) {
+    // A worker's error or a payload's event type may hold U+0000, which PostgreSQL's TEXT
+    // cannot: it must still be stored (readably), never fail the write.
+    let shown = |text: &str| text.replace(['\0', '\u{FFFD}'], "_");
+    let id = task_id(store, "w", 0).await;
+    let t = store.claim_due(0, 100, 1).await.unwrap().remove(0);
+    let failed = store
+        .fail_task(id, t.attempt, TaskState::Failed, "bad\0byte", 1)
+        .await
+        .unwrap();
+    assert_eq!(shown(failed.error.as_deref().unwrap()), "bad_byte");
+    store.upsert_source(github_source("gh"), 0).await.unwrap();
+    let event = NewEvent {
+        event_type: "issues.\0".into(),
+        ..new_event("gh", "nul")
+    };
+    let stored = store.insert_event(event, 0).await.unwrap().record;
+    assert_eq!(shown(&stored.event_type), "issues._");
+    store
+        .append_logs(vec![LogRecord {
+            trace_id: None,
+            ts: 5,
+            action: "dispatch".into(),
+            outcome: LogOutcome::Fail,
+            event_id: None,
+            task_id: Some(id),
+            worker: Some("w".into()),
+            attempt: Some(1),
+            error: Some("a\0b".into()),
+            detail: None,
+        }])
+        .await
+        .unwrap();
+    let logged = store
+        .query_logs(&LogQuery {
+            task_id: Some(id),
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        shown(logged.items[0].record.error.as_deref().unwrap()),
+        "a_b"
+    );
+}
+
 pub(crate) async fn instances_heartbeat_list_and_leave(store: &dyn Store) {
     let instance = |id: &str| Instance {
         id: id.into(),

@@ -29,6 +29,7 @@ macro_rules! conformance_suite {
             write_back_claims_hide_events_until_they_expire,
             instances_heartbeat_list_and_leave,
             renewed_leases_keep_a_claim_and_stale_ones_are_ignored,
+            text_with_nul_characters_is_stored,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {
