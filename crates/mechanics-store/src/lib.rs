@@ -20,6 +20,7 @@
 //! implementation of [`Store`] with its own client either way.
 
 mod buckets;
+mod columns;
 mod error;
 mod postgres;
 mod sqlite;
@@ -31,7 +32,7 @@ use async_trait::async_trait;
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
     Event, EventId, EventState, LogEntry, LogOutcome, LogRecord, Source, SourceSpec, Task, TaskId,
-    TaskState, Worker, WorkerSpec,
+    TaskState, Worker, WorkerKind, WorkerSpec,
 };
 use serde_json::Value;
 
@@ -249,6 +250,39 @@ pub trait Store: Send + Sync {
     /// Transactions committed by this store's writer since open; with group commit, far fewer
     /// than the writes under concurrency.
     fn commits(&self) -> u64;
+}
+
+/// The rules every backend applies to a worker before storing it: a valid spec, and a module
+/// exactly for js workers.
+pub(crate) fn check_worker(spec: &WorkerSpec, module_source: Option<&str>) -> StoreResult<()> {
+    spec.validate()
+        .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
+    match (spec.kind, module_source) {
+        (WorkerKind::Js, None) => Err(StoreError::InvalidInput(
+            "module_source: required for js workers".into(),
+        )),
+        (WorkerKind::Http | WorkerKind::Process, Some(_)) => Err(StoreError::InvalidInput(
+            "module_source: only js workers have a module".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// [`Store::fail_task`] ends a task as failed or dead, nothing else.
+pub(crate) fn check_fail_end(end: TaskState) -> StoreResult<()> {
+    if matches!(end, TaskState::Failed | TaskState::Dead) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "fail_task ends a task as failed or dead, not {end}"
+        )))
+    }
+}
+
+/// The rules every backend applies to a source before storing it.
+pub(crate) fn check_source(spec: &SourceSpec) -> StoreResult<()> {
+    spec.validate()
+        .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))
 }
 
 /// How a claimed task goes back to `pending` without running ([`Store::release_task`]).

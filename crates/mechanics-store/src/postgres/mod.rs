@@ -34,7 +34,7 @@ use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMe
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
     Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task, TaskId, TaskState, Worker,
-    WorkerKind, WorkerSpec,
+    WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::Notify;

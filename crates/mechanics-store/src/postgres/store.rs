@@ -347,21 +347,7 @@ impl Store for PgStore {
         module_source: Option<String>,
         now: i64,
     ) -> StoreResult<Worker> {
-        spec.validate()
-            .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
-        match (spec.kind, &module_source) {
-            (WorkerKind::Js, None) => {
-                return Err(StoreError::InvalidInput(
-                    "module_source: required for js workers".into(),
-                ));
-            }
-            (WorkerKind::Http | WorkerKind::Process, Some(_)) => {
-                return Err(StoreError::InvalidInput(
-                    "module_source: only js workers have a module".into(),
-                ));
-            }
-            _ => {}
-        }
+        crate::check_worker(&spec, module_source.as_deref())?;
         let spec_json = to_json(&spec)?;
         let context = "storing a worker";
         let (worker, version) = retrying!(self, |db, _retried| {
@@ -429,8 +415,7 @@ impl Store for PgStore {
     }
 
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
-        spec.validate()
-            .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))?;
+        crate::check_source(&spec)?;
         let spec_json = to_json(&spec)?;
         let context = "storing a source";
         let (source, version) = retrying!(self, |db, _retried| {
@@ -765,11 +750,7 @@ impl Store for PgStore {
         error: &str,
         now: i64,
     ) -> StoreResult<Task> {
-        if !matches!(end, TaskState::Failed | TaskState::Dead) {
-            return Err(StoreError::InvalidInput(format!(
-                "fail_task ends a task as failed or dead, not {end}"
-            )));
-        }
+        crate::check_fail_end(end)?;
         let attempt_i = i64::from(attempt);
         let task = retrying!(self, |db, retried| {
             fenced(

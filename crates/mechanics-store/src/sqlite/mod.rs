@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mechanics_proto::domain::{
     Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task, TaskId, TaskState, Worker,
-    WorkerKind, WorkerSpec,
+    WorkerSpec,
 };
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
@@ -208,21 +208,7 @@ impl Store for SqliteStore {
         module_source: Option<String>,
         now: i64,
     ) -> StoreResult<Worker> {
-        spec.validate()
-            .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
-        match (spec.kind, &module_source) {
-            (WorkerKind::Js, None) => {
-                return Err(StoreError::InvalidInput(
-                    "module_source: required for js workers".into(),
-                ));
-            }
-            (WorkerKind::Http | WorkerKind::Process, Some(_)) => {
-                return Err(StoreError::InvalidInput(
-                    "module_source: only js workers have a module".into(),
-                ));
-            }
-            _ => {}
-        }
+        crate::check_worker(&spec, module_source.as_deref())?;
         let spec_json = to_json(&spec)?;
         let (worker, version) = self
             .write(move |conn| {
@@ -254,8 +240,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
-        spec.validate()
-            .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))?;
+        crate::check_source(&spec)?;
         let spec_json = to_json(&spec)?;
         let (source, version) = self
             .write(move |conn| ops::upsert_source(conn, &spec.name, &spec_json, now))
@@ -368,11 +353,7 @@ impl Store for SqliteStore {
         error: &str,
         now: i64,
     ) -> StoreResult<Task> {
-        if !matches!(end, TaskState::Failed | TaskState::Dead) {
-            return Err(StoreError::InvalidInput(format!(
-                "fail_task ends a task as failed or dead, not {end}"
-            )));
-        }
+        crate::check_fail_end(end)?;
         let error = error.to_owned();
         self.write(move |conn| {
             ops::fenced(

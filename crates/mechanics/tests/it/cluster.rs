@@ -22,7 +22,7 @@ use axum::extract::ConnectInfo;
 use mechanics_test_support::postgres::{TestDatabase, restart_server};
 use serde_json::{Value, json};
 
-use crate::support::{Coordinator, HttpServer, submit_many, tail};
+use crate::support::{Coordinator, HttpServer, TestClient, submit_many, tail};
 
 /// `count` servers on `db`, started at once, each with its own home (removed after them).
 struct Cluster {
@@ -207,51 +207,19 @@ fn connection_ports(pid: u32, remote: u16) -> BTreeSet<u16> {
     ports
 }
 
-/// A blocking HTTP client for the test's own requests.
-struct Api {
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
+/// The test's own requests, with what the cluster tests read through them.
+struct Api(TestClient);
+
+impl std::ops::Deref for Api {
+    type Target = TestClient;
+    fn deref(&self) -> &TestClient {
+        &self.0
+    }
 }
 
 impl Api {
     fn new() -> Api {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Api {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        self.runtime.block_on(async {
-            let response = request.send().await.expect("the server answers");
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        })
-    }
-
-    fn get(&self, url: &str) -> (u16, Value) {
-        self.send(self.http.get(url))
-    }
-
-    fn post(&self, url: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            self.http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-        )
+        Api(TestClient::new(Duration::from_secs(20)))
     }
 
     /// `store.queries` of the server's `/debug/vars`.
@@ -549,20 +517,6 @@ fn three_servers_fire_each_cron_time_once() {
 
 const SECRET: &str = "cluster-webhook-secret";
 
-/// `X-Hub-Signature-256` of `body`.
-fn github_signature(body: &[u8]) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
-}
-
 #[test]
 fn one_delivery_posted_to_three_servers_at_once_makes_one_event_and_one_task() {
     let started = Instant::now();
@@ -626,7 +580,10 @@ fn one_delivery_posted_to_three_servers_at_once_makes_one_event_and_one_task() {
                         .header("content-type", "application/json")
                         .header("x-github-event", "issues")
                         .header("x-github-delivery", "3f1a2b00-0000-4000-8000-000000000007")
-                        .header("x-hub-signature-256", github_signature(body))
+                        .header(
+                            "x-hub-signature-256",
+                            crate::webhooks::github_signature(SECRET, body),
+                        )
                         .body(body.clone());
                     barrier.wait();
                     api.send(request)

@@ -484,3 +484,52 @@ pub(crate) fn submit_many(coordinator: &Coordinator, worker: &str, count: usize)
         ids
     })
 }
+
+/// A blocking HTTP client for a test's own requests (API calls, webhook deliveries): status and
+/// JSON answer (`null` when the answer is not JSON).
+pub(crate) struct TestClient {
+    runtime: tokio::runtime::Runtime,
+    pub(crate) http: reqwest::Client,
+}
+
+impl TestClient {
+    pub(crate) fn new(timeout: Duration) -> TestClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        TestClient {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub(crate) fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        self.runtime.block_on(async {
+            let response = request.send().await.expect("the server answers");
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    pub(crate) fn get(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.get(url))
+    }
+
+    pub(crate) fn post(&self, url: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+    }
+}

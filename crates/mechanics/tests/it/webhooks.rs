@@ -12,13 +12,15 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::{Coordinator, HttpServer, closed_port, code, command, stderr, tail};
+use crate::support::{
+    Coordinator, HttpServer, TestClient, closed_port, code, command, stderr, tail,
+};
 
 const SECRET: &str = "e2e-webhook-secret";
 const TOKEN: &str = "ghp-e2e-token";
 
 /// `X-Hub-Signature-256` of `body`.
-fn github_signature(secret: &str, body: &[u8]) -> String {
+pub(crate) fn github_signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     let digest = mac.finalize().into_bytes();
@@ -40,55 +42,32 @@ fn issue_opened(number: u64, title: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A small blocking HTTP client for the test's own requests (deliveries, event reads).
-struct Client {
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
+/// The test's own requests: signed deliveries and event reads.
+struct Client(TestClient);
 
 impl Client {
     fn new() -> Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Client {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        }
+        Client(TestClient::new(Duration::from_secs(10)))
     }
 
     /// A signed GitHub delivery to `POST /webhooks/{source}`: status and JSON answer.
     fn deliver(&self, base: &str, source: &str, delivery: &str, body: &[u8]) -> (u16, Value) {
-        let request = self
-            .http
-            .post(format!("{base}/webhooks/{source}"))
-            .header("content-type", "application/json")
-            .header("x-github-event", "issues")
-            .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", github_signature(SECRET, body))
-            .body(body.to_vec());
-        self.runtime.block_on(async {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap();
-            (
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            )
-        })
+        self.0.send(
+            self.0
+                .http
+                .post(format!("{base}/webhooks/{source}"))
+                .header("content-type", "application/json")
+                .header("x-github-event", "issues")
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", github_signature(SECRET, body))
+                .body(body.to_vec()),
+        )
     }
 
     fn get(&self, url: &str) -> Value {
-        self.runtime.block_on(async {
-            let response = self.http.get(url).send().await.unwrap();
-            assert!(response.status().is_success(), "GET {url}: {response:?}");
-            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
-        })
+        let (status, body) = self.0.get(url);
+        assert!((200..300).contains(&status), "GET {url}: {status} {body}");
+        body
     }
 }
 
@@ -409,14 +388,14 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
     // A forged delivery is refused and stores nothing.
     let forged = issue_opened(43, "Forged");
     let request = client
+        .0
         .http
         .post(format!("{}/webhooks/gh", server.url))
         .header("x-github-event", "issues")
         .header("x-github-delivery", "forged-1")
         .header("x-hub-signature-256", github_signature("wrong", &forged))
         .body(forged);
-    let response = client.runtime.block_on(async { request.send().await });
-    assert_eq!(response.unwrap().status().as_u16(), 401);
+    assert_eq!(client.0.send(request).0, 401);
 
     // The crash: a new delivery, the coordinator (and its nodes) killed with kill -9 while the
     // worker runs it, a restart on the same database.
