@@ -142,11 +142,13 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 2: the rate-limit token reserved for a task's next attempt, kept with the task so that
-    // whichever server claims it uses it; and the random token of the claim that holds a task,
-    // so that a claim retried after a failure that hid its commit finds the tasks it took.
+    // whichever server claims it uses it; and the random tokens of the call that created a task
+    // and of the claim that holds it, so that a call retried after a failure that hid its commit
+    // finds what it did instead of doing it again. They are looked up only on such a retry.
     r#"
     ALTER TABLE tasks ADD COLUMN reserved_slot BIGINT;
     ALTER TABLE tasks ADD COLUMN claim_token BIGINT;
+    ALTER TABLE tasks ADD COLUMN create_token BIGINT;
     "#,
 ];
 

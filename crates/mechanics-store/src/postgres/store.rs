@@ -105,7 +105,7 @@ const INSERT_EVENT: &str = concat!(
 );
 const INSERT_TASK: &str = concat!(
     "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
-    "created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6) ",
+    "created_at, updated_at, create_token) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6, $7) ",
     "ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
@@ -219,6 +219,7 @@ async fn insert_task(
     task: &NewTask,
     payload: &str,
     now: i64,
+    token: i64,
 ) -> StoreResult<Inserted<Task>> {
     let context = "creating a task";
     let statement = db.statement(INSERT_TASK).await.map_err(pg_err(context))?;
@@ -232,6 +233,7 @@ async fn insert_task(
                 &payload,
                 &task.next_run_at,
                 &now,
+                &token,
             ],
         )
         .await;
@@ -664,8 +666,31 @@ impl Store for PgStore {
 
     async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>> {
         let payload = to_json(&task.payload)?;
-        let inserted = retrying!(self, |db, _retried| {
-            insert_task(&*db, &task, &payload, now).await
+        let token = random_token();
+        let inserted = retrying!(self, |db, retried| {
+            if retried {
+                // The failed try may have committed: then that row is this call's task (an API
+                // submission without an idempotency key must not be created twice).
+                let mine = opt(
+                    &*db,
+                    concat!(
+                        "SELECT ",
+                        task_columns!(),
+                        " FROM tasks WHERE create_token = $1"
+                    ),
+                    &[&token],
+                    rows::task,
+                    "finding a created task",
+                )
+                .await?;
+                if let Some(record) = mine {
+                    return Ok(Inserted {
+                        record,
+                        created: true,
+                    });
+                }
+            }
+            insert_task(&*db, &task, &payload, now, token).await
         })?;
         if inserted.created {
             self.committed();
@@ -948,7 +973,9 @@ impl Store for PgStore {
             if recorded == 0 {
                 return Ok(None);
             }
-            let task = insert_task(&tx, &new_task, &payload, now).await?.record;
+            let task = insert_task(&tx, &new_task, &payload, now, random_token())
+                .await?
+                .record;
             execute(
                 &tx,
                 "UPDATE cron_fires SET task_id = $3 WHERE worker = $1 AND fire_time = $2",
