@@ -416,8 +416,10 @@ async fn lease_sweep_loop(dispatcher: Arc<Dispatcher>, stop: impl Future<Output 
             () = &mut stop => return,
             () = tokio::time::sleep(LEASE_SWEEP) => {}
         }
+        // Busy: it claimed since the last round, or attempts are running (its feeder then
+        // waits for a runner, not on the poll that would sweep).
         let claims = dispatcher.claims_made();
-        if claims != claims_seen {
+        if claims != claims_seen || dispatcher.in_flight() > 0 {
             claims_seen = claims;
             dispatcher.requeue_expired().await;
         }
