@@ -178,60 +178,11 @@ impl Database {
     /// parameter. Registered with the trace's redactor, so that it never reaches `/logs` even
     /// if a database message were to quote it. Empty for SQLite and for a URL without one.
     pub fn passwords(&self) -> Vec<String> {
-        let Self::Postgres(url) = self else {
-            return Vec::new();
-        };
-        let rest = POSTGRES_SCHEMES
-            .iter()
-            .find_map(|scheme| url.strip_prefix(scheme))
-            .unwrap_or(url);
-        let mut found = Vec::new();
-        // The user part ends at the first `@`, wherever it is: the client reads it so (a
-        // password may hold an unencoded `/`), and a false find only redacts more.
-        if let Some((credentials, _)) = rest.split_once('@')
-            && let Some((_, password)) = credentials.split_once(':')
-        {
-            found.push(password.to_owned());
-        }
-        if let Some((_, query)) = rest.split_once('?') {
-            for pair in query.split('&') {
-                if let Some(("password", password)) = pair.split_once('=') {
-                    found.push(password.to_owned());
-                }
-            }
-        }
-        let decoded: Vec<String> = found.iter().map(|p| percent_decode(p)).collect();
-        found.extend(decoded);
-        found.retain(|p| !p.is_empty());
-        found.sort();
-        found.dedup();
-        found
-    }
-}
-
-/// `text` with its `%XX` escapes decoded (invalid UTF-8 replaced); a `%` not followed by two
-/// hex digits stays as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(high), Some(low)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            // Two hex digits are at most 255.
-            out.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        match self {
+            Self::Postgres(url) => mechanics_store::database_url_passwords(url),
+            Self::Sqlite(_) => Vec::new(),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Display for Database {
@@ -1000,7 +951,11 @@ mod tests {
                 .passwords()
                 .is_empty()
         );
-        assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+        // `%XX` escapes decoded; a `%` not followed by two hex digits stays as it is.
+        assert_eq!(
+            Database::Postgres("postgres://u:a%2Fb%zz%4@h/d".to_owned()).passwords(),
+            ["a%2Fb%zz%4", "a/b%zz%4"].map(str::to_owned)
+        );
     }
 
     #[test]

@@ -67,43 +67,115 @@ const PRUNE_LOCK: i64 = 0x6d65_6368_7072_756e;
 const WORK_CHANNEL: &str = "mechanics_work";
 const REGISTRY_CHANNEL: &str = "mechanics_registry";
 
+/// A database URL cut where its passwords may be, as the client reads it: the user part ends at
+/// the first `@` (even when a `/` or a `?` comes before it), and a `password=` query parameter
+/// is one too.
+struct UrlParts<'a> {
+    scheme: &'a str,
+    /// `USER` and `PASSWORD` of `USER[:PASSWORD]@`.
+    user: Option<(&'a str, Option<&'a str>)>,
+    /// Host, port and database name.
+    location: &'a str,
+    /// The parameters after `?`, each as `(key, value)`.
+    query: Option<Vec<(&'a str, Option<&'a str>)>>,
+}
+
+impl<'a> UrlParts<'a> {
+    fn of(url: &'a str) -> Option<Self> {
+        let (scheme, rest) = url.split_once("://")?;
+        let (user, after) = match rest.split_once('@') {
+            Some((userinfo, after)) => {
+                let user = match userinfo.split_once(':') {
+                    Some((user, password)) => (user, Some(password)),
+                    None => (userinfo, None),
+                };
+                (Some(user), after)
+            }
+            None => (None, rest),
+        };
+        let (location, query) = match after.split_once('?') {
+            Some((location, query)) => (location, Some(query)),
+            None => (after, None),
+        };
+        let query = query.map(|query| {
+            query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, value)) => (key, Some(value)),
+                    None => (parameter, None),
+                })
+                .collect()
+        });
+        Some(Self {
+            scheme,
+            user,
+            location,
+            query,
+        })
+    }
+
+    fn is_password(key: &str) -> bool {
+        key.eq_ignore_ascii_case("password")
+    }
+}
+
 /// `url` with its password, if any, replaced by `***`: the only form of a database URL that
 /// may be shown (logs, `config show`, errors).
 pub fn redact_database_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(parts) = UrlParts::of(url) else {
         return url.to_owned();
     };
-    // The user information ends at the first `@`, as the client reads it, even when a `/` or
-    // a `?` comes before it.
-    let mut shown = format!("{scheme}://");
-    let after_credentials = match rest.split_once('@') {
-        Some((userinfo, after)) => {
-            match userinfo.split_once(':') {
-                Some((user, _password)) => shown.push_str(&format!("{user}:***@")),
-                None => shown.push_str(&format!("{userinfo}@")),
-            }
-            after
-        }
-        None => rest,
-    };
-    match after_credentials.split_once('?') {
-        Some((location, query)) => {
-            let parameters: Vec<String> = query
-                .split('&')
-                .map(|parameter| match parameter.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => parameter.to_owned(),
-                })
-                .collect();
-            shown.push_str(location);
-            shown.push('?');
-            shown.push_str(&parameters.join("&"));
-        }
-        None => shown.push_str(after_credentials),
+    let mut shown = format!("{}://", parts.scheme);
+    match parts.user {
+        Some((user, Some(_))) => shown.push_str(&format!("{user}:***@")),
+        Some((user, None)) => shown.push_str(&format!("{user}@")),
+        None => {}
+    }
+    shown.push_str(parts.location);
+    if let Some(query) = parts.query {
+        let parameters: Vec<String> = query
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(_) if UrlParts::is_password(key) => format!("{key}=***"),
+                Some(value) => format!("{key}={value}"),
+                None => key.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&parameters.join("&"));
     }
     shown
+}
+
+/// The passwords a database URL holds (its user part's and `password=` parameters'), each as
+/// written and percent-decoded, none empty: what a redactor must hide besides the URL itself.
+pub fn database_url_passwords(url: &str) -> Vec<String> {
+    let Some(parts) = UrlParts::of(url) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = parts
+        .user
+        .and_then(|(_, password)| password)
+        .into_iter()
+        .chain(
+            parts
+                .query
+                .into_iter()
+                .flatten()
+                .filter(|(key, _)| UrlParts::is_password(key))
+                .filter_map(|(_, value)| value),
+        )
+        .flat_map(|password| {
+            let decoded = percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned();
+            [password.to_owned(), decoded]
+        })
+        .filter(|password| !password.is_empty())
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Maps a PostgreSQL error to [`StoreError`]: connection loss, a server shutting down or

@@ -351,34 +351,19 @@ impl Store for PgStore {
     ) -> StoreResult<Worker> {
         crate::check_worker(&spec, module_source.as_deref())?;
         let spec_json = to_json(&spec)?;
-        let context = "storing a worker";
-        let (worker, version) = retrying!(self, |db, _retried| {
-            let tx = db.transaction().await.map_err(pg_err(context))?;
-            let worker = opt(
-                &tx,
-                concat!(
-                    "INSERT INTO workers (name, spec, module_source, revision, created_at, ",
-                    "updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO UPDATE SET ",
-                    "spec = excluded.spec, module_source = excluded.module_source, ",
-                    "revision = workers.revision + 1, updated_at = excluded.updated_at RETURNING ",
-                    worker_columns!()
-                ),
-                &[&spec.name, &spec_json, &module_source, &now],
-                rows::worker,
-                context,
-            )
-            .await?
-            .ok_or_else(|| StoreError::Database {
-                context: context.into(),
-                message: "the upsert returned no row".into(),
-            })?;
-            let version = self.bump_registry(&tx).await?;
-            tx.commit().await.map_err(pg_err(context))?;
-            Ok((worker, version))
-        })?;
-        self.committed();
-        self.saw_registry_version(version);
-        Ok(worker)
+        self.upsert_registry(
+            concat!(
+                "INSERT INTO workers (name, spec, module_source, revision, created_at, ",
+                "updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO UPDATE SET ",
+                "spec = excluded.spec, module_source = excluded.module_source, ",
+                "revision = workers.revision + 1, updated_at = excluded.updated_at RETURNING ",
+                worker_columns!()
+            ),
+            &[&spec.name, &spec_json, &module_source, &now],
+            rows::worker,
+            "storing a worker",
+        )
+        .await
     }
 
     async fn get_worker(&self, name: &str) -> StoreResult<Option<Worker>> {
@@ -419,34 +404,19 @@ impl Store for PgStore {
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
         crate::check_source(&spec)?;
         let spec_json = to_json(&spec)?;
-        let context = "storing a source";
-        let (source, version) = retrying!(self, |db, _retried| {
-            let tx = db.transaction().await.map_err(pg_err(context))?;
-            let source = opt(
-                &tx,
-                concat!(
-                    "INSERT INTO sources (name, spec, revision, created_at, updated_at) ",
-                    "VALUES ($1, $2, 1, $3, $3) ON CONFLICT (name) DO UPDATE SET ",
-                    "spec = excluded.spec, revision = sources.revision + 1, ",
-                    "updated_at = excluded.updated_at RETURNING ",
-                    source_columns!()
-                ),
-                &[&spec.name, &spec_json, &now],
-                rows::source,
-                context,
-            )
-            .await?
-            .ok_or_else(|| StoreError::Database {
-                context: context.into(),
-                message: "the upsert returned no row".into(),
-            })?;
-            let version = self.bump_registry(&tx).await?;
-            tx.commit().await.map_err(pg_err(context))?;
-            Ok((source, version))
-        })?;
-        self.committed();
-        self.saw_registry_version(version);
-        Ok(source)
+        self.upsert_registry(
+            concat!(
+                "INSERT INTO sources (name, spec, revision, created_at, updated_at) ",
+                "VALUES ($1, $2, 1, $3, $3) ON CONFLICT (name) DO UPDATE SET ",
+                "spec = excluded.spec, revision = sources.revision + 1, ",
+                "updated_at = excluded.updated_at RETURNING ",
+                source_columns!()
+            ),
+            &[&spec.name, &spec_json, &now],
+            rows::source,
+            "storing a source",
+        )
+        .await
     }
 
     async fn get_source(&self, name: &str) -> StoreResult<Option<Source>> {
@@ -1317,6 +1287,33 @@ impl PgStore {
         )
         .await?;
         Ok(u64::try_from(version).unwrap_or_default())
+    }
+
+    /// Adds or replaces a worker or source with `sql` (an upsert returning its row), bumping
+    /// the registry version in the same transaction.
+    async fn upsert_registry<T: Send>(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+        map: fn(&Row) -> StoreResult<T>,
+        context: &'static str,
+    ) -> StoreResult<T> {
+        let (record, version) = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let record =
+                opt(&tx, sql, params, map, context)
+                    .await?
+                    .ok_or_else(|| StoreError::Database {
+                        context: context.into(),
+                        message: "the upsert returned no row".into(),
+                    })?;
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok((record, version))
+        })?;
+        self.committed();
+        self.saw_registry_version(version);
+        Ok(record)
     }
 
     async fn delete_named(&self, sql: &'static str, name: &str) -> StoreResult<bool> {
