@@ -107,7 +107,7 @@ fn main() {
     )
     .unwrap();
     let engine_only = measure(count, || {
-        assert_eq!(pool.run(no_call.clone()).unwrap()["id"], 42);
+        assert_eq!(pool.run(no_call.clone()).result.unwrap()["id"], 42);
     });
     let with_call = MechanicsJob::new(
         r#"import endpoint from "mechanics:endpoint";
@@ -117,7 +117,7 @@ fn main() {
     )
     .unwrap();
     let endpoint = measure(count, || {
-        assert_eq!(pool.run(with_call.clone()).unwrap()["id"], 42);
+        assert_eq!(pool.run(with_call.clone()).result.unwrap()["id"], 42);
     });
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

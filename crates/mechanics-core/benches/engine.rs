@@ -218,7 +218,7 @@ fn module_source(script: &Script) -> String {
 fn run_ours(pool: &MechanicsPool, source: &str, arg: &Value) -> Result<Value, String> {
     let job = MechanicsJob::new(source, arg.clone(), MechanicsConfig::default())
         .map_err(|e| e.to_string())?;
-    pool.run(job).map_err(|e| e.to_string())
+    pool.run(job).result.map_err(|e| e.to_string())
 }
 
 fn bench_ours(script: &Script, workers: usize) -> Result<Stats, String> {

@@ -10,6 +10,7 @@
 //! connections on a job's behalf except through configured `mechanics:*` modules, and never
 //! prints: it reports through return values.
 
+pub mod console;
 pub mod endpoint;
 mod engine;
 mod error;
@@ -19,6 +20,7 @@ mod modules;
 mod pool;
 mod stack_guard;
 
+pub use console::{ConsoleLevel, ConsoleLine, JobOutput};
 pub use error::{MechanicsError, MechanicsErrorKind};
 pub use memory::{JobMemoryAllocator, memory_limits_enforced};
 pub use pool::{MechanicsPool, MechanicsPoolConfig, MechanicsPoolStats};

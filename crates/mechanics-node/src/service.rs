@@ -190,7 +190,7 @@ impl Node {
                 );
             }
         };
-        match outcome {
+        match outcome.result {
             Ok(result) => {
                 self.jobs_run.fetch_add(1, Ordering::Relaxed);
                 axum::Json(JobResponse { result }).into_response()

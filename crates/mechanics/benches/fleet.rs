@@ -48,13 +48,13 @@ fn summarize(mut samples: Vec<Duration>, total: Duration) -> Stats {
 fn pool_sequential(pool: &MechanicsPool, count: usize) -> Stats {
     let job = || MechanicsJob::new(SOURCE, json!(1), MechanicsConfig::default()).unwrap();
     for _ in 0..count / 10 {
-        pool.run(job()).unwrap();
+        pool.run(job()).result.unwrap();
     }
     let mut samples = Vec::with_capacity(count);
     let started = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
-        pool.run(job()).unwrap();
+        pool.run(job()).result.unwrap();
         samples.push(t.elapsed());
     }
     summarize(samples, started.elapsed())
@@ -68,7 +68,7 @@ fn pool_concurrent(pool: &Arc<MechanicsPool>, count: usize) -> f64 {
             std::thread::spawn(move || {
                 for _ in 0..count / CONCURRENCY {
                     let job = MechanicsJob::new(SOURCE, json!(1), MechanicsConfig::default());
-                    pool.run(job.unwrap()).unwrap();
+                    pool.run(job.unwrap()).result.unwrap();
                 }
             })
         })

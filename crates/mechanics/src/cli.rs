@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
-use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
+use mechanics_core::{ConsoleLine, MechanicsPool, MechanicsPoolConfig};
 use mechanics_node::{Fleet, FleetConfig, FleetError, NodeConfig, ShutdownHandle};
 use mechanics_proto::node::{JobRequest, TOKEN_ENV};
 use serde_json::Value;
@@ -243,9 +243,15 @@ fn run(args: &RunArgs) -> ExitCode {
     let result = if args.node {
         run_on_node(job)
     } else {
-        MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1))
-            .and_then(|pool| pool.run(job))
-            .map_err(|err| (err.kind().as_str().to_owned(), err.to_string()))
+        match MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1)) {
+            Ok(pool) => {
+                let output = pool.run(job);
+                print_console(&output.console);
+                output.result
+            }
+            Err(err) => Err(err),
+        }
+        .map_err(|err| (err.kind().as_str().to_owned(), err.to_string()))
     };
     match result {
         Ok(value) => {
@@ -257,6 +263,15 @@ fn run(args: &RunArgs) -> ExitCode {
             report(args.json_errors, &kind, &message);
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Prints a job's console output on stderr, one `console.LEVEL: message` per line, so that stdout
+/// stays exactly the result.
+fn print_console(lines: &[ConsoleLine]) {
+    let mut stderr = std::io::stderr().lock();
+    for line in lines {
+        let _ = writeln!(stderr, "console.{}: {}", line.level, line.message);
     }
 }
 

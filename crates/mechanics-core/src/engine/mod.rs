@@ -12,6 +12,7 @@
 //!    unhandled rejection, or a promise still pending fail the job;
 //! 5. convert the result to JSON ([`convert`]).
 
+mod console;
 pub(crate) mod convert;
 mod host;
 mod instrument;
@@ -36,6 +37,7 @@ use boa_engine::{
 };
 use serde_json::Value;
 
+use crate::console::{ConsoleLine, JobOutput};
 use crate::endpoint::EndpointRuntime;
 use crate::job::{MechanicsExecutionLimits, MechanicsJob};
 use crate::{MechanicsError, memory};
@@ -66,7 +68,7 @@ impl PreparedContext {
             state: state.clone(),
             max_buffer_bytes: Cell::new(MAX_BUFFER_BYTES),
         });
-        let context = Context::builder()
+        let mut context = Context::builder()
             .host_hooks(hooks.clone())
             .job_executor(queue.clone())
             .module_loader(Rc::new(JobLoader {
@@ -76,6 +78,9 @@ impl PreparedContext {
             .map_err(|err| {
                 MechanicsError::RuntimePool(format!("could not create a JavaScript context: {err}"))
             })?;
+        console::install(&mut context, &state).map_err(|err| {
+            MechanicsError::RuntimePool(format!("could not install the console: {err}"))
+        })?;
         Ok(Self {
             context,
             state,
@@ -139,6 +144,18 @@ impl JobRunner {
         job: &MechanicsJob,
         limits: &MechanicsExecutionLimits,
         park_signal: &AtomicU8,
+    ) -> JobOutput {
+        let mut console = Vec::new();
+        let result = self.run_capturing(job, limits, park_signal, &mut console);
+        JobOutput { result, console }
+    }
+
+    fn run_capturing(
+        &mut self,
+        job: &MechanicsJob,
+        limits: &MechanicsExecutionLimits,
+        park_signal: &AtomicU8,
+        console: &mut Vec<ConsoleLine>,
     ) -> Result<Value, MechanicsError> {
         let source = job.module_source();
         if source.len() > limits.max_module_source_bytes() {
@@ -169,7 +186,7 @@ impl JobRunner {
             limits.max_result_bytes(),
             limits.max_memory_bytes(),
         );
-        let result = run_in(prepared, job, limits, &instrumented, suffix);
+        let result = run_in(prepared, job, limits, &instrumented, suffix, console);
         self.collect_before_next = memory::end_job() > COLLECT_AFTER_BYTES;
         result
     }
@@ -181,6 +198,7 @@ fn run_in(
     limits: &MechanicsExecutionLimits,
     instrumented: &instrument::Instrumented,
     suffix: u64,
+    console: &mut Vec<ConsoleLine>,
 ) -> Result<Value, MechanicsError> {
     let state = prepared.state.clone();
     state
@@ -202,6 +220,7 @@ fn run_in(
     let context = &mut prepared.context;
     let outcome = evaluate(context, &state, job, limits, instrumented, suffix);
     let outcome = outcome.map_err(|failure| failure.into_error(&state, limits, context));
+    *console = state.console.borrow_mut().take();
     drop(prepared);
     outcome
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use boa_engine::{JsObject, JsString, JsSymbol, JsValue, Module};
 
+use super::console::ConsoleBuffer;
 use crate::memory;
 use crate::modules::EndpointCalls;
 
@@ -46,6 +47,8 @@ pub(crate) struct JobState {
     pub(crate) symbols: RefCell<HashMap<JsString, JsSymbol>>,
     /// The job's `mechanics:endpoint` calls.
     pub(crate) endpoint_calls: Rc<EndpointCalls>,
+    /// What the job wrote with `console`.
+    pub(crate) console: RefCell<ConsoleBuffer>,
 }
 
 impl JobState {
@@ -63,6 +66,7 @@ impl JobState {
             unsupported_job: Cell::new(false),
             symbols: RefCell::new(HashMap::new()),
             endpoint_calls: Rc::new(EndpointCalls::new()),
+            console: RefCell::new(ConsoleBuffer::default()),
         }
     }
 

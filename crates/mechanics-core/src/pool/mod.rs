@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::console::JobOutput;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
-use serde_json::Value;
 
 pub use config::MechanicsPoolConfig;
 
@@ -128,9 +128,14 @@ impl MechanicsPool {
         })
     }
 
-    /// Runs `job`, waiting up to `enqueue_timeout` for room in the queue, and returns its result.
-    /// The whole call takes at most `run_timeout`.
-    pub fn run(&self, job: MechanicsJob) -> Result<Value, MechanicsError> {
+    /// Runs `job`, waiting up to `enqueue_timeout` for room in the queue, and returns its result
+    /// and console output. The whole call takes at most `run_timeout`.
+    pub fn run(&self, job: MechanicsJob) -> JobOutput {
+        self.try_run(job)
+            .unwrap_or_else(JobOutput::without_console_error)
+    }
+
+    fn try_run(&self, job: MechanicsJob) -> Result<JobOutput, MechanicsError> {
         let deadline = Instant::now() + self.config.run_timeout;
         let (envelope, reply) = self.envelope(job)?;
         let sender = self.sender.as_ref().ok_or(MechanicsError::PoolClosed)?;
@@ -153,7 +158,12 @@ impl MechanicsPool {
 
     /// Like [`run`](Self::run), but fails at once with [`MechanicsError::QueueFull`] when the queue
     /// has no room.
-    pub fn run_nonblocking_enqueue(&self, job: MechanicsJob) -> Result<Value, MechanicsError> {
+    pub fn run_nonblocking_enqueue(&self, job: MechanicsJob) -> JobOutput {
+        self.try_run_nonblocking_enqueue(job)
+            .unwrap_or_else(JobOutput::without_console_error)
+    }
+
+    fn try_run_nonblocking_enqueue(&self, job: MechanicsJob) -> Result<JobOutput, MechanicsError> {
         let deadline = Instant::now() + self.config.run_timeout;
         let (envelope, reply) = self.envelope(job)?;
         let sender = self.sender.as_ref().ok_or(MechanicsError::PoolClosed)?;
@@ -170,7 +180,7 @@ impl MechanicsPool {
     fn envelope(
         &self,
         job: MechanicsJob,
-    ) -> Result<(Envelope, Receiver<Result<Value, MechanicsError>>), MechanicsError> {
+    ) -> Result<(Envelope, Receiver<JobOutput>), MechanicsError> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(MechanicsError::PoolClosed);
         }
@@ -202,11 +212,11 @@ impl MechanicsPool {
 
     fn await_reply(
         &self,
-        reply: &Receiver<Result<Value, MechanicsError>>,
+        reply: &Receiver<JobOutput>,
         deadline: Instant,
-    ) -> Result<Value, MechanicsError> {
+    ) -> Result<JobOutput, MechanicsError> {
         match reply.recv_deadline(deadline) {
-            Ok(result) => result,
+            Ok(output) => Ok(output),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(MechanicsError::RunTimeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(MechanicsError::Canceled),
         }
@@ -240,7 +250,9 @@ impl Drop for MechanicsPool {
         // Workers see the channel disconnect once it is empty; cancel what is still queued.
         self.sender.take();
         while let Ok(envelope) = self.receiver.try_recv() {
-            let _ = envelope.reply.send(Err(MechanicsError::Canceled));
+            let _ = envelope
+                .reply
+                .send(JobOutput::without_console_error(MechanicsError::Canceled));
         }
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();

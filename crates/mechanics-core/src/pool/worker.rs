@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::console::JobOutput;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde_json::Value;
 
 use super::{MechanicsPoolConfig, PoolShared, SUPERVISOR_TICK, lock};
 use crate::MechanicsError;
@@ -20,12 +20,12 @@ use crate::memory::{PARKED_FOR_MEMORY, PARKED_FOR_STACK};
 pub(super) struct Envelope {
     pub(super) job: MechanicsJob,
     pub(super) limits: MechanicsExecutionLimits,
-    pub(super) reply: Sender<Result<Value, MechanicsError>>,
+    pub(super) reply: Sender<JobOutput>,
 }
 
 /// The job a worker is running, as the supervisor sees it.
 struct Running {
-    reply: Sender<Result<Value, MechanicsError>>,
+    reply: Sender<JobOutput>,
     limits: MechanicsExecutionLimits,
     /// When the supervisor gives up on the thread: the job's time limit plus the grace.
     give_up_at: Instant,
@@ -238,15 +238,16 @@ fn work(mut runner: JobRunner, queue: &Receiver<Envelope>, slot: &WorkerSlot, sh
         let result = match outcome {
             Ok(result) => result,
             Err(payload) => {
+                let failed = JobOutput::without_console(Err(panic_error(&payload)));
                 // The context may be half-way through an operation; start from a fresh one.
                 match JobRunner::new(shared.endpoints.clone()) {
                     Ok(fresh) => runner = fresh,
                     Err(_) => {
-                        reply(slot, shared, Err(panic_error(&payload)));
+                        reply(slot, shared, failed);
                         return;
                     }
                 }
-                Err(panic_error(&payload))
+                failed
             }
         };
         reply(slot, shared, result);
@@ -259,10 +260,10 @@ fn work(mut runner: JobRunner, queue: &Receiver<Envelope>, slot: &WorkerSlot, sh
     }
 }
 
-fn reply(slot: &WorkerSlot, shared: &PoolShared, result: Result<Value, MechanicsError>) {
+fn reply(slot: &WorkerSlot, shared: &PoolShared, result: JobOutput) {
     // If the supervisor already answered for a job that overran, the result is dropped.
     if let Some(running) = lock(&slot.running).take() {
-        let counter = if result.is_ok() {
+        let counter = if result.result.is_ok() {
             &shared.jobs_completed
         } else {
             &shared.jobs_failed
@@ -338,7 +339,9 @@ fn supervise(config: &MechanicsPoolConfig, queue: &Receiver<Envelope>, shared: &
                     )
                 };
                 shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                let _ = job.reply.send(Err(MechanicsError::LimitExceeded(message)));
+                let _ = job.reply.send(JobOutput::without_console(Err(
+                    MechanicsError::LimitExceeded(message),
+                )));
             }
             slot.abandoned.store(true, Ordering::SeqCst);
             abandoned_now += 1;

@@ -29,7 +29,9 @@ fn config(endpoint: Value) -> MechanicsConfig {
 }
 
 fn run(config: MechanicsConfig, source: &str, arg: Value) -> Result<Value, MechanicsError> {
-    shared_pool().run(MechanicsJob::new(source, arg, config)?)
+    shared_pool()
+        .run(MechanicsJob::new(source, arg, config)?)
+        .result
 }
 
 /// Calls `api` with `options` (a JS expression) and returns the result object.
@@ -613,10 +615,10 @@ fn a_declared_length_over_the_limit_fails_before_reading_and_the_pool_default_ap
         )
         .unwrap()
     };
-    let err = pool.run(job(None)).unwrap_err();
+    let err = pool.run(job(None)).result.unwrap_err();
     assert!(err.to_string().contains("limit of 1024 bytes"), "{err}");
-    assert_eq!(pool.run(job(Some(2048))).unwrap(), json!(2048));
-    let err = pool.run(job(Some(2047))).unwrap_err();
+    assert_eq!(pool.run(job(Some(2048))).result.unwrap(), json!(2048));
+    let err = pool.run(job(Some(2047))).result.unwrap_err();
     assert!(err.to_string().contains("limit of 2047 bytes"), "{err}");
 }
 
@@ -653,7 +655,7 @@ fn a_slow_server_times_out_by_the_endpoint_timeout_then_the_pool_default() {
         config(json!({ "method": "get", "url_template": url })),
     )
     .unwrap();
-    let err = pool.run(job).unwrap_err();
+    let err = pool.run(job).result.unwrap_err();
     assert!(err.to_string().contains("timed out after 120 ms"), "{err}");
 }
 
@@ -672,7 +674,7 @@ fn a_call_never_outlasts_the_job_time_limit() {
     .unwrap()
     .with_limits(limits);
     let started = Instant::now();
-    let err = shared_pool().run(job).unwrap_err();
+    let err = shared_pool().run(job).result.unwrap_err();
     assert_eq!(err.kind().as_str(), "limit_exceeded", "{err}");
     assert!(
         err.to_string().contains("execution time limit of 300 ms"),
@@ -1163,7 +1165,7 @@ fn the_pool_sends_through_the_transport_it_was_given() {
         config,
     )
     .unwrap();
-    assert_eq!(pool.run(job).unwrap(), json!({ "canned": true }));
+    assert_eq!(pool.run(job).result.unwrap(), json!({ "canned": true }));
     assert_eq!(
         *transport.seen.lock().unwrap(),
         ["DELETE https://example.invalid/items/7?force=1"]
@@ -1426,7 +1428,7 @@ fn response_bodies_count_against_the_job_memory_limit() {
     )
     .unwrap()
     .with_limits(limits);
-    let err = shared_pool().run(job).unwrap_err();
+    let err = shared_pool().run(job).result.unwrap_err();
     assert!(
         err.to_string().contains("memory limit of 48 MiB exceeded"),
         "{err}"
@@ -1454,7 +1456,7 @@ fn request_bodies_handed_to_the_transport_are_not_charged_twice() {
     )
     .unwrap()
     .with_limits(limits);
-    assert_eq!(shared_pool().run(job).unwrap(), json!("sent"));
+    assert_eq!(shared_pool().run(job).result.unwrap(), json!("sent"));
     assert_eq!(server.requests().len(), 60);
 }
 
@@ -1477,7 +1479,7 @@ fn calls_in_flight_may_not_buffer_more_than_the_job_memory_limit() {
     )
     .unwrap()
     .with_limits(limits);
-    let result = shared_pool().run(job).unwrap();
+    let result = shared_pool().run(job).result.unwrap();
     assert_eq!(result[0], "ok");
     assert_eq!(result[1], "ok");
     assert!(
@@ -1501,7 +1503,7 @@ fn a_bytes_body_over_the_result_limit_is_refused() {
     )
     .unwrap()
     .with_limits(limits);
-    assert_eq!(shared_pool().run(job).unwrap(), json!(true));
+    assert_eq!(shared_pool().run(job).result.unwrap(), json!(true));
     assert!(server.requests().is_empty());
 }
 
@@ -1565,7 +1567,7 @@ fn a_panicking_transport_fails_the_call_at_once() {
         config(json!({ "method": "get", "url_template": "http://127.0.0.1:1/" })),
     )
     .unwrap();
-    let result = pool.run(job).unwrap();
+    let result = pool.run(job).result.unwrap();
     assert_eq!(
         result,
         json!("Error: endpoint `api`: the HTTP transport panicked")

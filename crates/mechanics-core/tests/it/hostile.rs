@@ -32,7 +32,7 @@ fn every_hostile_script_fails_cleanly_in_time_and_the_pool_keeps_serving() {
     for (name, source, expected) in mechanics_test_support::hostile_corpus() {
         let started = Instant::now();
         let job = MechanicsJob::new(source, Value::Null, MechanicsConfig::default()).unwrap();
-        let outcome = pool.run(job);
+        let outcome = pool.run(job).result;
         let elapsed = started.elapsed();
         let err = outcome.expect_err(name);
         assert!(
@@ -49,7 +49,7 @@ fn every_hostile_script_fails_cleanly_in_time_and_the_pool_keeps_serving() {
             MechanicsConfig::default(),
         )
         .unwrap();
-        assert_eq!(pool.run(next).unwrap(), json!(2), "after {name}");
+        assert_eq!(pool.run(next).result.unwrap(), json!(2), "after {name}");
     }
     let stats = pool.stats();
     assert!(stats.memory_limits_enforced);

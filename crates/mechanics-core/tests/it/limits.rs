@@ -14,7 +14,7 @@ fn run_limited(
     let job = MechanicsJob::new(source, Value::Null, MechanicsConfig::default())
         .unwrap()
         .with_limits(limits);
-    shared_pool().run(job)
+    shared_pool().run(job).result
 }
 
 fn limits() -> MechanicsExecutionLimits {
@@ -200,7 +200,7 @@ fn memory_growth_child() {
             MechanicsConfig::default(),
         )
         .unwrap();
-        pool.run(job).unwrap();
+        pool.run(job).result.unwrap();
     };
     // Warm up: caches, the collector's thresholds and the allocator's arenas settle first.
     for i in 0..5_000 {
@@ -244,6 +244,7 @@ fn a_previous_jobs_garbage_does_not_stretch_the_next_jobs_memory_budget() {
             "export default () => {{ const a = []; for (let i = 0; i < {n}; i++) {{ const o = {{ i }}; o.self = o; a.push(o) }} return a.length }}"
         );
         pool.run(MechanicsJob::new(source, Value::Null, MechanicsConfig::default()).unwrap())
+            .result
     };
     let alone = objects(500_000).unwrap_err();
     assert!(alone.to_string().contains("memory limit"), "{alone}");

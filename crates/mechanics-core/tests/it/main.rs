@@ -32,7 +32,7 @@ fn shared_pool() -> &'static MechanicsPool {
 /// Runs `source` with `arg` on the shared pool.
 fn run_js(source: &str, arg: Value) -> Result<Value, MechanicsError> {
     let job = MechanicsJob::new(source, arg, MechanicsConfig::default())?;
-    shared_pool().run(job)
+    shared_pool().run(job).result
 }
 
 /// Runs `source` and returns the error's kind and message, failing the test if the job succeeded.

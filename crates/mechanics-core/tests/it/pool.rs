@@ -36,7 +36,7 @@ fn fill(pool: &Arc<MechanicsPool>) -> Vec<std::thread::JoinHandle<Result<Value, 
                 .with_max_loop_iterations(u64::MAX)
                 .unwrap(),
         );
-        busy.push(std::thread::spawn(move || pool.run(slow)));
+        busy.push(std::thread::spawn(move || pool.run(slow).result));
         std::thread::sleep(Duration::from_millis(50));
     }
     busy
@@ -48,17 +48,21 @@ fn a_full_queue_is_reported_as_overload_not_as_a_bad_job() {
     let busy = fill(&pool);
     let err = pool
         .run_nonblocking_enqueue(job("export default () => 1"))
+        .result
         .unwrap_err();
     assert_eq!(err, MechanicsError::QueueFull);
     assert!(err.kind().is_transient());
     let started = Instant::now();
-    let err = pool.run(job("export default () => 1")).unwrap_err();
+    let err = pool.run(job("export default () => 1")).result.unwrap_err();
     assert_eq!(err, MechanicsError::QueueTimeout);
     assert!(started.elapsed() < Duration::from_millis(400));
     for handle in busy {
         assert_eq!(handle.join().unwrap().unwrap(), json!(1));
     }
-    assert_eq!(pool.run(job("export default () => 2")).unwrap(), json!(2));
+    assert_eq!(
+        pool.run(job("export default () => 2")).result.unwrap(),
+        json!(2)
+    );
 }
 
 #[test]
@@ -75,7 +79,10 @@ fn run_timeout_bounds_the_whole_call() {
             .with_max_loop_iterations(u64::MAX)
             .unwrap(),
     );
-    assert_eq!(pool.run(slow).unwrap_err(), MechanicsError::RunTimeout);
+    assert_eq!(
+        pool.run(slow).result.unwrap_err(),
+        MechanicsError::RunTimeout
+    );
     assert!(started.elapsed() < Duration::from_millis(350));
 }
 
@@ -102,6 +109,7 @@ fn stats_are_a_consistent_snapshot() {
         handle.join().unwrap().unwrap();
     }
     pool.run(job("export default () => { throw 1 }"))
+        .result
         .unwrap_err();
     let after = pool.stats();
     assert_eq!(
@@ -137,10 +145,13 @@ fn a_stuck_job_is_answered_and_its_worker_replaced() {
     )
     .unwrap();
     let started = Instant::now();
-    let err = pool.run(stuck_in_regex(27)).unwrap_err();
+    let err = pool.run(stuck_in_regex(27)).result.unwrap_err();
     assert!(err.to_string().contains("time limit of 200 ms"), "{err}");
     assert!(started.elapsed() < Duration::from_millis(1200));
-    assert_eq!(pool.run(job("export default () => 3")).unwrap(), json!(3));
+    assert_eq!(
+        pool.run(job("export default () => 3")).result.unwrap(),
+        json!(3)
+    );
     let stats = pool.stats();
     assert_eq!(
         (stats.abandoned_workers, stats.worker_count),
@@ -179,7 +190,7 @@ fn dropping_the_pool_joins_its_threads() {
             .count()
     };
     let pool = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(3)).unwrap();
-    pool.run(job("export default () => 1")).unwrap();
+    pool.run(job("export default () => 1")).result.unwrap();
     // The workers have started (and named themselves); the supervisor may not have yet.
     assert!(count() >= 3, "three workers and the supervisor");
     drop(pool);
@@ -198,7 +209,7 @@ fn dropping_the_pool_does_not_wait_forever_for_a_stuck_job() {
     )
     .unwrap();
     assert_eq!(
-        pool.run(stuck_in_regex(27)).unwrap_err(),
+        pool.run(stuck_in_regex(27)).result.unwrap_err(),
         MechanicsError::RunTimeout
     );
     let started = Instant::now();
@@ -220,7 +231,11 @@ fn the_pool_stops_replacing_threads_after_too_many_were_abandoned() {
     )
     .unwrap();
     assert_eq!(
-        pool.run(stuck_in_regex(26)).unwrap_err().kind().as_str(),
+        pool.run(stuck_in_regex(26))
+            .result
+            .unwrap_err()
+            .kind()
+            .as_str(),
         "limit_exceeded"
     );
     std::thread::sleep(Duration::from_millis(100));
@@ -231,6 +246,6 @@ fn the_pool_stops_replacing_threads_after_too_many_were_abandoned() {
         "{stats:?}"
     );
     assert!(stats.restart_blocked);
-    let err = pool.run(job("export default () => 1")).unwrap_err();
+    let err = pool.run(job("export default () => 1")).result.unwrap_err();
     assert_eq!(err.kind().as_str(), "worker_unavailable", "{err}");
 }

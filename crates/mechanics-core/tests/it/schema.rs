@@ -1310,7 +1310,7 @@ fn job_schema_examples_run() {
     for example in Job.schema()["examples"].as_array().expect("examples") {
         let job: MechanicsJob = serde_json::from_value(example.clone())
             .unwrap_or_else(|err| panic!("example {example} does not deserialize: {err}"));
-        if let Err(err) = super::shared_pool().run(job) {
+        if let Err(err) = super::shared_pool().run(job).result {
             panic!("example {example} fails: {err}");
         }
     }
