@@ -6,6 +6,10 @@
 //! in a fresh context per job; QuickJS runs them with a fresh runtime and context per job and with
 //! one reused context; Node runs them in a fresh `vm` context per job and in one reused context.
 //!
+//! A last section runs a TypeScript version of the transform job (transpiled once, as at worker
+//! add) against its own JavaScript output: a TypeScript worker should cost what its JavaScript
+//! costs.
+//!
 //! `MECHANICS_BENCH_SCALE` (a positive number, default 1) scales every job count. Nothing here
 //! asserts: the goal check at the end only reports pass or fail.
 
@@ -20,6 +24,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use mechanics_core::job::{MechanicsConfig, MechanicsJob};
+use mechanics_core::typescript::{self, SourceMap};
 use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
 use serde_json::{Value, json};
 
@@ -76,6 +81,71 @@ const FIB_FN: &str = r"(a) => {
   const fib = (n) => (n < 2 ? n : fib(n - 1) + fib(n - 2));
   return { n: a.n, fib: fib(a.n) };
 }";
+
+/// [`TRANSFORM_FN`] as a TypeScript worker author writes it: interfaces, generics, an enum, a class
+/// with parameter properties, casts.
+const TRANSFORM_TS: &str = r"interface Item {
+  id: number;
+  name: string;
+  category: string;
+  price: number;
+  qty: number;
+  active: boolean;
+  tags: string[];
+}
+
+interface Row {
+  id: number;
+  category: string;
+  total: number;
+  tags: number;
+}
+
+interface Totals {
+  count: number;
+  revenue: number;
+  tags: number;
+}
+
+enum Order {
+  Descending = -1,
+  Ascending = 1,
+}
+
+class Ranking<T extends { id: number; total: number }> {
+  constructor(private readonly rows: readonly T[], private readonly order: Order) {}
+  top(n: number): number[] {
+    return this.rows
+      .slice()
+      .sort((x, y) => this.order * (x.total - y.total) || x.id - y.id)
+      .slice(0, n)
+      .map((r) => r.id);
+  }
+}
+
+export default function transform(input: { region: string; records: Item[] }) {
+  const rows: Row[] = input.records
+    .filter((r) => r.active && r.qty > 0)
+    .map((r) => ({ id: r.id, category: r.category, total: r.price * r.qty, tags: r.tags.length }));
+  const byCategory = rows.reduce((acc, r) => {
+    const c = acc[r.category] || (acc[r.category] = { count: 0, revenue: 0, tags: 0 });
+    c.count += 1;
+    c.revenue += r.total;
+    c.tags += r.tags;
+    return acc;
+  }, {} as Record<string, Totals>);
+  const revenue = rows.reduce((s, r) => s + r.total, 0);
+  return {
+    region: input.region,
+    records: input.records.length,
+    kept: rows.length,
+    revenue,
+    average: rows.length ? Math.round((revenue / rows.length) * 100) / 100 : 0,
+    top: new Ranking(rows, Order.Descending).top(5),
+    categories: Object.keys(byCategory).sort().map((k) => ({ name: k, ...byCategory[k] })),
+  };
+}
+";
 
 fn transform_arg() -> Value {
     let categories = ["tools", "garden", "books", "games", "food"];
@@ -216,9 +286,25 @@ fn module_source(script: &Script) -> String {
 }
 
 fn run_ours(pool: &MechanicsPool, source: &str, arg: &Value) -> Result<Value, String> {
+    run_job(pool, job_of(source, arg, None)?)
+}
+
+fn run_job(pool: &MechanicsPool, job: MechanicsJob) -> Result<Value, String> {
+    pool.run(job).result.map_err(|e| e.to_string())
+}
+
+/// The job for `source`, with `source_map` when it was transpiled.
+fn job_of(
+    source: &str,
+    arg: &Value,
+    source_map: Option<&SourceMap>,
+) -> Result<MechanicsJob, String> {
     let job = MechanicsJob::new(source, arg.clone(), MechanicsConfig::default())
         .map_err(|e| e.to_string())?;
-    pool.run(job).result.map_err(|e| e.to_string())
+    Ok(match source_map {
+        Some(map) => job.with_source_map(map.clone()),
+        None => job,
+    })
 }
 
 fn bench_ours(script: &Script, workers: usize) -> Result<Stats, String> {
@@ -401,6 +487,94 @@ fn bench_node(scripts: &[Script]) -> Result<Option<Vec<NodeResult>>, String> {
         })
         .collect::<Result<Vec<_>, String>>()
         .map(Some)
+}
+
+/// A TypeScript worker against its own JavaScript output, on one pool with 1 worker: the
+/// TypeScript job runs the JavaScript transpiled once (as `worker add` does) and carries the
+/// source map, so the two should cost the same. Four alternating rounds each; the better of each
+/// (other processes on the machine slow some rounds down).
+fn typescript_report(count: usize) -> String {
+    let mut out = String::from("\n== TypeScript worker vs its JavaScript output (transform) ==\n");
+    let started = Instant::now();
+    let transpiled = match typescript::transpile(TRANSFORM_TS, "transform.ts") {
+        Ok(transpiled) => transpiled,
+        Err(err) => return out + &format!("FAILED: {err}\n"),
+    };
+    let transpile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let pool = match MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1)) {
+        Ok(pool) => pool,
+        Err(err) => return out + &format!("FAILED: {err}\n"),
+    };
+    let arg = transform_arg();
+    let map = Some(&transpiled.source_map);
+    let js_source = module_source(&Script {
+        name: "transform",
+        fn_source: TRANSFORM_FN,
+        arg: Value::Null,
+        base_count: 0,
+    });
+    let check = [
+        job_of(&transpiled.javascript, &arg, map).and_then(|job| run_job(&pool, job)),
+        run_ours(&pool, &js_source, &arg),
+    ];
+    match &check {
+        [Ok(ts), Ok(js)] if same_json(ts, js) => {}
+        [ts, js] => return out + &format!("RESULT MISMATCH ts={ts:?} js={js:?}\n"),
+    }
+    let run = |source_map: Option<&SourceMap>| {
+        measure(1, count, || {
+            let (pool, source, arg) = (&pool, &transpiled.javascript, &arg);
+            Ok(move || run_job(pool, job_of(source, arg, source_map)?).map(drop))
+        })
+    };
+    let mut best: [Option<Stats>; 2] = [None, None];
+    for _ in 0..4 {
+        for (slot, source_map) in [(0, None), (1, map)] {
+            match run(source_map) {
+                Ok(stats) => {
+                    let kept = best[slot].get_or_insert(stats);
+                    kept.p50_ms = kept.p50_ms.min(stats.p50_ms);
+                    kept.p99_ms = kept.p99_ms.min(stats.p99_ms);
+                    kept.jobs_per_sec = kept.jobs_per_sec.max(stats.jobs_per_sec);
+                }
+                Err(err) => return out + &format!("FAILED: {err}\n"),
+            }
+        }
+    }
+    let [Some(js), Some(ts)] = best else {
+        return out + "FAILED: no measurement\n";
+    };
+    let _ = writeln!(
+        out,
+        "transpiled once in {transpile_ms:.2} ms ({} bytes of TypeScript, {} of JavaScript); \
+         {count} jobs per run, 1 worker",
+        TRANSFORM_TS.len(),
+        transpiled.javascript.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:>10} {:>10} {:>10}",
+        "job", "p50 ms", "p99 ms", "jobs/s"
+    );
+    for (label, stats) in [
+        ("its JavaScript output, plain", js),
+        ("TypeScript worker (+ source map)", ts),
+    ] {
+        let _ = writeln!(
+            out,
+            "{label:<36} {:>10} {:>10} {:>10}",
+            fmt_num(stats.p50_ms, 3),
+            fmt_num(stats.p99_ms, 3),
+            fmt_rate(stats.jobs_per_sec)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "ratio TypeScript/JavaScript: p50 {}, jobs/s {}",
+        fmt_ratio(ts.p50_ms, js.p50_ms),
+        fmt_ratio(ts.jobs_per_sec, js.jobs_per_sec)
+    );
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -620,6 +794,13 @@ fn main() {
     for (report, _) in &reports {
         print!("{}", render(report));
     }
+
+    eprintln!("[engine bench] typescript ...");
+    let transform_jobs = scripts
+        .iter()
+        .find(|s| s.name == "transform")
+        .map_or(2, |s| s.base_count);
+    print!("{}", typescript_report(transform_jobs));
 
     println!("\n== goal check (trivial job, 2 workers, 2 client threads) ==");
     match reports.first().map(|(r, _)| (&r.ours[0], &r.ours[1])) {

@@ -11,11 +11,13 @@ use serde_json::Value;
 
 use crate::MechanicsError;
 use crate::endpoint::HttpEndpoint;
+use crate::typescript::SourceMap;
 
 /// One unit of work for a [`MechanicsPool`](crate::MechanicsPool): an ES module whose default export
 /// is called with `arg`.
 ///
-/// JSON shape: `{ "module_source": string, "arg"?: any, "config"?: MechanicsConfig, "limits"?: MechanicsExecutionLimits }`.
+/// JSON shape: `{ "module_source": string, "arg"?: any, "config"?: MechanicsConfig, "limits"?:
+/// MechanicsExecutionLimits, "source_map"?: SourceMap }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "JsonObject")]
 pub struct MechanicsJob {
@@ -24,6 +26,8 @@ pub struct MechanicsJob {
     config: MechanicsConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<MechanicsExecutionLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_map: Option<SourceMap>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +40,8 @@ struct RawJob {
     config: MechanicsConfig,
     #[serde(default)]
     limits: Option<MechanicsExecutionLimits>,
+    #[serde(default)]
+    source_map: Option<SourceMap>,
 }
 
 impl TryFrom<JsonObject> for MechanicsJob {
@@ -43,11 +49,10 @@ impl TryFrom<JsonObject> for MechanicsJob {
 
     fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
         let raw: RawJob = fields_of("job", object)?;
-        let job = MechanicsJob::new(raw.module_source, raw.arg, raw.config)?;
-        Ok(match raw.limits {
-            Some(limits) => job.with_limits(limits),
-            None => job,
-        })
+        let mut job = MechanicsJob::new(raw.module_source, raw.arg, raw.config)?;
+        job.limits = raw.limits;
+        job.source_map = raw.source_map;
+        Ok(job)
     }
 }
 
@@ -69,6 +74,7 @@ impl MechanicsJob {
             arg,
             config,
             limits: None,
+            source_map: None,
         })
     }
 
@@ -76,6 +82,15 @@ impl MechanicsJob {
     #[must_use]
     pub fn with_limits(mut self, limits: MechanicsExecutionLimits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// Maps positions of `module_source`, JavaScript transpiled from another language
+    /// (TypeScript, see [`typescript`](crate::typescript)), back to the original: positions in the
+    /// job's error message and console output then name the original file and lines.
+    #[must_use]
+    pub fn with_source_map(mut self, source_map: SourceMap) -> Self {
+        self.source_map = Some(source_map);
         self
     }
 
@@ -97,6 +112,11 @@ impl MechanicsJob {
     /// The job's own limits, if it overrides the pool's.
     pub fn limits(&self) -> Option<&MechanicsExecutionLimits> {
         self.limits.as_ref()
+    }
+
+    /// The map back to the module's original source, when it was transpiled.
+    pub fn source_map(&self) -> Option<&SourceMap> {
+        self.source_map.as_ref()
     }
 }
 

@@ -19,6 +19,7 @@ mod memory;
 mod modules;
 mod pool;
 mod stack_guard;
+pub mod typescript;
 
 pub use console::{ConsoleLevel, ConsoleLine, JobOutput};
 pub use error::{MechanicsError, MechanicsErrorKind};

@@ -8,8 +8,9 @@
 //! running on the thread's alternate signal stack, recognises a fault in the guard zone at the
 //! bottom of a *worker's* stack, marks the worker's park signal, returns the stack's pages to the
 //! system and blocks that thread for good. The pool's supervisor then fails the job with a clear
-//! error and starts a replacement thread. Every other fault goes to the handler that was installed
-//! before (Rust's own, which reports and aborts).
+//! error and starts a replacement thread. The TypeScript transpiler's thread is guarded the same
+//! way (oxc recurses without a bound too; see [`crate::typescript::transpile`]). Every other fault
+//! goes to the handler that was installed before (Rust's own, which reports and aborts).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -31,6 +31,31 @@ export interface MechanicsJob {
    * defaults; a field omitted inside the object takes its built-in default.
    */
   limits?: MechanicsExecutionLimits | null;
+  /**
+   * When `module_source` was transpiled from another language (TypeScript): the map back to the
+   * original, so that positions in the job's error message and console output name the original
+   * file and lines. Omitted or `null` means the positions are the module's own.
+   */
+  source_map?: SourceMap | null;
+}
+
+/**
+ * Where the parts of a transpiled module came from: the original file's name and the mappings of
+ * a standard source map (version 3) with that one source and no names.
+ *
+ * Rust: `mechanics_core::typescript::SourceMap`.
+ */
+export interface SourceMap {
+  /**
+   * The original file's name, as positions show it (`worker.ts:12:5`): not empty, no control
+   * characters.
+   */
+  source: string;
+  /**
+   * The Base64 VLQ mappings from positions of `module_source` to positions of the original
+   * (columns in UTF-16 code units). They must decode, with source index 0 and no name indices.
+   */
+  mappings: string;
 }
 
 /**

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mechanics_core::job::MechanicsExecutionLimits;
+use mechanics_proto::domain::ConsoleLine;
 use mechanics_proto::node::{
     ErrorResponse, HEALTH_PATH, JOBS_PATH, JobRequest, JobResponse, RECYCLE_HEADER,
     SANDBOX_CRASHED, TOKEN_ENV,
@@ -137,6 +138,8 @@ pub enum FleetError {
         kind: String,
         /// The engine's message.
         message: String,
+        /// What the script wrote with `console` before it failed, in order.
+        console: Vec<ConsoleLine>,
     },
     /// The node refused the request as invalid (`400` for a bad job, `401`, `413`, `500`). Not
     /// worth retrying.
@@ -336,7 +339,9 @@ impl Fleet {
         }
     }
 
-    /// Runs `request` on the least-loaded healthy node and returns the job's result.
+    /// Runs `request` on the least-loaded healthy node and returns the job's answer: its result
+    /// and what it wrote with `console` (a script that failed gives [`FleetError::Script`], with
+    /// its console lines too).
     ///
     /// Waits up to `queue_timeout` for a node with a free slot. A node that dies while it has
     /// the job gives [`FleetError::Transport`] (retryable) and is restarted by the supervisor;
@@ -345,7 +350,7 @@ impl Fleet {
     /// [`FleetError::SandboxCrashed`], and so is every later call with that id. A call that fails
     /// because this process is out of descriptors or memory is [`FleetError::Overloaded`] with
     /// kind `resource_exhausted`: nothing is held against the job or the node.
-    pub async fn run(&self, request: &JobRequest) -> Result<Value, FleetError> {
+    pub async fn run(&self, request: &JobRequest) -> Result<JobResponse, FleetError> {
         let inner = &self.inner;
         if let Some(crashes) = inner.crashes_of(&request.job_id) {
             return Err(FleetError::SandboxCrashed { crashes });
@@ -682,28 +687,41 @@ impl Slot {
 }
 
 /// The job's answer from the node's status and body.
-fn answer(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, FleetError> {
+fn answer(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<JobResponse, FleetError> {
     if status == 200 {
-        return serde_json::from_slice::<JobResponse>(body)
-            .map(|response| response.result)
-            .map_err(|err| FleetError::Rejected {
-                status,
-                kind: "bad_response".into(),
-                message: format!("the node's answer is not a job response: {err}"),
-            });
+        return serde_json::from_slice::<JobResponse>(body).map_err(|err| FleetError::Rejected {
+            status,
+            kind: "bad_response".into(),
+            message: format!("the node's answer is not a job response: {err}"),
+        });
     }
     let error = serde_json::from_slice::<ErrorResponse>(body).map_or_else(
         |_| {
             (
                 "bad_response".to_owned(),
                 String::from_utf8_lossy(body).chars().take(512).collect(),
+                Vec::new(),
             )
         },
-        |response| (response.error.kind, response.error.message),
+        |response| {
+            (
+                response.error.kind,
+                response.error.message,
+                response.console,
+            )
+        },
     );
-    let (kind, message) = error;
+    let (kind, message, console) = error;
     Err(match status {
-        422 => FleetError::Script { kind, message },
+        422 => FleetError::Script {
+            kind,
+            message,
+            console,
+        },
         503 => FleetError::Overloaded {
             kind,
             message,
@@ -881,7 +899,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let fleet = fleet_at(answering_node().await);
-            assert_eq!(fleet.run(&job()).await, Ok(json!(1)));
+            assert_eq!(fleet.run(&job()).await.map(|r| r.result), Ok(json!(1)));
 
             let files = mechanics_test_support::exhaust_descriptors();
             for _ in 0..2 * CRASHES_BEFORE_FAILING {
@@ -898,9 +916,42 @@ mod tests {
 
             // Once descriptors are free again the same node takes the job at once.
             drop(files);
-            assert_eq!(fleet.run(&job()).await, Ok(json!(1)));
+            assert_eq!(fleet.run(&job()).await.map(|r| r.result), Ok(json!(1)));
             fleet.shutdown().await;
         });
+    }
+
+    #[test]
+    fn console_lines_come_back_with_a_result_and_with_a_script_error() {
+        let console = json!([
+            { "level": "log", "ts": 1, "message": "hello" },
+            { "level": "error", "ts": 2, "message": "about to fail" },
+        ]);
+        let lines: Vec<ConsoleLine> = serde_json::from_value(console.clone()).unwrap();
+        let ok = json!({ "result": { "n": 1 }, "console": console });
+        let answered = answer(200, None, ok.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (answered.result, answered.console),
+            (json!({ "n": 1 }), lines.clone())
+        );
+
+        let failed = json!({
+            "error": { "kind": "execution", "message": "Error: boom" },
+            "console": console,
+        });
+        let error = answer(422, None, failed.to_string().as_bytes()).unwrap_err();
+        assert_eq!(error.to_string(), "execution: Error: boom");
+        assert_eq!(
+            error,
+            FleetError::Script {
+                kind: "execution".into(),
+                message: "Error: boom".into(),
+                console: lines,
+            }
+        );
+        // A node of an older build sends none.
+        let old = answer(200, None, br#"{"result":1}"#).unwrap();
+        assert!(old.console.is_empty());
     }
 
     #[tokio::test]

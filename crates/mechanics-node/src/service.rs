@@ -1,4 +1,7 @@
 //! The node's HTTP service: `POST /v1/jobs`, `GET /health`, `GET /stats`.
+//!
+//! A job's console output goes back to the caller with its answer (a result or a script error),
+//! never to the node's own output: the node does not print what a script writes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mechanics_core::job::MechanicsJob;
-use mechanics_core::{MechanicsError, MechanicsPool};
+use mechanics_core::{ConsoleLevel, ConsoleLine, MechanicsError, MechanicsPool};
+use mechanics_proto::domain;
 use mechanics_proto::node::{
     ErrorResponse, HEALTH_PATH, JOBS_PATH, JobRequest, JobResponse, NodeStats, RECYCLE_HEADER,
     STATS_PATH,
@@ -190,10 +194,11 @@ impl Node {
                 );
             }
         };
+        let console = outcome.console.into_iter().map(wire_line).collect();
         match outcome.result {
             Ok(result) => {
                 self.jobs_run.fetch_add(1, Ordering::Relaxed);
-                axum::Json(JobResponse { result }).into_response()
+                axum::Json(JobResponse { result, console }).into_response()
             }
             Err(err) => {
                 let status = status_of(&err);
@@ -201,7 +206,11 @@ impl Node {
                     self.jobs_run.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::debug!(%job_id, kind = %err.kind(), "job failed");
-                let mut response = error(status, err.kind().as_str(), &err.to_string());
+                let body = ErrorResponse {
+                    console,
+                    ..ErrorResponse::new(err.kind().as_str(), err.to_string())
+                };
+                let mut response = (status, axum::Json(body)).into_response();
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     let seconds = self.config.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                     response
@@ -259,8 +268,8 @@ fn status_of(err: &MechanicsError) -> StatusCode {
     }
 }
 
-/// The engine's job, validated: a bad `config` or `limits` fails here with a message naming the
-/// field.
+/// The engine's job, validated: a bad `config`, `limits` or `source_map` fails here with a
+/// message naming the field.
 fn job_of(request: JobRequest) -> Result<MechanicsJob, String> {
     let mut object = Map::new();
     object.insert("module_source".into(), Value::String(request.module_source));
@@ -271,7 +280,26 @@ fn job_of(request: JobRequest) -> Result<MechanicsJob, String> {
     if let Some(limits) = request.limits {
         object.insert("limits".into(), limits);
     }
+    if let Some(source_map) = request.source_map {
+        object.insert("source_map".into(), source_map);
+    }
     serde_json::from_value(Value::Object(object)).map_err(|err| err.to_string())
+}
+
+/// The engine's console line as the node protocol carries it.
+fn wire_line(line: ConsoleLine) -> domain::ConsoleLine {
+    let level = match line.level {
+        ConsoleLevel::Log => domain::ConsoleLevel::Log,
+        ConsoleLevel::Info => domain::ConsoleLevel::Info,
+        ConsoleLevel::Warn => domain::ConsoleLevel::Warn,
+        ConsoleLevel::Error => domain::ConsoleLevel::Error,
+        ConsoleLevel::Debug => domain::ConsoleLevel::Debug,
+    };
+    domain::ConsoleLine {
+        level,
+        ts: line.ts,
+        message: line.message,
+    }
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {

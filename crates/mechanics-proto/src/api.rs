@@ -9,7 +9,7 @@
 //! | `DELETE /workers/{name}` | | `204` |
 //! | `POST /tasks` | [`SubmitTask`] | `202` [`Submitted`] |
 //! | `GET /tasks?state&worker&event&limit&cursor` | | [`TaskList`] |
-//! | `GET /tasks/{id}` | | [`Task`] |
+//! | `GET /tasks/{id}` | | [`TaskDetail`] (the task and its attempts' console lines) |
 //! | `POST /tasks/{id}/retry`, `POST /tasks/{id}/cancel` | | [`Task`] |
 //! | `GET /events?source&state&limit&cursor` | | [`EventList`] |
 //! | `GET /events/{id}` | | [`Event`] |
@@ -33,7 +33,9 @@ use serde_json::Value;
 
 #[cfg(doc)]
 use crate::domain::SourceSpec;
-use crate::domain::{Event, EventId, EventState, Source, Task, TaskState, Worker, WorkerSpec};
+use crate::domain::{
+    AttemptConsoleLine, Event, EventId, EventState, Source, Task, TaskState, Worker, WorkerSpec,
+};
 
 /// Path prefix of the API.
 pub const API_PREFIX: &str = "/api/v1";
@@ -102,6 +104,19 @@ pub struct TaskList {
     /// Pass as `cursor` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<i64>,
+}
+
+/// `GET /tasks/{id}`: the task with what its js attempts wrote with `console`. The listing
+/// ([`TaskList`]) leaves the console out: it can be 64 KiB per attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task, its fields at the top level as in [`TaskList`].
+    #[serde(flatten)]
+    pub task: Task,
+    /// Every console line of the task's attempts, by attempt and then in the order written;
+    /// redacted like `/logs`. Empty when no attempt wrote any (or the worker is not js).
+    #[serde(default)]
+    pub console: Vec<AttemptConsoleLine>,
 }
 
 /// `GET /events`.
@@ -218,4 +233,46 @@ pub struct Instance {
 pub struct InstanceList {
     /// The instances seen within the last three heartbeats, by id.
     pub instances: Vec<Instance>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConsoleLevel, ConsoleLine};
+    use serde_json::json;
+
+    #[test]
+    fn a_task_detail_is_the_task_with_its_console_beside_its_fields() {
+        let task: Task = serde_json::from_value(json!({
+            "id": 7, "worker": "w", "payload": null, "state": "completed", "attempt": 2,
+            "tries": 2, "next_run_at": 0, "result": { "ok": 1 }, "created_at": 1, "updated_at": 2,
+        }))
+        .unwrap();
+        let detail = TaskDetail {
+            task: task.clone(),
+            console: vec![AttemptConsoleLine {
+                attempt: 1,
+                line: ConsoleLine {
+                    level: ConsoleLevel::Info,
+                    ts: 5,
+                    message: "hello".into(),
+                },
+            }],
+        };
+        let body = serde_json::to_value(&detail).unwrap();
+        assert_eq!(
+            (&body["id"], &body["state"]),
+            (&json!(7), &json!("completed"))
+        );
+        assert_eq!(
+            body["console"],
+            json!([{ "attempt": 1, "level": "info", "ts": 5, "message": "hello" }])
+        );
+        assert_eq!(
+            serde_json::from_value::<TaskDetail>(body.clone()).unwrap(),
+            detail
+        );
+        // A client reading it as a plain task (`task submit --wait`) ignores the console.
+        assert_eq!(serde_json::from_value::<Task>(body).unwrap(), task);
+    }
 }

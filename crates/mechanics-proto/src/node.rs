@@ -3,7 +3,9 @@
 //!
 //! `POST /v1/jobs` takes a [`JobRequest`] and answers `200` with a [`JobResponse`], or an error
 //! status with an [`ErrorResponse`]: `422` the script failed, `400` malformed request or invalid
-//! job, `401` bad token, `413` body over the limit, `503` overloaded (with `Retry-After`).
+//! job, `401` bad token, `413` body over the limit, `503` overloaded (with `Retry-After`). Both
+//! the `200` and the `422` bodies carry what the job wrote with `console` (`console: [...]`,
+//! left out when empty, so a peer of an older build reads them as before).
 //! `GET /health` is public and answers `200` while the node serves; `GET /stats` (token
 //! required) answers [`NodeStats`].
 //!
@@ -12,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::domain::ConsoleLine;
 
 /// Path of the job endpoint.
 pub const JOBS_PATH: &str = "/v1/jobs";
@@ -48,6 +52,11 @@ pub struct JobRequest {
     /// The job's `MechanicsExecutionLimits`; absent means the node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Value>,
+    /// When `module_source` was transpiled (a TypeScript worker): the engine's `SourceMap` back to
+    /// the original, so that positions in errors and console output name its lines; absent for
+    /// JavaScript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_map: Option<Value>,
 }
 
 impl JobRequest {
@@ -60,15 +69,19 @@ impl JobRequest {
             arg,
             config: None,
             limits: None,
+            source_map: None,
         }
     }
 }
 
-/// The answer to a job that returned: `{ "result": ... }`.
+/// The answer to a job that returned: `{ "result": ..., "console": [...] }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResponse {
     /// The JSON value the module's default export returned (awaited).
     pub result: Value,
+    /// What the job wrote with `console`, in order (the engine caps it at 64 KiB).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<ConsoleLine>,
 }
 
 /// What went wrong, by machine-readable kind (`execution`, `limit_exceeded`, `queue_full`,
@@ -81,21 +94,27 @@ pub struct JobError {
     pub message: String,
 }
 
-/// The body of every error status: `{ "error": { "kind", "message" } }`.
+/// The body of every error status: `{ "error": { "kind", "message" } }`, and for a script that
+/// failed (`422`) what it wrote with `console` before it did (`console: [...]`): a failing job
+/// is when its author needs those lines most.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     /// The error.
     pub error: JobError,
+    /// What the job wrote with `console`, in order; empty when it never ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<ConsoleLine>,
 }
 
 impl ErrorResponse {
-    /// An error body of `kind` with `message`.
+    /// An error body of `kind` with `message`, without console output.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         ErrorResponse {
             error: JobError {
                 kind: kind.into(),
                 message: message.into(),
             },
+            console: Vec::new(),
         }
     }
 }
@@ -126,6 +145,7 @@ pub struct NodeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ConsoleLevel;
     use serde_json::json;
 
     #[test]
@@ -149,5 +169,64 @@ mod tests {
             body,
             json!({ "error": { "kind": "execution", "message": "boom" } })
         );
+    }
+
+    fn lines() -> Vec<ConsoleLine> {
+        vec![
+            ConsoleLine {
+                level: ConsoleLevel::Log,
+                ts: 1_700_000_000_000,
+                message: "starting".into(),
+            },
+            ConsoleLine {
+                level: ConsoleLevel::Error,
+                ts: 1_700_000_000_007,
+                message: "it broke: {\"n\":1}\nsecond line".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn console_lines_round_trip_with_results_and_script_errors() {
+        let answer = JobResponse {
+            result: json!({ "ok": true }),
+            console: lines(),
+        };
+        let body = serde_json::to_value(&answer).unwrap();
+        assert_eq!(
+            body["console"][1],
+            json!({ "level": "error", "ts": 1_700_000_000_007_i64, "message": "it broke: {\"n\":1}\nsecond line" })
+        );
+        assert_eq!(serde_json::from_value::<JobResponse>(body).unwrap(), answer);
+
+        let failed = ErrorResponse {
+            console: lines(),
+            ..ErrorResponse::new("execution", "Error: boom")
+        };
+        let body = serde_json::to_string(&failed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ErrorResponse>(&body).unwrap(),
+            failed
+        );
+    }
+
+    #[test]
+    fn without_console_output_the_bodies_are_what_older_peers_write_and_read() {
+        // Nothing written: no `console` key, so an older fleet client parses the answer.
+        let answer = JobResponse {
+            result: json!(1),
+            console: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            json!({ "result": 1 })
+        );
+        // An older node sends no `console`: it reads as none.
+        let old: JobResponse = serde_json::from_value(json!({ "result": 1 })).unwrap();
+        assert_eq!(old, answer);
+        let old: ErrorResponse =
+            serde_json::from_value(json!({ "error": { "kind": "execution", "message": "boom" } }))
+                .unwrap();
+        assert_eq!(old, ErrorResponse::new("execution", "boom"));
     }
 }

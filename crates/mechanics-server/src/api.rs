@@ -28,9 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mechanics_proto::api::{
     API_PREFIX, ApiError, ApiErrorBody, EventList, MAX_MODULE_BYTES, NodeList, SubmitTask,
-    Submitted, TaskList, WorkerInput, WorkerList, WorkerView,
+    Submitted, TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
-use mechanics_proto::domain::{Event, EventState, Task, TaskState, WorkerKind};
+use mechanics_proto::domain::{Event, EventState, Task, TaskState, TranspiledModule, WorkerKind};
 use mechanics_store::{EventFilter, MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
@@ -336,10 +336,11 @@ async fn add_worker(
     }
     crate::cron::validate_triggers(&input.spec)
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
+    let transpiled = transpile(&shared, &input).await?;
     let now = shared.clock.now_ms();
     let worker = shared
         .store
-        .upsert_worker(input.spec, input.module_source, now)
+        .upsert_worker(input.spec, input.module_source, transpiled, now)
         .await?;
     shared.registry_changed();
     let status = if worker.revision == 1 {
@@ -348,6 +349,28 @@ async fn add_worker(
         StatusCode::OK
     };
     Ok((status, axum::Json(WorkerView { worker })))
+}
+
+/// A js worker's module turned into what runs, when it is not JavaScript (TypeScript), by the
+/// executor, off the async threads (a large module takes milliseconds). A syntax error refuses
+/// the worker, naming the module's file, line and column.
+async fn transpile(shared: &Shared, input: &WorkerInput) -> ApiResult<Option<TranspiledModule>> {
+    let (Some(js), Some(source), Some(module)) =
+        (&shared.js, &input.module_source, input.spec.module_name())
+    else {
+        return Ok(None);
+    };
+    let (js, source, module) = (js.clone(), source.clone(), module.to_owned());
+    tokio::task::spawn_blocking(move || js.transpile(&source, &module))
+        .await
+        .map_err(|err| {
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("transpiling the module failed: {err}"),
+            )
+        })?
+        .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))
 }
 
 async fn show_worker(
@@ -555,15 +578,27 @@ async fn list_tasks(
     }))
 }
 
+/// The task with the console output of its attempts. Console lines were redacted before they
+/// were stored and are again here, for secrets learnt since (as results are).
 async fn show_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Task>> {
+) -> ApiResult<axum::Json<TaskDetail>> {
     let id = parse_id(&id)?;
-    match shared.store.get_task(id).await? {
-        Some(task) => Ok(axum::Json(shown_task(&shared, task))),
-        None => Err(Failure::not_found(format!("no task {id}"))),
+    let Some(task) = shared.store.get_task(id).await? else {
+        return Err(Failure::not_found(format!("no task {id}")));
+    };
+    let mut console = shared.store.task_console(id).await?;
+    let redactor = shared.trace.redactor();
+    for entry in &mut console {
+        if let std::borrow::Cow::Owned(redacted) = redactor.redact(&entry.line.message) {
+            entry.line.message = redacted;
+        }
     }
+    Ok(axum::Json(TaskDetail {
+        task: shown_task(&shared, task),
+        console,
+    }))
 }
 
 fn parse_id(text: &str) -> ApiResult<i64> {

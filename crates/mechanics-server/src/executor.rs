@@ -2,12 +2,15 @@
 //! `POST {url}/task`, process workers over the same contract at their supervised child's port.
 //!
 //! Each kind answers with an [`Outcome`] that says only what happened; what to do about it
-//! (complete, retry, dead-letter) is the dispatcher's decision.
+//! (complete, retry, dead-letter) is the dispatcher's decision. A js attempt also hands back what
+//! its script wrote with `console` ([`AttemptOutput`]), which the dispatcher redacts and stores
+//! with the attempt.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use mechanics_proto::api::NodeView;
+use mechanics_proto::domain::{ConsoleLine, TranspiledModule};
 use mechanics_proto::node::JobRequest;
 use serde_json::{Value, json};
 
@@ -28,15 +31,45 @@ pub enum Outcome {
     Overloaded(Option<Duration>, String),
 }
 
+/// What one js attempt gave, with the lines its script wrote with `console` on the way: for a
+/// result and for a script error alike (a failing job is when its author needs them most).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptOutput {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The script's console output, in order, as the node sent it (not yet redacted); empty
+    /// when it wrote none or never ran.
+    pub console: Vec<ConsoleLine>,
+}
+
+impl From<Outcome> for AttemptOutput {
+    /// An outcome without console output: the script never ran (or is no script).
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            console: Vec::new(),
+        }
+    }
+}
+
 /// Runs js jobs. The binary implements it over the local fleet of executor nodes (and remote
 /// nodes), so that this crate never runs JavaScript and never links the engine.
 #[async_trait]
 pub trait JsExecutor: Send + Sync {
-    /// Runs `job` on some node.
-    async fn run(&self, job: JobRequest) -> Outcome;
+    /// Runs `job` on some node: what came of it and what the script wrote with `console`.
+    async fn run(&self, job: JobRequest) -> AttemptOutput;
     /// Checks a worker's `config` and `limits` as the engine will read them; the error names the
     /// field.
     fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String>;
+    /// Turns the module `source` into the JavaScript that runs when its file name `module` (the
+    /// spec's `module`) says it is written in another language (TypeScript: `.ts`, `.mts`);
+    /// `Ok(None)` for a JavaScript module. The error says what is wrong where, as
+    /// `file:line:column: message`. Called once per worker add, never per task. The default
+    /// (executors that run no real engine) runs every module as written.
+    fn transpile(&self, source: &str, module: &str) -> Result<Option<TranspiledModule>, String> {
+        let _ = (source, module);
+        Ok(None)
+    }
     /// The nodes, for `GET /nodes`.
     fn nodes(&self) -> Vec<NodeView>;
     /// Re-arms the crash-loop breaker of node `name`; `false` if there is no such node.

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 pub use config::ServerConfig;
 pub use dispatch::DispatchConfig;
-pub use executor::{JsExecutor, Outcome};
+pub use executor::{AttemptOutput, JsExecutor, Outcome};
 pub use metrics::Metrics;
 pub use trace_log::TraceLog;
 

@@ -3,7 +3,9 @@
 //! and the trace cannot disagree.
 //!
 //! Actions written here: `submit` (ok, or skip for a duplicate), `dispatch` (an attempt's
-//! result: ok, fail, or retry), `retry` (rescheduled; `detail.next_run_at`), `dead_letter`
+//! result: ok, fail, or retry), `console` (ok: the attempt wrote console output, stored with it;
+//! `detail.lines`, `detail.errors`, `detail.warnings` and `detail.last`, its last line),
+//! `retry` (rescheduled; `detail.next_run_at`), `dead_letter`
 //! (fail), `rate_limit` (retry: re-queued to its reserved slot, not an attempt;
 //! `detail.until`), `recover` (retry: startup recovery or an expired lease), `retry_requested`
 //! and `cancel` (ok, through the API). Webhooks, cron and write-back add `webhook`, `dedup`,
@@ -14,7 +16,9 @@
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
-use mechanics_proto::domain::{Event, EventState, LogOutcome, LogRecord, Task};
+use mechanics_proto::domain::{
+    ConsoleLevel, ConsoleLine, Event, EventState, LogOutcome, LogRecord, Task,
+};
 use serde_json::{Value, json};
 
 use crate::trace_log::{TraceLog, entry, event_trace_id, random_trace_id, task_entry};
@@ -46,6 +50,25 @@ impl TraceLog {
         let latency_ms = now.saturating_sub(task.next_run_at).max(0);
         self.metrics()
             .observe_dispatch_latency(&task.worker, latency_ms as f64 / 1000.0);
+    }
+
+    /// The attempt wrote `lines` with `console` (redacted, and stored with the attempt): one
+    /// entry per such attempt, saying how much and what came last, so `/logs` shows which
+    /// attempts to read in full with `GET /tasks/{id}`. Recorded before the attempt's result.
+    pub(crate) fn console(&self, task: &Task, lines: &[ConsoleLine], now: i64) {
+        let count = |level| lines.iter().filter(|line| line.level == level).count();
+        let mut detail = json!({
+            "lines": lines.len(),
+            "errors": count(ConsoleLevel::Error),
+            "warnings": count(ConsoleLevel::Warn),
+        });
+        if let Some(last) = lines.last() {
+            detail["last"] = json!(bounded(&format!("{}: {}", last.level, last.message), 200));
+        }
+        self.record(LogRecord {
+            detail: Some(detail),
+            ..task_entry(task, "console", LogOutcome::Ok, now)
+        });
     }
 
     /// The attempt completed its task.

@@ -16,7 +16,7 @@ macro_rules! event_columns {
 }
 macro_rules! worker_columns {
     () => {
-        "name, spec, module_source, revision, created_at, updated_at"
+        "name, spec, module_source, revision, created_at, updated_at, module_js, source_map"
     };
 }
 macro_rules! source_columns {

@@ -1,6 +1,6 @@
-//! `mechanics-store`: the durable state of the coordinator — workers, sources, events, tasks,
-//! cron fires, the `/logs` pipeline trace, the shared token buckets and the instances using the
-//! database — behind one [`Store`] trait, with all of its SQL, schema and migrations.
+//! `mechanics-store`: the durable state of the coordinator — workers, sources, events, tasks and
+//! the console output of their attempts, cron fires, the `/logs` pipeline trace, the shared token
+//! buckets and the instances using the database — behind one [`Store`] trait, with all of its SQL, schema and migrations.
 //! [`SqliteStore`] is the embedded backend (one server per file); [`PgStore`] lets several
 //! servers share one PostgreSQL database. Both pass the same conformance suite
 //! (`tests/it/conformance.rs`).
@@ -31,8 +31,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    Event, EventId, EventState, LogEntry, LogOutcome, LogRecord, Source, SourceSpec, Task, TaskId,
-    TaskState, Worker, WorkerKind, WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, EventState, LogEntry, LogOutcome, LogRecord,
+    Source, SourceSpec, Task, TaskId, TaskState, TranspiledModule, Worker, WorkerKind, WorkerSpec,
 };
 use serde_json::Value;
 
@@ -54,10 +54,13 @@ pub trait Store: Send + Sync {
 
     /// Adds or replaces the worker `spec.name` (validated here; the revision starts at 1 and
     /// grows by one per update). js workers need `module_source`; other kinds must not have one.
+    /// `transpiled` is what runs when the module is not JavaScript (TypeScript): it goes with a
+    /// `module_source`, and an update without one drops the previous one.
     async fn upsert_worker(
         &self,
         spec: WorkerSpec,
         module_source: Option<String>,
+        transpiled: Option<TranspiledModule>,
         now: i64,
     ) -> StoreResult<Worker>;
     /// The worker named `name`.
@@ -164,6 +167,24 @@ pub trait Store: Send + Sync {
     /// When the loops next have something to do, so they can sleep until then.
     async fn next_due(&self) -> StoreResult<NextDue>;
 
+    // ---- console output of attempts ----
+
+    /// Stores what attempt `attempt` of task `task` wrote with `console` (redacted by the
+    /// caller), stamped `now`. Recording the same attempt again replaces its lines, so a write
+    /// retried after a failure that hid its commit keeps one copy. Empty `lines` store nothing.
+    /// [`StoreError::NotFound`] if there is no such task; attempts start at 1. Not fenced: a
+    /// late answer's lines are still what that attempt wrote.
+    async fn record_console(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        lines: &[ConsoleLine],
+        now: i64,
+    ) -> StoreResult<()>;
+    /// Every console line of the attempts of task `task`, by attempt and then in the order
+    /// written; empty when none wrote any (or there is no such task).
+    async fn task_console(&self, task: TaskId) -> StoreResult<Vec<AttemptConsoleLine>>;
+
     // ---- recovery ----
 
     /// Dispatched tasks whose lease expired at `now` go back to pending, due at `now`. Safe with
@@ -252,11 +273,21 @@ pub trait Store: Send + Sync {
     fn commits(&self) -> u64;
 }
 
-/// The rules every backend applies to a worker before storing it: a valid spec, and a module
-/// exactly for js workers.
-pub(crate) fn check_worker(spec: &WorkerSpec, module_source: Option<&str>) -> StoreResult<()> {
+/// The rules every backend applies to a worker before storing it: a valid spec, a module exactly
+/// for js workers, and transpiled code only with a module. Returns the transpiled module's
+/// source map as the JSON text a row holds.
+pub(crate) fn check_worker(
+    spec: &WorkerSpec,
+    module_source: Option<&str>,
+    transpiled: Option<&TranspiledModule>,
+) -> StoreResult<Option<String>> {
     spec.validate()
         .map_err(|err| StoreError::InvalidInput(format!("worker spec: {err}")))?;
+    if transpiled.is_some() && module_source.is_none() {
+        return Err(StoreError::InvalidInput(
+            "transpiled: only a worker with a module has transpiled code".into(),
+        ));
+    }
     match (spec.kind, module_source) {
         (WorkerKind::Js, None) => Err(StoreError::InvalidInput(
             "module_source: required for js workers".into(),
@@ -264,8 +295,35 @@ pub(crate) fn check_worker(spec: &WorkerSpec, module_source: Option<&str>) -> St
         (WorkerKind::Http | WorkerKind::Process, Some(_)) => Err(StoreError::InvalidInput(
             "module_source: only js workers have a module".into(),
         )),
-        _ => Ok(()),
+        _ => Ok(transpiled.map(|transpiled| transpiled.source_map.to_string())),
     }
+}
+
+/// The rules every backend applies to an attempt's console output before storing it: a real
+/// attempt (claims count from 1), and the lines as the JSON array a row holds (serialized on the
+/// caller's thread); `None` when there is nothing to store.
+pub(crate) fn console_json(attempt: u32, lines: &[ConsoleLine]) -> StoreResult<Option<String>> {
+    if attempt == 0 {
+        return Err(StoreError::InvalidInput(
+            "attempt: console output belongs to an attempt, which counts from 1".into(),
+        ));
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(lines)
+        .map(Some)
+        .map_err(|err| StoreError::InvalidInput(err.to_string()))
+}
+
+/// The stored lines of `attempt` (a row's JSON array) as the API shows them.
+pub(crate) fn attempt_lines(
+    attempt: u32,
+    lines: Vec<ConsoleLine>,
+) -> impl Iterator<Item = AttemptConsoleLine> {
+    lines
+        .into_iter()
+        .map(move |line| AttemptConsoleLine { attempt, line })
 }
 
 /// [`Store::fail_task`] ends a task as failed or dead, nothing else.

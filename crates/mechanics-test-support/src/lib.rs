@@ -64,6 +64,55 @@ pub fn hostile_corpus() -> Vec<(&'static str, String, &'static str)> {
             "export default () => { const a = []; a.length = 2 ** 32 - 1; return a }".into(),
             "larger than the limit",
         ),
+        // The web globals: timers never outlast the time limit, native loops stop at the limits.
+        (
+            "a 10-minute timer",
+            "export default () => new Promise((r) => setTimeout(r, 600000))".into(),
+            "time limit",
+        ),
+        (
+            "endless setTimeout chain",
+            "export default () => new Promise(() => { const f = () => setTimeout(f, 0); f() })".into(),
+            "time limit",
+        ),
+        (
+            "endless setInterval",
+            "export default () => new Promise(() => setInterval(() => {}, 0))".into(),
+            "time limit",
+        ),
+        (
+            "queueMicrotask recursion",
+            "export default () => new Promise(() => { const f = () => queueMicrotask(f); f() })".into(),
+            "time limit",
+        ),
+        (
+            "structuredClone flood",
+            "export default () => { const a = []; for (let i = 0; i < 50000; i++) a.push({ i }); const c = []; while (true) c.push(structuredClone(a)) }"
+                .into(),
+            "limit",
+        ),
+        (
+            "huge TextDecoder output",
+            "export default () => { const p = new TextEncoder().encode('\\u00e9'.repeat(2 ** 22)); const b = new Uint8Array(6 * p.length); for (let i = 0; i < 6; i++) b.set(p, i * p.length); return new TextDecoder().decode(b).length }"
+                .into(),
+            "limit",
+        ),
+        (
+            "huge TextEncoder output",
+            "export default () => { let s = '\\u20ac'.repeat(2 ** 22); s = s + s + s + s; return new TextEncoder().encode(s).length }"
+                .into(),
+            "limit",
+        ),
+        (
+            "getRandomValues past its quota",
+            "export default () => crypto.getRandomValues(new Uint8Array(2 ** 20))".into(),
+            "QuotaExceededError",
+        ),
+        (
+            "fetch to the metadata service",
+            "export default () => fetch('http://169.254.169.254/latest/meta-data/')".into(),
+            "mechanics:endpoint",
+        ),
     ]
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
-use mechanics_core::{ConsoleLine, MechanicsPool, MechanicsPoolConfig};
+use mechanics_core::{MechanicsPool, MechanicsPoolConfig, typescript};
 use mechanics_node::{Fleet, FleetConfig, FleetError, NodeConfig, ShutdownHandle};
 use mechanics_proto::node::{JobRequest, TOKEN_ENV};
 use serde_json::Value;
@@ -235,6 +235,11 @@ const EXIT_USAGE: u8 = 2;
 fn run(args: &RunArgs) -> ExitCode {
     let job = match load_job(args) {
         Ok(job) => job,
+        // A TypeScript syntax error fails the job, as a JavaScript one does in the engine.
+        Err(err) if err.is::<typescript::TranspileError>() => {
+            report(args.json_errors, "execution", &err.to_string());
+            return ExitCode::from(EXIT_FAILED);
+        }
         Err(err) => {
             report(args.json_errors, "usage", &format!("{err:#}"));
             return ExitCode::from(EXIT_USAGE);
@@ -246,7 +251,7 @@ fn run(args: &RunArgs) -> ExitCode {
         match MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1)) {
             Ok(pool) => {
                 let output = pool.run(job);
-                print_console(&output.console);
+                print_console(output.console.iter().map(|l| (l.level, l.message.as_str())));
                 output.result
             }
             Err(err) => Err(err),
@@ -266,16 +271,18 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
-/// Prints a job's console output on stderr, one `console.LEVEL: message` per line, so that stdout
-/// stays exactly the result.
-fn print_console(lines: &[ConsoleLine]) {
+/// Prints a job's console output, as `(level, message)` pairs, on stderr: one
+/// `console.LEVEL: message` per line, so that stdout stays exactly the result. The engine's lines
+/// (in this process) and a node's (over the wire) print alike.
+fn print_console<'a, L: std::fmt::Display>(lines: impl IntoIterator<Item = (L, &'a str)>) {
     let mut stderr = std::io::stderr().lock();
-    for line in lines {
-        let _ = writeln!(stderr, "console.{}: {}", line.level, line.message);
+    for (level, message) in lines {
+        let _ = writeln!(stderr, "console.{level}: {message}");
     }
 }
 
-/// Runs `job` through a fleet of one node started from this binary; the error as (kind, message).
+/// Runs `job` through a fleet of one node started from this binary and prints its console
+/// output as [`run`] does in process; the error as (kind, message).
 fn run_on_node(job: MechanicsJob) -> Result<Value, (String, String)> {
     let failed = |kind: &str, err: &dyn std::fmt::Display| (kind.to_owned(), err.to_string());
     let program = std::env::current_exe().map_err(|err| failed("node", &err))?;
@@ -290,10 +297,21 @@ fn run_on_node(job: MechanicsJob) -> Result<Value, (String, String)> {
             .map_err(|err| failed("node", &err))?;
         let result = fleet.run(&request).await;
         fleet.shutdown().await;
-        result.map_err(|err| match &err {
-            FleetError::Script { kind, message } => (kind.clone(), message.clone()),
-            other => failed(other.kind(), other),
-        })
+        match result {
+            Ok(answer) => {
+                print_console(answer.console.iter().map(|l| (l.level, l.message.as_str())));
+                Ok(answer.result)
+            }
+            Err(FleetError::Script {
+                kind,
+                message,
+                console,
+            }) => {
+                print_console(console.iter().map(|l| (l.level, l.message.as_str())));
+                Err((kind, message))
+            }
+            Err(other) => Err(failed(other.kind(), &other)),
+        }
     })
 }
 
@@ -309,6 +327,7 @@ fn job_request(job: MechanicsJob) -> anyhow::Result<JobRequest> {
     );
     request.config = fields.remove("config");
     request.limits = fields.remove("limits");
+    request.source_map = fields.remove("source_map");
     Ok(request)
 }
 
@@ -400,6 +419,9 @@ fn init_logging() {
         .try_init();
 }
 
+/// The job `mechanics run` runs. A TypeScript module (`.ts`, `.mts`) is transpiled first, with
+/// its source map, so positions in errors and console output name its lines; its syntax error
+/// is the error itself (a [`typescript::TranspileError`]), which `run` reports as the job's.
 fn load_job(args: &RunArgs) -> anyhow::Result<MechanicsJob> {
     let source = std::fs::read_to_string(&args.module)
         .with_context(|| format!("cannot read module {}", args.module.display()))?;
@@ -408,9 +430,19 @@ fn load_job(args: &RunArgs) -> anyhow::Result<MechanicsJob> {
         Some(path) => read_json(path, "--config")?,
         None => MechanicsConfig::default(),
     };
-    let job = MechanicsJob::new(source, arg, config)
+    let file_name = args.module.display().to_string();
+    let (source, source_map) = if typescript::is_typescript(&file_name) {
+        let transpiled = typescript::transpile(&source, &file_name)?;
+        (transpiled.javascript, Some(transpiled.source_map))
+    } else {
+        (source, None)
+    };
+    let mut job = MechanicsJob::new(source, arg, config)
         .map_err(|err| anyhow::anyhow!("{err}"))
         .with_context(|| format!("invalid module {}", args.module.display()))?;
+    if let Some(source_map) = source_map {
+        job = job.with_source_map(source_map);
+    }
     Ok(match &args.limits {
         Some(path) => job.with_limits(read_json::<MechanicsExecutionLimits>(path, "--limits")?),
         None => job,

@@ -11,9 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mechanics_proto::api::{
     API_PREFIX, ApiError, InstanceList, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
-    TaskList, WorkerInput, WorkerList, WorkerView,
+    TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
-use mechanics_proto::domain::{HumanDuration, Task, TaskState, WorkerKind, WorkerSpec};
+use mechanics_proto::domain::{
+    AttemptConsoleLine, HumanDuration, Task, TaskState, WorkerKind, WorkerSpec,
+};
 use mechanics_store::MAX_PAGE_SIZE;
 use reqwest::Method;
 use serde_json::Value;
@@ -144,7 +146,8 @@ pub enum TaskCommand {
         #[arg(long, value_name = "ID")]
         cursor: Option<i64>,
     },
-    /// Show one task: state, attempts, result or error.
+    /// Show one task: state, attempts, result or error, and under `console:` what its
+    /// attempts wrote with `console` (`[attempt N] HH:MM:SS.mmmZ LEVEL message`, UTC).
     Show {
         /// The task's id.
         id: i64,
@@ -578,6 +581,10 @@ pub fn load_worker(path: &Path) -> Result<WorkerInput> {
             // `module: /dev/zero` from reading forever.
             let source = mechanics_server::files::read_text(&module_path, MAX_MODULE_BYTES)
                 .map_err(|err| Failure::usage(format!("{shown}: module: {err}")))?;
+            // A TypeScript syntax error is bad input too: found here, it needs no server. (The
+            // server transpiles again: what it stores is its own work.)
+            crate::serve::transpile_module(&source, spec.module_name().unwrap_or(module))
+                .map_err(|err| Failure::usage(format!("{shown}: module: {err}")))?;
             Some(source)
         }
         _ => None,
@@ -628,8 +635,9 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                     })
                 });
             }
-            let (answer, task) = wait_for(&api, submitted.id, timeout)?;
-            api.print(&answer, |_| Ok(show_task(&task)))?;
+            let (answer, shown) = wait_for(&api, submitted.id, timeout)?;
+            api.print(&answer, |_| Ok(show_task(&shown)))?;
+            let task = shown.task;
             match task.state {
                 TaskState::Completed => Ok(()),
                 state => Err(Failure::failed(format!(
@@ -728,14 +736,15 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
 }
 
 /// Polls the task until it ends (or `timeout` passes), with a short backoff.
-fn wait_for(api: &Api, id: i64, timeout: Option<Duration>) -> Result<(Answer, Task)> {
+fn wait_for(api: &Api, id: i64, timeout: Option<Duration>) -> Result<(Answer, TaskDetail)> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(25);
     loop {
         let answer = api.get(&format!("/tasks/{id}"))?;
-        let task: Task = answer.parse()?;
+        let shown: TaskDetail = answer.parse()?;
+        let task = &shown.task;
         if task.state.is_end() {
-            return Ok((answer, task));
+            return Ok((answer, shown));
         }
         if let Some(limit) = timeout
             && started.elapsed() >= limit
@@ -861,7 +870,8 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     ) + &shortages(&list))
 }
 
-fn show_task(task: &Task) -> String {
+fn show_task(shown: &TaskDetail) -> String {
+    let task = &shown.task;
     let mut text = format!(
         "id:        {}\nworker:    {}\nstate:     {}\nattempt:   {} ({} counted toward retries)\n\
          created:   {}\nupdated:   {}\n",
@@ -889,7 +899,49 @@ fn show_task(task: &Task) -> String {
         let pretty = serde_json::to_string_pretty(result).unwrap_or_default();
         text.push_str(&format!("result:\n{}\n", indent(&pretty)));
     }
+    text.push_str(&console_lines(&shown.console));
     text
+}
+
+/// The `console:` section of `task show`: one `[attempt N] HH:MM:SS.mmmZ LEVEL message` per
+/// line (UTC, levels padded so messages align, a message's further lines indented under its
+/// first); nothing when no attempt wrote any.
+fn console_lines(console: &[AttemptConsoleLine]) -> String {
+    if console.is_empty() {
+        return String::new();
+    }
+    let mut text = "console:\n".to_owned();
+    for entry in console {
+        let line = &entry.line;
+        let head = format!(
+            "  [attempt {}] {} {:<5} ",
+            entry.attempt,
+            time_of_day(line.ts),
+            line.level.as_str()
+        );
+        let mut rest = line.message.lines();
+        text.push_str(&head);
+        text.push_str(rest.next().unwrap_or_default());
+        text.push('\n');
+        for more in rest {
+            text.push_str(&" ".repeat(head.chars().count()));
+            text.push_str(more);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Unix ms as the UTC time of day, `HH:MM:SS.mmmZ`.
+fn time_of_day(unix_ms: i64) -> String {
+    let ms = unix_ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 fn kind_name(kind: WorkerKind) -> &'static str {
@@ -1050,6 +1102,33 @@ mod tests {
         assert_eq!(
             text,
             "ID   STATE      ERROR\n1    completed\n100  dead       refused\n"
+        );
+    }
+
+    #[test]
+    fn console_lines_show_attempt_time_and_level_and_indent_further_lines() {
+        use mechanics_proto::domain::{ConsoleLevel, ConsoleLine};
+        let entry = |attempt, level, ts, message: &str| AttemptConsoleLine {
+            attempt,
+            line: ConsoleLine {
+                level,
+                ts,
+                message: message.into(),
+            },
+        };
+        assert_eq!(console_lines(&[]), "");
+        let text = console_lines(&[
+            entry(1, ConsoleLevel::Log, 1_769_860_800_250, "starting"),
+            entry(1, ConsoleLevel::Error, 1_769_860_801_007, "boom\n  at main"),
+            entry(2, ConsoleLevel::Warn, 1_769_864_400_000, "again"),
+        ]);
+        assert_eq!(
+            text,
+            "console:\n\
+             \x20 [attempt 1] 12:00:00.250Z log   starting\n\
+             \x20 [attempt 1] 12:00:01.007Z error boom\n\
+             \x20                                   at main\n\
+             \x20 [attempt 2] 13:00:00.000Z warn  again\n"
         );
     }
 

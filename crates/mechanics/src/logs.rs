@@ -1,5 +1,7 @@
 //! `mechanics logs`: the server's pipeline trace (`GET /api/v1/logs`), oldest first, as a table
-//! or, with `--json`, the API's answer (with `--follow`, one entry per line).
+//! or, with `--json`, the API's answer (with `--follow`, one entry per line). A `console` entry
+//! (an attempt that wrote console output) reads as a summary: how many lines, how many errors
+//! and warnings, and the last one; `mechanics task show` prints them all.
 //!
 //! `--follow` prints the newest page, then asks every second for entries newer than the last
 //! one printed (paging back with the cursor when more than a page arrived in between).
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogEntry;
+use serde_json::Value;
 
 use crate::client::{Api, ClientArgs, Result, out, page_limit, shorten, table};
 
@@ -23,8 +26,8 @@ pub struct LogsArgs {
     /// Only entries of this worker.
     #[arg(long, value_name = "NAME")]
     worker: Option<String>,
-    /// Only this pipeline step: submit, dispatch, retry, dead_letter, rate_limit, recover,
-    /// webhook, match, policy, write_back, ...
+    /// Only this pipeline step: submit, dispatch, console, retry, dead_letter, rate_limit,
+    /// recover, webhook, match, policy, write_back, ...
     #[arg(long, value_name = "ACTION")]
     action: Option<String>,
     /// Only this outcome: ok, fail, skip, retry or deny.
@@ -147,6 +150,9 @@ fn render(entries: &[LogEntry], header: bool) -> String {
             let r = &e.record;
             let what = match (&r.error, &r.detail) {
                 (Some(error), _) => error.clone(),
+                (None, Some(detail)) if r.action == "console" => {
+                    console_summary(detail).unwrap_or_else(|| detail.to_string())
+                }
                 (None, Some(detail)) => detail.to_string(),
                 (None, None) => String::new(),
             };
@@ -184,6 +190,26 @@ fn render(entries: &[LogEntry], header: bool) -> String {
         text.split_once('\n')
             .map_or(text.clone(), |(_, rest)| rest.to_owned())
     }
+}
+
+/// A `console` entry's detail in words: `3 lines (1 error, 1 warning), last: error: boom`.
+fn console_summary(detail: &Value) -> Option<String> {
+    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let mut text = plural(detail.get("lines")?.as_u64()?, "line");
+    let counts: Vec<String> = [("errors", "error"), ("warnings", "warning")]
+        .into_iter()
+        .filter_map(|(key, word)| {
+            let n = detail.get(key)?.as_u64().filter(|n| *n > 0)?;
+            Some(plural(n, word))
+        })
+        .collect();
+    if !counts.is_empty() {
+        text.push_str(&format!(" ({})", counts.join(", ")));
+    }
+    if let Some(last) = detail.get("last").and_then(Value::as_str) {
+        text.push_str(&format!(", last: {last}"));
+    }
+    Some(text)
 }
 
 /// Unix ms as `2026-01-31 12:00:00Z` (UTC, to the second).
@@ -224,6 +250,23 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00Z");
         assert_eq!(utc(1_769_860_800_250), "2026-01-31 12:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn a_console_entry_reads_as_a_summary() {
+        let detail = serde_json::json!({
+            "lines": 3, "errors": 1, "warnings": 0, "last": "error: connection reset",
+        });
+        assert_eq!(
+            console_summary(&detail).unwrap(),
+            "3 lines (1 error), last: error: connection reset"
+        );
+        let one = serde_json::json!({ "lines": 1, "errors": 0, "warnings": 1, "last": "warn: x" });
+        assert_eq!(
+            console_summary(&one).unwrap(),
+            "1 line (1 warning), last: warn: x"
+        );
+        assert_eq!(console_summary(&serde_json::json!({ "other": 1 })), None);
     }
 
     #[test]

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits};
+use mechanics_core::typescript;
 use mechanics_node::{Fleet, FleetConfig, FleetError, NodeInfo, ShutdownHandle};
 use mechanics_proto::api::NodeView;
-use mechanics_proto::domain::HumanDuration;
-use mechanics_proto::node::JobRequest;
+use mechanics_proto::domain::{HumanDuration, TranspiledModule};
+use mechanics_proto::node::{JobRequest, JobResponse};
 use mechanics_runtime::{Supervisor, SupervisorConfig};
 use mechanics_server::config::{self, ConfigLayer, ConfigSource, Database, LogFormat};
-use mechanics_server::{Clock, DispatchConfig, JsExecutor, Outcome, ServerConfig, ServerParts};
+use mechanics_server::{
+    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, ServerConfig, ServerParts,
+};
 use mechanics_store::{PgStore, SqliteStore, Store};
 use serde_json::Value;
 
@@ -436,31 +439,45 @@ impl FleetExecutor {
     }
 }
 
-/// What a fleet answer means for the task.
-pub fn outcome_of(result: Result<Value, FleetError>) -> Outcome {
+/// What a fleet answer means for the task, with the console output of a job that ran (its
+/// result or its script error).
+pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
     match result {
-        Ok(value) => Outcome::Completed(value),
+        Ok(answer) => AttemptOutput {
+            outcome: Outcome::Completed(answer.result),
+            console: answer.console,
+        },
+        Err(FleetError::Script {
+            kind,
+            message,
+            console,
+        }) => AttemptOutput {
+            outcome: Outcome::Failed(format!("{kind}: {message}")),
+            console,
+        },
         Err(FleetError::Overloaded {
             retry_after,
             kind,
             message,
-        }) => Outcome::Overloaded(retry_after, format!("{kind}: {message}")),
-        Err(err) if err.is_retryable() => Outcome::Transport(err.to_string()),
-        Err(err @ (FleetError::Script { .. } | FleetError::Rejected { .. })) => {
-            Outcome::Failed(err.to_string())
-        }
-        Err(err) => Outcome::Failed(format!("{}: {err}", err.kind())),
+        }) => Outcome::Overloaded(retry_after, format!("{kind}: {message}")).into(),
+        Err(err) if err.is_retryable() => Outcome::Transport(err.to_string()).into(),
+        Err(err @ FleetError::Rejected { .. }) => Outcome::Failed(err.to_string()).into(),
+        Err(err) => Outcome::Failed(format!("{}: {err}", err.kind())).into(),
     }
 }
 
 #[async_trait]
 impl JsExecutor for FleetExecutor {
-    async fn run(&self, job: JobRequest) -> Outcome {
+    async fn run(&self, job: JobRequest) -> AttemptOutput {
         outcome_of(self.fleet.run(&job).await)
     }
 
     fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String> {
         validate_js(config, limits)
+    }
+
+    fn transpile(&self, source: &str, module: &str) -> Result<Option<TranspiledModule>, String> {
+        transpile_module(source, module)
     }
 
     fn nodes(&self) -> Vec<NodeView> {
@@ -470,6 +487,20 @@ impl JsExecutor for FleetExecutor {
     fn reset(&self, name: &str) -> bool {
         self.fleet.supervisor().reset_breaker(name).is_ok()
     }
+}
+
+/// A worker's module as it will run, when its file name `module` says TypeScript: transpiled by
+/// the engine's `typescript` module, with the source map as the JSON the node protocol carries.
+pub fn transpile_module(source: &str, module: &str) -> Result<Option<TranspiledModule>, String> {
+    if !typescript::is_typescript(module) {
+        return Ok(None);
+    }
+    let transpiled = typescript::transpile(source, module).map_err(|err| err.to_string())?;
+    let source_map = serde_json::to_value(&transpiled.source_map).map_err(|err| err.to_string())?;
+    Ok(Some(TranspiledModule {
+        javascript: transpiled.javascript,
+        source_map,
+    }))
 }
 
 /// Checks a js worker's `config` and `limits` as the engine reads them.
@@ -522,19 +553,41 @@ fn node_view(info: NodeInfo) -> NodeView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mechanics_proto::domain::{ConsoleLevel, ConsoleLine};
     use serde_json::json;
 
     #[test]
     fn fleet_errors_map_to_outcomes() {
-        assert_eq!(outcome_of(Ok(json!(1))), Outcome::Completed(json!(1)));
+        let console = vec![ConsoleLine {
+            level: ConsoleLevel::Error,
+            ts: 7,
+            message: "about to throw".into(),
+        }];
+        let done = JobResponse {
+            result: json!(1),
+            console: console.clone(),
+        };
+        assert_eq!(
+            outcome_of(Ok(done)),
+            AttemptOutput {
+                outcome: Outcome::Completed(json!(1)),
+                console: console.clone(),
+            }
+        );
         let script = FleetError::Script {
             kind: "execution".into(),
             message: "boom".into(),
+            console: console.clone(),
         };
+        // A script that failed still hands back what it wrote.
         assert_eq!(
             outcome_of(Err(script)),
-            Outcome::Failed("execution: boom".into())
+            AttemptOutput {
+                outcome: Outcome::Failed("execution: boom".into()),
+                console,
+            }
         );
+        let outcome_of = |result| outcome_of(result).outcome;
         let crashed = outcome_of(Err(FleetError::SandboxCrashed { crashes: 2 }));
         assert!(
             matches!(&crashed, Outcome::Failed(m) if m.starts_with("sandbox_crashed: ")),

@@ -25,6 +25,10 @@ pub(crate) struct ConsoleBuffer {
     lines: Vec<ConsoleLine>,
     bytes: usize,
     truncated: bool,
+    /// `Object.keys` as it was before any job code ran, so a job that replaces it does not change
+    /// how its values are shown. Held here, not in the console functions' closures: a closure is
+    /// not traced, so a JavaScript object it held would root the whole realm and leak it.
+    object_keys: Option<JsObject>,
 }
 
 impl ConsoleBuffer {
@@ -61,6 +65,12 @@ impl ConsoleBuffer {
         self.lines.push(line(level, message));
     }
 
+    /// Drops the JavaScript value the buffer holds, so it does not outlive its context.
+    pub(crate) fn clear(&mut self) {
+        self.object_keys = None;
+        self.lines.clear();
+    }
+
     /// Hands the lines over, leaving the buffer empty for the next job.
     pub(crate) fn take(&mut self) -> Vec<ConsoleLine> {
         self.bytes = 0;
@@ -76,12 +86,6 @@ fn line(level: ConsoleLevel, message: String) -> ConsoleLine {
     ConsoleLine { level, ts, message }
 }
 
-/// The built-ins the formatter calls, taken before any job code ran, so a job that replaces
-/// `Object.keys` does not change how its values are shown.
-struct Builtins {
-    object_keys: JsObject,
-}
-
 /// Defines `console` with `log`, `info`, `warn`, `error` and `debug` on the global object.
 pub(crate) fn install(context: &mut Context, state: &Rc<JobState>) -> JsResult<()> {
     let object_constructor = context.intrinsics().constructors().object().constructor();
@@ -89,7 +93,7 @@ pub(crate) fn install(context: &mut Context, state: &Rc<JobState>) -> JsResult<(
         .get(js_string!("keys"), context)?
         .as_object()
         .ok_or_else(|| boa_engine::JsNativeError::typ().with_message("Object.keys is missing"))?;
-    let builtins = Rc::new(Builtins { object_keys });
+    state.console.borrow_mut().object_keys = Some(object_keys);
     let mut console = ObjectInitializer::new(context);
     for level in [
         ConsoleLevel::Log,
@@ -99,12 +103,10 @@ pub(crate) fn install(context: &mut Context, state: &Rc<JobState>) -> JsResult<(
         ConsoleLevel::Debug,
     ] {
         let state = state.clone();
-        let builtins = builtins.clone();
-        // SAFETY: the closure captures an `Rc<JobState>` (see `install_ticks`) and the
-        // `Object.keys` function object, which the context's intrinsics keep alive anyway.
+        // SAFETY: the closure captures only an `Rc<JobState>` (see `install_ticks`).
         let function = unsafe {
             NativeFunction::from_closure(move |_, args, context| {
-                write(&state.console, &builtins, level, args, context)?;
+                write(&state.console, level, args, context)?;
                 Ok(JsValue::undefined())
             })
         };
@@ -128,23 +130,25 @@ pub(crate) fn install(context: &mut Context, state: &Rc<JobState>) -> JsResult<(
 
 fn write(
     buffer: &RefCell<ConsoleBuffer>,
-    builtins: &Builtins,
     level: ConsoleLevel,
     args: &[JsValue],
     context: &mut Context,
 ) -> JsResult<()> {
-    let budget = {
+    let (budget, object_keys) = {
         let buffer = buffer.borrow();
         if buffer.truncated {
             return Ok(());
         }
-        buffer.remaining()
+        let Some(object_keys) = buffer.object_keys.clone() else {
+            return Ok(());
+        };
+        (buffer.remaining(), object_keys)
     };
     // One byte over the budget is enough to know the message must be cut.
     let mut out = Formatter {
         text: String::new(),
         budget: budget + 1,
-        builtins,
+        object_keys,
         seen: Vec::new(),
     };
     out.arguments(args, context)?;
@@ -152,15 +156,15 @@ fn write(
     Ok(())
 }
 
-struct Formatter<'a> {
+struct Formatter {
     text: String,
     budget: usize,
-    builtins: &'a Builtins,
+    object_keys: JsObject,
     /// The objects being formatted, outermost first, to show cycles as `[Circular]`.
     seen: Vec<JsObject>,
 }
 
-impl Formatter<'_> {
+impl Formatter {
     fn full(&self) -> bool {
         self.text.len() >= self.budget
     }
@@ -317,7 +321,10 @@ impl Formatter<'_> {
             self.push(&text);
             return Ok(());
         }
-        if value.as_number().is_some_and(|n| n == 0.0 && n.is_sign_negative()) {
+        if value
+            .as_number()
+            .is_some_and(|n| n == 0.0 && n.is_sign_negative())
+        {
             self.push("-0");
             return Ok(());
         }
@@ -392,11 +399,9 @@ impl Formatter<'_> {
     }
 
     fn object(&mut self, object: &JsObject, depth: usize, context: &mut Context) -> JsResult<()> {
-        let keys = self.builtins.object_keys.call(
-            &JsValue::undefined(),
-            &[object.clone().into()],
-            context,
-        )?;
+        let keys =
+            self.object_keys
+                .call(&JsValue::undefined(), &[object.clone().into()], context)?;
         let keys = keys.as_object().ok_or_else(|| {
             boa_engine::JsNativeError::typ().with_message("Object.keys did not return an array")
         })?;

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 
 use boa_engine::builtins::promise::OperationType;
 use boa_engine::context::HostHooks;
@@ -77,19 +78,14 @@ impl ModuleLoader for JobLoader {
         let module = if specifier == JOB_SPECIFIER {
             self.state.job_module.borrow().clone()
         } else {
-            modules::synthetic_module(
-                &specifier,
-                &self.state.endpoint_calls,
-                &mut context.borrow_mut(),
-            )
+            let context = &mut *context.borrow_mut();
+            match namespace_of(&self.state, &specifier, context)? {
+                Some(namespace) => Some(modules::synthetic_module(&namespace, context)?),
+                None => None,
+            }
         };
         let Some(module) = module else {
-            return Err(JsNativeError::typ()
-                .with_message(format!(
-                    "cannot import {specifier:?}: jobs can import only the built-in modules {}",
-                    modules::SPECIFIERS.join(", ")
-                ))
-                .into());
+            return Err(unknown_module(&specifier));
         };
         self.state
             .loaded
@@ -97,6 +93,37 @@ impl ModuleLoader for JobLoader {
             .insert(specifier, module.clone());
         Ok(module)
     }
+}
+
+/// The namespace object of the `mechanics:*` module `specifier`, built once per job; `None` when
+/// no such module exists.
+pub(crate) fn namespace_of(
+    state: &JobState,
+    specifier: &str,
+    context: &mut Context,
+) -> JsResult<Option<JsObject>> {
+    if let Some(namespace) = state.namespaces.borrow().get(specifier) {
+        return Ok(Some(namespace.clone()));
+    }
+    let Some(namespace) = modules::namespace(specifier, &state.endpoint_calls, context) else {
+        return Ok(None);
+    };
+    let namespace = namespace?;
+    state
+        .namespaces
+        .borrow_mut()
+        .insert(specifier.to_owned(), namespace.clone());
+    Ok(Some(namespace))
+}
+
+/// The error of an import of anything but our modules.
+pub(crate) fn unknown_module(specifier: &str) -> JsError {
+    JsNativeError::typ()
+        .with_message(format!(
+            "cannot import {specifier:?}: jobs can import only the built-in modules {}",
+            modules::SPECIFIERS.join(", ")
+        ))
+        .into()
 }
 
 /// The job's event loop: promise reactions and host jobs, run in order until none is left.
@@ -132,9 +159,10 @@ impl JobExecutor for JobQueue {
             Job::PromiseJob(job) => self.promise_jobs.borrow_mut().push_back(job),
             Job::GenericJob(job) => self.generic_jobs.borrow_mut().push_back(job),
             Job::AsyncJob(job) => self.async_jobs.borrow_mut().push_back(job),
-            // Timers do not exist in a job's global scope; a finalization callback may be
-            // skipped by specification.
-            Job::TimeoutJob(_) | Job::IntervalJob(_) => self.state.unsupported_job.set(true),
+            // The engine's own timeouts (`Atomics.waitAsync`) join the job's timers; a
+            // finalization callback may be skipped by specification.
+            Job::TimeoutJob(job) => self.state.globals.timers.add_engine_job(job),
+            Job::IntervalJob(_) => self.state.unsupported_job.set(true),
             Job::FinalizationRegistryCleanupJob(_) => {}
             _ => self.state.unsupported_job.set(true),
         }
@@ -161,6 +189,21 @@ impl JobExecutor for JobQueue {
                 job.call(context)?;
                 continue;
             }
+            // No microtask left: fire the next due timer, or wait for it (or for an endpoint
+            // call in flight), never past the job's deadline, which the loop's top checks.
+            if let Some(due) = self.state.globals.timers.next_due() {
+                if due <= Instant::now() {
+                    self.state.globals.timers.fire_next(context)?;
+                } else {
+                    let wake = due.min(self.state.deadline.get());
+                    if self.state.endpoint_calls.has_pending() {
+                        self.state.endpoint_calls.settle_next(wake, context)?;
+                    } else {
+                        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+                    }
+                }
+                continue;
+            }
             // Nothing left to run but endpoint calls in flight: wait for the next one, no longer
             // than the job may run.
             if self.state.endpoint_calls.has_pending() {
@@ -178,8 +221,14 @@ impl JobExecutor for JobQueue {
     }
 }
 
-/// A thrown error as a message for the job's author: `TypeError: ...`, or `Uncaught <value>`.
+/// A thrown error as a message for the job's author: `TypeError: ...`, or `Uncaught <value>`;
+/// a use of a global jobs do not have (`fetch`) says so.
 pub(crate) fn describe(error: &JsError, context: &mut Context) -> String {
+    let described = describe_thrown(error, context);
+    super::globals::refine_description(error, described, context)
+}
+
+fn describe_thrown(error: &JsError, context: &mut Context) -> String {
     if let Some(native) = error.as_native() {
         return native.to_string();
     }

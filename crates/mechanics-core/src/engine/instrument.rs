@@ -22,15 +22,18 @@
 //! scan ever fail that proof, those loops stay bounded by Boa's per-frame loop limit alone (see
 //! ARCHITECTURE.md).
 //!
-//! The same pass rejects namespace imports and dynamic `import()`: Boa 0.22 never frees a module
-//! namespace object (its cached bindings are hidden from the garbage collector), so each one
-//! would leak the job's whole realm.
+//! The same pass rewrites namespace imports and dynamic `import()` so that Boa never creates a
+//! module namespace object: Boa 0.22 never frees one (its cached bindings are hidden from the
+//! garbage collector), so each would leak the job's whole realm. `import * as ns from "m"`
+//! becomes a named import of the namespace object our synthetic modules export themselves
+//! ([`modules::NAMESPACE_EXPORT`]), and `import(x)` becomes a call of a native method that
+//! resolves to the same object.
 
 use std::ops::ControlFlow;
 
 use boa_ast::declaration::{ExportDeclaration, ImportDeclaration, ImportKind, ReExportKind};
 use boa_ast::expression::operator::binary::BinaryOp;
-use boa_ast::expression::{Expression, ImportCall};
+use boa_ast::expression::{Expression, Identifier, ImportCall, ImportPhase};
 use boa_ast::function::{ArrowFunction, AsyncArrowFunction, FunctionBody};
 use boa_ast::scope::Scope;
 use boa_ast::statement::iteration::{DoWhileLoop, ForInLoop, ForLoop, ForOfLoop, WhileLoop};
@@ -39,6 +42,8 @@ use boa_ast::{LinearPosition, Position, Span, Spanned};
 use boa_ast::{Statement, StatementListItem};
 use boa_interner::Interner;
 use boa_parser::{Parser, Source};
+
+use crate::modules;
 
 /// A module rewritten with tick calls, and the names of its two tick functions.
 #[derive(Debug)]
@@ -49,6 +54,8 @@ pub(crate) struct Instrumented {
     pub(crate) loop_tick: String,
     /// Global called on every function entry.
     pub(crate) call_tick: String,
+    /// Global object whose `import` method serves the module's dynamic `import()` calls.
+    pub(crate) import_object: String,
 }
 
 /// Why a module could not be instrumented.
@@ -76,11 +83,15 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
     let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
-    let (loop_tick, call_tick) = loop {
+    let (loop_tick, call_tick, import_object) = loop {
         let loop_tick = format!("__mechanics_loop_{suffix:016x}");
         let call_tick = format!("__mechanics_call_{suffix:016x}");
-        if !source.contains(&loop_tick) && !source.contains(&call_tick) {
-            break (loop_tick, call_tick);
+        let import_object = format!("__mechanics_import_{suffix:016x}");
+        if !source.contains(&loop_tick)
+            && !source.contains(&call_tick)
+            && !source.contains(&import_object)
+        {
+            break (loop_tick, call_tick, import_object);
         }
         suffix = suffix.wrapping_mul(6364136223846793005).wrapping_add(1);
     };
@@ -93,6 +104,7 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         loop_call: format!("{loop_tick}(), "),
         call_stmt: format!("{call_tick}();"),
         call_open: format!("({call_tick}(), "),
+        import_call: format!("{import_object}."),
         bare_for_loops: 0,
         iterable_loops: Vec::new(),
         loop_ticks: 0,
@@ -121,6 +133,7 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
             offset,
             opens: true,
             text: format!("{loop_tick}()"),
+            replaces: 0,
         }));
     }
     for &(iterable_start, body) in &finder.iterable_loops {
@@ -146,6 +159,7 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         source: out,
         loop_tick,
         call_tick,
+        import_object,
     })
 }
 
@@ -216,7 +230,7 @@ fn apply(source: &str, mut insertions: Vec<Insertion>) -> String {
     for insertion in &insertions {
         out.push_str(&source[copied..insertion.offset]);
         out.push_str(&insertion.text);
-        copied = insertion.offset;
+        copied = insertion.offset + insertion.replaces;
     }
     out.push_str(&source[copied..]);
     out
@@ -421,11 +435,13 @@ fn iterable_body_tick(
             offset: body_start + 1,
             opens: true,
             text: format!("{loop_tick}();"),
+            replaces: 0,
         }),
         LoopBody::Expression => Some(Insertion {
             offset: body_start,
             opens: true,
             text: format!("{loop_tick}(), "),
+            replaces: 0,
         }),
     }
 }
@@ -548,6 +564,8 @@ struct Insertion {
     /// `false` for a closing parenthesis, so it sorts before an opening at the same offset.
     opens: bool,
     text: String,
+    /// Bytes of the source from `offset` that `text` replaces (0 for a pure insertion).
+    replaces: usize,
 }
 
 struct InsertionFinder<'a> {
@@ -557,6 +575,8 @@ struct InsertionFinder<'a> {
     loop_call: String,
     call_stmt: String,
     call_open: String,
+    /// Put before the `import` of a dynamic `import(...)`, making it a call of our own method.
+    import_call: String,
     /// `for` loops with neither a condition nor an update (`for (;;)`): the AST gives no position
     /// inside their head, see [`bare_for_heads`].
     bare_for_loops: usize,
@@ -582,6 +602,7 @@ impl InsertionFinder<'_> {
                 offset,
                 opens,
                 text,
+                replaces: 0,
             });
         }
     }
@@ -621,6 +642,7 @@ impl InsertionFinder<'_> {
             offset: span_end.max(linear_end),
             opens: false,
             text: ")".to_owned(),
+            replaces: 0,
         });
     }
 
@@ -662,6 +684,7 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
                 offset: offset + 1,
                 opens: true,
                 text: self.call_stmt.clone(),
+                replaces: 0,
             });
         }
         body.visit_with(self)
@@ -712,12 +735,8 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
     }
 
     fn visit_import_declaration(&mut self, node: &'ast ImportDeclaration) -> ControlFlow<String> {
-        if matches!(node.kind(), ImportKind::Namespaced { .. }) {
-            return ControlFlow::Break(
-                "namespace imports (`import * as name from ...`) are not supported; import the \
-                 default export instead: `import name from \"mechanics:...\"`"
-                    .to_owned(),
-            );
+        if let ImportKind::Namespaced { binding } = node.kind() {
+            self.namespace_import(binding)?;
         }
         node.visit_with(self)
     }
@@ -736,11 +755,77 @@ impl<'ast> Visitor<'ast> for InsertionFinder<'_> {
         node.visit_with(self)
     }
 
-    fn visit_import_call(&mut self, _node: &'ast ImportCall) -> ControlFlow<String> {
-        ControlFlow::Break(
-            "dynamic `import()` is not supported; use a static `import name from \"mechanics:...\"`"
-                .to_owned(),
-        )
+    fn visit_import_call(&mut self, node: &'ast ImportCall) -> ControlFlow<String> {
+        let offset = self.lines.offset(self.source, node.span().start());
+        let evaluation = matches!(node.phase(), ImportPhase::Evaluation);
+        match offset {
+            Some(offset) if evaluation && self.source[offset..].starts_with("import") => {
+                self.insertions.push(Insertion {
+                    offset,
+                    opens: true,
+                    text: self.import_call.clone(),
+                    replaces: 0,
+                });
+            }
+            _ => {
+                return ControlFlow::Break(
+                    "this form of `import()` is not supported; use `await \
+                     import(\"mechanics:...\")` or a static import"
+                        .to_owned(),
+                );
+            }
+        }
+        node.visit_with(self)
+    }
+}
+
+impl InsertionFinder<'_> {
+    /// `import * as ns from "mechanics:x"` becomes `import { __mechanics_namespace as ns } from
+    /// ...`: the module offers a namespace object of its own under that export, because Boa 0.22
+    /// never frees a real module namespace object (its cached bindings are hidden from the
+    /// garbage collector), so each one would leak the job's whole realm. The `* as` before the
+    /// binding is found by scanning back from the binding's exact position; should that fail
+    /// (a comment in between), the import is refused rather than left to leak.
+    fn namespace_import(&mut self, binding: &Identifier) -> ControlFlow<String> {
+        let refused = || {
+            ControlFlow::Break(
+                "this namespace import could not be read; write it as `import * as name from \
+                 \"mechanics:...\"` with nothing but spaces between `*`, `as` and the name"
+                    .to_owned(),
+            )
+        };
+        let span = binding.span();
+        let (Some(start), Some(end)) = (
+            self.lines.offset(self.source, span.start()),
+            self.lines.offset(self.source, span.end()),
+        ) else {
+            return refused();
+        };
+        let before = self.source[..start].trim_end_matches(char::is_whitespace);
+        let Some(before) = before.strip_suffix("as") else {
+            return refused();
+        };
+        let spaced = before.len() > before.trim_end_matches(char::is_whitespace).len();
+        let before = before.trim_end_matches(char::is_whitespace);
+        let Some(star) = before.strip_suffix('*').map(str::len) else {
+            return refused();
+        };
+        if !spaced {
+            return refused();
+        }
+        self.insertions.push(Insertion {
+            offset: star,
+            opens: true,
+            text: format!("{{ {} as ", modules::NAMESPACE_EXPORT),
+            replaces: start - star,
+        });
+        self.insertions.push(Insertion {
+            offset: end,
+            opens: false,
+            text: " }".to_owned(),
+            replaces: 0,
+        });
+        ControlFlow::Continue(())
     }
 }
 
@@ -918,18 +1003,43 @@ mod tests {
     }
 
     #[test]
-    fn namespace_and_dynamic_imports_are_refused() {
-        for source in [
-            "import * as b from 'mechanics:base64'",
-            "export * as b from 'mechanics:base64'",
-            "export default () => import('mechanics:hex')",
-        ] {
-            assert!(
-                matches!(instrument(source, 0), Err(InstrumentError::Unsupported(_))),
-                "{source}"
-            );
-        }
+    fn namespace_imports_become_named_imports_of_the_namespace_export() {
+        let ns = |source: &str| instrument(source, 0).unwrap().source;
+        assert_eq!(
+            ns("import * as b from 'mechanics:base64'"),
+            "import { __mechanics_namespace as b } from 'mechanics:base64'"
+        );
+        assert_eq!(
+            ns("import d,*  as\n b from 'x'"),
+            "import d,{ __mechanics_namespace as b } from 'x'"
+        );
+        // A comment between `*`, `as` and the name defeats the scan: refused, never left to leak.
+        assert!(matches!(
+            instrument("import * /* c */ as b from 'x'", 0),
+            Err(InstrumentError::Unsupported(_))
+        ));
+        assert!(matches!(
+            instrument("export * as b from 'mechanics:base64'", 0),
+            Err(InstrumentError::Unsupported(_))
+        ));
         assert!(instrument("export * from 'mechanics:hex'", 0).is_ok());
+    }
+
+    #[test]
+    fn dynamic_imports_become_calls_of_the_import_object() {
+        let out = instrument("export default () => import('mechanics:hex')", 0).unwrap();
+        assert!(
+            out.source
+                .contains("__mechanics_import_0000000000000000.import('mechanics:hex')"),
+            "{}",
+            out.source
+        );
+        assert_eq!(out.import_object, "__mechanics_import_0000000000000000");
+        // Inside the argument, ticks are still placed.
+        assert_eq!(
+            rewrite("export default () => import((() => 'a')())"),
+            "export default () => (C(), __mechanics_import_0000000000000000.import((() => (C(), 'a'))()))"
+        );
     }
 
     #[test]

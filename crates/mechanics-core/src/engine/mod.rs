@@ -14,8 +14,10 @@
 
 mod console;
 pub(crate) mod convert;
+mod globals;
 mod host;
 mod instrument;
+mod positions;
 mod state;
 
 use std::cell::Cell;
@@ -80,6 +82,9 @@ impl PreparedContext {
             })?;
         console::install(&mut context, &state).map_err(|err| {
             MechanicsError::RuntimePool(format!("could not install the console: {err}"))
+        })?;
+        globals::install(&mut context, &state).map_err(|err| {
+            MechanicsError::RuntimePool(format!("could not install the web globals: {err}"))
         })?;
         Ok(Self {
             context,
@@ -147,7 +152,11 @@ impl JobRunner {
     ) -> JobOutput {
         let mut console = Vec::new();
         let result = self.run_capturing(job, limits, park_signal, &mut console);
-        JobOutput { result, console }
+        let mut output = JobOutput { result, console };
+        if let Some(map) = job.source_map() {
+            positions::rewrite(map, job.module_source(), &mut output);
+        }
+        output
     }
 
     fn run_capturing(
@@ -338,6 +347,7 @@ fn evaluate(
     let shim = Module::parse(Source::from_bytes(shim.as_bytes()), None, context)
         .map_err(Failure::Thrown)?;
     let evaluation = shim.load_link_evaluate(context);
+    state.globals.timers.end_with(&evaluation);
     context.run_jobs().map_err(Failure::Thrown)?;
     match evaluation.state() {
         PromiseState::Fulfilled(_) => {}
@@ -368,10 +378,12 @@ fn evaluate(
         Some(promise) => promise,
         None => JsPromise::resolve(returned, context).map_err(Failure::Thrown)?,
     };
+    // The job ends when this promise settles: timers still pending then never fire.
+    state.globals.timers.end_with(&promise);
     context.run_jobs().map_err(Failure::Thrown)?;
     if state.unsupported_job.get() {
         return Err(Failure::Message(
-            "the job scheduled a timer, which jobs cannot use".to_owned(),
+            "the job enqueued a kind of engine job the sandbox does not run".to_owned(),
         ));
     }
     let result = match promise.state() {
@@ -465,6 +477,52 @@ fn install_symbol_registry(context: &mut Context, state: &Rc<JobState>) -> JsRes
     Ok(())
 }
 
+/// Defines the global object whose `import` method the instrumentation calls in place of each
+/// dynamic `import(specifier)`: it answers a promise of the module's namespace object (the one a
+/// static `import * as` gets), or a rejection for a module that does not exist. Boa's own dynamic
+/// import would create a real namespace object, which Boa never frees.
+fn install_dynamic_import(context: &mut Context, state: &Rc<JobState>, name: &str) -> JsResult<()> {
+    let import_state = state.clone();
+    // SAFETY: the closure captures only an `Rc<JobState>`; see `install_ticks`.
+    let import = unsafe {
+        NativeFunction::from_closure(move |_, args, context| {
+            let specifier = args
+                .first()
+                .cloned()
+                .unwrap_or_default()
+                .to_string(context)?
+                .to_std_string_escaped();
+            let promise = match host::namespace_of(&import_state, &specifier, context) {
+                Ok(Some(namespace)) => JsPromise::resolve(namespace, context)?,
+                Ok(None) => JsPromise::reject(host::unknown_module(&specifier), context)?,
+                Err(error) => JsPromise::reject(error, context)?,
+            };
+            Ok(promise.into())
+        })
+    };
+    let import = boa_engine::object::FunctionObjectBuilder::new(context.realm(), import)
+        .name(js_string!("import"))
+        .length(1)
+        .build();
+    let object = boa_engine::object::ObjectInitializer::new(context)
+        .property(
+            js_string!("import"),
+            import,
+            boa_engine::property::Attribute::empty(),
+        )
+        .build();
+    context.global_object().define_property_or_throw(
+        JsString::from(name),
+        PropertyDescriptor::builder()
+            .value(object)
+            .writable(false)
+            .enumerable(false)
+            .configurable(false),
+        context,
+    )?;
+    Ok(())
+}
+
 /// Defines the tick functions and the capture function as read-only, non-configurable globals.
 fn install_ticks(
     context: &mut Context,
@@ -499,6 +557,7 @@ fn install_ticks(
             Ok(JsValue::undefined())
         })
     };
+    install_dynamic_import(context, state, &instrumented.import_object)?;
     for (name, function) in [
         (instrumented.loop_tick.as_str(), loop_tick),
         (instrumented.call_tick.as_str(), call_tick),

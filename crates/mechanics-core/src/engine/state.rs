@@ -9,6 +9,7 @@ use std::time::Instant;
 use boa_engine::{JsObject, JsString, JsSymbol, JsValue, Module};
 
 use super::console::ConsoleBuffer;
+use super::globals::GlobalsState;
 use crate::memory;
 use crate::modules::EndpointCalls;
 
@@ -38,10 +39,15 @@ pub(crate) struct JobState {
     pub(crate) job_module: RefCell<Option<Module>>,
     /// Modules already handed out, so that one specifier always resolves to one module.
     pub(crate) loaded: RefCell<HashMap<String, Module>>,
+    /// Namespace objects of the `mechanics:*` modules already built, so that a static namespace
+    /// import and a dynamic `import()` of one specifier see one object.
+    pub(crate) namespaces: RefCell<HashMap<String, JsObject>>,
     /// The default export, captured by the entry shim.
     pub(crate) default_export: RefCell<Option<JsValue>>,
-    /// A job enqueued a kind of host job the sandbox does not run (timers).
+    /// A job enqueued a kind of host job the sandbox does not run (an engine interval).
     pub(crate) unsupported_job: Cell<bool>,
+    /// The job's web globals: their values once built, and the pending timers.
+    pub(crate) globals: GlobalsState,
     /// The job's own `Symbol.for` registry. Boa's registry is shared by the whole process and
     /// never shrinks, so one job could grow it without bound or see another job's keys.
     pub(crate) symbols: RefCell<HashMap<JsString, JsSymbol>>,
@@ -62,8 +68,10 @@ impl JobState {
             unhandled_rejections: RefCell::new(Vec::new()),
             job_module: RefCell::new(None),
             loaded: RefCell::new(HashMap::new()),
+            namespaces: RefCell::new(HashMap::new()),
             default_export: RefCell::new(None),
             unsupported_job: Cell::new(false),
+            globals: GlobalsState::default(),
             symbols: RefCell::new(HashMap::new()),
             endpoint_calls: Rc::new(EndpointCalls::new()),
             console: RefCell::new(ConsoleBuffer::default()),
@@ -122,8 +130,11 @@ impl JobState {
         self.unhandled_rejections.borrow_mut().clear();
         self.job_module.borrow_mut().take();
         self.loaded.borrow_mut().clear();
+        self.namespaces.borrow_mut().clear();
+        self.console.borrow_mut().clear();
         self.default_export.borrow_mut().take();
         self.symbols.borrow_mut().clear();
+        self.globals.clear();
         self.endpoint_calls.clear();
     }
 }

@@ -10,7 +10,11 @@ use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
 use std::rc::Rc;
 
-use boa_engine::{Context, JsString, JsValue, Module, NativeFunction, js_string};
+use boa_engine::object::IntegrityLevel;
+use boa_engine::property::{PropertyDescriptor, PropertyKey};
+use boa_engine::{
+    Context, JsObject, JsResult, JsString, JsSymbol, JsValue, Module, NativeFunction, js_string,
+};
 
 pub(crate) use endpoint::EndpointCalls;
 
@@ -34,13 +38,21 @@ pub(crate) const SPECIFIERS: &[&str] = &[
     "mechanics:uuid",
 ];
 
-/// Builds the synthetic module for `specifier` in the current realm of `context`, or `None` when
+/// The export under which every synthetic module also offers its namespace object. The engine
+/// rewrites `import * as ns from "mechanics:x"` into `import { __mechanics_namespace as ns } ...`,
+/// because Boa 0.22 never frees a real module namespace object (see `engine/instrument.rs`).
+pub(crate) const NAMESPACE_EXPORT: &str = "__mechanics_namespace";
+
+/// Builds the namespace object of `specifier` in the current realm of `context`, or `None` when
 /// the specifier names no module of ours. `calls` serves `mechanics:endpoint`.
-pub(crate) fn synthetic_module(
+///
+/// It behaves as a module namespace does: a null prototype, the exports (`default` included) as
+/// enumerable properties in name order, `Symbol.toStringTag` `"Module"`, and frozen.
+pub(crate) fn namespace(
     specifier: &str,
     calls: &Rc<EndpointCalls>,
     context: &mut Context,
-) -> Option<Module> {
+) -> Option<JsResult<JsObject>> {
     let exports = match specifier {
         "mechanics:endpoint" => endpoint::exports(calls),
         "mechanics:form-urlencoded" => form_urlencoded::exports(),
@@ -51,7 +63,35 @@ pub(crate) fn synthetic_module(
         "mechanics:uuid" => uuid::exports(),
         _ => return None,
     };
-    Some(build(exports, context))
+    Some(build_namespace(exports, context))
+}
+
+/// The synthetic module whose exports are the properties of `namespace` (built by [`namespace`]),
+/// plus the namespace itself under [`NAMESPACE_EXPORT`].
+pub(crate) fn synthetic_module(namespace: &JsObject, context: &mut Context) -> JsResult<Module> {
+    let mut values: Vec<(JsString, JsValue)> = Vec::new();
+    for key in namespace.own_property_keys(context)? {
+        if let PropertyKey::String(name) = &key {
+            values.push((name.clone(), namespace.get(key.clone(), context)?));
+        }
+    }
+    values.push((JsString::from(NAMESPACE_EXPORT), namespace.clone().into()));
+    let names: Vec<JsString> = values.iter().map(|(n, _)| n.clone()).collect();
+    Ok(Module::synthetic(
+        &names,
+        SyntheticModuleInitializer::from_copy_closure_with_captures(
+            |module, values: &Vec<(JsString, JsValue)>, _context| {
+                for (name, value) in values {
+                    module.set_export(name, value.clone())?;
+                }
+                Ok(())
+            },
+            values,
+        ),
+        None,
+        None,
+        context,
+    ))
 }
 
 /// What a synthetic module exports: named functions, and which of them (if any) is the default
@@ -83,7 +123,7 @@ impl Exports {
     }
 }
 
-fn build(exports: Exports, context: &mut Context) -> Module {
+fn build_namespace(exports: Exports, context: &mut Context) -> JsResult<JsObject> {
     let mut values: Vec<(JsString, JsValue)> = Vec::with_capacity(exports.functions.len() + 1);
     for (name, length, function) in exports.functions {
         let object = FunctionObjectBuilder::new(context.realm(), function)
@@ -107,20 +147,28 @@ fn build(exports: Exports, context: &mut Context) -> Module {
         }
     };
     values.push((js_string!("default"), default));
-    let names: Vec<JsString> = values.iter().map(|(n, _)| n.clone()).collect();
-    Module::synthetic(
-        &names,
-        SyntheticModuleInitializer::from_copy_closure_with_captures(
-            |module, values: &Vec<(JsString, JsValue)>, _context| {
-                for (name, value) in values {
-                    module.set_export(name, value.clone())?;
-                }
-                Ok(())
-            },
-            values,
-        ),
-        None,
-        None,
+    values.sort_by(|(a, _), (b, _)| a.cmp(b));
+    let namespace = JsObject::with_null_proto();
+    for (name, value) in values {
+        namespace.define_property_or_throw(
+            name,
+            PropertyDescriptor::builder()
+                .value(value)
+                .writable(true)
+                .enumerable(true)
+                .configurable(false),
+            context,
+        )?;
+    }
+    namespace.define_property_or_throw(
+        JsSymbol::to_string_tag(),
+        PropertyDescriptor::builder()
+            .value(js_string!("Module"))
+            .writable(false)
+            .enumerable(false)
+            .configurable(false),
         context,
-    )
+    )?;
+    namespace.set_integrity_level(IntegrityLevel::Frozen, context)?;
+    Ok(namespace)
 }

@@ -142,13 +142,76 @@ fn only_mechanics_modules_can_be_imported() {
     }
 }
 
+/// Every import form reaches the same module: named, default, namespace (static, with a
+/// default beside it) and dynamic, which behave as module namespaces do in browsers and Node.
 #[test]
-fn namespace_and_dynamic_imports_are_refused_with_a_hint() {
-    let (_, message) = run_js_err("import * as b from 'mechanics:base64'; export default () => 1");
-    assert!(message.contains("import name from"), "{message}");
-    let (_, message) =
-        run_js_err("export default async function () { return await import('mechanics:hex') }");
-    assert!(message.contains("dynamic `import()`"), "{message}");
+fn every_import_form_reaches_the_mechanics_modules() {
+    let result = run_js(
+        r#"
+        import * as b64 from "mechanics:base64";
+        import hexDefault, * as hex from "mechanics:hex";
+        import { encode } from "mechanics:base64";
+        import b64Default from "mechanics:base64";
+        export default async function () {
+            const dynamic = await import("mechanics:" + "hex");
+            const bytes = new Uint8Array([104, 105]);
+            let assigned;
+            try { b64.encode = null; assigned = "no error"; } catch (e) { assigned = e.name; }
+            return {
+                keys: Object.keys(b64),
+                tag: Object.prototype.toString.call(b64),
+                proto: Object.getPrototypeOf(b64),
+                frozen: Object.isFrozen(hex),
+                namespace: b64.encode(bytes),
+                named: encode === b64.encode,
+                default_object: b64Default.encode === b64.encode,
+                default_beside_namespace: hexDefault === hex.default,
+                dynamic_is_the_static_namespace: dynamic === hex,
+                dynamic_call: dynamic.encode(bytes),
+                assigned,
+            };
+        }
+        "#,
+        json!(null),
+    )
+    .unwrap();
+    assert_eq!(
+        result,
+        json!({
+            "keys": ["decode", "default", "encode"],
+            "tag": "[object Module]",
+            "proto": null,
+            "frozen": true,
+            "namespace": "aGk=",
+            "named": true,
+            "default_object": true,
+            "default_beside_namespace": true,
+            "dynamic_is_the_static_namespace": true,
+            "dynamic_call": "6869",
+            "assigned": "TypeError",
+        })
+    );
+}
+
+#[test]
+fn a_dynamic_import_of_anything_else_rejects_and_can_be_caught() {
+    let result = run_js(
+        r#"export default async function () {
+            const caught = [];
+            for (const specifier of ["fs", "node:fs", "https://example.com/x.js", "./job.js"]) {
+                try { await import(specifier); caught.push("imported"); }
+                catch (e) { caught.push(e instanceof TypeError && e.message.includes("built-in modules")); }
+            }
+            return caught;
+        }"#,
+        json!(null),
+    )
+    .unwrap();
+    assert_eq!(result, json!([true, true, true, true]));
+    let (_, message) = run_js_err("export default () => import('fs')");
+    assert!(message.contains("cannot import \"fs\""), "{message}");
+    let (_, message) = run_js_err("import * as fs from 'fs'; export default () => 1");
+    assert!(message.contains("cannot import \"fs\""), "{message}");
 }
 
 #[test]

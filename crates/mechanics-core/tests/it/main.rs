@@ -3,11 +3,13 @@
 mod endpoint;
 mod engine;
 mod fake_server;
+mod globals;
 mod hostile;
 mod limits;
 mod modules;
 mod pool;
 mod schema;
+mod typescript;
 
 use std::sync::OnceLock;
 

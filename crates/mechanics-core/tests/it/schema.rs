@@ -18,6 +18,7 @@ use mechanics_core::endpoint::{
     UrlParamSpec,
 };
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
+use mechanics_core::typescript::SourceMap;
 use regex::Regex;
 use serde_json::{Map, Number, Value, json};
 
@@ -429,6 +430,18 @@ fn valid_documents() -> Vec<Case> {
         ),
         ok(Job, job_with(json!({ "config": {} }))),
         ok(Job, job_with(json!({ "limits": null }))),
+        ok(Job, job_with(json!({ "source_map": null }))),
+        ok(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "" } })),
+        ),
+        ok(
+            Job,
+            job_with(json!({ "source_map": {
+                "source": "src/caf\u{e9} worker.mts",
+                "mappings": "AAAA,SAAS;;AAET,+BAAgC;AAC9B",
+            } })),
+        ),
         ok(Job, job_with(json!({ "limits": {} }))),
         ok(Job, job_with(json!({ "limits": all_limits.clone() }))),
         ok(
@@ -488,6 +501,14 @@ fn unknown_fields() -> Vec<Case> {
             job_with(json!({ "limits": { "max_memory_bytes": 1024 } })),
         ),
         bad(Job, job_with(json!({ "config": { "unknown": 1 } }))),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "", "version": 3 } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "sources": ["w.ts"], "mappings": "" } })),
+        ),
         bad(
             Job,
             job_with(json!({ "config": config_of(endpoint_with(json!({ "unknown": 1 }))) })),
@@ -597,6 +618,44 @@ fn wrong_types() -> Vec<Case> {
         bad(Job, job_with(json!({ "limits": "x" }))),
         bad(Job, job_with(json!({ "limits": 1000 }))),
         bad(Job, job_with(json!({ "limits": false }))),
+        bad(Job, job_with(json!({ "source_map": "w.ts" }))),
+        bad(Job, job_with(json!({ "source_map": [] }))),
+        bad(Job, job_with(json!({ "source_map": {} }))),
+        bad(Job, job_with(json!({ "source_map": { "source": "w.ts" } }))),
+        bad(Job, job_with(json!({ "source_map": { "mappings": "" } }))),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": 1, "mappings": "" } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": null } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": ["AAAA"] } })),
+        ),
+        // Values of the right type that are not valid.
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "", "mappings": "" } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "a\nb.ts", "mappings": "" } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w\u{85}.ts", "mappings": "" } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "AAAA!" } })),
+        ),
+        bad(
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "AA AA" } })),
+        ),
         bad(
             Job,
             job_with(json!({ "limits": { "max_execution_time_ms": "1000" } })),
@@ -1406,6 +1465,8 @@ fn schema_verdict_equals_serde_verdict() {
 ///   max_backoff_ms` (an omitted one counting at its default): comparisons between values.
 /// - Header names must be unique ignoring case, in `headers` and in both header lists; the schema
 ///   rejects only exact duplicates in the lists.
+/// - A source map's `mappings` must decode as Base64 VLQ with source index 0 and no name indices;
+///   the schema checks only the alphabet.
 ///
 /// If serde's side of an entry changes, the entry moves to the parity table.
 #[test]
@@ -1608,6 +1669,26 @@ fn known_divergences_from_serde_are_the_documented_ones() {
             true,
             false,
         ),
+        // Mappings that do not decode: a name index with no names, a second source, a value cut
+        // off in its continuation.
+        (
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "AAAAA" } })),
+            true,
+            false,
+        ),
+        (
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "ACAA" } })),
+            true,
+            false,
+        ),
+        (
+            Job,
+            job_with(json!({ "source_map": { "source": "w.ts", "mappings": "AAAg" } })),
+            true,
+            false,
+        ),
     ];
     for (shape, doc, schema_verdict, rust_verdict) in divergences {
         assert_eq!(
@@ -1662,8 +1743,14 @@ fn full_config() -> MechanicsConfig {
 fn full_job() -> Value {
     let job = MechanicsJob::new("export default () => 1;", json!({ "a": 1 }), full_config())
         .expect("a valid job")
-        .with_limits(MechanicsExecutionLimits::default());
+        .with_limits(MechanicsExecutionLimits::default())
+        .with_source_map(full_source_map());
     serde_json::to_value(job).expect("a job serializes")
+}
+
+/// A source map with a few mappings.
+fn full_source_map() -> SourceMap {
+    SourceMap::new("worker.ts", "AAAA,SAAS;AACT").expect("a valid source map")
 }
 
 fn serialized(value: impl serde::Serialize) -> Value {
@@ -1754,6 +1841,13 @@ fn object_types() -> Vec<ObjectType> {
             round_trip: via::<QuerySpec>,
         },
         ObjectType {
+            title: "SourceMap",
+            schema: titled_def("SourceMap"),
+            minimal: json!({ "source": "w.ts", "mappings": "" }),
+            serialized: serialized(full_source_map()),
+            round_trip: via::<SourceMap>,
+        },
+        ObjectType {
             title: "EndpointRetryPolicy",
             schema: titled_def("EndpointRetryPolicy"),
             minimal: json!({}),
@@ -1794,6 +1888,7 @@ fn schema_properties_are_the_serialized_fields_of_the_rust_types() {
         ("ConstQuerySpec", &endpoint["query_specs"][0]),
         ("SlottedQuerySpec", &endpoint["query_specs"][1]),
         ("EndpointRetryPolicy", &endpoint["retry_policy"]),
+        ("SourceMap", &job["source_map"]),
     ] {
         let object = objects
             .iter()

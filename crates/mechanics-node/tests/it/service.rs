@@ -245,6 +245,52 @@ async fn script_failures_are_422_with_the_engine_kind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_output_comes_back_with_results_and_script_errors() {
+    let node = Node::start(config(1)).await;
+    let levels_and_messages = |answer: &Answer| -> Vec<(String, String)> {
+        answer.body["console"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no console: {}", answer.body))
+            .iter()
+            .map(|line| {
+                assert!(line["ts"].as_i64().unwrap() > 1_600_000_000_000, "{line}");
+                (
+                    line["level"].as_str().unwrap().to_owned(),
+                    line["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |level: &str, message: &str| (level.to_owned(), message.to_owned());
+    let done = node
+        .job(job(
+            "export default (n) => { console.log('got', n); console.warn('careful'); return n + 1 }",
+            json!(41),
+        ))
+        .await;
+    assert_eq!((done.status, &done.body["result"]), (200, &json!(42)));
+    assert_eq!(
+        levels_and_messages(&done),
+        [pair("log", "got 41"), pair("warn", "careful")]
+    );
+    let thrown = node
+        .job(job(
+            "export default () => { console.error('about to fail'); throw new Error('nope') }",
+            Value::Null,
+        ))
+        .await;
+    assert_eq!((thrown.status, thrown.kind()), (422, "execution"));
+    assert_eq!(
+        levels_and_messages(&thrown),
+        [pair("error", "about to fail")]
+    );
+    // A job that writes nothing answers as before: no `console` key.
+    let quiet = node.job(job("export default () => 1", Value::Null)).await;
+    assert_eq!(quiet.body, json!({ "result": 1 }));
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_503_with_retry_after_not_the_callers_fault() {
     let mut config = config(1);
     config.pool = config.pool.with_queue_capacity(1);

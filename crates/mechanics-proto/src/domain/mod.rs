@@ -1,14 +1,17 @@
 //! Domain types of the coordinator: worker and source specs as users write them, and the records
-//! the store keeps (tasks, events, `/logs` entries) with their states.
+//! the store keeps (tasks, events, `/logs` entries, the console lines of task attempts) with
+//! their states.
 //!
 //! Ids are `i64` row ids (see [`TaskId`]). Times are unix milliseconds (`i64`), always supplied
 //! by the caller, so that nothing here reads a clock.
 
+mod console;
 mod duration;
 mod queue;
 mod source;
 mod worker;
 
+pub use console::{AttemptConsoleLine, ConsoleLevel, ConsoleLine};
 pub use duration::HumanDuration;
 pub use queue::{
     Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task, TaskId, TaskState,
@@ -16,8 +19,8 @@ pub use queue::{
 };
 pub use source::{Source, SourceKind, SourceSpec};
 pub use worker::{
-    CronTrigger, RateLimitSpec, RestartPolicyName, RestartSpec, RetrySpec, Trigger, WebhookTrigger,
-    Worker, WorkerKind, WorkerSpec,
+    CronTrigger, RateLimitSpec, RestartPolicyName, RestartSpec, RetrySpec, TranspiledModule,
+    Trigger, WebhookTrigger, Worker, WorkerKind, WorkerSpec,
 };
 
 /// A spec that deserialized but breaks a rule; `field` is the path of the offending field

@@ -29,7 +29,8 @@ pub struct WorkerSpec {
     /// How the worker runs.
     pub kind: WorkerKind,
     /// js: the module's path as written; the CLI reads it at add time and the source is stored
-    /// in [`Worker::module_source`].
+    /// in [`Worker::module_source`]. Its extension gives the language: `.ts` and `.mts` are
+    /// TypeScript, which the server transpiles at add time ([`Worker::transpiled`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
     /// js: a `MechanicsConfig` object (endpoints the script may call); the server validates it
@@ -248,6 +249,13 @@ fn default_burst() -> u32 {
 }
 
 impl WorkerSpec {
+    /// js: the module's name as a transpiler's errors and source positions show it (`worker.ts:3:7:
+    /// ...`): `module` as written, without a leading `./`.
+    pub fn module_name(&self) -> Option<&str> {
+        let module = self.module.as_deref()?;
+        Some(module.strip_prefix("./").unwrap_or(module))
+    }
+
     /// Checks every rule serde cannot: the name, the fields each kind needs and forbids, the
     /// triggers, retry and rate-limit values. `config` and `limits` are only checked to be
     /// objects; their contents are `mechanics-core`'s to validate.
@@ -419,15 +427,33 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
 pub struct Worker {
     /// The spec as added.
     pub spec: WorkerSpec,
-    /// js: the module's source text.
+    /// js: the module's source text, as written (a TypeScript module's too: it is what people
+    /// read and edit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_source: Option<String>,
+    /// js, a TypeScript module (`spec.module` ending in `.ts` or `.mts`): what runs. Kept out of
+    /// the API's JSON, which shows the source as written.
+    #[serde(skip)]
+    pub transpiled: Option<TranspiledModule>,
     /// 1 on add, +1 on every update.
     pub revision: i64,
     /// Unix ms of the first add.
     pub created_at: i64,
     /// Unix ms of the last update.
     pub updated_at: i64,
+}
+
+/// A module written in another language than JavaScript (TypeScript), transpiled by the server
+/// when the worker was added: the engine runs JavaScript only, and transpiling once at add time
+/// keeps it off every task's path and reports a syntax error to whoever adds the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranspiledModule {
+    /// The ES module that runs.
+    pub javascript: String,
+    /// The engine's `SourceMap` as JSON (`{ "source", "mappings" }`), which maps positions in
+    /// errors and console output back to the original lines. It stays JSON here, as a job's
+    /// `config` and `limits` do: this crate does not know the engine's types.
+    pub source_map: Value,
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! attempt, and whichever server claims it then runs it on that token. The runner runs the
 //! attempt through the worker's
 //! [`executor`](crate::executor) and records the outcome fenced by the attempt: a late answer from
-//! an older claim changes nothing.
+//! an older claim changes nothing. What a js attempt wrote with `console` is redacted and
+//! stored for that attempt before its outcome, with one `console` entry in `/logs`.
 //!
 //! When nothing is due the feeder sleeps until the earliest `next_run_at` or lease expiry the
 //! store reports, or until something new is queued: an idle server makes no queries.
@@ -26,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mechanics_proto::domain::{Task, TaskState, Worker, WorkerKind};
+use mechanics_proto::domain::{ConsoleLine, Task, TaskState, Worker, WorkerKind};
 use mechanics_proto::node::JobRequest;
 use mechanics_store::{Release, Store, StoreError, Take, TokenRate, Tokens};
 use serde_json::{Value, json};
@@ -34,7 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::executor::{HttpWorkerClient, JsExecutor, Outcome, task_body};
+use crate::executor::{AttemptOutput, HttpWorkerClient, JsExecutor, Outcome, task_body};
 use crate::processes::ProcessWorkers;
 use crate::registry::Registry;
 use crate::trace_log::{TraceLog, task_span};
@@ -427,7 +428,7 @@ impl Dispatcher {
         let Some(worker) = worker else {
             self.finish(
                 &task,
-                Outcome::Failed(format!("the worker {:?} no longer exists", task.worker)),
+                Outcome::Failed(format!("the worker {:?} no longer exists", task.worker)).into(),
             )
             .await;
             return;
@@ -439,7 +440,7 @@ impl Dispatcher {
                 "claimed {} times without an answer in time (leases expired)",
                 task.tries - 1
             );
-            self.finish(&task, Outcome::Transport(message)).await;
+            self.finish(&task, Outcome::Transport(message).into()).await;
             return;
         }
         let now = self.clock.now_ms();
@@ -524,11 +525,11 @@ impl Dispatcher {
     async fn run_with_token(&self, worker: &Worker, task: &Task) {
         tracing::debug!(task = task.id, attempt = task.attempt, worker = %task.worker, "dispatching");
         self.trace.attempt_started(task, self.clock.now_ms());
-        let outcome = self.execute(worker, task).await;
-        self.finish(task, outcome).await;
+        let output = self.execute(worker, task).await;
+        self.finish(task, output).await;
     }
 
-    async fn execute(&self, worker: &Worker, task: &Task) -> Outcome {
+    async fn execute(&self, worker: &Worker, task: &Task) -> AttemptOutput {
         let event = match task.event_id {
             Some(id) => match self.store.get_event(id).await {
                 Ok(event) => event.map(|e| {
@@ -536,17 +537,20 @@ impl Dispatcher {
                         "id": e.id, "source": e.source, "type": e.event_type, "payload": e.payload,
                     })
                 }),
-                Err(err) => return Outcome::Transport(format!("reading the task's event: {err}")),
+                Err(err) => {
+                    return Outcome::Transport(format!("reading the task's event: {err}")).into();
+                }
             },
             None => None,
         };
         match worker.spec.kind {
             WorkerKind::Js => {
                 let Some(js) = &self.js else {
-                    return Outcome::Transport("no executor nodes are configured".to_owned());
+                    return Outcome::Transport("no executor nodes are configured".to_owned())
+                        .into();
                 };
                 let Some(source) = &worker.module_source else {
-                    return Outcome::Failed("the js worker has no module source".to_owned());
+                    return Outcome::Failed("the js worker has no module source".to_owned()).into();
                 };
                 if let Some(config) = &worker.spec.config {
                     // The job needs the values; the trace and the errors must never show them.
@@ -555,7 +559,7 @@ impl Dispatcher {
                 let config = match &worker.spec.config {
                     Some(config) => match resolve_env_refs(config) {
                         Ok(config) => Some(config),
-                        Err(message) => return Outcome::Failed(message),
+                        Err(message) => return Outcome::Failed(message).into(),
                     },
                     None => None,
                 };
@@ -564,29 +568,39 @@ impl Dispatcher {
                     "task": { "id": task.id, "attempt": task.attempt, "worker": task.worker },
                     "payload": task.payload,
                 });
+                // A TypeScript worker runs the JavaScript transpiled when it was added.
+                let (source, source_map) = match &worker.transpiled {
+                    Some(transpiled) => (&transpiled.javascript, Some(&transpiled.source_map)),
+                    None => (source, None),
+                };
                 let mut job = JobRequest::new(task.id.to_string(), source.clone(), arg);
                 job.attempt = task.attempt;
                 job.config = config;
                 job.limits = worker.spec.limits.clone();
+                job.source_map = source_map.cloned();
                 js.run(job).await
             }
             WorkerKind::Http => match &worker.spec.url {
                 Some(url) => self.http.run(url, &task_body(task, event.as_ref())).await,
                 None => Outcome::Failed("the http worker has no url".to_owned()),
-            },
+            }
+            .into(),
             WorkerKind::Process => match self.processes.url(&task.worker) {
                 Some(url) => self.http.run(&url, &task_body(task, event.as_ref())).await,
                 None => Outcome::Transport("the process worker is not running".to_owned()),
-            },
+            }
+            .into(),
         }
     }
 
-    /// Records `outcome` for the attempt `task.attempt`, deciding on retries. A write the
-    /// database could not take for a transient reason (a restart, a lost connection) is tried
-    /// again until the claim's lease runs out: an attempt's outcome is never dropped while the
-    /// claim is still ours, and after that the expired lease re-runs the task.
-    async fn finish(&self, task: &Task, outcome: Outcome) {
-        let mut delay = Duration::from_millis(100);
+    /// Records the attempt `task.attempt`: first what it wrote with `console` (redacted, with its
+    /// `/logs` entry), so a reader who sees the task end sees its output too; then its outcome,
+    /// deciding on retries. A write the database could not take for a transient reason (a
+    /// restart, a lost connection) is tried again until the claim's lease runs out: an attempt's
+    /// outcome is never dropped while the claim is still ours, and after that the expired lease
+    /// re-runs the task. Console output that cannot be stored is logged and given up: it must
+    /// not keep the outcome from being recorded.
+    async fn finish(&self, task: &Task, output: AttemptOutput) {
         // A shared store's lease is renewed while the attempt is held, so it lasts another
         // lease from now at least.
         let lease_until = match task.lease_expires_at {
@@ -597,23 +611,30 @@ impl Dispatcher {
             ),
             until => until,
         };
-        let result = loop {
-            let now = self.clock.now_ms();
-            let result = self.record(task, outcome.clone(), now).await;
-            match &result {
-                Err(err)
-                    if err.is_transient()
-                        && lease_until.is_some_and(|until| {
-                            now.saturating_add(duration_ms(delay)) < until
-                        }) =>
-                {
-                    tracing::warn!(task = task.id, attempt = task.attempt, error = %err, "recording the attempt failed; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                _ => break result,
+        let console = self.redacted(output.console);
+        if !console.is_empty() {
+            let stored = self
+                .while_leased(
+                    task,
+                    lease_until,
+                    "storing the attempt's console output",
+                    |now| {
+                        self.store
+                            .record_console(task.id, task.attempt, &console, now)
+                    },
+                )
+                .await;
+            match stored {
+                Ok(()) => self.trace.console(task, &console, self.clock.now_ms()),
+                Err(err) => log_store_error(task, "storing the attempt's console output", &err),
             }
-        };
+        }
+        let outcome = output.outcome;
+        let result = self
+            .while_leased(task, lease_until, "recording the attempt", |now| {
+                self.record(task, outcome.clone(), now)
+            })
+            .await;
         match result {
             Ok(ended) if ended.state.is_end() => {
                 if let Some(event) = ended.event_id {
@@ -622,6 +643,51 @@ impl Dispatcher {
             }
             Ok(_) => {}
             Err(err) => log_store_error(task, "recording the attempt", &err),
+        }
+    }
+
+    /// `lines` with every secret the server knows replaced, by the redactor of `/logs`: console
+    /// output is stored, shown by the API and traced only like this.
+    fn redacted(&self, mut lines: Vec<ConsoleLine>) -> Vec<ConsoleLine> {
+        let redactor = self.trace.redactor();
+        for line in &mut lines {
+            if let std::borrow::Cow::Owned(redacted) = redactor.redact(&line.message) {
+                line.message = redacted;
+            }
+        }
+        lines
+    }
+
+    /// Runs `write` (given the time of each try) until it succeeds, fails for good, or a
+    /// transient failure comes with too little of the claim's lease (`lease_until`) left to
+    /// wait and try again; backs off between tries (see [`finish`](Self::finish)).
+    async fn while_leased<T, W>(
+        &self,
+        task: &Task,
+        lease_until: Option<i64>,
+        what: &str,
+        mut write: impl FnMut(i64) -> W,
+    ) -> Result<T, StoreError>
+    where
+        W: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let now = self.clock.now_ms();
+            let result = write(now).await;
+            match &result {
+                Err(err)
+                    if err.is_transient()
+                        && lease_until.is_some_and(|until| {
+                            now.saturating_add(duration_ms(delay)) < until
+                        }) =>
+                {
+                    tracing::warn!(task = task.id, attempt = task.attempt, error = %err, "{what} failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                _ => return result,
+            }
         }
     }
 

@@ -362,7 +362,10 @@ impl TestExecutor {
 
 #[async_trait::async_trait]
 impl mechanics_server::JsExecutor for TestExecutor {
-    async fn run(&self, _job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
+    async fn run(
+        &self,
+        _job: mechanics_proto::node::JobRequest,
+    ) -> mechanics_server::AttemptOutput {
         let busy = self
             .overloads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -371,11 +374,12 @@ impl mechanics_server::JsExecutor for TestExecutor {
             return mechanics_server::Outcome::Overloaded(
                 Some(Duration::from_millis(50)),
                 "no_node_available: every node is busy".into(),
-            );
+            )
+            .into();
         }
         let _permit = self.gate.acquire().await;
         self.ran.fetch_add(1, Ordering::SeqCst);
-        mechanics_server::Outcome::Completed(json!("done"))
+        mechanics_server::Outcome::Completed(json!("done")).into()
     }
     fn validate(
         &self,

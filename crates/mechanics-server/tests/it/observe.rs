@@ -749,7 +749,7 @@ struct EchoingExecutor {
 
 #[async_trait::async_trait]
 impl mechanics_server::JsExecutor for EchoingExecutor {
-    async fn run(&self, job: mechanics_proto::node::JobRequest) -> mechanics_server::Outcome {
+    async fn run(&self, job: mechanics_proto::node::JobRequest) -> mechanics_server::AttemptOutput {
         let config = job.config.clone().unwrap_or_default();
         let header = config["endpoints"]["api"]["headers"]["x-custom"].clone();
         let payload = job.arg["payload"].clone();
@@ -758,6 +758,7 @@ impl mechanics_server::JsExecutor for EchoingExecutor {
             "reply": format!("sent {}", header.as_str().unwrap_or_default()),
             "got": payload,
         }))
+        .into()
     }
     fn validate(&self, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
         Ok(())
@@ -826,5 +827,139 @@ async fn a_resolved_env_value_echoed_in_a_result_is_redacted_before_it_is_stored
             "the env value leaked into {place}: {text}"
         );
     }
+    server.stop().await;
+}
+
+/// A js executor whose script writes console lines holding the header value its config was
+/// resolved to (an operator's secret) and a GitHub token, fails its first attempt in a
+/// retryable way and completes the second.
+struct ConsoleExecutor;
+
+#[async_trait::async_trait]
+impl mechanics_server::JsExecutor for ConsoleExecutor {
+    async fn run(&self, job: mechanics_proto::node::JobRequest) -> mechanics_server::AttemptOutput {
+        use mechanics_proto::domain::{ConsoleLevel, ConsoleLine};
+        let config = job.config.clone().unwrap_or_default();
+        let header = config["endpoints"]["api"]["headers"]["x-custom"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let line = |level, ts, message: String| ConsoleLine { level, ts, message };
+        let n = i64::from(job.attempt);
+        let mut console = vec![
+            line(
+                ConsoleLevel::Log,
+                1_000 * n,
+                format!("attempt {n} calling with {header}"),
+            ),
+            line(
+                ConsoleLevel::Warn,
+                1_000 * n + 1,
+                "token ghp_abcdefghijklmnopqrstuvwxyz0123456789".into(),
+            ),
+        ];
+        let outcome = if job.attempt == 1 {
+            console.push(line(
+                ConsoleLevel::Error,
+                1_000 * n + 2,
+                "connection reset".into(),
+            ));
+            mechanics_server::Outcome::Transport("node-1 failed while running the job".into())
+        } else {
+            mechanics_server::Outcome::Completed(json!("done"))
+        };
+        mechanics_server::AttemptOutput { outcome, console }
+    }
+    fn validate(&self, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
+        Ok(())
+    }
+    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
+        Vec::new()
+    }
+    fn reset(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_attempts_console_is_redacted_stored_per_attempt_and_traced_once_per_attempt() {
+    // As in the test above: a variable cargo sets stands in for an operator's secret.
+    let secret = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let server = TestServer::start_with_js(Arc::new(ConsoleExecutor)).await;
+    let spec = json!({ "spec": {
+        "name": "chatty", "kind": "js", "module": "m.js", "triggers": [{ "api": true }],
+        "retry": { "max_retries": 2, "base_delay": "10ms", "max_delay": "10ms" },
+        "config": { "endpoints": { "api": {
+            "method": "post", "url_template": "http://127.0.0.1:9/x",
+            "headers": { "x-custom": "k=${env:CARGO_MANIFEST_DIR}" },
+        } } },
+    }, "module_source": "export default () => 1;" });
+    let (status, body) = server.call("POST", "/api/v1/workers", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = server.submit("chatty", json!(null)).await;
+    let task = server.wait_end(id).await;
+    assert_eq!(
+        (task.state, task.attempt),
+        (TaskState::Completed, 2),
+        "{task:?}"
+    );
+
+    // `GET /tasks/{id}`: both attempts' lines, apart and in order, without the secrets.
+    let (status, body) = server
+        .call("GET", &format!("/api/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["console"],
+        json!([
+            { "attempt": 1, "level": "log", "ts": 1000, "message": "attempt 1 calling with k=[redacted]" },
+            { "attempt": 1, "level": "warn", "ts": 1001, "message": "token [redacted]" },
+            { "attempt": 1, "level": "error", "ts": 1002, "message": "connection reset" },
+            { "attempt": 2, "level": "log", "ts": 2000, "message": "attempt 2 calling with k=[redacted]" },
+            { "attempt": 2, "level": "warn", "ts": 2001, "message": "token [redacted]" },
+        ])
+    );
+    // Stored redacted: the database never held the value.
+    let stored = server.store.task_console(id).await.unwrap();
+    assert_eq!(stored.len(), 5);
+    assert!(stored.iter().all(|l| !l.line.message.contains(&secret)));
+    // The listing leaves the console out.
+    let (_, listed) = server
+        .call("GET", "/api/v1/tasks?worker=chatty", None)
+        .await;
+    assert_eq!(listed["tasks"][0]["id"], json!(id));
+    assert!(listed["tasks"][0].get("console").is_none(), "{listed}");
+
+    // `/logs`: one `console` entry per attempt, before that attempt's result.
+    assert_eq!(
+        steps(&server, &format!("task={id}")).await,
+        [
+            step("submit", "ok", None),
+            step("console", "ok", Some(1)),
+            step("dispatch", "retry", Some(1)),
+            step("retry", "retry", Some(1)),
+            step("console", "ok", Some(2)),
+            step("dispatch", "ok", Some(2)),
+        ]
+    );
+    let (_, logs) = server
+        .call("GET", &format!("/logs?task={id}&action=console"), None)
+        .await;
+    let details: Vec<&Value> = logs["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| &e["detail"])
+        .collect();
+    assert_eq!(
+        details,
+        [
+            &json!({ "lines": 3, "errors": 1, "warnings": 1, "last": "error: connection reset" }),
+            &json!({ "lines": 2, "errors": 0, "warnings": 1, "last": "warn: token [redacted]" }),
+        ]
+    );
+    let (_, logs, _) = text(&server, &format!("/logs?task={id}")).await;
+    assert!(!logs.contains(&secret) && !logs.contains("ghp_"), "{logs}");
     server.stop().await;
 }

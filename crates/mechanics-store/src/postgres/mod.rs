@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task, TaskId, TaskState, Worker,
-    WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
+    TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::Notify;

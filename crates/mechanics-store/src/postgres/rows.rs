@@ -4,7 +4,9 @@
 use std::str::FromStr;
 
 use mechanics_proto::api::Instance;
-use mechanics_proto::domain::{Event, LogEntry, LogRecord, Source, Task, Worker};
+use mechanics_proto::domain::{
+    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TranspiledModule, Worker,
+};
 use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
 
@@ -87,9 +89,17 @@ pub(super) fn event(row: &Row) -> StoreResult<Event> {
 }
 
 pub(super) fn worker(row: &Row) -> StoreResult<Worker> {
+    let module_js: Option<String> = row.get(6);
+    let source_map: Option<serde_json::Value> = opt_json(row, 7)?;
     Ok(Worker {
         spec: json(row, 1)?,
         module_source: row.get(2),
+        transpiled: module_js
+            .zip(source_map)
+            .map(|(javascript, source_map)| TranspiledModule {
+                javascript,
+                source_map,
+            }),
         revision: row.get(3),
         created_at: row.get(4),
         updated_at: row.get(5),
@@ -103,6 +113,11 @@ pub(super) fn source(row: &Row) -> StoreResult<Source> {
         created_at: row.get(3),
         updated_at: row.get(4),
     })
+}
+
+/// One attempt's console row: `attempt, lines` (a JSON array).
+pub(super) fn console_attempt(row: &Row) -> StoreResult<(u32, Vec<ConsoleLine>)> {
+    Ok((small(row, 0)?, json(row, 1)?))
 }
 
 pub(super) fn log(row: &Row) -> StoreResult<LogEntry> {

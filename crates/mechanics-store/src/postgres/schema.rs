@@ -150,6 +150,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN claim_token BIGINT;
     ALTER TABLE tasks ADD COLUMN create_token BIGINT;
     "#,
+    // 3: what each js task attempt wrote with `console` (redacted by the server). One row per
+    // attempt, its lines a JSON array written and read whole.
+    r#"
+    CREATE TABLE task_console (
+        task_id     BIGINT NOT NULL REFERENCES tasks (id),
+        attempt     BIGINT NOT NULL,
+        lines       TEXT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        PRIMARY KEY (task_id, attempt)
+    );
+    "#,
+    // 4: a TypeScript worker's module as it runs (the SQLite backend's version 5): the
+    // JavaScript transpiled at add time and the source map back to `module_source` (JSON).
+    r#"
+    ALTER TABLE workers ADD COLUMN module_js TEXT;
+    ALTER TABLE workers ADD COLUMN source_map TEXT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -347,19 +347,31 @@ impl Store for PgStore {
         &self,
         spec: WorkerSpec,
         module_source: Option<String>,
+        transpiled: Option<TranspiledModule>,
         now: i64,
     ) -> StoreResult<Worker> {
-        crate::check_worker(&spec, module_source.as_deref())?;
+        let source_map_json =
+            crate::check_worker(&spec, module_source.as_deref(), transpiled.as_ref())?;
         let spec_json = to_json(&spec)?;
+        let module_js = transpiled.map(|transpiled| transpiled.javascript);
         self.upsert_registry(
             concat!(
-                "INSERT INTO workers (name, spec, module_source, revision, created_at, ",
-                "updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (name) DO UPDATE SET ",
-                "spec = excluded.spec, module_source = excluded.module_source, ",
-                "revision = workers.revision + 1, updated_at = excluded.updated_at RETURNING ",
+                "INSERT INTO workers (name, spec, module_source, module_js, source_map, ",
+                "revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6, $6) ",
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, ",
+                "module_source = excluded.module_source, module_js = excluded.module_js, ",
+                "source_map = excluded.source_map, revision = workers.revision + 1, ",
+                "updated_at = excluded.updated_at RETURNING ",
                 worker_columns!()
             ),
-            &[&spec.name, &spec_json, &module_source, &now],
+            &[
+                &spec.name,
+                &spec_json,
+                &module_source,
+                &module_js,
+                &source_map_json,
+                &now,
+            ],
             rows::worker,
             "storing a worker",
         )
@@ -893,6 +905,55 @@ impl Store for PgStore {
             lease_expires_at: row.get(1),
             write_back_at: row.get(2),
         })
+    }
+
+    async fn record_console(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        lines: &[ConsoleLine],
+        now: i64,
+    ) -> StoreResult<()> {
+        let Some(lines) = crate::console_json(attempt, lines)? else {
+            return Ok(());
+        };
+        let attempt = i64::from(attempt);
+        let context = "storing an attempt's console output";
+        // An upsert: a try that failed after its commit leaves the same row the retry writes.
+        retrying!(self, |db, _retried| {
+            let statement = db
+                .statement(
+                    "INSERT INTO task_console (task_id, attempt, lines, recorded_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (task_id, attempt) DO UPDATE \
+                     SET lines = excluded.lines, recorded_at = excluded.recorded_at",
+                )
+                .await
+                .map_err(pg_err(context))?;
+            match db.exec(&statement, &[&task, &attempt, &lines, &now]).await {
+                Ok(_) => Ok(()),
+                Err(err) if is_missing_reference(&err) => Err(not_found("task", task)),
+                Err(err) => Err(pg_err(context)(err)),
+            }
+        })?;
+        self.committed();
+        Ok(())
+    }
+
+    async fn task_console(&self, task: TaskId) -> StoreResult<Vec<AttemptConsoleLine>> {
+        let attempts = retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                "SELECT attempt, lines FROM task_console WHERE task_id = $1 ORDER BY attempt",
+                &[&task],
+                rows::console_attempt,
+                "reading a task's console output",
+            )
+            .await
+        })?;
+        Ok(attempts
+            .into_iter()
+            .flat_map(|(attempt, lines)| crate::attempt_lines(attempt, lines))
+            .collect())
     }
 
     async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mechanics_proto::domain::{
-    Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task, TaskId, TaskState, Worker,
-    WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
+    TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
@@ -206,13 +206,22 @@ impl Store for SqliteStore {
         &self,
         spec: WorkerSpec,
         module_source: Option<String>,
+        transpiled: Option<TranspiledModule>,
         now: i64,
     ) -> StoreResult<Worker> {
-        crate::check_worker(&spec, module_source.as_deref())?;
+        let source_map_json =
+            crate::check_worker(&spec, module_source.as_deref(), transpiled.as_ref())?;
         let spec_json = to_json(&spec)?;
         let (worker, version) = self
             .write(move |conn| {
-                ops::upsert_worker(conn, &spec.name, &spec_json, module_source.as_deref(), now)
+                let row = ops::WorkerRow {
+                    name: &spec.name,
+                    spec_json: &spec_json,
+                    module_source: module_source.as_deref(),
+                    module_js: transpiled.as_ref().map(|t| t.javascript.as_str()),
+                    source_map_json: source_map_json.as_deref(),
+                };
+                ops::upsert_worker(conn, &row, now)
             })
             .await?;
         self.saw_registry_version(version);
@@ -442,6 +451,24 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> StoreResult<NextDue> {
         self.read(ops::next_due).await
+    }
+
+    async fn record_console(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        lines: &[ConsoleLine],
+        now: i64,
+    ) -> StoreResult<()> {
+        let Some(lines) = crate::console_json(attempt, lines)? else {
+            return Ok(());
+        };
+        self.write(move |conn| ops::record_console(conn, task, attempt, &lines, now))
+            .await
+    }
+
+    async fn task_console(&self, task: TaskId) -> StoreResult<Vec<AttemptConsoleLine>> {
+        self.read(move |conn| ops::task_console(conn, task)).await
     }
 
     async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {

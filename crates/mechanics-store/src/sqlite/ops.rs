@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use mechanics_proto::domain::{
-    Event, EventId, LogEntry, LogRecord, Source, Task, TaskId, TaskState, Worker,
+    AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, Source, Task, TaskId, TaskState,
+    Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
@@ -18,23 +19,44 @@ use crate::{
 
 // ---- registry ----
 
+/// A worker's row: its name, spec and module (source as written, and for TypeScript the
+/// JavaScript that runs with its source map as JSON).
+pub(super) struct WorkerRow<'a> {
+    pub(super) name: &'a str,
+    pub(super) spec_json: &'a str,
+    pub(super) module_source: Option<&'a str>,
+    pub(super) module_js: Option<&'a str>,
+    pub(super) source_map_json: Option<&'a str>,
+}
+
 pub(super) fn upsert_worker(
     conn: &Connection,
-    name: &str,
-    spec_json: &str,
-    module_source: Option<&str>,
+    row: &WorkerRow<'_>,
     now: i64,
 ) -> StoreResult<(Worker, u64)> {
     let worker = conn
         .prepare_cached(concat!(
-            "INSERT INTO workers (name, spec, module_source, revision, created_at, updated_at) ",
-            "VALUES (?1, ?2, ?3, 1, ?4, ?4) ON CONFLICT (name) DO UPDATE SET ",
-            "spec = excluded.spec, module_source = excluded.module_source, ",
-            "revision = workers.revision + 1, updated_at = excluded.updated_at ",
-            "RETURNING ",
+            "INSERT INTO workers (name, spec, module_source, module_js, source_map, revision, ",
+            "created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6) ",
+            "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, ",
+            "module_source = excluded.module_source, module_js = excluded.module_js, ",
+            "source_map = excluded.source_map, revision = workers.revision + 1, ",
+            "updated_at = excluded.updated_at RETURNING ",
             worker_columns!()
         ))
-        .and_then(|mut s| s.query_row(params![name, spec_json, module_source, now], rows::worker))
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    row.name,
+                    row.spec_json,
+                    row.module_source,
+                    row.module_js,
+                    row.source_map_json,
+                    now
+                ],
+                rows::worker,
+            )
+        })
         .map_err(db_err("storing a worker"))?;
     Ok((worker, bump_registry(conn)?))
 }
@@ -672,6 +694,53 @@ pub(super) fn next_due(conn: &Connection) -> StoreResult<NextDue> {
             })
         })
         .map_err(db_err("reading the next due time"))
+}
+
+// ---- console output of attempts ----
+
+pub(super) fn record_console(
+    conn: &Connection,
+    task: TaskId,
+    attempt: u32,
+    lines_json: &str,
+    now: i64,
+) -> StoreResult<()> {
+    // The writer's batch transaction holds the write lock: the task cannot go in between.
+    let exists = query_opt(
+        conn,
+        "SELECT 1 FROM tasks WHERE id = ?1",
+        [task],
+        |_| Ok(()),
+        "checking a task",
+    )?;
+    if exists.is_none() {
+        return Err(not_found("task", task));
+    }
+    conn.prepare_cached(
+        "INSERT INTO task_console (task_id, attempt, lines, recorded_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (task_id, attempt) DO UPDATE SET lines = excluded.lines, \
+         recorded_at = excluded.recorded_at",
+    )
+    .and_then(|mut s| s.execute(params![task, attempt, lines_json, now]))
+    .map_err(db_err("storing an attempt's console output"))?;
+    Ok(())
+}
+
+pub(super) fn task_console(
+    conn: &Connection,
+    task: TaskId,
+) -> StoreResult<Vec<AttemptConsoleLine>> {
+    let attempts = query_all(
+        conn,
+        "SELECT attempt, lines FROM task_console WHERE task_id = ?1 ORDER BY attempt",
+        [task],
+        |row| Ok((row.get::<_, u32>(0)?, rows::console_lines(row, 1)?)),
+        "reading a task's console output",
+    )?;
+    Ok(attempts
+        .into_iter()
+        .flat_map(|(attempt, lines)| crate::attempt_lines(attempt, lines))
+        .collect())
 }
 
 // ---- cron ----

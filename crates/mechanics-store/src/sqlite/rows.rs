@@ -2,7 +2,9 @@
 
 use std::str::FromStr;
 
-use mechanics_proto::domain::{Event, LogEntry, LogRecord, Source, Task, Worker};
+use mechanics_proto::domain::{
+    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TranspiledModule, Worker,
+};
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::DeserializeOwned;
@@ -75,9 +77,17 @@ pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<Event> {
 }
 
 pub(super) fn worker(row: &Row<'_>) -> rusqlite::Result<Worker> {
+    let module_js: Option<String> = row.get(6)?;
+    let source_map: Option<serde_json::Value> = opt_json(row, 7)?;
     Ok(Worker {
         spec: json(row, 1)?,
         module_source: row.get(2)?,
+        transpiled: module_js
+            .zip(source_map)
+            .map(|(javascript, source_map)| TranspiledModule {
+                javascript,
+                source_map,
+            }),
         revision: row.get(3)?,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
@@ -91,6 +101,11 @@ pub(super) fn source(row: &Row<'_>) -> rusqlite::Result<Source> {
         created_at: row.get(3)?,
         updated_at: row.get(4)?,
     })
+}
+
+/// The lines of one attempt's console row (a JSON array) at column `index`.
+pub(super) fn console_lines(row: &Row<'_>, index: usize) -> rusqlite::Result<Vec<ConsoleLine>> {
+    json(row, index)
 }
 
 pub(super) fn log(row: &Row<'_>) -> rusqlite::Result<LogEntry> {

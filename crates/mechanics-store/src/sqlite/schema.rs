@@ -120,6 +120,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN reserved_slot INTEGER;
     "#,
+    // 4: what each js task attempt wrote with `console` (redacted by the server). One row per
+    // attempt, its lines a JSON array: an attempt's output is written and read whole, and the
+    // writer thread pays one insert per attempt however many lines it wrote.
+    r#"
+    CREATE TABLE task_console (
+        task_id     INTEGER NOT NULL REFERENCES tasks (id),
+        attempt     INTEGER NOT NULL,
+        lines       TEXT NOT NULL,            -- [ConsoleLine] as JSON
+        recorded_at INTEGER NOT NULL,
+        PRIMARY KEY (task_id, attempt)
+    ) STRICT;
+    "#,
+    // 5: a TypeScript worker's module as it runs: the JavaScript the server transpiled it to at
+    // add time and the source map back to `module_source` (JSON), which stays the source as
+    // written. NULL for JavaScript modules and for workers stored before this version.
+    r#"
+    ALTER TABLE workers ADD COLUMN module_js TEXT;
+    ALTER TABLE workers ADD COLUMN source_map TEXT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -5,7 +5,10 @@
 use std::collections::HashSet;
 
 use mechanics_proto::api::Instance;
-use mechanics_proto::domain::{EventState, LogOutcome, LogRecord, TaskState};
+use mechanics_proto::domain::{
+    AttemptConsoleLine, ConsoleLevel, ConsoleLine, EventState, LogOutcome, LogRecord, TaskState,
+    TranspiledModule, WorkerSpec,
+};
 use mechanics_store::{
     BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Release, Store,
     StoreError, Take, TaskFilter, TokenRate, Tokens,
@@ -60,6 +63,7 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
         .upsert_worker(
             js_worker("triage"),
             Some("export default () => 1".into()),
+            None,
             10,
         )
         .await
@@ -72,6 +76,7 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
         .upsert_worker(
             js_worker("triage"),
             Some("export default () => 2".into()),
+            None,
             20,
         )
         .await
@@ -85,7 +90,7 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
         Some("export default () => 2")
     );
     store
-        .upsert_worker(js_worker("another"), Some(String::new()), 30)
+        .upsert_worker(js_worker("another"), Some(String::new()), None, 30)
         .await
         .unwrap();
     // Reading the version runs no query; each registry write raised it.
@@ -125,10 +130,63 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
     assert!(store.list_sources().await.unwrap().is_empty());
 }
 
+pub(crate) async fn a_typescript_module_is_stored_with_what_runs_and_shown_as_written(
+    store: &dyn Store,
+) {
+    let source = "export default (n: number): number => n + 1;\n";
+    let transpiled = TranspiledModule {
+        javascript: "export default (n) => n + 1;\n".into(),
+        source_map: json!({ "source": "w.ts", "mappings": "AAAA,eAAe,CAAC,MAAiB,IAAI" }),
+    };
+    let mut spec = js_worker("typed");
+    spec.module = Some("./w.ts".into());
+    let added = store
+        .upsert_worker(
+            spec.clone(),
+            Some(source.into()),
+            Some(transpiled.clone()),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.module_source.as_deref(), Some(source));
+    assert_eq!(added.transpiled.as_ref(), Some(&transpiled));
+    assert_eq!(
+        store.get_worker("typed").await.unwrap().as_ref(),
+        Some(&added)
+    );
+    assert_eq!(store.list_workers().await.unwrap(), [added]);
+
+    // Replaced by a JavaScript module, the worker keeps no transpiled code.
+    spec.module = Some("./w.js".into());
+    let replaced = store
+        .upsert_worker(spec, Some("export default (n) => n;".into()), None, 20)
+        .await
+        .unwrap();
+    assert_eq!(replaced.revision, 2);
+    assert_eq!(replaced.transpiled, None);
+    assert_eq!(store.get_worker("typed").await.unwrap(), Some(replaced));
+
+    // Transpiled code goes with a module.
+    let http: WorkerSpec = serde_json::from_value(json!({
+        "name": "remote", "kind": "http", "url": "http://127.0.0.1:9/",
+    }))
+    .unwrap();
+    let err = store
+        .upsert_worker(http, None, Some(transpiled), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "transpiled: only a worker with a module has transpiled code"
+    );
+    assert!(store.get_worker("remote").await.unwrap().is_none());
+}
+
 pub(crate) async fn invalid_registry_input_is_refused_naming_the_field(store: &dyn Store) {
     let mut bad = js_worker("Bad Name");
     let err = store
-        .upsert_worker(bad.clone(), Some(String::new()), 0)
+        .upsert_worker(bad.clone(), Some(String::new()), None, 0)
         .await
         .unwrap_err();
     assert!(
@@ -137,7 +195,7 @@ pub(crate) async fn invalid_registry_input_is_refused_naming_the_field(store: &d
         "{err}"
     );
     bad.name = "ok".into();
-    let err = store.upsert_worker(bad, None, 0).await.unwrap_err();
+    let err = store.upsert_worker(bad, None, None, 0).await.unwrap_err();
     assert_eq!(err.to_string(), "module_source: required for js workers");
     let mut source = github_source("gh");
     source.secret_env = None;
@@ -762,7 +820,7 @@ pub(crate) async fn next_due_reports_the_earliest_work(store: &dyn Store) {
 
 pub(crate) async fn cron_fires_create_one_task_per_worker_and_time(store: &dyn Store) {
     store
-        .upsert_worker(js_worker("nightly"), Some(String::new()), 0)
+        .upsert_worker(js_worker("nightly"), Some(String::new()), None, 0)
         .await
         .unwrap();
     let task = store
@@ -1332,4 +1390,100 @@ pub(crate) async fn claiming_an_events_task_dispatches_the_matched_event(store: 
     // Still being matched: its matcher moves it on; `received -> dispatched` is no transition.
     let received = store.get_event(events[1]).await.unwrap().unwrap();
     assert_eq!(received.state, EventState::Received);
+}
+
+pub(crate) async fn console_output_is_kept_per_attempt_in_order(store: &dyn Store) {
+    let line = |level: ConsoleLevel, ts: i64, message: &str| ConsoleLine {
+        level,
+        ts,
+        message: message.into(),
+    };
+    let shown = |lines: Vec<AttemptConsoleLine>| -> Vec<(u32, ConsoleLevel, i64, String)> {
+        lines
+            .into_iter()
+            .map(|l| (l.attempt, l.line.level, l.line.ts, l.line.message))
+            .collect()
+    };
+    let id = task_id(store, "w", 0).await;
+    let other = task_id(store, "w", 0).await;
+    // A task none of whose attempts wrote anything.
+    assert_eq!(store.task_console(id).await.unwrap(), []);
+
+    let first = vec![
+        line(ConsoleLevel::Log, 1_700_000_000_001, "starting"),
+        line(ConsoleLevel::Warn, 1_700_000_000_002, "slow: {\"ms\":900}"),
+        line(
+            ConsoleLevel::Error,
+            1_700_000_000_003,
+            "two\nlines, ünïcode, a\0nul",
+        ),
+    ];
+    let second = vec![
+        line(ConsoleLevel::Info, 1_700_000_100_000, "again"),
+        line(ConsoleLevel::Debug, 1_700_000_100_001, "done"),
+    ];
+    // Recorded out of order (a late answer of attempt 1): read back by attempt.
+    store.record_console(id, 2, &second, 20).await.unwrap();
+    store.record_console(id, 1, &first, 10).await.unwrap();
+    store
+        .record_console(other, 1, &[line(ConsoleLevel::Log, 5, "other task")], 10)
+        .await
+        .unwrap();
+    // The same attempt recorded again (a retried write) keeps one copy.
+    store.record_console(id, 1, &first, 11).await.unwrap();
+    let kept = shown(store.task_console(id).await.unwrap());
+    let nul_free = |text: &str| text.replace(['\0', '\u{FFFD}'], "_");
+    assert_eq!(
+        kept.iter()
+            .map(|(a, level, ts, m)| (*a, *level, *ts, nul_free(m)))
+            .collect::<Vec<_>>(),
+        [
+            (
+                1,
+                ConsoleLevel::Log,
+                1_700_000_000_001,
+                "starting".to_owned()
+            ),
+            (
+                1,
+                ConsoleLevel::Warn,
+                1_700_000_000_002,
+                "slow: {\"ms\":900}".to_owned()
+            ),
+            (
+                1,
+                ConsoleLevel::Error,
+                1_700_000_000_003,
+                "two\nlines, ünïcode, a_nul".to_owned()
+            ),
+            (2, ConsoleLevel::Info, 1_700_000_100_000, "again".to_owned()),
+            (2, ConsoleLevel::Debug, 1_700_000_100_001, "done".to_owned()),
+        ]
+    );
+    assert_eq!(
+        shown(store.task_console(other).await.unwrap()),
+        [(1, ConsoleLevel::Log, 5, "other task".to_owned())]
+    );
+
+    // Nothing written is nothing stored, without a query.
+    let third = task_id(store, "w", 0).await;
+    let queries = store.queries_executed();
+    store.record_console(third, 1, &[], 30).await.unwrap();
+    assert_eq!(store.queries_executed(), queries);
+    assert_eq!(store.task_console(third).await.unwrap(), []);
+
+    let missing = store
+        .record_console(9_999, 1, &first, 30)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, StoreError::NotFound { what: "task", .. }),
+        "{missing}"
+    );
+    let no_attempt = store.record_console(id, 0, &first, 30).await.unwrap_err();
+    assert!(
+        matches!(no_attempt, StoreError::InvalidInput(_)),
+        "{no_attempt}"
+    );
+    assert_eq!(store.task_console(id).await.unwrap().len(), 5);
 }

@@ -11,6 +11,7 @@ macro_rules! conformance_suite {
         conformance_suite!(@tests $module, $fresh;
             registry_upserts_count_revisions_and_bump_the_version,
             invalid_registry_input_is_refused_naming_the_field,
+            a_typescript_module_is_stored_with_what_runs_and_shown_as_written,
             events_are_deduplicated_per_source_and_delivery_id,
             events_are_deduplicated_per_source_and_body_hash_within_the_window,
             events_move_only_along_their_lifecycle,
@@ -30,6 +31,7 @@ macro_rules! conformance_suite {
             instances_heartbeat_list_and_leave,
             renewed_leases_keep_a_claim_and_stale_ones_are_ignored,
             text_with_nul_characters_is_stored,
+            console_output_is_kept_per_attempt_in_order,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {

@@ -49,7 +49,7 @@ async fn stores_starting_together_migrate_the_database_once() {
     let store = stores.into_iter().next().unwrap().unwrap();
     // Usable at once, and the schema went up exactly once per version.
     store
-        .upsert_worker(js_worker("w"), Some(String::new()), 0)
+        .upsert_worker(js_worker("w"), Some(String::new()), None, 0)
         .await
         .unwrap();
     let versions = database.query("SELECT count(*), max(version) FROM schema_migrations");
@@ -167,7 +167,7 @@ async fn one_fire_and_one_delivery_however_many_stores_record_them() {
         connect(&database).await,
     ];
     stores[0]
-        .upsert_worker(js_worker("tick"), Some(String::new()), 0)
+        .upsert_worker(js_worker("tick"), Some(String::new()), None, 0)
         .await
         .unwrap();
     stores[0]
@@ -245,7 +245,7 @@ async fn changes_reach_the_other_stores_by_notification_without_a_query() {
     let changes = reader.remote_changes();
     let before = (reader.registry_version(), reader.queries_executed());
     writer
-        .upsert_worker(js_worker("w"), Some(String::new()), 0)
+        .upsert_worker(js_worker("w"), Some(String::new()), None, 0)
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(5), changes.notified())

@@ -118,6 +118,33 @@ async fn events_stored_before_body_hashes_survive_the_upgrade_and_match_no_body(
     assert!(store.insert_event(event("new"), 10).await.unwrap().created);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stored_before_transpiled_modules_survive_the_upgrade_as_javascript() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    // Version 4 had no transpiled module: a worker as that release stored it.
+    migrate_sqlite_to(&path, 4).unwrap();
+    let spec = serde_json::to_string(&js_worker("old")).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO workers (name, spec, module_source, revision, created_at, updated_at) \
+             VALUES ('old', ?1, 'export default () => 1', 3, 5, 6)",
+            [spec],
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let old = store
+        .get_worker("old")
+        .await
+        .unwrap()
+        .expect("the old worker is kept");
+    assert_eq!(
+        (old.module_source.as_deref(), old.transpiled, old.revision),
+        (Some("export default () => 1"), None, 3)
+    );
+}
+
 #[test]
 fn a_database_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +179,7 @@ async fn the_file_is_in_wal_mode_and_foreign_keys_are_enforced() {
     // fires, so the same fire time can be recorded again for a re-added worker.
     for now in [0, 10] {
         store
-            .upsert_worker(js_worker("w"), Some(String::new()), now)
+            .upsert_worker(js_worker("w"), Some(String::new()), None, now)
             .await
             .unwrap();
         let fire = store.record_cron_fire("w", 1, json!({}), now + 1).await;
@@ -272,7 +299,7 @@ async fn another_processs_registry_change_shows_after_a_refresh() {
     let other = SqliteStore::open(dir.path().join("mechanics.db")).unwrap();
     let seen = store.registry_version();
     other
-        .upsert_worker(js_worker("w"), Some(String::new()), 0)
+        .upsert_worker(js_worker("w"), Some(String::new()), None, 0)
         .await
         .unwrap();
     // No query: this store cannot know yet.

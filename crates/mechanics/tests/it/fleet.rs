@@ -130,7 +130,7 @@ async fn hostile_scripts_fail_cleanly_in_time_while_healthy_jobs_complete_beside
             let mut n = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                let result = fleet.run(&healthy(n)).await;
+                let result = fleet.run(&healthy(n)).await.map(|r| r.result);
                 assert_eq!(result, Ok(json!(n + 1)), "healthy job {n}");
             }
             n
@@ -167,7 +167,7 @@ async fn hostile_scripts_fail_cleanly_in_time_while_healthy_jobs_complete_beside
         let outcome = fleet.run(&request).await;
         let elapsed = started.elapsed();
         match outcome {
-            Err(FleetError::Script { kind, message }) => {
+            Err(FleetError::Script { kind, message, .. }) => {
                 assert!(
                     kind == "execution" || kind == "limit_exceeded",
                     "{name}: kind {kind}"
@@ -261,7 +261,7 @@ async fn kill_9_mid_job_gives_a_retryable_error_and_the_node_comes_back() {
     // The fleet keeps serving, on both nodes.
     let results = join_all((0..8).map(|n| {
         let fleet = fleet.clone();
-        tokio::spawn(async move { fleet.run(&healthy(n)).await })
+        tokio::spawn(async move { fleet.run(&healthy(n)).await.map(|r| r.result) })
     }))
     .await;
     for (n, result) in results.into_iter().enumerate() {
@@ -333,7 +333,7 @@ async fn the_watchdog_kills_a_frozen_node_and_a_job_that_kills_twice_is_sandbox_
     // The job is not run again; other jobs are.
     let err = fleet.run(&busy("frozen", 1, 2000)).await.unwrap_err();
     assert_eq!(err, FleetError::SandboxCrashed { crashes: 2 });
-    assert_eq!(fleet.run(&healthy(1)).await, Ok(json!(2)));
+    assert_eq!(fleet.run(&healthy(1)).await.map(|r| r.result), Ok(json!(2)));
     shut_down(fleet, PREFIX).await;
 }
 
@@ -385,7 +385,7 @@ async fn the_memory_cap_ends_a_node_and_the_fleet_restarts_it() {
     // The second death of the same job fails it for good.
     let err = fleet.run(&hog).await.unwrap_err();
     assert_eq!(err, FleetError::SandboxCrashed { crashes: 2 });
-    assert_eq!(fleet.run(&healthy(7)).await, Ok(json!(8)));
+    assert_eq!(fleet.run(&healthy(7)).await.map(|r| r.result), Ok(json!(8)));
     shut_down(fleet, PREFIX).await;
 }
 
@@ -397,7 +397,9 @@ async fn a_node_is_recycled_after_its_job_quota_without_failing_a_job() {
     let mut tasks = Vec::new();
     for n in 0..12 {
         let fleet = fleet.clone();
-        tasks.push(tokio::spawn(async move { fleet.run(&healthy(n)).await }));
+        tasks.push(tokio::spawn(async move {
+            fleet.run(&healthy(n)).await.map(|r| r.result)
+        }));
         if n % 4 == 3 {
             // Some jobs arrive while the node drains or restarts.
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,7 +3,8 @@
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
-//! one PostgreSQL database (`cluster`).
+//! one PostgreSQL database (`cluster`); TypeScript workers, from `worker add` and `run` to the
+//! positions in their errors (`typescript`).
 
 mod answers;
 mod cluster;
@@ -12,6 +13,7 @@ mod faults;
 mod fleet;
 mod serve;
 mod support;
+mod typescript;
 mod validation;
 mod webhooks;
 
@@ -130,6 +132,46 @@ fn run_on_a_node_gives_the_same_results_and_errors() {
     let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(error["kind"], "execution");
     assert!(error["message"].as_str().unwrap().contains("nope"));
+}
+
+#[test]
+fn console_lines_go_to_stderr_in_process_and_on_a_node_and_stdout_stays_the_result() {
+    let chatty = write(
+        "chatty.js",
+        "export default (n) => { console.log('got', n); console.warn({ careful: true }); return n * 2 }",
+    );
+    let failing = write(
+        "chatty-throw.js",
+        "export default () => { console.error('about to fail'); throw new Error('nope') }",
+    );
+    for place in [&[][..], &["--node"][..]] {
+        let out = mechanics(&[&["run", chatty.as_str(), "--arg", "21"][..], place].concat());
+        assert_eq!(out.status.code(), Some(0), "{place:?}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{place:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let console: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("console."))
+            .collect();
+        assert_eq!(console.len(), 2, "{place:?}: {stderr}");
+        assert_eq!(console[0], "console.log: got 21", "{place:?}");
+        assert!(
+            console[1].starts_with("console.warn: ") && console[1].contains("careful"),
+            "{place:?}: {stderr}"
+        );
+
+        // A failing script's lines come first, then its error.
+        let out = mechanics(&[&["run", failing.as_str()][..], place].concat());
+        assert_eq!(out.status.code(), Some(1), "{place:?}");
+        assert!(out.stdout.is_empty(), "{place:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let console = stderr.find("console.error: about to fail");
+        let error = stderr.find("error: execution: ");
+        assert!(
+            console.is_some() && error.is_some() && console < error,
+            "{place:?}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -867,3 +867,168 @@ fn logs_show_a_tasks_trace_filter_it_and_follow_new_entries() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 }
+
+#[test]
+fn a_js_workers_console_shows_per_attempt_redacted_in_task_show_the_api_and_logs() {
+    const SECRET: &str = "c0ns0le-s3cret-bearer-value";
+    const TOKEN: &str = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    // An API that echoes the credential the worker's endpoint sends, so the script can log it.
+    let echo = HttpServer::start(axum::Router::new().route(
+        "/echo",
+        axum::routing::get(|headers: axum::http::HeaderMap| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            axum::Json(json!({ "auth": auth }))
+        }),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[("ECHO_TOKEN", SECRET)]);
+    let work = tempfile::tempdir_in(dir.path()).unwrap();
+    std::fs::write(
+        work.path().join("chatty.js"),
+        "import endpoint from \"mechanics:endpoint\";\n\
+         export default async ({ task, payload }) => {\n\
+           const res = await endpoint(\"echo\", {});\n\
+           console.log(\"attempt\", task.attempt, \"sent\", res.body.auth);\n\
+           console.warn(\"token\", payload.note);\n\
+           if (task.attempt === 1) {\n\
+             console.error(\"giving up on attempt\", task.attempt);\n\
+             throw new Error(\"the first attempt fails\");\n\
+           }\n\
+           return { ok: true };\n\
+         }\n",
+    )
+    .unwrap();
+    let yaml = work.path().join("worker.yml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: chatty\nkind: js\nmodule: chatty.js\ntriggers:\n  - api: true\n\
+             config:\n  endpoints:\n    echo:\n      method: get\n      url_template: \"{}/echo\"\n\
+             \x20     headers: {{ authorization: \"Bearer ${{env:ECHO_TOKEN}}\" }}\n",
+            echo.url()
+        ),
+    )
+    .unwrap();
+    server.ok(&["worker", "add", "-f", yaml.to_str().unwrap()]);
+    let payload = json!({ "note": TOKEN }).to_string();
+
+    // Attempt 1: the script fails (no retry for a script error); `task retry` runs attempt 2.
+    let out = server.cli(&[
+        "task",
+        "submit",
+        "chatty",
+        "--payload",
+        &payload,
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(code(&out), Some(1), "{}\n{}", stderr(&out), server.stderr());
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("the first attempt fails"),
+        "{failed}"
+    );
+    let id = failed["id"].to_string();
+    server.ok(&["task", "retry", &id]);
+    let task = server.wait_end(id.parse().unwrap(), Duration::from_secs(30));
+    assert_eq!(
+        (&task["state"], &task["attempt"]),
+        (&json!("completed"), &json!(2))
+    );
+
+    // `GET /api/v1/tasks/{id}` (`task show --json`): both attempts' lines, apart and in order,
+    // from the script error's answer and the result's.
+    let console = task["console"].as_array().unwrap();
+    let shape: Vec<(u64, &str)> = console
+        .iter()
+        .map(|l| (l["attempt"].as_u64().unwrap(), l["level"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, "log"),
+            (1, "warn"),
+            (1, "error"),
+            (2, "log"),
+            (2, "warn")
+        ],
+        "{task}"
+    );
+    assert_eq!(console[0]["message"], "attempt 1 sent Bearer [redacted]");
+    assert_eq!(console[1]["message"], "token [redacted]");
+    assert_eq!(console[2]["message"], "giving up on attempt 1");
+    assert_eq!(console[3]["message"], "attempt 2 sent Bearer [redacted]");
+    assert!(console.iter().all(|l| l["ts"].as_i64().unwrap() > 0));
+
+    // `task show`: under `console:`, one line each, with attempt, time and level.
+    let shown = server.ok(&["task", "show", &id]);
+    let section = shown
+        .split_once("console:\n")
+        .unwrap_or_else(|| panic!("no console section: {shown}"))
+        .1;
+    let lines: Vec<&str> = section.lines().collect();
+    assert_eq!(lines.len(), 5, "{shown}");
+    assert!(lines[0].starts_with("  [attempt 1] "), "{shown}");
+    assert!(
+        lines[2].contains(" error giving up on attempt 1"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].starts_with("  [attempt 2] ")
+            && lines[3].ends_with(" log   attempt 2 sent Bearer [redacted]"),
+        "{shown}"
+    );
+
+    // `/logs`: one `console` entry per attempt, readable in the table.
+    let entries = server.json(&["logs", "--task", &id, "--action", "console"]);
+    let attempts: Vec<u64> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [2, 1], "{entries}");
+    let table = server.ok(&["logs", "--task", &id]);
+    assert!(
+        table.contains("3 lines (1 error, 1 warning), last: error: giving up on attempt 1"),
+        "{table}"
+    );
+    assert!(
+        table.contains("2 lines (1 warning), last: warn: token [redacted]"),
+        "{table}"
+    );
+
+    // Neither secret anywhere: answers, the database, the server's log.
+    let db = rusqlite::Connection::open(dir.path().join("m.db")).unwrap();
+    let stored: String = db
+        .query_row(
+            "SELECT group_concat(lines, ' ') FROM task_console WHERE task_id = ?1",
+            [task["id"].as_i64().unwrap()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    for (place, text) in [
+        ("task show --json", task.to_string()),
+        ("task show", shown),
+        ("logs", table),
+        (
+            "logs --json",
+            server.json(&["logs", "--task", &id]).to_string(),
+        ),
+        ("the database", stored),
+        ("the server's log", server.stderr()),
+    ] {
+        assert!(
+            !text.contains(SECRET) && !text.contains(TOKEN),
+            "a secret reached {place}: {text}"
+        );
+    }
+}
