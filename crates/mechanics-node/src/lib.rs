@@ -23,4 +23,4 @@ pub use error::NodeError;
 pub use fleet::{Fleet, FleetConfig, FleetError, NodeInfo};
 pub use mechanics_runtime::{NodeSnapshot, ShutdownHandle, SupervisorConfig};
 pub use memory::resident_bytes;
-pub use service::serve;
+pub use service::{job_of, serve};

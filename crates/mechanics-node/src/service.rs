@@ -270,7 +270,9 @@ fn status_of(err: &MechanicsError) -> StatusCode {
 
 /// The engine's job, validated: a bad `config`, `limits` or `source_map` fails here with a
 /// message naming the field.
-fn job_of(request: JobRequest) -> Result<MechanicsJob, String> {
+/// The engine's job for a node request: the one reading of the wire form, shared with
+/// `mechanics worker test`. The error names the invalid field.
+pub fn job_of(request: JobRequest) -> Result<MechanicsJob, String> {
     let mut object = Map::new();
     object.insert("module_source".into(), Value::String(request.module_source));
     object.insert("arg".into(), request.arg);

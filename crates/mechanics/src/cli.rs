@@ -195,6 +195,10 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Show(args),
         } => ExitCode::from(serve::config_show(&args)),
+        Command::Worker {
+            command: WorkerCommand::Test(args),
+            ..
+        } => crate::worker_test::run(&args),
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
         Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
@@ -274,7 +278,9 @@ fn run(args: &RunArgs) -> ExitCode {
 /// Prints a job's console output, as `(level, message)` pairs, on stderr: one
 /// `console.LEVEL: message` per line, so that stdout stays exactly the result. The engine's lines
 /// (in this process) and a node's (over the wire) print alike.
-fn print_console<'a, L: std::fmt::Display>(lines: impl IntoIterator<Item = (L, &'a str)>) {
+pub(crate) fn print_console<'a, L: std::fmt::Display>(
+    lines: impl IntoIterator<Item = (L, &'a str)>,
+) {
     let mut stderr = std::io::stderr().lock();
     for (level, message) in lines {
         let _ = writeln!(stderr, "console.{level}: {message}");

@@ -106,6 +106,12 @@ pub enum WorkerCommand {
         /// The worker's name.
         name: String,
     },
+    /// Run a js worker once, locally, with no server: exactly as the server would (the same
+    /// `{ event, task, payload }` argument, the worker's limits and endpoints, `${env:...}` from
+    /// this environment). Prints the result on stdout, console lines on stderr and, for
+    /// `write_back: true` workers, the reply that would be posted. Exit 0 (the job returned),
+    /// 1 (it failed), 2 (bad input).
+    Test(crate::worker_test::TestArgs),
 }
 
 /// `mechanics task ...`.
@@ -456,8 +462,14 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
         WorkerCommand::Add { file } => Some(load_worker(file)?),
         _ => None,
     };
+    if let WorkerCommand::Test(_) = command {
+        return Err(Failure::usage(
+            "worker test runs locally: call worker_test::run".to_owned(),
+        ));
+    }
     let api = Api::new(args)?;
     match command {
+        WorkerCommand::Test(_) => Ok(()),
         WorkerCommand::Add { .. } => {
             let input = input.expect("read above");
             let answer = api.post("/workers", Some(&input))?;

@@ -8,3 +8,4 @@ pub mod client;
 pub mod logs;
 pub mod serve;
 pub mod sources;
+pub mod worker_test;

@@ -3,12 +3,14 @@
 //!
 //! Boa writes a position in the job's module as `unknown at :LINE:COLUMN` (the module has no
 //! path) in error messages and in `error.stack`, and a syntax error's as `at line LINE, col
-//! COLUMN` (only in the job's error: a console message is not the parser's). The first kind is a position in the *instrumented* JavaScript: instrumentation inserts
-//! text but never a line break, so the line is the JavaScript's while the column also counts the
-//! inserted text. Such a column is taken back to the JavaScript by instrumenting the module again
-//! (the same source gives the same insertions) and aligning the two lines; the identifiers the
-//! instrumentation inserts all start with `__mechanics_`, so only their punctuation is left to
-//! align. Each position is then written as `worker.ts:LINE:COLUMN`.
+//! COLUMN` (only in the job's error: a console message is not the parser's). The first kind is a
+//! position in the *instrumented* JavaScript: instrumentation inserts text but never a line
+//! break, so the line is the JavaScript's while the column also counts the inserted text. Such a
+//! column is taken back to the JavaScript by instrumenting the module again (the same source
+//! gives the same insertions) and aligning the two lines; the identifiers the instrumentation
+//! inserts all start with `__mechanics_`, so only their punctuation is left to align. Each
+//! position is then written as `worker.ts:LINE:COLUMN`. Text a job logs that happens to read like
+//! a runtime position is rewritten too: the two cannot be told apart.
 
 use std::fmt::Write as _;
 

@@ -549,35 +549,14 @@ impl Dispatcher {
                     return Outcome::Transport("no executor nodes are configured".to_owned())
                         .into();
                 };
-                let Some(source) = &worker.module_source else {
-                    return Outcome::Failed("the js worker has no module source".to_owned()).into();
-                };
                 if let Some(config) = &worker.spec.config {
                     // The job needs the values; the trace and the errors must never show them.
                     self.trace.redactor().add_env_refs(config);
                 }
-                let config = match &worker.spec.config {
-                    Some(config) => match resolve_env_refs(config) {
-                        Ok(config) => Some(config),
-                        Err(message) => return Outcome::Failed(message).into(),
-                    },
-                    None => None,
+                let job = match js_job(worker, task.id, task.attempt, &task.payload, event) {
+                    Ok(job) => job,
+                    Err(message) => return Outcome::Failed(message).into(),
                 };
-                let arg = json!({
-                    "event": event,
-                    "task": { "id": task.id, "attempt": task.attempt, "worker": task.worker },
-                    "payload": task.payload,
-                });
-                // A TypeScript worker runs the JavaScript transpiled when it was added.
-                let (source, source_map) = match &worker.transpiled {
-                    Some(transpiled) => (&transpiled.javascript, Some(&transpiled.source_map)),
-                    None => (source, None),
-                };
-                let mut job = JobRequest::new(task.id.to_string(), source.clone(), arg);
-                job.attempt = task.attempt;
-                job.config = config;
-                job.limits = worker.spec.limits.clone();
-                job.source_map = source_map.cloned();
                 js.run(job).await
             }
             WorkerKind::Http => match &worker.spec.url {
@@ -833,10 +812,49 @@ fn random_unit() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The job a js worker's attempt sends to a node, exactly as the dispatcher builds it: the
+/// argument `{ event, task, payload }`, the worker's endpoint config with `${env:...}` resolved
+/// from this process's environment, its limits, and for a TypeScript worker the JavaScript
+/// transpiled when it was added with its source map. `mechanics worker test` runs the same job.
+/// The error (a missing variable, no module) fails the attempt.
+pub fn js_job(
+    worker: &Worker,
+    task_id: i64,
+    attempt: u32,
+    payload: &Value,
+    event: Option<Value>,
+) -> Result<JobRequest, String> {
+    let Some(source) = &worker.module_source else {
+        return Err("the js worker has no module source".to_owned());
+    };
+    let config = worker
+        .spec
+        .config
+        .as_ref()
+        .map(resolve_env_refs)
+        .transpose()?;
+    let arg = json!({
+        "event": event,
+        "task": { "id": task_id, "attempt": attempt, "worker": worker.spec.name },
+        "payload": payload,
+    });
+    // A TypeScript worker runs the JavaScript transpiled when it was added.
+    let (source, source_map) = match &worker.transpiled {
+        Some(transpiled) => (&transpiled.javascript, Some(&transpiled.source_map)),
+        None => (source, None),
+    };
+    let mut job = JobRequest::new(task_id.to_string(), source.clone(), arg);
+    job.attempt = attempt;
+    job.config = config;
+    job.limits = worker.spec.limits.clone();
+    job.source_map = source_map.cloned();
+    Ok(job)
+}
+
 /// Replaces every `${env:NAME}` in the strings of `value` with the variable's value. The stored
 /// worker keeps the reference; only the job sent to a node holds the secret. A missing variable
 /// fails the task, naming the variable but never a value.
-pub(crate) fn resolve_env_refs(value: &Value) -> Result<Value, String> {
+pub fn resolve_env_refs(value: &Value) -> Result<Value, String> {
     Ok(match value {
         Value::String(text) => Value::String(resolve_in_text(text)?),
         Value::Array(items) => Value::Array(

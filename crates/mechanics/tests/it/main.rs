@@ -16,6 +16,7 @@ mod support;
 mod typescript;
 mod validation;
 mod webhooks;
+mod worker_test;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
