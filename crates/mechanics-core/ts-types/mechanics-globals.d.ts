@@ -5,7 +5,7 @@
  * Use this file instead of TypeScript's `dom` library (`"lib": ["es2022"]` plus this file), which
  * would declare globals jobs do not have. Not declared, because they do not exist in a job:
  * `fetch` (call a configured endpoint with `mechanics:endpoint`), `XMLHttpRequest`, `WebSocket`,
- * `require`, `process`, `Buffer`.
+ * `require`, `process`, `Buffer`; and `Atomics.waitAsync` is removed (a job is a single agent).
  *
  * Timers fire within the job's time limit; a timer still pending when the default export's
  * promise settles never fires (the job has ended). An exception thrown by a timer or microtask

@@ -159,10 +159,10 @@ impl JobExecutor for JobQueue {
             Job::PromiseJob(job) => self.promise_jobs.borrow_mut().push_back(job),
             Job::GenericJob(job) => self.generic_jobs.borrow_mut().push_back(job),
             Job::AsyncJob(job) => self.async_jobs.borrow_mut().push_back(job),
-            // The engine's own timeouts (`Atomics.waitAsync`) join the job's timers; a
-            // finalization callback may be skipped by specification.
-            Job::TimeoutJob(job) => self.state.globals.timers.add_engine_job(job),
-            Job::IntervalJob(_) => self.state.unsupported_job.set(true),
+            // Jobs have their own timers (`engine/globals/timers.rs`); the engine's only timeout
+            // job, `Atomics.waitAsync`'s, is gone with it. A finalization callback may be
+            // skipped by specification.
+            Job::TimeoutJob(_) | Job::IntervalJob(_) => self.state.unsupported_job.set(true),
             Job::FinalizationRegistryCleanupJob(_) => {}
             _ => self.state.unsupported_job.set(true),
         }

@@ -37,7 +37,7 @@ use boa_engine::{
 
 use super::state::JobState;
 use dom_exception::dom_exception;
-pub(crate) use timers::Timers;
+use timers::Timers;
 
 /// Builds the value of one global on first use.
 type Build = fn(&mut Context) -> JsResult<JsValue>;
@@ -88,6 +88,11 @@ struct JobHandle(Rc<JobState>);
 /// accessor (the shape is not invalidated), and would then call the new value as a getter.
 pub(crate) fn install(context: &mut Context, state: &Rc<JobState>) -> JsResult<()> {
     context.insert_data(JobHandle(state.clone()));
+    // `Atomics.waitAsync` leaves a waiter in Boa's process-wide list, holding its buffer, until a
+    // notify or timeout that never comes once the job has ended, and would make the job queue
+    // block on it; a job is a single agent with no use for it.
+    let atomics = context.intrinsics().objects().atomics();
+    atomics.delete_property_or_throw(js_string!("waitAsync"), context)?;
     let global = context.global_object();
     for (index, (name, enumerable, _)) in GLOBALS.iter().enumerate() {
         // One function is both getter and setter: a setter call carries the value assigned.

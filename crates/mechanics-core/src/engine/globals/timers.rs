@@ -15,21 +15,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use boa_engine::builtins::promise::PromiseState;
-use boa_engine::job::{Job, PromiseJob, TimeoutJob};
+use boa_engine::job::{Job, PromiseJob};
 use boa_engine::object::builtins::JsPromise;
 use boa_engine::{Context, JsObject, JsResult, JsValue, NativeFunction};
 
-/// What fires when a timer is due.
+/// A job's `setTimeout` (no `repeat`) or `setInterval` callback, with its extra arguments.
 #[derive(Debug)]
-enum Timer {
-    /// A job's `setTimeout` (no `repeat`) or `setInterval` callback, with its extra arguments.
-    Script {
-        callback: JsObject,
-        args: Vec<JsValue>,
-        repeat: Option<Duration>,
-    },
-    /// A timeout job of the engine's own (`Atomics.waitAsync` with a timeout).
-    Engine(TimeoutJob),
+struct Timer {
+    callback: JsObject,
+    args: Vec<JsValue>,
+    repeat: Option<Duration>,
 }
 
 /// The pending timers of one job, in the order they are due.
@@ -39,7 +34,7 @@ pub(crate) struct Timers {
     /// Timers by due time, then by id, so that timers due at the same time fire in the order
     /// they were set.
     queue: RefCell<BTreeMap<(Instant, u64), Timer>>,
-    /// When each script timer is due, by id, for `clearTimeout`; an interval keeps its entry
+    /// When each timer is due, by id, for `clearTimeout`; an interval keeps its entry
     /// while its callback runs, so clearing it from inside stops it.
     due: RefCell<HashMap<u64, Instant>>,
     /// The promise whose settling ends the job.
@@ -50,13 +45,6 @@ impl Timers {
     /// From now on no timer fires once `promise` has settled: the job ends with it.
     pub(crate) fn end_with(&self, promise: &JsPromise) {
         self.ends_with.replace(Some(promise.clone()));
-    }
-
-    /// Schedules a timeout job of the engine's own.
-    pub(crate) fn add_engine_job(&self, job: TimeoutJob) {
-        let at = Instant::now() + Duration::from_millis(job.timeout().as_millis());
-        let id = self.new_id();
-        self.queue.borrow_mut().insert((at, id), Timer::Engine(job));
     }
 
     fn new_id(&self) -> u64 {
@@ -73,7 +61,7 @@ impl Timers {
         self.due.borrow_mut().insert(id, at);
         self.queue.borrow_mut().insert(
             (at, id),
-            Timer::Script {
+            Timer {
                 callback,
                 args,
                 repeat: repeat.then_some(delay),
@@ -102,15 +90,7 @@ impl Timers {
         if self.ended() {
             return None;
         }
-        let mut queue = self.queue.borrow_mut();
-        while let Some(entry) = queue.first_entry() {
-            if matches!(entry.get(), Timer::Engine(job) if job.cancelled()) {
-                entry.remove();
-                continue;
-            }
-            return Some(entry.key().0);
-        }
-        None
+        self.queue.borrow().keys().next().map(|(at, _)| *at)
     }
 
     /// Runs the callback of the timer due first, and schedules an interval's next run.
@@ -120,38 +100,18 @@ impl Timers {
         let Some(((_, id), timer)) = first else {
             return Ok(());
         };
-        match timer {
-            Timer::Engine(job) => {
-                if !job.cancelled() {
-                    job.call(context)?;
-                }
-            }
-            Timer::Script {
-                callback,
-                args,
-                repeat,
-            } => {
-                if repeat.is_none() {
-                    self.due.borrow_mut().remove(&id);
-                }
-                let started = Instant::now();
-                let this = context.global_object().into();
-                callback.call(&this, &args, context)?;
-                if let Some(interval) = repeat
-                    && self.due.borrow().contains_key(&id)
-                {
-                    let at = started + interval;
-                    self.due.borrow_mut().insert(id, at);
-                    self.queue.borrow_mut().insert(
-                        (at, id),
-                        Timer::Script {
-                            callback,
-                            args,
-                            repeat,
-                        },
-                    );
-                }
-            }
+        if timer.repeat.is_none() {
+            self.due.borrow_mut().remove(&id);
+        }
+        let started = Instant::now();
+        let this = context.global_object().into();
+        timer.callback.call(&this, &timer.args, context)?;
+        if let Some(interval) = timer.repeat
+            && self.due.borrow().contains_key(&id)
+        {
+            let at = started + interval;
+            self.due.borrow_mut().insert(id, at);
+            self.queue.borrow_mut().insert((at, id), timer);
         }
         Ok(())
     }
