@@ -44,7 +44,8 @@ pub(crate) struct JobState {
     pub(crate) namespaces: RefCell<HashMap<String, JsObject>>,
     /// The default export, captured by the entry shim.
     pub(crate) default_export: RefCell<Option<JsValue>>,
-    /// A job enqueued a kind of host job the sandbox does not run (an engine interval).
+    /// A job enqueued a kind of host job the sandbox does not run (the engine's own timeout or
+    /// interval jobs; a job's timers are its own, in `globals`).
     pub(crate) unsupported_job: Cell<bool>,
     /// The job's web globals: their values once built, and the pending timers.
     pub(crate) globals: GlobalsState,
