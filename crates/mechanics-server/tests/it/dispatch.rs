@@ -31,7 +31,12 @@ async fn an_http_worker_completes_a_task_with_its_json_answer() {
     );
     assert_eq!(task.attempt, 1);
     assert_eq!(*seen.lock().unwrap(), [(id, 1)]);
-    assert_eq!(server.metrics().tasks_completed.get(), 1);
+    // Counted once the outcome is stored, so just after the task reads as ended.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.metrics().tasks_completed.get() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.stop().await;
 }
 
@@ -241,15 +246,23 @@ async fn startup_recovers_tasks_a_crash_left_dispatched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_attempts_in_flight() {
-    let url = slow_http_worker(Duration::from_millis(400)).await;
+    let url = slow_http_worker(Duration::from_millis(1500)).await;
     let server = TestServer::start().await;
     server.add_http_worker("slow", &url, json!({})).await;
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(server.submit("slow", json!(n)).await);
     }
+    // Stop once every task is claimed (on a loaded machine the first may have ended already).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server.store.task_counts(None).await.unwrap()[&TaskState::Dispatched] < 5 {
+    while server
+        .store
+        .task_counts(None)
+        .await
+        .unwrap()
+        .get(&TaskState::Pending)
+        .is_some_and(|&n| n > 0)
+    {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -452,6 +465,20 @@ fn one_runner() -> mechanics_server::DispatchConfig {
     dispatch
 }
 
+/// Waits until task `id` is claimed and `ready` claimed tasks wait for a runner.
+async fn wait_ready(server: &TestServer, id: i64, ready: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, vars) = server.call("GET", "/debug/vars", None).await;
+        let claimed = server.task(id).await.state == TaskState::Dispatched;
+        if claimed && vars["dispatch"]["ready"] == ready {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{vars}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Adds js worker `gated`, whose jobs a [`TestExecutor`] runs.
 async fn add_gated_worker(server: &TestServer) {
     let spec = json!({ "spec": {
@@ -463,8 +490,8 @@ async fn add_gated_worker(server: &TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_spending_a_try() {
-    // The first task runs (held by the closed gate), the second is claimed and waits, the third
-    // stays in the database.
+    // Of the first two tasks one runs (held by the closed gate) and one is claimed and waits; the
+    // third stays in the database.
     let executor = TestExecutor::new(0, false);
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with_js_dispatch(executor.clone(), one_runner(), dir).await;
@@ -485,33 +512,38 @@ async fn claimed_tasks_still_waiting_for_a_runner_go_back_on_shutdown_without_sp
     assert_eq!(server.task(ids[2]).await.state, TaskState::Pending);
 
     let stopping = tokio::spawn(server.stop());
-    // The waiting task is put back while the first one still runs.
-    loop {
-        let waiting = store.get_task(ids[1]).await.unwrap().unwrap();
-        if waiting.state == TaskState::Pending {
-            assert_eq!((waiting.attempt, waiting.tries), (1, 0), "{waiting:?}");
-            break;
+    // The waiting task is put back while the other one still runs. One claim may have taken both
+    // first tasks, and either may have won the runner: the one that goes back is the one that
+    // waited.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (waited, ran) = loop {
+        let first = store.get_task(ids[0]).await.unwrap().unwrap();
+        let second = store.get_task(ids[1]).await.unwrap().unwrap();
+        match (first.state, second.state) {
+            (TaskState::Pending, _) => break (first, second),
+            (_, TaskState::Pending) => break (second, first),
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "neither went back: {first:?} {second:?}"
+            ),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{waiting:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        store.get_task(ids[0]).await.unwrap().unwrap().state,
-        TaskState::Dispatched
-    );
+    };
+    assert_eq!((waited.attempt, waited.tries), (1, 0), "{waited:?}");
+    assert_eq!(ran.state, TaskState::Dispatched, "{ran:?}");
     executor.gate.add_permits(1);
     let dir = stopping.await.unwrap();
-    let first = store.get_task(ids[0]).await.unwrap().unwrap();
+    let ran = store.get_task(ran.id).await.unwrap().unwrap();
     assert_eq!(
-        first.state,
+        ran.state,
         TaskState::Completed,
-        "the running attempt drained: {first:?}"
+        "the running attempt drained: {ran:?}"
     );
     drop(store);
 
     let server =
         TestServer::start_with_js_dispatch(TestExecutor::new(0, true), one_runner(), dir).await;
-    for &id in &ids[1..] {
+    for id in [waited.id, ids[2]] {
         let task = server.wait_end(id).await;
         assert_eq!(task.state, TaskState::Completed, "{task:?}");
         assert_eq!(
@@ -529,15 +561,11 @@ async fn a_task_canceled_while_waiting_for_a_runner_never_runs() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with_js_dispatch(executor.clone(), one_runner(), dir).await;
     add_gated_worker(&server).await;
+    // One at a time, so that the first holds the runner before the second is claimed.
     let running = server.submit("gated", json!(1)).await;
+    wait_ready(&server, running, 0).await;
     let waiting = server.submit("gated", json!(2)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server.task(waiting).await.state != TaskState::Dispatched {
-        assert!(tokio::time::Instant::now() < deadline, "never claimed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (_, vars) = server.call("GET", "/debug/vars", None).await;
-    assert_eq!(vars["dispatch"]["ready"], 1, "{vars}");
+    wait_ready(&server, waiting, 1).await;
 
     let (code, body) = server
         .call("POST", &format!("/api/v1/tasks/{waiting}/cancel"), None)
