@@ -336,6 +336,9 @@ async fn add_worker(
     }
     crate::cron::validate_triggers(&input.spec)
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
+    crate::policy::check_teams(&shared, &input.spec)
+        .await
+        .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
     let transpiled = transpile(&shared, &input).await?;
     let now = shared.clock.now_ms();
     let worker = shared

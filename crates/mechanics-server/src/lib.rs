@@ -20,6 +20,7 @@ pub mod instances;
 pub mod metrics;
 pub mod observe;
 mod pipeline;
+mod policy;
 pub mod processes;
 mod registry;
 mod sources;

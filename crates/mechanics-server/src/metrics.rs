@@ -83,6 +83,65 @@ impl PerWorker {
 
 type LatencyFamily = Family<WorkerLabel, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    worker: String,
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+/// `mechanics_policy_decisions_total{worker,outcome,reason}`: one per (event, worker) pair
+/// that matched, `outcome` `ok` (reason `none`) or `deny` with the policy's reason.
+#[derive(Debug, Default)]
+pub struct PolicyDecisions {
+    family: Family<DecisionLabel, Counter>,
+    denied: AtomicU64,
+}
+
+impl PolicyDecisions {
+    /// Counts a decision for `worker`: `deny` with `Some(reason)`, else `ok`.
+    pub fn inc(&self, worker: &str, denied: Option<&'static str>) {
+        let label = DecisionLabel {
+            worker: worker.to_owned(),
+            outcome: if denied.is_some() { "deny" } else { "ok" },
+            reason: denied.unwrap_or("none"),
+        };
+        self.family.get_or_create(&label).inc();
+        if denied.is_some() {
+            self.denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Denials over all workers since the server started.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn forget(&self, worker: &str) {
+        let labels: Vec<DecisionLabel> = std::iter::once(("ok", "none"))
+            .chain(POLICY_DENIALS.iter().map(|reason| ("deny", *reason)))
+            .map(|(outcome, reason)| DecisionLabel {
+                worker: worker.to_owned(),
+                outcome,
+                reason,
+            })
+            .collect();
+        for label in &labels {
+            self.family.remove(label);
+        }
+    }
+}
+
+/// Every reason a policy denies for (the `reason` label and `/logs` `detail.reason`).
+pub const POLICY_DENIALS: [&str; 5] = [
+    "self",
+    "bot",
+    "actor_not_allowed",
+    "actor_denied",
+    "actor_limit",
+];
+
 /// Every metric the server maintains as things happen. Cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -105,6 +164,8 @@ pub struct Metrics {
     /// `mechanics_tasks_dedup_skipped_total{worker}`: submissions that named an existing task
     /// (idempotency key, or an event already matched to the worker).
     pub tasks_dedup_skipped: PerWorker,
+    /// `mechanics_policy_decisions_total{worker,outcome,reason}`: worker policies' verdicts.
+    pub policy_decisions: PolicyDecisions,
     /// `mechanics_webhooks_received_total`: webhook deliveries accepted.
     pub webhooks_received: Counter,
     /// `mechanics_webhooks_rate_limited_total`: webhook deliveries refused by the rate limit.
@@ -154,6 +215,7 @@ impl Metrics {
             tasks_rate_limited: PerWorker::default(),
             tasks_recovered: PerWorker::default(),
             tasks_dedup_skipped: PerWorker::default(),
+            policy_decisions: PolicyDecisions::default(),
             webhooks_received: Counter::default(),
             webhooks_rate_limited: Counter::default(),
             events_dedup_skipped: Counter::default(),
@@ -267,6 +329,11 @@ impl Metrics {
         ] {
             r.register(name, help, counter.clone());
         }
+        r.register(
+            "policy_decisions",
+            "Worker policy decisions on matched events",
+            metrics.policy_decisions.family.clone(),
+        );
         r.register_with_unit(
             "dispatch_latency",
             "Time from a task becoming due to its attempt starting",
@@ -318,6 +385,7 @@ impl Metrics {
             counter.remove(&label);
         }
         self.latency.remove(&label);
+        self.policy_decisions.forget(worker);
     }
 
     /// Time since these metrics were made (the server's start).
@@ -357,6 +425,7 @@ impl Metrics {
             ("tasks_rate_limited", self.tasks_rate_limited.get()),
             ("tasks_recovered", self.tasks_recovered.get()),
             ("tasks_dedup_skipped", self.tasks_dedup_skipped.get()),
+            ("policy_denied", self.policy_decisions.denied()),
             ("webhooks_received", self.webhooks_received.get()),
             ("webhooks_rate_limited", self.webhooks_rate_limited.get()),
             ("events_dedup_skipped", self.events_dedup_skipped.get()),

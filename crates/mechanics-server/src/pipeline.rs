@@ -9,7 +9,7 @@
 //! (fail), `rate_limit` (retry: re-queued to its reserved slot, not an attempt;
 //! `detail.until`), `recover` (retry: startup recovery or an expired lease), `retry_requested`
 //! and `cancel` (ok, through the API). Webhooks, cron and write-back add `webhook`, `dedup`,
-//! `match`, `cron` and `write_back` (see the second `impl` block), `submit` for the tasks they
+//! `match`, `policy`, `cron` and `write_back` (see the second `impl` block), `submit` for the tasks they
 //! make, and `dead_letter` for a write-back given up; an event's entries carry its trace id
 //! `event-N` from the delivery to the write-back.
 
@@ -273,7 +273,8 @@ fn event_entry(event: &Event, action: &str, outcome: LogOutcome, ts: i64) -> Log
 /// The steps of webhooks, cron and write-back. Actions: `webhook` (ok: a delivery stored as an
 /// event; deny: refused, `detail.reason` one of [`Refusal`]'s; skip: Slack's URL challenge;
 /// fail: the server could not take it), `dedup` (skip: a redelivery of a stored event), `match`
-/// (ok with `detail.workers`, skip when no worker matches, fail), `submit` (ok: a task made
+/// (ok with `detail.workers`, skip when no worker matches, fail), `policy` (per matched
+/// worker: ok, or deny with `detail.reason`, `detail.actor` and `detail.why`), `submit` (ok: a task made
 /// for an event or a cron fire, `detail.trigger`), `cron` (ok: fired; skip: missed times
 /// dropped, `detail.dropped`, or a time already fired; fail), `write_back` (ok, retry with
 /// `detail.next_attempt_at`, fail, or skip when there is no reply to post) and `dead_letter`
@@ -406,6 +407,36 @@ impl TraceLog {
             }
         };
         self.record(entry);
+    }
+
+    /// The policy of `worker` decided on `event`: `policy` ok, or deny with `detail.reason`
+    /// (one of [`POLICY_DENIALS`](crate::metrics::POLICY_DENIALS)), and the counter.
+    pub(crate) fn policy_decided(
+        &self,
+        event: &Event,
+        worker: &str,
+        verdict: &crate::policy::Verdict,
+        now: i64,
+    ) {
+        use crate::policy::Verdict;
+        let (outcome, denied, detail) = match verdict {
+            Verdict::Admit { actor } => (LogOutcome::Ok, None, json!({ "actor": actor })),
+            Verdict::Deny {
+                reason,
+                actor,
+                detail,
+            } => (
+                LogOutcome::Deny,
+                Some(*reason),
+                json!({ "actor": actor, "reason": reason, "why": detail }),
+            ),
+        };
+        self.metrics().policy_decisions.inc(worker, denied);
+        self.record(LogRecord {
+            worker: Some(worker.to_owned()),
+            detail: Some(detail),
+            ..event_entry(event, "policy", outcome, now)
+        });
     }
 
     /// Matching `event` failed (its source is gone, or a task could not be stored).

@@ -238,6 +238,20 @@ pub trait Store: Send + Sync {
         take: Take,
         now: i64,
     ) -> StoreResult<Tokens>;
+    /// Counts event `event` of `actor` against `worker`'s per-actor limit of `limit` events per
+    /// `window_ms`, atomically for every server on the database: `true` (and recorded) when
+    /// fewer than `limit` events of that actor were admitted in the window before `now`. An
+    /// event admitted before is admitted again without counting twice (an event matched again
+    /// after a crash).
+    async fn admit_actor(
+        &self,
+        worker: &str,
+        actor: &str,
+        event: EventId,
+        limit: u32,
+        window_ms: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
     /// Claims up to `limit` `write_back_failed` events due at `now` for one server's retry:
     /// their `next_write_back_at` moves to `until`, so no other server retries them meanwhile,
     /// and a server that dies holding them leaves them due again at `until`.

@@ -7,12 +7,14 @@
 
 mod console;
 mod duration;
+mod policy;
 mod queue;
 mod source;
 mod worker;
 
 pub use console::{AttemptConsoleLine, ConsoleLevel, ConsoleLine};
 pub use duration::HumanDuration;
+pub use policy::{ActorLimit, ActorRule, PolicySpec, team_entry};
 pub use queue::{
     Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task, TaskId, TaskState,
     UnknownState,

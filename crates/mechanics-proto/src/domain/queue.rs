@@ -100,7 +100,8 @@ impl TaskState {
 
 state_enum!(
     /// Where an event is in its life: `received → matched → dispatched → completed |
-    /// write_back_failed → completed | failed`; `skipped` when no worker matches.
+    /// write_back_failed → completed | failed`; `skipped` when no worker matches, `ignored` when
+    /// the policies of all that match refuse it.
     EventState, "event state", {
         /// Stored, not yet matched.
         Received => "received",
@@ -116,6 +117,9 @@ state_enum!(
         Failed => "failed",
         /// No worker matched.
         Skipped => "skipped",
+        /// Workers matched, and every one's policy refused the event (its actor, a bot, the
+        /// source's own reply, a per-actor limit): `/logs` has a `policy` entry per worker.
+        Ignored => "ignored",
     }
 );
 
@@ -125,11 +129,11 @@ impl EventState {
     pub fn can_become(self, next: EventState) -> bool {
         use EventState::*;
         match self {
-            Received => matches!(next, Matched | Skipped | Failed),
+            Received => matches!(next, Matched | Skipped | Ignored | Failed),
             Matched => matches!(next, Dispatched | Completed | WriteBackFailed | Failed),
             Dispatched => matches!(next, Completed | WriteBackFailed | Failed),
             WriteBackFailed => matches!(next, WriteBackFailed | Completed | Failed),
-            Completed | Failed | Skipped => false,
+            Completed | Failed | Skipped | Ignored => false,
         }
     }
 }
@@ -295,6 +299,8 @@ mod tests {
         use EventState::*;
         assert!(Received.can_become(Matched));
         assert!(Received.can_become(Skipped));
+        assert!(Received.can_become(Ignored));
+        assert!(!Ignored.can_become(Matched));
         assert!(Dispatched.can_become(WriteBackFailed));
         assert!(WriteBackFailed.can_become(WriteBackFailed));
         assert!(WriteBackFailed.can_become(Completed));

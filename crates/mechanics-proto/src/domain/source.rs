@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{SpecError, refuse_nul, validate_env_name, validate_http_url, validate_name};
+use super::{
+    SpecError, refuse_control, refuse_nul, validate_env_name, validate_http_url, validate_name,
+};
 
 /// The platform a source's webhooks come from; it decides verification, dedup id, event type
 /// and write-back (DESIGN §3).
@@ -46,6 +48,10 @@ pub struct SourceSpec {
     /// public API when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    /// generic: the dotted payload path of the event's actor (`sender.id`), for worker
+    /// policies; the other kinds know where their platform puts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_path: Option<String>,
 }
 
 impl SourceSpec {
@@ -57,6 +63,22 @@ impl SourceSpec {
         check_reference("token", &self.token_env, &self.token_file, false)?;
         if let Some(url) = &self.api_base_url {
             validate_http_url("api_base_url", url)?;
+        }
+        if let Some(path) = &self.actor_path {
+            if self.kind != SourceKind::Generic {
+                return Err(SpecError::new(
+                    "actor_path",
+                    "only for generic sources: the other kinds' actor is where their platform \
+                     puts it",
+                ));
+            }
+            if path.split('.').any(|segment| segment.trim().is_empty()) {
+                return Err(SpecError::new(
+                    "actor_path",
+                    format!("{path:?} is not a dotted payload path such as \"sender.id\""),
+                ));
+            }
+            refuse_control("actor_path", path)?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    HumanDuration, SpecError, refuse_control, refuse_nul, validate_http_url, validate_name,
+    HumanDuration, PolicySpec, SpecError, refuse_control, refuse_nul, validate_http_url,
+    validate_name,
 };
 
 /// How a worker runs its tasks.
@@ -61,6 +62,10 @@ pub struct WorkerSpec {
     /// Whether a `reply` in the result is written back to the event's platform.
     #[serde(default)]
     pub write_back: bool,
+    /// Which webhook events may start the worker; the defaults ignore the source's own replies
+    /// and bots.
+    #[serde(default, skip_serializing_if = "PolicySpec::is_default")]
+    pub policy: PolicySpec,
 }
 
 /// One trigger; in YAML a single-key map: `webhook: {...}`, `cron: "..."`, `api: true`.
@@ -342,6 +347,17 @@ impl WorkerSpec {
                     "{} is longer than retry.max_delay ({})",
                     self.retry.base_delay, self.retry.max_delay
                 ),
+            ));
+        }
+        self.policy.validate()?;
+        let webhooks = self
+            .triggers
+            .iter()
+            .any(|trigger| matches!(trigger, Trigger::Webhook(_)));
+        if !self.policy.is_default() && !webhooks {
+            return Err(SpecError::new(
+                "policy",
+                "applies to events of webhook triggers, and this worker has none",
             ));
         }
         if let Some(rate_limit) = &self.rate_limit {

@@ -72,7 +72,8 @@ pub fn filter_matches(filter: &Value, payload: &Value) -> bool {
     })
 }
 
-fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+/// The value at dotted `path` in `value` (a number segment indexes an array).
+pub(crate) fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |node, segment| match node {
         Value::Object(map) => map.get(segment),
         Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),

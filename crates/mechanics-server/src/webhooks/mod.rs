@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body::Body as _;
 use mechanics_proto::api::WebhookAccepted;
-use mechanics_proto::domain::{Event, EventState, SourceKind};
+use mechanics_proto::domain::{Event, EventState, SourceKind, Worker};
 use mechanics_store::{
     EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError, Take, Tokens,
 };
@@ -58,6 +58,8 @@ pub(crate) struct Integrations {
     /// permit a byte.
     pub(crate) body_budget: Arc<Semaphore>,
     pub(crate) write_back: WriteBackClient,
+    /// Worker policies' memory: sources' own identities, GitHub team memberships.
+    pub(crate) policies: crate::policy::Policies,
     /// Rung when the registry changes: the cron scheduler recomputes its next fire.
     pub(crate) cron_wake: Notify,
 }
@@ -78,6 +80,7 @@ impl Integrations {
                 burst: config.webhook_rate_limit.burst,
             },
             write_back: WriteBackClient::new()?,
+            policies: crate::policy::Policies::default(),
             cron_wake: Notify::new(),
         })
     }
@@ -389,22 +392,54 @@ fn body_dedup(kind: SourceKind, body: &[u8], now: i64) -> Option<mechanics_store
     })
 }
 
-/// Creates a task for every worker whose webhook trigger matches `event` and moves the event to
-/// `matched` (or `skipped` when none does). Idempotent: a task per (event, worker) is unique in
-/// the store, and a state move already made is not an error here.
+/// Creates a task for every worker whose webhook trigger matches `event` and whose policy admits
+/// it, and moves the event to `matched` (`skipped` when no worker matches, `ignored` when every
+/// policy refused it). Idempotent: a task per (event, worker) is unique in the store, an event
+/// admitted before is admitted again, and a state move already made is not an error here.
 pub(crate) async fn match_event(shared: &Shared, event: &Event) {
     let workers = shared.dispatcher.registry.all().await;
-    let mut names: Vec<&str> = workers
+    let mut matched: Vec<&Worker> = workers
         .values()
         .filter(|worker| matching::worker_matches(worker, event))
-        .map(|worker| worker.spec.name.as_str())
+        .map(|worker| &**worker)
         .collect();
-    names.sort_unstable();
+    matched.sort_unstable_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let names: Vec<&str> = matched.iter().map(|w| w.spec.name.as_str()).collect();
     let now = shared.clock.now_ms();
     shared.trace.matched(event, &names, now);
     if names.is_empty() {
         tracing::debug!(event = event.id, event_type = %event.event_type, "no worker matches the event");
         set_state(shared, event.id, EventState::Skipped, None).await;
+        return;
+    }
+    let Some(source) = shared.integrations.sources.get(&event.source).await else {
+        let error = format!("the source {:?} is no longer registered", event.source);
+        shared.trace.match_failed(event, &error, now);
+        set_state(shared, event.id, EventState::Failed, Some(error)).await;
+        return;
+    };
+    let mut names = Vec::with_capacity(matched.len());
+    for worker in matched {
+        let policies = &shared.integrations.policies;
+        match policies.decide(shared, &source, worker, event).await {
+            Ok(verdict) => {
+                shared
+                    .trace
+                    .policy_decided(event, &worker.spec.name, &verdict, now);
+                if matches!(verdict, crate::policy::Verdict::Admit { .. }) {
+                    names.push(worker.spec.name.as_str());
+                }
+            }
+            Err(err) => {
+                // The event stays `received`: recovery matches it again.
+                tracing::error!(event = event.id, worker = %worker.spec.name, error = %err, "deciding a worker's policy failed");
+                shared.trace.match_failed(event, &err, now);
+                return;
+            }
+        }
+    }
+    if names.is_empty() {
+        set_state(shared, event.id, EventState::Ignored, None).await;
         return;
     }
     for name in names {

@@ -104,7 +104,8 @@ impl WriteBackClient {
         })
     }
 
-    fn for_url(&self, url: &str) -> &reqwest::Client {
+    /// The client for `url`: loopback targets bypass any proxy.
+    pub(crate) fn for_url(&self, url: &str) -> &reqwest::Client {
         let host = reqwest::Url::parse(url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned));

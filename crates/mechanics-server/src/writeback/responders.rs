@@ -46,6 +46,13 @@ pub(crate) enum Sent {
     Permanent(String),
 }
 
+/// The base URL of `spec`'s platform API, without a trailing `/`: its `api_base_url`, or the
+/// platform's public API (`None` for a generic source without one).
+pub(crate) fn api_base(spec: &SourceSpec) -> Option<String> {
+    let api = spec.api_base_url.as_deref().or(default_api(spec.kind))?;
+    Some(api.trim_end_matches('/').to_owned())
+}
+
 fn default_api(kind: SourceKind) -> Option<&'static str> {
     match kind {
         SourceKind::Github => Some("https://api.github.com"),
@@ -96,13 +103,8 @@ pub(crate) fn build(
     text: &str,
     now_secs: i64,
 ) -> Result<Outbound, String> {
-    let api = spec
-        .api_base_url
-        .as_deref()
-        .or(default_api(spec.kind))
-        .ok_or("a generic source needs api_base_url: the URL its replies are posted to")?
-        .trim_end_matches('/')
-        .to_owned();
+    let api = api_base(spec)
+        .ok_or("a generic source needs api_base_url: the URL its replies are posted to")?;
     let need_token = || {
         token.ok_or_else(|| {
             format!(
@@ -331,6 +333,7 @@ mod tests {
             token_env: Some("T".into()),
             token_file: None,
             api_base_url: None,
+            actor_path: None,
         }
     }
 

@@ -7,5 +7,6 @@ mod dispatch;
 mod instances;
 mod observe;
 mod observe_webhooks;
+mod policy;
 mod support;
 mod webhooks;

@@ -816,11 +816,16 @@ async fn a_resolved_env_value_echoed_in_a_result_is_redacted_before_it_is_stored
     assert_eq!(task.result, stored.result);
     assert_eq!(task.payload, json!({ "note": "pass [redacted]" }));
     let (_, listed, _) = text(&server, "/api/v1/tasks?worker=echo-js").await;
-    let (_, logs, _) = text(&server, &format!("/logs?task={id}")).await;
-    assert!(
-        logs.contains("\"completed\"") || logs.contains("dispatch"),
-        "{logs}"
-    );
+    // The attempt's entry reaches `/logs` with the trace's next flush.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let (_, logs, _) = text(&server, &format!("/logs?task={id}")).await;
+        if logs.contains("dispatch") {
+            break logs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for (place, text) in [("GET /tasks", &listed), ("/logs", &logs)] {
         assert!(
             !text.contains(&secret),

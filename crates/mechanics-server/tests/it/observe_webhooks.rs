@@ -197,6 +197,7 @@ async fn a_scripted_webhook_run_is_counted_exactly_and_traced_in_order() {
         [
             step("webhook", "ok", None),
             step("match", "ok", None),
+            step("policy", "ok", None),
             step("submit", "ok", None),
             step("dispatch", "retry", Some(1)),
             step("retry", "retry", Some(1)),
@@ -262,13 +263,14 @@ async fn a_scripted_webhook_run_is_counted_exactly_and_traced_in_order() {
         steps(&server, &format!("event={}", run.accepted))
             .await
             .len(),
-        9
+        10
     );
 
     // The dead letter: five retries, then given up.
     let mut expected = vec![
         step("webhook", "ok", None),
         step("match", "ok", None),
+        step("policy", "ok", None),
         step("submit", "ok", None),
         step("dispatch", "ok", Some(1)),
     ];

@@ -41,8 +41,16 @@ fn now_secs() -> i64 {
 }
 
 /// Registers source `name` of `kind` with its secret (and token) in files of the server's
-/// directory; `api` is its `api_base_url`.
-async fn add_source(server: &TestServer, name: &str, kind: &str, secret: &str, api: Option<&str>) {
+/// directory; `api` is its `api_base_url`. Without one, the API is a closed loopback port: with a
+/// token, the server asks the platform who the token is, and tests reach nothing but loopback.
+pub(crate) async fn add_source(
+    server: &TestServer,
+    name: &str,
+    kind: &str,
+    secret: &str,
+    api: Option<&str>,
+) {
+    let api = Some(api.unwrap_or("http://127.0.0.1:9"));
     let secret_file = server.dir.path().join(format!("{name}.secret"));
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let token_file = server.dir.path().join(format!("{name}.token"));
@@ -101,6 +109,22 @@ pub(crate) fn github_headers(
     ]
 }
 
+/// Slack's headers for `body` signed now with `secret` (v0 over `v0:{ts}:{body}`).
+pub(crate) fn slack_headers(secret: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let ts = now_secs();
+    let base = format!("v0:{ts}:");
+    vec![
+        ("x-slack-request-timestamp", ts.to_string()),
+        (
+            "x-slack-signature",
+            format!(
+                "v0={}",
+                hex(&hmac_sha256(secret.as_bytes(), &[base.as_bytes(), body]))
+            ),
+        ),
+    ]
+}
+
 /// An `issues.opened` payload shaped like GitHub's documented example.
 pub(crate) fn issue_opened(repo: &str, number: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -148,8 +172,30 @@ pub(crate) struct Seen {
 
 pub(crate) type Requests = Arc<Mutex<Vec<Seen>>>;
 
-/// A fake platform API answering every request with `answer(call index)`; its base URL and the
-/// requests it saw.
+/// The identity every fake platform gives its token: GitHub and GitLab `mechanics-bot`, Slack
+/// user `UBOT` (bot `BBOT`), Telegram bot 999 `mechanics_bot`.
+pub(crate) const FAKE_IDENTITY: &str = "mechanics-bot";
+
+/// The fake platform's answer to a question about its token's identity (`GET /user`, Slack
+/// `auth.test`, Telegram `getMe`), which the server asks once per source for its policies.
+pub(crate) fn identity_answer(method: &Method, path: &str) -> Option<Response> {
+    let body = match (method.as_str(), path) {
+        ("GET", p) if p.ends_with("/user") => {
+            json!({ "login": FAKE_IDENTITY, "username": FAKE_IDENTITY })
+        }
+        ("POST", p) if p.ends_with("/auth.test") => {
+            json!({ "ok": true, "user_id": "UBOT", "bot_id": "BBOT" })
+        }
+        ("GET", p) if p.ends_with("/getMe") => {
+            json!({ "ok": true, "result": { "id": 999, "username": "mechanics_bot", "is_bot": true } })
+        }
+        _ => return None,
+    };
+    Some(axum::Json(body).into_response())
+}
+
+/// A fake platform API answering every request with `answer(call index)` (identity questions
+/// aside: [`identity_answer`]); its base URL and the requests it saw.
 pub(crate) async fn fake_platform(
     answer: impl Fn(usize) -> Response + Clone + Send + Sync + 'static,
 ) -> (String, Requests) {
@@ -160,6 +206,9 @@ pub(crate) async fn fake_platform(
             let log = log.clone();
             let answer = answer.clone();
             async move {
+                if let Some(identity) = identity_answer(&method, uri.path()) {
+                    return identity;
+                }
                 let index = {
                     let mut log = log.lock().unwrap();
                     log.push(Seen {

@@ -167,6 +167,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workers ADD COLUMN module_js TEXT;
     ALTER TABLE workers ADD COLUMN source_map TEXT;
     "#,
+    // 5: worker policies (the SQLite backend's version 6): the `ignored` event state, for an
+    // event every matching worker's policy refused; and the events each (worker, actor) pair
+    // was admitted for, counted against per-actor limits by every server on the database.
+    r#"
+    ALTER TABLE events DROP CONSTRAINT events_state_check;
+    ALTER TABLE events ADD CONSTRAINT events_state_check CHECK (state IN ('received', 'matched',
+        'dispatched', 'completed', 'write_back_failed', 'failed', 'skipped', 'ignored'));
+    CREATE TABLE actor_admissions (
+        worker      TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        event_id    BIGINT NOT NULL,
+        admitted_at BIGINT NOT NULL,
+        PRIMARY KEY (worker, actor, event_id)
+    );
+    CREATE INDEX actor_admissions_time ON actor_admissions (worker, admitted_at);
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -1208,6 +1208,62 @@ impl Store for PgStore {
         )))
     }
 
+    async fn admit_actor(
+        &self,
+        worker: &str,
+        actor: &str,
+        event: EventId,
+        limit: u32,
+        window_ms: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let context = "counting an actor's events";
+        let since = now - window_ms;
+        let limit = i64::from(limit);
+        retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            // Servers admitting the same pair at once take turns; other pairs do not wait.
+            execute(
+                &tx,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1::text || chr(10) || $2::text, 0))",
+                &[&worker, &actor],
+                context,
+            )
+            .await?;
+            execute(
+                &tx,
+                "DELETE FROM actor_admissions WHERE worker = $1 AND admitted_at <= $2",
+                &[&worker, &since],
+                context,
+            )
+            .await?;
+            let row = query(
+                &tx,
+                "SELECT COUNT(*), COALESCE(BOOL_OR(event_id = $3), false) FROM actor_admissions \
+                 WHERE worker = $1 AND actor = $2",
+                &[&worker, &actor, &event],
+                context,
+            )
+            .await?;
+            let (admitted, before): (i64, bool) = row
+                .first()
+                .map_or((0, false), |row| (row.get(0), row.get(1)));
+            let admit = before || admitted < limit;
+            if admit && !before {
+                execute(
+                    &tx,
+                    "INSERT INTO actor_admissions (worker, actor, event_id, admitted_at) \
+                     VALUES ($1, $2, $3, $4)",
+                    &[&worker, &actor, &event, &now],
+                    context,
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(admit)
+        })
+    }
+
     async fn claim_write_backs(&self, now: i64, until: i64, limit: u32) -> StoreResult<Vec<Event>> {
         let limit = i64::from(limit);
         let events = retrying!(self, |db, _retried| {

@@ -544,6 +544,22 @@ impl Store for SqliteStore {
             .take(bucket, rate, take, now))
     }
 
+    async fn admit_actor(
+        &self,
+        worker: &str,
+        actor: &str,
+        event: EventId,
+        limit: u32,
+        window_ms: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (worker, actor) = (worker.to_owned(), actor.to_owned());
+        self.write(move |conn| {
+            ops::admit_actor(conn, &worker, &actor, event, limit, now - window_ms, now)
+        })
+        .await
+    }
+
     async fn claim_write_backs(&self, now: i64, until: i64, limit: u32) -> StoreResult<Vec<Event>> {
         self.write(move |conn| ops::claim_write_backs(conn, now, until, limit))
             .await

@@ -343,6 +343,47 @@ pub(super) fn claim_write_backs(
     Ok(events)
 }
 
+/// Counts event `event` of `actor` against `worker`'s limit of `limit` admissions after
+/// `since` (the writer runs one operation at a time, so the count and the insert are atomic).
+pub(super) fn admit_actor(
+    conn: &Connection,
+    worker: &str,
+    actor: &str,
+    event: EventId,
+    limit: u32,
+    since: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let context = "counting an actor's events";
+    // Admissions that left every window of this worker count for nothing any more.
+    conn.execute(
+        "DELETE FROM actor_admissions WHERE worker = ?1 AND admitted_at <= ?2",
+        params![worker, since],
+    )
+    .map_err(db_err(context))?;
+    let (admitted, before): (i64, bool) = conn
+        .query_row(
+            "SELECT COUNT(*), COALESCE(MAX(event_id = ?3), 0) FROM actor_admissions \
+             WHERE worker = ?1 AND actor = ?2",
+            params![worker, actor, event],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(db_err(context))?;
+    if before {
+        return Ok(true);
+    }
+    if admitted >= i64::from(limit) {
+        return Ok(false);
+    }
+    conn.execute(
+        "INSERT INTO actor_admissions (worker, actor, event_id, admitted_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![worker, actor, event, now],
+    )
+    .map_err(db_err(context))?;
+    Ok(true)
+}
+
 /// Claims event `?1` for its first write-back until `?3`, unless claimed past `?2`.
 const CLAIM_WRITE_BACK: &str = concat!(
     "UPDATE events SET next_write_back_at = ?3 WHERE id = ?1 ",

@@ -2,7 +2,7 @@
 //! `PRAGMA user_version` n to n + 1. Never edit a shipped migration; append a new one (and the
 //! migration test covers it from every earlier version).
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::db_err;
 use crate::{StoreError, StoreResult};
@@ -139,6 +139,49 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workers ADD COLUMN module_js TEXT;
     ALTER TABLE workers ADD COLUMN source_map TEXT;
     "#,
+    // 6: worker policies. The `ignored` event state, for an event every matching worker's
+    // policy refused: SQLite cannot change a CHECK constraint, so the table is rebuilt (the
+    // migration runs with foreign keys off and checks them before it commits). And the events
+    // each (worker, actor) pair was admitted for, counted against per-actor limits.
+    r#"
+    CREATE TABLE events_v6 (
+        id                  INTEGER PRIMARY KEY,
+        source              TEXT NOT NULL,
+        delivery_id         TEXT NOT NULL,
+        event_type          TEXT NOT NULL,
+        payload             TEXT NOT NULL,
+        state               TEXT NOT NULL CHECK (state IN ('received', 'matched', 'dispatched',
+                                'completed', 'write_back_failed', 'failed', 'skipped',
+                                'ignored')),
+        error               TEXT,
+        write_back_attempts INTEGER NOT NULL DEFAULT 0,
+        next_write_back_at  INTEGER,
+        received_at         INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL,
+        body_hash           BLOB,
+        UNIQUE (source, delivery_id)
+    ) STRICT;
+    INSERT INTO events_v6 (id, source, delivery_id, event_type, payload, state, error,
+            write_back_attempts, next_write_back_at, received_at, updated_at, body_hash)
+        SELECT id, source, delivery_id, event_type, payload, state, error, write_back_attempts,
+            next_write_back_at, received_at, updated_at, body_hash FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v6 RENAME TO events;
+    CREATE INDEX events_state ON events (state, id);
+    CREATE INDEX events_write_back_due ON events (next_write_back_at)
+        WHERE state = 'write_back_failed';
+    CREATE INDEX events_body_hash ON events (source, body_hash, received_at)
+        WHERE body_hash IS NOT NULL;
+
+    CREATE TABLE actor_admissions (
+        worker      TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        event_id    INTEGER NOT NULL,
+        admitted_at INTEGER NOT NULL,
+        PRIMARY KEY (worker, actor, event_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX actor_admissions_time ON actor_admissions (worker, admitted_at);
+    "#,
 ];
 
 /// The schema version this build creates and understands.
@@ -153,6 +196,18 @@ pub(crate) fn migrate(conn: &mut Connection, path: &str, target: i64) -> StoreRe
             "schema version {target} does not exist (this build knows 0 to {LATEST_VERSION})"
         )));
     }
+    // A migration may rebuild a table others refer to (SQLite cannot alter a constraint), which
+    // SQLite's procedure for it does with foreign keys off: they cannot be switched inside a
+    // transaction, and each migration checks them before it commits.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(db_err("preparing a migration"))?;
+    let migrated = migrate_steps(conn, path, target);
+    conn.execute_batch("PRAGMA foreign_keys = ON")
+        .map_err(db_err("finishing a migration"))?;
+    migrated
+}
+
+fn migrate_steps(conn: &mut Connection, path: &str, target: i64) -> StoreResult<()> {
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -181,6 +236,16 @@ pub(crate) fn migrate(conn: &mut Connection, path: &str, target: i64) -> StoreRe
                 "migrating to schema version {}",
                 version + 1
             )))?;
+        let dangling: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+            .optional()
+            .map_err(db_err("checking foreign keys after a migration"))?;
+        if let Some(table) = dangling {
+            return Err(StoreError::Database {
+                context: format!("migrating {path} to schema version {}", version + 1),
+                message: format!("a row of {table} refers to a row that is gone"),
+            });
+        }
         // PRAGMA takes no parameters; the value is our own integer.
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
             .map_err(db_err("recording the schema version"))?;

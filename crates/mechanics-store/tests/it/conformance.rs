@@ -1487,3 +1487,110 @@ pub(crate) async fn console_output_is_kept_per_attempt_in_order(store: &dyn Stor
     );
     assert_eq!(store.task_console(id).await.unwrap().len(), 5);
 }
+
+pub(crate) async fn per_actor_limits_count_events_in_a_sliding_window_once_each(store: &dyn Store) {
+    let hour = 3_600_000;
+    // Two admissions an hour for alice on `triage`: the third within the hour is refused.
+    assert!(
+        store
+            .admit_actor("triage", "alice", 1, 2, hour, 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .admit_actor("triage", "alice", 2, 2, hour, 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .admit_actor("triage", "alice", 3, 2, hour, 20)
+            .await
+            .unwrap()
+    );
+    // An event admitted before is admitted again (matched again after a crash), not counted.
+    assert!(
+        store
+            .admit_actor("triage", "alice", 2, 2, hour, 30)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .admit_actor("triage", "alice", 4, 2, hour, 40)
+            .await
+            .unwrap()
+    );
+    // Other actors and other workers have their own counts.
+    assert!(
+        store
+            .admit_actor("triage", "bob", 3, 2, hour, 20)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .admit_actor("label", "alice", 3, 2, hour, 20)
+            .await
+            .unwrap()
+    );
+    // The window slides: once the first admission is an hour old, one more fits.
+    assert!(
+        !store
+            .admit_actor("triage", "alice", 5, 2, hour, hour - 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .admit_actor("triage", "alice", 5, 2, hour, hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .admit_actor("triage", "alice", 6, 2, hour, hour + 5)
+            .await
+            .unwrap()
+    );
+    // Concurrent admissions of one pair never exceed the limit.
+    let admitted = futures_join_all(
+        (100..120).map(|event| store.admit_actor("burst", "carol", event, 5, hour, 0)),
+    )
+    .await;
+    let admitted = admitted
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(admitted, 5);
+}
+
+pub(crate) async fn an_event_every_policy_refused_ends_ignored(store: &dyn Store) {
+    let id = store
+        .insert_event(new_event("gh", "d"), 0)
+        .await
+        .unwrap()
+        .record
+        .id;
+    let ignored = EventUpdate {
+        state: EventState::Ignored,
+        error: None,
+        next_write_back_at: None,
+    };
+    let event = store.update_event(id, ignored.clone(), 1).await.unwrap();
+    assert_eq!(event.state, EventState::Ignored);
+    let filter = EventFilter {
+        state: Some(EventState::Ignored),
+        ..EventFilter::default()
+    };
+    assert_eq!(store.list_events(&filter).await.unwrap().items, [event]);
+    let matched = EventUpdate {
+        state: EventState::Matched,
+        ..ignored
+    };
+    assert!(matches!(
+        store.update_event(id, matched, 2).await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+}

@@ -32,6 +32,8 @@ macro_rules! conformance_suite {
             renewed_leases_keep_a_claim_and_stale_ones_are_ignored,
             text_with_nul_characters_is_stored,
             console_output_is_kept_per_attempt_in_order,
+            per_actor_limits_count_events_in_a_sliding_window_once_each,
+            an_event_every_policy_refused_ends_ignored,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {

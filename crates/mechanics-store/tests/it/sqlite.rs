@@ -145,6 +145,47 @@ async fn workers_stored_before_transpiled_modules_survive_the_upgrade_as_javascr
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_their_tasks_survive_the_rebuild_of_the_events_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    // Version 6 rebuilds `events` (a new state in its CHECK); tasks refer to its rows.
+    migrate_sqlite_to(&path, 5).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO events (source, delivery_id, event_type, payload, state, received_at, \
+             updated_at, body_hash) VALUES ('gh', 'old', 'issues.opened', '{\"n\":1}', \
+             'dispatched', 5, 6, X'07'); \
+             INSERT INTO tasks (worker, event_id, payload, state, next_run_at, created_at, \
+             updated_at) VALUES ('w', 1, 'null', 'pending', 7, 7, 7);",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let old = store
+        .get_event(1)
+        .await
+        .unwrap()
+        .expect("the event is kept");
+    assert_eq!(
+        (old.delivery_id.as_str(), old.state, old.received_at),
+        ("old", EventState::Dispatched, 5)
+    );
+    let task = store.get_task(1).await.unwrap().expect("its task is kept");
+    assert_eq!(task.event_id, Some(1));
+    drop(store);
+    // The tasks' reference still points at the (new) events table, and is still enforced.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    let err = conn
+        .execute_batch(
+            "INSERT INTO tasks (worker, event_id, payload, state, next_run_at, created_at, \
+             updated_at) VALUES ('w', 99, 'null', 'pending', 7, 7, 7)",
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+}
+
 #[test]
 fn a_database_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();

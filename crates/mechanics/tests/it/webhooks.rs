@@ -88,6 +88,13 @@ fn fake_github(seen: Requests) -> HttpServer {
         move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let seen = seen.clone();
             async move {
+                // Who the token is, which the server asks once for the source's policies.
+                if (method.as_str(), uri.path()) == ("GET", "/user") {
+                    return (
+                        StatusCode::OK,
+                        axum::Json(json!({ "login": "mechanics-bot" })),
+                    );
+                }
                 seen.lock().unwrap().push(Seen {
                     method: method.to_string(),
                     path: uri.path().to_owned(),
