@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     pub(crate) integrations: Arc<webhooks::Integrations>,
     /// Rung when workers were added, changed or removed: the process workers are reconciled.
     reconcile: Notify,
+    /// When this server started (unix ms): claims older than that on a database no other
+    /// server uses were its earlier process's.
+    pub(crate) started_at: i64,
 }
 
 impl Shared {
@@ -230,6 +233,7 @@ pub async fn start(
         trace: trace.clone(),
         integrations,
         reconcile: Notify::new(),
+        started_at: parts.clock.now_ms(),
     });
     // Listed before it serves: a client that reached this server finds it in the list.
     let instance = instances::this_instance(format!("http://{addr}"), shared.clock.now_ms());

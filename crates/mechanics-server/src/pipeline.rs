@@ -540,6 +540,32 @@ impl TraceLog {
         });
     }
 
+    /// A try whose outcome was unknown had posted the reply to `event` after all: the platform
+    /// holds it (its marker was found), so it was recorded, not posted again.
+    pub(crate) fn write_back_found(&self, event: &Event, now: i64) {
+        self.metrics().writeback_retry_ok.inc();
+        self.record(LogRecord {
+            detail: Some(json!({
+                "tries": event.write_back_attempts + 1,
+                "found": "an earlier try's reply, recorded without posting again",
+            })),
+            ..event_entry(event, "write_back", LogOutcome::Ok, now)
+        });
+    }
+
+    /// A try of `event`'s reply may have posted it, and the platform cannot be searched: the
+    /// reply is not posted again (at most once), and the event ends `completed`.
+    pub(crate) fn write_back_unconfirmed(&self, event: &Event, error: &str, now: i64) {
+        self.record(LogRecord {
+            error: Some(error.to_owned()),
+            detail: Some(json!({
+                "tries": event.write_back_attempts + 1,
+                "reason": "the reply may have been posted and cannot be looked for; not posted again",
+            })),
+            ..event_entry(event, "write_back", LogOutcome::Skip, now)
+        });
+    }
+
     /// Posting the replies of `event` failed in a way another try would repeat.
     pub(crate) fn write_back_failed(&self, event: &Event, error: &str, now: i64) {
         self.metrics().writeback_fail.inc();

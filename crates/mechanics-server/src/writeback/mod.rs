@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mechanics_proto::domain::{Event, EventId, EventState, TaskState};
+use mechanics_proto::domain::{Event, EventId, EventState, SourceKind, TaskState};
 use mechanics_store::{EventUpdate, TaskFilter};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -215,10 +215,19 @@ async fn settle_event(shared: &Shared, id: EventId) -> Option<i64> {
             let now = shared.clock.now_ms();
             match shared
                 .store
-                .claim_write_back(id, now, now + duration_ms(WRITE_BACK_CLAIM))
+                .claim_write_back(
+                    id,
+                    claim_expired_at(shared, &event, now),
+                    now + duration_ms(WRITE_BACK_CLAIM),
+                )
                 .await
             {
-                Ok(Some(event)) => write_back(shared, &event, &text).await,
+                // A claim on an event still `matched` or `dispatched` was made by a try that
+                // never recorded its outcome (its server stopped): it may have posted.
+                Ok(Some(claimed)) => {
+                    let interrupted = event.next_write_back_at.is_some();
+                    write_back(shared, &claimed, &text, interrupted).await
+                }
                 Ok(None) => None,
                 Err(err) => {
                     tracing::error!(event = id, error = %err, "claiming a write-back failed");
@@ -286,7 +295,7 @@ async fn retry_due(shared: &Shared) {
         match tasks {
             Ok(page) => match replies(shared, &page.items).await {
                 Some(text) => {
-                    write_back(shared, &event, &text).await;
+                    write_back(shared, &event, &text, false).await;
                 }
                 // The worker stopped asking for write-back meanwhile.
                 None => {
@@ -304,11 +313,39 @@ async fn retry_due(shared: &Shared) {
     }
 }
 
-/// Posts `text` in reply to `event` and records the outcome on the event. Returns the next try's
-/// time after a transient failure.
-async fn write_back(shared: &Shared, event: &Event, text: &str) -> Option<i64> {
+/// The time to claim `event`'s write-back at: now, or for a server alone on its database, the
+/// end of a claim its own earlier process left (that process is gone: nobody else can hold it,
+/// and the reply need not wait for the claim to run out).
+fn claim_expired_at(shared: &Shared, event: &Event, now: i64) -> i64 {
+    let claimed_until = event.next_write_back_at.filter(|_| {
+        !shared.store.shared()
+            && matches!(event.state, EventState::Matched | EventState::Dispatched)
+    });
+    match claimed_until {
+        Some(until) if until - duration_ms(WRITE_BACK_CLAIM) < shared.started_at => until.max(now),
+        _ => now,
+    }
+}
+
+/// How soon a try whose outcome was unknown looks at the platform: the reply is most likely
+/// there, and the look is one read.
+const UNKNOWN_OUTCOME_RECHECK: Duration = Duration::from_secs(1);
+
+/// How the event's error starts after a try whose outcome is unknown: the next try reads it to
+/// know that it must look before it posts (a try that failed for sure posts again at once).
+const MAY_HAVE_POSTED: &str = "the reply may have been posted: ";
+
+/// Posts `text` in reply to `event` and records the outcome on the event. `interrupted`: an
+/// earlier try's server stopped while it held the claim, so it may have posted. Returns the
+/// next try's time after a transient failure.
+///
+/// A reply is posted at most once: a try that follows one whose outcome is unknown (an
+/// interrupted try, a lost answer) first looks for the earlier reply's marker on the platform
+/// and records it if it is there; where the platform cannot be searched (Telegram), such a
+/// reply is not posted again.
+async fn write_back(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> Option<i64> {
     let trace = &shared.trace;
-    let outcome = post(shared, event, text).await;
+    let outcome = post(shared, event, text, interrupted).await;
     let now = shared.clock.now_ms();
     // A platform's answer may quote the token: the event's error, the log line and the trace
     // all get the redacted text.
@@ -320,6 +357,12 @@ async fn write_back(shared: &Shared, event: &Event, text: &str) -> Option<i64> {
             set_state(shared, event.id, EventState::Completed, None).await;
             None
         }
+        Sent::Found => {
+            trace.write_back_found(event, now);
+            tracing::info!(event = event.id, source = %event.source, "an earlier try's reply was found; not posted again");
+            set_state(shared, event.id, EventState::Completed, None).await;
+            None
+        }
         Sent::Permanent(error) => {
             let error = redact(error);
             trace.write_back_failed(event, &error, now);
@@ -327,38 +370,87 @@ async fn write_back(shared: &Shared, event: &Event, text: &str) -> Option<i64> {
             set_state(shared, event.id, EventState::Failed, Some(error)).await;
             None
         }
-        Sent::Transient { delay, error } => {
+        // The next try looks before it posts, soon: the reply is most likely there.
+        Sent::Unknown(error) if searchable(shared, event).await => {
+            let error = format!("{MAY_HAVE_POSTED}{}", redact(error));
+            retry_later(shared, event, Some(UNKNOWN_OUTCOME_RECHECK), &error, now).await
+        }
+        Sent::Unknown(error) if resends_safely(shared, event).await => {
+            retry_later(shared, event, None, &redact(error), now).await
+        }
+        Sent::Unknown(error) => {
             let error = redact(error);
-            let failures = event.write_back_attempts + 1;
-            if failures > MAX_WRITE_BACK_RETRIES {
-                let error = format!("write-back gave up after {failures} tries: {error}");
-                trace.write_back_dead_lettered(event, &error, now);
-                tracing::warn!(event = event.id, source = %event.source, %error, "write-back dead-lettered");
-                set_state(shared, event.id, EventState::Failed, Some(error)).await;
-                return None;
-            }
-            let delay = delay.unwrap_or_else(|| retry_delay(failures));
-            let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-            trace.write_back_retried(event, &error, at, now);
-            tracing::info!(event = event.id, source = %event.source, %error, retry_in_ms = at - now, "write-back failed; retrying later");
-            let update = EventUpdate {
-                state: EventState::WriteBackFailed,
-                error: Some(error),
-                next_write_back_at: Some(at),
-            };
-            match shared.store.update_event(event.id, update, now).await {
-                Ok(_) => Some(at),
-                Err(err) => {
-                    tracing::error!(event = event.id, error = %err, "recording a failed write-back failed");
-                    None
-                }
-            }
+            trace.write_back_unconfirmed(event, &error, now);
+            tracing::warn!(event = event.id, source = %event.source, %error, "the reply may have been posted; not posted again");
+            set_state(shared, event.id, EventState::Completed, None).await;
+            None
+        }
+        Sent::Transient { delay, error } => {
+            retry_later(shared, event, delay, &redact(error), now).await
         }
     }
 }
 
-/// Builds and sends the reply; every failure becomes a [`Sent`].
-async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
+/// Schedules another try of `event`'s write-back after `delay` (the platform's, else the
+/// backoff), or dead-letters it when its tries are spent.
+async fn retry_later(
+    shared: &Shared,
+    event: &Event,
+    delay: Option<Duration>,
+    error: &str,
+    now: i64,
+) -> Option<i64> {
+    let trace = &shared.trace;
+    let failures = event.write_back_attempts + 1;
+    if failures > MAX_WRITE_BACK_RETRIES {
+        let error = format!("write-back gave up after {failures} tries: {error}");
+        trace.write_back_dead_lettered(event, &error, now);
+        tracing::warn!(event = event.id, source = %event.source, %error, "write-back dead-lettered");
+        set_state(shared, event.id, EventState::Failed, Some(error)).await;
+        return None;
+    }
+    let delay = delay.unwrap_or_else(|| retry_delay(failures));
+    let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+    trace.write_back_retried(event, error, at, now);
+    tracing::info!(event = event.id, source = %event.source, %error, retry_in_ms = at - now, "write-back failed; retrying later");
+    let update = EventUpdate {
+        state: EventState::WriteBackFailed,
+        error: Some(error.to_owned()),
+        next_write_back_at: Some(at),
+    };
+    match shared.store.update_event(event.id, update, now).await {
+        Ok(_) => Some(at),
+        Err(err) => {
+            tracing::error!(event = event.id, error = %err, "recording a failed write-back failed");
+            None
+        }
+    }
+}
+
+/// The kind of `event`'s source, if it is still registered.
+async fn source_kind(shared: &Shared, event: &Event) -> Option<SourceKind> {
+    let source = shared.integrations.sources.get(&event.source).await?;
+    Some(source.source.spec.kind)
+}
+
+/// Whether an earlier reply to `event` can be looked for on its platform.
+async fn searchable(shared: &Shared, event: &Event) -> bool {
+    matches!(
+        source_kind(shared, event).await,
+        Some(SourceKind::Github | SourceKind::Gitlab | SourceKind::Slack)
+    )
+}
+
+/// Whether posting `event`'s reply again is harmless without a look: a generic receiver drops a
+/// repeated `webhook-id`.
+async fn resends_safely(shared: &Shared, event: &Event) -> bool {
+    source_kind(shared, event).await == Some(SourceKind::Generic)
+}
+
+/// Builds and sends the reply; every failure becomes a [`Sent`]. When an earlier try may have
+/// posted it (`interrupted`, or its outcome was unknown), looks for it first where the platform
+/// can be searched.
+async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> Sent {
     let Some(source) = shared.integrations.sources.get(&event.source).await else {
         return Sent::Permanent(format!(
             "the source {:?} is no longer registered",
@@ -384,6 +476,23 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
         Ok(outbound) => outbound,
         Err(message) => return Sent::Permanent(message),
     };
+    let unknown = event
+        .error
+        .as_deref()
+        .is_some_and(|error| error.starts_with(MAY_HAVE_POSTED));
+    match responders::lookup(spec, event, &outbound) {
+        Some(lookup) if interrupted || unknown => {
+            match look_for_reply(shared, spec.kind, event, lookup).await {
+                Ok(true) => return Sent::Found,
+                Ok(false) => {}
+                Err(error) => return Sent::Transient { delay: None, error },
+            }
+        }
+        None if interrupted && spec.kind != SourceKind::Generic => {
+            return Sent::Unknown("the server stopped while it was posting this reply".to_owned());
+        }
+        _ => {}
+    }
     let client = shared.integrations.write_back.for_url(&outbound.url);
     let mut request = client
         .post(&outbound.url)
@@ -395,15 +504,22 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
     let who = responders::platform(spec.kind);
     let response = match request.send().await {
         Ok(response) => response,
-        // Without the URL: Telegram's carries the token.
-        Err(err) => {
+        // Not connected: nothing was sent.
+        Err(err) if err.is_connect() => {
             return Sent::Transient {
                 delay: None,
+                // Without the URL: Telegram's carries the token.
                 error: format!(
                     "{who} could not be reached: {}",
                     crate::executor::describe(err)
                 ),
             };
+        }
+        Err(err) => {
+            return Sent::Unknown(format!(
+                "{who}'s answer was lost: {}",
+                crate::executor::describe(err)
+            ));
         }
     };
     let status = response.status().as_u16();
@@ -411,16 +527,47 @@ async fn post(shared: &Shared, event: &Event, text: &str) -> Sent {
     let body = match response.bytes().await {
         Ok(body) => body,
         Err(err) => {
-            return Sent::Transient {
-                delay: None,
-                error: format!(
-                    "reading {who}'s answer failed: {}",
-                    crate::executor::describe(err)
-                ),
-            };
+            return Sent::Unknown(format!(
+                "reading {who}'s answer failed: {}",
+                crate::executor::describe(err)
+            ));
         }
     };
     responders::classify(spec.kind, status, &headers, &body, now_secs)
+}
+
+/// Whether the platform holds a reply to `event` (its marker), by `lookup`.
+async fn look_for_reply(
+    shared: &Shared,
+    kind: SourceKind,
+    event: &Event,
+    lookup: responders::Lookup,
+) -> Result<bool, String> {
+    let who = responders::platform(kind);
+    let mut request = shared
+        .integrations
+        .write_back
+        .for_url(&lookup.url)
+        .get(&lookup.url);
+    for (name, value) in lookup.headers {
+        request = request.header(name, value);
+    }
+    let failed = |err: reqwest::Error| {
+        format!(
+            "looking for an earlier reply on {who} failed: {}",
+            crate::executor::describe(err)
+        )
+    };
+    let response = request.send().await.map_err(failed)?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(failed)?;
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "looking for an earlier reply on {who} failed: it answered {status}"
+        ));
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(responders::holds_reply(kind, &body, event))
 }
 
 #[cfg(test)]

@@ -44,6 +44,11 @@ pub(crate) enum Sent {
     },
     /// Another try would fail the same way.
     Permanent(String),
+    /// The request may have reached the platform, and its answer was lost (a timeout, a
+    /// connection closed after sending): only a look at the platform can tell.
+    Unknown(String),
+    /// An earlier try's reply is on the platform already: recorded, not posted again.
+    Found,
 }
 
 /// The base URL of `spec`'s platform API, without a trailing `/`: its `api_base_url`, or the
@@ -132,7 +137,7 @@ pub(crate) fn build(
                     ("accept", "application/vnd.github+json".to_owned()),
                     ("x-github-api-version", "2022-11-28".to_owned()),
                 ],
-                body: json_body(json!({ "body": text })),
+                body: json_body(json!({ "body": with_marker(text, event) })),
             })
         }
         SourceKind::Gitlab => {
@@ -160,7 +165,7 @@ pub(crate) fn build(
             Ok(Outbound {
                 url: format!("{api}/projects/{project}/{noteable}/{iid}/notes"),
                 headers: vec![("private-token", token.to_owned())],
-                body: json_body(json!({ "body": text })),
+                body: json_body(json!({ "body": with_marker(text, event) })),
             })
         }
         SourceKind::Slack => {
@@ -173,7 +178,13 @@ pub(crate) fn build(
             Ok(Outbound {
                 url: format!("{api}/chat.postMessage"),
                 headers: vec![("authorization", format!("Bearer {token}"))],
-                body: json_body(json!({ "channel": channel, "text": text, "thread_ts": thread })),
+                body: json_body(json!({
+                    "channel": channel, "text": text, "thread_ts": thread,
+                    "metadata": {
+                        "event_type": SLACK_MARKER_TYPE,
+                        "event_payload": { "event": event.id },
+                    },
+                })),
             })
         }
         SourceKind::Telegram => {
@@ -225,6 +236,101 @@ pub(crate) fn build(
                 body,
             })
         }
+    }
+}
+
+/// The invisible marker a GitHub or GitLab reply to `event` carries (an HTML comment, which
+/// neither renders), so that a try whose outcome is unknown can find what an earlier one posted.
+pub(crate) fn marker(event: &Event) -> String {
+    format!("<!-- mechanics:event {} -->", event.id)
+}
+
+fn with_marker(text: &str, event: &Event) -> String {
+    format!("{text}\n\n{}", marker(event))
+}
+
+/// The Slack message metadata type of our replies (`metadata.event_payload.event` is the
+/// event's id).
+const SLACK_MARKER_TYPE: &str = "mechanics_reply";
+
+/// A request that lists what may be an earlier try's reply to an event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lookup {
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+/// How to look for a reply to `event` posted by an earlier try: `None` where the platform
+/// cannot be searched (Telegram: its bots cannot read a chat's history) or needs no search
+/// (a generic receiver drops a repeated `webhook-id` itself). `reply` is the request the try
+/// would post.
+pub(crate) fn lookup(spec: &SourceSpec, event: &Event, reply: &Outbound) -> Option<Lookup> {
+    match spec.kind {
+        SourceKind::Github => {
+            // Comments come oldest first: only those made since the event arrived.
+            let since = chrono::DateTime::from_timestamp_millis(event.received_at)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%SZ");
+            Some(Lookup {
+                url: format!("{}?per_page=100&since={since}", reply.url),
+                headers: reply.headers.clone(),
+            })
+        }
+        SourceKind::Gitlab => Some(Lookup {
+            url: format!("{}?sort=desc&order_by=created_at&per_page=100", reply.url),
+            headers: reply.headers.clone(),
+        }),
+        SourceKind::Slack => {
+            let body: Value = serde_json::from_slice(&reply.body).ok()?;
+            let (channel, thread) = (body.get("channel")?, body.get("thread_ts")?);
+            let text = |v: &Value| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            };
+            let api = reply.url.trim_end_matches("/chat.postMessage");
+            Some(Lookup {
+                url: format!(
+                    "{api}/conversations.replies?channel={}&ts={}&include_all_metadata=true&limit=200",
+                    text(channel),
+                    text(thread)
+                ),
+                headers: reply.headers.clone(),
+            })
+        }
+        SourceKind::Telegram | SourceKind::Generic => None,
+    }
+}
+
+/// Whether the platform's answer `body` to a [`lookup`] holds our reply to `event`.
+pub(crate) fn holds_reply(kind: SourceKind, body: &Value, event: &Event) -> bool {
+    let marker = marker(event);
+    let has_marker = |note: &Value| {
+        note.get("body")
+            .and_then(Value::as_str)
+            .is_some_and(|text| text.contains(&marker))
+    };
+    match kind {
+        SourceKind::Github | SourceKind::Gitlab => body
+            .as_array()
+            .is_some_and(|notes| notes.iter().any(has_marker)),
+        SourceKind::Slack => {
+            body.get("messages")
+                .and_then(Value::as_array)
+                .is_some_and(|messages| {
+                    messages.iter().any(|message| {
+                        message
+                            .pointer("/metadata/event_type")
+                            .and_then(Value::as_str)
+                            == Some(SLACK_MARKER_TYPE)
+                            && message
+                                .pointer("/metadata/event_payload/event")
+                                .and_then(Value::as_i64)
+                                == Some(event.id)
+                    })
+                })
+        }
+        SourceKind::Telegram | SourceKind::Generic => false,
     }
 }
 
@@ -335,6 +441,52 @@ mod tests {
             api_base_url: None,
             actor_path: None,
         }
+    }
+
+    #[test]
+    fn replies_carry_a_marker_that_a_lookup_finds() {
+        let payload = json!({
+            "repository": { "full_name": "acme/app" }, "issue": { "number": 42 },
+            "event": { "channel": "C1", "ts": "17.5" },
+        });
+        let event = Event {
+            received_at: 1_700_000_000_123,
+            ..event(payload)
+        };
+        let gh_spec = spec(SourceKind::Github);
+        let gh = build(&gh_spec, Some("tok"), None, &event, "hi", 0).unwrap();
+        let body: Value = serde_json::from_slice(&gh.body).unwrap();
+        assert_eq!(body["body"], "hi\n\n<!-- mechanics:event 9 -->");
+        let look = lookup(&gh_spec, &event, &gh).unwrap();
+        assert_eq!(
+            look.url,
+            "https://api.github.com/repos/acme/app/issues/42/comments?per_page=100&since=2023-11-14T22:13:20Z"
+        );
+        let comments = json!([{ "body": "other" }, { "body": body["body"] }]);
+        assert!(holds_reply(SourceKind::Github, &comments, &event));
+        let other = Event {
+            id: 10,
+            ..event.clone()
+        };
+        assert!(!holds_reply(SourceKind::Github, &comments, &other));
+
+        let sl_spec = spec(SourceKind::Slack);
+        let sl = build(&sl_spec, Some("tok"), None, &event, "hi", 0).unwrap();
+        let look = lookup(&sl_spec, &event, &sl).unwrap();
+        assert_eq!(
+            look.url,
+            "https://slack.com/api/conversations.replies?channel=C1&ts=17.5&include_all_metadata=true&limit=200"
+        );
+        let posted: Value = serde_json::from_slice(&sl.body).unwrap();
+        let thread = json!({ "ok": true, "messages": [{ "text": "q" }, { "text": "hi", "metadata": posted["metadata"] }] });
+        assert!(holds_reply(SourceKind::Slack, &thread, &event));
+        assert!(!holds_reply(SourceKind::Slack, &thread, &other));
+
+        let tg_spec = spec(SourceKind::Telegram);
+        let tg_event =
+            super::tests::event(json!({ "message": { "message_id": 5, "chat": { "id": 1 } } }));
+        let tg = build(&tg_spec, Some("1:a"), None, &tg_event, "hi", 0).unwrap();
+        assert_eq!(lookup(&tg_spec, &tg_event, &tg), None);
     }
 
     #[test]

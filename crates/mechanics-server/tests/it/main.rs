@@ -10,3 +10,4 @@ mod observe_webhooks;
 mod policy;
 mod support;
 mod webhooks;
+mod write_back_once;

@@ -592,7 +592,10 @@ async fn an_issue_webhook_is_answered_with_exactly_one_github_comment() {
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/repos/acme/app/issues/42/comments");
     assert_eq!(request.headers["authorization"], format!("Bearer {TOKEN}"));
-    assert_eq!(request.body, json!({ "body": "Thanks, triaged as bug" }));
+    assert_eq!(
+        request.body,
+        json!({ "body": "Thanks, triaged as bug\n\n<!-- mechanics:event 1 -->" })
+    );
     let (_, tasks) = server
         .call("GET", &format!("/api/v1/tasks?event={id}"), None)
         .await;
@@ -661,6 +664,7 @@ async fn slack_and_telegram_replies_go_to_the_thread_and_the_message() {
     )
     .await;
 
+    let slack_event = a["event_id"].as_i64().unwrap();
     let slack = slack_seen.lock().unwrap().clone();
     assert_eq!(slack.len(), 1);
     assert_eq!(
@@ -670,7 +674,10 @@ async fn slack_and_telegram_replies_go_to_the_thread_and_the_message() {
     assert_eq!(slack[0].headers["authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(
         slack[0].body,
-        json!({ "channel": "C42", "text": "echo!", "thread_ts": "1700000000.000100" })
+        json!({
+            "channel": "C42", "text": "echo!", "thread_ts": "1700000000.000100",
+            "metadata": { "event_type": "mechanics_reply", "event_payload": { "event": slack_event } },
+        })
     );
     let tg = tg_seen.lock().unwrap().clone();
     assert_eq!(tg.len(), 1);
@@ -946,7 +953,10 @@ async fn gitlab_notes_and_signed_generic_callbacks() {
     assert_eq!(gl.len(), 1);
     assert_eq!(gl[0].path, "/api/v4/projects/15/issues/3/notes");
     assert_eq!(gl[0].headers["private-token"], TOKEN);
-    assert_eq!(gl[0].body, json!({ "body": "noted" }));
+    assert_eq!(
+        gl[0].body,
+        json!({ "body": "noted\n\n<!-- mechanics:event 1 -->" })
+    );
     let cb = cb_seen.lock().unwrap().clone();
     assert_eq!(cb.len(), 1);
     assert_eq!(cb[0].path, "/replies");

@@ -82,7 +82,13 @@ struct Seen {
 
 type Requests = Arc<Mutex<Vec<Seen>>>;
 
-/// A fake GitHub API that records every request and answers `201` as GitHub does for a comment.
+/// The issue whose comment the fake GitHub stores but never answers: its server is killed
+/// while it waits.
+const HELD_ISSUE: u64 = 45;
+
+/// A fake GitHub API: it records every post and answers `201` as GitHub does for a comment
+/// (a comment on [`HELD_ISSUE`] is recorded and then left without an answer), lists the
+/// comments posted on an issue (`GET .../comments`), and says who the token is (`GET /user`).
 fn fake_github(seen: Requests) -> HttpServer {
     HttpServer::start(axum::Router::new().fallback(
         move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
@@ -95,6 +101,16 @@ fn fake_github(seen: Requests) -> HttpServer {
                         axum::Json(json!({ "login": "mechanics-bot" })),
                     );
                 }
+                if method == Method::GET {
+                    let comments: Vec<Value> = seen
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|s| s.path == uri.path())
+                        .map(|s| s.body.clone())
+                        .collect();
+                    return (StatusCode::OK, axum::Json(Value::Array(comments)));
+                }
                 seen.lock().unwrap().push(Seen {
                     method: method.to_string(),
                     path: uri.path().to_owned(),
@@ -104,6 +120,9 @@ fn fake_github(seen: Requests) -> HttpServer {
                         .map(str::to_owned),
                     body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                 });
+                if uri.path() == format!("/repos/acme/app/issues/{HELD_ISSUE}/comments") {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
                 (
                     StatusCode::CREATED,
                     axum::Json(json!({ "id": 1, "body": "created" })),
@@ -299,17 +318,11 @@ export default function main({ event }) {
 }
 "#;
 
-#[test]
-fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let seen: Requests = Arc::default();
-    let github = fake_github(seen.clone());
-    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
-    let mut server = Coordinator::start(dir.path(), &[], &env);
-
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).unwrap();
+/// Adds source `gh` (its API the fake `github`) and the js worker `triage` ([`TRIAGE_JS`]) to
+/// `server`, from files under `dir/work`.
+fn add_triage(server: &Coordinator, dir: &std::path::Path, github: &HttpServer) {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
     std::fs::write(
         work.join("source.yml"),
         format!(
@@ -328,18 +341,74 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
          write_back: true\n",
     )
     .unwrap();
-    server.ok(&[
-        "source",
-        "add",
-        "-f",
-        work.join("source.yml").to_str().unwrap(),
-    ]);
-    server.ok(&[
-        "worker",
-        "add",
-        "-f",
-        work.join("worker.yml").to_str().unwrap(),
-    ]);
+    for (what, file) in [("source", "source.yml"), ("worker", "worker.yml")] {
+        server.ok(&[what, "add", "-f", work.join(file).to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn a_comment_posted_just_before_a_kill_9_is_found_after_the_restart_not_posted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Requests = Arc::default();
+    let github = fake_github(seen.clone());
+    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
+    let mut server = Coordinator::start(dir.path(), &[], &env);
+    add_triage(&server, dir.path(), &github);
+    let client = Client::new();
+    let body = issue_opened(HELD_ISSUE, "Held");
+    let (status, answer) = client.deliver(&server.url, "gh", "held-1", &body);
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    let posted = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == format!("/repos/acme/app/issues/{HELD_ISSUE}/comments"))
+            .count()
+    };
+    // The comment is on GitHub; its answer never comes back; the server dies before it could
+    // record the write-back.
+    wait_until(
+        Duration::from_secs(20),
+        "the comment posted",
+        &server,
+        || posted() == 1,
+    );
+    server.kill9();
+
+    let server = Coordinator::start(dir.path(), &[], &env);
+    wait_until(
+        Duration::from_secs(20),
+        "the event completed after the restart",
+        &server,
+        || client.get(&format!("{}/api/v1/events/{id}", server.url))["state"] == "completed",
+    );
+    assert_eq!(
+        posted(),
+        1,
+        "exactly one comment: {:?}",
+        seen.lock().unwrap()
+    );
+    let logs = client.get(&format!("{}/logs?event={id}&action=write_back", server.url));
+    let entries = logs["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["outcome"] == "ok" && e["detail"]["found"].is_string()),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Requests = Arc::default();
+    let github = fake_github(seen.clone());
+    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
+    let mut server = Coordinator::start(dir.path(), &[], &env);
+
+    add_triage(&server, dir.path(), &github);
 
     let client = Client::new();
     let comments_on = |number: u64| -> Vec<Seen> {
@@ -385,7 +454,11 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
     );
     assert_eq!(
         comment.body,
-        json!({ "body": "Thanks @octocat! #42 \"Crash on start\" is triaged." })
+        json!({
+            "body": format!(
+                "Thanks @octocat! #42 \"Crash on start\" is triaged.\n\n<!-- mechanics:event {first_id} -->"
+            )
+        })
     );
     // Once more after it completed: still a duplicate, still one comment.
     let (status, again) = client.deliver(&server.url, "gh", delivery, &first);
@@ -448,7 +521,11 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
     );
     assert_eq!(
         comments[0].body,
-        json!({ "body": "Thanks @octocat! #44 \"Kill me\" is triaged." })
+        json!({
+            "body": format!(
+                "Thanks @octocat! #44 \"Kill me\" is triaged.\n\n<!-- mechanics:event {second_id} -->"
+            )
+        })
     );
     assert_eq!(comments_on(42).len(), 1);
     assert_eq!(seen.lock().unwrap().len(), 2, "nothing else was posted");
