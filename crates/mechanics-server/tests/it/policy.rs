@@ -126,7 +126,7 @@ async fn github_comments_by_itself_bots_outsiders_and_busy_actors_start_nothing(
         &worker_url,
         json!({
             "actors": { "allow": ["alice", "@acme/maintainers"] },
-            "per_actor_limit": { "count": 2, "per": "1h" },
+            "per_actor_limit": { "count": 10, "per": "1h" },
         }),
     )
     .await;
@@ -134,24 +134,29 @@ async fn github_comments_by_itself_bots_outsiders_and_busy_actors_start_nothing(
     let own = deliver_github(&server, "d-self", &comment_by(FAKE_IDENTITY, false, 1)).await;
     let bot = deliver_github(&server, "d-bot", &comment_by("renovate[bot]", true, 1)).await;
     let outsider = deliver_github(&server, "d-eve", &comment_by("eve", false, 1)).await;
-    let first = deliver_github(&server, "d-a1", &comment_by("alice", false, 1)).await;
-    let second = deliver_github(&server, "d-a2", &comment_by("alice", false, 2)).await;
-    let member = deliver_github(&server, "d-dave", &comment_by("dave", false, 3)).await;
+    let member = deliver_github(&server, "d-dave", &comment_by("dave", false, 2)).await;
+    // Ten comments of alice in the hour: all answered.
+    let mut alice = Vec::new();
+    for n in 0..10 {
+        let body = comment_by("alice", false, 10 + n);
+        alice.push(deliver_github(&server, &format!("d-a{n}"), &body).await);
+    }
     for id in [own, bot, outsider] {
         let event = wait_event(&server, id, EventState::Ignored).await;
         assert_eq!(event.error, None);
     }
-    for id in [first, second, member] {
+    for &id in alice.iter().chain([&member]) {
         wait_event(&server, id, EventState::Completed).await;
     }
 
-    // The limit is kept in the database: a restart does not reset it.
+    // The limit is kept in the database: a restart does not reset it, and the eleventh is
+    // refused.
     let dir = server.stop().await;
     let server = roomy_server(dir).await;
-    let third = deliver_github(&server, "d-a3", &comment_by("alice", false, 4)).await;
-    wait_event(&server, third, EventState::Ignored).await;
+    let eleventh = deliver_github(&server, "d-a10", &comment_by("alice", false, 99)).await;
+    wait_event(&server, eleventh, EventState::Ignored).await;
 
-    let entries = policy_entries(&server, 7).await;
+    let entries = policy_entries(&server, 15).await;
     let decisions: Vec<(i64, &str, &str, &str)> = entries
         .iter()
         .map(|e| {
@@ -163,47 +168,38 @@ async fn github_comments_by_itself_bots_outsiders_and_busy_actors_start_nothing(
             )
         })
         .collect();
-    let want = [
+    let mut want = vec![
         (own, "deny", "self", FAKE_IDENTITY),
         (bot, "deny", "bot", "renovate[bot]"),
         (outsider, "deny", "actor_not_allowed", "eve"),
-        (first, "ok", "-", "alice"),
-        (second, "ok", "-", "alice"),
         (member, "ok", "-", "dave"),
-        (third, "deny", "actor_limit", "alice"),
+        (eleventh, "deny", "actor_limit", "alice"),
     ];
-    for decision in want {
-        assert!(
-            decisions.contains(&decision),
-            "{decision:?} in {decisions:?}"
-        );
+    want.extend(alice.iter().map(|&id| (id, "ok", "-", "alice")));
+    for decision in &want {
+        assert!(decisions.contains(decision), "{decision:?} in {decisions:?}");
     }
-    assert_eq!(
-        decisions.len(),
-        7,
-        "one decision per (event, worker): {decisions:?}"
-    );
+    assert_eq!(decisions.len(), 15, "one decision per (event, worker): {decisions:?}");
     assert!(entries.iter().all(|e| e["worker"] == "triage"));
-    let limited = entries.iter().find(|e| e["event_id"] == third).unwrap();
+    let limited = entries.iter().find(|e| e["event_id"] == eleventh).unwrap();
     assert!(
         limited["detail"]["why"]
             .as_str()
             .unwrap()
-            .contains("2 times in the last 1h"),
+            .contains("10 times in the last 1h"),
         "{limited}"
     );
 
-    // Exactly the three admitted comments were answered.
+    // Exactly the eleven admitted comments were answered, each once.
     let mut answered = posted.lock().unwrap().clone();
     answered.sort();
-    assert_eq!(
-        answered,
-        [
-            "POST /repos/acme/app/issues/1/comments",
-            "POST /repos/acme/app/issues/2/comments",
-            "POST /repos/acme/app/issues/3/comments",
-        ]
-    );
+    let mut want: Vec<String> = [2]
+        .into_iter()
+        .chain(10..20)
+        .map(|n| format!("POST /repos/acme/app/issues/{n}/comments"))
+        .collect();
+    want.sort();
+    assert_eq!(answered, want);
     // The restarted server counts its own decision.
     let (_, metrics) = server.call("GET", "/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_owned();
