@@ -177,9 +177,16 @@ async fn github_comments_by_itself_bots_outsiders_and_busy_actors_start_nothing(
     ];
     want.extend(alice.iter().map(|&id| (id, "ok", "-", "alice")));
     for decision in &want {
-        assert!(decisions.contains(decision), "{decision:?} in {decisions:?}");
+        assert!(
+            decisions.contains(decision),
+            "{decision:?} in {decisions:?}"
+        );
     }
-    assert_eq!(decisions.len(), 15, "one decision per (event, worker): {decisions:?}");
+    assert_eq!(
+        decisions.len(),
+        15,
+        "one decision per (event, worker): {decisions:?}"
+    );
     assert!(entries.iter().all(|e| e["worker"] == "triage"));
     let limited = entries.iter().find(|e| e["event_id"] == eleventh).unwrap();
     assert!(
