@@ -11,8 +11,9 @@
 //! | `GET /tasks?state&worker&event&limit&cursor` | | [`TaskList`] |
 //! | `GET /tasks/{id}` | | [`TaskDetail`] (the task and its attempts' console lines) |
 //! | `POST /tasks/{id}/retry`, `POST /tasks/{id}/cancel` | | [`Task`] |
-//! | `GET /events?source&state&limit&cursor` | | [`EventList`] |
-//! | `GET /events/{id}` | | [`Event`] |
+//! | `GET /events?source&state&type&limit&cursor` | | [`EventList`] |
+//! | `GET /events/{id}` | | [`EventDetail`] (the event, and what became of it per worker) |
+//! | `POST /events/{id}/redeliver` | [`Redeliver`] (optional) | `202` [`WebhookAccepted`] (the new event) |
 //! | `POST /sources` | [`SourceSpec`] | `201` (new) or `200` (updated) [`Source`] |
 //! | `GET /sources` | | [`SourceList`] |
 //! | `GET /sources/{name}` | | [`Source`] |
@@ -127,6 +128,54 @@ pub struct EventList {
     /// Pass as `cursor` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<i64>,
+}
+
+/// `GET /events/{id}`: the event and, per worker that had a webhook trigger on its source, what
+/// became of it — the answer to "why did my bot (not) react?".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDetail {
+    /// The event, its fields at the top level as in [`EventList`].
+    #[serde(flatten)]
+    pub event: Event,
+    /// Who caused it, as the policies read it (`None` before it was matched, or when the
+    /// payload names nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Per worker, by name: the verdicts of matching and policy, and its task.
+    #[serde(default)]
+    pub workers: Vec<EventWorker>,
+}
+
+/// What became of an event for one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventWorker {
+    /// The worker's name.
+    pub worker: String,
+    /// Whether one of its webhook triggers matched.
+    pub matched: bool,
+    /// Why it did not match (`repository.full_name: want "acme/web", got "acme/app"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_matched: Option<String>,
+    /// The policy's decision: `ok` or `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Why the policy denied it (`actor_not_allowed: eve is not in policy.actors.allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_reason: Option<String>,
+    /// The task made for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+}
+
+/// `POST /events/{id}/redeliver`: the event is delivered again as a new event (same source,
+/// type and payload) and matched as if it had just arrived. The same `key` names the same
+/// redelivery, so a retried call makes one new event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redeliver {
+    /// Names this redelivery (default: a fresh one per call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `GET /sources`. Sources hold only references to their secrets, never values.

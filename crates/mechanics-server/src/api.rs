@@ -27,11 +27,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, ApiErrorBody, EventList, MAX_MODULE_BYTES, NodeList, SubmitTask,
-    Submitted, TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
+    API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
+    TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
-use mechanics_proto::domain::{Event, EventState, Task, TaskState, TranspiledModule, WorkerKind};
-use mechanics_store::{EventFilter, MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
+use mechanics_proto::domain::{Event, Task, TaskState, TranspiledModule, WorkerKind};
+use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -177,13 +177,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/tasks/{id}", get(show_task))
         .route("/tasks/{id}/retry", post(retry_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
-        .route("/events", get(list_events))
-        .route("/events/{id}", get(show_event))
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}/reset", post(reset_node))
         .route("/instances", get(crate::instances::list))
         .route("/logs", get(crate::observe::list_logs))
         .merge(crate::sources::routes())
+        .merge(crate::events::routes())
         .fallback(|| async { Failure::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -543,7 +542,8 @@ impl ListingQuery {
 /// payload is stored as the submitter or sender gave it (the worker needs it), so it is redacted
 /// on the way out; the result was redacted before it was stored and is again here, for secrets
 /// learnt since.
-fn shown_task(shared: &Shared, mut task: Task) -> Task {
+/// `task` as the API shows it: payload and result redacted.
+pub(crate) fn shown_task(shared: &Shared, mut task: Task) -> Task {
     let redactor = shared.trace.redactor();
     redactor.redact_json(&mut task.payload);
     if let Some(result) = &mut task.result {
@@ -553,7 +553,8 @@ fn shown_task(shared: &Shared, mut task: Task) -> Task {
 }
 
 /// `event` as the API shows it: its payload without any secret the server knows.
-fn shown_event(shared: &Shared, mut event: Event) -> Event {
+/// `event` as the API shows it: its payload redacted.
+pub(crate) fn shown_event(shared: &Shared, mut event: Event) -> Event {
     shared.trace.redactor().redact_json(&mut event.payload);
     event
 }
@@ -604,7 +605,8 @@ async fn show_task(
     }))
 }
 
-fn parse_id(text: &str) -> ApiResult<i64> {
+/// A task or event id from a path.
+pub(crate) fn parse_id(text: &str) -> ApiResult<i64> {
     text.parse().map_err(|_| {
         Failure::bad_request(format!(
             "{} is not a task or event id (a number)",
@@ -639,40 +641,6 @@ async fn cancel_task(
         shared.dispatcher.settle.push(event);
     }
     Ok(axum::Json(shown_task(&shared, task)))
-}
-
-async fn list_events(
-    State(shared): State<Arc<Shared>>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<axum::Json<EventList>> {
-    let mut q = ListingQuery::parse(query, &["state", "source", "limit", "cursor"])?;
-    let filter = EventFilter {
-        source: q.text("source"),
-        state: q.one_of("state", EventState::ALL)?,
-        write_back_due_by: None,
-        limit: q.limit()?,
-        cursor: q.id("cursor")?,
-    };
-    let page = shared.store.list_events(&filter).await?;
-    Ok(axum::Json(EventList {
-        events: page
-            .items
-            .into_iter()
-            .map(|event| shown_event(&shared, event))
-            .collect(),
-        next_cursor: page.next_cursor,
-    }))
-}
-
-async fn show_event(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> ApiResult<axum::Json<Event>> {
-    let id = parse_id(&id)?;
-    match shared.store.get_event(id).await? {
-        Some(event) => Ok(axum::Json(shown_event(&shared, event))),
-        None => Err(Failure::not_found(format!("no event {id}"))),
-    }
 }
 
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod cron;
 pub mod dispatch;
+mod events;
 pub mod executor;
 pub mod files;
 pub mod instances;

@@ -273,7 +273,8 @@ fn event_entry(event: &Event, action: &str, outcome: LogOutcome, ts: i64) -> Log
 /// The steps of webhooks, cron and write-back. Actions: `webhook` (ok: a delivery stored as an
 /// event; deny: refused, `detail.reason` one of [`Refusal`]'s; skip: Slack's URL challenge;
 /// fail: the server could not take it), `dedup` (skip: a redelivery of a stored event), `match`
-/// (ok with `detail.workers`, skip when no worker matches, fail), `policy` (per matched
+/// (ok with `detail.workers`, skip when no worker matches, fail; `detail.not_matched` gives
+/// each other worker on the source the reason it did not match), `policy` (per matched
 /// worker: ok, or deny with `detail.reason`, `detail.actor` and `detail.why`), `submit` (ok: a task made
 /// for an event or a cron fire, `detail.trigger`), `cron` (ok: fired; skip: missed times
 /// dropped, `detail.dropped`, or a time already fired; fail), `write_back` (ok, retry with
@@ -390,23 +391,31 @@ impl TraceLog {
         });
     }
 
-    /// The workers whose triggers match `event` (none: the event is skipped).
-    pub(crate) fn matched(&self, event: &Event, workers: &[&str], now: i64) {
-        let entry = if workers.is_empty() {
-            LogRecord {
-                detail: Some(json!({
-                    "event_type": event.event_type,
-                    "reason": "no worker's webhook trigger matches",
-                })),
-                ..event_entry(event, "match", LogOutcome::Skip, now)
-            }
+    /// The workers whose triggers match `event` (none: the event is skipped), and for every
+    /// other worker with a trigger on its source the first reason it did not match
+    /// (`detail.not_matched`), so "why did my bot not react?" has its answer in the trace.
+    pub(crate) fn matched(
+        &self,
+        event: &Event,
+        workers: &[&str],
+        not_matched: &std::collections::BTreeMap<&str, String>,
+        now: i64,
+    ) {
+        let mut detail = json!({ "event_type": event.event_type });
+        let outcome = if workers.is_empty() {
+            detail["reason"] = json!("no worker's webhook trigger matches");
+            LogOutcome::Skip
         } else {
-            LogRecord {
-                detail: Some(json!({ "event_type": event.event_type, "workers": workers })),
-                ..event_entry(event, "match", LogOutcome::Ok, now)
-            }
+            detail["workers"] = json!(workers);
+            LogOutcome::Ok
         };
-        self.record(entry);
+        if !not_matched.is_empty() {
+            detail["not_matched"] = json!(not_matched);
+        }
+        self.record(LogRecord {
+            detail: Some(detail),
+            ..event_entry(event, "match", outcome, now)
+        });
     }
 
     /// The policy of `worker` decided on `event`: `policy` ok, or deny with `detail.reason`

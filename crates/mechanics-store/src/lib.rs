@@ -449,6 +449,8 @@ pub struct EventFilter {
     pub source: Option<String>,
     /// Only this state.
     pub state: Option<EventState>,
+    /// Only events of this type (`issues.opened`).
+    pub event_type: Option<String>,
     /// Only `write_back_failed` events due for another try at this time.
     pub write_back_due_by: Option<i64>,
     /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).

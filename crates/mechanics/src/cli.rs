@@ -61,6 +61,15 @@ enum Command {
         #[command(subcommand)]
         command: crate::sources::SourceCommand,
     },
+    /// Events: what was received, and for one event what became of it per worker (matched or
+    /// why not, the policy's decision, its task); redelivery.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Event {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::events::EventCommand,
+    },
     /// Tasks: submit, list, show, retry, cancel.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Task {
@@ -202,6 +211,7 @@ pub fn main() -> ExitCode {
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
         Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
+        Command::Event { client, command } => finish(crate::events::event(&client, &command)),
         Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),

@@ -187,7 +187,7 @@ impl Failure {
         }
     }
 
-    fn failed(message: impl Into<String>) -> Self {
+    pub(crate) fn failed(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_FAILED,
             message: message.into(),
@@ -414,7 +414,7 @@ impl Api {
         self.call(Method::GET, path, None::<&()>)
     }
 
-    fn post(&self, path: &str, body: Option<&impl serde::Serialize>) -> Result<Answer> {
+    pub(crate) fn post(&self, path: &str, body: Option<&impl serde::Serialize>) -> Result<Answer> {
         self.call(Method::POST, path, body)
     }
 

@@ -34,6 +34,58 @@ pub fn trigger_matches(trigger: &WebhookTrigger, event: &Event) -> bool {
             .is_none_or(|filter| filter_matches(filter, &event.payload))
 }
 
+/// Why `worker` did not take `event`, for `/logs` and `event show`: `None` when it has no
+/// webhook trigger on the event's source (it was never a candidate) or when one matches; else
+/// the first reason its first trigger on that source gave (filter paths in name order), e.g. `repository.full_name: want
+/// "acme/web", got "acme/app"`.
+pub fn why_not(worker: &Worker, event: &Event) -> Option<String> {
+    let mut on_source = worker
+        .spec
+        .triggers
+        .iter()
+        .filter_map(|trigger| match trigger {
+            Trigger::Webhook(webhook) if webhook.source == event.source => Some(webhook),
+            _ => None,
+        });
+    let first = on_source.next()?;
+    if trigger_matches(first, event) || on_source.any(|other| trigger_matches(other, event)) {
+        return None;
+    }
+    if !first
+        .events
+        .iter()
+        .any(|pattern| pattern_matches(pattern, &event.event_type))
+    {
+        return Some(format!(
+            "event type {:?} matches none of {:?}",
+            event.event_type, first.events
+        ));
+    }
+    let paths = first.filter.as_ref()?.as_object()?;
+    paths.iter().find_map(|(path, expected)| {
+        let want = match expected {
+            Value::Array(choices) => format!("one of {}", Value::Array(choices.clone())),
+            single => single.to_string(),
+        };
+        match lookup(&event.payload, path) {
+            None => Some(format!(
+                "{path}: want {want}, the payload has no such field"
+            )),
+            Some(actual) if !filter_matches(&json_object(path, expected), &event.payload) => {
+                Some(format!("{path}: want {want}, got {actual}"))
+            }
+            Some(_) => None,
+        }
+    })
+}
+
+/// `{ path: expected }`, to check one path of a filter alone.
+fn json_object(path: &str, expected: &Value) -> Value {
+    let mut one = serde_json::Map::new();
+    one.insert(path.to_owned(), expected.clone());
+    Value::Object(one)
+}
+
 /// Glob match where `*` matches any run of characters.
 pub fn pattern_matches(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -99,6 +151,57 @@ mod tests {
         assert!(!pattern_matches("issues.*", "issue_comment.created"));
         assert!(!pattern_matches("issues", "issues.opened"));
         assert!(!pattern_matches("*.opened", "issues.closed"));
+    }
+
+    #[test]
+    fn a_miss_names_the_type_or_the_first_filter_path_with_want_and_got() {
+        let worker: Worker = serde_json::from_value(json!({
+            "spec": {
+                "name": "w", "kind": "http", "url": "http://127.0.0.1:9",
+                "triggers": [
+                    { "cron": "* * * * *" },
+                    { "webhook": { "source": "gh", "events": ["issues.*"],
+                      "filter": { "repository.full_name": "acme/web", "issue.labels.0.name": ["bug", "crash"] } } },
+                ],
+            },
+            "revision": 1, "created_at": 0, "updated_at": 0,
+        }))
+        .unwrap();
+        let event = |source: &str, event_type: &str, payload: Value| Event {
+            id: 1,
+            source: source.into(),
+            delivery_id: "d".into(),
+            event_type: event_type.into(),
+            payload,
+            state: mechanics_proto::domain::EventState::Received,
+            error: None,
+            write_back_attempts: 0,
+            next_write_back_at: None,
+            received_at: 0,
+            updated_at: 0,
+        };
+        let app = json!({
+            "repository": { "full_name": "acme/app" }, "issue": { "labels": [{ "name": "bug" }] },
+        });
+        assert_eq!(
+            why_not(&worker, &event("gl", "issues.opened", app.clone())),
+            None
+        );
+        assert_eq!(
+            why_not(&worker, &event("gh", "push", app.clone())).unwrap(),
+            r#"event type "push" matches none of ["issues.*"]"#
+        );
+        assert_eq!(
+            why_not(&worker, &event("gh", "issues.opened", app)).unwrap(),
+            r#"repository.full_name: want "acme/web", got "acme/app""#
+        );
+        let web = json!({ "repository": { "full_name": "acme/web" }, "issue": { "labels": [] } });
+        assert_eq!(
+            why_not(&worker, &event("gh", "issues.opened", web)).unwrap(),
+            r#"issue.labels.0.name: want one of ["bug","crash"], the payload has no such field"#
+        );
+        let hit = json!({ "repository": { "full_name": "acme/web" }, "issue": { "labels": [{ "name": "bug" }] } });
+        assert_eq!(why_not(&worker, &event("gh", "issues.opened", hit)), None);
     }
 
     #[test]

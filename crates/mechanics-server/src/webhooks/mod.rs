@@ -405,8 +405,15 @@ pub(crate) async fn match_event(shared: &Shared, event: &Event) {
         .collect();
     matched.sort_unstable_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let names: Vec<&str> = matched.iter().map(|w| w.spec.name.as_str()).collect();
+    let not_matched: std::collections::BTreeMap<&str, String> = workers
+        .values()
+        .filter_map(|worker| {
+            let why = matching::why_not(worker, event)?;
+            Some((worker.spec.name.as_str(), why))
+        })
+        .collect();
     let now = shared.clock.now_ms();
-    shared.trace.matched(event, &names, now);
+    shared.trace.matched(event, &names, &not_matched, now);
     if names.is_empty() {
         tracing::debug!(event = event.id, event_type = %event.event_type, "no worker matches the event");
         set_state(shared, event.id, EventState::Skipped, None).await;

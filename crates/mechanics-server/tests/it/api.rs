@@ -109,7 +109,7 @@ async fn bad_input_gets_a_json_error_that_says_what_is_wrong_and_changes_nothing
             "/api/v1/events?worker=w".into(),
             None,
             400,
-            "takes: state, source, limit, cursor",
+            "takes: state, source, type, limit, cursor",
         ),
         (
             "GET",

@@ -634,6 +634,7 @@ impl Store for PgStore {
         let mut filters = Filters::default();
         filters.add("source = {}", filter.source.clone());
         filters.add("state = {}", filter.state.map(|s| s.as_str().to_owned()));
+        filters.add("event_type = {}", filter.event_type.clone());
         filters.add(
             "state = 'write_back_failed' AND next_write_back_at <= {}",
             filter.write_back_due_by,

@@ -301,6 +301,10 @@ pub(super) fn list_events(conn: &Connection, filter: &EventFilter) -> StoreResul
         "state = ?",
         filter.state.map(|s| SqlValue::Text(s.as_str().into())),
     );
+    filters.add(
+        "event_type = ?",
+        filter.event_type.clone().map(SqlValue::Text),
+    );
     if let Some(due) = filter.write_back_due_by {
         filters.add(
             "state = 'write_back_failed' AND next_write_back_at <= ?",

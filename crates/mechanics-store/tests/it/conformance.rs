@@ -742,6 +742,37 @@ pub(crate) async fn listings_filter_and_page_newest_first(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(gl.items.len(), 1);
+    let mut push = new_event("gh", "p");
+    push.event_type = "push".into();
+    let push = store.insert_event(push, 0).await.unwrap().record;
+    let of_type = |event_type: &str| EventFilter {
+        event_type: Some(event_type.into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.list_events(&of_type("push")).await.unwrap().items,
+        std::slice::from_ref(&push)
+    );
+    assert!(
+        store
+            .list_events(&of_type("issues"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    store
+        .update_event(
+            push.id,
+            EventUpdate {
+                state: EventState::Skipped,
+                error: None,
+                next_write_back_at: None,
+            },
+            1,
+        )
+        .await
+        .unwrap();
     let received = store
         .list_events(&EventFilter {
             state: Some(EventState::Received),

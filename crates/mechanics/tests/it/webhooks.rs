@@ -682,3 +682,103 @@ fn the_examples_parse_validate_register_and_run_with_their_sample_events() {
         ["/?from=mechanics&fire_time=2026-01-01T00%3A00%3A00.000Z"]
     );
 }
+
+#[test]
+fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GH_WEBHOOK_SECRET", SECRET)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let source = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\n",
+    );
+    file("w.js", "export default () => ({ ok: true });\n");
+    let worker = |repo: &str| {
+        file(
+            "worker.yml",
+            &format!(
+                "name: triage\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      \
+                 source: gh\n      events: [\"issues.opened\"]\n      \
+                 filter: {{ repository.full_name: {repo} }}\n"
+            ),
+        )
+    };
+    server.ok(&["source", "add", "-f", &source]);
+    server.ok(&["worker", "add", "-f", &worker("acme/web")]);
+
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the event skipped",
+        &server,
+        || client.get(&format!("{}/api/v1/events/{id}", server.url))["state"] == "skipped",
+    );
+    let shown = server.ok(&["event", "show", &id.to_string()]);
+    assert!(shown.contains("state:       skipped"), "{shown}");
+    assert!(
+        shown.contains(
+            "triage: not matched: repository.full_name: want \"acme/web\", got \"acme/app\""
+        ),
+        "{shown}"
+    );
+    let listed = server.ok(&[
+        "event",
+        "list",
+        "--state",
+        "skipped",
+        "--type",
+        "issues.opened",
+    ]);
+    assert!(
+        listed.contains("issues.opened") && listed.contains("skipped"),
+        "{listed}"
+    );
+    assert_eq!(
+        server.ok(&["event", "list", "--type", "push"]),
+        "no events\n"
+    );
+    let bad = server.cli(&["event", "list", "--state", "sleeping"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+
+    // The filter fixed, the same delivery again: a new event, matched, its task completed.
+    server.ok(&["worker", "add", "-f", &worker("acme/app")]);
+    let again = server.ok(&["event", "redeliver", &id.to_string(), "--key", "fix-1"]);
+    let copy: i64 = again
+        .split("as event ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{again}"));
+    assert_ne!(copy, id);
+    let same = server.ok(&["event", "redeliver", &id.to_string(), "--key", "fix-1"]);
+    assert!(
+        same.contains(&format!(
+            "already redelivered with this key as event {copy}"
+        )),
+        "{same}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the redelivery completed",
+        &server,
+        || client.get(&format!("{}/api/v1/events/{copy}", server.url))["state"] == "completed",
+    );
+    let shown = server.ok(&["event", "show", &copy.to_string()]);
+    assert!(shown.contains("triage: matched"), "{shown}");
+    assert!(shown.contains("policy: ok"), "{shown}");
+    assert!(shown.contains(": completed (attempt 1)"), "{shown}");
+    let json: Value =
+        serde_json::from_str(&server.ok(&["event", "show", &copy.to_string(), "--json"])).unwrap();
+    assert_eq!(json["actor"], "octocat");
+    assert_eq!(json["workers"][0]["task"]["state"], "completed");
+}

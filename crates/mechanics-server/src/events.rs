@@ -1,0 +1,212 @@
+//! `/api/v1/events`: the received events, what became of each per worker (matching, policy,
+//! task), and redelivery. It answers "why did my bot (not) react?" in one call: the verdicts
+//! are read from the event's own `match` and `policy` entries of the trace, so they are the
+//! ones given when it arrived, not what today's workers would say.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use mechanics_proto::api::{EventDetail, EventList, EventWorker, Redeliver, WebhookAccepted};
+use mechanics_proto::domain::{Event, EventState, LogEntry};
+use mechanics_store::{EventFilter, LogQuery, NewEvent, TaskFilter};
+use serde_json::Value;
+
+use crate::Shared;
+use crate::api::{ApiResult, Failure, ListingQuery, parse_body, parse_id, shown_event, shown_task};
+
+/// The routes under `/api/v1/events`, merged into the API router (and so behind its
+/// authentication).
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/events", get(list_events))
+        .route("/events/{id}", get(show_event))
+        .route("/events/{id}/redeliver", post(redeliver))
+}
+
+async fn list_events(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<axum::Json<EventList>> {
+    let mut q = ListingQuery::parse(query, &["state", "source", "type", "limit", "cursor"])?;
+    let filter = EventFilter {
+        source: q.text("source"),
+        state: q.one_of("state", EventState::ALL)?,
+        event_type: q.text("type"),
+        write_back_due_by: None,
+        limit: q.limit()?,
+        cursor: q.id("cursor")?,
+    };
+    let page = shared.store.list_events(&filter).await?;
+    Ok(axum::Json(EventList {
+        events: page
+            .items
+            .into_iter()
+            .map(|event| shown_event(&shared, event))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn show_event(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EventDetail>> {
+    let id = parse_id(&id)?;
+    let Some(event) = shared.store.get_event(id).await? else {
+        return Err(Failure::not_found(format!("no event {id}")));
+    };
+    // The steps of the event still buffered are part of the answer.
+    if let Err(err) = shared.trace.flush().await {
+        tracing::warn!(error = %err, "flushing the pipeline trace before a read failed");
+    }
+    let mut workers: BTreeMap<String, EventWorker> = BTreeMap::new();
+    let mut actor = None;
+    for entry in steps(&shared, id, "match").await? {
+        let detail = entry.record.detail.unwrap_or(Value::Null);
+        for name in detail["workers"].as_array().into_iter().flatten() {
+            if let Some(name) = name.as_str() {
+                slot(&mut workers, name).matched = true;
+            }
+        }
+        for (name, why) in detail["not_matched"].as_object().into_iter().flatten() {
+            slot(&mut workers, name).not_matched = why.as_str().map(str::to_owned);
+        }
+    }
+    for entry in steps(&shared, id, "policy").await? {
+        let (Some(name), Some(detail)) = (entry.record.worker.as_deref(), entry.record.detail)
+        else {
+            continue;
+        };
+        actor = detail["actor"].as_str().map(str::to_owned).or(actor);
+        let worker = slot(&mut workers, name);
+        worker.policy = Some(entry.record.outcome.as_str().to_owned());
+        worker.policy_reason = detail["reason"]
+            .as_str()
+            .map(|reason| format!("{reason}: {}", detail["why"].as_str().unwrap_or("")));
+    }
+    let tasks = shared
+        .store
+        .list_tasks(&TaskFilter {
+            event_id: Some(id),
+            limit: Some(mechanics_store::MAX_PAGE_SIZE),
+            ..TaskFilter::default()
+        })
+        .await?;
+    for task in tasks.items {
+        let worker = slot(&mut workers, &task.worker);
+        worker.matched = true;
+        worker.task = Some(shown_task(&shared, task));
+    }
+    Ok(axum::Json(EventDetail {
+        event: shown_event(&shared, event),
+        actor,
+        workers: workers.into_values().collect(),
+    }))
+}
+
+/// The entry of worker `name`, made empty if it is not there yet.
+fn slot<'a>(workers: &'a mut BTreeMap<String, EventWorker>, name: &str) -> &'a mut EventWorker {
+    workers
+        .entry(name.to_owned())
+        .or_insert_with(|| EventWorker {
+            worker: name.to_owned(),
+            matched: false,
+            not_matched: None,
+            policy: None,
+            policy_reason: None,
+            task: None,
+        })
+}
+
+/// The trace entries of event `id` with `action`, oldest first.
+async fn steps(shared: &Shared, id: i64, action: &str) -> ApiResult<Vec<LogEntry>> {
+    let page = shared
+        .store
+        .query_logs(&LogQuery {
+            event_id: Some(id),
+            action: Some(action.to_owned()),
+            limit: Some(mechanics_store::MAX_PAGE_SIZE),
+            ..LogQuery::default()
+        })
+        .await?;
+    let mut entries = page.items;
+    entries.reverse();
+    Ok(entries)
+}
+
+/// Delivers event `id` again as a new event, matched as if it had just arrived: the way to try a
+/// changed worker, filter or policy on a real delivery.
+async fn redeliver(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<WebhookAccepted>)> {
+    let id = parse_id(&id)?;
+    let empty = matches!(&body, Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace));
+    let request: Redeliver = if empty {
+        Redeliver::default()
+    } else {
+        parse_body(body)?
+    };
+    let Some(event) = shared.store.get_event(id).await? else {
+        return Err(Failure::not_found(format!("no event {id}")));
+    };
+    if shared
+        .integrations
+        .sources
+        .get(&event.source)
+        .await
+        .is_none()
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "the source {:?} of event {id} is no longer registered",
+                event.source
+            ),
+        ));
+    }
+    let key = match request.key {
+        Some(key) if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) => {
+            return Err(Failure::bad_request(
+                "key: use 1 to 200 characters without control characters",
+            ));
+        }
+        Some(key) => key,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let now = shared.clock.now_ms();
+    let inserted = shared
+        .store
+        .insert_event(
+            NewEvent {
+                source: event.source.clone(),
+                delivery_id: format!("redeliver:{id}:{key}"),
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+                body_dedup: None,
+            },
+            now,
+        )
+        .await?;
+    let copy: Event = inserted.record;
+    let answer = WebhookAccepted {
+        event_id: copy.id,
+        state: copy.state,
+        duplicate: !inserted.created,
+    };
+    if !inserted.created {
+        return Ok((StatusCode::OK, axum::Json(answer)));
+    }
+    shared.trace.webhook_received(&copy, now);
+    let matcher = shared.clone();
+    tokio::spawn(async move { crate::webhooks::match_event(&matcher, &copy).await });
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)))
+}
