@@ -44,6 +44,7 @@ pub use config::ServerConfig;
 pub use dispatch::DispatchConfig;
 pub use executor::{AttemptOutput, JsExecutor, Outcome};
 pub use metrics::Metrics;
+pub use sources::read_webhook_secret;
 pub use trace_log::TraceLog;
 
 use dispatch::Dispatcher;

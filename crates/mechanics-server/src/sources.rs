@@ -137,7 +137,7 @@ pub(crate) struct CachedSource {
 impl CachedSource {
     /// Resolves `source`'s references now. Blocking: reads environment variables and files.
     fn resolve(source: Source) -> Self {
-        let secret = secret(&source.spec);
+        let secret = read_webhook_secret(&source.spec);
         let token = token(&source.spec);
         Self {
             source,
@@ -376,9 +376,10 @@ pub(crate) async fn refresh_loop(
     }
 }
 
-/// The source's webhook secret, read from its environment variable or file now. The error names
-/// the reference, never a value.
-fn secret(spec: &SourceSpec) -> Result<Vec<u8>, String> {
+/// The source's webhook secret, read from its environment variable or file now, as the server
+/// reads it (also by `mechanics webhook send`, in its own environment). The error names the
+/// reference, never a value.
+pub fn read_webhook_secret(spec: &SourceSpec) -> Result<Vec<u8>, String> {
     resolve(
         "secret",
         spec.secret_env.as_deref(),
@@ -410,7 +411,7 @@ fn resolve(what: &str, env: Option<&str>, file: Option<&str>) -> Result<Option<V
         return match std::env::var(name) {
             Ok(value) if !value.is_empty() => Ok(Some(value.into_bytes())),
             _ => Err(format!(
-                "the environment variable {name} that holds the source's {what} is not set on the server"
+                "the environment variable {name} that holds the source's {what} is not set"
             )),
         };
     }

@@ -70,6 +70,14 @@ enum Command {
         #[command(subcommand)]
         command: crate::events::EventCommand,
     },
+    /// Webhooks: send a sample delivery to a running server, signed as the platform would.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Webhook {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Tasks: submit, list, show, retry, cancel.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Task {
@@ -115,6 +123,15 @@ enum ConfigCommand {
     /// the database password are redacted). Takes the flags of `mechanics serve`, to see what
     /// they would change.
     Show(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCommand {
+    /// Deliver a JSON file to a source's webhook URL, signed with the source's secret as its
+    /// platform would (GitHub, GitLab, Slack v0, Telegram, Standard Webhooks); the secret is read
+    /// from the environment variable or file the source names, as the server reads it. Prints
+    /// the server's answer.
+    Send(crate::webhook_send::SendArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +228,10 @@ pub fn main() -> ExitCode {
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
         Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
+        Command::Webhook {
+            client,
+            command: WebhookCommand::Send(send),
+        } => finish(crate::webhook_send::send(&client, &send)),
         Command::Event { client, command } => finish(crate::events::event(&client, &command)),
         Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {

@@ -414,6 +414,38 @@ impl Api {
         self.call(Method::GET, path, None::<&()>)
     }
 
+    /// `POST /webhooks/{source}` with `headers` and the raw `body`, as a platform sends it (no
+    /// API key: the signature is the authentication). The status and the answer, whatever they
+    /// are: a refusal is the result the caller wants to see.
+    pub(crate) fn deliver(
+        &self,
+        source: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Answer)> {
+        let url = format!("{}/webhooks/{}", self.base, segment(source));
+        let mut request = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let (status, bytes) = self
+            .runtime
+            .block_on(async {
+                let response = request.send().await?;
+                let status = response.status();
+                let bytes = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|err| self.transport_failure(err))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((status.as_u16(), Answer { text, value }))
+    }
+
     pub(crate) fn post(&self, path: &str, body: Option<&impl serde::Serialize>) -> Result<Answer> {
         self.call(Method::POST, path, body)
     }

@@ -9,4 +9,5 @@ pub mod events;
 pub mod logs;
 pub mod serve;
 pub mod sources;
+pub mod webhook_send;
 pub mod worker_test;

@@ -782,3 +782,124 @@ fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
     assert_eq!(json["actor"], "octocat");
     assert_eq!(json["workers"][0]["task"]["state"], "completed");
 }
+
+#[test]
+fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let secret = file("secret", "e2e-secret\n");
+    let whsec = file("whsec", "whsec_c2VuZC10ZXN0LWtleS1ieXRlcw==\n");
+    for (name, kind, secret) in [
+        ("gh", "github", &secret),
+        ("gl", "gitlab", &secret),
+        ("sl", "slack", &secret),
+        ("tg", "telegram", &secret),
+        ("gen", "generic", &whsec),
+    ] {
+        let spec = file(
+            &format!("{name}.yml"),
+            &format!("name: {name}\nkind: {kind}\nsecret_file: {secret}\n"),
+        );
+        server.ok(&["source", "add", "-f", &spec]);
+    }
+    let samples = [
+        (
+            "gh",
+            r#"{"action":"opened","issue":{"number":1},"sender":{"login":"octocat"}}"#,
+        ),
+        (
+            "gl",
+            r#"{"object_kind":"issue","object_attributes":{"action":"open","iid":1}}"#,
+        ),
+        (
+            "sl",
+            r#"{"type":"event_callback","event_id":"Ev1","event":{"type":"message","user":"U1"}}"#,
+        ),
+        (
+            "tg",
+            r#"{"update_id":7,"message":{"message_id":1,"chat":{"id":1},"text":"hi"}}"#,
+        ),
+        ("gen", r#"{"type":"build.finished","data":{"ok":true}}"#),
+    ];
+    for (source, body) in samples {
+        let sample = file(&format!("{source}.json"), body);
+        let out = server.ok(&[
+            "webhook",
+            "send",
+            source,
+            &sample,
+            "--event",
+            "issues",
+            "--delivery-id",
+            "same-1",
+        ]);
+        assert!(
+            out.starts_with("202: event ") && out.contains("stored"),
+            "{source}: {out}"
+        );
+    }
+    let events: Value = serde_json::from_str(&server.ok(&["event", "list", "--json"])).unwrap();
+    let mut types: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "build.finished",
+            "issue.open",
+            "issues.opened",
+            "message",
+            "message"
+        ]
+    );
+    // The same delivery id again is a duplicate; exit 0, nothing new.
+    let gh = work.join("gh.json");
+    let again = server.ok(&[
+        "webhook",
+        "send",
+        "gh",
+        gh.to_str().unwrap(),
+        "--event",
+        "issues",
+        "--delivery-id",
+        "same-1",
+    ]);
+    assert!(
+        again.starts_with("200: event ") && again.contains("duplicate"),
+        "{again}"
+    );
+
+    // Bad input exits 2 before anything is sent; a refusal by the server exits 1.
+    let not_json = file("bad.json", "{nope");
+    let no_event = server.cli(&["webhook", "send", "gh", gh.to_str().unwrap()]);
+    assert_eq!(code(&no_event), Some(2), "{}", stderr(&no_event));
+    assert!(
+        stderr(&no_event).contains("--event"),
+        "{}",
+        stderr(&no_event)
+    );
+    let bad = server.cli(&["webhook", "send", "gh", &not_json, "--event", "issues"]);
+    assert_eq!(code(&bad), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("not JSON"), "{}", stderr(&bad));
+    std::fs::write(&secret, "rotated-here-only\n").unwrap();
+    let refused = server.cli(&["webhook", "send", "sl", &file("sl2.json", samples[2].1)]);
+    assert_eq!(code(&refused), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("the server refused the delivery (401)"),
+        "{}",
+        stderr(&refused)
+    );
+    let unknown = server.cli(&["webhook", "send", "nope", gh.to_str().unwrap()]);
+    assert_eq!(code(&unknown), Some(1), "{}", stderr(&unknown));
+}
