@@ -159,7 +159,18 @@ pub enum TaskCommand {
         id: i64,
     },
     /// Queue a failed or dead task again (its retry count starts over).
+    ///
+    /// With --wait, follows it as `task watch` does: exit 0 when it completed, 1 otherwise.
     Retry {
+        /// The task's id.
+        id: i64,
+        /// Follow the task until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Follow a task: one line per change of state or attempt, until it ends; exit 0 when it
+    /// completed, 1 when it failed, went dead or was canceled.
+    Watch {
         /// The task's id.
         id: i64,
     },
@@ -735,6 +746,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                         vec![
                             t.id.to_string(),
                             t.worker.clone(),
+                            trigger_of(t).to_owned(),
                             t.state.to_string(),
                             t.attempt.to_string(),
                             age(t.created_at),
@@ -748,7 +760,8 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                     .collect();
                 let mut text = table(
                     &[
-                        "ID", "WORKER", "STATE", "ATTEMPT", "CREATED", "UPDATED", "ERROR",
+                        "ID", "WORKER", "TRIGGER", "STATE", "ATTEMPT", "CREATED", "UPDATED",
+                        "ERROR",
                     ],
                     rows,
                 );
@@ -763,19 +776,78 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
             let answer = api.get(&format!("/tasks/{id}"))?;
             api.print(&answer, |answer| Ok(show_task(&answer.parse()?)))
         }
-        TaskCommand::Retry { id } | TaskCommand::Cancel { id } => {
-            let verb = if matches!(command, TaskCommand::Retry { .. }) {
-                "retry"
-            } else {
-                "cancel"
-            };
+        TaskCommand::Retry { id, wait } => {
             let api = Api::new(args)?;
-            let answer = api.post(&format!("/tasks/{id}/{verb}"), None::<&()>)?;
+            let answer = api.post(&format!("/tasks/{id}/retry"), None::<&()>)?;
+            if *wait && !api.json {
+                return watch(&api, *id);
+            }
+            api.print(&answer, |answer| {
+                let task: Task = answer.parse()?;
+                Ok(format!("task {} is {}\n", task.id, task.state))
+            })?;
+            if *wait {
+                return watch(&api, *id);
+            }
+            Ok(())
+        }
+        TaskCommand::Cancel { id } => {
+            let api = Api::new(args)?;
+            let answer = api.post(&format!("/tasks/{id}/cancel"), None::<&()>)?;
             api.print(&answer, |answer| {
                 let task: Task = answer.parse()?;
                 Ok(format!("task {} is {}\n", task.id, task.state))
             })
         }
+        TaskCommand::Watch { id } => {
+            let api = Api::new(args)?;
+            watch(&api, *id)
+        }
+    }
+}
+
+/// Follows task `id` until it ends, printing a line (or with `--json`, the task) whenever its
+/// state or attempt changes; the exit status says how it ended.
+fn watch(api: &Api, id: i64) -> Result<()> {
+    let mut seen: Option<(TaskState, u32)> = None;
+    let mut delay = Duration::from_millis(25);
+    loop {
+        let answer = api.get(&format!("/tasks/{id}"))?;
+        let shown: TaskDetail = answer.parse()?;
+        let task = &shown.task;
+        if seen != Some((task.state, task.attempt)) {
+            seen = Some((task.state, task.attempt));
+            delay = Duration::from_millis(25);
+            let line = if api.json {
+                format!("{}\n", serde_json::to_string(&task).unwrap_or_default())
+            } else {
+                let attempt = if task.attempt > 0 {
+                    format!(" (attempt {})", task.attempt)
+                } else {
+                    String::new()
+                };
+                let error = task
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {}", shorten(e, 200)))
+                    .unwrap_or_default();
+                format!(
+                    "{} task {} {}{attempt}{error}\n",
+                    time_of_day(now_ms()),
+                    task.id,
+                    task.state
+                )
+            };
+            out(&line);
+        }
+        if task.state.is_end() {
+            return match task.state {
+                TaskState::Completed => Ok(()),
+                state => Err(Failure::failed(format!("task {id} ended {state}"))),
+            };
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 3 / 2).min(Duration::from_millis(500));
     }
 }
 
@@ -914,6 +986,23 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     ) + &shortages(&list))
 }
 
+/// What made `task`: `webhook` (an event's), `cron` (a schedule's fire: its payload is
+/// `{ "cron": ... }`) or `api` (a submission).
+fn trigger_of(task: &Task) -> &'static str {
+    if task.event_id.is_some() {
+        "webhook"
+    } else if task.idempotency_key.is_none()
+        && task
+            .payload
+            .get("cron")
+            .is_some_and(serde_json::Value::is_object)
+    {
+        "cron"
+    } else {
+        "api"
+    }
+}
+
 fn show_task(shown: &TaskDetail) -> String {
     let task = &shown.task;
     let mut text = format!(
@@ -935,6 +1024,11 @@ fn show_task(shown: &TaskDetail) -> String {
     }
     if let Some(event) = task.event_id {
         text.push_str(&format!("event:     {event}\n"));
+    }
+    text.push_str(&format!("trigger:   {}\n", trigger_of(task)));
+    if !task.payload.is_null() {
+        let pretty = serde_json::to_string_pretty(&task.payload).unwrap_or_default();
+        text.push_str(&format!("payload:\n{}\n", indent(&pretty)));
     }
     if let Some(error) = &task.error {
         text.push_str(&format!("error:     {error}\n"));

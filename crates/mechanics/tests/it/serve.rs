@@ -180,6 +180,7 @@ fn http_workers_complete_fail_on_5xx_and_go_dead_then_retry_revives_them() {
         task["result"],
         json!({ "echo": { "x": 1 }, "attempt": 1, "worker": "echo" })
     );
+    let first_id = task["id"].to_string();
 
     // 5xx: failed at once, no second attempt.
     *status.lock().unwrap() = 500;
@@ -220,10 +221,28 @@ fn http_workers_complete_fail_on_5xx_and_go_dead_then_retry_revives_them() {
         format!("127.0.0.1:{port}").parse().unwrap(),
         http_worker(revived_seen.clone(), Duration::ZERO, status.clone()),
     );
-    let retried = server.ok(&["task", "retry", &id]);
-    assert!(retried.starts_with(&format!("task {id} is ")), "{retried}");
+    // `--wait` follows it like `task watch`: a line per state or attempt, the last completed.
+    let retried = server.ok(&["task", "retry", &id, "--wait"]);
+    let last = retried.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with(&format!("task {id} completed (attempt 3)")),
+        "{retried}"
+    );
     let task = server.wait_end(id.parse().unwrap(), Duration::from_secs(30));
     assert_eq!(task["state"], "completed", "{task}");
+    // Watching an ended task prints where it ended; the exit status says how.
+    let watched = server.ok(&["task", "watch", &id]);
+    assert_eq!(watched.lines().count(), 1, "{watched}");
+    let failed_id = failed_task_id(&server);
+    let out = server.cli(&["task", "watch", &failed_id]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" failed (attempt 1): "));
+    let shown = server.ok(&["task", "show", &first_id]);
+    assert!(shown.contains("trigger:   api"), "{shown}");
+    assert!(
+        shown.contains("payload:\n  {\n    \"x\": 1\n  }"),
+        "{shown}"
+    );
     assert_eq!(task["result"]["attempt"], 3);
     assert_eq!(
         revived_seen.lock().unwrap().as_slice(),
@@ -254,12 +273,20 @@ fn http_workers_complete_fail_on_5xx_and_go_dead_then_retry_revives_them() {
     assert_eq!(failed["tasks"].as_array().unwrap().len(), 1, "{failed}");
     let table = server.ok(&["task", "list", "--limit", "2"]);
     assert!(table.starts_with("ID  "), "{table}");
+    assert!(table.lines().next().unwrap().contains("TRIGGER"), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains(" api "), "{table}");
     assert!(table.contains("more: pass --cursor"), "{table}");
 
     // Cancel: only a task that has not ended.
     let out = server.cli(&["task", "cancel", &id]);
     assert_eq!(code(&out), Some(1));
     assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+}
+
+/// The id of the one `failed` task of worker `echo`.
+fn failed_task_id(server: &Coordinator) -> String {
+    let failed = server.json(&["task", "list", "--state", "failed", "--worker", "echo"]);
+    failed["tasks"][0]["id"].to_string()
 }
 
 #[test]
