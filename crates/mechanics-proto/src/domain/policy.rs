@@ -124,9 +124,15 @@ impl PolicySpec {
                 }
                 refuse_control(&field, entry)?;
                 if entry.starts_with('@') {
-                    let valid = team_entry(entry).is_some_and(|(org, team)| {
-                        !org.is_empty() && !team.is_empty() && !team.contains('/')
-                    });
+                    // Names as GitHub allows them; `.` or `..` would change the API path.
+                    let name = |part: &str| {
+                        part.chars().any(|c| c != '.')
+                            && part
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    };
+                    let valid =
+                        team_entry(entry).is_some_and(|(org, team)| name(org) && name(team));
                     if !valid {
                         return Err(SpecError::new(
                             field,
@@ -199,6 +205,10 @@ mod tests {
             (
                 json!({ "actors": { "allow": ["@acme/a/b"] } }),
                 "policy.actors.allow[0]:",
+            ),
+            (
+                json!({ "actors": { "deny": ["@acme/.."] } }),
+                "policy.actors.deny[0]: \"@acme/..\" is not a GitHub team",
             ),
             (
                 json!({ "actors": { "allow": ["a\u{7}"] } }),

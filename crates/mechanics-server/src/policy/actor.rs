@@ -4,7 +4,7 @@
 //! | kind | actor | bot when |
 //! |---|---|---|
 //! | github | `sender.login` | `sender.type == "Bot"` |
-//! | gitlab | `user.username` | `user.bot == true` |
+//! | gitlab | `user.username` (push hooks: `user_username`) | `user.bot == true` |
 //! | slack | `event.user` (and `event.bot_id`) | `event.bot_id` is set or `event.subtype == "bot_message"` |
 //! | telegram | `message.from.id` and `.username` (also of `edited_message`, `channel_post`, `callback_query`) | `from.is_bot == true` |
 //! | generic | the source's `actor_path` | never |
@@ -59,8 +59,10 @@ pub(crate) fn of(source: &SourceSpec, payload: &Value) -> Actor {
             names: text(payload.pointer("/sender/login")).into_iter().collect(),
             bot: payload.pointer("/sender/type").and_then(Value::as_str) == Some("Bot"),
         },
+        // Push and tag push hooks name the user at the top level.
         SourceKind::Gitlab => Actor {
             names: text(payload.pointer("/user/username"))
+                .or_else(|| text(payload.get("user_username")))
                 .into_iter()
                 .collect(),
             bot: flag(payload.pointer("/user/bot")),
@@ -136,6 +138,12 @@ mod tests {
                 json!({ "user": { "username": "bob", "bot": true } }),
                 vec!["bob"],
                 true,
+            ),
+            (
+                SourceKind::Gitlab,
+                json!({ "object_kind": "push", "user_username": "dora" }),
+                vec!["dora"],
+                false,
             ),
             (
                 SourceKind::Slack,

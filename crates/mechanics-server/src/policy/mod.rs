@@ -13,7 +13,8 @@
 //!    the worker count.
 //!
 //! A pair whose decision could not be made (the store failed) is an error: the event stays
-//! `received` and is matched again by recovery. A platform that cannot say who the token is
+//! `received` and is matched again by recovery (at the next startup; on a shared PostgreSQL also
+//! by the periodic sweep). A worker that already has a task for the event is not decided again. A platform that cannot say who the token is
 //! does not stop events: the `bot` rule still holds, and the identity is asked again after
 //! [`IDENTITY_RETRY`].
 

@@ -72,7 +72,19 @@ pub fn why_not(worker: &Worker, event: &Event) -> Option<String> {
                 "{path}: want {want}, the payload has no such field"
             )),
             Some(actual) if !filter_matches(&json_object(path, expected), &event.payload) => {
-                Some(format!("{path}: want {want}, got {actual}"))
+                // The trace keeps a glimpse of the payload, not a copy of it.
+                let got = match actual {
+                    Value::Object(_) => "an object".to_owned(),
+                    Value::Array(_) => "an array".to_owned(),
+                    scalar => {
+                        let text = scalar.to_string();
+                        match text.char_indices().nth(100) {
+                            Some((at, _)) => format!("{}…", &text[..at]),
+                            None => text,
+                        }
+                    }
+                };
+                Some(format!("{path}: want {want}, got {got}"))
             }
             Some(_) => None,
         }

@@ -33,7 +33,7 @@ use http_body::Body as _;
 use mechanics_proto::api::WebhookAccepted;
 use mechanics_proto::domain::{Event, EventState, SourceKind, Worker};
 use mechanics_store::{
-    EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError, Take, Tokens,
+    EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError, Take, TaskFilter, Tokens,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -425,8 +425,30 @@ pub(crate) async fn match_event(shared: &Shared, event: &Event) {
         set_state(shared, event.id, EventState::Failed, Some(error)).await;
         return;
     };
+    // Matched again (recovery after a failure half way): a worker that has its task was
+    // admitted before, and deciding again could turn the event `ignored` under a running task.
+    let admitted_before: std::collections::HashSet<String> = match shared
+        .store
+        .list_tasks(&TaskFilter {
+            event_id: Some(event.id),
+            limit: Some(mechanics_store::MAX_PAGE_SIZE),
+            ..TaskFilter::default()
+        })
+        .await
+    {
+        Ok(page) => page.items.into_iter().map(|task| task.worker).collect(),
+        Err(err) => {
+            let error = format!("listing the event's tasks failed: {err}");
+            shared.trace.match_failed(event, &error, now);
+            return;
+        }
+    };
     let mut names = Vec::with_capacity(matched.len());
     for worker in matched {
+        if admitted_before.contains(&worker.spec.name) {
+            names.push(worker.spec.name.as_str());
+            continue;
+        }
         let policies = &shared.integrations.policies;
         match policies.decide(shared, &source, worker, event).await {
             Ok(verdict) => {

@@ -331,8 +331,7 @@ fn claim_expired_at(shared: &Shared, event: &Event, now: i64) -> i64 {
 /// there, and the look is one read.
 const UNKNOWN_OUTCOME_RECHECK: Duration = Duration::from_secs(1);
 
-/// How the event's error starts after a try whose outcome is unknown: the next try reads it to
-/// know that it must look before it posts (a try that failed for sure posts again at once).
+/// How the event's error starts after a try whose outcome is unknown.
 const MAY_HAVE_POSTED: &str = "the reply may have been posted: ";
 
 /// Posts `text` in reply to `event` and records the outcome on the event. `interrupted`: an
@@ -448,8 +447,8 @@ async fn resends_safely(shared: &Shared, event: &Event) -> bool {
 }
 
 /// Builds and sends the reply; every failure becomes a [`Sent`]. When an earlier try may have
-/// posted it (`interrupted`, or its outcome was unknown), looks for it first where the platform
-/// can be searched.
+/// posted it (`interrupted`, or any retry), looks for it first where the platform can be
+/// searched.
 async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> Sent {
     let Some(source) = shared.integrations.sources.get(&event.source).await else {
         return Sent::Permanent(format!(
@@ -476,12 +475,11 @@ async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> 
         Ok(outbound) => outbound,
         Err(message) => return Sent::Permanent(message),
     };
-    let unknown = event
-        .error
-        .as_deref()
-        .is_some_and(|error| error.starts_with(MAY_HAVE_POSTED));
+    // Any retry may follow a try that posted (its answer lost, or its server killed after the
+    // post): where the platform can be searched, a retry looks first (one read).
+    let retry = event.write_back_attempts > 0;
     match responders::lookup(spec, event, &outbound) {
-        Some(lookup) if interrupted || unknown => {
+        Some(lookup) if interrupted || retry => {
             match look_for_reply(shared, spec.kind, event, lookup).await {
                 Ok(true) => return Sent::Found,
                 Ok(false) => {}
@@ -567,6 +565,14 @@ async fn look_for_reply(
         ));
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // Slack answers its errors (a missing `channels:history` scope among them) with 200.
+    if kind == SourceKind::Slack && body["ok"] != true {
+        return Err(format!(
+            "looking for an earlier reply on Slack failed: {} (the app needs the history scope \
+             of the conversation, e.g. channels:history)",
+            body["error"].as_str().unwrap_or("no \"ok\": true")
+        ));
+    }
     Ok(responders::holds_reply(kind, &body, event))
 }
 
