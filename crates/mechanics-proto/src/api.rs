@@ -19,6 +19,9 @@
 //! | `DELETE /sources/{name}` | | `204` |
 //! | `GET /nodes` | | [`NodeList`] |
 //! | `POST /nodes/{name}/reset` | | [`NodeList`] after the reset |
+//! | `POST /keys` | [`ApiKeyInput`] | `201` [`ApiKeyCreated`] (the secret, shown once) |
+//! | `GET /keys` | | [`ApiKeyList`] |
+//! | `DELETE /keys/{name}` | | `204` |
 //!
 //! Outside `/api/v1`, `POST /webhooks/{source}` takes a platform's signed delivery (the signature
 //! is the authentication, not the API key) and answers `202` [`WebhookAccepted`], or `200` with
@@ -275,4 +278,95 @@ mod tests {
         // A client reading it as a plain task (`task submit --wait`) ignores the console.
         assert_eq!(serde_json::from_value::<Task>(body).unwrap(), task);
     }
+}
+
+/// What an API key may do. Each scope includes the ones before it, so they are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiScope {
+    /// Every `GET` (workers, tasks, events, nodes, sources, instances, `/logs`, `/debug/vars`).
+    Read,
+    /// `read`, plus submitting, retrying and canceling tasks and resetting breakers.
+    Operate,
+    /// Everything: workers, sources, nodes and API keys too.
+    Admin,
+}
+
+impl ApiScope {
+    /// Every scope, narrowest first.
+    pub const ALL: &'static [ApiScope] = &[ApiScope::Read, ApiScope::Operate, ApiScope::Admin];
+
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiScope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a scope: read, operate or admin"))
+    }
+}
+
+/// `POST /api/v1/keys`: a new API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyInput {
+    /// Its name (letters, digits, `.`, `_`, `-`; at most 64 characters), unique.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// Seconds from now after which it is refused; none: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// An API key as the API shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyView {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// When it was created (unix ms).
+    pub created_at: i64,
+    /// When it was last used (unix ms), recorded at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+    /// When it stops working (unix ms); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// The answer to `POST /api/v1/keys`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    /// The key.
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    /// The secret to send as `Authorization: Bearer <secret>`; it is stored only as a hash.
+    pub secret: String,
+}
+
+/// `GET /api/v1/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    /// Every key, by name.
+    pub keys: Vec<ApiKeyView>,
 }
