@@ -22,7 +22,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,7 +33,6 @@ use mechanics_proto::api::{
 use mechanics_proto::domain::{Event, EventState, Task, TaskState, TranspiledModule, WorkerKind};
 use mechanics_store::{EventFilter, MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::Shared;
 
@@ -93,6 +92,7 @@ impl Failure {
         match status {
             StatusCode::REQUEST_TIMEOUT => "too_slow",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
@@ -131,6 +131,7 @@ impl From<StoreError> for Failure {
                 Self::conflict(err.to_string())
             }
             StoreError::InvalidInput { .. } => Self::bad_request(err.to_string()),
+            StoreError::AlreadyExists { .. } => Self::conflict(err.to_string()),
             _ if err.is_transient() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -168,7 +169,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
         .map_err(|err| Failure::bad_request(format!("the request body is not valid: {err}")))
 }
 
-/// The routes, with authentication when the server has an API key.
+/// The routes, behind the API keys' authentication and scopes ([`crate::keys`]).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/workers", get(list_workers).post(add_worker))
@@ -184,10 +185,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/instances", get(crate::instances::list))
         .route("/logs", get(crate::observe::list_logs))
         .merge(crate::sources::routes())
+        .merge(crate::keys::routes())
         .fallback(|| async { Failure::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            authenticate,
+            crate::keys::authenticate,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
@@ -245,41 +247,6 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
         }
     }
     answer
-}
-
-/// Accepts `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
-pub(crate) async fn authenticate(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(key) = &shared.api_key else {
-        return next.run(request).await;
-    };
-    let headers = request.headers();
-    let given = bearer(headers).or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    });
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => {
-            next.run(request).await
-        }
-        _ => Failure::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-        )
-        .into_response(),
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<WorkerList>> {

@@ -5,6 +5,7 @@ mod api;
 mod cron;
 mod dispatch;
 mod instances;
+mod keys;
 mod observe;
 mod observe_webhooks;
 mod policy;
