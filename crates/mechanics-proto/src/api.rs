@@ -49,7 +49,7 @@ pub const MAX_MODULE_BYTES: usize = 1024 * 1024;
 
 /// A worker to add or update: the spec, and for js workers the module's source (the CLI reads the
 /// file named by `spec.module`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerInput {
     /// The spec.
@@ -60,7 +60,7 @@ pub struct WorkerInput {
 }
 
 /// A worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// The stored worker (the module source only in `GET /workers/{name}`).
     #[serde(flatten)]
@@ -68,14 +68,14 @@ pub struct WorkerView {
 }
 
 /// `GET /workers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerList {
     /// Every worker, by name.
     pub workers: Vec<WorkerView>,
 }
 
 /// `POST /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// The worker to run.
@@ -89,7 +89,7 @@ pub struct SubmitTask {
 }
 
 /// The answer to `POST /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Submitted {
     /// The task's id.
     pub id: i64,
@@ -100,7 +100,7 @@ pub struct Submitted {
 }
 
 /// `GET /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskList {
     /// Newest first.
     pub tasks: Vec<Task>,
@@ -111,7 +111,7 @@ pub struct TaskList {
 
 /// `GET /tasks/{id}`: the task with what its js attempts wrote with `console`. The listing
 /// ([`TaskList`]) leaves the console out: it can be 64 KiB per attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskDetail {
     /// The task, its fields at the top level as in [`TaskList`].
     #[serde(flatten)]
@@ -123,7 +123,7 @@ pub struct TaskDetail {
 }
 
 /// `GET /events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventList {
     /// Newest first.
     pub events: Vec<Event>,
@@ -133,14 +133,14 @@ pub struct EventList {
 }
 
 /// `GET /sources`. Sources hold only references to their secrets, never values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceList {
     /// Every source, by name.
     pub sources: Vec<Source>,
 }
 
 /// The answer to `POST /webhooks/{source}`: the delivery is stored (committed) as this event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookAccepted {
     /// The stored event's id.
     pub event_id: EventId,
@@ -151,7 +151,7 @@ pub struct WebhookAccepted {
 }
 
 /// An executor node or process worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Its name.
     pub name: String,
@@ -182,21 +182,21 @@ pub struct NodeView {
 }
 
 /// `GET /nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeList {
     /// Executor nodes and process workers, by name.
     pub nodes: Vec<NodeView>,
 }
 
 /// Every error answer: `{ "error": { "code", "message" } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// The error.
     pub error: ApiErrorBody,
 }
 
 /// The body of an [`ApiError`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// A stable, machine-readable code.
     pub code: String,
@@ -207,7 +207,7 @@ pub struct ApiErrorBody {
 /// `GET /logs` (also `GET /api/v1/logs`): the pipeline trace, newest first. Filters `event`,
 /// `task`, `worker`, `action`, `outcome`, `since` (`1h`, `24h`, RFC 3339), `trace`, `limit`
 /// and `cursor`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogList {
     /// Newest first.
     pub entries: Vec<crate::domain::LogEntry>,
@@ -217,7 +217,7 @@ pub struct LogList {
 }
 
 /// A `mechanics serve` process using the database, as its heartbeats record it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     /// Chosen at startup, unique per process.
     pub id: String,
@@ -232,7 +232,7 @@ pub struct Instance {
 }
 
 /// `GET /instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceList {
     /// The instances seen within the last three heartbeats, by id.
     pub instances: Vec<Instance>,
@@ -281,7 +281,19 @@ mod tests {
 }
 
 /// What an API key may do. Each scope includes the ones before it, so they are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiScope {
     /// Every `GET` (workers, tasks, events, nodes, sources, instances, `/logs`, `/debug/vars`).
@@ -325,7 +337,7 @@ impl std::str::FromStr for ApiScope {
 }
 
 /// `POST /api/v1/keys`: a new API key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyInput {
     /// Its name (letters, digits, `.`, `_`, `-`; at most 64 characters), unique.
@@ -338,7 +350,7 @@ pub struct ApiKeyInput {
 }
 
 /// An API key as the API shows it: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyView {
     /// Its name.
     pub name: String,
@@ -355,7 +367,7 @@ pub struct ApiKeyView {
 }
 
 /// The answer to `POST /api/v1/keys`: the only time the secret is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyCreated {
     /// The key.
     #[serde(flatten)]
@@ -365,7 +377,7 @@ pub struct ApiKeyCreated {
 }
 
 /// `GET /api/v1/keys`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyList {
     /// Every key, by name.
     pub keys: Vec<ApiKeyView>,

@@ -16,20 +16,18 @@
 //! - a key that is sent is always checked, even on an open server: a revoked or mistyped key
 //!   is a `401`, never silently ignored.
 //!
-//! "Last used" is written at most once a minute per key per server ([`USE_RECORD_INTERVAL_MS`]),
+//! "Last used" is written at most once a minute per key per server ([`USE_RECORD_INTERVAL`]),
 //! off the request's path, so using a key costs no write per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use base64::Engine;
 use mechanics_proto::api::{
     API_PREFIX, ApiKeyCreated, ApiKeyInput, ApiKeyList, ApiKeyView, ApiScope,
@@ -329,10 +327,10 @@ pub(crate) async fn authenticate(
 }
 
 /// The routes under `/api/v1/keys` (admin only, see [`needed_scope`]).
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/keys", get(list_keys).post(create_key))
-        .route("/keys/{name}", delete(revoke_key))
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Shared>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(list_keys, create_key))
+        .routes(utoipa_axum::routes!(revoke_key))
 }
 
 fn view(key: ApiKey) -> ApiKeyView {
@@ -354,6 +352,7 @@ fn log_change(shared: &Shared, caller: Option<&Caller>, name: &str, change: &str
     });
 }
 
+#[utoipa::path(post, path = "/keys", tag = "keys", operation_id = "create_key", summary = "Create an API key; the answer holds its secret, shown only this once", request_body = ApiKeyInput, responses((status = 201, description = "Created", body = ApiKeyCreated), (status = 409, description = "A key with this name exists", body = mechanics_proto::api::ApiError)))]
 async fn create_key(
     State(shared): State<Arc<Shared>>,
     caller: Option<axum::Extension<Caller>>,
@@ -402,6 +401,7 @@ async fn create_key(
     ))
 }
 
+#[utoipa::path(get, path = "/keys", tag = "keys", operation_id = "list_keys", summary = "The API keys (never their secrets)", responses((status = 200, description = "Every key", body = ApiKeyList)))]
 async fn list_keys(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<ApiKeyList>> {
     let keys = shared.store.list_api_keys().await?;
     Ok(axum::Json(ApiKeyList {
@@ -409,6 +409,7 @@ async fn list_keys(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<Ap
     }))
 }
 
+#[utoipa::path(delete, path = "/keys/{name}", tag = "keys", operation_id = "revoke_key", summary = "Revoke an API key (at once, on every server)", params(("name" = String, Path, description = "The key's name")), responses((status = 204, description = "Revoked")))]
 async fn revoke_key(
     State(shared): State<Arc<Shared>>,
     caller: Option<axum::Extension<Caller>>,

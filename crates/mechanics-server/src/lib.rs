@@ -20,6 +20,7 @@ pub mod instances;
 pub mod keys;
 pub mod metrics;
 pub mod observe;
+pub mod openapi;
 mod pipeline;
 mod policy;
 pub mod processes;

@@ -125,6 +125,7 @@ fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
 }
 
 /// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = Option<String>, Query, description = "90s, 15m, 1h, 24h, 7d or RFC 3339"), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
 pub(crate) async fn list_logs(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,

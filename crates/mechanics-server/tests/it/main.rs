@@ -8,6 +8,7 @@ mod instances;
 mod keys;
 mod observe;
 mod observe_webhooks;
+mod openapi;
 mod policy;
 mod support;
 mod webhooks;
