@@ -61,6 +61,15 @@ enum Command {
         #[command(subcommand)]
         command: crate::sources::SourceCommand,
     },
+    /// API keys: create (the secret is shown once), list, revoke. Each has a scope: read,
+    /// operate or admin.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Key {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
     /// Tasks: submit, list, show, retry, cancel.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Task {
@@ -84,23 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
-    /// The API's description.
-    Api {
-        #[command(subcommand)]
-        command: ApiCommand,
-    },
     /// Instances: the `mechanics serve` processes using the server's database.
     Instance {
         #[command(subcommand)]
         command: InstanceCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum ApiCommand {
-    /// Print the OpenAPI 3.1 document of this build's API on stdout (what a server of this
-    /// version serves at `/api/v1/openapi.json`; no server is needed).
-    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +211,7 @@ pub fn main() -> ExitCode {
         Command::Worker { client, command } => finish(client::worker(&client, &command)),
         Command::Task { client, command } => finish(client::task(&client, &command)),
         Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
+        Command::Key { client, command } => finish(crate::keys::key(&client, &command)),
         Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
@@ -223,18 +221,6 @@ pub fn main() -> ExitCode {
         Command::Instance {
             command: InstanceCommand::List(client),
         } => finish(client::instance_list(&client)),
-        Command::Api {
-            command: ApiCommand::Openapi,
-        } => {
-            let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(mechanics_server::openapi::document_json().as_bytes()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    error_line(&format!("writing the document failed: {err}"));
-                    ExitCode::from(1)
-                }
-            }
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod keys;
 pub mod logs;
 pub mod serve;
 pub mod sources;
