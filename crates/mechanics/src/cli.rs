@@ -93,11 +93,23 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The API's description.
+    Api {
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
     /// Instances: the `mechanics serve` processes using the server's database.
     Instance {
         #[command(subcommand)]
         command: InstanceCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    /// Print the OpenAPI 3.1 document of this build's API on stdout (what a server of this
+    /// version serves at `/api/v1/openapi.json`; no server is needed).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +233,18 @@ pub fn main() -> ExitCode {
         Command::Instance {
             command: InstanceCommand::List(client),
         } => finish(client::instance_list(&client)),
+        Command::Api {
+            command: ApiCommand::Openapi,
+        } => {
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(mechanics_server::openapi::document_json().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    error_line(&format!("writing the document failed: {err}"));
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
