@@ -20,6 +20,9 @@
 //! | `DELETE /sources/{name}` | | `204` |
 //! | `GET /nodes` | | [`NodeList`] |
 //! | `POST /nodes/{name}/reset` | | [`NodeList`] after the reset |
+//! | `POST /keys` | [`ApiKeyInput`] | `201` [`ApiKeyCreated`] (the secret, shown once) |
+//! | `GET /keys` | | [`ApiKeyList`] |
+//! | `DELETE /keys/{name}` | | `204` |
 //!
 //! Outside `/api/v1`, `POST /webhooks/{source}` takes a platform's signed delivery (the signature
 //! is the authentication, not the API key) and answers `202` [`WebhookAccepted`], or `200` with
@@ -47,7 +50,7 @@ pub const MAX_MODULE_BYTES: usize = 1024 * 1024;
 
 /// A worker to add or update: the spec, and for js workers the module's source (the CLI reads the
 /// file named by `spec.module`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerInput {
     /// The spec.
@@ -58,7 +61,7 @@ pub struct WorkerInput {
 }
 
 /// A worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// The stored worker (the module source only in `GET /workers/{name}`).
     #[serde(flatten)]
@@ -66,14 +69,14 @@ pub struct WorkerView {
 }
 
 /// `GET /workers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerList {
     /// Every worker, by name.
     pub workers: Vec<WorkerView>,
 }
 
 /// `POST /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// The worker to run.
@@ -87,7 +90,7 @@ pub struct SubmitTask {
 }
 
 /// The answer to `POST /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Submitted {
     /// The task's id.
     pub id: i64,
@@ -98,7 +101,7 @@ pub struct Submitted {
 }
 
 /// `GET /tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskList {
     /// Newest first.
     pub tasks: Vec<Task>,
@@ -109,7 +112,7 @@ pub struct TaskList {
 
 /// `GET /tasks/{id}`: the task with what its js attempts wrote with `console`. The listing
 /// ([`TaskList`]) leaves the console out: it can be 64 KiB per attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskDetail {
     /// The task, its fields at the top level as in [`TaskList`].
     #[serde(flatten)]
@@ -121,7 +124,7 @@ pub struct TaskDetail {
 }
 
 /// `GET /events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventList {
     /// Newest first.
     pub events: Vec<Event>,
@@ -132,7 +135,7 @@ pub struct EventList {
 
 /// `GET /events/{id}`: the event and, per worker that had a webhook trigger on its source, what
 /// became of it — the answer to "why did my bot (not) react?".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventDetail {
     /// The event, its fields at the top level as in [`EventList`].
     #[serde(flatten)]
@@ -147,7 +150,7 @@ pub struct EventDetail {
 }
 
 /// What became of an event for one worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventWorker {
     /// The worker's name.
     pub worker: String,
@@ -170,7 +173,7 @@ pub struct EventWorker {
 /// `POST /events/{id}/redeliver`: the event is delivered again as a new event (same source,
 /// type and payload) and matched as if it had just arrived. The same `key` names the same
 /// redelivery, so a retried call makes one new event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redeliver {
     /// Names this redelivery (default: a fresh one per call).
@@ -179,14 +182,14 @@ pub struct Redeliver {
 }
 
 /// `GET /sources`. Sources hold only references to their secrets, never values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceList {
     /// Every source, by name.
     pub sources: Vec<Source>,
 }
 
 /// The answer to `POST /webhooks/{source}`: the delivery is stored (committed) as this event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookAccepted {
     /// The stored event's id.
     pub event_id: EventId,
@@ -197,7 +200,7 @@ pub struct WebhookAccepted {
 }
 
 /// An executor node or process worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Its name.
     pub name: String,
@@ -228,21 +231,21 @@ pub struct NodeView {
 }
 
 /// `GET /nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeList {
     /// Executor nodes and process workers, by name.
     pub nodes: Vec<NodeView>,
 }
 
 /// Every error answer: `{ "error": { "code", "message" } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// The error.
     pub error: ApiErrorBody,
 }
 
 /// The body of an [`ApiError`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// A stable, machine-readable code.
     pub code: String,
@@ -253,7 +256,7 @@ pub struct ApiErrorBody {
 /// `GET /logs` (also `GET /api/v1/logs`): the pipeline trace, newest first. Filters `event`,
 /// `task`, `worker`, `action`, `outcome`, `since` (`1h`, `24h`, RFC 3339), `trace`, `limit`
 /// and `cursor`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogList {
     /// Newest first.
     pub entries: Vec<crate::domain::LogEntry>,
@@ -263,7 +266,7 @@ pub struct LogList {
 }
 
 /// A `mechanics serve` process using the database, as its heartbeats record it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     /// Chosen at startup, unique per process.
     pub id: String,
@@ -278,7 +281,7 @@ pub struct Instance {
 }
 
 /// `GET /instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceList {
     /// The instances seen within the last three heartbeats, by id.
     pub instances: Vec<Instance>,
@@ -324,4 +327,107 @@ mod tests {
         // A client reading it as a plain task (`task submit --wait`) ignores the console.
         assert_eq!(serde_json::from_value::<Task>(body).unwrap(), task);
     }
+}
+
+/// What an API key may do. Each scope includes the ones before it, so they are ordered.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiScope {
+    /// Every `GET` (workers, tasks, events, nodes, sources, instances, `/logs`, `/debug/vars`).
+    Read,
+    /// `read`, plus submitting, retrying and canceling tasks and resetting breakers.
+    Operate,
+    /// Everything: workers, sources, nodes and API keys too.
+    Admin,
+}
+
+impl ApiScope {
+    /// Every scope, narrowest first.
+    pub const ALL: &'static [ApiScope] = &[ApiScope::Read, ApiScope::Operate, ApiScope::Admin];
+
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiScope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a scope: read, operate or admin"))
+    }
+}
+
+/// `POST /api/v1/keys`: a new API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyInput {
+    /// Its name (letters, digits, `.`, `_`, `-`; at most 64 characters), unique.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// Seconds from now after which it is refused; none: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// An API key as the API shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiKeyView {
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// When it was created (unix ms).
+    pub created_at: i64,
+    /// When it was last used (unix ms), recorded at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+    /// When it stops working (unix ms); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// The answer to `POST /api/v1/keys`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiKeyCreated {
+    /// The key.
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    /// The secret to send as `Authorization: Bearer <secret>`; it is stored only as a hash.
+    pub secret: String,
+}
+
+/// `GET /api/v1/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiKeyList {
+    /// Every key, by name.
+    pub keys: Vec<ApiKeyView>,
 }

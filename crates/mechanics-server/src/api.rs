@@ -22,10 +22,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use mechanics_proto::api::{
     API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
     TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
@@ -33,7 +33,8 @@ use mechanics_proto::api::{
 use mechanics_proto::domain::{Event, Task, TaskState, TranspiledModule, WorkerKind};
 use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Shared;
 
@@ -93,6 +94,7 @@ impl Failure {
         match status {
             StatusCode::REQUEST_TIMEOUT => "too_slow",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
@@ -131,6 +133,7 @@ impl From<StoreError> for Failure {
                 Self::conflict(err.to_string())
             }
             StoreError::InvalidInput { .. } => Self::bad_request(err.to_string()),
+            StoreError::AlreadyExists { .. } => Self::conflict(err.to_string()),
             _ if err.is_transient() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -168,29 +171,46 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
         .map_err(|err| Failure::bad_request(format!("the request body is not valid: {err}")))
 }
 
-/// The routes, with authentication when the server has an API key.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
-        .route("/workers", get(list_workers).post(add_worker))
-        .route("/workers/{name}", get(show_worker).delete(delete_worker))
-        .route("/tasks", get(list_tasks).post(submit_task))
-        .route("/tasks/{id}", get(show_task))
-        .route("/tasks/{id}/retry", post(retry_task))
-        .route("/tasks/{id}/cancel", post(cancel_task))
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{name}/reset", post(reset_node))
-        .route("/instances", get(crate::instances::list))
-        .route("/logs", get(crate::observe::list_logs))
+/// Every `/api/v1` route (without the prefix), registered with its OpenAPI documentation: a
+/// handler without `#[utoipa::path]` cannot be added here, so the document
+/// ([`crate::openapi::document`]) lists every route the API answers.
+pub(crate) fn api_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_workers, add_worker))
+        .routes(routes!(show_worker, delete_worker))
+        .routes(routes!(list_tasks, submit_task))
+        .routes(routes!(show_task))
+        .routes(routes!(retry_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(list_nodes))
+        .routes(routes!(reset_node))
+        .routes(routes!(crate::instances::list))
+        .routes(routes!(crate::observe::list_logs))
         .merge(crate::sources::routes())
         .merge(crate::events::routes())
+        .merge(crate::keys::routes())
+}
+
+/// The public routes under `/api/v1` (no key): the document and its rendered page.
+pub(crate) fn public_api_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(api_docs))
+}
+
+/// The routes, behind the API keys' authentication and scopes ([`crate::keys`]).
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let (api, _) = api_routes().split_for_parts();
+    let api = api
         .fallback(|| async { Failure::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            authenticate,
+            crate::keys::authenticate,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let (public, _) = public_api_routes().split_for_parts();
     Router::new()
-        .nest(API_PREFIX, api)
+        .nest(API_PREFIX, public.merge(api))
         .merge(crate::observe::router(shared.clone()))
         .route(
             "/healthz",
@@ -198,6 +218,44 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .fallback(|| async { Failure::not_found("no such route") })
         .with_state(shared)
+}
+
+/// The OpenAPI document, made once per process (it depends on nothing but the code).
+static DOCUMENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(crate::openapi::document_json);
+
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "openapi", summary = "This document (OpenAPI 3.1)", security(()), responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
+/// The reference page's script, vendored in the repository and embedded in the binary: the page
+/// works with no network (no CDN, nothing fetched at build time).
+const DOCS_SCRIPT: &str = include_str!("../assets/api-docs.js");
+
+#[utoipa::path(get, path = "/docs", tag = "meta", operation_id = "api_docs", summary = "The API reference, rendered from this document", security(()), responses((status = 200, description = "An HTML page", content_type = "text/html")))]
+async fn api_docs() -> Response {
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Mechanics API</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head>\
+         <body><main id=\"api\">Loading {API_PREFIX}/openapi.json…</main>\
+         <script>{DOCS_SCRIPT}</script></body></html>\n"
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        page,
+    )
+        .into_response()
 }
 
 /// Largest body of a non-JSON error answer read to quote it: axum's rejections are one line.
@@ -246,41 +304,7 @@ pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     answer
 }
 
-/// Accepts `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
-pub(crate) async fn authenticate(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(key) = &shared.api_key else {
-        return next.run(request).await;
-    };
-    let headers = request.headers();
-    let given = bearer(headers).or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    });
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => {
-            next.run(request).await
-        }
-        _ => Failure::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-        )
-        .into_response(),
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
+#[utoipa::path(get, path = "/workers", tag = "workers", operation_id = "list_workers", summary = "The registered workers (without module sources)", responses((status = 200, description = "Every worker", body = WorkerList)))]
 async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<WorkerList>> {
     let workers = shared.store.list_workers().await?;
     Ok(axum::Json(WorkerList {
@@ -294,6 +318,7 @@ async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json
     }))
 }
 
+#[utoipa::path(post, path = "/workers", tag = "workers", operation_id = "add_worker", summary = "Add or replace a worker", request_body = WorkerInput, responses((status = 201, description = "Added", body = WorkerView), (status = 200, description = "Replaced (a new revision)", body = WorkerView)))]
 async fn add_worker(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -375,6 +400,7 @@ async fn transpile(shared: &Shared, input: &WorkerInput) -> ApiResult<Option<Tra
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))
 }
 
+#[utoipa::path(get, path = "/workers/{name}", tag = "workers", operation_id = "show_worker", summary = "A worker with its module source", params(("name" = String, Path, description = "The worker's name")), responses((status = 200, description = "The worker", body = WorkerView)))]
 async fn show_worker(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -388,6 +414,7 @@ async fn show_worker(
     }
 }
 
+#[utoipa::path(delete, path = "/workers/{name}", tag = "workers", operation_id = "delete_worker", summary = "Remove a worker", params(("name" = String, Path, description = "The worker's name")), responses((status = 204, description = "Removed")))]
 async fn delete_worker(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -404,6 +431,7 @@ async fn delete_worker(
     }
 }
 
+#[utoipa::path(post, path = "/tasks", tag = "tasks", operation_id = "submit_task", summary = "Submit a task to a worker that takes API submissions", request_body = SubmitTask, responses((status = 202, description = "Stored (or the task with the same idempotency key)", body = Submitted), (status = 409, description = "The worker does not take API submissions", body = ApiError)))]
 async fn submit_task(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -559,6 +587,7 @@ pub(crate) fn shown_event(shared: &Shared, mut event: Event) -> Event {
     event
 }
 
+#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", summary = "Tasks, newest first", params(("state" = Option<TaskState>, Query, description = "Only tasks in this state"), ("worker" = Option<String>, Query, description = "Only this worker's tasks"), ("event" = Option<i64>, Query, minimum = 1, description = "Only the tasks of this event"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of tasks", body = TaskList)))]
 async fn list_tasks(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -584,6 +613,7 @@ async fn list_tasks(
 
 /// The task with the console output of its attempts. Console lines were redacted before they
 /// were stored and are again here, for secrets learnt since (as results are).
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", operation_id = "show_task", summary = "A task with the console output of its attempts", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The task", body = TaskDetail)))]
 async fn show_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -615,6 +645,7 @@ pub(crate) fn parse_id(text: &str) -> ApiResult<i64> {
     })
 }
 
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", operation_id = "retry_task", summary = "Queue a dead or failed task again", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The task, pending again", body = Task), (status = 409, description = "The task is not dead or failed", body = ApiError)))]
 async fn retry_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -627,6 +658,7 @@ async fn retry_task(
     Ok(axum::Json(shown_task(&shared, task)))
 }
 
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancel_task", summary = "Cancel a task that has not ended", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The canceled task", body = Task), (status = 409, description = "The task has ended already", body = ApiError)))]
 async fn cancel_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -643,12 +675,14 @@ async fn cancel_task(
     Ok(axum::Json(shown_task(&shared, task)))
 }
 
+#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes and process workers, with their breaker state", responses((status = 200, description = "Every node", body = NodeList)))]
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {
     let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
     nodes.extend(shared.dispatcher.processes.views());
     axum::Json(NodeList { nodes })
 }
 
+#[utoipa::path(post, path = "/nodes/{name}/reset", tag = "nodes", operation_id = "reset_node", summary = "Re-arm a node's crash-loop breaker", params(("name" = String, Path, description = "The node's or process worker's name")), responses((status = 200, description = "Every node, after the reset", body = NodeList)))]
 async fn reset_node(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,

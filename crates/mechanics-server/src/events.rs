@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use mechanics_proto::api::{EventDetail, EventList, EventWorker, Redeliver, WebhookAccepted};
+use mechanics_proto::api::{
+    ApiError, EventDetail, EventList, EventWorker, Redeliver, WebhookAccepted,
+};
 use mechanics_proto::domain::{Event, EventState, LogEntry};
 use mechanics_store::{EventFilter, LogQuery, NewEvent, TaskFilter};
 use serde_json::Value;
@@ -22,13 +22,14 @@ use crate::api::{ApiResult, Failure, ListingQuery, parse_body, parse_id, shown_e
 
 /// The routes under `/api/v1/events`, merged into the API router (and so behind its
 /// authentication).
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/events", get(list_events))
-        .route("/events/{id}", get(show_event))
-        .route("/events/{id}/redeliver", post(redeliver))
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Shared>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(list_events))
+        .routes(utoipa_axum::routes!(show_event))
+        .routes(utoipa_axum::routes!(redeliver))
 }
 
+#[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events", summary = "Events, newest first", params(("state" = Option<EventState>, Query, description = "Only events in this state"), ("source" = Option<String>, Query, description = "Only this source's events"), ("type" = Option<String>, Query, description = "Only events of this type (issues.opened)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of events", body = EventList)))]
 async fn list_events(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -53,6 +54,7 @@ async fn list_events(
     }))
 }
 
+#[utoipa::path(get, path = "/events/{id}", tag = "events", operation_id = "show_event", summary = "An event, and per worker what became of it", params(("id" = i64, Path, description = "The event's id")), responses((status = 200, description = "The event, with its actor and per worker the match, the policy's decision and the task", body = EventDetail)))]
 async fn show_event(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -142,6 +144,7 @@ async fn steps(shared: &Shared, id: i64, action: &str) -> ApiResult<Vec<LogEntry
 
 /// Delivers event `id` again as a new event, matched as if it had just arrived: the way to try a
 /// changed worker, filter or policy on a real delivery.
+#[utoipa::path(post, path = "/events/{id}/redeliver", tag = "events", operation_id = "redeliver_event", summary = "Deliver an event again as a new event", params(("id" = i64, Path, description = "The event's id")), request_body(content = Option<Redeliver>, description = "Optional: a key naming the redelivery"), responses((status = 202, description = "Stored as a new event, being matched", body = WebhookAccepted), (status = 200, description = "This key's redelivery exists already", body = WebhookAccepted), (status = 409, description = "The event's source is gone", body = ApiError)))]
 async fn redeliver(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,

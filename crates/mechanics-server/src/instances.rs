@@ -77,6 +77,7 @@ pub(crate) async fn heartbeat_loop(
 
 /// `GET /api/v1/instances`: the servers heard from within the last [`MISSED_BEATS`] heartbeat
 /// intervals, by id.
+#[utoipa::path(get, path = "/instances", tag = "instances", operation_id = "list_instances", summary = "The servers using the database, heard from within three heartbeats", responses((status = 200, description = "The servers", body = InstanceList)))]
 pub(crate) async fn list(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<InstanceList>> {
     let window = i64::try_from((HEARTBEAT_INTERVAL * MISSED_BEATS).as_millis()).unwrap_or(i64::MAX);
     let seen_since = shared.clock.now_ms().saturating_sub(window);

@@ -18,8 +18,10 @@ mod events;
 pub mod executor;
 pub mod files;
 pub mod instances;
+pub mod keys;
 pub mod metrics;
 pub mod observe;
+pub mod openapi;
 mod pipeline;
 mod policy;
 pub mod processes;
@@ -117,7 +119,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) js: Option<Arc<dyn JsExecutor>>,
     pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) api_key: Option<String>,
+    /// The configured key and the stored keys: who a request is (see [`keys`]).
+    pub(crate) keys: keys::ApiKeys,
     /// Every counter of `/metrics`; see [`metrics`] for the one-line API.
     pub(crate) metrics: Arc<Metrics>,
     /// The `/logs` pipeline trace; see [`trace_log`] for the one-line API.
@@ -230,7 +233,7 @@ pub async fn start(
         clock: parts.clock,
         js: parts.js,
         dispatcher: dispatcher.clone(),
-        api_key: config.api_key.clone(),
+        keys: keys::ApiKeys::new(config.api_key.clone()),
         metrics: metrics.clone(),
         trace: trace.clone(),
         integrations,

@@ -7,7 +7,8 @@
 //!   `15m`, `1h`, `24h`, `7d` or RFC 3339), `trace`, `limit` and `cursor`; newest first.
 //! - `GET /debug/vars`: metrics and runtime state as JSON (`store.queries`: the store operations
 //!   that ran SQL since the server started, not counting this request's own). With an API key
-//!   configured it needs the key; without one it answers loopback peers only (401 otherwise). It
+//!   configured or stored it needs a valid key (any scope); without one it answers loopback
+//!   peers only (401 otherwise). It
 //!   never shows environment variables, the command line, the configuration or secrets, and its
 //!   JSON passes through the redactor as well.
 
@@ -24,7 +25,6 @@ use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogOutcome;
 use mechanics_store::LogQuery;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use crate::Shared;
 use crate::api::{Failure, ListingQuery, quote};
@@ -37,7 +37,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
             .route("/logs", get(list_logs))
             .layer(axum::middleware::from_fn_with_state(
                 shared,
-                crate::api::authenticate,
+                crate::keys::authenticate,
             ));
     Router::new()
         .route("/metrics", get(metrics))
@@ -125,6 +125,7 @@ fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
 }
 
 /// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = Option<String>, Query, description = "90s, 15m, 1h, 24h, 7d or RFC 3339"), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
 pub(crate) async fn list_logs(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -238,30 +239,11 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Who may read `/debug/vars`: with an API key, whoever presents it; without one, loopback
-/// peers only (the server may be exposed with `insecure_no_auth`).
-pub fn debug_access_allowed(api_key: Option<&str>, headers: &HeaderMap, peer: SocketAddr) -> bool {
-    match api_key {
-        Some(key) => presented_key(headers)
-            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes()))),
-        None => peer.ip().to_canonical().is_loopback(),
-    }
-}
-
-/// `Authorization: Bearer <key>` or `X-API-Key: <key>`, as the API accepts them.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    bearer.or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    })
+/// Who may read `/debug/vars` on a server without keys (none configured, none stored): loopback
+/// peers only (the server may be exposed with `insecure_no_auth`). With keys, any valid key may
+/// (every scope includes `read`).
+pub fn open_debug_access_allowed(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 async fn debug_vars(
@@ -269,16 +251,16 @@ async fn debug_vars(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Value>, Failure> {
-    if !debug_access_allowed(shared.api_key.as_deref(), &headers, peer) {
-        let message = if shared.api_key.is_some() {
-            "a valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-        } else {
-            "/debug/vars answers loopback clients only when the server has no API key"
-        };
+    let now = shared.clock.now_ms();
+    let caller = shared
+        .keys
+        .identify(shared.store.as_ref(), &headers, now)
+        .await?;
+    if caller == crate::keys::Caller::Anyone && !open_debug_access_allowed(peer) {
         return Err(Failure::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            message,
+            "/debug/vars answers loopback clients only when the server has no API key",
         ));
     }
     // Read before this request's own query (the task counts below): two reads of an idle server
@@ -346,27 +328,12 @@ mod tests {
     }
 
     #[test]
-    fn debug_vars_needs_the_key_when_set_and_loopback_otherwise() {
+    fn an_open_debug_vars_answers_loopback_peers_only() {
         let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let none = HeaderMap::new();
-        let mut good = HeaderMap::new();
-        good.insert(header::AUTHORIZATION, "Bearer k3y-value".parse().unwrap());
-        let mut other = HeaderMap::new();
-        other.insert("x-api-key", "k3y-value".parse().unwrap());
-        let mut wrong = HeaderMap::new();
-        wrong.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
-
-        assert!(debug_access_allowed(None, &none, loopback));
-        assert!(debug_access_allowed(None, &none, mapped));
-        assert!(!debug_access_allowed(None, &none, remote));
-        assert!(!debug_access_allowed(None, &good, remote));
-
-        let key = Some("k3y-value");
-        assert!(debug_access_allowed(key, &good, remote));
-        assert!(debug_access_allowed(key, &other, remote));
-        assert!(!debug_access_allowed(key, &wrong, loopback));
-        assert!(!debug_access_allowed(key, &none, loopback));
+        assert!(open_debug_access_allowed(loopback));
+        assert!(open_debug_access_allowed(mapped));
+        assert!(!open_debug_access_allowed(remote));
     }
 }

@@ -12,12 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use mechanics_proto::api::SourceList;
 use mechanics_proto::domain::{Source, SourceSpec};
 use mechanics_store::Store;
@@ -29,12 +27,13 @@ use crate::{Shared, TraceLog};
 
 /// The routes under `/api/v1/sources`, merged into the API router (and so behind its
 /// authentication).
-pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/sources", get(list_sources).post(add_source))
-        .route("/sources/{name}", get(show_source).delete(delete_source))
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Shared>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(list_sources, add_source))
+        .routes(utoipa_axum::routes!(show_source, delete_source))
 }
 
+#[utoipa::path(post, path = "/sources", tag = "sources", operation_id = "add_source", summary = "Add or replace a webhook source", request_body = SourceSpec, responses((status = 201, description = "Added", body = Source), (status = 200, description = "Replaced", body = Source)))]
 async fn add_source(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -90,12 +89,14 @@ async fn refuse_unusable_files(spec: &SourceSpec) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(get, path = "/sources", tag = "sources", operation_id = "list_sources", summary = "The webhook sources", responses((status = 200, description = "Every source", body = SourceList)))]
 async fn list_sources(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json<SourceList>> {
     Ok(axum::Json(SourceList {
         sources: shared.store.list_sources().await?,
     }))
 }
 
+#[utoipa::path(get, path = "/sources/{name}", tag = "sources", operation_id = "show_source", summary = "A webhook source", params(("name" = String, Path, description = "The source's name")), responses((status = 200, description = "The source", body = Source)))]
 async fn show_source(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -109,6 +110,7 @@ async fn show_source(
     }
 }
 
+#[utoipa::path(delete, path = "/sources/{name}", tag = "sources", operation_id = "delete_source", summary = "Remove a webhook source", params(("name" = String, Path, description = "The source's name")), responses((status = 204, description = "Removed")))]
 async fn delete_source(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,

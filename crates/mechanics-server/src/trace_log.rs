@@ -133,6 +133,8 @@ static PATTERNS: LazyLock<Regex> = LazyLock::new(|| {
         r"|\b\d{5,}:[A-Za-z0-9_-]{35}",
         r"|whsec_[A-Za-z0-9+/=_-]{8,}",
         r"|glpat-[A-Za-z0-9_-]{20,}",
+        // Mechanics' own API keys (see `keys`).
+        r"|\bmk_[A-Za-z0-9_-]{43}",
     ))
     .unwrap_or_else(|err| panic!("the redaction patterns are valid: {err}"))
 });

@@ -44,6 +44,14 @@ pub enum StoreError {
     /// The input breaks a rule (an invalid spec, a bad argument); the message says which.
     #[error("{0}")]
     InvalidInput(String),
+    /// A row with this unique name exists already (an API key's name): nothing was changed.
+    #[error("{what} {key} exists already")]
+    AlreadyExists {
+        /// What kind of row.
+        what: &'static str,
+        /// Its name, quoted.
+        key: String,
+    },
     /// The database was written by a newer Mechanics; this build must not touch it.
     #[error(
         "database {path} has schema version {found}, newer than this build supports ({supported}); upgrade mechanics"

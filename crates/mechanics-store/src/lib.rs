@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mechanics_proto::api::Instance;
+use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, EventState, LogEntry, LogOutcome, LogRecord,
     Source, SourceSpec, Task, TaskId, TaskState, TranspiledModule, Worker, WorkerKind, WorkerSpec,
@@ -277,6 +277,21 @@ pub trait Store: Send + Sync {
     /// Forgets the instance `id` (a clean shutdown).
     async fn remove_instance(&self, id: &str) -> StoreResult<()>;
 
+    // ---- API keys ----
+
+    /// Stores a new API key (its SHA-256 only, never the secret) and moves the registry version,
+    /// so every server's cache of keys reloads; [`StoreError::AlreadyExists`] if the name is
+    /// taken (nothing changes).
+    async fn create_api_key(&self, key: NewApiKey, now: i64) -> StoreResult<ApiKey>;
+    /// Every API key, by name, with its hash (the server's cache compares against them).
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Deletes (revokes) the API key `name` and moves the registry version; false if there was
+    /// none.
+    async fn delete_api_key(&self, name: &str) -> StoreResult<bool>;
+    /// Records that the key `name` was used at `now` (never moving `last_used_at` back). Does
+    /// not move the registry version: a use is not a change of who may do what.
+    async fn touch_api_key(&self, name: &str, now: i64) -> StoreResult<()>;
+
     // ---- counters (no query) ----
 
     /// Store operations that ran SQL since open: an idle server must leave it unchanged
@@ -355,6 +370,70 @@ pub(crate) fn check_fail_end(end: TaskState) -> StoreResult<()> {
 pub(crate) fn check_source(spec: &SourceSpec) -> StoreResult<()> {
     spec.validate()
         .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))
+}
+
+/// Longest API key name.
+pub const MAX_API_KEY_NAME: usize = 64;
+
+/// The rules for a new API key: a name of 1 to [`MAX_API_KEY_NAME`] letters, digits, `.`, `_`
+/// or `-` (it is shown in `/logs` and on a command line), a 32-byte hash.
+pub(crate) fn check_api_key(key: &NewApiKey) -> StoreResult<()> {
+    let name_ok = !key.name.is_empty()
+        && key.name.len() <= MAX_API_KEY_NAME
+        && key
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !name_ok {
+        return Err(StoreError::InvalidInput(format!(
+            "API key name {:?}: use 1 to {MAX_API_KEY_NAME} letters, digits, '.', '_' or '-'",
+            key.name.chars().take(100).collect::<String>()
+        )));
+    }
+    if key.hash.len() != 32 {
+        return Err(StoreError::InvalidInput(
+            "an API key's hash is a SHA-256 (32 bytes)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// A scope as a row holds it; another text is a damaged row (the schema's check forbids it).
+pub(crate) fn stored_scope(text: &str) -> StoreResult<ApiScope> {
+    text.parse().map_err(|message| StoreError::Database {
+        context: "reading an API key".to_owned(),
+        message,
+    })
+}
+
+/// A new API key, as the store receives it: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// Unique name.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// SHA-256 of the secret (32 bytes).
+    pub hash: Vec<u8>,
+    /// When it stops working (unix ms); none: never.
+    pub expires_at: Option<i64>,
+}
+
+/// A stored API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Unique name.
+    pub name: String,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// SHA-256 of the secret (32 bytes).
+    pub hash: Vec<u8>,
+    /// When it was created (unix ms).
+    pub created_at: i64,
+    /// When it was last recorded as used (unix ms).
+    pub last_used_at: Option<i64>,
+    /// When it stops working (unix ms); none: never.
+    pub expires_at: Option<i64>,
 }
 
 /// How a claimed task goes back to `pending` without running ([`Store::release_task`]).

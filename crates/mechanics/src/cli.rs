@@ -78,6 +78,15 @@ enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// API keys: create (the secret is shown once), list, revoke. Each has a scope: read,
+    /// operate or admin.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Key {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
     /// Tasks: submit, list, show, retry, cancel.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Task {
@@ -101,11 +110,23 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The API's description.
+    Api {
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
     /// Instances: the `mechanics serve` processes using the server's database.
     Instance {
         #[command(subcommand)]
         command: InstanceCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    /// Print the OpenAPI 3.1 document of this build's API on stdout (what a server of this
+    /// version serves at `/api/v1/openapi.json`; no server is needed).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +254,7 @@ pub fn main() -> ExitCode {
             command: WebhookCommand::Send(send),
         } => finish(crate::webhook_send::send(&client, &send)),
         Command::Event { client, command } => finish(crate::events::event(&client, &command)),
+        Command::Key { client, command } => finish(crate::keys::key(&client, &command)),
         Command::Logs(args) => finish(crate::logs::logs(&args)),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
@@ -242,6 +264,18 @@ pub fn main() -> ExitCode {
         Command::Instance {
             command: InstanceCommand::List(client),
         } => finish(client::instance_list(&client)),
+        Command::Api {
+            command: ApiCommand::Openapi,
+        } => {
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(mechanics_server::openapi::document_json().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    error_line(&format!("writing the document failed: {err}"));
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

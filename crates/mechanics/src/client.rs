@@ -1179,7 +1179,7 @@ pub(crate) fn age(unix_ms: i64) -> String {
 }
 
 /// `in 3s`.
-fn until(unix_ms: i64) -> String {
+pub(crate) fn until(unix_ms: i64) -> String {
     format!("in {}", span(unix_ms.saturating_sub(now_ms())))
 }
 

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod client;
 pub mod events;
+pub mod keys;
 pub mod logs;
 pub mod serve;
 pub mod sources;

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The `console` method a line was written with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleLevel {
     /// `console.log`
@@ -44,7 +44,7 @@ impl fmt::Display for ConsoleLevel {
 }
 
 /// One call of a `console` method in a job: `{ "level", "ts", "message" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsoleLine {
     /// Which method.
     pub level: ConsoleLevel,
@@ -56,7 +56,7 @@ pub struct ConsoleLine {
 
 /// A console line of one attempt of a task, as `GET /api/v1/tasks/{id}` shows it:
 /// `{ "attempt", "level", "ts", "message" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptConsoleLine {
     /// The task attempt that wrote it (the task's `attempt` while it ran).
     pub attempt: u32,

@@ -87,6 +87,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// In the OpenAPI document a duration is a string of `<integer><unit>` parts, as written in
+/// specs; the pattern is what [`HumanDuration::parse`] takes (surrounding blanks aside).
+impl utoipa::PartialSchema for HumanDuration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^([0-9]+(ms|s|m|h|d))+$"))
+            .description(Some(
+                "A duration: one or more <integer><unit> parts, units ms, s, m, h, d (1h30m)",
+            ))
+            .examples(["30s", "1h30m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for HumanDuration {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

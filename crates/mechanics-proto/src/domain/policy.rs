@@ -9,7 +9,7 @@ use super::{HumanDuration, SpecError, refuse_control};
 
 /// `policy:` in a worker spec. Absent, the defaults apply: events caused by the source's own
 /// write-back identity and by senders the platform marks as bots start nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// Events caused by this source's write-back identity (the token's user or bot) start
@@ -45,7 +45,7 @@ impl Default for PolicySpec {
 /// `actors: { allow: [...] }` or `actors: { deny: [...] }`. An entry is a user name as the
 /// platform writes it (GitHub login, GitLab username, Slack user id, Telegram username or
 /// numeric id), or a GitHub team `@org/team`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActorRule {
     /// Only these actors may start the worker.
@@ -65,7 +65,7 @@ impl ActorRule {
 
 /// `per_actor_limit: { count: 10, per: 1h }`: at most `count` events of one actor start the
 /// worker in any window of `per`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActorLimit {
     /// Events per window, at least 1.

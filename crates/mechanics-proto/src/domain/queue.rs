@@ -28,7 +28,7 @@ pub struct UnknownState {
 macro_rules! state_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
@@ -139,7 +139,7 @@ impl EventState {
 }
 
 /// One received event (a webhook delivery, or a synthetic event of the server).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Row id.
     pub id: EventId,
@@ -168,7 +168,7 @@ pub struct Event {
 }
 
 /// One unit of work: a worker run for an event, an API submission or a cron fire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     /// Row id.
     pub id: TaskId,
@@ -230,7 +230,7 @@ state_enum!(
 
 /// One `/logs` entry before it is stored. Secrets must be redacted by the writer (the server)
 /// before it gets here.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogRecord {
     /// Groups the entries of one causal chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,7 +262,7 @@ pub struct LogRecord {
 }
 
 /// A stored `/logs` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// Row id (ascending with insertion).
     pub id: LogId,

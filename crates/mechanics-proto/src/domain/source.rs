@@ -9,7 +9,7 @@ use super::{
 
 /// The platform a source's webhooks come from; it decides verification, dedup id, event type
 /// and write-back (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// GitHub (`X-Hub-Signature-256`).
@@ -25,7 +25,7 @@ pub enum SourceKind {
 }
 
 /// A webhook sender as the user registers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// `[a-z0-9-]{1,64}`; the webhook URL is `POST /webhooks/{name}`.
@@ -109,7 +109,7 @@ fn check_reference(
 }
 
 /// A registered source as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Source {
     /// The spec as added.
     pub spec: SourceSpec,

@@ -9,7 +9,7 @@ use super::{
 };
 
 /// How a worker runs its tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerKind {
     /// A JavaScript module run on an executor node.
@@ -22,7 +22,7 @@ pub enum WorkerKind {
 
 /// A worker as the user writes it. Unknown fields are errors; [`WorkerSpec::validate`] checks the
 /// rules serde cannot express and names the offending field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
     /// `[a-z0-9-]{1,64}`, unique among workers.
@@ -69,7 +69,7 @@ pub struct WorkerSpec {
 }
 
 /// One trigger; in YAML a single-key map: `webhook: {...}`, `cron: "..."`, `api: true`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// Events from a registered source.
@@ -81,7 +81,7 @@ pub enum Trigger {
 }
 
 /// Matches events of one source by type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookTrigger {
     /// The source's name.
@@ -96,7 +96,7 @@ pub struct WebhookTrigger {
 }
 
 /// A cron schedule: `cron: "*/5 * * * *"` or `cron: { schedule: "0 0 9 * * 1", tz: "Europe/Paris" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CronTrigger {
     /// Just the schedule, in UTC.
@@ -129,7 +129,7 @@ impl CronTrigger {
 }
 
 /// Restart policy of a process worker (`mechanics-runtime` semantics).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     /// When to restart.
@@ -143,7 +143,7 @@ pub struct RestartSpec {
 }
 
 /// The restart policies a process worker can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicyName {
     /// Never restart.
@@ -163,7 +163,7 @@ fn default_max_backoff_ms() -> u64 {
 }
 
 /// Retry parameters: the server computes `base_delay × 2^(n−1)` capped at `max_delay`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Retries after the first attempt before a task goes `dead` (default 3).
@@ -200,7 +200,7 @@ fn default_max_delay() -> HumanDuration {
 }
 
 /// A token bucket: `per_second` refill rate, `burst` capacity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Tokens added per second (default 2).
@@ -439,7 +439,7 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
 
 /// A registered worker as stored: its spec, the module source read at add time (js workers), and
 /// a revision that counts updates (1 on first add).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Worker {
     /// The spec as added.
     pub spec: WorkerSpec,

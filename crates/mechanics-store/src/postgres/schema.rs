@@ -183,6 +183,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX actor_admissions_time ON actor_admissions (worker, admitted_at);
     "#,
+    // 6: scoped API keys (the SQLite backend's version 7): each key's SHA-256 (never the
+    // secret), its scope and lifetime.
+    r#"
+    CREATE TABLE api_keys (
+        name         TEXT PRIMARY KEY,
+        scope        TEXT NOT NULL CHECK (scope IN ('read', 'operate', 'admin')),
+        hash         BYTEA NOT NULL UNIQUE,
+        created_at   BIGINT NOT NULL,
+        last_used_at BIGINT,
+        expires_at   BIGINT
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -466,6 +466,100 @@ impl Store for PgStore {
             .await
     }
 
+    async fn create_api_key(&self, key: crate::NewApiKey, now: i64) -> StoreResult<crate::ApiKey> {
+        crate::check_api_key(&key)?;
+        let context = "storing an API key";
+        let created = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let inserted = execute(
+                &tx,
+                concat!(
+                    "INSERT INTO api_keys (name, scope, hash, created_at, expires_at) ",
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING"
+                ),
+                &[
+                    &key.name,
+                    &key.scope.as_str(),
+                    &key.hash,
+                    &now,
+                    &key.expires_at,
+                ],
+                context,
+            )
+            .await?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Some(version))
+        })?;
+        let Some(version) = created else {
+            return Err(StoreError::AlreadyExists {
+                what: "API key",
+                key: format!("{:?}", key.name),
+            });
+        };
+        self.committed();
+        self.saw_registry_version(version);
+        Ok(crate::ApiKey {
+            name: key.name,
+            scope: key.scope,
+            hash: key.hash,
+            created_at: now,
+            last_used_at: None,
+            expires_at: key.expires_at,
+        })
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<crate::ApiKey>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!(
+                    "SELECT name, scope, hash, created_at, last_used_at, expires_at ",
+                    "FROM api_keys ORDER BY name"
+                ),
+                &[],
+                |row| {
+                    Ok(crate::ApiKey {
+                        name: row.get(0),
+                        scope: crate::stored_scope(row.get(1))?,
+                        hash: row.get(2),
+                        created_at: row.get(3),
+                        last_used_at: row.get(4),
+                        expires_at: row.get(5),
+                    })
+                },
+                "listing API keys",
+            )
+            .await
+        })
+    }
+
+    async fn delete_api_key(&self, name: &str) -> StoreResult<bool> {
+        self.delete_named("DELETE FROM api_keys WHERE name = $1", name)
+            .await
+    }
+
+    async fn touch_api_key(&self, name: &str, now: i64) -> StoreResult<()> {
+        let context = "recording an API key's use";
+        retrying!(self, |db, _retried| {
+            execute(
+                &*db,
+                concat!(
+                    "UPDATE api_keys SET last_used_at = $2 WHERE name = $1 ",
+                    "AND (last_used_at IS NULL OR last_used_at < $2)"
+                ),
+                &[&name, &now],
+                context,
+            )
+            .await
+        })?;
+        self.committed();
+        Ok(())
+    }
+
     fn registry_version(&self) -> u64 {
         self.registry_version.load(Ordering::Relaxed)
     }

@@ -278,6 +278,43 @@ impl Store for SqliteStore {
         Ok(version.is_some())
     }
 
+    async fn create_api_key(&self, key: crate::NewApiKey, now: i64) -> StoreResult<crate::ApiKey> {
+        crate::check_api_key(&key)?;
+        let name = key.name.clone();
+        let created = self
+            .write(move |conn| ops::create_api_key(conn, &key, now))
+            .await?;
+        let Some((stored, version)) = created else {
+            return Err(StoreError::AlreadyExists {
+                what: "API key",
+                key: format!("{name:?}"),
+            });
+        };
+        self.saw_registry_version(version);
+        Ok(stored)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<crate::ApiKey>> {
+        self.read(ops::list_api_keys).await
+    }
+
+    async fn delete_api_key(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        let version = self
+            .write(move |conn| {
+                ops::delete_named(conn, "DELETE FROM api_keys WHERE name = ?1", &name)
+            })
+            .await?;
+        version.inspect(|v| self.saw_registry_version(*v));
+        Ok(version.is_some())
+    }
+
+    async fn touch_api_key(&self, name: &str, now: i64) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |conn| ops::touch_api_key(conn, &name, now))
+            .await
+    }
+
     fn registry_version(&self) -> u64 {
         self.registry_version.load(Ordering::Relaxed)
     }

@@ -100,6 +100,83 @@ fn bump_registry(conn: &Connection) -> StoreResult<u64> {
     .map_err(db_err("bumping the registry version"))
 }
 
+/// Inserts an API key and moves the registry version; `None` if the name is taken.
+pub(super) fn create_api_key(
+    conn: &Connection,
+    key: &crate::NewApiKey,
+    now: i64,
+) -> StoreResult<Option<(crate::ApiKey, u64)>> {
+    let inserted = conn
+        .prepare_cached(concat!(
+            "INSERT INTO api_keys (name, scope, hash, created_at, expires_at) ",
+            "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                key.name,
+                key.scope.as_str(),
+                key.hash,
+                now,
+                key.expires_at
+            ])
+        })
+        .map_err(db_err("storing an API key"))?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let stored = crate::ApiKey {
+        name: key.name.clone(),
+        scope: key.scope,
+        hash: key.hash.clone(),
+        created_at: now,
+        last_used_at: None,
+        expires_at: key.expires_at,
+    };
+    Ok(Some((stored, bump_registry(conn)?)))
+}
+
+pub(super) fn list_api_keys(conn: &Connection) -> StoreResult<Vec<crate::ApiKey>> {
+    let mut stmt = conn
+        .prepare_cached(concat!(
+            "SELECT name, scope, hash, created_at, last_used_at, expires_at ",
+            "FROM api_keys ORDER BY name"
+        ))
+        .map_err(db_err("listing API keys"))?;
+    let rows = stmt
+        .query_map([], |row| {
+            let scope: String = row.get(1)?;
+            Ok((
+                scope,
+                crate::ApiKey {
+                    name: row.get(0)?,
+                    scope: mechanics_proto::api::ApiScope::Read,
+                    hash: row.get(2)?,
+                    created_at: row.get(3)?,
+                    last_used_at: row.get(4)?,
+                    expires_at: row.get(5)?,
+                },
+            ))
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(db_err("listing API keys"))?;
+    rows.into_iter()
+        .map(|(scope, mut key)| {
+            key.scope = crate::stored_scope(&scope)?;
+            Ok(key)
+        })
+        .collect()
+}
+
+pub(super) fn touch_api_key(conn: &Connection, name: &str, now: i64) -> StoreResult<()> {
+    conn.prepare_cached(concat!(
+        "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1 ",
+        "AND (last_used_at IS NULL OR last_used_at < ?2)"
+    ))
+    .and_then(|mut s| s.execute(params![name, now]))
+    .map_err(db_err("recording an API key's use"))?;
+    Ok(())
+}
+
 pub(super) fn registry_version(conn: &Connection) -> StoreResult<u64> {
     conn.prepare_cached("SELECT value FROM meta WHERE key = 'registry_version'")
         .and_then(|mut s| s.query_row([], |row| unsigned(row, 0)))

@@ -182,6 +182,17 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX actor_admissions_time ON actor_admissions (worker, admitted_at);
     "#,
+    // 7: scoped API keys: each key's SHA-256 (never the secret), its scope and lifetime.
+    r#"
+    CREATE TABLE api_keys (
+        name         TEXT PRIMARY KEY,
+        scope        TEXT NOT NULL CHECK (scope IN ('read', 'operate', 'admin')),
+        hash         BLOB NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER,
+        expires_at   INTEGER
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -4,14 +4,14 @@
 
 use std::collections::HashSet;
 
-use mechanics_proto::api::Instance;
+use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLevel, ConsoleLine, EventState, LogOutcome, LogRecord, TaskState,
     TranspiledModule, WorkerSpec,
 };
 use mechanics_store::{
-    BodyDedup, EventFilter, EventUpdate, LogQuery, NewEvent, NewTask, NextDue, Release, Store,
-    StoreError, Take, TaskFilter, TokenRate, Tokens,
+    BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask, NextDue, Release,
+    Store, StoreError, Take, TaskFilter, TokenRate, Tokens,
 };
 use serde_json::{Value, json};
 
@@ -1624,4 +1624,98 @@ pub(crate) async fn an_event_every_policy_refused_ends_ignored(store: &dyn Store
         store.update_event(id, matched, 2).await,
         Err(StoreError::InvalidTransition { .. })
     ));
+}
+
+fn new_key(name: &str, scope: ApiScope, hash: u8, expires_at: Option<i64>) -> NewApiKey {
+    NewApiKey {
+        name: name.into(),
+        scope,
+        hash: vec![hash; 32],
+        expires_at,
+    }
+}
+
+pub(crate) async fn api_keys_are_created_once_listed_revoked_and_bump_the_version(
+    store: &dyn Store,
+) {
+    let v0 = store.registry_version();
+    let ci = store
+        .create_api_key(new_key("ci", ApiScope::Operate, 1, Some(9_000)), 100)
+        .await
+        .unwrap();
+    assert_eq!(ci.scope, ApiScope::Operate);
+    assert_eq!(
+        (ci.created_at, ci.expires_at, ci.last_used_at),
+        (100, Some(9_000), None)
+    );
+    let v1 = store.registry_version();
+    assert!(v1 > v0, "a new key moves the registry version");
+    store
+        .create_api_key(new_key("admin-1", ApiScope::Admin, 2, None), 200)
+        .await
+        .unwrap();
+
+    // A taken name is refused and changes nothing.
+    let v2 = store.registry_version();
+    let err = store
+        .create_api_key(new_key("ci", ApiScope::Admin, 3, None), 300)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert_eq!(store.registry_version(), v2);
+
+    let keys = store.list_api_keys().await.unwrap();
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["admin-1", "ci"]);
+    assert_eq!(keys[1].hash, vec![1; 32]);
+    assert_eq!(keys[1].scope, ApiScope::Operate);
+    assert_eq!(keys[0].expires_at, None);
+
+    assert!(store.delete_api_key("ci").await.unwrap());
+    let v3 = store.registry_version();
+    assert!(v3 > v2, "a revocation moves the registry version");
+    assert!(!store.delete_api_key("ci").await.unwrap());
+    assert_eq!(store.registry_version(), v3);
+    let keys = store.list_api_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    // The name is free again.
+    store
+        .create_api_key(new_key("ci", ApiScope::Read, 4, None), 400)
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn invalid_api_keys_are_refused_and_change_nothing(store: &dyn Store) {
+    let version = store.registry_version();
+    for name in ["", "has space", "slash/name", &"n".repeat(65), "ünïcode"] {
+        let err = store
+            .create_api_key(new_key(name, ApiScope::Read, 1, None), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidInput(_)),
+            "{name:?}: {err}"
+        );
+    }
+    let mut short = new_key("short", ApiScope::Read, 1, None);
+    short.hash.truncate(16);
+    let err = store.create_api_key(short, 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
+    assert!(store.list_api_keys().await.unwrap().is_empty());
+    assert_eq!(store.registry_version(), version);
+}
+
+pub(crate) async fn api_key_use_is_recorded_without_moving_back_or_the_version(store: &dyn Store) {
+    store
+        .create_api_key(new_key("ci", ApiScope::Read, 1, None), 10)
+        .await
+        .unwrap();
+    let version = store.registry_version();
+    store.touch_api_key("ci", 5_000).await.unwrap();
+    store.touch_api_key("ci", 4_000).await.unwrap();
+    // A key revoked meanwhile: nothing to record, no error.
+    store.touch_api_key("gone", 6_000).await.unwrap();
+    let keys = store.list_api_keys().await.unwrap();
+    assert_eq!(keys[0].last_used_at, Some(5_000));
+    assert_eq!(store.registry_version(), version);
 }

@@ -34,6 +34,9 @@ macro_rules! conformance_suite {
             console_output_is_kept_per_attempt_in_order,
             per_actor_limits_count_events_in_a_sliding_window_once_each,
             an_event_every_policy_refused_ends_ignored,
+            api_keys_are_created_once_listed_revoked_and_bump_the_version,
+            invalid_api_keys_are_refused_and_change_nothing,
+            api_key_use_is_recorded_without_moving_back_or_the_version,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {

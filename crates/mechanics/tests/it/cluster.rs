@@ -864,3 +864,50 @@ fn a_worker_added_through_one_server_is_used_by_another_within_a_second() {
         "registry: added on A, used on B after {took:.2?}; removed on B, gone on A after {forgot:.2?}"
     );
 }
+
+#[test]
+fn a_key_revoked_through_one_server_is_refused_by_another_within_a_second() {
+    let db = TestDatabase::create();
+    let cluster = Cluster::start(&db, 2, &["--api-key", "configured-cluster-key"], &[]);
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let out = a.ok(&["key", "create", "ci", "--scope", "read", "--expires", "90d"]);
+    let secret = out.lines().next().unwrap().trim().to_owned();
+    assert!(secret.starts_with("mk_") && secret.len() == 46, "{out}");
+    assert!(out.contains("shown only now"), "{out}");
+    let list = b.ok(&["key", "list"]);
+    assert!(
+        list.contains("ci") && list.contains("read") && !list.contains(&secret),
+        "{list}"
+    );
+    let api = Api::new();
+    let as_ci = |server: &Coordinator, method: reqwest::Method| {
+        api.send(
+            api.http
+                .request(method, format!("{}/api/v1/workers", server.url))
+                .bearer_auth(&secret)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .0
+    };
+    // B knows the key A created (its cache reloads on the version A's change moved).
+    wait_until(Duration::from_secs(2), "B took the new key", || {
+        as_ci(b, reqwest::Method::GET) == 200
+    });
+    assert_eq!(as_ci(b, reqwest::Method::POST), 403);
+
+    a.ok(&["key", "revoke", "ci"]);
+    assert_eq!(as_ci(a, reqwest::Method::GET), 401, "A refuses it at once");
+    let revoked = Instant::now();
+    wait_until(Duration::from_secs(5), "B refused the revoked key", || {
+        as_ci(b, reqwest::Method::GET) == 401
+    });
+    let took = revoked.elapsed();
+    assert!(
+        took <= Duration::from_millis(1200),
+        "B still took the key {took:?} after A revoked it"
+    );
+    let list = b.ok(&["key", "list"]);
+    assert!(list.contains("no API keys yet"), "{list}");
+    eprintln!("keys: revoked on A, refused on B after {took:.2?}");
+}
