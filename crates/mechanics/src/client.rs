@@ -334,16 +334,7 @@ impl Api {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
         }
-        let (status, bytes) = self
-            .runtime
-            .block_on(async {
-                let response = request.send().await?;
-                let status = response.status();
-                let bytes = response.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
-            })
-            .map_err(|err| self.transport_failure(err))?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (status, text) = self.send(request)?;
         if !status.is_success() {
             return Err(self.api_failure(status, &text));
         }
@@ -359,6 +350,21 @@ impl Api {
             })?
         };
         Ok(Answer { text, value })
+    }
+
+    /// Sends `request` and reads the whole answer as text; a transport failure says whether a
+    /// server answered at all.
+    fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String)> {
+        let (status, bytes) = self
+            .runtime
+            .block_on(async {
+                let response = request.send().await?;
+                let status = response.status();
+                let bytes = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|err| self.transport_failure(err))?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     fn transport_failure(&self, err: reqwest::Error) -> Failure {
@@ -443,16 +449,7 @@ impl Api {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let (status, bytes) = self
-            .runtime
-            .block_on(async {
-                let response = request.send().await?;
-                let status = response.status();
-                let bytes = response.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
-            })
-            .map_err(|err| self.transport_failure(err))?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (status, text) = self.send(request)?;
         let value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status.as_u16(), Answer { text, value }))
     }

@@ -199,14 +199,7 @@ pub fn sign(
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     match kind {
         SourceKind::Github => {
-            let mut mac = mac(secret);
-            mac.update(body);
-            let hex: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = hex_mac(secret, &[body]);
             vec![
                 ("x-hub-signature-256", format!("sha256={hex}")),
                 ("x-github-event", event_type.to_owned()),
@@ -219,15 +212,7 @@ pub fn sign(
             ("x-gitlab-event-uuid", delivery_id.to_owned()),
         ],
         SourceKind::Slack => {
-            let mut mac = mac(secret);
-            mac.update(format!("v0:{now_secs}:").as_bytes());
-            mac.update(body);
-            let hex: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = hex_mac(secret, &[format!("v0:{now_secs}:").as_bytes(), body]);
             vec![
                 ("x-slack-request-timestamp", now_secs.to_string()),
                 ("x-slack-signature", format!("v0={hex}")),
@@ -243,6 +228,19 @@ pub fn sign(
             ),
         ],
     }
+}
+
+/// HMAC-SHA256 of `parts` in a row under `key`, in lowercase hex (GitHub's and Slack's form).
+fn hex_mac(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = mac(key);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
