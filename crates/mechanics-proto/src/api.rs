@@ -251,6 +251,9 @@ pub struct ApiErrorBody {
     pub code: String,
     /// What went wrong and what to do, for people.
     pub message: String,
+    /// The input field at fault, when one is (`triggers[0].cron`, a query parameter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// `GET /logs` (also `GET /api/v1/logs`): the pipeline trace, newest first. Filters `event`,
@@ -390,11 +393,13 @@ impl std::str::FromStr for ApiScope {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyInput {
     /// Its name (letters, digits, `.`, `_`, `-`; at most 64 characters), unique.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     /// What it may do.
     pub scope: ApiScope,
     /// Seconds from now after which it is refused; none: it does not expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 315_360_000)]
     pub expires_in_secs: Option<u64>,
 }
 

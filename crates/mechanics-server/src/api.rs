@@ -25,7 +25,6 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use mechanics_proto::api::{
     API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
     TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
@@ -33,6 +32,7 @@ use mechanics_proto::api::{
 use mechanics_proto::domain::{Event, Task, TaskState, TranspiledModule, WorkerKind};
 use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -66,6 +66,9 @@ pub(crate) struct Failure {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The input field at fault (`triggers[0].cron`, a query parameter), for clients that point
+    /// at it; the message names it too, for people.
+    field: Option<String>,
 }
 
 impl Failure {
@@ -74,7 +77,20 @@ impl Failure {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The same failure, blaming the input field `field`.
+    pub(crate) fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// A spec that breaks a rule (`what`: "worker", "source"): a `400` naming the field.
+    pub(crate) fn invalid_spec(what: &str, err: mechanics_proto::domain::SpecError) -> Self {
+        let field = err.field.clone();
+        Self::bad_request(format!("invalid {what}: {err}")).at(field)
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -113,6 +129,7 @@ impl IntoResponse for Failure {
             error: ApiErrorBody {
                 code: self.code.to_owned(),
                 message: self.message,
+                field: self.field,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -167,8 +184,41 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection
         }
         other => Failure::bad_request(format!("cannot read the request body: {other}")),
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|err| Failure::bad_request(format!("the request body is not valid: {err}")))
+    serde_json::from_slice(&bytes).or_else(|err| {
+        // JSON has one number type: `30.0` is the integer 30 to a client (JavaScript writes it
+        // so, and JSON Schema's `integer` admits it), so a body refused only for that is read
+        // again with such numbers as integers. Any other error is the first one, with its place.
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|mut value| integral_numbers_as_integers(&mut value).then_some(value))
+            .and_then(|value| T::deserialize(value).ok())
+            .ok_or_else(|| Failure::bad_request(format!("the request body is not valid: {err}")))
+    })
+}
+
+/// Rewrites every number in `value` that is a float with no fractional part, within the range of
+/// `i64`, as an integer; whether any was rewritten.
+fn integral_numbers_as_integers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            match number.as_f64() {
+                // 2^63 as an f64 is one past i64::MAX: the bound is exclusive.
+                Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => {
+                    let integer = f as i64;
+                    *value = Value::from(integer);
+                    true
+                }
+                _ => false,
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| integral_numbers_as_integers(item) | any),
+        Value::Object(fields) => fields
+            .values_mut()
+            .fold(false, |any, item| integral_numbers_as_integers(item) | any),
+        _ => false,
+    }
 }
 
 /// Every `/api/v1` route (without the prefix), registered with its OpenAPI documentation: a
@@ -209,13 +259,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let (public, _) = public_api_routes().split_for_parts();
+    let (open, _) = crate::observe::open_routes().split_for_parts();
+    let (logs, _) = crate::observe::log_routes().split_for_parts();
+    let logs = logs.layer(axum::middleware::from_fn_with_state(
+        shared.clone(),
+        crate::keys::authenticate,
+    ));
     Router::new()
         .nest(API_PREFIX, public.merge(api))
-        .merge(crate::observe::router(shared.clone()))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .merge(open)
+        .merge(logs)
         .fallback(|| async { Failure::not_found("no such route") })
         .with_state(shared)
 }
@@ -327,12 +380,13 @@ async fn add_worker(
     input
         .spec
         .validate()
-        .map_err(|err| Failure::bad_request(format!("invalid worker: {err}")))?;
+        .map_err(|err| Failure::invalid_spec("worker", err))?;
     if input.spec.kind == WorkerKind::Js {
         let Some(source) = &input.module_source else {
             return Err(Failure::bad_request(
                 "invalid worker: module_source: a js worker needs its module's source",
-            ));
+            )
+            .at("module_source"));
         };
         if source.len() > MAX_MODULE_BYTES {
             return Err(Failure::new(
@@ -431,7 +485,7 @@ async fn delete_worker(
     }
 }
 
-#[utoipa::path(post, path = "/tasks", tag = "tasks", operation_id = "submit_task", summary = "Submit a task to a worker that takes API submissions", request_body = SubmitTask, responses((status = 202, description = "Stored (or the task with the same idempotency key)", body = Submitted), (status = 409, description = "The worker does not take API submissions", body = ApiError)))]
+#[utoipa::path(post, path = "/tasks", tag = "tasks", operation_id = "submit_task", summary = "Submit a task to a worker that takes API submissions", request_body = SubmitTask, responses((status = 404, description = "No such worker", body = ApiError), (status = 202, description = "Stored (or the task with the same idempotency key)", body = Submitted), (status = 409, description = "The worker does not take API submissions", body = ApiError)))]
 async fn submit_task(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -501,12 +555,14 @@ impl ListingQuery {
                     "unknown query parameter {}; this listing takes: {}",
                     quote(name),
                     accepted.join(", ")
-                )));
+                ))
+                .at(name.as_str()));
             }
             if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
                 return Err(Failure::bad_request(format!(
                     "the query parameter {name} is given more than once"
-                )));
+                ))
+                .at(name.as_str()));
             }
         }
         Ok(Self { pairs })
@@ -533,6 +589,7 @@ impl ListingQuery {
                         quote(&text),
                         all.join(", ")
                     ))
+                    .at(name)
                 })
             })
             .transpose()
@@ -546,7 +603,8 @@ impl ListingQuery {
                 _ => Err(Failure::bad_request(format!(
                     "{name}: {} is not an id (a positive number)",
                     quote(&text)
-                ))),
+                ))
+                .at(name)),
             })
             .transpose()
     }
@@ -560,7 +618,8 @@ impl ListingQuery {
                 _ => Err(Failure::bad_request(format!(
                     "limit: must be a number from 1 to {MAX_PAGE_SIZE}, not {}",
                     quote(&text)
-                ))),
+                ))
+                .at("limit")),
             })
             .transpose()
     }

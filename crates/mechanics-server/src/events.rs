@@ -151,11 +151,12 @@ async fn redeliver(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, axum::Json<WebhookAccepted>)> {
     let id = parse_id(&id)?;
+    // The body is optional: none, or `null`, is a redelivery without a key.
     let empty = matches!(&body, Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace));
     let request: Redeliver = if empty {
         Redeliver::default()
     } else {
-        parse_body(body)?
+        parse_body::<Option<Redeliver>>(body)?.unwrap_or_default()
     };
     let Some(event) = shared.store.get_event(id).await? else {
         return Err(Failure::not_found(format!("no event {id}")));

@@ -372,7 +372,8 @@ async fn create_key(
         Some(secs) => {
             return Err(Failure::bad_request(format!(
                 "expires_in_secs: must be from 1 to {MAX_EXPIRES_IN_SECS} (ten years), not {secs}"
-            )));
+            ))
+            .at("expires_in_secs"));
         }
     };
     let secret = new_secret()?;

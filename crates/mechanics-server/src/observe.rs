@@ -15,34 +15,38 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogOutcome;
 use mechanics_store::LogQuery;
 use serde_json::{Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AnyOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Shared;
 use crate::api::{Failure, ListingQuery, quote};
 use crate::metrics::{NodeState, Snapshot};
 
-/// The routes outside `/api/v1`: `/metrics`, `/logs` (authenticated) and `/debug/vars`.
-pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
-    let logs =
-        Router::new()
-            .route("/logs", get(list_logs))
-            .layer(axum::middleware::from_fn_with_state(
-                shared,
-                crate::keys::authenticate,
-            ));
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/debug/vars", get(debug_vars))
-        .merge(logs)
+/// The routes outside `/api/v1` that need no key, each registered with its documentation:
+/// `/metrics`, `/healthz` and `/debug/vars` (which checks keys itself, see the module doc).
+pub(crate) fn open_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(debug_vars))
+}
+
+/// `/logs`, the alias of `/api/v1/logs` outside the API prefix; the caller puts it behind the
+/// keys' authentication.
+pub(crate) fn log_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new().routes(routes!(list_logs_outside_api))
 }
 
 /// The state gauges: one `task_counts` query, the rest from memory.
@@ -86,6 +90,7 @@ async fn snapshot(shared: &Shared) -> Snapshot {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "observe", operation_id = "metrics", summary = "Prometheus metrics (text format 0.0.4)", security(()), responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let snapshot = snapshot(&shared).await;
     let body = shared.metrics.render(&snapshot);
@@ -98,6 +103,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     )
         .into_response()
 }
+
+/// The schema of `since` in the document: a duration back from now (`90s`, `15m`, `1h`, `7d`) or
+/// an RFC 3339 time, which is exactly what [`parse_since`] takes.
+pub(crate) struct Since;
+
+impl utoipa::PartialSchema for Since {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        AnyOfBuilder::new()
+            .item(string().pattern(Some("^[0-9]{1,12}[smhd]$")))
+            .item(string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))))
+            .description(Some(
+                "A duration back from now (90s, 15m, 1h, 24h, 7d) or an RFC 3339 time",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Since {}
 
 /// The parameters `GET /logs` takes.
 const LOG_PARAMS: &[&str] = &[
@@ -125,7 +149,7 @@ fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
 }
 
 /// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
-#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = Option<String>, Query, description = "90s, 15m, 1h, 24h, 7d or RFC 3339"), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
 pub(crate) async fn list_logs(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -142,6 +166,22 @@ pub(crate) async fn list_logs(
         entries: page.items,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// `GET /logs`: [`list_logs`] outside the API prefix, where the README and scrapers look for it.
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs_outside_api", summary = "The pipeline trace, newest first (the same as /api/v1/logs)", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
+async fn list_logs_outside_api(
+    state: State<Arc<Shared>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<axum::Json<LogList>, Failure> {
+    list_logs(state, query).await
+}
+
+/// `GET /healthz`: the process answers (readiness for load balancers and `mechanics serve`'s
+/// own callers; it reads nothing).
+#[utoipa::path(get, path = "/healthz", tag = "observe", operation_id = "healthz", summary = "Liveness: the server answers", security(()), responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({ "status": "ok" }))
 }
 
 /// Unix ms from `text`: a duration back from `now` (`90s`, `15m`, `1h`, `24h`, `7d`) or an
@@ -246,6 +286,7 @@ pub fn open_debug_access_allowed(peer: SocketAddr) -> bool {
     peer.ip().to_canonical().is_loopback()
 }
 
+#[utoipa::path(get, path = "/debug/vars", tag = "observe", operation_id = "debug_vars", summary = "Metrics and runtime state as JSON", description = "Needs a key of any scope when the server has one; without any, answers loopback clients only.", responses((status = 200, description = "The state", body = Object)))]
 async fn debug_vars(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -21,7 +21,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
-    Content, HttpMethod, ObjectBuilder, OpenApi, Ref, RefOr, Required, SecurityRequirement,
+    Content, HttpMethod, ObjectBuilder, OpenApi, Ref, RefOr, SecurityRequirement,
 };
 
 #[cfg(doc)]
@@ -93,6 +93,9 @@ pub fn document() -> OpenApi {
     let routes = crate::api::public_api_routes().merge(crate::api::api_routes());
     let (_, mut doc) = utoipa_axum::router::OpenApiRouter::new()
         .nest(mechanics_proto::api::API_PREFIX, routes)
+        .merge(crate::observe::open_routes())
+        .merge(crate::observe::log_routes())
+        .merge(crate::webhooks::routes())
         .split_for_parts();
     finish(&mut doc);
     doc
@@ -242,9 +245,6 @@ fn finish(doc: &mut OpenApi) {
             }
             if has_body {
                 add_error(operation, 413, "The body is larger than the limit.");
-                if let Some(RefOr::T(body)) = &mut operation.request_body {
-                    body.required = Some(Required::True);
-                }
             }
             add_error(operation, 500, "The server failed.");
             add_error(

@@ -40,7 +40,7 @@ async fn add_source(
 ) -> ApiResult<(StatusCode, axum::Json<Source>)> {
     let spec: SourceSpec = parse_body(body)?;
     spec.validate()
-        .map_err(|err| Failure::bad_request(format!("invalid source: {err}")))?;
+        .map_err(|err| Failure::invalid_spec("source", err))?;
     refuse_unusable_files(&spec).await?;
     let now = shared.clock.now_ms();
     let source = shared.store.upsert_source(spec, now).await?;

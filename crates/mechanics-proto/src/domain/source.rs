@@ -29,6 +29,7 @@ pub enum SourceKind {
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// `[a-z0-9-]{1,64}`; the webhook URL is `POST /webhooks/{name}`.
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
     pub name: String,
     /// The platform.
     pub kind: SourceKind,

@@ -26,6 +26,7 @@ pub enum WorkerKind {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
     /// `[a-z0-9-]{1,64}`, unique among workers.
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
     pub name: String,
     /// How the worker runs.
     pub kind: WorkerKind,

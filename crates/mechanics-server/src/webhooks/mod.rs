@@ -28,15 +28,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use http_body::Body as _;
-use mechanics_proto::api::WebhookAccepted;
+use mechanics_proto::api::{ApiError, WebhookAccepted};
 use mechanics_proto::domain::{Event, EventState, SourceKind, Worker};
 use mechanics_store::{
     EventFilter, EventUpdate, NewEvent, NewTask, Store, StoreError, Take, TaskFilter, Tokens,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::Failure;
 use crate::pipeline::Refusal;
@@ -107,11 +108,14 @@ fn not_stored(shared: &Shared, name: &str, what: &str, err: &StoreError, now: i6
     .into_response()
 }
 
-/// The `POST /webhooks/{source}` route.
+/// The `POST /webhooks/{source}` route, registered with its documentation.
+pub(crate) fn routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new().routes(routes!(ingest))
+}
+
+/// [`routes`] as a router.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/webhooks/{source}", post(ingest))
-        .with_state(shared)
+    routes().split_for_parts().0.with_state(shared)
 }
 
 /// Refuses a delivery to `source` with `message` (the refusal's status, `Retry-After` on a `503`
@@ -216,6 +220,7 @@ async fn read_body_within_budget(
     Ok((Bytes::from(bytes), permit))
 }
 
+#[utoipa::path(post, path = "/webhooks/{source}", tag = "webhooks", operation_id = "deliver_webhook", summary = "A platform's delivery to the source `source`", description = "Authenticated by the platform's signature or token (GitHub, GitLab, Slack, Telegram, Standard Webhooks), never by an API key. The body is verified as it arrived, before it is parsed.", security(()), params(("source" = String, Path, description = "The source's name")), request_body(content((String = "application/json"), (String = "application/x-www-form-urlencoded")), description = "The delivery, as the platform sent it"), responses((status = 202, description = "Stored as a new event", body = WebhookAccepted), (status = 200, description = "A delivery seen before: the stored event", body = WebhookAccepted), (status = 400, description = "Unreadable or malformed", body = ApiError), (status = 401, description = "Signature, token or timestamp wrong", body = ApiError), (status = 404, description = "No such source", body = ApiError), (status = 408, description = "The body arrived too slowly", body = ApiError), (status = 413, description = "The body is over the source's limit", body = ApiError), (status = 429, description = "The source's delivery rate is exceeded; `Retry-After` says when", body = ApiError)))]
 async fn ingest(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,

@@ -267,16 +267,18 @@ async fn bad_input_gets_a_json_error_that_says_what_is_wrong_and_changes_nothing
         let (got, answer) = server.call(method, &path, body).await;
         let shown = &path[..path.len().min(80)];
         assert_eq!(got, status, "{method} {shown}: {answer}");
-        // One shape: `{ "error": { "code", "message" } }` and nothing else.
+        // One shape: `{ "error": { "code", "message", "field"? } }` and nothing else.
         let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
         assert_eq!(
             keys(&answer),
             Some(vec!["error".to_owned()]),
             "{method} {shown}: {answer}"
         );
-        assert_eq!(
-            keys(&answer["error"]),
-            Some(vec!["code".to_owned(), "message".to_owned()]),
+        let mut fields = keys(&answer["error"]).unwrap_or_default();
+        fields.sort();
+        let with_field = fields == ["code", "field", "message"];
+        assert!(
+            fields == ["code", "message"] || with_field && answer["error"]["field"].is_string(),
             "{method} {shown}: {answer}"
         );
         let code = match status {

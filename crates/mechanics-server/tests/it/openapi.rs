@@ -57,9 +57,18 @@ async fn the_document_is_public_openapi_3_1_and_docs_openapi_json_is_current() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             operations += 1;
-            let public = path.ends_with("/openapi.json") || path.ends_with("/docs");
+            let public = [
+                "/api/v1/openapi.json",
+                "/api/v1/docs",
+                "/metrics",
+                "/healthz",
+                "/webhooks/{source}",
+            ]
+            .contains(&path.as_str());
             let responses = op["responses"].as_object().unwrap();
-            if !public {
+            if public {
+                assert_eq!(op["security"], json!([{}]), "{method} {path}");
+            } else {
                 assert!(
                     op["security"].as_array().is_some_and(|s| s.len() == 2),
                     "{method} {path}"
@@ -80,6 +89,16 @@ async fn the_document_is_public_openapi_3_1_and_docs_openapi_json_is_current() {
         }
     }
     assert!(operations >= 24, "{operations}");
+    // The routes outside /api/v1 are documented too.
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/debug/vars",
+        "/logs",
+        "/webhooks/{source}",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
 
     // The committed copy is the generated one (MECHANICS_UPDATE_OPENAPI=1 rewrites it).
     let committed = committed_path();
@@ -125,7 +144,10 @@ async fn every_documented_operation_is_routed_and_answers_a_documented_status() 
     let doc: Value = serde_json::from_str(&mechanics_server::openapi::document_json()).unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let concrete = path.replace("{name}", "nope").replace("{id}", "999999");
+            let concrete = path
+                .replace("{name}", "nope")
+                .replace("{source}", "nope")
+                .replace("{id}", "999999");
             let body = op.get("requestBody").map(|_| json!({}));
             let (status, answer) = server.call(&method.to_uppercase(), &concrete, body).await;
             assert_ne!(status, 405, "{method} {path}: {answer}");
@@ -144,6 +166,62 @@ async fn every_documented_operation_is_routed_and_answers_a_documented_status() 
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (404, Some("not_found"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_names_the_field_at_fault() {
+    let server = TestServer::start_with(Some("k3y-fields"), tempfile::tempdir().unwrap()).await;
+    let spec = json!({
+        "name": "nightly",
+        "kind": "http",
+        "url": "http://127.0.0.1:9/",
+        "triggers": [{ "cron": "not a schedule" }],
+    });
+    let (status, body) = server
+        .call("POST", "/api/v1/workers", Some(json!({ "spec": spec })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert_eq!(body["error"]["field"], "triggers[0].cron", "{body}");
+
+    let (status, body) = server.call("GET", "/api/v1/tasks?limit=0", None).await;
+    assert_eq!((status, &body["error"]["field"]), (400, &json!("limit")));
+    let (status, body) = server.call("GET", "/api/v1/tasks?colour=red", None).await;
+    assert_eq!((status, &body["error"]["field"]), (400, &json!("colour")));
+    // Nothing to blame on a field: no `field` at all.
+    let (status, body) = server.call("GET", "/api/v1/tasks/999999", None).await;
+    assert_eq!(status, 404);
+    assert!(body["error"].get("field").is_none(), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_number_written_with_a_fraction_is_an_integer() {
+    let server = TestServer::start_with(Some("k3y-numbers"), tempfile::tempdir().unwrap()).await;
+    // JSON Schema's `integer` admits 3600.0, and JavaScript clients write it.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({ "name": "whole", "scope": "read", "expires_in_secs": 3600.0 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A real fraction is still refused, with the place of the first error.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({ "name": "half", "scope": "read", "expires_in_secs": 3600.5 })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("expected u64") && message.contains("column"),
+        "{message}"
     );
     server.stop().await;
 }
