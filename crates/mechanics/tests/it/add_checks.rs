@@ -44,7 +44,7 @@ fn a_module_that_does_not_parse_and_a_bad_schedule_are_refused_before_any_reques
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
     // Line 2, column 18: the `;` where an expression must be.
     assert!(
-        stderr(&out).contains("module: ./broken.js:2:18: "),
+        stderr(&out).contains("module: broken.js:2:18: "),
         "{}",
         stderr(&out)
     );
@@ -100,7 +100,7 @@ fn the_server_refuses_what_cannot_work_and_stores_nothing() {
     assert_eq!(status, 400, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("invalid worker: ./broken.js:2:18: "),
+        message.starts_with("invalid worker: broken.js:2:18: "),
         "{message}"
     );
     let (status, _) = client.get(&format!("{workers_url}/broken"));
