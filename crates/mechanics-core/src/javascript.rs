@@ -14,9 +14,7 @@ use crate::typescript::TranspileError;
 pub fn check(source: &str, file_name: &str) -> Result<(), TranspileError> {
     let refused = |message: &str| TranspileError::new(file_name, 1, 1, message.to_owned());
     let owned = source.to_owned();
-    match stack_guard::on_guarded_thread("mechanics-check", move || {
-        engine::syntax_error(&owned)
-    }) {
+    match stack_guard::on_guarded_thread("mechanics-check", move || engine::syntax_error(&owned)) {
         Ok(None) => Ok(()),
         Ok(Some(error)) => Err(TranspileError::new(
             file_name,

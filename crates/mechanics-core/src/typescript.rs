@@ -127,14 +127,16 @@ pub fn transpile(source: &str, file_name: &str) -> Result<Transpiled, TranspileE
         transpile_here(&source, &file)
     }) {
         Ok(result) => result,
-        Err(Unanswered::NoThread) => Err(refused(
-            "could not start a thread to transpile the module",
-        )),
+        Err(Unanswered::NoThread) => {
+            Err(refused("could not start a thread to transpile the module"))
+        }
         Err(Unanswered::TooDeep) => Err(refused(
             "the module nests too deeply to be transpiled (expressions, blocks or types inside \
              each other tens of thousands of levels deep)",
         )),
-        Err(Unanswered::Failed) => Err(refused("the transpiler failed unexpectedly on this module")),
+        Err(Unanswered::Failed) => {
+            Err(refused("the transpiler failed unexpectedly on this module"))
+        }
     }
 }
 

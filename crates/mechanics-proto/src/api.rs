@@ -234,9 +234,7 @@ pub struct NodeView {
 }
 
 /// What a [`NodeView`] is.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     /// An executor node (`mechanics node serve`) running js jobs.

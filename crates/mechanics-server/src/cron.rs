@@ -301,7 +301,9 @@ mod tests {
     fn nicknames_fire_as_their_expressions_do() {
         // 2024-03-30 is a Saturday.
         let next = |expression: &str, tz: Option<&str>| {
-            Schedule::parse(expression, tz).unwrap().next_after(MARCH_30)
+            Schedule::parse(expression, tz)
+                .unwrap()
+                .next_after(MARCH_30)
         };
         assert_eq!(next("@hourly", None), Some(MARCH_30 + HOUR));
         assert_eq!(next("@daily", None), Some(MARCH_30 + 24 * HOUR));

@@ -1209,7 +1209,10 @@ mod tests {
     fn a_syntax_error_is_placed_where_it_is_also_past_an_async_arrow_default_export() {
         let at = |source: &str| syntax_error(source).map(|e| (e.line, e.column));
         assert_eq!(at("export default async (a) => a\n"), None);
-        assert_eq!(at("export default function () {\n  let x = ;\n}\n"), Some((2, 11)));
+        assert_eq!(
+            at("export default function () {\n  let x = ;\n}\n"),
+            Some((2, 11))
+        );
         // Boa stops at the arrow itself; the rewrite gets to the real mistake, and its position
         // is the one in the module as written (the rewritten line is longer).
         let broken = "export default async (arg) => { const a = ; };\n";

@@ -134,7 +134,11 @@ fn the_server_refuses_what_cannot_work_and_stores_nothing() {
     assert_eq!(task["result"]["doubled"], 42);
 
     // A webhook trigger must name a registered source: exit 2 naming the field, nothing stored.
-    write(work, "hook.js", "export default function () { return {}; }\n");
+    write(
+        work,
+        "hook.js",
+        "export default function () { return {}; }\n",
+    );
     let hook = write(
         work,
         "hook.yml",
@@ -182,7 +186,11 @@ fn the_server_refuses_what_cannot_work_and_stores_nothing() {
         assert!(!stderr(&out).contains("s3cr3t-value"), "{}", stderr(&out));
     }
     let (status, list) = client.get(&format!("{}/api/v1/sources", server.url));
-    assert_eq!((status, list["sources"].as_array().map(Vec::len)), (200, Some(0)), "{list}");
+    assert_eq!(
+        (status, list["sources"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{list}"
+    );
 
     // With a readable secret the source is added, and then the worker naming it.
     let source = write(

@@ -131,7 +131,11 @@ fn endpoint_transport_failures_and_retryable_errors_are_retried_other_errors_are
         FAST_RETRY,
     );
     let task = run(&server, "never");
-    assert_eq!((&task["state"], &task["tries"]), (&"dead".into(), &3.into()), "{task}");
+    assert_eq!(
+        (&task["state"], &task["tries"]),
+        (&"dead".into(), &3.into()),
+        "{task}"
+    );
     let error = task["error"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("retryable: Error: not today")
@@ -149,7 +153,11 @@ fn endpoint_transport_failures_and_retryable_errors_are_retried_other_errors_are
         FAST_RETRY,
     );
     let task = run(&server, "broken");
-    assert_eq!((&task["state"], &task["tries"]), (&"failed".into(), &1.into()), "{task}");
+    assert_eq!(
+        (&task["state"], &task["tries"]),
+        (&"failed".into(), &1.into()),
+        "{task}"
+    );
     assert!(
         task["error"]
             .as_str()
@@ -208,7 +216,10 @@ fn a_crash_looping_process_workers_tasks_carry_its_last_stderr_lines() {
     assert_eq!(node.get("address"), None, "{node}");
     let table = server.ok(&["node", "list"]);
     let header = table.lines().next().unwrap_or_default();
-    assert!(header.starts_with("NAME") && header.contains("KIND"), "{table}");
+    assert!(
+        header.starts_with("NAME") && header.contains("KIND"),
+        "{table}"
+    );
     assert!(
         table
             .lines()
