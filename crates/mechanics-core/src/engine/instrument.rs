@@ -1222,7 +1222,7 @@ mod tests {
             Some((3, 10))
         );
         // An unfinished module ends where it ends, not in the appended export.
-        assert_eq!(at("export default async (a) => {\n  f(a"), Some((2, 5)));
+        assert_eq!(at("export default async (a) => {\n  f(a"), Some((2, 6)));
         let message = syntax_error(broken).unwrap().message;
         assert!(!message.contains("line"), "{message}");
         assert!(matches!(
