@@ -70,26 +70,12 @@ pub(crate) enum InstrumentError {
 /// Parses `source` as a module and inserts tick calls. `suffix` makes the tick names unique; the
 /// caller picks a random one.
 pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, InstrumentError> {
-    let mut interner = Interner::default();
-    let parsed =
-        Parser::new(Source::from_bytes(source)).parse_module(&Scope::new_global(), &mut interner);
-    let (module, rewritten) = match parsed {
-        Ok(module) => (module, None),
-        Err(err) => match async_arrow_default_export(source, suffix) {
-            Some((fixed, module)) => (module, Some(fixed)),
-            None => {
-                // The position in the module as written, and past a failed rewrite's stop.
-                let message = match syntax_error(source) {
-                    Some(error) => format!(
-                        "SyntaxError: {} at line {}, col {}",
-                        error.message, error.line, error.column
-                    ),
-                    None => format!("SyntaxError: {err}"),
-                };
-                return Err(InstrumentError::Syntax(message));
-            }
-        },
-    };
+    let (module, rewritten) = parse_as_engine(source, suffix).map_err(|error| {
+        InstrumentError::Syntax(format!(
+            "SyntaxError: {} at line {}, col {}",
+            error.message, error.line, error.column
+        ))
+    })?;
     let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
@@ -173,23 +159,60 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
     })
 }
 
+/// Parses `source` as the engine runs it: the module, and the rewritten text when it needed one.
+///
 /// Boa 0.22 does not parse `export default async () => ...` (nor `async x => ...`), which is
 /// valid JavaScript. When a module fails to parse, each such declaration is tried in turn as
 /// `const <name> = async ...` with `export { <name> as default };` appended; the first rewrite
 /// that parses is used. Only a module that failed to parse is rewritten, so valid modules are
 /// never touched, and text inside strings or comments cannot be chosen (rewriting it would not
 /// fix the parse).
-fn async_arrow_default_export(source: &str, suffix: u64) -> Option<(String, boa_ast::Module)> {
-    async_arrow_rewrites(source, suffix).find_map(|rewrite| {
-        Parser::new(Source::from_bytes(&rewrite.text))
+///
+/// When nothing parses, the error is that of the parse that got furthest (Boa stops a module at
+/// such an arrow, which is not the author's mistake; a rewrite gets to the real one), at its
+/// position in the module as written: a rewrite changes text only where it replaced it and
+/// appends a line at the end. Each text is parsed once.
+fn parse_as_engine(
+    source: &str,
+    suffix: u64,
+) -> Result<(boa_ast::Module, Option<String>), SyntaxError> {
+    let parse = |text: &str| {
+        Parser::new(Source::from_bytes(text))
             .parse_module(&Scope::new_global(), &mut Interner::default())
-            .ok()
-            .map(|module| (rewrite.text, module))
+    };
+    let original = match parse(source) {
+        Ok(module) => return Ok((module, None)),
+        Err(err) => err,
+    };
+    let mut furthest = error_offset(source, &original);
+    let mut message = error_message(&original);
+    for rewrite in async_arrow_rewrites(source, suffix) {
+        let err = match parse(&rewrite.text) {
+            Ok(module) => return Ok((module, Some(rewrite.text))),
+            Err(err) => err,
+        };
+        let at = error_offset(&rewrite.text, &err);
+        let back = if at < rewrite.start {
+            at
+        } else if at < rewrite.start + rewrite.replacement {
+            rewrite.start
+        } else {
+            (at - rewrite.replacement + rewrite.replaced).min(source.len())
+        };
+        if back > furthest {
+            furthest = back;
+            message = error_message(&err);
+        }
+    }
+    let (line, column) = LineIndex::new(source).position(source, furthest);
+    Err(SyntaxError {
+        line,
+        column,
+        message,
     })
 }
 
-/// One `export default async <arrow>` of a module rewritten as [`async_arrow_default_export`]
-/// tries it.
+/// One `export default async <arrow>` of a module rewritten as [`parse_as_engine`] tries it.
 struct AsyncArrowRewrite {
     /// The whole rewritten module.
     text: String,
@@ -250,45 +273,10 @@ pub(crate) struct SyntaxError {
     pub(crate) message: String,
 }
 
-/// Why `source` does not parse as the engine reads it (with the `export default async` rewrite),
-/// or `None` when it does.
-///
-/// Boa stops a module with an `export default async () => ...` at that arrow, which is not the
-/// author's mistake: when a rewrite gets further, its error is the real one, and its position is
-/// taken back to the module as written (the rewrite changes text only where it replaced it and
-/// appends a line at the end).
+/// Why `source` does not parse as the engine reads it (with the `export default async` rewrite,
+/// see [`parse_as_engine`]), at its position in the module as written; `None` when it parses.
 pub(crate) fn syntax_error(source: &str) -> Option<SyntaxError> {
-    let parse = |text: &str| {
-        Parser::new(Source::from_bytes(text))
-            .parse_module(&Scope::new_global(), &mut Interner::default())
-            .err()
-    };
-    let original = parse(source)?;
-    let mut furthest = error_offset(source, &original);
-    let mut message = error_message(&original);
-    for rewrite in async_arrow_rewrites(source, 0) {
-        let Some(err) = parse(&rewrite.text) else {
-            return None;
-        };
-        let at = error_offset(&rewrite.text, &err);
-        let back = if at < rewrite.start {
-            at
-        } else if at < rewrite.start + rewrite.replacement {
-            rewrite.start
-        } else {
-            (at - rewrite.replacement + rewrite.replaced).min(source.len())
-        };
-        if back > furthest {
-            furthest = back;
-            message = error_message(&err);
-        }
-    }
-    let (line, column) = LineIndex::new(source).position(source, furthest);
-    Some(SyntaxError {
-        line,
-        column,
-        message,
-    })
+    parse_as_engine(source, 0).err()
 }
 
 /// The byte offset in `text` where Boa's `err` happened; the end for an abrupt end (and for an
