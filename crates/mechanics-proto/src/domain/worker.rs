@@ -417,7 +417,7 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
             // A nickname (`@daily`) is one word; the server's parser says whether it knows it.
             let nickname = cron.schedule().trim_start().starts_with('@');
             let fields = cron.schedule().split_whitespace().count();
-            if !nickname && !(fields == 5 || fields == 6) {
+            if !(nickname || fields == 5 || fields == 6) {
                 return Err(SpecError::new(
                     format!("triggers[{i}].cron"),
                     format!(
