@@ -13,6 +13,14 @@ pub enum MechanicsError {
     /// a forbidden import, or a result that is not JSON.
     #[error("{0}")]
     Execution(String),
+    /// The script failed with the error of a `mechanics:endpoint` call that could not reach its
+    /// service (refused, timed out, name not resolved) after the endpoint's own retries, and did
+    /// not catch it: the service may answer a later attempt.
+    #[error("{0}")]
+    EndpointTransport(String),
+    /// The script failed with an error it marked `retryable: true`: it asks for another attempt.
+    #[error("{0}")]
+    Retryable(String),
     /// The job hit one of its [`MechanicsExecutionLimits`](crate::job::MechanicsExecutionLimits).
     #[error("{0}")]
     LimitExceeded(String),
@@ -49,6 +57,10 @@ pub enum MechanicsError {
 pub enum MechanicsErrorKind {
     /// See [`MechanicsError::Execution`].
     Execution,
+    /// See [`MechanicsError::EndpointTransport`].
+    EndpointTransport,
+    /// See [`MechanicsError::Retryable`].
+    Retryable,
     /// See [`MechanicsError::LimitExceeded`].
     LimitExceeded,
     /// See [`MechanicsError::QueueFull`].
@@ -74,6 +86,8 @@ impl MechanicsErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Execution => "execution",
+            Self::EndpointTransport => "endpoint_transport",
+            Self::Retryable => "retryable",
             Self::LimitExceeded => "limit_exceeded",
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
@@ -112,6 +126,8 @@ impl MechanicsError {
     pub fn kind(&self) -> MechanicsErrorKind {
         match self {
             Self::Execution(_) => MechanicsErrorKind::Execution,
+            Self::EndpointTransport(_) => MechanicsErrorKind::EndpointTransport,
+            Self::Retryable(_) => MechanicsErrorKind::Retryable,
             Self::LimitExceeded(_) => MechanicsErrorKind::LimitExceeded,
             Self::QueueFull => MechanicsErrorKind::QueueFull,
             Self::QueueTimeout => MechanicsErrorKind::QueueTimeout,
@@ -121,6 +137,17 @@ impl MechanicsError {
             Self::Canceled => MechanicsErrorKind::Canceled,
             Self::Panic(_) => MechanicsErrorKind::Panic,
             Self::RuntimePool(_) => MechanicsErrorKind::RuntimePool,
+        }
+    }
+
+    /// The message of a failure of the script itself (a thrown error, whatever its class), for
+    /// rewriting the positions it names; `None` for limits and the pool's own errors.
+    pub(crate) fn script_message_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Self::Execution(message)
+            | Self::EndpointTransport(message)
+            | Self::Retryable(message) => Some(message),
+            _ => None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod console;
 pub mod endpoint;
 mod engine;
 mod error;
+pub mod javascript;
 pub mod job;
 mod memory;
 mod modules;

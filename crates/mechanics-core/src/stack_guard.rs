@@ -14,7 +14,8 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Arc, Once, OnceLock, mpsc};
+use std::time::Duration;
 
 use crate::memory::PARKED_FOR_STACK;
 
@@ -35,6 +36,56 @@ const KEEP_AT_TOP: usize = 1024 * 1024;
 static INSTALL: Once = Once::new();
 /// The handlers for `SIGSEGV` and `SIGBUS` that were installed before ours, in that order.
 static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
+
+/// Native stack of a thread that parses what a caller sent (a TypeScript or JavaScript module):
+/// room for nesting far deeper than people write (about 100,000 levels); deeper still hits the
+/// guard.
+const PARSER_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// How often [`on_guarded_thread`] looks whether its thread was parked by the guard.
+const PARK_POLL: Duration = Duration::from_millis(20);
+
+/// Why [`on_guarded_thread`] has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unanswered {
+    /// No thread could be started.
+    NoThread,
+    /// The work overflowed its stack; its thread is parked for good.
+    TooDeep,
+    /// The work panicked.
+    Failed,
+}
+
+/// Runs `work` on a thread of its own with a large guarded stack and waits for its answer: a
+/// parser recursing without a bound over hostile input overflows that stack, which parks the
+/// thread (its pages released) instead of aborting the process.
+pub(crate) fn on_guarded_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Unanswered> {
+    let signal = Arc::new(AtomicU8::new(0));
+    let (sender, answer) = mpsc::channel();
+    let thread_signal = signal.clone();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(PARSER_STACK_BYTES)
+        .spawn(move || {
+            guard_current_thread(&thread_signal);
+            let _ = sender.send(work());
+        })
+        .map_err(|_| Unanswered::NoThread)?;
+    loop {
+        match answer.recv_timeout(PARK_POLL) {
+            Ok(result) => return Ok(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if signal.load(Ordering::Acquire) == PARKED_FOR_STACK {
+                    return Err(Unanswered::TooDeep);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Unanswered::Failed),
+        }
+    }
+}
 
 /// Guards the calling thread's stack; `signal` receives [`PARKED_FOR_STACK`] if it overflows.
 /// The caller keeps `signal` alive for as long as the thread runs.

@@ -14,9 +14,6 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::Duration;
 
 use oxc_allocator::Allocator;
 use oxc_ast::ast::{Decorator, Program};
@@ -32,8 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::MechanicsError;
 use crate::job::{JsonObject, fields_of};
-use crate::memory::PARKED_FOR_STACK;
-use crate::stack_guard;
+use crate::stack_guard::{self, Unanswered};
 
 /// Whether `file_name` names a TypeScript module (`.ts` or `.mts`, in any letter case): the
 /// language of a worker's module follows its file name.
@@ -51,7 +47,8 @@ pub struct Transpiled {
     pub source_map: SourceMap,
 }
 
-/// Why a TypeScript module cannot run: a syntax error, or a construct Mechanics refuses. Shown as
+/// Why a worker module cannot run: a syntax error, or a construct Mechanics refuses (for a
+/// TypeScript module; a JavaScript one is checked by [`crate::javascript::check`]). Shown as
 /// `file:line:column: message`, the form editors and terminals make clickable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -63,6 +60,16 @@ pub struct TranspileError {
 }
 
 impl TranspileError {
+    /// The error `message` at `line` and `column` (from 1) of `file`.
+    pub(crate) fn new(file: &str, line: u32, column: u32, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
     fn at(file: &str, source: &str, offset: u32, message: String) -> Self {
         let (line, column) = line_and_column(source, offset);
         Self {
@@ -99,13 +106,6 @@ impl TranspileError {
 const DECORATORS_REFUSED: &str = "decorators are not supported in Mechanics workers; call the \
                                   decorating function yourself instead";
 
-/// Native stack of the thread that transpiles: room for nesting far deeper than people write
-/// (about 100,000 levels); deeper still hits the stack guard.
-const STACK_BYTES: usize = 256 * 1024 * 1024;
-
-/// How often the caller looks whether the transpiling thread was parked by the stack guard.
-const PARK_POLL: Duration = Duration::from_millis(20);
-
 /// Transpiles the TypeScript module `source`; `file_name` names it in errors and in the source
 /// map (`summarize.ts:3:7: ...`).
 ///
@@ -122,34 +122,20 @@ pub fn transpile(source: &str, file_name: &str) -> Result<Transpiled, TranspileE
         column: 1,
         message: message.to_owned(),
     };
-    let signal = Arc::new(AtomicU8::new(0));
-    let (sender, answer) = mpsc::channel();
-    let (thread_signal, thread_source, thread_name) =
-        (signal.clone(), source.to_owned(), file_name.to_owned());
-    let spawned = std::thread::Builder::new()
-        .name("mechanics-transpile".to_owned())
-        .stack_size(STACK_BYTES)
-        .spawn(move || {
-            stack_guard::guard_current_thread(&thread_signal);
-            let _ = sender.send(transpile_here(&thread_source, &thread_name));
-        });
-    if spawned.is_err() {
-        return Err(refused("could not start a thread to transpile the module"));
-    }
-    loop {
-        match answer.recv_timeout(PARK_POLL) {
-            Ok(result) => return result,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if signal.load(Ordering::Acquire) == PARKED_FOR_STACK {
-                    return Err(refused(
-                        "the module nests too deeply to be transpiled (expressions, blocks or \
-                         types inside each other tens of thousands of levels deep)",
-                    ));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(refused("the transpiler failed unexpectedly on this module"));
-            }
+    let (source, file) = (source.to_owned(), file_name.to_owned());
+    match stack_guard::on_guarded_thread("mechanics-transpile", move || {
+        transpile_here(&source, &file)
+    }) {
+        Ok(result) => result,
+        Err(Unanswered::NoThread) => {
+            Err(refused("could not start a thread to transpile the module"))
+        }
+        Err(Unanswered::TooDeep) => Err(refused(
+            "the module nests too deeply to be transpiled (expressions, blocks or types inside \
+             each other tens of thousands of levels deep)",
+        )),
+        Err(Unanswered::Failed) => {
+            Err(refused("the transpiler failed unexpectedly on this module"))
         }
     }
 }

@@ -262,6 +262,8 @@ fn status_of(err: &MechanicsError) -> StatusCode {
     }
     match err {
         MechanicsError::Execution(_)
+        | MechanicsError::EndpointTransport(_)
+        | MechanicsError::Retryable(_)
         | MechanicsError::LimitExceeded(_)
         | MechanicsError::Panic(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -204,6 +204,9 @@ pub struct WebhookAccepted {
 pub struct NodeView {
     /// Its name.
     pub name: String,
+    /// What it is: an executor node running js jobs, or a process worker's program.
+    #[serde(default)]
+    pub kind: NodeKind,
     /// `running`, `backing_off`, `tripped`, `stopped`, ...
     pub state: String,
     /// The crash-loop breaker: `closed`, `tripped` or `half_open`.
@@ -228,6 +231,27 @@ pub struct NodeView {
     /// file descriptors (EMFILE)"), while that lasts; such failures are not held against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_exhaustion: Option<String>,
+}
+
+/// What a [`NodeView`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// An executor node (`mechanics node serve`) running js jobs.
+    #[default]
+    Executor,
+    /// The program of a process worker.
+    Process,
+}
+
+impl NodeKind {
+    /// The kind's name as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Executor => "executor",
+            Self::Process => "process",
+        }
+    }
 }
 
 /// `GET /nodes`.

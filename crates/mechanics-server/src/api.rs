@@ -29,7 +29,9 @@ use mechanics_proto::api::{
     API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
     TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
-use mechanics_proto::domain::{Event, Task, TaskState, TranspiledModule, WorkerKind};
+use mechanics_proto::domain::{
+    Event, Task, TaskState, TranspiledModule, Trigger, WorkerKind, WorkerSpec,
+};
 use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -414,6 +416,7 @@ async fn add_worker(
     }
     crate::cron::validate_triggers(&input.spec)
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
+    refuse_unknown_sources(&shared, &input.spec).await?;
     crate::policy::check_teams(&shared, &input.spec)
         .await
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
@@ -430,6 +433,23 @@ async fn add_worker(
         StatusCode::OK
     };
     Ok((status, axum::Json(WorkerView { worker })))
+}
+
+/// `400` for a webhook trigger naming a source that is not registered: it could never fire, and
+/// the author would find out only when no delivery reached the worker.
+async fn refuse_unknown_sources(shared: &Shared, spec: &WorkerSpec) -> ApiResult<()> {
+    for (i, trigger) in spec.triggers.iter().enumerate() {
+        if let Trigger::Webhook(webhook) = trigger
+            && shared.store.get_source(&webhook.source).await?.is_none()
+        {
+            return Err(Failure::bad_request(format!(
+                "invalid worker: triggers[{i}].webhook.source: no source named {}; add it first \
+                 with `mechanics source add`",
+                quote(&webhook.source)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A js worker's module turned into what runs, when it is not JavaScript (TypeScript), by the

@@ -298,6 +298,27 @@ mod tests {
     }
 
     #[test]
+    fn nicknames_fire_as_their_expressions_do() {
+        // 2024-03-30 is a Saturday.
+        let next = |expression: &str, tz: Option<&str>| {
+            Schedule::parse(expression, tz)
+                .unwrap()
+                .next_after(MARCH_30)
+        };
+        assert_eq!(next("@hourly", None), Some(MARCH_30 + HOUR));
+        assert_eq!(next("@daily", None), Some(MARCH_30 + 24 * HOUR));
+        assert_eq!(next("@weekly", None), Some(MARCH_30 + 24 * HOUR));
+        assert_eq!(next("@monthly", None), Some(MARCH_30 + 48 * HOUR));
+        assert_eq!(next("@yearly", None), Some(1_735_689_600_000));
+        assert_eq!(next("@annually", None), next("@yearly", None));
+        // Midnight in the trigger's zone: Paris is UTC+1 on March 30.
+        assert_eq!(
+            next("@daily", Some("Europe/Paris")),
+            Some(MARCH_30 + 23 * HOUR)
+        );
+    }
+
+    #[test]
     fn time_zones_follow_daylight_saving() {
         let nine_paris = Schedule::parse("0 9 * * *", Some("Europe/Paris")).unwrap();
         // March 30: UTC+1, so 08:00Z; March 31 (summer time): UTC+2, so 07:00Z.

@@ -24,11 +24,36 @@ pub enum Outcome {
     Failed(String),
     /// The worker could not be reached or died (refused, timeout, node gone): worth a retry.
     Transport(String),
+    /// A js job's script failed, and its error says a later attempt may succeed (see
+    /// [`ScriptRetry`]): retried under the worker's `retry` as a transport failure is.
+    ScriptRetry(ScriptRetry, String),
     /// The worker asked to come back after a delay (`429` with `Retry-After`).
     RetryAfter(Duration, String),
     /// The executor was too busy to take the attempt (no free node, a node's queue full). Not the
     /// task's fault: the task goes back to the queue after the delay without spending a try.
     Overloaded(Option<Duration>, String),
+}
+
+/// Why a js job's failure is retried rather than failing the task at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptRetry {
+    /// The job failed with the error of a `mechanics:endpoint` call that could not reach its
+    /// service (refused, timed out, name not resolved) after the endpoint's own retries.
+    EndpointTransport,
+    /// The job threw an error with `retryable: true`.
+    Requested,
+}
+
+impl ScriptRetry {
+    /// The rule, as the task's error states it.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Self::EndpointTransport => {
+                "an endpoint call failed in transport: retried under the worker's retry"
+            }
+            Self::Requested => "the job threw retryable: true: retried under the worker's retry",
+        }
+    }
 }
 
 /// What one js attempt gave, with the lines its script wrote with `console` on the way: for a
@@ -63,7 +88,8 @@ pub trait JsExecutor: Send + Sync {
     fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String>;
     /// Turns the module `source` into the JavaScript that runs when its file name `module` (the
     /// spec's `module`) says it is written in another language (TypeScript: `.ts`, `.mts`);
-    /// `Ok(None)` for a JavaScript module. The error says what is wrong where, as
+    /// `Ok(None)` for a JavaScript module, once it is known to parse. The error says what is
+    /// wrong where, as
     /// `file:line:column: message`. Called once per worker add, never per task. The default
     /// (executors that run no real engine) runs every module as written.
     fn transpile(&self, source: &str, module: &str) -> Result<Option<TranspiledModule>, String> {

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 pub use config::ServerConfig;
 pub use dispatch::DispatchConfig;
-pub use executor::{AttemptOutput, JsExecutor, Outcome};
+pub use executor::{AttemptOutput, JsExecutor, Outcome, ScriptRetry};
 pub use metrics::Metrics;
 pub use sources::read_webhook_secret;
 pub use trace_log::TraceLog;

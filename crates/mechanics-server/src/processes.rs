@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mechanics_proto::api::NodeView;
+use mechanics_proto::api::{NodeKind, NodeView};
 use mechanics_proto::domain::{RestartPolicyName, Worker, WorkerKind};
-use mechanics_runtime::{ExponentialBackoff, ProcessNode, RestartPolicy, Supervisor};
+use mechanics_runtime::{
+    ExponentialBackoff, LastExit, NodeSnapshot, NodeState, ProcessNode, RestartPolicy, Supervisor,
+};
 
 /// Environment variable that tells a process worker its port.
 pub const WORKER_PORT_ENV: &str = "MECHANICS_WORKER_PORT";
@@ -43,12 +45,34 @@ impl ProcessWorkers {
         }
     }
 
-    /// The base URL of process worker `name`, if it is running.
-    pub fn url(&self, name: &str) -> Option<String> {
-        let running = self.lock();
-        running
-            .get(name)
-            .map(|r| format!("http://127.0.0.1:{}", r.port))
+    /// The base URL of process worker `name` while its program runs; otherwise why it cannot
+    /// take a task, with how the program last ended and the last lines it wrote to stderr
+    /// (bounded), which usually say why a crash-looping program keeps dying.
+    pub fn target(&self, name: &str) -> Result<String, String> {
+        let Some(port) = self.lock().get(name).map(|r| r.port) else {
+            return Err("the process worker is not running".to_owned());
+        };
+        match self.supervisor.snapshot(name) {
+            Some(snapshot) if snapshot.state == NodeState::Running => {
+                Ok(format!("http://127.0.0.1:{port}"))
+            }
+            Some(snapshot) => Err(not_running(&snapshot)),
+            None => Err("the process worker is not running".to_owned()),
+        }
+    }
+
+    /// `message` (a call to process worker `name` that failed in transport) with how its program
+    /// last ended and its last stderr lines, when it ended before: a program that dies right
+    /// after it starts is seen running and refusing.
+    pub fn explain(&self, name: &str, message: String) -> String {
+        match self
+            .supervisor
+            .snapshot(name)
+            .and_then(|snapshot| snapshot.last_exit)
+        {
+            Some(exit) => format!("{message}{}", last_exit(&exit)),
+            None => message,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -136,8 +160,12 @@ impl ProcessWorkers {
             .snapshots()
             .into_iter()
             .map(|s| NodeView {
+                kind: NodeKind::Process,
+                // Only a running program listens: a stopped or crash-looping one's port is not
+                // where anything answers.
                 address: running
                     .get(&s.name)
+                    .filter(|_| s.state == NodeState::Running)
                     .map(|r| format!("127.0.0.1:{}", r.port)),
                 state: s.state.as_str().to_owned(),
                 breaker: s.breaker.as_str().to_owned(),
@@ -162,6 +190,42 @@ impl ProcessWorkers {
     pub async fn shutdown(&self) {
         self.supervisor.shutdown().await;
     }
+}
+
+/// Lines of a program's stderr quoted in a task's error, and the characters kept of each.
+const STDERR_LINES_QUOTED: usize = 5;
+const STDERR_LINE_CHARS: usize = 300;
+
+/// Why a process worker whose program is not running cannot take a task: its state, how the
+/// program last ended, and the end of what it wrote to stderr.
+fn not_running(snapshot: &NodeSnapshot) -> String {
+    let mut message = format!(
+        "the process worker is not running ({}",
+        snapshot.state.as_str()
+    );
+    if snapshot.state == NodeState::Tripped {
+        message.push_str(": its program keeps dying, restarts are paused");
+    }
+    message.push(')');
+    if let Some(exit) = &snapshot.last_exit {
+        message.push_str(&last_exit(exit));
+    }
+    message
+}
+
+/// `; its program last ended: <status>; its last stderr lines: a | b`, bounded.
+fn last_exit(exit: &LastExit) -> String {
+    let mut text = format!("; its program last ended: {}", exit.status);
+    let skip = exit.stderr_tail.len().saturating_sub(STDERR_LINES_QUOTED);
+    let lines: Vec<String> = exit.stderr_tail[skip..]
+        .iter()
+        .map(|line| line.chars().take(STDERR_LINE_CHARS).collect())
+        .collect();
+    if !lines.is_empty() {
+        text.push_str("; its last stderr lines: ");
+        text.push_str(&lines.join(" | "));
+    }
+    text
 }
 
 /// A port that was free a moment ago. The child binds it right after; another process could take

@@ -22,7 +22,6 @@ use mechanics_store::Store;
 use tokio::sync::{Mutex, Notify, RwLock};
 
 use crate::api::{ApiResult, Failure, parse_body};
-use crate::files::ReadFileError;
 use crate::{Shared, TraceLog};
 
 /// The routes under `/api/v1/sources`, merged into the API router (and so behind its
@@ -41,7 +40,7 @@ async fn add_source(
     let spec: SourceSpec = parse_body(body)?;
     spec.validate()
         .map_err(|err| Failure::invalid_spec("source", err))?;
-    refuse_unusable_files(&spec).await?;
+    refuse_unreadable_references(&spec).await?;
     let now = shared.clock.now_ms();
     let source = shared.store.upsert_source(spec, now).await?;
     // Read before the answer, so the first delivery finds the secret in memory.
@@ -54,37 +53,25 @@ async fn add_source(
     Ok((status, axum::Json(source)))
 }
 
-/// `400` for a `secret_file` or `token_file` that can never hold a secret (a FIFO, a device, a
-/// directory, an oversized file). A file that does not exist yet is accepted: it may be
-/// deployed after the source is registered, and the server reads it again every minute.
-async fn refuse_unusable_files(spec: &SourceSpec) -> ApiResult<()> {
-    let files: Vec<(&'static str, String)> = [
-        ("secret_file", spec.secret_file.clone()),
-        ("token_file", spec.token_file.clone()),
-    ]
-    .into_iter()
-    .filter_map(|(field, path)| path.map(|path| (field, path)))
-    .collect();
-    if files.is_empty() {
-        return Ok(());
-    }
+/// `400` when the server cannot read the source's secret or token now: a variable not set in
+/// its environment, a file missing, empty or unreadable, a FIFO, a device, a directory or an
+/// oversized file. The message names the variable or file, never what it holds. Found here,
+/// the mistake is the author's to fix at once, not a `503` at the first delivery.
+async fn refuse_unreadable_references(spec: &SourceSpec) -> ApiResult<()> {
+    let spec = spec.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        for (field, path) in files {
-            if let Err(err @ (ReadFileError::NotRegular { .. } | ReadFileError::TooLarge { .. })) =
-                crate::files::read_secret(std::path::Path::new(&path))
-            {
-                return Err(format!("invalid source: {field}: {err}"));
-            }
-        }
-        Ok(())
+        read_webhook_secret(&spec)?;
+        token(&spec).map(|_| ())
     })
     .await;
     match checked {
-        Ok(result) => result.map_err(Failure::bad_request),
+        Ok(result) => {
+            result.map_err(|message| Failure::bad_request(format!("invalid source: {message}")))
+        }
         Err(_) => Err(Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "checking the source's files failed",
+            "checking the source's secret and token failed",
         )),
     }
 }

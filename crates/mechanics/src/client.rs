@@ -512,7 +512,15 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
         WorkerCommand::Test(_) => Ok(()),
         WorkerCommand::Add { .. } => {
             let input = input.expect("read above");
-            let answer = api.post("/workers", Some(&input))?;
+            let answer = api.post("/workers", Some(&input)).map_err(|failure| {
+                // What only the server can check (a webhook trigger's source is registered) is
+                // bad input all the same: exit 2, as for a spec refused here.
+                if failure.message.starts_with("invalid worker: ") {
+                    Failure::usage(failure.message)
+                } else {
+                    failure
+                }
+            })?;
             api.print(&answer, |answer| {
                 let view: WorkerView = answer.parse()?;
                 let verb = if view.worker.revision == 1 {
@@ -623,6 +631,9 @@ pub(crate) fn load_spec<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
 pub fn load_worker(path: &Path) -> Result<WorkerInput> {
     let shown = path.display();
     let spec: WorkerSpec = load_spec(path, "worker spec (name, kind, ...)", WorkerSpec::validate)?;
+    // A schedule or time zone the server would refuse is bad input found here, without a request.
+    mechanics_server::cron::schedules(&spec)
+        .map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
     let module_source = match (spec.kind, &spec.module) {
         (WorkerKind::Js, Some(module)) => {
             crate::serve::validate_js(spec.config.as_ref(), spec.limits.as_ref())
@@ -953,6 +964,7 @@ fn nodes_table(answer: &Answer) -> Result<String> {
         .map(|n| {
             vec![
                 n.name.clone(),
+                n.kind.as_str().to_owned(),
                 n.state.clone(),
                 n.breaker.clone(),
                 n.address.clone().unwrap_or_else(|| "-".to_owned()),
@@ -970,6 +982,7 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     Ok(table(
         &[
             "NAME",
+            "KIND",
             "STATE",
             "BREAKER",
             "ADDRESS",
@@ -1198,6 +1211,7 @@ mod tests {
     fn a_node_short_of_descriptors_gets_a_line_under_the_table() {
         let node = |name: &str, short: Option<&str>| mechanics_proto::api::NodeView {
             name: name.to_owned(),
+            kind: mechanics_proto::api::NodeKind::Executor,
             state: "running".to_owned(),
             breaker: "closed".to_owned(),
             address: None,

@@ -12,15 +12,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits};
-use mechanics_core::typescript;
+use mechanics_core::{javascript, typescript};
 use mechanics_node::{Fleet, FleetConfig, FleetError, NodeInfo, ShutdownHandle};
-use mechanics_proto::api::NodeView;
+use mechanics_proto::api::{NodeKind, NodeView};
 use mechanics_proto::domain::{HumanDuration, TranspiledModule};
 use mechanics_proto::node::{JobRequest, JobResponse};
 use mechanics_runtime::{Supervisor, SupervisorConfig};
 use mechanics_server::config::{self, ConfigLayer, ConfigSource, Database, LogFormat};
 use mechanics_server::{
-    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, ServerConfig, ServerParts,
+    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, ScriptRetry, ServerConfig,
+    ServerParts,
 };
 use mechanics_store::{PgStore, SqliteStore, Store};
 use serde_json::Value;
@@ -451,10 +452,19 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
             kind,
             message,
             console,
-        }) => AttemptOutput {
-            outcome: Outcome::Failed(format!("{kind}: {message}")),
-            console,
-        },
+        }) => {
+            // The engine classed the script's error; the dispatcher decides what each class gets.
+            let retry = match kind.as_str() {
+                "endpoint_transport" => Some(ScriptRetry::EndpointTransport),
+                "retryable" => Some(ScriptRetry::Requested),
+                _ => None,
+            };
+            let outcome = match retry {
+                Some(why) => Outcome::ScriptRetry(why, format!("{kind}: {message}")),
+                None => Outcome::Failed(format!("{kind}: {message}")),
+            };
+            AttemptOutput { outcome, console }
+        }
         Err(FleetError::Overloaded {
             retry_after,
             kind,
@@ -491,8 +501,11 @@ impl JsExecutor for FleetExecutor {
 
 /// A worker's module as it will run, when its file name `module` says TypeScript: transpiled by
 /// the engine's `typescript` module, with the source map as the JSON the node protocol carries.
+/// A JavaScript module is only checked to parse (`None`).
 pub fn transpile_module(source: &str, module: &str) -> Result<Option<TranspiledModule>, String> {
     if !typescript::is_typescript(module) {
+        // JavaScript runs as written; checked here, a syntax error is refused at add.
+        javascript::check(source, module).map_err(|err| err.to_string())?;
         return Ok(None);
     }
     let transpiled = typescript::transpile(source, module).map_err(|err| err.to_string())?;
@@ -534,6 +547,7 @@ fn node_view(info: NodeInfo) -> NodeView {
         None => "unknown".to_owned(),
     };
     NodeView {
+        kind: NodeKind::Executor,
         state,
         breaker: snapshot.map_or_else(|| "closed".to_owned(), |s| s.breaker.as_str().to_owned()),
         address: info.address,

@@ -345,8 +345,11 @@ fn list<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)>) ->
 pub(crate) async fn perform(
     call: PreparedCall,
     client: Arc<dyn EndpointHttpClient>,
-) -> Result<CallResult, String> {
-    let fail = |message: String| format!("endpoint `{}`: {message}", call.name);
+) -> Result<CallResult, CallError> {
+    let fail = |message: String| CallError {
+        message: format!("endpoint `{}`: {message}", call.name),
+        transport: false,
+    };
     let origin = call.request.url.origin();
     let mut request = call.request.clone();
     let mut attempt: u32 = 1;
@@ -393,6 +396,8 @@ pub(crate) async fn perform(
                     attempt += 1;
                     continue;
                 }
+                let transport =
+                    matches!(error, EndpointHttpError::Timeout | EndpointHttpError::Io(_));
                 let error = match error {
                     EndpointHttpError::Timeout => format!(
                         "the request timed out after {} ms",
@@ -405,10 +410,23 @@ pub(crate) async fn perform(
                 } else {
                     String::new()
                 };
-                return Err(fail(format!("{error}{tries}")));
+                return Err(CallError {
+                    transport,
+                    ..fail(format!("{error}{tries}"))
+                });
             }
         }
     }
+}
+
+/// Why an endpoint call failed, as the job sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallError {
+    /// What happened, naming the endpoint; never a configured secret.
+    pub(crate) message: String,
+    /// The service could not be reached (refused, timed out, name not resolved, connection
+    /// broken) even after the endpoint's own retries: a later attempt of the job may succeed.
+    pub(crate) transport: bool,
 }
 
 /// The request that follows a redirect response, if `response` is one with a `Location`.

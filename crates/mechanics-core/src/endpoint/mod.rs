@@ -15,7 +15,7 @@ mod template;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-pub(crate) use call::{CallInput, CallResult, EndpointDefaults, ResponseBody, perform};
+pub(crate) use call::{CallError, CallInput, CallResult, EndpointDefaults, ResponseBody, perform};
 pub use config::{
     EndpointBodyType, EndpointRetryPolicy, HttpEndpoint, HttpMethod, QuerySpec, SlottedQueryMode,
     UrlParamSpec,

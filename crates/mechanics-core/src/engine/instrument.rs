@@ -70,16 +70,12 @@ pub(crate) enum InstrumentError {
 /// Parses `source` as a module and inserts tick calls. `suffix` makes the tick names unique; the
 /// caller picks a random one.
 pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, InstrumentError> {
-    let mut interner = Interner::default();
-    let parsed =
-        Parser::new(Source::from_bytes(source)).parse_module(&Scope::new_global(), &mut interner);
-    let (module, rewritten) = match parsed {
-        Ok(module) => (module, None),
-        Err(err) => match async_arrow_default_export(source, suffix) {
-            Some((fixed, module)) => (module, Some(fixed)),
-            None => return Err(InstrumentError::Syntax(format!("SyntaxError: {err}"))),
-        },
-    };
+    let (module, rewritten) = parse_as_engine(source, suffix).map_err(|error| {
+        InstrumentError::Syntax(format!(
+            "SyntaxError: {} at line {}, col {}",
+            error.message, error.line, error.column
+        ))
+    })?;
     let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
@@ -163,44 +159,163 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
     })
 }
 
+/// Parses `source` as the engine runs it: the module, and the rewritten text when it needed one.
+///
 /// Boa 0.22 does not parse `export default async () => ...` (nor `async x => ...`), which is
 /// valid JavaScript. When a module fails to parse, each such declaration is tried in turn as
 /// `const <name> = async ...` with `export { <name> as default };` appended; the first rewrite
 /// that parses is used. Only a module that failed to parse is rewritten, so valid modules are
 /// never touched, and text inside strings or comments cannot be chosen (rewriting it would not
 /// fix the parse).
-fn async_arrow_default_export(source: &str, suffix: u64) -> Option<(String, boa_ast::Module)> {
-    let name = format!("__mechanics_default_{suffix:016x}");
-    let mut from = 0;
-    while let Some(found) = source[from..].find("export") {
-        let start = from + found;
-        from = start + "export".len();
-        let Some(after_async) = skip_words(&source[start..], &["export", "default", "async"])
-        else {
-            continue;
-        };
-        let rest = source[start + after_async..].trim_start();
-        let arrow_like = rest.starts_with('(')
-            || rest
-                .chars()
-                .next()
-                .is_some_and(|c| c == '_' || c == '$' || c.is_alphabetic())
-                && !rest.starts_with("function");
-        if !arrow_like {
-            continue;
-        }
-        let candidate = format!(
-            "{}const {name} = async{}\n;export {{ {name} as default }};\n",
-            &source[..start],
-            &source[start + after_async..]
-        );
-        if let Ok(module) = Parser::new(Source::from_bytes(&candidate))
+///
+/// When nothing parses, the error is that of the parse that got furthest (Boa stops a module at
+/// such an arrow, which is not the author's mistake; a rewrite gets to the real one), at its
+/// position in the module as written: a rewrite changes text only where it replaced it and
+/// appends a line at the end. Each text is parsed once.
+fn parse_as_engine(
+    source: &str,
+    suffix: u64,
+) -> Result<(boa_ast::Module, Option<String>), SyntaxError> {
+    let parse = |text: &str| {
+        Parser::new(Source::from_bytes(text))
             .parse_module(&Scope::new_global(), &mut Interner::default())
-        {
-            return Some((candidate, module));
+    };
+    let original = match parse(source) {
+        Ok(module) => return Ok((module, None)),
+        Err(err) => err,
+    };
+    let mut furthest = error_offset(source, &original);
+    let mut message = error_message(&original);
+    for rewrite in async_arrow_rewrites(source, suffix) {
+        let err = match parse(&rewrite.text) {
+            Ok(module) => return Ok((module, Some(rewrite.text))),
+            Err(err) => err,
+        };
+        let at = error_offset(&rewrite.text, &err);
+        let back = if at < rewrite.start {
+            at
+        } else if at < rewrite.start + rewrite.replacement {
+            rewrite.start
+        } else {
+            (at - rewrite.replacement + rewrite.replaced).min(source.len())
+        };
+        if back > furthest {
+            furthest = back;
+            message = error_message(&err);
         }
     }
-    None
+    let (line, column) = LineIndex::new(source).position(source, furthest);
+    Err(SyntaxError {
+        line,
+        column,
+        message,
+    })
+}
+
+/// One `export default async <arrow>` of a module rewritten as [`parse_as_engine`] tries it.
+struct AsyncArrowRewrite {
+    /// The whole rewritten module.
+    text: String,
+    /// Where the replaced `export default async` starts (the same offset in both texts).
+    start: usize,
+    /// The byte length of `export default async` as written.
+    replaced: usize,
+    /// The byte length of what replaced it (`const <name> = async`).
+    replacement: usize,
+}
+
+/// Every rewrite of an arrow-like `export default async` in `source`, in order.
+fn async_arrow_rewrites(source: &str, suffix: u64) -> impl Iterator<Item = AsyncArrowRewrite> {
+    let name = format!("__mechanics_default_{suffix:016x}");
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = source[from..].find("export") {
+            let start = from + found;
+            from = start + "export".len();
+            let Some(after_async) = skip_words(&source[start..], &["export", "default", "async"])
+            else {
+                continue;
+            };
+            let rest = source[start + after_async..].trim_start();
+            let arrow_like = rest.starts_with('(')
+                || rest
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == '_' || c == '$' || c.is_alphabetic())
+                    && !rest.starts_with("function");
+            if !arrow_like {
+                continue;
+            }
+            let replacement = format!("const {name} = async");
+            return Some(AsyncArrowRewrite {
+                text: format!(
+                    "{}{replacement}{}\n;export {{ {name} as default }};\n",
+                    &source[..start],
+                    &source[start + after_async..]
+                ),
+                start,
+                replaced: after_async,
+                replacement: replacement.len(),
+            });
+        }
+        None
+    })
+}
+
+/// Why a module does not parse, at a position in the module as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    /// The line, from 1.
+    pub(crate) line: u32,
+    /// The column, from 1, in characters.
+    pub(crate) column: u32,
+    /// What the parser said, without the position.
+    pub(crate) message: String,
+}
+
+/// Why `source` does not parse as the engine reads it (with the `export default async` rewrite,
+/// see [`parse_as_engine`]), at its position in the module as written; `None` when it parses.
+pub(crate) fn syntax_error(source: &str) -> Option<SyntaxError> {
+    parse_as_engine(source, 0).err()
+}
+
+/// The byte offset in `text` where Boa's `err` happened; the end for an abrupt end (and for an
+/// error with no position).
+fn error_offset(text: &str, err: &boa_parser::Error) -> usize {
+    use boa_parser::Error;
+    let position = match err {
+        Error::Expected { span, .. } | Error::Unexpected { span, .. } => Some(span.start()),
+        Error::General { position, .. } => Some(*position),
+        Error::Lex {
+            err: boa_parser::lexer::Error::Syntax(_, position),
+        } => Some(*position),
+        _ => None,
+    };
+    position
+        .and_then(|position| LineIndex::new(text).offset(text, position))
+        .unwrap_or(text.len())
+}
+
+/// Boa's message for `err` without its `at line L, col C`.
+fn error_message(err: &boa_parser::Error) -> String {
+    use boa_parser::Error;
+    match err {
+        Error::Expected {
+            expected, found, ..
+        } => {
+            let expected: Vec<String> = expected.iter().map(|token| format!("'{token}'")).collect();
+            format!("expected {}, got '{found}'", expected.join(" or "))
+        }
+        Error::Unexpected { found, message, .. } => {
+            format!("unexpected token '{found}', {message}")
+        }
+        Error::General { message, .. } => message.to_string(),
+        Error::Lex {
+            err: boa_parser::lexer::Error::Syntax(message, _),
+        } => message.to_string(),
+        Error::AbruptEnd => "unexpected end of the module".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// The byte length of `words` at the start of `text`, separated by whitespace, or `None`.
@@ -945,6 +1060,19 @@ impl LineIndex {
             None => None,
         }
     }
+
+    /// The line and column (from 1, in characters) of byte `offset` of `source`.
+    fn position(&self, source: &str, offset: usize) -> (u32, u32) {
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts[line - 1];
+        let column = source
+            .get(start..offset)
+            .map_or(0, |text| text.chars().count());
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(column + 1).unwrap_or(u32::MAX),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -1062,6 +1190,32 @@ mod tests {
         assert!(matches!(
             instrument("export default async (a) => {", 0),
             Err(InstrumentError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn a_syntax_error_is_placed_where_it_is_also_past_an_async_arrow_default_export() {
+        let at = |source: &str| syntax_error(source).map(|e| (e.line, e.column));
+        assert_eq!(at("export default async (a) => a\n"), None);
+        assert_eq!(
+            at("export default function () {\n  let x = ;\n}\n"),
+            Some((2, 11))
+        );
+        // Boa stops at the arrow itself; the rewrite gets to the real mistake, and its position
+        // is the one in the module as written (the rewritten line is longer).
+        let broken = "export default async (arg) => { const a = ; };\n";
+        assert_eq!(at(broken), Some((1, 43)));
+        assert_eq!(
+            at("// export default async (x)\nexport default async (arg) => {\n  return ];\n};\n"),
+            Some((3, 10))
+        );
+        // An unfinished module ends where it ends, not in the appended export.
+        assert_eq!(at("export default async (a) => {\n  f(a"), Some((2, 6)));
+        let message = syntax_error(broken).unwrap().message;
+        assert!(!message.contains("line"), "{message}");
+        assert!(matches!(
+            instrument(broken, 0),
+            Err(InstrumentError::Syntax(m)) if m.ends_with("at line 1, col 43")
         ));
     }
 

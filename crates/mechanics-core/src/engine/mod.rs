@@ -20,6 +20,8 @@ mod instrument;
 mod positions;
 mod state;
 
+pub(crate) use instrument::syntax_error;
+
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -265,12 +267,35 @@ impl Failure {
                     return MechanicsError::LimitExceeded(limit_message(limit, limits));
                 }
                 let message = host::describe(&error, context);
+                let class = retry_class(&error, context);
                 if let Some(limit) = state.exceeded.get() {
                     return limit_exceeded(limit, limits);
                 }
-                MechanicsError::Execution(message)
+                class(message)
             }
         }
+    }
+}
+
+/// How an uncaught error asks to be treated: the rejection of an endpoint call that failed in
+/// transport carries `transport: true` (and `retryable: true`), and a job may throw any error
+/// with `retryable: true` to ask for another attempt. Only the value `true` counts; reading a
+/// property that throws counts as not set.
+fn retry_class(error: &JsError, context: &mut Context) -> fn(String) -> MechanicsError {
+    let Some(object) = error.as_opaque().and_then(JsValue::as_object) else {
+        return MechanicsError::Execution;
+    };
+    let mut flag = |name: &str| {
+        object
+            .get(JsString::from(name), context)
+            .is_ok_and(|value| value.as_boolean() == Some(true))
+    };
+    if flag(crate::modules::TRANSPORT_PROPERTY) {
+        MechanicsError::EndpointTransport
+    } else if flag(crate::modules::RETRYABLE_PROPERTY) {
+        MechanicsError::Retryable
+    } else {
+        MechanicsError::Execution
     }
 }
 

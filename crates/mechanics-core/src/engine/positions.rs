@@ -15,7 +15,6 @@
 use std::fmt::Write as _;
 
 use super::instrument;
-use crate::MechanicsError;
 use crate::console::JobOutput;
 use crate::typescript::{SourceMap, SourceMapLookup};
 
@@ -28,9 +27,9 @@ const SYNTAX_MARKER: &str = "at line ";
 /// `javascript`, to positions in the original source of `map`.
 pub(crate) fn rewrite(map: &SourceMap, javascript: &str, output: &mut JobOutput) {
     // Most jobs print no position at all: they pay for one scan, not for decoding the map.
-    let error = match &output.result {
-        Err(MechanicsError::Execution(message)) => Some(message.as_str()),
-        _ => None,
+    let error = match &mut output.result {
+        Err(error) => error.script_message_mut().map(|message| message.as_str()),
+        Ok(_) => None,
     };
     let has_position = error
         .is_some_and(|m| m.contains(RUNTIME_MARKER) || m.contains(SYNTAX_MARKER))
@@ -46,7 +45,8 @@ pub(crate) fn rewrite(map: &SourceMap, javascript: &str, output: &mut JobOutput)
         javascript,
         instrumented: None,
     };
-    if let Err(MechanicsError::Execution(message)) = &mut output.result
+    if let Err(error) = &mut output.result
+        && let Some(message) = error.script_message_mut()
         && let Some(rewritten) = rewriter.text(message, true)
     {
         *message = rewritten;

@@ -29,7 +29,8 @@ use futures_lite::FutureExt as _;
 use super::buffer::{ByteView, describe, type_error, uint8_array};
 use crate::endpoint::http_client::EndpointHttpRequestBody;
 use crate::endpoint::{
-    CallInput, CallResult, EndpointBodyType, EndpointRuntime, HttpMethod, ResponseBody, perform,
+    CallError, CallInput, CallResult, EndpointBodyType, EndpointRuntime, HttpMethod, ResponseBody,
+    perform,
 };
 use crate::engine::convert;
 use crate::job::MechanicsConfig;
@@ -65,7 +66,7 @@ impl Drop for Pending {
     }
 }
 
-type Completion = (u64, Result<CallResult, String>);
+type Completion = (u64, Result<CallResult, CallError>);
 
 /// The endpoint calls of one job context.
 pub(crate) struct EndpointCalls {
@@ -147,7 +148,8 @@ impl EndpointCalls {
                     Err(message) => Err(call_error(message)),
                 }
             }
-            Err(message) => Err(call_error(message)),
+            Err(failure) if failure.transport => transport_error(failure.message, context),
+            Err(failure) => Err(call_error(failure.message)),
         };
         match value {
             Ok(value) => {
@@ -280,7 +282,12 @@ impl EndpointCalls {
             let outcome = AssertUnwindSafe(perform(prepared, client))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| Err(format!("endpoint `{name}`: the HTTP transport panicked")));
+                .unwrap_or_else(|_| {
+                    Err(CallError {
+                        message: format!("endpoint `{name}`: the HTTP transport panicked"),
+                        transport: false,
+                    })
+                });
             // The job may be gone; then nobody is waiting and the result is dropped.
             let _ = done.send((id, outcome));
         });
@@ -290,6 +297,26 @@ impl EndpointCalls {
 
 fn call_error(message: String) -> JsError {
     JsNativeError::error().with_message(message).into()
+}
+
+/// Property set to `true` on the error of a call that could not reach its service after the
+/// endpoint's own retries; an uncaught one makes the job's failure an endpoint transport failure.
+pub(crate) const TRANSPORT_PROPERTY: &str = "transport";
+/// Property a job sets to `true` on an error it throws to ask for another attempt; the transport
+/// error of a call carries it too.
+pub(crate) const RETRYABLE_PROPERTY: &str = "retryable";
+
+/// The `Error` a call that failed in transport rejects with: `transport` and `retryable` are
+/// `true` on it, so that the job can tell (and rethrow), and so that the coordinator retries a
+/// job that did not handle it.
+fn transport_error(message: String, context: &mut Context) -> JsResult<JsValue> {
+    let error = call_error(message).into_opaque(context)?;
+    if let Some(object) = error.as_object() {
+        for name in [TRANSPORT_PROPERTY, RETRYABLE_PROPERTY] {
+            object.set(JsString::from(name), true, false, context)?;
+        }
+    }
+    Err(JsError::from_opaque(error))
 }
 
 fn no_endpoint(name: &str, config: Option<&MechanicsConfig>) -> JsError {

@@ -16,7 +16,7 @@ use boa_engine::{
     Context, JsObject, JsResult, JsString, JsSymbol, JsValue, Module, NativeFunction, js_string,
 };
 
-pub(crate) use endpoint::EndpointCalls;
+pub(crate) use endpoint::{EndpointCalls, RETRYABLE_PROPERTY, TRANSPORT_PROPERTY};
 
 mod base32;
 mod base64;

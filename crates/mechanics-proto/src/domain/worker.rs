@@ -415,12 +415,14 @@ fn validate_trigger(i: usize, trigger: &Trigger) -> Result<(), SpecError> {
                 cron.schedule(),
                 "a schedule",
             )?;
+            // A nickname (`@daily`) is one word; the server's parser says whether it knows it.
+            let nickname = cron.schedule().trim_start().starts_with('@');
             let fields = cron.schedule().split_whitespace().count();
-            if !(fields == 5 || fields == 6) {
+            if !(nickname || fields == 5 || fields == 6) {
                 return Err(SpecError::new(
                     format!("triggers[{i}].cron"),
                     format!(
-                        "{:?} has {fields} fields: write 5 (minute hour day month weekday) or 6 (with seconds first)",
+                        "{:?} has {fields} fields: write 5 (minute hour day month weekday), 6 (with seconds first) or a nickname such as @daily",
                         cron.schedule()
                     ),
                 ));
@@ -523,6 +525,24 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         spec(base).unwrap_err()
+    }
+
+    #[test]
+    fn cron_nicknames_are_schedules() {
+        for schedule in [
+            "@hourly",
+            "@daily",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+        ] {
+            let checked = spec(json!({
+                "name": "w", "kind": "http", "url": "http://127.0.0.1:9",
+                "triggers": [{ "cron": schedule }],
+            }));
+            assert!(checked.is_ok(), "{schedule}: {checked:?}");
+        }
     }
 
     #[test]

@@ -564,9 +564,14 @@ impl Dispatcher {
                 None => Outcome::Failed("the http worker has no url".to_owned()),
             }
             .into(),
-            WorkerKind::Process => match self.processes.url(&task.worker) {
-                Some(url) => self.http.run(&url, &task_body(task, event.as_ref())).await,
-                None => Outcome::Transport("the process worker is not running".to_owned()),
+            WorkerKind::Process => match self.processes.target(&task.worker) {
+                Ok(url) => match self.http.run(&url, &task_body(task, event.as_ref())).await {
+                    Outcome::Transport(message) => {
+                        Outcome::Transport(self.processes.explain(&task.worker, message))
+                    }
+                    outcome => outcome,
+                },
+                Err(why) => Outcome::Transport(why),
             }
             .into(),
         }
@@ -715,6 +720,26 @@ impl Dispatcher {
                     self.wake.notify_one();
                 }
                 r
+            }
+            Outcome::ScriptRetry(why, message) if !retry::may_retry(&spec, task.tries) => {
+                let message = redact(format!(
+                    "{message} ({}; retries exhausted after {} tries)",
+                    why.rule(),
+                    task.tries
+                ));
+                let r = self
+                    .store
+                    .fail_task(task.id, task.attempt, TaskState::Dead, &message, now)
+                    .await;
+                if r.is_ok() {
+                    self.trace.dead_lettered(task, &message, now);
+                }
+                r
+            }
+            Outcome::ScriptRetry(why, message) => {
+                let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
+                let message = redact(format!("{message} ({})", why.rule()));
+                self.reschedule(task, delay, &message, now).await
             }
             Outcome::Transport(message) | Outcome::RetryAfter(_, message)
                 if !retry::may_retry(&spec, task.tries) =>

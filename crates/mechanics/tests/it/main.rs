@@ -6,11 +6,13 @@
 //! one PostgreSQL database (`cluster`); TypeScript workers, from `worker add` and `run` to the
 //! positions in their errors (`typescript`).
 
+mod add_checks;
 mod answers;
 mod cluster;
 mod edge;
 mod faults;
 mod fleet;
+mod retries;
 mod serve;
 mod support;
 mod typescript;

@@ -225,7 +225,12 @@ fn source_commands_add_list_show_and_remove_with_exit_codes() {
         );
     }
 
-    let server = Coordinator::start(dir.path(), &["--api-key", "k3y"], &[]);
+    // `source add` reads the secret and the token: the server has them.
+    let server = Coordinator::start(
+        dir.path(),
+        &["--api-key", "k3y"],
+        &[("GH_WEBHOOK_SECRET", "s3cret"), ("GH_TOKEN", "t0ken")],
+    );
     assert_eq!(
         server.ok(&["source", "list"]),
         "no sources yet: add one with `mechanics source add -f source.yml`\n"
@@ -234,10 +239,13 @@ fn source_commands_add_list_show_and_remove_with_exit_codes() {
         server.ok(&["source", "add", "-f", &good]),
         "source gh added (revision 1): deliveries go to POST /webhooks/gh\n"
     );
+    let tg_secret = file("tg.secret", "tg-s3cret\n");
     let tg = file(
         "tg.yml",
-        "name: tg\nkind: telegram\nsecret_file: /run/secrets/tg\n\
-         api_base_url: http://127.0.0.1:9/bot\n",
+        &format!(
+            "name: tg\nkind: telegram\nsecret_file: {tg_secret}\n\
+             api_base_url: http://127.0.0.1:9/bot\n"
+        ),
     );
     server.ok(&["source", "add", "-f", &tg]);
     // Adding again updates.
@@ -258,7 +266,7 @@ fn source_commands_add_list_show_and_remove_with_exit_codes() {
         "{list}"
     );
     assert!(
-        lines[2].starts_with("tg    telegram  file:/run/secrets/tg")
+        lines[2].starts_with(&format!("tg    telegram  file:{tg_secret}"))
             && lines[2].contains("http://127.0.0.1:9/bot"),
         "{list}"
     );
