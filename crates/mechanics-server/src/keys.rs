@@ -285,6 +285,7 @@ pub fn needed_scope(method: &Method, path: &str) -> ApiScope {
                 | ["tasks", _, "retry" | "cancel"]
                 | ["nodes", _, "reset"]
                 | ["events", _, "redeliver"]
+                | ["workers", _, "pause" | "resume"]
         );
     if operate {
         ApiScope::Operate

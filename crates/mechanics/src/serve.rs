@@ -446,6 +446,7 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
         Ok(answer) => AttemptOutput {
             outcome: Outcome::Completed(answer.result),
             console: answer.console,
+            node: None,
         },
         Err(FleetError::Script {
             kind,
@@ -454,6 +455,7 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
         }) => AttemptOutput {
             outcome: Outcome::Failed(format!("{kind}: {message}")),
             console,
+            node: None,
         },
         Err(FleetError::Overloaded {
             retry_after,
@@ -469,7 +471,11 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
 #[async_trait]
 impl JsExecutor for FleetExecutor {
     async fn run(&self, job: JobRequest) -> AttemptOutput {
-        outcome_of(self.fleet.run(&job).await)
+        let (node, answer) = self.fleet.run_on(&job).await;
+        AttemptOutput {
+            node,
+            ..outcome_of(answer)
+        }
     }
 
     fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String> {

@@ -1,0 +1,226 @@
+//! Operating a running server through the binary: pausing and resuming a worker (its tasks wait,
+//! its cron fires are skipped and traced, nothing is lost) and removing a worker that still has
+//! work (refused, or canceled with `--force`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Coordinator, HttpServer, Seen, code, http_worker, stderr, tail};
+
+/// The `cron` entries of `worker` in `/logs` with `outcome`.
+fn cron_entries(server: &Coordinator, worker: &str, outcome: &str) -> Vec<Value> {
+    let page = server.json(&[
+        "logs",
+        "--worker",
+        worker,
+        "--action",
+        "cron",
+        "--outcome",
+        outcome,
+    ]);
+    page["entries"].as_array().unwrap().clone()
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `limit`.
+fn eventually(server: &Coordinator, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}; server log:\n{}",
+            tail(&server.stderr(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tasks_of(server: &Coordinator, worker: &str) -> Vec<Value> {
+    let page = server.json(&["task", "list", "--worker", worker]);
+    page["tasks"].as_array().unwrap().clone()
+}
+
+#[test]
+fn a_paused_cron_worker_skips_its_fires_and_keeps_its_tasks_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    // Every second, and API submissions too. Paused right after it is added, so (but for a
+    // fire in between) nothing of it runs until it is resumed.
+    server.add_worker(&format!(
+        "name: tick\nkind: http\nurl: {}\ntriggers: [{{ cron: \"* * * * * *\" }}, {{ api: true }}]\n",
+        target.url()
+    ));
+    let paused = server.ok(&["worker", "pause", "tick"]);
+    assert_eq!(
+        paused,
+        "worker tick paused: its tasks wait until `mechanics worker resume tick`\n"
+    );
+    let ran_before_pause = seen.lock().unwrap().len();
+    let cron_tasks_before = tasks_of(&server, "tick").len();
+
+    let submitted = server.json(&["task", "submit", "tick", "--payload", "{\"n\":1}"]);
+    let held = submitted["id"].as_i64().unwrap();
+
+    // Two fire times pass while paused: each is in /logs as skipped, and makes no task.
+    eventually(
+        &server,
+        "two skipped cron fires",
+        Duration::from_secs(10),
+        || cron_entries(&server, "tick", "skip").len() >= 2,
+    );
+    for entry in cron_entries(&server, "tick", "skip") {
+        assert_eq!(entry["detail"]["reason"], "the worker is paused", "{entry}");
+        assert!(entry["detail"]["fire_time"].as_i64().unwrap() % 1000 == 0);
+    }
+    let tasks = tasks_of(&server, "tick");
+    assert_eq!(
+        tasks.len(),
+        cron_tasks_before + 1,
+        "only the submitted task was created while paused: {tasks:?}"
+    );
+    let task = server.json(&["task", "show", &held.to_string()]);
+    assert_eq!(task["state"], "pending", "{task}");
+    assert_eq!(task["attempt"], 0, "never dispatched: {task}");
+    assert_eq!(seen.lock().unwrap().len(), ran_before_pause, "nothing ran");
+
+    // `worker show` says so, with the next three fire times (whole seconds, in order).
+    let show = server.ok(&["worker", "show", "tick"]);
+    assert!(
+        show.contains("paused:    yes (tasks wait; cron fires are skipped)\n"),
+        "{show}"
+    );
+    let view = server.json(&["worker", "show", "tick"]);
+    assert_eq!(view["paused"], true, "{view}");
+    let fires: Vec<&str> = view["next_cron_fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(fires.len(), 3, "{view}");
+    let parsed: Vec<chrono::DateTime<chrono::Utc>> = fires
+        .iter()
+        .map(|t| t.parse().unwrap_or_else(|err| panic!("{t}: {err}")))
+        .collect();
+    assert!(
+        parsed.windows(2).all(|w| (w[1] - w[0]).num_seconds() == 1),
+        "{fires:?}"
+    );
+    assert!(
+        show.contains(&format!(
+            "next cron: {} (skipped while paused)\n",
+            fires.join(", ")
+        )),
+        "{show}"
+    );
+
+    // Removing it is refused while its task waits, and changes nothing.
+    let refused = server.cli(&["worker", "rm", "tick"]);
+    assert_eq!(code(&refused), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("has 1 unfinished task(s)")
+            && stderr(&refused).contains("mechanics worker rm --force"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(server.json(&["worker", "show", "tick"])["paused"], true);
+
+    // Resumed: the waiting task runs, and the schedule fires again.
+    assert_eq!(
+        server.ok(&["worker", "resume", "tick"]),
+        "worker tick resumed\n"
+    );
+    let done = server.wait_end(held, Duration::from_secs(20));
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1, "{done}");
+    eventually(
+        &server,
+        "a cron fire after the resume",
+        Duration::from_secs(10),
+        || {
+            !cron_entries(&server, "tick", "ok").is_empty()
+                && seen.lock().unwrap().iter().any(|(id, _)| *id != held)
+        },
+    );
+    assert!(
+        server
+            .ok(&["worker", "show", "tick"])
+            .contains("paused:    no\n")
+    );
+    let actions: Vec<String> = server.json(&["logs", "--worker", "tick"])["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        actions.contains(&"pause".to_owned()) && actions.contains(&"resume".to_owned()),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn worker_rm_with_waiting_tasks_is_refused_and_force_cancels_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    server.add_worker(&format!(
+        "name: queue\nkind: http\nurl: {}\ntriggers: [{{ api: true }}]\n",
+        target.url()
+    ));
+    // A finished task does not hold the worker back.
+    let first = server.json(&["task", "submit", "queue", "--wait"]);
+    assert_eq!(first["state"], "completed", "{first}");
+    server.ok(&["worker", "pause", "queue"]);
+    let waiting: Vec<i64> = (0..2)
+        .map(|_| {
+            server.json(&["task", "submit", "queue"])["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+
+    let refused = server.cli(&["worker", "rm", "queue", "--json"]);
+    assert_eq!(code(&refused), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("has 2 unfinished task(s)"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        server.json(&["worker", "show", "queue"])["spec"]["name"],
+        "queue"
+    );
+
+    assert_eq!(
+        server.ok(&["worker", "rm", "queue", "--force"]),
+        "worker queue removed\n"
+    );
+    for id in &waiting {
+        let task = server.json(&["task", "show", &id.to_string()]);
+        assert_eq!(task["state"], "canceled", "{task}");
+    }
+    let first = server.json(&["task", "show", &first["id"].to_string()]);
+    assert_eq!(first["state"], "completed", "history stays: {first}");
+    let gone = server.cli(&["worker", "show", "queue"]);
+    assert_eq!(code(&gone), Some(1), "{}", stderr(&gone));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the canceled tasks never ran"
+    );
+    let cancels = server.json(&["logs", "--worker", "queue", "--action", "cancel"]);
+    assert_eq!(cancels["entries"].as_array().unwrap().len(), 2, "{cancels}");
+}
