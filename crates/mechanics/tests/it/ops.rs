@@ -224,3 +224,119 @@ fn worker_rm_with_waiting_tasks_is_refused_and_force_cancels_them() {
     let cancels = server.json(&["logs", "--worker", "queue", "--action", "cancel"]);
     assert_eq!(cancels["entries"].as_array().unwrap().len(), 2, "{cancels}");
 }
+
+#[test]
+fn task_show_lists_each_attempt_that_ran_and_not_rate_limit_requeues() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+
+    // Refused connections: two attempts (max_retries 1), both transport errors, then dead.
+    let port = crate::support::closed_port();
+    server.add_worker(&format!(
+        "name: away\nkind: http\nurl: http://127.0.0.1:{port}\ntriggers: [{{ api: true }}]\n\
+         retry: {{ max_retries: 1, base_delay: 100ms, max_delay: 200ms }}\n"
+    ));
+    let out = server.cli(&["task", "submit", "away", "--wait", "--json"]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].to_string();
+    let shown = server.json(&["task", "show", &id]);
+    let attempts = shown["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{shown}");
+    for (attempt, claim) in attempts.iter().zip([1, 2]) {
+        assert_eq!(attempt["claim"], claim, "{attempt}");
+        assert_eq!(attempt["outcome"], "transport_error", "{attempt}");
+        assert_eq!(attempt["node"], format!("http://127.0.0.1:{port}"));
+        assert_eq!(attempt["worker_revision"], 1);
+        let (start, end) = (
+            attempt["started_at"].as_i64().unwrap(),
+            attempt["ended_at"].as_i64().unwrap(),
+        );
+        assert!(start <= end && start >= shown["created_at"].as_i64().unwrap());
+        assert!(
+            attempt["error"].as_str().unwrap().contains("refused"),
+            "{attempt}"
+        );
+    }
+    let text = server.ok(&["task", "show", &id]);
+    assert!(
+        text.contains("attempts:  2 (2 counted toward retries)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("worker:    away (ran revision 1)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  #  STARTED                   DURATION  NODE"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  1  ") || l.starts_with("  2  "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        // The start as a time (RFC 3339, UTC), never unix milliseconds.
+        let started = row.split_whitespace().nth(1).unwrap();
+        assert!(
+            started.parse::<chrono::DateTime<chrono::Utc>>().is_ok() && started.ends_with('Z'),
+            "{row}"
+        );
+        assert!(row.contains("transport_error"), "{row}");
+    }
+    let created = text
+        .lines()
+        .find_map(|l| l.strip_prefix("created:   "))
+        .unwrap();
+    assert!(
+        created
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .is_ok(),
+        "{created}"
+    );
+
+    // One token a minute: of two tasks submitted together, the second is re-queued to the next
+    // token, which is no attempt. It is still pending (claimed once, ran never): no attempts.
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    server.add_worker(&format!(
+        "name: slow\nkind: http\nurl: {}\ntriggers: [{{ api: true }}]\n\
+         rate_limit: {{ per_second: 0.0167, burst: 1 }}\n",
+        target.url()
+    ));
+    let first = server.json(&["task", "submit", "slow", "--wait"]);
+    assert_eq!(first["state"], "completed", "{first}");
+    let second = server.json(&["task", "submit", "slow"])["id"].to_string();
+    eventually(
+        &server,
+        "a rate-limit re-queue",
+        Duration::from_secs(10),
+        || {
+            let entries = server.json(&["logs", "--task", &second, "--action", "rate_limit"]);
+            !entries["entries"].as_array().unwrap().is_empty()
+        },
+    );
+    let waiting = server.json(&["task", "show", &second]);
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    assert!(
+        waiting["attempt"].as_u64().unwrap() >= 1,
+        "claimed: {waiting}"
+    );
+    assert_eq!(waiting["attempts"], serde_json::json!([]), "{waiting}");
+    let text = server.ok(&["task", "show", &second]);
+    assert!(
+        text.contains("attempts:  0 (0 counted toward retries)\n"),
+        "{text}"
+    );
+    let done = server.json(&["task", "show", &first["id"].to_string()]);
+    assert_eq!(done["attempts"].as_array().unwrap().len(), 1, "{done}");
+    assert_eq!(done["attempts"][0]["outcome"], "completed");
+    assert_eq!(done["attempts"][0]["node"], target.url());
+}
