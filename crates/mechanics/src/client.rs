@@ -74,9 +74,10 @@ pub struct ClientArgs {
         value_name = "PATH"
     )]
     api_key_file: Option<PathBuf>,
-    /// Print the API's JSON answer instead of tables, for scripts.
+    /// Print the API's JSON answer instead of tables, for scripts; an error is then the JSON
+    /// object `{"error": {"code", "message", "exit"}}` on stderr.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `mechanics worker ...`.
@@ -206,6 +207,23 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// What kind of failure it is, by its exit status: `failed`, `usage` or `no_server`.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            EXIT_USAGE => "usage",
+            EXIT_NO_SERVER => "no_server",
+            _ => "failed",
+        }
+    }
+
+    /// The failure as `--json` prints it on stderr: `{"error": {"code", "message", "exit"}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "error": { "code": self.kind(), "message": self.message, "exit": self.code }
+        })
+        .to_string()
+    }
+
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_USAGE,
@@ -935,12 +953,21 @@ pub fn node_list(args: &ClientArgs) -> Result<()> {
 /// Runs `mechanics node reset NAME`.
 pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
     let api = Api::new(args)?;
+    // Read first, to tell people when there was nothing to re-arm (the reset itself is
+    // harmless then, and still answers 404 for a name that is no node).
+    let before: NodeList = api.get("/nodes")?.parse()?;
+    let was_closed = before
+        .nodes
+        .iter()
+        .any(|node| node.name == name && node.breaker == "closed");
     let answer = api.post(&format!("/nodes/{}/reset", segment(name)), None::<&()>)?;
     api.print(&answer, |answer| {
-        Ok(format!(
-            "the crash-loop breaker of {name} is re-armed\n{}",
-            nodes_table(answer)?
-        ))
+        let said = if was_closed {
+            format!("the crash-loop breaker of {name} was closed already: nothing to re-arm\n")
+        } else {
+            format!("the crash-loop breaker of {name} is re-armed\n")
+        };
+        Ok(format!("{said}{}", nodes_table(answer)?))
     })
 }
 

@@ -52,6 +52,13 @@ pub struct LogsArgs {
 }
 
 impl LogsArgs {
+    /// Whether `--json` was given (errors are then printed as JSON too).
+    pub(crate) fn json(&self) -> bool {
+        self.client.json
+    }
+}
+
+impl LogsArgs {
     /// The query string of these filters, with `cursor` when paging.
     fn query(&self, cursor: Option<i64>) -> String {
         let mut url = reqwest::Url::parse("http://mechanics.invalid/logs")

@@ -578,6 +578,7 @@ mod tests {
             AttemptOutput {
                 outcome: Outcome::Completed(json!(1)),
                 console: console.clone(),
+                node: None,
             }
         );
         let script = FleetError::Script {
@@ -591,6 +592,7 @@ mod tests {
             AttemptOutput {
                 outcome: Outcome::Failed("execution: boom".into()),
                 console,
+                node: None,
             }
         );
         let outcome_of = |result| outcome_of(result).outcome;

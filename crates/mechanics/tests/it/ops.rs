@@ -340,3 +340,94 @@ fn task_show_lists_each_attempt_that_ran_and_not_rate_limit_requeues() {
     assert_eq!(done["attempts"][0]["outcome"], "completed");
     assert_eq!(done["attempts"][0]["node"], target.url());
 }
+
+/// The JSON object a client command with `--json` printed on stderr for its failure.
+fn json_error(out: &std::process::Output) -> Value {
+    let text = stderr(out);
+    let value: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|err| panic!("stderr is not one JSON object ({err}): {text}"));
+    assert_eq!(
+        value["error"]["exit"].as_i64(),
+        code(out).map(i64::from),
+        "{value}"
+    );
+    value
+}
+
+#[test]
+fn with_json_every_kind_of_client_error_is_json_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+
+    // Refused by the server: exit 1.
+    let out = server.cli(&["worker", "show", "nobody", "--json"]);
+    assert_eq!(code(&out), Some(1));
+    let error = json_error(&out);
+    assert_eq!(error["error"]["code"], "failed", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody"),
+        "{error}"
+    );
+    assert!(out.stdout.is_empty());
+    for args in [
+        &["task", "show", "999", "--json"][..],
+        &["event", "show", "999", "--json"],
+        &["worker", "pause", "nobody", "--json"],
+        &["node", "reset", "nobody", "--json"],
+        &["source", "show", "nobody", "--json"],
+        &["key", "revoke", "nobody", "--json"],
+    ] {
+        let out = server.cli(args);
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", stderr(&out));
+        assert_eq!(json_error(&out)["error"]["code"], "failed", "{args:?}");
+    }
+
+    // Bad input, refused before any request: exit 2.
+    let out = server.cli(&["task", "list", "--limit", "0", "--json"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let error = json_error(&out);
+    assert_eq!(error["error"]["code"], "usage", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
+        "{error}"
+    );
+    let out = server.cli(&["logs", "--limit", "0", "--json"]);
+    assert_eq!(json_error(&out)["error"]["code"], "usage");
+
+    // No server: exit 3.
+    let port = crate::support::closed_port();
+    let out = crate::support::command(&server.home)
+        .args(["worker", "list", "--json", "--server"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert_eq!(json_error(&out)["error"]["code"], "no_server");
+
+    // Without --json, the same failure is one line for people.
+    let out = server.cli(&["worker", "show", "nobody"]);
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+}
+
+#[test]
+fn node_reset_of_a_closed_breaker_says_there_was_nothing_to_re_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let nodes = server.json(&["node", "list"]);
+    let node = &nodes["nodes"][0];
+    assert_eq!(node["breaker"], "closed", "{nodes}");
+    let name = node["name"].as_str().unwrap();
+    let said = server.ok(&["node", "reset", name]);
+    assert!(
+        said.starts_with(&format!(
+            "the crash-loop breaker of {name} was closed already: nothing to re-arm\n"
+        )),
+        "{said}"
+    );
+}
