@@ -75,7 +75,7 @@ pub struct ConfigArgs {
     /// is a transport failure and retried [default: 10m; MECHANICS_HTTP_WORKER_TIMEOUT].
     #[arg(long, value_name = "DURATION")]
     http_worker_timeout: Option<String>,
-    /// Log format: pretty, json or compact [default: pretty; MECHANICS_LOG_FORMAT].
+    /// Log format: pretty, json or compact [default: compact; MECHANICS_LOG_FORMAT].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
     /// Log filter, e.g. info or mechanics_server=debug [default: info; MECHANICS_LOG_LEVEL];

@@ -431,3 +431,29 @@ fn node_reset_of_a_closed_breaker_says_there_was_nothing_to_re_arm() {
         "{said}"
     );
 }
+
+#[test]
+fn serve_help_shows_the_log_format_config_show_reports_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = crate::support::command(dir.path())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&help), Some(0));
+    let help = String::from_utf8(help.stdout).unwrap();
+    let shown = crate::support::command(dir.path())
+        .args(["config", "show"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&shown), Some(0), "{}", stderr(&shown));
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let default = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("log_format: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no log_format in config show: {shown}"));
+    assert!(
+        help.contains(&format!("[default: {default}; MECHANICS_LOG_FORMAT]")),
+        "serve --help does not say the default is {default}:\n{help}"
+    );
+}
