@@ -142,8 +142,14 @@ enum InstanceCommand {
 enum ConfigCommand {
     /// Print the effective configuration, each value with where it came from (the API key and
     /// the database password are redacted). Takes the flags of `mechanics serve`, to see what
-    /// they would change.
-    Show(ConfigArgs),
+    /// they would change. With --json, one JSON object: per key `{"value", "source"}`.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print one JSON object instead of lines (errors too, on stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,8 +246,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Serve(args) => ExitCode::from(serve::serve(&args)),
         Command::Config {
-            command: ConfigCommand::Show(args),
-        } => ExitCode::from(serve::config_show(&args)),
+            command: ConfigCommand::Show { config, json },
+        } => ExitCode::from(serve::config_show(&config, json)),
         Command::Worker {
             command: WorkerCommand::Test(args),
             ..

@@ -202,12 +202,25 @@ impl ConfigArgs {
 }
 
 /// `mechanics config show`: the effective configuration with the source of each value.
-pub fn config_show(args: &ConfigArgs) -> u8 {
+pub fn config_show(args: &ConfigArgs, json: bool) -> u8 {
     match args.resolve() {
         Ok(config) => {
+            let shown = if json {
+                format!("{:#}\n", config.show_json())
+            } else {
+                config.show()
+            };
             let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(config.show().as_bytes());
+            let _ = stdout.write_all(shown.as_bytes());
             0
+        }
+        Err(err) if json => {
+            let error = serde_json::json!({
+                "error": { "code": "usage", "message": format!("{err:#}"), "exit": EXIT_STARTUP }
+            });
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{error}");
+            EXIT_STARTUP
         }
         Err(err) => {
             crate::cli::error_line(&format!("{err:#}"));

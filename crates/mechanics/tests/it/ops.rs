@@ -457,3 +457,36 @@ fn serve_help_shows_the_log_format_config_show_reports_by_default() {
         "serve --help does not say the default is {default}:\n{help}"
     );
 }
+
+#[test]
+fn config_show_json_is_one_object_with_each_value_and_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::command(dir.path())
+        .args(["config", "show", "--json", "--concurrency", "8"])
+        .env("MECHANICS_API_KEY", "a-secret-key-value")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let shown: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"));
+    assert_eq!(shown["concurrency"]["value"], "8", "{shown}");
+    assert_eq!(shown["concurrency"]["source"], "--concurrency", "{shown}");
+    assert_eq!(shown["api_key"]["value"], "<redacted>", "{shown}");
+    assert!(!text.contains("a-secret-key-value"), "{text}");
+    assert_eq!(shown["log_format"]["value"], "compact", "{shown}");
+
+    let out = crate::support::command(dir.path())
+        .args(["config", "show", "--json"])
+        .env("MECHANICS_DRAIN_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let error = json_error(&out);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MECHANICS_DRAIN_TIMEOUT"),
+        "{error}"
+    );
+}
