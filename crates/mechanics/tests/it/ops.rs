@@ -490,3 +490,35 @@ fn config_show_json_is_one_object_with_each_value_and_its_source() {
         "{error}"
     );
 }
+
+#[test]
+fn an_unknown_log_action_or_outcome_is_refused_by_the_cli_and_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    for args in [
+        &["logs", "--action", "dispatched"][..],
+        &["logs", "--outcome", "sideways"],
+    ] {
+        let out = server.cli(args);
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains(args[2]) && said.contains("one of: "),
+            "{said}"
+        );
+    }
+    // A known action is a filter, even with nothing to show.
+    let page = server.json(&["logs", "--action", "dead_letter"]);
+    assert_eq!(page["entries"], serde_json::json!([]), "{page}");
+
+    let client = crate::support::TestClient::new(Duration::from_secs(10));
+    let (status, body) = client.get(&format!("{}/logs?action=dispatched", server.url));
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"dispatched\"") && message.contains("dispatch"),
+        "{message}"
+    );
+    let (status, _) = client.get(&format!("{}/logs?action=dispatch", server.url));
+    assert_eq!(status, 200);
+}
