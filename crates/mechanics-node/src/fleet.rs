@@ -351,6 +351,25 @@ impl Fleet {
     /// because this process is out of descriptors or memory is [`FleetError::Overloaded`] with
     /// kind `resource_exhausted`: nothing is held against the job or the node.
     pub async fn run(&self, request: &JobRequest) -> Result<JobResponse, FleetError> {
+        self.run_noting_node(request, &mut None).await
+    }
+
+    /// [`run`](Self::run), and the name of the node that last had the job (`None` when it
+    /// never reached one): what a task attempt's history shows as where it ran.
+    pub async fn run_on(
+        &self,
+        request: &JobRequest,
+    ) -> (Option<String>, Result<JobResponse, FleetError>) {
+        let mut node = None;
+        let answer = self.run_noting_node(request, &mut node).await;
+        (node, answer)
+    }
+
+    async fn run_noting_node(
+        &self,
+        request: &JobRequest,
+        node: &mut Option<String>,
+    ) -> Result<JobResponse, FleetError> {
         let inner = &self.inner;
         if let Some(crashes) = inner.crashes_of(&request.job_id) {
             return Err(FleetError::SandboxCrashed { crashes });
@@ -366,6 +385,7 @@ impl Fleet {
             tries += 1;
             let lease = inner.acquire().await?;
             let slot = &inner.slots[lease.slot];
+            *node = Some(slot.name.clone());
             let url = format!("http://{}{JOBS_PATH}", lease.address);
             let call = async {
                 let response = inner

@@ -38,7 +38,8 @@ use serde_json::Value;
 #[cfg(doc)]
 use crate::domain::SourceSpec;
 use crate::domain::{
-    AttemptConsoleLine, Event, EventId, EventState, Source, Task, TaskState, Worker, WorkerSpec,
+    AttemptConsoleLine, Event, EventId, EventState, Source, Task, TaskAttempt, TaskState, Worker,
+    WorkerSpec,
 };
 
 /// Path prefix of the API.
@@ -66,6 +67,10 @@ pub struct WorkerView {
     /// The stored worker (the module source only in `GET /workers/{name}`).
     #[serde(flatten)]
     pub worker: Worker,
+    /// `GET /workers/{name}` of a worker with cron triggers: its next 3 fire times (RFC 3339,
+    /// UTC), skipped while it is paused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_cron_fires: Vec<String>,
 }
 
 /// `GET /workers`.
@@ -121,6 +126,10 @@ pub struct TaskDetail {
     /// redacted like `/logs`. Empty when no attempt wrote any (or the worker is not js).
     #[serde(default)]
     pub console: Vec<AttemptConsoleLine>,
+    /// Every attempt that ran, oldest first (re-queues for a rate limit or a busy executor are
+    /// not attempts); the last one's `worker_revision` is the revision the task ran with.
+    #[serde(default)]
+    pub attempts: Vec<TaskAttempt>,
 }
 
 /// `GET /events`.
@@ -337,6 +346,7 @@ mod tests {
                     message: "hello".into(),
                 },
             }],
+            attempts: Vec::new(),
         };
         let body = serde_json::to_value(&detail).unwrap();
         assert_eq!(

@@ -30,7 +30,7 @@ use mechanics_proto::api::{
     TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{
-    Event, Task, TaskState, TranspiledModule, Trigger, WorkerKind, WorkerSpec,
+    Event, Task, TaskState, TranspiledModule, Trigger, Worker, WorkerKind, WorkerSpec,
 };
 use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
@@ -152,7 +152,9 @@ impl From<StoreError> for Failure {
                 Self::conflict(err.to_string())
             }
             StoreError::InvalidInput { .. } => Self::bad_request(err.to_string()),
-            StoreError::AlreadyExists { .. } => Self::conflict(err.to_string()),
+            StoreError::AlreadyExists { .. } | StoreError::UnfinishedTasks { .. } => {
+                Self::conflict(err.to_string())
+            }
             _ if err.is_transient() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -230,6 +232,8 @@ pub(crate) fn api_routes() -> OpenApiRouter<Arc<Shared>> {
     OpenApiRouter::new()
         .routes(routes!(list_workers, add_worker))
         .routes(routes!(show_worker, delete_worker))
+        .routes(routes!(pause_worker))
+        .routes(routes!(resume_worker))
         .routes(routes!(list_tasks, submit_task))
         .routes(routes!(show_task))
         .routes(routes!(retry_task))
@@ -367,7 +371,10 @@ async fn list_workers(State(shared): State<Arc<Shared>>) -> ApiResult<axum::Json
             .into_iter()
             .map(|mut worker| {
                 worker.module_source = None;
-                WorkerView { worker }
+                WorkerView {
+                    worker,
+                    next_cron_fires: Vec::new(),
+                }
             })
             .collect(),
     }))
@@ -432,7 +439,13 @@ async fn add_worker(
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(WorkerView { worker })))
+    Ok((
+        status,
+        axum::Json(WorkerView {
+            worker,
+            next_cron_fires: Vec::new(),
+        }),
+    ))
 }
 
 /// `400` for a webhook trigger naming a source that is not registered: it could never fire, and
@@ -480,7 +493,7 @@ async fn show_worker(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<WorkerView>> {
     match shared.store.get_worker(&name).await? {
-        Some(worker) => Ok(axum::Json(WorkerView { worker })),
+        Some(worker) => Ok(axum::Json(view_with_fires(&shared, worker))),
         None => Err(Failure::not_found(format!(
             "no worker named {}",
             quote(&name)
@@ -488,21 +501,105 @@ async fn show_worker(
     }
 }
 
-#[utoipa::path(delete, path = "/workers/{name}", tag = "workers", operation_id = "delete_worker", summary = "Remove a worker", params(("name" = String, Path, description = "The worker's name")), responses((status = 204, description = "Removed")))]
+/// How many coming cron fire times `GET /workers/{name}` shows.
+const SHOWN_CRON_FIRES: usize = 3;
+
+/// `worker` as `GET /workers/{name}` and pause/resume answer it: with its next cron fire times.
+fn view_with_fires(shared: &Shared, worker: Worker) -> WorkerView {
+    let next_cron_fires =
+        crate::cron::next_fires(&worker.spec, shared.clock.now_ms(), SHOWN_CRON_FIRES)
+            .into_iter()
+            .filter_map(chrono::DateTime::from_timestamp_millis)
+            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .collect();
+    WorkerView {
+        worker,
+        next_cron_fires,
+    }
+}
+
+#[utoipa::path(post, path = "/workers/{name}/pause", tag = "workers", operation_id = "pause_worker", summary = "Pause a worker: its tasks are created but not dispatched, its cron fires skipped", params(("name" = String, Path, description = "The worker's name")), responses((status = 200, description = "The worker, paused", body = WorkerView), (status = 404, description = "No such worker", body = ApiError)))]
+async fn pause_worker(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<WorkerView>> {
+    set_paused(&shared, &name, true).await
+}
+
+#[utoipa::path(post, path = "/workers/{name}/resume", tag = "workers", operation_id = "resume_worker", summary = "Resume a paused worker: its pending tasks are dispatched", params(("name" = String, Path, description = "The worker's name")), responses((status = 200, description = "The worker, running", body = WorkerView), (status = 404, description = "No such worker", body = ApiError)))]
+async fn resume_worker(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<WorkerView>> {
+    set_paused(&shared, &name, false).await
+}
+
+async fn set_paused(
+    shared: &Shared,
+    name: &str,
+    paused: bool,
+) -> ApiResult<axum::Json<WorkerView>> {
+    let Some(worker) = shared.store.set_worker_paused(name, paused).await? else {
+        return Err(Failure::not_found(format!(
+            "no worker named {}",
+            quote(name)
+        )));
+    };
+    shared
+        .trace
+        .worker_paused(name, paused, shared.clock.now_ms());
+    shared.registry_changed();
+    if !paused {
+        // Its pending tasks are due now.
+        shared.dispatcher.wake.notify_one();
+    }
+    Ok(axum::Json(view_with_fires(shared, worker)))
+}
+
+#[utoipa::path(delete, path = "/workers/{name}", tag = "workers", operation_id = "delete_worker", summary = "Remove a worker; one with pending or running tasks only with `force=true`, which cancels them", params(("name" = String, Path, description = "The worker's name"), ("force" = Option<bool>, Query, description = "Cancel the worker's pending and running tasks and remove it")), responses((status = 204, description = "Removed"), (status = 409, description = "The worker has unfinished tasks (nothing changed)", body = ApiError)))]
 async fn delete_worker(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    if shared.store.delete_worker(&name).await? {
-        shared.metrics.forget_worker(&name);
-        shared.registry_changed();
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Failure::not_found(format!(
+    let mut query = ListingQuery::parse(query, &["force"])?;
+    let force = match query.text("force").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Failure::bad_request(format!(
+                "force: {} is not true or false",
+                quote(other)
+            )));
+        }
+    };
+    let now = shared.clock.now_ms();
+    let deleted = shared
+        .store
+        .delete_worker(&name, force, now)
+        .await
+        .map_err(|err| match err {
+            StoreError::UnfinishedTasks { .. } => Failure::conflict(format!(
+                "{err}: `mechanics worker rm --force` (force=true) cancels them and removes it"
+            )),
+            other => other.into(),
+        })?;
+    let Some(canceled) = deleted else {
+        return Err(Failure::not_found(format!(
             "no worker named {}",
             quote(&name)
-        )))
+        )));
+    };
+    for task in &canceled {
+        shared.dispatcher.withdraw(task.id);
+        shared.trace.canceled(task, now);
+        if let Some(event) = task.event_id {
+            shared.dispatcher.settle.push(event);
+        }
     }
+    shared.metrics.forget_worker(&name);
+    shared.registry_changed();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/tasks", tag = "tasks", operation_id = "submit_task", summary = "Submit a task to a worker that takes API submissions", request_body = SubmitTask, responses((status = 404, description = "No such worker", body = ApiError), (status = 202, description = "Stored (or the task with the same idempotency key)", body = Submitted), (status = 409, description = "The worker does not take API submissions", body = ApiError)))]
@@ -690,9 +787,10 @@ async fn list_tasks(
     }))
 }
 
-/// The task with the console output of its attempts. Console lines were redacted before they
-/// were stored and are again here, for secrets learnt since (as results are).
-#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", operation_id = "show_task", summary = "A task with the console output of its attempts", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The task", body = TaskDetail)))]
+/// The task with its attempts and their console output. Console lines and attempt errors were
+/// redacted before they were stored and are again here, for secrets learnt since (as results
+/// are).
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", operation_id = "show_task", summary = "A task with its attempts and their console output", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The task", body = TaskDetail)))]
 async fn show_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -708,9 +806,18 @@ async fn show_task(
             entry.line.message = redacted;
         }
     }
+    let mut attempts = shared.store.task_attempts(id).await?;
+    for attempt in &mut attempts {
+        if let Some(error) = &mut attempt.error
+            && let std::borrow::Cow::Owned(redacted) = redactor.redact(error)
+        {
+            *error = redacted;
+        }
+    }
     Ok(axum::Json(TaskDetail {
         task: shown_task(&shared, task),
         console,
+        attempts,
     }))
 }
 

@@ -713,9 +713,33 @@ impl ServerConfig {
     /// The effective configuration as `key: value  # source` lines, the API key and the
     /// database password redacted.
     pub fn show(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in self.shown_values() {
+            out.push_str(&format!("{key}: {value}  # {}\n", self.source_of(key)));
+        }
+        out
+    }
+
+    /// [`show`](Self::show) as one JSON object, for scripts: per key `{ "value", "source" }`,
+    /// the values as `show` writes them (redacted alike).
+    pub fn show_json(&self) -> serde_json::Value {
+        let keys = self
+            .shown_values()
+            .into_iter()
+            .map(|(key, value)| {
+                let source = self.source_of(key).to_string();
+                let entry = serde_json::json!({ "value": value, "source": source });
+                (key.to_owned(), entry)
+            })
+            .collect();
+        serde_json::Value::Object(keys)
+    }
+
+    /// Each key with its value as shown (the API key and the database password redacted).
+    fn shown_values(&self) -> [(&'static str, String); 19] {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
-        let rows: [(&str, String); 19] = [
+        [
             ("addr", self.addr.to_string()),
             ("api_key", redacted.unwrap_or_else(|| "(none)".to_owned())),
             (
@@ -760,12 +784,7 @@ impl ServerConfig {
                 "http_worker_timeout",
                 HumanDuration(self.http_worker_timeout).to_string(),
             ),
-        ];
-        let mut out = String::new();
-        for (key, value) in rows {
-            out.push_str(&format!("{key}: {value}  # {}\n", self.source_of(key)));
-        }
-        out
+        ]
     }
 }
 

@@ -140,6 +140,24 @@ pub fn schedules(spec: &WorkerSpec) -> Result<Vec<Schedule>, String> {
         .collect()
 }
 
+/// The next `count` fire times (unix ms) after `after_ms` of all of a worker's cron triggers
+/// together (a time two triggers share counts once); empty without cron triggers.
+pub fn next_fires(spec: &WorkerSpec, after_ms: i64, count: usize) -> Vec<i64> {
+    let Ok(schedules) = schedules(spec) else {
+        return Vec::new();
+    };
+    let mut fires = Vec::with_capacity(count);
+    let mut cursor = after_ms;
+    while fires.len() < count {
+        let Some(next) = schedules.iter().filter_map(|s| s.next_after(cursor)).min() else {
+            break;
+        };
+        fires.push(next);
+        cursor = next;
+    }
+    fires
+}
+
 /// Checks a worker's cron triggers when it is added, so a bad schedule is a `400` then and not a
 /// silent non-firing later.
 pub(crate) fn validate_triggers(spec: &WorkerSpec) -> Result<(), String> {
@@ -237,6 +255,17 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
         return;
     };
     let dropped = total - 1;
+    let paused = shared
+        .dispatcher
+        .registry
+        .get(worker)
+        .await
+        .is_some_and(|w| w.paused);
+    if paused {
+        // Not recorded as a fire: the worker runs nothing for it, now or after its resume.
+        shared.trace.cron_paused(worker, fire_time, now);
+        return;
+    }
     let fire = json!({ "schedule": expression, "tz": tz.unwrap_or("UTC"), "fire_time": fire_time, "dropped": dropped });
     let payload = json!({ "cron": fire });
     let fired = shared

@@ -65,6 +65,8 @@ pub struct AttemptOutput {
     /// The script's console output, in order, as the node sent it (not yet redacted); empty
     /// when it wrote none or never ran.
     pub console: Vec<ConsoleLine>,
+    /// The node that ran it (its name, as `GET /nodes` shows it), when it reached one.
+    pub node: Option<String>,
 }
 
 impl From<Outcome> for AttemptOutput {
@@ -73,6 +75,7 @@ impl From<Outcome> for AttemptOutput {
         Self {
             outcome,
             console: Vec::new(),
+            node: None,
         }
     }
 }

@@ -285,6 +285,7 @@ pub fn needed_scope(method: &Method, path: &str) -> ApiScope {
                 | ["tasks", _, "retry" | "cancel"]
                 | ["nodes", _, "reset"]
                 | ["events", _, "redeliver"]
+                | ["workers", _, "pause" | "resume"]
         );
     if operate {
         ApiScope::Operate
@@ -451,6 +452,8 @@ mod tests {
             (Method::POST, "/tasks/3/cancel", ApiScope::Operate),
             (Method::POST, "/nodes/n1/reset", ApiScope::Operate),
             (Method::POST, "/events/4/redeliver", ApiScope::Operate),
+            (Method::POST, "/workers/w/pause", ApiScope::Operate),
+            (Method::POST, "/workers/w/resume", ApiScope::Operate),
             (Method::POST, "/tasks/3/other", ApiScope::Admin),
             (Method::POST, "/workers", ApiScope::Admin),
             (Method::DELETE, "/workers/w", ApiScope::Admin),

@@ -139,7 +139,20 @@ fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
         event_id: params.id("event")?,
         task_id: params.id("task")?,
         worker: params.text("worker"),
-        action: params.text("action"),
+        action: params
+            .text("action")
+            .map(|action| {
+                if crate::trace_log::ACTIONS.contains(&action.as_str()) {
+                    Ok(action)
+                } else {
+                    Err(Failure::bad_request(format!(
+                        "action: {} is not one of: {}",
+                        crate::api::quote(&action),
+                        crate::trace_log::ACTIONS.join(", ")
+                    )))
+                }
+            })
+            .transpose()?,
         outcome: params.one_of("outcome", LogOutcome::ALL)?,
         since,
         trace_id: params.text("trace"),

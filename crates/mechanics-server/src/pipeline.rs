@@ -525,6 +525,26 @@ impl TraceLog {
         });
     }
 
+    /// `worker` is paused: its fire at `fire_time` made no task.
+    pub(crate) fn cron_paused(&self, worker: &str, fire_time: i64, now: i64) {
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            worker: Some(worker.to_owned()),
+            detail: Some(json!({ "fire_time": fire_time, "reason": "the worker is paused" })),
+            ..entry("cron", LogOutcome::Skip, now)
+        });
+    }
+
+    /// A worker was paused (`paused`) or resumed through the API.
+    pub(crate) fn worker_paused(&self, worker: &str, paused: bool, now: i64) {
+        let action = if paused { "pause" } else { "resume" };
+        self.record(LogRecord {
+            trace_id: Some(random_trace_id()),
+            worker: Some(worker.to_owned()),
+            ..entry(action, LogOutcome::Ok, now)
+        });
+    }
+
     /// Recording `worker`'s fire failed: it did not fire.
     pub(crate) fn cron_failed(&self, worker: &str, error: &str, now: i64) {
         self.record(LogRecord {

@@ -84,8 +84,35 @@ pub fn random_trace_id() -> String {
     format!("trace-{:016x}", u64::from_le_bytes(bytes))
 }
 
-/// A bare entry: `action` ended with `outcome` at `ts` (unix ms); fill in what applies.
+/// Every `action` a `/logs` entry can have: what `GET /logs?action=` and `mechanics logs
+/// --action` accept (anything else is refused, not answered with an empty list).
+pub const ACTIONS: &[&str] = &[
+    "api_key",
+    "cancel",
+    "console",
+    "cron",
+    "dead_letter",
+    "dedup",
+    "dispatch",
+    "match",
+    "pause",
+    "policy",
+    "rate_limit",
+    "recover",
+    "resume",
+    "retry",
+    "retry_requested",
+    "submit",
+    "webhook",
+    "write_back",
+];
+
+/// A bare entry: `action` (one of [`ACTIONS`]) ended with `outcome` at `ts` (unix ms); fill in
+/// what applies.
 pub fn entry(action: &str, outcome: LogOutcome, ts: i64) -> LogRecord {
+    // Every test run that records an entry checks it: a new action must join the list, or
+    // filtering by it would be refused.
+    debug_assert!(ACTIONS.contains(&action), "{action:?} is not in ACTIONS");
     LogRecord {
         trace_id: None,
         ts,

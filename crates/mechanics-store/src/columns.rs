@@ -16,7 +16,7 @@ macro_rules! event_columns {
 }
 macro_rules! worker_columns {
     () => {
-        "name, spec, module_source, revision, created_at, updated_at, module_js, source_map"
+        "name, spec, module_source, revision, created_at, updated_at, module_js, source_map, paused"
     };
 }
 macro_rules! source_columns {
@@ -29,4 +29,13 @@ macro_rules! log_columns {
         "id, trace_id, ts, action, outcome, event_id, task_id, worker, attempt, error, detail"
     };
 }
-pub(crate) use {event_columns, log_columns, source_columns, task_columns, worker_columns};
+/// The condition on a `tasks` row that its worker is not paused, for the queries that find due
+/// work. A task whose worker was deleted is still due (its history runs out as before).
+macro_rules! paused_excluded {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM workers w WHERE w.name = tasks.worker AND w.paused)"
+    };
+}
+pub(crate) use {
+    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+};

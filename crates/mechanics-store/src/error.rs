@@ -52,6 +52,15 @@ pub enum StoreError {
         /// Its name, quoted.
         key: String,
     },
+    /// A worker still has tasks that have not ended (pending or running), so it was not
+    /// deleted: nothing was changed.
+    #[error("worker {worker:?} has {count} unfinished task(s) (pending or running)")]
+    UnfinishedTasks {
+        /// The worker's name.
+        worker: String,
+        /// How many of its tasks are pending or dispatched.
+        count: u64,
+    },
     /// The database was written by a newer Mechanics; this build must not touch it.
     #[error(
         "database {path} has schema version {found}, newer than this build supports ({supported}); upgrade mechanics"

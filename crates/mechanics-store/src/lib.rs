@@ -32,7 +32,8 @@ use async_trait::async_trait;
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, EventState, LogEntry, LogOutcome, LogRecord,
-    Source, SourceSpec, Task, TaskId, TaskState, TranspiledModule, Worker, WorkerKind, WorkerSpec,
+    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerKind,
+    WorkerSpec,
 };
 use serde_json::Value;
 
@@ -67,8 +68,21 @@ pub trait Store: Send + Sync {
     async fn get_worker(&self, name: &str) -> StoreResult<Option<Worker>>;
     /// Every worker, by name.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
-    /// Deletes the worker (its tasks stay as history); false if there was none.
-    async fn delete_worker(&self, name: &str) -> StoreResult<bool>;
+    /// Deletes the worker (its tasks stay as history); `None` if there was none. A worker with
+    /// unfinished (pending or dispatched) tasks is kept and [`StoreError::UnfinishedTasks`]
+    /// returned, unless `cancel_unfinished`: then those tasks are canceled in the same write and
+    /// returned (the caller withdraws and traces them as it does any cancel).
+    async fn delete_worker(
+        &self,
+        name: &str,
+        cancel_unfinished: bool,
+        now: i64,
+    ) -> StoreResult<Option<Vec<Task>>>;
+    /// Pauses (`true`) or resumes worker `name` and moves the registry version, so every server
+    /// sees it: [`claim_due`](Store::claim_due) and [`next_due`](Store::next_due) pass over the
+    /// pending tasks of a paused worker, which stay pending until it is resumed. `None` if there
+    /// is no such worker.
+    async fn set_worker_paused(&self, name: &str, paused: bool) -> StoreResult<Option<Worker>>;
     /// Adds or replaces the source `spec.name` (validated here).
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source>;
     /// The source named `name`.
@@ -111,7 +125,8 @@ pub trait Store: Send + Sync {
     async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>>;
     /// The task with this id.
     async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
-    /// Claims up to `limit` pending tasks due at `now` (oldest `next_run_at` first): each becomes
+    /// Claims up to `limit` pending tasks due at `now` (oldest `next_run_at` first), none of a
+    /// paused worker: each becomes
     /// `dispatched` with `attempt` and `tries` + 1 and a lease until `lease_until`. The events of
     /// claimed tasks that are `matched` become `dispatched` in the same write (an event still
     /// `received`, whose matching has not finished, is left to its matcher).
@@ -164,7 +179,8 @@ pub trait Store: Send + Sync {
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>>;
     /// Number of tasks in each state (every state present), of one worker or of all.
     async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>>;
-    /// When the loops next have something to do, so they can sleep until then.
+    /// When the loops next have something to do, so they can sleep until then (a paused worker's
+    /// tasks are not due).
     async fn next_due(&self) -> StoreResult<NextDue>;
 
     // ---- console output of attempts ----
@@ -184,6 +200,17 @@ pub trait Store: Send + Sync {
     /// Every console line of the attempts of task `task`, by attempt and then in the order
     /// written; empty when none wrote any (or there is no such task).
     async fn task_console(&self, task: TaskId) -> StoreResult<Vec<AttemptConsoleLine>>;
+
+    // ---- attempts ----
+
+    /// Stores what came of attempt `attempt.claim` of task `task` (its error redacted by the
+    /// caller). Recording the same claim again replaces it, so a write retried after a failure
+    /// that hid its commit keeps one row. [`StoreError::NotFound`] if there is no such task;
+    /// claims start at 1. Not fenced: a late answer still ran.
+    async fn record_attempt(&self, task: TaskId, attempt: &TaskAttempt) -> StoreResult<()>;
+    /// Every recorded attempt of task `task`, by claim; empty when none ran (or there is no such
+    /// task).
+    async fn task_attempts(&self, task: TaskId) -> StoreResult<Vec<TaskAttempt>>;
 
     // ---- recovery ----
 
@@ -343,6 +370,22 @@ pub(crate) fn console_json(attempt: u32, lines: &[ConsoleLine]) -> StoreResult<O
     serde_json::to_string(lines)
         .map(Some)
         .map_err(|err| StoreError::InvalidInput(err.to_string()))
+}
+
+/// The rules every backend applies to an attempt before storing it: a real claim (from 1) and
+/// an order of times that can have happened.
+pub(crate) fn check_attempt(attempt: &TaskAttempt) -> StoreResult<()> {
+    if attempt.claim == 0 {
+        return Err(StoreError::InvalidInput(
+            "claim: an attempt runs under a claim, which counts from 1".into(),
+        ));
+    }
+    if attempt.ended_at < attempt.started_at {
+        return Err(StoreError::InvalidInput(
+            "ended_at: an attempt cannot end before it started".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The stored lines of `attempt` (a row's JSON array) as the API shows them.

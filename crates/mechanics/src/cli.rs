@@ -142,8 +142,14 @@ enum InstanceCommand {
 enum ConfigCommand {
     /// Print the effective configuration, each value with where it came from (the API key and
     /// the database password are redacted). Takes the flags of `mechanics serve`, to see what
-    /// they would change.
-    Show(ConfigArgs),
+    /// they would change. With --json, one JSON object: per key `{"value", "source"}`.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print one JSON object instead of lines (errors too, on stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,30 +246,40 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Serve(args) => ExitCode::from(serve::serve(&args)),
         Command::Config {
-            command: ConfigCommand::Show(args),
-        } => ExitCode::from(serve::config_show(&args)),
+            command: ConfigCommand::Show { config, json },
+        } => ExitCode::from(serve::config_show(&config, json)),
         Command::Worker {
             command: WorkerCommand::Test(args),
             ..
         } => crate::worker_test::run(&args),
-        Command::Worker { client, command } => finish(client::worker(&client, &command)),
-        Command::Task { client, command } => finish(client::task(&client, &command)),
-        Command::Source { client, command } => finish(crate::sources::source(&client, &command)),
+        Command::Worker { client, command } => {
+            finish(client::worker(&client, &command), client.json)
+        }
+        Command::Task { client, command } => finish(client::task(&client, &command), client.json),
+        Command::Source { client, command } => {
+            finish(crate::sources::source(&client, &command), client.json)
+        }
         Command::Webhook {
             client,
             command: WebhookCommand::Send(send),
-        } => finish(crate::webhook_send::send(&client, &send)),
-        Command::Event { client, command } => finish(crate::events::event(&client, &command)),
-        Command::Key { client, command } => finish(crate::keys::key(&client, &command)),
-        Command::Logs(args) => finish(crate::logs::logs(&args)),
+        } => finish(crate::webhook_send::send(&client, &send), client.json),
+        Command::Event { client, command } => {
+            finish(crate::events::event(&client, &command), client.json)
+        }
+        Command::Key { client, command } => {
+            finish(crate::keys::key(&client, &command), client.json)
+        }
+        Command::Logs(args) => finish(crate::logs::logs(&args), args.json()),
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
-            NodeCommand::List(client) => finish(client::node_list(&client)),
-            NodeCommand::Reset { name, client } => finish(client::node_reset(&client, &name)),
+            NodeCommand::List(client) => finish(client::node_list(&client), client.json),
+            NodeCommand::Reset { name, client } => {
+                finish(client::node_reset(&client, &name), client.json)
+            }
         },
         Command::Instance {
             command: InstanceCommand::List(client),
-        } => finish(client::instance_list(&client)),
+        } => finish(client::instance_list(&client), client.json),
         Command::Api {
             command: ApiCommand::Openapi,
         } => {
@@ -279,12 +295,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The exit status of a client command, its error printed as `error: <message>`.
-fn finish(result: Result<(), client::Failure>) -> ExitCode {
+/// The exit status of a client command, its error printed as `error: <message>`, or with
+/// `--json` (`json`) as one JSON object on stderr, so a script reads every outcome as JSON.
+fn finish(result: Result<(), client::Failure>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            error_line(&failure.message);
+            if json {
+                let mut stderr = std::io::stderr().lock();
+                let _ = writeln!(stderr, "{}", failure.to_json());
+            } else {
+                error_line(&failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }

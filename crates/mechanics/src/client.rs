@@ -14,7 +14,7 @@ use mechanics_proto::api::{
     TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{
-    AttemptConsoleLine, HumanDuration, Task, TaskState, WorkerKind, WorkerSpec,
+    AttemptConsoleLine, HumanDuration, Task, TaskAttempt, TaskState, WorkerKind, WorkerSpec,
 };
 use mechanics_store::MAX_PAGE_SIZE;
 use reqwest::Method;
@@ -74,9 +74,10 @@ pub struct ClientArgs {
         value_name = "PATH"
     )]
     api_key_file: Option<PathBuf>,
-    /// Print the API's JSON answer instead of tables, for scripts.
+    /// Print the API's JSON answer instead of tables, for scripts; an error is then the JSON
+    /// object `{"error": {"code", "message", "exit"}}` on stderr.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `mechanics worker ...`.
@@ -101,8 +102,23 @@ pub enum WorkerCommand {
         /// The worker's name.
         name: String,
     },
-    /// Remove a worker. Its tasks stay in the database.
+    /// Remove a worker. Its tasks stay in the database. A worker with pending or running tasks
+    /// is not removed (exit 1) unless --force, which cancels them.
     Rm {
+        /// The worker's name.
+        name: String,
+        /// Cancel the worker's pending and running tasks and remove it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause a worker: its tasks are still created (webhooks, API, cron fires are recorded as
+    /// skipped) but none is dispatched until `resume`. Every server sharing the database obeys.
+    Pause {
+        /// The worker's name.
+        name: String,
+    },
+    /// Resume a paused worker: its pending tasks are dispatched, oldest first.
+    Resume {
         /// The worker's name.
         name: String,
     },
@@ -191,6 +207,23 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// What kind of failure it is, by its exit status: `failed`, `usage` or `no_server`.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            EXIT_USAGE => "usage",
+            EXIT_NO_SERVER => "no_server",
+            _ => "failed",
+        }
+    }
+
+    /// The failure as `--json` prints it on stderr: `{"error": {"code", "message", "exit"}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "error": { "code": self.kind(), "message": self.message, "exit": self.code }
+        })
+        .to_string()
+    }
+
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_USAGE,
@@ -581,6 +614,22 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
                     age(w.created_at),
                     age(w.updated_at),
                 );
+                text.push_str(if w.paused {
+                    "paused:    yes (tasks wait; cron fires are skipped)\n"
+                } else {
+                    "paused:    no\n"
+                });
+                if !view.next_cron_fires.is_empty() {
+                    text.push_str(&format!(
+                        "next cron: {}{}\n",
+                        view.next_cron_fires.join(", "),
+                        if w.paused {
+                            " (skipped while paused)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
                 if let Some(source) = &w.module_source {
                     text.push_str(&format!(
                         "module:    {} bytes, {} lines\n",
@@ -593,10 +642,27 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
                 Ok(text)
             })
         }
-        WorkerCommand::Rm { name } => {
+        WorkerCommand::Pause { name } | WorkerCommand::Resume { name } => {
+            let pause = matches!(command, WorkerCommand::Pause { .. });
+            let verb = if pause { "pause" } else { "resume" };
+            let answer = api.post(&format!("/workers/{}/{verb}", segment(name)), None::<&()>)?;
+            api.print(&answer, |answer| {
+                let view: WorkerView = answer.parse()?;
+                Ok(if view.worker.paused {
+                    format!(
+                        "worker {} paused: its tasks wait until `mechanics worker resume {}`\n",
+                        view.worker.spec.name, view.worker.spec.name
+                    )
+                } else {
+                    format!("worker {} resumed\n", view.worker.spec.name)
+                })
+            })
+        }
+        WorkerCommand::Rm { name, force } => {
+            let force = if *force { "?force=true" } else { "" };
             api.call(
                 Method::DELETE,
-                &format!("/workers/{}", segment(name)),
+                &format!("/workers/{}{force}", segment(name)),
                 None::<&()>,
             )?;
             if !api.json {
@@ -898,12 +964,21 @@ pub fn node_list(args: &ClientArgs) -> Result<()> {
 /// Runs `mechanics node reset NAME`.
 pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
     let api = Api::new(args)?;
+    // Read first, to tell people when there was nothing to re-arm (the reset itself is
+    // harmless then, and still answers 404 for a name that is no node).
+    let before: NodeList = api.get("/nodes")?.parse()?;
+    let was_closed = before
+        .nodes
+        .iter()
+        .any(|node| node.name == name && node.breaker == "closed");
     let answer = api.post(&format!("/nodes/{}/reset", segment(name)), None::<&()>)?;
     api.print(&answer, |answer| {
-        Ok(format!(
-            "the crash-loop breaker of {name} is re-armed\n{}",
-            nodes_table(answer)?
-        ))
+        let said = if was_closed {
+            format!("the crash-loop breaker of {name} was closed already: nothing to re-arm\n")
+        } else {
+            format!("the crash-loop breaker of {name} is re-armed\n")
+        };
+        Ok(format!("{said}{}", nodes_table(answer)?))
     })
 }
 
@@ -1015,16 +1090,27 @@ fn trigger_of(task: &Task) -> &'static str {
 
 fn show_task(shown: &TaskDetail) -> String {
     let task = &shown.task;
+    // What ran, as people count it: a claim re-queued for a rate limit or a busy executor is no
+    // attempt. Tasks from before attempts were recorded only have their claim count.
+    let attempts = if shown.attempts.is_empty() {
+        task.tries.min(task.attempt)
+    } else {
+        u32::try_from(shown.attempts.len()).unwrap_or(u32::MAX)
+    };
+    let revision = shown
+        .attempts
+        .last()
+        .map(|a| format!(" (ran revision {})", a.worker_revision))
+        .unwrap_or_default();
     let mut text = format!(
-        "id:        {}\nworker:    {}\nstate:     {}\nattempt:   {} ({} counted toward retries)\n\
+        "id:        {}\nworker:    {}{revision}\nstate:     {}\nattempts:  {attempts} ({} counted toward retries)\n\
          created:   {}\nupdated:   {}\n",
         task.id,
         task.worker,
         task.state,
-        task.attempt,
         task.tries,
-        age(task.created_at),
-        age(task.updated_at),
+        timestamp(task.created_at),
+        timestamp(task.updated_at),
     );
     if task.state == TaskState::Pending && task.next_run_at > now_ms() {
         text.push_str(&format!("next run:  {}\n", until(task.next_run_at)));
@@ -1047,23 +1133,86 @@ fn show_task(shown: &TaskDetail) -> String {
         let pretty = serde_json::to_string_pretty(result).unwrap_or_default();
         text.push_str(&format!("result:\n{}\n", indent(&pretty)));
     }
-    text.push_str(&console_lines(&shown.console));
+    text.push_str(&attempt_table(&shown.attempts));
+    text.push_str(&console_lines(&shown.console, &shown.attempts));
     text
+}
+
+/// The `attempts:` section of `task show`: one row per attempt that ran, numbered as people
+/// count them (re-queues skipped), with its start, duration, node, outcome and error.
+fn attempt_table(attempts: &[TaskAttempt]) -> String {
+    if attempts.is_empty() {
+        return String::new();
+    }
+    let rows = attempts
+        .iter()
+        .enumerate()
+        .map(|(index, attempt)| {
+            vec![
+                (index + 1).to_string(),
+                rfc3339(attempt.started_at),
+                duration(attempt.ended_at.saturating_sub(attempt.started_at)),
+                attempt.node.clone().unwrap_or_else(|| "-".to_owned()),
+                attempt.worker_revision.to_string(),
+                attempt.outcome.to_string(),
+                attempt
+                    .error
+                    .as_deref()
+                    .map(|e| shorten(e, 200))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let table = table(
+        &[
+            "#", "STARTED", "DURATION", "NODE", "REVISION", "OUTCOME", "ERROR",
+        ],
+        rows,
+    );
+    format!("attempts:\n{}", indent(table.trim_end()) + "\n")
+}
+
+/// Unix ms as an RFC 3339 UTC time with milliseconds, `2026-12-04T14:51:02.123Z`.
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms).map_or_else(
+        || unix_ms.to_string(),
+        |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// A time as `task show` prints it: RFC 3339, and how long ago.
+fn timestamp(unix_ms: i64) -> String {
+    format!("{} ({})", rfc3339(unix_ms), age(unix_ms))
+}
+
+/// A duration in ms as people read it: `850ms`, `2.5s`, `3m 4s`.
+fn duration(ms: i64) -> String {
+    match ms {
+        ..1000 => format!("{}ms", ms.max(0)),
+        1000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m {}s", ms / 60_000, ms / 1000 % 60),
+    }
 }
 
 /// The `console:` section of `task show`: one `[attempt N] HH:MM:SS.mmmZ LEVEL message` per
 /// line (UTC, levels padded so messages align, a message's further lines indented under its
-/// first); nothing when no attempt wrote any.
-fn console_lines(console: &[AttemptConsoleLine]) -> String {
+/// first), N numbered as the attempt table numbers it; nothing when no attempt wrote any.
+fn console_lines(console: &[AttemptConsoleLine], attempts: &[TaskAttempt]) -> String {
     if console.is_empty() {
         return String::new();
     }
     let mut text = "console:\n".to_owned();
     for entry in console {
         let line = &entry.line;
+        let number = attempts
+            .iter()
+            .position(|a| a.claim == entry.attempt)
+            .map_or(entry.attempt, |index| {
+                u32::try_from(index + 1).unwrap_or(entry.attempt)
+            });
         let head = format!(
             "  [attempt {}] {} {:<5} ",
-            entry.attempt,
+            number,
             time_of_day(line.ts),
             line.level.as_str()
         );
@@ -1265,12 +1414,15 @@ mod tests {
                 message: message.into(),
             },
         };
-        assert_eq!(console_lines(&[]), "");
-        let text = console_lines(&[
-            entry(1, ConsoleLevel::Log, 1_769_860_800_250, "starting"),
-            entry(1, ConsoleLevel::Error, 1_769_860_801_007, "boom\n  at main"),
-            entry(2, ConsoleLevel::Warn, 1_769_864_400_000, "again"),
-        ]);
+        assert_eq!(console_lines(&[], &[]), "");
+        let text = console_lines(
+            &[
+                entry(1, ConsoleLevel::Log, 1_769_860_800_250, "starting"),
+                entry(1, ConsoleLevel::Error, 1_769_860_801_007, "boom\n  at main"),
+                entry(2, ConsoleLevel::Warn, 1_769_864_400_000, "again"),
+            ],
+            &[],
+        );
         assert_eq!(
             text,
             "console:\n\
@@ -1279,6 +1431,58 @@ mod tests {
              \x20                                   at main\n\
              \x20 [attempt 2] 13:00:00.000Z warn  again\n"
         );
+    }
+
+    #[test]
+    fn attempts_are_numbered_as_they_ran_with_times_as_times() {
+        use mechanics_proto::domain::{AttemptOutcome, ConsoleLevel, ConsoleLine};
+        let attempt = |claim, started_at, ended_at, outcome, error: Option<&str>| TaskAttempt {
+            claim,
+            started_at,
+            ended_at,
+            node: Some("node-0".into()),
+            worker_revision: 2,
+            outcome,
+            error: error.map(str::to_owned),
+        };
+        // Claim 2 was a rate-limit re-queue: it did not run, so claim 3 is the second attempt.
+        let attempts = [
+            attempt(
+                1,
+                1_769_860_800_250,
+                1_769_860_801_500,
+                AttemptOutcome::TransportError,
+                Some("connection refused"),
+            ),
+            attempt(
+                3,
+                1_769_860_810_000,
+                1_769_860_810_042,
+                AttemptOutcome::Completed,
+                None,
+            ),
+        ];
+        assert_eq!(
+            attempt_table(&attempts),
+            "attempts:\n\
+             \x20 #  STARTED                   DURATION  NODE    REVISION  OUTCOME          ERROR\n\
+             \x20 1  2026-01-31T12:00:00.250Z  1.2s      node-0  2         transport_error  connection refused\n\
+             \x20 2  2026-01-31T12:00:10.000Z  42ms      node-0  2         completed\n"
+        );
+        assert_eq!(attempt_table(&[]), "");
+        let line = AttemptConsoleLine {
+            attempt: 3,
+            line: ConsoleLine {
+                level: ConsoleLevel::Log,
+                ts: 1_769_860_810_001,
+                message: "ok".into(),
+            },
+        };
+        assert_eq!(
+            console_lines(&[line], &attempts),
+            "console:\n  [attempt 2] 12:00:10.001Z log   ok\n"
+        );
+        assert_eq!(duration(61_500), "1m 1s");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogEntry;
 use serde_json::Value;
 
-use crate::client::{Api, ClientArgs, Result, out, page_limit, shorten, table};
+use crate::client::{Api, ClientArgs, Failure, Result, out, page_limit, shorten, table};
 
 /// The filters of `mechanics logs`; each is the `GET /logs` parameter of the same name.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +52,30 @@ pub struct LogsArgs {
 }
 
 impl LogsArgs {
+    /// Whether `--json` was given (errors are then printed as JSON too).
+    pub(crate) fn json(&self) -> bool {
+        self.client.json
+    }
+
+    /// Refuses an `--action` or `--outcome` the server does not know (exit 2, no request):
+    /// the server would refuse it too, and a typo must not look like an empty trace.
+    fn check_filters(&self) -> Result<()> {
+        use mechanics_server::trace_log::ACTIONS;
+        if let Some(action) = &self.action
+            && !ACTIONS.contains(&action.as_str())
+        {
+            return Err(Failure::usage(format!(
+                "--action: {action:?} is not one of: {}",
+                ACTIONS.join(", ")
+            )));
+        }
+        if let Some(outcome) = &self.outcome {
+            outcome
+                .parse::<mechanics_proto::domain::LogOutcome>()
+                .map_err(|err| Failure::usage(format!("--outcome: {err}")))?;
+        }
+        Ok(())
+    }
     /// The query string of these filters, with `cursor` when paging.
     fn query(&self, cursor: Option<i64>) -> String {
         let mut url = reqwest::Url::parse("http://mechanics.invalid/logs")
@@ -89,6 +113,7 @@ impl LogsArgs {
 /// Runs `mechanics logs`.
 pub fn logs(args: &LogsArgs) -> Result<()> {
     page_limit(args.limit)?;
+    args.check_filters()?;
     let api = Api::new(&args.client)?;
     let answer = api.get(&args.query(None))?;
     let page: LogList = answer.parse()?;

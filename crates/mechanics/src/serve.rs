@@ -76,7 +76,7 @@ pub struct ConfigArgs {
     /// is a transport failure and retried [default: 10m; MECHANICS_HTTP_WORKER_TIMEOUT].
     #[arg(long, value_name = "DURATION")]
     http_worker_timeout: Option<String>,
-    /// Log format: pretty, json or compact [default: pretty; MECHANICS_LOG_FORMAT].
+    /// Log format: pretty, json or compact [default: compact; MECHANICS_LOG_FORMAT].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
     /// Log filter, e.g. info or mechanics_server=debug [default: info; MECHANICS_LOG_LEVEL];
@@ -203,12 +203,25 @@ impl ConfigArgs {
 }
 
 /// `mechanics config show`: the effective configuration with the source of each value.
-pub fn config_show(args: &ConfigArgs) -> u8 {
+pub fn config_show(args: &ConfigArgs, json: bool) -> u8 {
     match args.resolve() {
         Ok(config) => {
+            let shown = if json {
+                format!("{:#}\n", config.show_json())
+            } else {
+                config.show()
+            };
             let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(config.show().as_bytes());
+            let _ = stdout.write_all(shown.as_bytes());
             0
+        }
+        Err(err) if json => {
+            let error = serde_json::json!({
+                "error": { "code": "usage", "message": format!("{err:#}"), "exit": EXIT_STARTUP }
+            });
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{error}");
+            EXIT_STARTUP
         }
         Err(err) => {
             crate::cli::error_line(&format!("{err:#}"));
@@ -447,6 +460,7 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
         Ok(answer) => AttemptOutput {
             outcome: Outcome::Completed(answer.result),
             console: answer.console,
+            node: None,
         },
         Err(FleetError::Script {
             kind,
@@ -463,7 +477,11 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
                 Some(why) => Outcome::ScriptRetry(why, format!("{kind}: {message}")),
                 None => Outcome::Failed(format!("{kind}: {message}")),
             };
-            AttemptOutput { outcome, console }
+            AttemptOutput {
+                outcome,
+                console,
+                node: None,
+            }
         }
         Err(FleetError::Overloaded {
             retry_after,
@@ -479,7 +497,11 @@ pub fn outcome_of(result: Result<JobResponse, FleetError>) -> AttemptOutput {
 #[async_trait]
 impl JsExecutor for FleetExecutor {
     async fn run(&self, job: JobRequest) -> AttemptOutput {
-        outcome_of(self.fleet.run(&job).await)
+        let (node, answer) = self.fleet.run_on(&job).await;
+        AttemptOutput {
+            node,
+            ..outcome_of(answer)
+        }
     }
 
     fn validate(&self, config: Option<&Value>, limits: Option<&Value>) -> Result<(), String> {
@@ -586,6 +608,7 @@ mod tests {
             AttemptOutput {
                 outcome: Outcome::Completed(json!(1)),
                 console: console.clone(),
+                node: None,
             }
         );
         let script = FleetError::Script {
@@ -599,6 +622,7 @@ mod tests {
             AttemptOutput {
                 outcome: Outcome::Failed("execution: boom".into()),
                 console,
+                node: None,
             }
         );
         let outcome_of = |result| outcome_of(result).outcome;

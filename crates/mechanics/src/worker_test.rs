@@ -66,6 +66,7 @@ fn prepare(args: &TestArgs) -> Result<(Worker, mechanics_core::job::MechanicsJob
         revision: 1,
         created_at: 0,
         updated_at: 0,
+        paused: false,
     };
     let payload = match &args.payload {
         Some(text) => serde_json::from_str(text)

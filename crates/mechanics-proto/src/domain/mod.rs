@@ -16,8 +16,8 @@ pub use console::{AttemptConsoleLine, ConsoleLevel, ConsoleLine};
 pub use duration::HumanDuration;
 pub use policy::{ActorLimit, ActorRule, PolicySpec, team_entry};
 pub use queue::{
-    Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task, TaskId, TaskState,
-    UnknownState,
+    AttemptOutcome, Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task,
+    TaskAttempt, TaskId, TaskState, UnknownState,
 };
 pub use source::{Source, SourceKind, SourceSpec};
 pub use worker::{

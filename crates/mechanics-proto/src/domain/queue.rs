@@ -167,6 +167,44 @@ pub struct Event {
     pub updated_at: i64,
 }
 
+state_enum!(
+    /// What came of one attempt that ran (a rate-limit or busy-executor re-queue is no attempt).
+    AttemptOutcome, "attempt outcome", {
+        /// The worker answered with a result: the task completed.
+        Completed => "completed",
+        /// The worker failed in a way a retry would repeat (a script error, a 5xx).
+        Failed => "failed",
+        /// The worker could not be reached or died (refused, timeout, node gone).
+        TransportError => "transport_error",
+        /// The worker asked to come back later (`429` with `Retry-After`).
+        RetryAfter => "retry_after",
+    }
+);
+
+/// One attempt of a task that ran: when, where, with which worker revision, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskAttempt {
+    /// The claim it ran under: the task's `attempt` then, which console lines carry. Claims
+    /// that were re-queued without running (rate limit, busy executor) have no attempt, so
+    /// these numbers can skip.
+    pub claim: u32,
+    /// When it was sent to the worker (unix ms).
+    pub started_at: i64,
+    /// When its answer came (unix ms).
+    pub ended_at: i64,
+    /// What ran it: the executor node of a js worker, the URL of an http worker, the process
+    /// worker's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The worker's revision it ran with.
+    pub worker_revision: i64,
+    /// What came of it.
+    pub outcome: AttemptOutcome,
+    /// Its error (redacted), when it did not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One unit of work: a worker run for an event, an API submission or a cron fire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {

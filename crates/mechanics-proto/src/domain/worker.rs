@@ -460,6 +460,11 @@ pub struct Worker {
     pub created_at: i64,
     /// Unix ms of the last update.
     pub updated_at: i64,
+    /// Paused (`mechanics worker pause`): its tasks are created but not dispatched, and its cron
+    /// fires are skipped, until it is resumed. Kept in the store, so every server sharing it
+    /// obeys; an update of the worker leaves it as it was.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A module written in another language than JavaScript (TypeScript), transpiled by the server

@@ -27,7 +27,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mechanics_proto::domain::{ConsoleLine, Task, TaskState, Worker, WorkerKind};
+use mechanics_proto::domain::{
+    AttemptOutcome, ConsoleLine, Task, TaskAttempt, TaskState, Worker, WorkerKind,
+};
 use mechanics_proto::node::JobRequest;
 use mechanics_store::{Release, Store, StoreError, Take, TokenRate, Tokens};
 use serde_json::{Value, json};
@@ -94,6 +96,13 @@ pub(crate) struct Dispatcher {
     permits: Arc<Semaphore>,
     /// Claim queries that returned tasks, for the lease sweep to tell a busy dispatcher.
     claims: std::sync::atomic::AtomicU64,
+}
+
+/// An attempt that was sent to its worker: when, and with which revision of the worker.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    started_at: i64,
+    worker_revision: i64,
 }
 
 impl Dispatcher {
@@ -429,6 +438,7 @@ impl Dispatcher {
             self.finish(
                 &task,
                 Outcome::Failed(format!("the worker {:?} no longer exists", task.worker)).into(),
+                None,
             )
             .await;
             return;
@@ -440,7 +450,8 @@ impl Dispatcher {
                 "claimed {} times without an answer in time (leases expired)",
                 task.tries - 1
             );
-            self.finish(&task, Outcome::Transport(message).into()).await;
+            self.finish(&task, Outcome::Transport(message).into(), None)
+                .await;
             return;
         }
         let now = self.clock.now_ms();
@@ -524,9 +535,14 @@ impl Dispatcher {
 
     async fn run_with_token(&self, worker: &Worker, task: &Task) {
         tracing::debug!(task = task.id, attempt = task.attempt, worker = %task.worker, "dispatching");
-        self.trace.attempt_started(task, self.clock.now_ms());
+        let started_at = self.clock.now_ms();
+        self.trace.attempt_started(task, started_at);
         let output = self.execute(worker, task).await;
-        self.finish(task, output).await;
+        let ran = Ran {
+            started_at,
+            worker_revision: worker.revision,
+        };
+        self.finish(task, output, Some(ran)).await;
     }
 
     async fn execute(&self, worker: &Worker, task: &Task) -> AttemptOutput {
@@ -560,31 +576,42 @@ impl Dispatcher {
                 js.run(job).await
             }
             WorkerKind::Http => match &worker.spec.url {
-                Some(url) => self.http.run(url, &task_body(task, event.as_ref())).await,
-                None => Outcome::Failed("the http worker has no url".to_owned()),
-            }
-            .into(),
-            WorkerKind::Process => match self.processes.target(&task.worker) {
-                Ok(url) => match self.http.run(&url, &task_body(task, event.as_ref())).await {
-                    Outcome::Transport(message) => {
-                        Outcome::Transport(self.processes.explain(&task.worker, message))
-                    }
-                    outcome => outcome,
+                Some(url) => AttemptOutput {
+                    node: Some(url.clone()),
+                    ..self
+                        .http
+                        .run(url, &task_body(task, event.as_ref()))
+                        .await
+                        .into()
                 },
-                Err(why) => Outcome::Transport(why),
-            }
-            .into(),
+                None => Outcome::Failed("the http worker has no url".to_owned()).into(),
+            },
+            WorkerKind::Process => match self.processes.target(&task.worker) {
+                // The supervised child is named after its worker (`GET /nodes`).
+                Ok(url) => AttemptOutput {
+                    node: Some(task.worker.clone()),
+                    ..match self.http.run(&url, &task_body(task, event.as_ref())).await {
+                        Outcome::Transport(message) => {
+                            Outcome::Transport(self.processes.explain(&task.worker, message))
+                        }
+                        outcome => outcome,
+                    }
+                    .into()
+                },
+                Err(why) => Outcome::Transport(why).into(),
+            },
         }
     }
 
     /// Records the attempt `task.attempt`: first what it wrote with `console` (redacted, with its
-    /// `/logs` entry), so a reader who sees the task end sees its output too; then its outcome,
-    /// deciding on retries. A write the database could not take for a transient reason (a
+    /// `/logs` entry), so a reader who sees the task end sees its output too; then, when it ran
+    /// (`ran`, and not handed back by a busy executor), its row in the task's attempt history;
+    /// then its outcome, deciding on retries. A write the database could not take for a transient reason (a
     /// restart, a lost connection) is tried again until the claim's lease runs out: an attempt's
     /// outcome is never dropped while the claim is still ours, and after that the expired lease
     /// re-runs the task. Console output that cannot be stored is logged and given up: it must
     /// not keep the outcome from being recorded.
-    async fn finish(&self, task: &Task, output: AttemptOutput) {
+    async fn finish(&self, task: &Task, output: AttemptOutput, ran: Option<Ran>) {
         // A shared store's lease is renewed while the attempt is held, so it lasts another
         // lease from now at least.
         let lease_until = match task.lease_expires_at {
@@ -614,6 +641,19 @@ impl Dispatcher {
             }
         }
         let outcome = output.outcome;
+        if let Some(attempt) =
+            ran.and_then(|ran| self.attempt_row(task, ran, &outcome, output.node))
+        {
+            let stored = self
+                .while_leased(task, lease_until, "storing the attempt's history", |_| {
+                    self.store.record_attempt(task.id, &attempt)
+                })
+                .await;
+            if let Err(err) = stored {
+                // The outcome must still be recorded: only the history misses a line.
+                log_store_error(task, "storing the attempt's history", &err);
+            }
+        }
         let result = self
             .while_leased(task, lease_until, "recording the attempt", |now| {
                 self.record(task, outcome.clone(), now)
@@ -628,6 +668,38 @@ impl Dispatcher {
             Ok(_) => {}
             Err(err) => log_store_error(task, "recording the attempt", &err),
         }
+    }
+
+    /// The history row of an attempt that ran and ended with `outcome` (its error redacted, as
+    /// the task's is); `None` for an executor too busy to take it, which is no attempt.
+    fn attempt_row(
+        &self,
+        task: &Task,
+        ran: Ran,
+        outcome: &Outcome,
+        node: Option<String>,
+    ) -> Option<TaskAttempt> {
+        let (outcome, error) = match outcome {
+            Outcome::Completed(_) => (AttemptOutcome::Completed, None),
+            // A script error that asks for a retry failed this attempt all the same; its message
+            // names the class (`endpoint_transport`, `retryable`).
+            Outcome::Failed(message) | Outcome::ScriptRetry(_, message) => {
+                (AttemptOutcome::Failed, Some(message))
+            }
+            Outcome::Transport(message) => (AttemptOutcome::TransportError, Some(message)),
+            Outcome::RetryAfter(_, message) => (AttemptOutcome::RetryAfter, Some(message)),
+            Outcome::Overloaded(..) => return None,
+        };
+        let redactor = self.trace.redactor();
+        Some(TaskAttempt {
+            claim: task.attempt,
+            started_at: ran.started_at,
+            ended_at: self.clock.now_ms().max(ran.started_at),
+            node,
+            worker_revision: ran.worker_revision,
+            outcome,
+            error: error.map(|message| redactor.redact(message).into_owned()),
+        })
     }
 
     /// `lines` with every secret the server knows replaced, by the redactor of `/logs`: console

@@ -873,7 +873,11 @@ impl mechanics_server::JsExecutor for ConsoleExecutor {
         } else {
             mechanics_server::Outcome::Completed(json!("done"))
         };
-        mechanics_server::AttemptOutput { outcome, console }
+        mechanics_server::AttemptOutput {
+            outcome,
+            console,
+            node: Some("test-node".to_owned()),
+        }
     }
     fn validate(&self, _: Option<&Value>, _: Option<&Value>) -> Result<(), String> {
         Ok(())

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TranspiledModule, Worker,
+    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TaskAttempt, TranspiledModule, Worker,
 };
 use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 use crate::{StoreError, StoreResult};
 
 pub(super) use crate::columns::{
-    event_columns, log_columns, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
 };
 
 fn corrupt(column: &str, err: impl std::fmt::Display) -> StoreError {
@@ -103,6 +103,7 @@ pub(super) fn worker(row: &Row) -> StoreResult<Worker> {
         revision: row.get(3),
         created_at: row.get(4),
         updated_at: row.get(5),
+        paused: row.get(8),
     })
 }
 
@@ -118,6 +119,19 @@ pub(super) fn source(row: &Row) -> StoreResult<Source> {
 /// One attempt's console row: `attempt, lines` (a JSON array).
 pub(super) fn console_attempt(row: &Row) -> StoreResult<(u32, Vec<ConsoleLine>)> {
     Ok((small(row, 0)?, json(row, 1)?))
+}
+
+/// A `task_attempts` row: claim, started_at, ended_at, node, worker_revision, outcome, error.
+pub(super) fn attempt(row: &Row) -> StoreResult<TaskAttempt> {
+    Ok(TaskAttempt {
+        claim: small(row, 0)?,
+        started_at: row.get(1),
+        ended_at: row.get(2),
+        node: row.get(3),
+        worker_revision: row.get(4),
+        outcome: parsed(row, 5)?,
+        error: row.get(6),
+    })
 }
 
 pub(super) fn log(row: &Row) -> StoreResult<LogEntry> {

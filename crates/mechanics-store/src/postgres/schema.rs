@@ -195,6 +195,25 @@ const MIGRATIONS: &[&str] = &[
         expires_at   BIGINT
     );
     "#,
+    // 7: paused workers (the SQLite backend's version 8): their pending tasks stay pending,
+    // passed over by the claim, until they are resumed. And each attempt that ran (`task
+    // show`); a re-queue that did not run has no row.
+    r#"
+    ALTER TABLE workers ADD COLUMN paused BOOLEAN NOT NULL DEFAULT false;
+
+    CREATE TABLE task_attempts (
+        task_id         BIGINT NOT NULL REFERENCES tasks (id),
+        claim           BIGINT NOT NULL,
+        started_at      BIGINT NOT NULL,
+        ended_at        BIGINT NOT NULL,
+        node            TEXT,
+        worker_revision BIGINT NOT NULL,
+        outcome         TEXT NOT NULL CHECK (outcome IN ('completed', 'failed',
+                            'transport_error', 'retry_after')),
+        error           TEXT,
+        PRIMARY KEY (task_id, claim)
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -12,7 +12,9 @@ const CLAIM_DUE: &str = concat!(
     "WITH claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
     "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
     "WHERE t.id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
-    "ORDER BY next_run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING t.*), ",
+    "AND ",
+    paused_excluded!(),
+    " ORDER BY next_run_at, id LIMIT $3 FOR UPDATE OF tasks SKIP LOCKED)) RETURNING t.*), ",
     // An event another claimer is marking right now is skipped, not waited for (nor deadlocked
     // on): it stays `matched`, which write-back treats as `dispatched`.
     "events_dispatched AS (UPDATE events e SET state = 'dispatched', updated_at = $1 ",
@@ -39,8 +41,9 @@ const REQUEUE_ALL: &str = concat!(
 
 /// The poll of an idle server: the next due times and the registry version, in one query.
 const NEXT_DUE: &str = concat!(
-    "SELECT (SELECT next_run_at FROM tasks WHERE state = 'pending' ",
-    "ORDER BY next_run_at, id LIMIT 1), ",
+    "SELECT (SELECT next_run_at FROM tasks WHERE state = 'pending' AND ",
+    paused_excluded!(),
+    " ORDER BY next_run_at, id LIMIT 1), ",
     "(SELECT lease_expires_at FROM tasks WHERE state = 'dispatched' ",
     "ORDER BY lease_expires_at LIMIT 1), ",
     "(SELECT next_write_back_at FROM events WHERE state = 'write_back_failed' ",
@@ -408,9 +411,108 @@ impl Store for PgStore {
         })
     }
 
-    async fn delete_worker(&self, name: &str) -> StoreResult<bool> {
-        self.delete_named("DELETE FROM workers WHERE name = $1", name)
-            .await
+    async fn delete_worker(
+        &self,
+        name: &str,
+        cancel_unfinished: bool,
+        now: i64,
+    ) -> StoreResult<Option<Vec<Task>>> {
+        let context = "deleting a worker";
+        let deleted = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            // Locks the row: a concurrent pause, update or removal waits for this one.
+            let found = query(
+                &tx,
+                "SELECT 1 FROM workers WHERE name = $1 FOR UPDATE",
+                &[&name],
+                context,
+            )
+            .await?;
+            if found.is_empty() {
+                return Ok(None);
+            }
+            let mut canceled = if cancel_unfinished {
+                all(
+                    &tx,
+                    concat!(
+                        "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, ",
+                        "reserved_slot = NULL, updated_at = $2 ",
+                        "WHERE worker = $1 AND state IN ('pending', 'dispatched') RETURNING ",
+                        task_columns!()
+                    ),
+                    &[&name, &now],
+                    rows::task,
+                    context,
+                )
+                .await?
+            } else {
+                let rows = query(
+                    &tx,
+                    "SELECT count(*) FROM tasks WHERE worker = $1 \
+                     AND state IN ('pending', 'dispatched')",
+                    &[&name],
+                    context,
+                )
+                .await?;
+                let count: i64 = rows.first().map_or(0, |row| row.get(0));
+                if count > 0 {
+                    return Err(StoreError::UnfinishedTasks {
+                        worker: name.to_owned(),
+                        count: u64::try_from(count).unwrap_or_default(),
+                    });
+                }
+                Vec::new()
+            };
+            canceled.sort_by_key(|task| task.id);
+            execute(
+                &tx,
+                "DELETE FROM workers WHERE name = $1",
+                &[&name],
+                context,
+            )
+            .await?;
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Some((canceled, version)))
+        })?;
+        Ok(deleted.map(|(canceled, version)| {
+            self.committed();
+            self.saw_registry_version(version);
+            canceled
+        }))
+    }
+
+    async fn set_worker_paused(&self, name: &str, paused: bool) -> StoreResult<Option<Worker>> {
+        let context = "pausing or resuming a worker";
+        let changed = retrying!(self, |db, _retried| {
+            let tx = db.transaction().await.map_err(pg_err(context))?;
+            let Some(worker) = opt(
+                &tx,
+                concat!(
+                    "UPDATE workers SET paused = $2 WHERE name = $1 RETURNING ",
+                    worker_columns!()
+                ),
+                &[&name, &paused],
+                rows::worker,
+                context,
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let version = self.bump_registry(&tx).await?;
+            tx.commit().await.map_err(pg_err(context))?;
+            Ok(Some((worker, version)))
+        })?;
+        Ok(changed.map(|(worker, version)| {
+            self.committed();
+            self.saw_registry_version(version);
+            if !worker.paused {
+                // Its pending tasks are due again: other servers' dispatchers wake.
+                self.hints.work_made_due();
+            }
+            worker
+        }))
     }
 
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
@@ -1049,6 +1151,60 @@ impl Store for PgStore {
             .into_iter()
             .flat_map(|(attempt, lines)| crate::attempt_lines(attempt, lines))
             .collect())
+    }
+
+    async fn record_attempt(&self, task: TaskId, attempt: &TaskAttempt) -> StoreResult<()> {
+        crate::check_attempt(attempt)?;
+        let claim = i64::from(attempt.claim);
+        let outcome = attempt.outcome.as_str();
+        let context = "storing a task attempt";
+        // An upsert: a try that failed after its commit leaves the same row the retry writes.
+        retrying!(self, |db, _retried| {
+            let statement = db
+                .statement(concat!(
+                    "INSERT INTO task_attempts (task_id, claim, started_at, ended_at, node, ",
+                    "worker_revision, outcome, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
+                    "ON CONFLICT (task_id, claim) DO UPDATE SET started_at = excluded.started_at, ",
+                    "ended_at = excluded.ended_at, node = excluded.node, ",
+                    "worker_revision = excluded.worker_revision, outcome = excluded.outcome, ",
+                    "error = excluded.error"
+                ))
+                .await
+                .map_err(pg_err(context))?;
+            let params: &Params<'_> = &[
+                &task,
+                &claim,
+                &attempt.started_at,
+                &attempt.ended_at,
+                &attempt.node,
+                &attempt.worker_revision,
+                &outcome,
+                &attempt.error,
+            ];
+            match db.exec(&statement, params).await {
+                Ok(_) => Ok(()),
+                Err(err) if is_missing_reference(&err) => Err(not_found("task", task)),
+                Err(err) => Err(pg_err(context)(err)),
+            }
+        })?;
+        self.committed();
+        Ok(())
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> StoreResult<Vec<TaskAttempt>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!(
+                    "SELECT claim, started_at, ended_at, node, worker_revision, outcome, error ",
+                    "FROM task_attempts WHERE task_id = $1 ORDER BY claim"
+                ),
+                &[&task],
+                rows::attempt,
+                "reading a task's attempts",
+            )
+            .await
+        })
     }
 
     async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
-    TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
+    TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
@@ -237,15 +237,31 @@ impl Store for SqliteStore {
         self.read(ops::list_workers).await
     }
 
-    async fn delete_worker(&self, name: &str) -> StoreResult<bool> {
+    async fn delete_worker(
+        &self,
+        name: &str,
+        cancel_unfinished: bool,
+        now: i64,
+    ) -> StoreResult<Option<Vec<Task>>> {
         let name = name.to_owned();
-        let version = self
-            .write(move |conn| {
-                ops::delete_named(conn, "DELETE FROM workers WHERE name = ?1", &name)
-            })
+        let deleted = self
+            .write(move |conn| ops::delete_worker(conn, &name, cancel_unfinished, now))
             .await?;
-        version.inspect(|v| self.saw_registry_version(*v));
-        Ok(version.is_some())
+        Ok(deleted.map(|(canceled, version)| {
+            self.saw_registry_version(version);
+            canceled
+        }))
+    }
+
+    async fn set_worker_paused(&self, name: &str, paused: bool) -> StoreResult<Option<Worker>> {
+        let name = name.to_owned();
+        let changed = self
+            .write(move |conn| ops::set_worker_paused(conn, &name, paused))
+            .await?;
+        Ok(changed.map(|(worker, version)| {
+            self.saw_registry_version(version);
+            worker
+        }))
     }
 
     async fn upsert_source(&self, spec: SourceSpec, now: i64) -> StoreResult<Source> {
@@ -506,6 +522,17 @@ impl Store for SqliteStore {
 
     async fn task_console(&self, task: TaskId) -> StoreResult<Vec<AttemptConsoleLine>> {
         self.read(move |conn| ops::task_console(conn, task)).await
+    }
+
+    async fn record_attempt(&self, task: TaskId, attempt: &TaskAttempt) -> StoreResult<()> {
+        crate::check_attempt(attempt)?;
+        let attempt = attempt.clone();
+        self.write(move |conn| ops::record_attempt(conn, task, &attempt))
+            .await
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> StoreResult<Vec<TaskAttempt>> {
+        self.read(move |conn| ops::task_attempts(conn, task)).await
     }
 
     async fn requeue_expired_leases(&self, now: i64) -> StoreResult<Vec<Task>> {

@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 
 use mechanics_proto::domain::{
-    AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, Source, Task, TaskId, TaskState,
-    Worker,
+    AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, Source, Task, TaskAttempt, TaskId,
+    TaskState, Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 
 use super::db_err;
-use super::rows::{self, event_columns, log_columns, source_columns, task_columns, worker_columns};
+use super::rows::{
+    self, event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+};
 use crate::{
     DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NewEvent,
     NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter,
@@ -90,6 +92,76 @@ pub(super) fn delete_named(conn: &Connection, sql: &str, name: &str) -> StoreRes
         return Ok(None);
     }
     bump_registry(conn).map(Some)
+}
+
+/// Deletes worker `name` unless it has unfinished tasks; with `cancel_unfinished` those are
+/// canceled first and returned. `None` if there is no such worker.
+pub(super) fn delete_worker(
+    conn: &Connection,
+    name: &str,
+    cancel_unfinished: bool,
+    now: i64,
+) -> StoreResult<Option<(Vec<Task>, u64)>> {
+    if get_worker(conn, name)?.is_none() {
+        return Ok(None);
+    }
+    let canceled = if cancel_unfinished {
+        let mut tasks = query_all(
+            conn,
+            concat!(
+                "UPDATE tasks SET state = 'canceled', lease_expires_at = NULL, ",
+                "reserved_slot = NULL, updated_at = ?2 ",
+                "WHERE worker = ?1 AND state IN ('pending', 'dispatched') RETURNING ",
+                task_columns!()
+            ),
+            params![name, now],
+            rows::task,
+            "canceling a worker's tasks",
+        )?;
+        tasks.sort_by_key(|task| task.id);
+        tasks
+    } else {
+        let count: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM tasks WHERE worker = ?1 \
+                 AND state IN ('pending', 'dispatched')",
+            )
+            .and_then(|mut s| s.query_row([name], |row| row.get(0)))
+            .map_err(db_err("counting a worker's unfinished tasks"))?;
+        if count > 0 {
+            return Err(StoreError::UnfinishedTasks {
+                worker: name.to_owned(),
+                count: u64::try_from(count).unwrap_or_default(),
+            });
+        }
+        Vec::new()
+    };
+    Ok(
+        delete_named(conn, "DELETE FROM workers WHERE name = ?1", name)?
+            .map(|version| (canceled, version)),
+    )
+}
+
+/// Sets worker `name`'s paused flag and moves the registry version; `None` if there is none.
+pub(super) fn set_worker_paused(
+    conn: &Connection,
+    name: &str,
+    paused: bool,
+) -> StoreResult<Option<(Worker, u64)>> {
+    let Some(worker) = query_opt(
+        conn,
+        concat!(
+            "UPDATE workers SET paused = ?2 WHERE name = ?1 RETURNING ",
+            worker_columns!()
+        ),
+        params![name, paused],
+        rows::worker,
+        "pausing or resuming a worker",
+    )?
+    else {
+        return Ok(None);
+    };
+    bump_registry(conn).map(|version| Some((worker, version)))
 }
 
 fn bump_registry(conn: &Connection) -> StoreResult<u64> {
@@ -606,7 +678,9 @@ pub(super) fn get_task(conn: &Connection, id: TaskId) -> StoreResult<Option<Task
 const CLAIM_DUE: &str = concat!(
     "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
     "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due ",
-    "WHERE state = 'pending' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?3) ",
+    "WHERE state = 'pending' AND next_run_at <= ?1 AND ",
+    paused_excluded!(),
+    " ORDER BY next_run_at, id LIMIT ?3) ",
     "RETURNING ",
     task_columns!()
 );
@@ -622,8 +696,9 @@ const REQUEUE_EXPIRED: &str = concat!(
 /// The earliest pending run, lease expiry and write-back retry: each subquery reads the first
 /// entry of one partial index.
 const NEXT_DUE: &str = concat!(
-    "SELECT (SELECT next_run_at FROM tasks INDEXED BY tasks_due WHERE state = 'pending' ",
-    "ORDER BY next_run_at LIMIT 1), ",
+    "SELECT (SELECT next_run_at FROM tasks INDEXED BY tasks_due WHERE state = 'pending' AND ",
+    paused_excluded!(),
+    " ORDER BY next_run_at LIMIT 1), ",
     "(SELECT lease_expires_at FROM tasks INDEXED BY tasks_lease WHERE state = 'dispatched' ",
     "ORDER BY lease_expires_at LIMIT 1), ",
     "(SELECT next_write_back_at FROM events INDEXED BY events_write_back_due ",
@@ -846,6 +921,55 @@ pub(super) fn record_console(
     .and_then(|mut s| s.execute(params![task, attempt, lines_json, now]))
     .map_err(db_err("storing an attempt's console output"))?;
     Ok(())
+}
+
+// ---- attempts ----
+
+pub(super) fn record_attempt(
+    conn: &Connection,
+    task: TaskId,
+    attempt: &TaskAttempt,
+) -> StoreResult<()> {
+    let stored = conn
+        .prepare_cached(concat!(
+            "INSERT INTO task_attempts (task_id, claim, started_at, ended_at, node, ",
+            "worker_revision, outcome, error) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 ",
+            "WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1) ",
+            "ON CONFLICT (task_id, claim) DO UPDATE SET started_at = excluded.started_at, ",
+            "ended_at = excluded.ended_at, node = excluded.node, ",
+            "worker_revision = excluded.worker_revision, outcome = excluded.outcome, ",
+            "error = excluded.error"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                task,
+                attempt.claim,
+                attempt.started_at,
+                attempt.ended_at,
+                attempt.node,
+                attempt.worker_revision,
+                attempt.outcome.as_str(),
+                attempt.error,
+            ])
+        })
+        .map_err(db_err("storing a task attempt"))?;
+    if stored == 0 {
+        return Err(not_found("task", task));
+    }
+    Ok(())
+}
+
+pub(super) fn task_attempts(conn: &Connection, task: TaskId) -> StoreResult<Vec<TaskAttempt>> {
+    query_all(
+        conn,
+        concat!(
+            "SELECT claim, started_at, ended_at, node, worker_revision, outcome, error ",
+            "FROM task_attempts WHERE task_id = ?1 ORDER BY claim"
+        ),
+        [task],
+        rows::attempt,
+        "reading a task's attempts",
+    )
 }
 
 pub(super) fn task_console(

@@ -3,14 +3,14 @@
 use std::str::FromStr;
 
 use mechanics_proto::domain::{
-    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TranspiledModule, Worker,
+    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TaskAttempt, TranspiledModule, Worker,
 };
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::DeserializeOwned;
 
 pub(super) use crate::columns::{
-    event_columns, log_columns, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
 };
 
 fn conversion(
@@ -91,6 +91,7 @@ pub(super) fn worker(row: &Row<'_>) -> rusqlite::Result<Worker> {
         revision: row.get(3)?,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
+        paused: row.get(8)?,
     })
 }
 
@@ -123,5 +124,19 @@ pub(super) fn log(row: &Row<'_>) -> rusqlite::Result<LogEntry> {
             error: row.get(9)?,
             detail: opt_json(row, 10)?,
         },
+    })
+}
+
+/// A `task_attempts` row: claim, started_at, ended_at, node, worker_revision, outcome, error.
+pub(super) fn attempt(row: &Row<'_>) -> rusqlite::Result<TaskAttempt> {
+    let outcome: String = row.get(5)?;
+    Ok(TaskAttempt {
+        claim: row.get(0)?,
+        started_at: row.get(1)?,
+        ended_at: row.get(2)?,
+        node: row.get(3)?,
+        worker_revision: row.get(4)?,
+        outcome: outcome.parse().map_err(|err| conversion(5, err))?,
+        error: row.get(6)?,
     })
 }

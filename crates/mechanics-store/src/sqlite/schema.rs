@@ -193,6 +193,26 @@ const MIGRATIONS: &[&str] = &[
         expires_at   INTEGER
     ) STRICT;
     "#,
+    // 8: paused workers (`mechanics worker pause`): their pending tasks stay pending, passed
+    // over by the claim, until they are resumed. And each attempt that ran (`task show`): when,
+    // on which node, with which worker revision, and what came of it; a re-queue that did not
+    // run (rate limit, busy executor) has no row.
+    r#"
+    ALTER TABLE workers ADD COLUMN paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1));
+
+    CREATE TABLE task_attempts (
+        task_id         INTEGER NOT NULL REFERENCES tasks (id),
+        claim           INTEGER NOT NULL,
+        started_at      INTEGER NOT NULL,
+        ended_at        INTEGER NOT NULL,
+        node            TEXT,
+        worker_revision INTEGER NOT NULL,
+        outcome         TEXT NOT NULL CHECK (outcome IN ('completed', 'failed',
+                            'transport_error', 'retry_after')),
+        error           TEXT,
+        PRIMARY KEY (task_id, claim)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
-    AttemptConsoleLine, ConsoleLevel, ConsoleLine, EventState, LogOutcome, LogRecord, TaskState,
-    TranspiledModule, WorkerSpec,
+    AttemptConsoleLine, AttemptOutcome, ConsoleLevel, ConsoleLine, EventState, LogOutcome,
+    LogRecord, TaskAttempt, TaskState, TranspiledModule, WorkerSpec,
 };
 use mechanics_store::{
     BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask, NextDue, Release,
@@ -109,8 +109,14 @@ pub(crate) async fn registry_upserts_count_revisions_and_bump_the_version(store:
     assert_eq!(store.get_worker("triage").await.unwrap(), Some(second));
 
     let before_delete = store.registry_version();
-    assert!(store.delete_worker("another").await.unwrap());
-    assert!(!store.delete_worker("another").await.unwrap());
+    assert_eq!(
+        store.delete_worker("another", false, 1).await.unwrap(),
+        Some(Vec::new())
+    );
+    assert_eq!(
+        store.delete_worker("another", false, 1).await.unwrap(),
+        None
+    );
     assert_eq!(store.get_worker("another").await.unwrap(), None);
     assert_eq!(store.registry_version(), before_delete + 1);
     assert_eq!(
@@ -1718,4 +1724,179 @@ pub(crate) async fn api_key_use_is_recorded_without_moving_back_or_the_version(s
     let keys = store.list_api_keys().await.unwrap();
     assert_eq!(keys[0].last_used_at, Some(5_000));
     assert_eq!(store.registry_version(), version);
+}
+
+pub(crate) async fn a_paused_workers_tasks_stay_pending_until_it_is_resumed(store: &dyn Store) {
+    for name in ["paused", "running"] {
+        store
+            .upsert_worker(js_worker(name), Some(String::new()), None, 0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.set_worker_paused("nobody", true).await.unwrap(), None);
+    let version = store.registry_version();
+    let worker = store
+        .set_worker_paused("paused", true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(worker.paused);
+    assert_eq!(
+        store.registry_version(),
+        version + 1,
+        "other servers see it"
+    );
+    // Created while paused; the oldest due task is the paused worker's.
+    let held = task_id(store, "paused", 100).await;
+    let other = task_id(store, "running", 200).await;
+    assert_eq!(store.next_due().await.unwrap().task_run_at, Some(200));
+    let claimed = store.claim_due(1_000, 5_000, 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [other]);
+    assert_eq!(store.next_due().await.unwrap().task_run_at, None);
+    assert_eq!(
+        store.get_task(held).await.unwrap().unwrap().state,
+        TaskState::Pending
+    );
+
+    // An update of the worker keeps it paused.
+    let updated = store
+        .upsert_worker(js_worker("paused"), Some("//2".into()), None, 2)
+        .await
+        .unwrap();
+    assert_eq!((updated.revision, updated.paused), (2, true));
+    assert!(store.get_worker("paused").await.unwrap().unwrap().paused);
+    assert!(store.claim_due(1_000, 5_000, 10).await.unwrap().is_empty());
+
+    let resumed = store
+        .set_worker_paused("paused", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!resumed.paused);
+    assert_eq!(store.next_due().await.unwrap().task_run_at, Some(100));
+    let claimed = store.claim_due(1_000, 5_000, 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [held]);
+    assert_eq!(claimed[0].attempt, 1, "nothing ran while it was paused");
+}
+
+pub(crate) async fn a_worker_with_unfinished_tasks_is_removed_only_by_force_which_cancels_them(
+    store: &dyn Store,
+) {
+    store
+        .upsert_worker(js_worker("busy"), Some(String::new()), None, 0)
+        .await
+        .unwrap();
+    let done = task_id(store, "busy", 5).await;
+    store.claim_due(5, 5_000, 1).await.unwrap();
+    store.complete_task(done, 1, json!(1), 6).await.unwrap();
+    let running = task_id(store, "busy", 10).await;
+    store.claim_due(10, 5_000, 1).await.unwrap();
+    let pending = task_id(store, "busy", 20).await;
+    let other = task_id(store, "other", 40).await;
+
+    let version = store.registry_version();
+    let refused = store.delete_worker("busy", false, 50).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::UnfinishedTasks { worker, count: 2 } if worker == "busy"),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("2 unfinished"), "{refused}");
+    assert!(
+        store.get_worker("busy").await.unwrap().is_some(),
+        "nothing changed"
+    );
+    assert_eq!(store.registry_version(), version);
+    for (id, state) in [
+        (running, TaskState::Dispatched),
+        (pending, TaskState::Pending),
+    ] {
+        assert_eq!(store.get_task(id).await.unwrap().unwrap().state, state);
+    }
+
+    let canceled = store
+        .delete_worker("busy", true, 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        canceled.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [running, pending]
+    );
+    assert!(
+        canceled
+            .iter()
+            .all(|t| t.state == TaskState::Canceled && t.updated_at == 60)
+    );
+    assert_eq!(store.get_worker("busy").await.unwrap(), None);
+    assert_eq!(store.registry_version(), version + 1);
+    let mut seen = Vec::new();
+    for id in [running, pending, done, other] {
+        seen.push(store.get_task(id).await.unwrap().unwrap().state);
+    }
+    assert_eq!(
+        seen,
+        [
+            TaskState::Canceled,
+            TaskState::Canceled,
+            TaskState::Completed,
+            TaskState::Pending
+        ],
+        "only the removed worker's unfinished tasks are canceled"
+    );
+    // A late answer of the canceled attempt is fenced out.
+    assert!(store.complete_task(running, 1, json!(1), 70).await.is_err());
+    assert_eq!(store.delete_worker("busy", true, 80).await.unwrap(), None);
+}
+
+pub(crate) async fn attempts_are_recorded_per_claim_and_listed_in_order(store: &dyn Store) {
+    let task = task_id(store, "w", 0).await;
+    assert!(store.task_attempts(task).await.unwrap().is_empty());
+    let second = TaskAttempt {
+        claim: 3,
+        started_at: 300,
+        ended_at: 350,
+        node: Some("node-1".into()),
+        worker_revision: 2,
+        outcome: AttemptOutcome::Completed,
+        error: None,
+    };
+    let first = TaskAttempt {
+        claim: 1,
+        started_at: 100,
+        ended_at: 180,
+        node: None,
+        worker_revision: 1,
+        outcome: AttemptOutcome::TransportError,
+        error: Some("connection refused".into()),
+    };
+    store.record_attempt(task, &second).await.unwrap();
+    store.record_attempt(task, &first).await.unwrap();
+    // The same claim recorded again (a retried write) keeps one row, the last written.
+    let first = TaskAttempt {
+        ended_at: 190,
+        ..first
+    };
+    store.record_attempt(task, &first).await.unwrap();
+    assert_eq!(
+        store.task_attempts(task).await.unwrap(),
+        [first.clone(), second.clone()]
+    );
+
+    for bad in [
+        TaskAttempt {
+            claim: 0,
+            ..first.clone()
+        },
+        TaskAttempt {
+            ended_at: 99,
+            ..first.clone()
+        },
+    ] {
+        let err = store.record_attempt(task, &bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
+    let err = store.record_attempt(task + 100, &first).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert!(store.task_attempts(task + 100).await.unwrap().is_empty());
+    assert_eq!(store.task_attempts(task).await.unwrap().len(), 2);
 }

@@ -37,6 +37,9 @@ macro_rules! conformance_suite {
             api_keys_are_created_once_listed_revoked_and_bump_the_version,
             invalid_api_keys_are_refused_and_change_nothing,
             api_key_use_is_recorded_without_moving_back_or_the_version,
+            a_paused_workers_tasks_stay_pending_until_it_is_resumed,
+            a_worker_with_unfinished_tasks_is_removed_only_by_force_which_cancels_them,
+            attempts_are_recorded_per_claim_and_listed_in_order,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {

@@ -225,7 +225,7 @@ async fn the_file_is_in_wal_mode_and_foreign_keys_are_enforced() {
             .unwrap();
         let fire = store.record_cron_fire("w", 1, json!({}), now + 1).await;
         assert!(fire.unwrap().is_some(), "a fresh worker's fire at {now}");
-        store.delete_worker("w").await.unwrap();
+        store.delete_worker("w", true, now + 2).await.unwrap();
     }
 }
 

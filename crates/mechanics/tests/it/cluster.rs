@@ -911,3 +911,63 @@ fn a_key_revoked_through_one_server_is_refused_by_another_within_a_second() {
     assert!(list.contains("no API keys yet"), "{list}");
     eprintln!("keys: revoked on A, refused on B after {took:.2?}");
 }
+
+#[test]
+fn a_worker_paused_through_one_server_waits_on_every_server_and_runs_after_a_resume_elsewhere() {
+    let db = TestDatabase::create();
+    let recorder = Recorder::new(true);
+    let worker = recording_worker(recorder.clone(), Duration::ZERO);
+    let cluster = Cluster::start(&db, 2, &[], &[]);
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let api = Api::new();
+    for name in ["held", "control"] {
+        a.add_worker(&http_worker_yaml(
+            name,
+            &worker.url(),
+            (100, 100),
+            "[{ api: true }]",
+        ));
+    }
+    a.ok(&["worker", "pause", "held"]);
+    // The flag is in the database: B sees it as soon as it reads the worker.
+    wait_until(Duration::from_secs(5), "B sees the pause", || {
+        b.json(&["worker", "show", "held"])["paused"] == true
+    });
+    let submit = |server: &Coordinator, worker: &str| {
+        let (status, answer) = api.post(
+            &format!("{}/api/v1/tasks", server.url),
+            &json!({ "worker": worker, "payload": {} }),
+        );
+        assert_eq!(status, 202, "{answer}");
+        answer["id"].as_i64().unwrap()
+    };
+    let held: Vec<i64> = (0..4)
+        .map(|i| submit(if i % 2 == 0 { a } else { b }, "held"))
+        .collect();
+    // Submitted after the held tasks, due after them: once both servers have run it, their
+    // claims have passed the held tasks over.
+    let controls = [submit(a, "control"), submit(b, "control")];
+    wait_until(Duration::from_secs(10), "the control tasks ended", || {
+        ended(&db) == 2
+    });
+    let ran: BTreeSet<i64> = recorder.hits().iter().map(|hit| hit.task).collect();
+    assert_eq!(ran, controls.into_iter().collect(), "only the controls ran");
+    for task in api.tasks(b, "held") {
+        assert_eq!(task["state"], "pending", "{task}");
+        assert_eq!(task["attempt"], 0, "never claimed: {task}");
+    }
+
+    // Resumed through B: every held task runs once, on whichever server claims it.
+    b.ok(&["worker", "resume", "held"]);
+    wait_until(Duration::from_secs(10), "the held tasks ended", || {
+        ended(&db) == 6
+    });
+    for task in api.tasks(a, "held") {
+        assert_eq!(task["state"], "completed", "{task}");
+        assert_eq!(task["attempt"], 1, "{task}");
+    }
+    let attempts = recorder.attempts();
+    for id in held {
+        assert_eq!(attempts[&id], [1], "task {id} ran once");
+    }
+}

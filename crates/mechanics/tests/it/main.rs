@@ -3,8 +3,9 @@
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
-//! one PostgreSQL database (`cluster`); TypeScript workers, from `worker add` and `run` to the
-//! positions in their errors (`typescript`).
+//! one PostgreSQL database (`cluster`); pausing, resuming and removing workers with work (`ops`);
+//! TypeScript workers, from `worker add` and `run` to the positions in their errors
+//! (`typescript`).
 
 mod add_checks;
 mod answers;
@@ -12,6 +13,7 @@ mod cluster;
 mod edge;
 mod faults;
 mod fleet;
+mod ops;
 mod retries;
 mod serve;
 mod support;
