@@ -4,13 +4,14 @@
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
 //! one PostgreSQL database (`cluster`); TypeScript workers, from `worker add` and `run` to the
-//! positions in their errors (`typescript`).
+//! positions in their errors (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`).
 
 mod answers;
 mod cluster;
 mod edge;
 mod faults;
 mod fleet;
+mod mcp;
 mod serve;
 mod support;
 mod typescript;
