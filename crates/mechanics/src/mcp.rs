@@ -554,7 +554,7 @@ impl Toolbox {
                 let summary = format!(
                     "{} workers: {}",
                     count(&value["workers"]),
-                    names(&value["workers"], "name")
+                    names(&value["workers"], "/spec/name")
                 );
                 Ok(Output::ok(value, summary))
             }
@@ -564,7 +564,7 @@ impl Toolbox {
                 let value = api.call(Method::GET, &path, None::<&()>).await?.value;
                 let summary = format!(
                     "worker {name} ({}), revision {}",
-                    value["kind"].as_str().unwrap_or("?"),
+                    text(&value["spec"]["kind"]),
                     value["revision"]
                 );
                 Ok(Output::ok(value, summary))
@@ -701,7 +701,7 @@ impl Toolbox {
                     .value;
                 let summary = format!(
                     "worker {} saved, revision {}",
-                    text(&value["name"]),
+                    text(&value["spec"]["name"]),
                     value["revision"]
                 );
                 Ok(Output::ok(value, summary))
@@ -752,13 +752,13 @@ fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("?")
 }
 
-/// The `field` of every item of `list`, comma-separated.
-fn names(list: &Value, field: &str) -> String {
+/// The string at `pointer` in every item of `list`, comma-separated.
+fn names(list: &Value, pointer: &str) -> String {
     let names: Vec<&str> = list
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|item| item[field].as_str())
+        .filter_map(|item| item.pointer(pointer).and_then(Value::as_str))
         .collect();
     names.join(", ")
 }

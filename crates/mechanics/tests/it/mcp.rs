@@ -53,6 +53,8 @@ fn server_with_keys(dir: &std::path::Path) -> (Coordinator, String, String) {
 }
 
 async fn http_client(server: &Coordinator, key: &str) -> Client {
+    // reqwest is built without a default TLS provider (plain HTTP needs none, its builder does).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
         .auth_header(key);
     ().serve(StreamableHttpClientTransport::from_config(config))
@@ -221,8 +223,10 @@ async fn http_tools_follow_the_keys_scope() {
     );
     let workers = call(&reader, "list_workers", json!({})).await;
     assert!(!failed(&workers), "{}", text(&workers));
+    let workers_text = workers.clone();
     let workers = workers.structured_content.expect("structured content");
-    assert_eq!(workers["workers"][0]["name"], "hello");
+    assert_eq!(workers["workers"][0]["spec"]["name"], "hello");
+    assert!(text(&workers_text).contains("hello"));
     let worker = call(&reader, "get_worker", json!({ "name": "hello" })).await;
     let worker = worker.structured_content.expect("structured content");
     assert!(
@@ -268,6 +272,7 @@ async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
             "clientInfo": { "name": "test", "version": "1" }
         }
     });
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let post = |host: Option<&str>, key: Option<&str>| {
         let mut request = client
@@ -369,7 +374,7 @@ async fn stdio_tools_read_only_and_with_a_key() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(worker["name"], "hello");
+    assert_eq!(worker["spec"]["name"], "hello");
     let missing = read_resource(&client, "mechanics://tasks/987654")
         .await
         .unwrap_err();
@@ -458,7 +463,7 @@ fn stdio_server_speaks_json_rpc_lines() {
     assert_eq!(listed["id"], 2);
     assert_eq!(listed["result"]["isError"], false, "{listed}");
     assert_eq!(
-        listed["result"]["structuredContent"]["workers"][0]["name"],
+        listed["result"]["structuredContent"]["workers"][0]["spec"]["name"],
         "hello"
     );
     send(json!({
