@@ -478,3 +478,58 @@ fn stdio_server_speaks_json_rpc_lines() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tools_over_http_and_their_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let admin = http_client(&server, ADMIN_KEY).await;
+
+    // add_worker: a spec and its module, then a task on it.
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: echo\nkind: js\nmodule: ./echo.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default ({ payload }) => payload",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    assert!(text(&added).contains("echo"), "{}", text(&added));
+    let echoed = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "echo", "payload": { "n": 7 }, "wait_seconds": 60 }),
+    )
+    .await;
+    let echoed = echoed.structured_content.expect("structured content");
+    assert_eq!(echoed["result"], json!({ "n": 7 }), "{echoed}");
+    let bad_spec = call(
+        &admin,
+        "add_worker",
+        json!({ "yaml": "name: Bad Name\nkind: js\n" }),
+    )
+    .await;
+    assert!(failed(&bad_spec), "{}", text(&bad_spec));
+
+    // A completed task cannot be canceled or retried: the API's refusal, as a tool error.
+    let id = echoed["id"].clone();
+    for tool in ["cancel_task", "retry_task"] {
+        let refused = call(&admin, tool, json!({ "id": id })).await;
+        assert!(failed(&refused), "{tool}: {}", text(&refused));
+    }
+
+    let nodes = call(&admin, "list_nodes", json!({})).await;
+    assert!(!failed(&nodes), "{}", text(&nodes));
+    let nodes = nodes.structured_content.expect("structured content");
+    assert!(!nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+    let unknown_node = call(&admin, "reset_node", json!({ "name": "no-such-node" })).await;
+    assert!(failed(&unknown_node) && text(&unknown_node).contains("no-such-node"));
+
+    let events = call(&admin, "list_events", json!({ "limit": 10 })).await;
+    assert!(!failed(&events), "{}", text(&events));
+    let no_event = call(&admin, "get_event", json!({ "id": 424_242 })).await;
+    assert!(failed(&no_event) && text(&no_event).contains("424242"));
+    admin.cancel().await.unwrap();
+}
