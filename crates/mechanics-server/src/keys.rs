@@ -250,7 +250,7 @@ fn new_secret() -> Result<String, Failure> {
 }
 
 /// `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -268,8 +268,12 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// The scope a request needs: `admin` for anything under `/keys`; `read` for every other
 /// `GET` (and `HEAD`); `operate` for submitting, retrying and canceling tasks, redelivering an
 /// event and resetting a node's breaker; `admin` for every other change (workers, sources) and any other method or
-/// path. `path` is with or without the `/api/v1` prefix.
+/// path. `path` is with or without the `/api/v1` prefix. `/mcp` (the MCP endpoint that
+/// [`crate::start_with`] mounts) needs `read`: each of its tools checks the scope it needs.
 pub fn needed_scope(method: &Method, path: &str) -> ApiScope {
+    if path == "/mcp" {
+        return ApiScope::Read;
+    }
     let path = path.strip_prefix(API_PREFIX).unwrap_or(path);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() == Some(&"keys") {
@@ -326,6 +330,8 @@ pub(crate) async fn authenticate(
         .into_response();
     }
     shared.keys.record_use(&shared.store, &caller, now);
+    // The scope, public, for routes mounted from outside this crate (`/mcp`).
+    request.extensions_mut().insert(caller.scope());
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -461,6 +467,8 @@ mod tests {
             (Method::GET, "/api/v1/keys", ApiScope::Admin),
             (Method::DELETE, "/keys/k", ApiScope::Admin),
             (Method::PUT, "/tasks", ApiScope::Admin),
+            (Method::POST, "/mcp", ApiScope::Read),
+            (Method::POST, "/api/v1/mcp", ApiScope::Admin),
         ];
         for (method, path, scope) in cases {
             assert_eq!(needed_scope(&method, path), scope, "{method} {path}");

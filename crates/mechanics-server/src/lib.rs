@@ -180,6 +180,20 @@ pub async fn start(
     config: &ServerConfig,
     parts: ServerParts,
 ) -> Result<RunningServer, ServerError> {
+    start_with(listener, config, parts, axum::Router::new()).await
+}
+
+/// [`start`], also serving `routes` behind the API's authentication: a request without a valid
+/// key is refused with `401`, and one that passes carries the key's
+/// [`ApiScope`](mechanics_proto::api::ApiScope) in its extensions (the scope each route needs
+/// is [`keys::needed_scope`]). `mechanics serve` mounts `/mcp` this way: the MCP tools live in
+/// the binary's crate, which depends on this one.
+pub async fn start_with(
+    listener: TcpListener,
+    config: &ServerConfig,
+    parts: ServerParts,
+    routes: axum::Router,
+) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
     let metrics = Arc::new(Metrics::new());
     let trace = Arc::new(TraceLog::new(parts.store.clone(), metrics.clone()));
@@ -250,7 +264,12 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let drain = config.drain_timeout;
     // One error shape for every route, webhooks included (see `api::json_errors`).
-    let app = api::router(shared.clone())
+    let routes = routes.layer(axum::middleware::from_fn_with_state(
+        shared.clone(),
+        keys::authenticate,
+    ));
+    let app = routes
+        .merge(api::router(shared.clone()))
         .merge(webhooks::router(shared.clone()))
         .layer(axum::middleware::from_fn(api::json_errors));
     let edge = config.edge_limits();

@@ -115,6 +115,12 @@ enum Command {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// Serve the server's tools to an AI assistant over MCP (Model Context Protocol) on stdin
+    /// and stdout: the assistant's client starts this command, which calls the API of the
+    /// server at --server with the API key of these settings (the key's scope limits what the
+    /// tools may do). `mechanics serve` offers the same tools over HTTP at `/mcp`.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Mcp(McpArgs),
     /// Instances: the `mechanics serve` processes using the server's database.
     Instance {
         #[command(subcommand)]
@@ -218,6 +224,15 @@ struct ServeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct McpArgs {
+    /// Offer only the tools that change nothing (no submit, retry, cancel, reset or add).
+    #[arg(long)]
+    read_only: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The ES module to run (its default export is called).
     module: PathBuf,
@@ -280,6 +295,7 @@ pub fn main() -> ExitCode {
         Command::Instance {
             command: InstanceCommand::List(client),
         } => finish(client::instance_list(&client), client.json),
+        Command::Mcp(args) => finish(mcp(&args), false),
         Command::Api {
             command: ApiCommand::Openapi,
         } => {
@@ -408,8 +424,23 @@ fn run_on_node(job: MechanicsJob) -> Result<Value, (String, String)> {
     })
 }
 
+/// Runs `mechanics mcp`: the tools over stdio until the client closes it. Nothing but MCP
+/// messages may reach stdout, so logs go to stderr.
+fn mcp(args: &McpArgs) -> Result<(), client::Failure> {
+    init_logging();
+    let connection = args.client.connect()?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|err| client::Failure::failed(format!("cannot start the async runtime: {err}")))?;
+    runtime
+        .block_on(crate::mcp::serve_stdio(crate::mcp::Toolbox::stdio(
+            connection,
+            args.read_only,
+        )))
+        .map_err(client::Failure::failed)
+}
+
 /// The wire form of a validated job.
-fn job_request(job: MechanicsJob) -> anyhow::Result<JobRequest> {
+pub(crate) fn job_request(job: MechanicsJob) -> anyhow::Result<JobRequest> {
     let Value::Object(mut fields) = serde_json::to_value(&job)? else {
         anyhow::bail!("a job serializes to an object");
     };

@@ -295,18 +295,27 @@ impl ClientArgs {
     }
 }
 
-/// A connection to the server.
-pub(crate) struct Api {
-    base: String,
-    key: Option<String>,
-    pub(crate) json: bool,
-    client: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+impl ClientArgs {
+    /// The connection these settings describe: the URL checked, the key read.
+    pub(crate) fn connect(&self) -> Result<Connection> {
+        Connection::new(&self.server, self.key()?)
+    }
 }
 
-impl Api {
-    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
-        let base = args.server.trim().trim_end_matches('/').to_owned();
+/// An asynchronous connection to the server's API: the one way to call an endpoint, used by the
+/// CLI's commands (through [`Api`], which blocks on it) and by the MCP tools.
+#[derive(Clone)]
+pub struct Connection {
+    base: String,
+    key: Option<String>,
+    client: reqwest::Client,
+}
+
+impl Connection {
+    /// A connection to the server at `server` (an `http://` or `https://` URL), sending `key` as
+    /// `Authorization: Bearer` when there is one.
+    pub fn new(server: &str, key: Option<String>) -> Result<Self> {
+        let base = server.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|err| {
             Failure::usage(format!(
                 "--server: {base:?} is not a URL ({err}); write e.g. http://127.0.0.1:21212"
@@ -335,21 +344,20 @@ impl Api {
         let client = builder
             .build()
             .map_err(|err| Failure::failed(format!("cannot build the HTTP client: {err}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|err| Failure::failed(format!("cannot start the async runtime: {err}")))?;
-        Ok(Self {
-            base,
-            key: args.key()?,
-            json: args.json,
-            client,
-            runtime,
-        })
+        Ok(Self { base, key, client })
+    }
+
+    /// The same server with another key (the HTTP client and its connections are shared).
+    pub fn with_key(&self, key: Option<String>) -> Self {
+        Self {
+            base: self.base.clone(),
+            key,
+            client: self.client.clone(),
+        }
     }
 
     /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
-    pub(crate) fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -367,7 +375,7 @@ impl Api {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
         }
-        let (status, text) = self.send(request)?;
+        let (status, text) = self.send(request).await?;
         if !status.is_success() {
             return Err(self.api_failure(status, &text));
         }
@@ -387,16 +395,17 @@ impl Api {
 
     /// Sends `request` and reads the whole answer as text; a transport failure says whether a
     /// server answered at all.
-    fn send(&self, request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String)> {
-        let (status, bytes) = self
-            .runtime
-            .block_on(async {
-                let response = request.send().await?;
-                let status = response.status();
-                let bytes = response.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
-            })
-            .map_err(|err| self.transport_failure(err))?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let answer = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        };
+        let (status, bytes) = answer.await.map_err(|err| self.transport_failure(err))?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
@@ -459,6 +468,39 @@ impl Api {
             }
         }
     }
+}
+
+/// A blocking connection to the server, for the CLI's commands.
+pub(crate) struct Api {
+    connection: Connection,
+    pub(crate) json: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
+        let connection = args.connect()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| Failure::failed(format!("cannot start the async runtime: {err}")))?;
+        Ok(Self {
+            connection,
+            json: args.json,
+            runtime,
+        })
+    }
+
+    /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
+    pub(crate) fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Answer> {
+        self.runtime
+            .block_on(self.connection.call(method, path, body))
+    }
 
     pub(crate) fn get(&self, path: &str) -> Result<Answer> {
         self.call(Method::GET, path, None::<&()>)
@@ -473,8 +515,9 @@ impl Api {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(u16, Answer)> {
-        let url = format!("{}/webhooks/{}", self.base, segment(source));
-        let mut request = self
+        let connection = &self.connection;
+        let url = format!("{}/webhooks/{}", connection.base, segment(source));
+        let mut request = connection
             .client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -482,7 +525,7 @@ impl Api {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let (status, text) = self.send(request)?;
+        let (status, text) = self.runtime.block_on(connection.send(request))?;
         let value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status.as_u16(), Answer { text, value }))
     }

@@ -289,7 +289,14 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
         clock: Clock::system(),
         dispatch: DispatchConfig::from_config(&config),
     };
-    let server = match mechanics_server::start(listener, &config, parts).await {
+    // `/mcp`: the assistants' tools, calling this server's API with each caller's key.
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let bound = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    let mcp = crate::mcp::http_routes(bound, mcp_stop.clone())
+        .map_err(|failure| anyhow::anyhow!("cannot serve /mcp: {}", failure.message))?;
+    let server = match mechanics_server::start_with(listener, &config, parts, mcp).await {
         Ok(server) => server,
         Err(err) => {
             fleet.shutdown().await;
@@ -331,6 +338,7 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
             }
         }
     };
+    mcp_stop.cancel();
     tokio::select! {
         () = server.shutdown() => {}
         () = second => {

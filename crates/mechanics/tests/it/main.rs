@@ -5,7 +5,7 @@
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
 //! one PostgreSQL database (`cluster`); pausing, resuming and removing workers with work (`ops`);
 //! TypeScript workers, from `worker add` and `run` to the positions in their errors
-//! (`typescript`).
+//! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`).
 
 mod add_checks;
 mod answers;
@@ -13,6 +13,7 @@ mod cluster;
 mod edge;
 mod faults;
 mod fleet;
+mod mcp;
 mod ops;
 mod retries;
 mod serve;

@@ -1,0 +1,535 @@
+//! The MCP tools as an assistant uses them: rmcp's own client against `mechanics mcp` (a child
+//! process on stdio) and against `/mcp` on a real `mechanics serve`, with real scoped keys; and
+//! the stdio server driven by hand, one JSON-RPC line at a time.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ResourceContents,
+};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::{
+    StreamableHttpClientTransport, TokioChildProcess,
+    streamable_http_client::StreamableHttpClientTransportConfig,
+};
+use serde_json::{Value, json};
+
+use crate::support::{Coordinator, command};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const ADMIN_KEY: &str = "mcp-admin-key";
+
+/// The tools that change something: a read-only listing has none of them.
+const CHANGING: &[&str] = &[
+    "submit_task",
+    "retry_task",
+    "cancel_task",
+    "reset_node",
+    "add_worker",
+];
+
+type Client = RunningService<RoleClient, ()>;
+
+/// A server with the hello worker and keys of every scope: (server, read key, operate key).
+fn server_with_keys(dir: &std::path::Path) -> (Coordinator, String, String) {
+    let server = Coordinator::start(dir, &["--api-key", ADMIN_KEY], &[]);
+    server.ok(&[
+        "worker",
+        "add",
+        "-f",
+        &format!("{REPO}/examples/hello-worker/worker.yml"),
+    ]);
+    let secret = |name: &str, scope: &str| {
+        let created = server.json(&["key", "create", name, "--scope", scope]);
+        created["secret"].as_str().expect("a secret").to_owned()
+    };
+    let read = secret("assistant-read", "read");
+    let operate = secret("assistant-operate", "operate");
+    (server, read, operate)
+}
+
+async fn http_client(server: &Coordinator, key: &str) -> Client {
+    // reqwest is built without a default TLS provider (plain HTTP needs none, its builder does).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
+        .auth_header(key);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("the MCP session starts")
+}
+
+async fn stdio_client(server: &Coordinator, key: &str, extra: &[&str]) -> Client {
+    let mut cmd = tokio::process::Command::from(command(&server.home));
+    cmd.env("MECHANICS_SERVER", &server.url)
+        .env("MECHANICS_API_KEY", key)
+        .arg("mcp")
+        .args(extra);
+    let transport = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mechanics mcp starts")
+        .0;
+    ().serve(transport).await.expect("the MCP session starts")
+}
+
+async fn tool_names(client: &Client) -> BTreeSet<String> {
+    client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|tool| tool.name.into_owned())
+        .collect()
+}
+
+async fn call(client: &Client, name: &'static str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name).with_arguments(args))
+        .await
+        .unwrap_or_else(|err| panic!("{name} is answered, not a protocol failure: {err}"))
+}
+
+/// The text of a resource.
+async fn read_resource(client: &Client, uri: &str) -> Result<String, rmcp::ServiceError> {
+    let result = client
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await?;
+    Ok(match &result.contents[0] {
+        ResourceContents::TextResourceContents { text, .. } => text.clone(),
+        other => panic!("{other:?}"),
+    })
+}
+
+/// The text of a result's first block.
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .first()
+        .and_then(|block| block.as_text())
+        .map(|text| text.text.clone())
+        .unwrap_or_default()
+}
+
+fn failed(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+}
+
+/// `submit_task` with a wait on the hello worker returns the greeting, and `get_task` shows the
+/// same task.
+async fn submit_and_get(client: &Client) {
+    let submitted = call(
+        client,
+        "submit_task",
+        json!({ "worker": "hello", "payload": { "name": "Ada" }, "wait_seconds": 60 }),
+    )
+    .await;
+    assert!(!failed(&submitted), "{}", text(&submitted));
+    assert!(
+        text(&submitted).contains("completed"),
+        "{}",
+        text(&submitted)
+    );
+    let task = submitted.structured_content.expect("structured content");
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(task["result"]["greeting"], "Hello, Ada!");
+
+    let shown = call(client, "get_task", json!({ "id": task["id"] })).await;
+    assert!(!failed(&shown), "{}", text(&shown));
+    let shown = shown.structured_content.expect("structured content");
+    assert_eq!(shown["id"], task["id"]);
+    assert_eq!(shown["result"]["greeting"], "Hello, Ada!");
+}
+
+/// Bad input is a tool error naming what is wrong, never a protocol failure.
+async fn bad_input_is_a_tool_error(client: &Client) {
+    let wrong_type = call(
+        client,
+        "submit_task",
+        json!({ "worker": "hello", "wait_seconds": "soon" }),
+    )
+    .await;
+    assert!(failed(&wrong_type));
+    assert!(
+        text(&wrong_type).contains("wait_seconds"),
+        "{}",
+        text(&wrong_type)
+    );
+
+    let too_long = call(
+        client,
+        "submit_task",
+        json!({ "worker": "hello", "wait_seconds": 61 }),
+    )
+    .await;
+    assert!(failed(&too_long) && text(&too_long).contains("at most 60"));
+
+    let unknown_worker = call(client, "submit_task", json!({ "worker": "nobody" })).await;
+    assert!(failed(&unknown_worker));
+    assert!(
+        text(&unknown_worker).contains("nobody"),
+        "{}",
+        text(&unknown_worker)
+    );
+
+    let unknown_task = call(client, "get_task", json!({ "id": 987_654 })).await;
+    assert!(failed(&unknown_task));
+    assert!(
+        text(&unknown_task).contains("987654"),
+        "{}",
+        text(&unknown_task)
+    );
+
+    let unknown_field = call(client, "list_workers", json!({ "verbose": true })).await;
+    assert!(failed(&unknown_field) && text(&unknown_field).contains("verbose"));
+
+    let unknown_tool = call(client, "drop_database", json!({})).await;
+    assert!(failed(&unknown_tool));
+    assert!(text(&unknown_tool).contains("drop_database"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tools_follow_the_keys_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, read, operate) = server_with_keys(dir.path());
+
+    // A read key sees no tool that changes anything, and calling one names the scope needed.
+    let reader = http_client(&server, &read).await;
+    let names = tool_names(&reader).await;
+    for tool in [
+        "list_workers",
+        "get_worker",
+        "get_task",
+        "list_tasks",
+        "query_logs",
+    ] {
+        assert!(names.contains(tool), "{tool} in {names:?}");
+    }
+    for tool in CHANGING.iter().chain(&["test_module"]) {
+        assert!(!names.contains(*tool), "{tool} in {names:?}");
+    }
+    let refused = call(&reader, "submit_task", json!({ "worker": "hello" })).await;
+    assert!(failed(&refused));
+    assert!(
+        text(&refused).contains("needs the `operate` scope"),
+        "{}",
+        text(&refused)
+    );
+    let workers = call(&reader, "list_workers", json!({})).await;
+    assert!(!failed(&workers), "{}", text(&workers));
+    let workers_text = workers.clone();
+    let workers = workers.structured_content.expect("structured content");
+    assert_eq!(workers["workers"][0]["spec"]["name"], "hello");
+    assert!(text(&workers_text).contains("hello"));
+    let worker = call(&reader, "get_worker", json!({ "name": "hello" })).await;
+    let worker = worker.structured_content.expect("structured content");
+    assert!(
+        worker["module_source"]
+            .as_str()
+            .is_some_and(|source| source.contains("Hello, ")),
+        "{worker}"
+    );
+    reader.cancel().await.unwrap();
+
+    // An operate key acts on tasks but does not add workers.
+    let operator = http_client(&server, &operate).await;
+    let names = tool_names(&operator).await;
+    assert!(names.contains("submit_task") && names.contains("cancel_task"));
+    assert!(!names.contains("add_worker"), "{names:?}");
+    submit_and_get(&operator).await;
+    bad_input_is_a_tool_error(&operator).await;
+    let refused = call(&operator, "add_worker", json!({ "yaml": "name: x" })).await;
+    assert!(
+        text(&refused).contains("needs the `admin` scope"),
+        "{}",
+        text(&refused)
+    );
+    operator.cancel().await.unwrap();
+
+    // The admin key sees every tool.
+    let admin = http_client(&server, ADMIN_KEY).await;
+    let names = tool_names(&admin).await;
+    for tool in CHANGING {
+        assert!(names.contains(*tool), "{tool} in {names:?}");
+    }
+    admin.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": { "name": "test", "version": "1" }
+        }
+    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |host: Option<&str>, key: Option<&str>| {
+        let mut request = client
+            .post(format!("{}/mcp", server.url))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.to_string());
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    let no_key = post(None, None).await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    let wrong_key = post(None, Some("not-a-key")).await.unwrap();
+    assert_eq!(wrong_key.status(), 401);
+    // A page on another site that rebinds its name to 127.0.0.1 sends its own Host.
+    let rebound = post(Some("attacker.example"), Some(ADMIN_KEY))
+        .await
+        .unwrap();
+    assert!(rebound.status().is_client_error(), "{}", rebound.status());
+    let fine = post(None, Some(ADMIN_KEY)).await.unwrap();
+    assert!(fine.status().is_success(), "{}", fine.status());
+    let answer = fine.text().await.unwrap();
+    assert!(answer.contains("\"mechanics\""), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_tools_read_only_and_with_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, read, operate) = server_with_keys(dir.path());
+
+    // --read-only hides every changing tool, whatever the key may do.
+    let client = stdio_client(&server, ADMIN_KEY, &["--read-only"]).await;
+    let names = tool_names(&client).await;
+    assert!(names.contains("list_workers") && names.contains("test_module"));
+    for tool in CHANGING {
+        assert!(!names.contains(*tool), "{tool} in {names:?}");
+    }
+    let refused = call(&client, "cancel_task", json!({ "id": 1 })).await;
+    assert!(failed(&refused) && text(&refused).contains("--read-only"));
+    client.cancel().await.unwrap();
+
+    // Over stdio the server decides: a read key's change is refused, naming the scope.
+    let client = stdio_client(&server, &read, &[]).await;
+    let refused = call(&client, "submit_task", json!({ "worker": "hello" })).await;
+    assert!(failed(&refused));
+    assert!(
+        text(&refused).contains("`operate` scope"),
+        "{}",
+        text(&refused)
+    );
+    client.cancel().await.unwrap();
+
+    let client = stdio_client(&server, &operate, &[]).await;
+    submit_and_get(&client).await;
+    bad_input_is_a_tool_error(&client).await;
+    let page = call(
+        &client,
+        "list_tasks",
+        json!({ "worker": "hello", "limit": 1 }),
+    )
+    .await;
+    let page = page.structured_content.expect("structured content");
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+    let logs = call(
+        &client,
+        "query_logs",
+        json!({ "worker": "hello", "limit": 5 }),
+    )
+    .await;
+    assert!(!failed(&logs), "{}", text(&logs));
+    let bad_limit = call(&client, "list_tasks", json!({ "limit": 0 })).await;
+    assert!(failed(&bad_limit) && text(&bad_limit).contains("limit"));
+
+    // Resources: the types to write a worker against, and the pipeline's records by URI.
+    let types = client.list_all_resources().await.unwrap();
+    assert!(
+        types
+            .iter()
+            .any(|r| r.uri == "mechanics://types/mechanics-endpoint.d.ts"),
+        "{types:?}"
+    );
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert_eq!(templates.len(), 3, "{templates:?}");
+    let endpoint = read_resource(&client, "mechanics://types/mechanics-endpoint.d.ts")
+        .await
+        .unwrap();
+    assert!(
+        endpoint.contains("declare module \"mechanics:endpoint\""),
+        "{endpoint}"
+    );
+    let worker: Value = serde_json::from_str(
+        &read_resource(&client, "mechanics://workers/hello")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(worker["spec"]["name"], "hello");
+    let missing = read_resource(&client, "mechanics://tasks/987654")
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("987654"), "{missing}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_module_runs_in_the_sandbox_and_contains_a_hostile_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let client = stdio_client(&server, ADMIN_KEY, &["--read-only"]).await;
+
+    let typed = call(
+        &client,
+        "test_module",
+        json!({
+            "source": "export default (n: number): number => { console.log('got', n); return n * 2 }",
+            "arg": 21,
+            "language": "ts",
+        }),
+    )
+    .await;
+    assert!(!failed(&typed), "{}", text(&typed));
+    let typed = typed.structured_content.expect("structured content");
+    assert_eq!(typed["result"], 42);
+    assert_eq!(typed["console"][0]["message"], "got 21");
+
+    // The default limits stop a script that spins forever (10 s of execution time).
+    let started = Instant::now();
+    let spin = call(
+        &client,
+        "test_module",
+        json!({ "source": "export default () => { while (true) {} }" }),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(failed(&spin));
+    let spin = spin.structured_content.expect("structured content");
+    assert_eq!(spin["error"]["kind"], "limit_exceeded", "{spin}");
+    client.cancel().await.unwrap();
+}
+
+/// An assistant's client, by hand: JSON-RPC lines on the child's stdin and stdout.
+#[test]
+fn stdio_server_speaks_json_rpc_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, read, _) = server_with_keys(dir.path());
+    let mut child = command(&server.home)
+        .env("MECHANICS_SERVER", &server.url)
+        .env("MECHANICS_API_KEY", &read)
+        .arg("mcp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut send = |message: Value| {
+        writeln!(stdin, "{message}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut receive = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|err| panic!("{err}: {line:?}"))
+    };
+    send(json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": { "name": "by-hand", "version": "1" }
+        }
+    }));
+    let initialized = receive();
+    assert_eq!(initialized["id"], 1);
+    assert_eq!(initialized["result"]["serverInfo"]["name"], "mechanics");
+    assert!(initialized["result"]["capabilities"]["tools"].is_object());
+    send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    send(json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "list_workers", "arguments": {} }
+    }));
+    let listed = receive();
+    assert_eq!(listed["id"], 2);
+    assert_eq!(listed["result"]["isError"], false, "{listed}");
+    assert_eq!(
+        listed["result"]["structuredContent"]["workers"][0]["spec"]["name"],
+        "hello"
+    );
+    send(json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": "get_task", "arguments": { "id": "three" } }
+    }));
+    let bad = receive();
+    assert_eq!(bad["id"], 3);
+    assert_eq!(bad["result"]["isError"], true, "{bad}");
+    drop(stdin);
+    // Closing stdin ends the session and the process.
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tools_over_http_and_their_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let admin = http_client(&server, ADMIN_KEY).await;
+
+    // add_worker: a spec and its module, then a task on it.
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: echo\nkind: js\nmodule: ./echo.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default ({ payload }) => payload",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    assert!(text(&added).contains("echo"), "{}", text(&added));
+    let echoed = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "echo", "payload": { "n": 7 }, "wait_seconds": 60 }),
+    )
+    .await;
+    let echoed = echoed.structured_content.expect("structured content");
+    assert_eq!(echoed["result"], json!({ "n": 7 }), "{echoed}");
+    let bad_spec = call(
+        &admin,
+        "add_worker",
+        json!({ "yaml": "name: Bad Name\nkind: js\n" }),
+    )
+    .await;
+    assert!(failed(&bad_spec), "{}", text(&bad_spec));
+
+    // A completed task cannot be canceled or retried: the API's refusal, as a tool error.
+    let id = echoed["id"].clone();
+    for tool in ["cancel_task", "retry_task"] {
+        let refused = call(&admin, tool, json!({ "id": id })).await;
+        assert!(failed(&refused), "{tool}: {}", text(&refused));
+    }
+
+    let nodes = call(&admin, "list_nodes", json!({})).await;
+    assert!(!failed(&nodes), "{}", text(&nodes));
+    let nodes = nodes.structured_content.expect("structured content");
+    assert!(!nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+    let unknown_node = call(&admin, "reset_node", json!({ "name": "no-such-node" })).await;
+    assert!(failed(&unknown_node) && text(&unknown_node).contains("no-such-node"));
+
+    let events = call(&admin, "list_events", json!({ "limit": 10 })).await;
+    assert!(!failed(&events), "{}", text(&events));
+    let no_event = call(&admin, "get_event", json!({ "id": 424_242 })).await;
+    assert!(failed(&no_event) && text(&no_event).contains("424242"));
+    admin.cancel().await.unwrap();
+}
