@@ -204,7 +204,16 @@ pub struct WebhookAccepted {
 pub struct NodeView {
     /// Its name.
     pub name: String,
-    /// `running`, `backing_off`, `tripped`, `stopped`, ...
+    /// `local` (a node this server supervises), `remote` (a registered node on another
+    /// machine) or `process` (a process worker).
+    #[serde(default)]
+    pub kind: String,
+    /// A remote node's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Local nodes and process workers: `running`, `backing_off`, `tripped`, `stopped`, ...;
+    /// remote nodes: `healthy`, `unreachable`, `unauthorized`, `incompatible`, `tripped`
+    /// (`unchecked` until the first check).
     pub state: String,
     /// The crash-loop breaker: `closed`, `tripped` or `half_open`.
     pub breaker: String,
@@ -228,6 +237,15 @@ pub struct NodeView {
     /// file descriptors (EMFILE)"), while that lasts; such failures are not held against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_exhaustion: Option<String>,
+    /// Executor nodes: jobs sent to it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// Remote nodes: the median job time, in milliseconds, over its last jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// Remote nodes: why it is not healthy, or its last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// `GET /nodes`.

@@ -148,6 +148,11 @@ impl ProcessWorkers {
                 restarts: s.restarts,
                 last_exit: s.last_exit.map(|e| e.status),
                 resource_exhaustion: s.resource_exhaustion.map(|r| r.to_string()),
+                kind: "process".to_owned(),
+                url: None,
+                capacity: None,
+                p50_ms: None,
+                last_error: None,
                 name: s.name,
             })
             .collect()

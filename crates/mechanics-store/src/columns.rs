@@ -24,9 +24,16 @@ macro_rules! source_columns {
         "name, spec, revision, created_at, updated_at"
     };
 }
+macro_rules! node_columns {
+    () => {
+        "name, spec, revision, created_at, updated_at"
+    };
+}
 macro_rules! log_columns {
     () => {
         "id, trace_id, ts, action, outcome, event_id, task_id, worker, attempt, error, detail"
     };
 }
-pub(crate) use {event_columns, log_columns, source_columns, task_columns, worker_columns};
+pub(crate) use {
+    event_columns, log_columns, node_columns, source_columns, task_columns, worker_columns,
+};

@@ -174,8 +174,9 @@ enum NodeCommand {
     /// Prints `READY <addr>` on stdout once it listens (the supervisor's handshake; with port 0
     /// the address shows the port chosen). Every request but `GET /health` needs
     /// `Authorization: Bearer <token>`, the token coming from MECHANICS_NODE_TOKEN or
-    /// --token-file; without a token the node only listens on a loopback address. Stops on
-    /// SIGTERM or SIGINT after the jobs in flight finish.
+    /// --token-file; without a token the node only listens on a loopback address. On a
+    /// non-loopback address it serves over TLS (--tls-cert, --tls-key) unless
+    /// --insecure-plaintext is given. Stops on SIGTERM or SIGINT after the jobs in flight finish.
     Serve(ServeArgs),
 }
 
@@ -209,6 +210,16 @@ struct ServeArgs {
     /// Ask to be recycled once resident memory passes this many MiB.
     #[arg(long, value_name = "MIB")]
     recycle_memory_mb: Option<u64>,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plaintext HTTP on a non-loopback address (the token crosses the network in clear):
+    /// only for a network that is private by other means.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -444,6 +455,10 @@ fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
     config.memory_cap_bytes = args.memory_cap_mb.map(mib);
     config.recycle_after_jobs = args.recycle_after_jobs;
     config.recycle_rss_bytes = args.recycle_memory_mb.map(mib);
+    config.insecure_plaintext = args.insecure_plaintext;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(mechanics_node::server_tls(cert, key)?);
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)

@@ -947,22 +947,33 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     if list.nodes.is_empty() {
         return Ok("no nodes\n".to_owned());
     }
+    let dash = || "-".to_owned();
     let rows = list
         .nodes
         .iter()
         .map(|n| {
             vec![
                 n.name.clone(),
+                if n.kind.is_empty() {
+                    dash()
+                } else {
+                    n.kind.clone()
+                },
+                n.url
+                    .clone()
+                    .or_else(|| n.address.clone())
+                    .unwrap_or_else(dash),
                 n.state.clone(),
                 n.breaker.clone(),
-                n.address.clone().unwrap_or_else(|| "-".to_owned()),
                 n.in_flight.to_string(),
+                n.capacity.map_or_else(dash, |c| c.to_string()),
                 n.jobs.to_string(),
-                n.starts.to_string(),
+                n.p50_ms.map_or_else(dash, |ms| format!("{ms:.1}ms")),
                 n.deaths.to_string(),
-                n.last_exit
+                n.last_error
                     .as_deref()
-                    .map(|e| shorten(e, 40))
+                    .or(n.last_exit.as_deref())
+                    .map(|e| shorten(e, 60))
                     .unwrap_or_default(),
             ]
         })
@@ -970,14 +981,16 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     Ok(table(
         &[
             "NAME",
+            "KIND",
+            "URL",
             "STATE",
             "BREAKER",
-            "ADDRESS",
             "IN_FLIGHT",
+            "CAPACITY",
             "JOBS",
-            "STARTS",
+            "P50",
             "DEATHS",
-            "LAST_EXIT",
+            "LAST_ERROR",
         ],
         rows,
     ) + &shortages(&list))
@@ -1208,6 +1221,11 @@ mod tests {
             restarts: 0,
             last_exit: None,
             resource_exhaustion: short.map(str::to_owned),
+            kind: "local".to_owned(),
+            url: None,
+            capacity: Some(2),
+            p50_ms: None,
+            last_error: None,
         };
         let list = NodeList {
             nodes: vec![

@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
-    TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, NodeSpec, RemoteNode,
+    Source, SourceSpec, Task, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -47,7 +47,9 @@ use crate::{
     NewTask, NextDue, Page, Pruned, Store, StoreError, StoreResult, Take, TaskFilter, TokenRate,
     Tokens,
 };
-use rows::{event_columns, log_columns, source_columns, task_columns, worker_columns};
+use rows::{
+    event_columns, log_columns, node_columns, source_columns, task_columns, worker_columns,
+};
 
 /// The schema version this build of the PostgreSQL backend writes.
 pub const PG_SCHEMA_VERSION: i64 = schema::LATEST_VERSION;

@@ -195,6 +195,20 @@ const MIGRATIONS: &[&str] = &[
         expires_at   BIGINT
     );
     "#,
+    // 7: reserved for the migration of a branch developed alongside (the numbers are
+    // reconciled when both are merged); it changes nothing.
+    "",
+    // 8: remote executor nodes (the SQLite backend's version 9), shared by every coordinator on
+    // the database: the spec names where the node's token is, never the token.
+    r#"
+    CREATE TABLE remote_nodes (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        revision   BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -193,6 +193,20 @@ const MIGRATIONS: &[&str] = &[
         expires_at   INTEGER
     ) STRICT;
     "#,
+    // 8: reserved for the migration of a branch developed alongside (the numbers are
+    // reconciled when both are merged); it changes nothing.
+    "",
+    // 9: remote executor nodes, shared by every coordinator on the database: the spec names
+    // where the node's token is, never the token.
+    r#"
+    CREATE TABLE remote_nodes (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,          -- NodeSpec as JSON
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -37,6 +37,8 @@ macro_rules! conformance_suite {
             api_keys_are_created_once_listed_revoked_and_bump_the_version,
             invalid_api_keys_are_refused_and_change_nothing,
             api_key_use_is_recorded_without_moving_back_or_the_version,
+            remote_nodes_are_stored_by_reference_replaced_deleted_and_bump_the_version,
+            invalid_remote_nodes_are_refused_naming_the_field,
         );
     };
     (@tests $module:ident, $fresh:path; $($name:ident),* $(,)?) => {
