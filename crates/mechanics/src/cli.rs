@@ -157,10 +157,29 @@ enum WebhookCommand {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// List a running server's executor nodes and process workers: state, crash-loop breaker,
-    /// jobs, deaths.
+    /// List a running server's executor nodes, local and remote, and process workers: kind,
+    /// URL, state (remote nodes: healthy, unreachable, unauthorized, incompatible, tripped),
+    /// jobs in flight against capacity, jobs done, p50 job time, last error.
     #[command(after_help = client::EXIT_CODES_HELP)]
     List(ClientArgs),
+    /// Register a remote executor node (`mechanics node serve` on another machine), or update
+    /// the one of that name. The server reads its token from --token-env or --token-file and
+    /// contacts it first: a wrong token or another protocol version is refused.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Add {
+        #[command(flatten)]
+        node: crate::nodes::AddArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a remote executor node: it gets no new jobs; those on it finish.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Rm {
+        /// The remote node's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Re-arm the crash-loop breaker of a node (or process worker) so it is started again.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Reset {
@@ -270,6 +289,8 @@ pub fn main() -> ExitCode {
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
             NodeCommand::List(client) => finish(client::node_list(&client)),
+            NodeCommand::Add { node, client } => finish(crate::nodes::node_add(&client, &node)),
+            NodeCommand::Rm { name, client } => finish(crate::nodes::node_rm(&client, &name)),
             NodeCommand::Reset { name, client } => finish(client::node_reset(&client, &name)),
         },
         Command::Instance {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod events;
 pub mod keys;
 pub mod logs;
+pub mod nodes;
 pub mod serve;
 pub mod sources;
 pub mod webhook_send;

@@ -3,7 +3,8 @@
 //! CLI client (`serve`), and the coordinator killed and stopped under load (`faults`); hostile
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
-//! one PostgreSQL database (`cluster`); TypeScript workers, from `worker add` and `run` to the
+//! one PostgreSQL database (`cluster`); remote executor nodes over TLS, killed and restarted
+//! under load (`remote_nodes`); TypeScript workers, from `worker add` and `run` to the
 //! positions in their errors (`typescript`).
 
 mod answers;
@@ -11,6 +12,7 @@ mod cluster;
 mod edge;
 mod faults;
 mod fleet;
+mod remote_nodes;
 mod serve;
 mod support;
 mod typescript;
