@@ -484,12 +484,13 @@ impl Fleet {
         let inner = &self.inner;
         inner.remotes.replace(nodes, inner.config.remote_timeout);
         let timeout = inner.config.remote_timeout;
-        for remote in inner.remotes.all().iter().cloned() {
+        for remote in inner.remotes.all().iter() {
             if remote.info().state == crate::RemoteState::Unchecked {
-                let freed = self.clone();
+                let (remote, fleet) = (Arc::clone(remote), self.clone());
+                // Jobs waiting for a node look again once it is found healthy.
                 tokio::spawn(async move {
                     remote.check(timeout).await;
-                    freed.inner.freed.notify_waiters();
+                    fleet.inner.freed.notify_waiters();
                 });
             }
         }
@@ -824,7 +825,8 @@ async fn check_remotes(fleet: std::sync::Weak<Inner>) {
         drop(inner);
         let started = Instant::now();
         let mut checks = tokio::task::JoinSet::new();
-        for remote in remotes.iter().cloned() {
+        for remote in remotes.iter() {
+            let remote = Arc::clone(remote);
             checks.spawn(async move { remote.check(timeout).await });
         }
         let round = async { while checks.join_next().await.is_some() {} };
