@@ -179,11 +179,13 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A TCP stream that ends itself when its connection overstays: no request head in time, idle
-/// too long, or a response its client stopped reading. Also replaces hyper's own answers to
-/// malformed first requests (empty `400`, `414`, `431` bodies) with the JSON error shape.
-pub(crate) struct Watched {
-    stream: TcpStream,
+/// A connection's stream (TCP, or TLS over TCP: the plaintext side, so that the replacement
+/// below sees hyper's bytes) that ends itself when its connection overstays: no request head in
+/// time, idle too long, or a response its client stopped reading. Also replaces hyper's own
+/// answers to malformed first requests (empty `400`, `414`, `431` bodies) with the JSON error
+/// shape.
+pub(crate) struct Watched<S = TcpStream> {
+    stream: S,
     state: Arc<ConnState>,
     limits: EdgeLimits,
     read_timer: Pin<Box<Sleep>>,
@@ -193,8 +195,8 @@ pub(crate) struct Watched {
     replacement: Option<(Vec<u8>, usize)>,
 }
 
-impl Watched {
-    pub(crate) fn new(stream: TcpStream, state: Arc<ConnState>, limits: EdgeLimits) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
+    pub(crate) fn new(stream: S, state: Arc<ConnState>, limits: EdgeLimits) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -208,7 +210,7 @@ impl Watched {
     }
 
     /// The socket, once hyper is done with it.
-    pub(crate) fn into_stream(self) -> TcpStream {
+    pub(crate) fn into_stream(self) -> S {
         self.stream
     }
 
@@ -232,7 +234,7 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -265,7 +267,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

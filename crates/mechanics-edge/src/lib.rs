@@ -50,6 +50,30 @@ pub async fn serve(
     limits: EdgeLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, app, limits, None, shutdown).await;
+}
+
+/// [`serve`] over TLS: each connection first completes a TLS handshake under `tls` (within
+/// [`EdgeLimits::header_timeout`]; a client that fails it or is too slow is dropped), then is
+/// served and limited exactly as a plaintext one, on the decrypted stream.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: EdgeLimits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, app, limits, Some(acceptor), shutdown).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: EdgeLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let max = limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));
     let open = Arc::new(OpenConnections::default());
@@ -94,18 +118,21 @@ pub async fn serve(
         let mut abandon_rx = abandon_rx.clone();
         let state = ConnState::new();
         let registered = open.register(state.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let abandoned = async move {
                 let _ = abandon_rx.wait_for(|abandon| *abandon).await;
             };
+            let connection = Connection {
+                peer,
+                state,
+                app,
+                limits,
+                stop: stop_rx,
+                registered,
+            };
             tokio::select! {
-                done = serve_connection(stream, peer, state, app, limits, stop_rx) => {
-                    // A closing connection is no longer one to evict.
-                    drop(registered);
-                    if let Some(stream) = done {
-                        linger(stream).await;
-                    }
-                }
+                () = connection.serve(stream, tls) => {}
                 () = abandoned => {}
             }
             drop(slot);
@@ -133,16 +160,78 @@ const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for requests in progress (a body still arriving, a slow answer).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// One connection, until it closes or, after shutdown began, its last request is answered;
-/// the socket, when it is to be drained before it is closed ([`linger`]).
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection {
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+    app: Router,
+    limits: EdgeLimits,
+    stop: watch::Receiver<bool>,
+    /// Dropped once the connection is closing: it is then no longer one to evict.
+    registered: Registered,
+}
+
+impl Connection {
+    /// Serves the connection (after a TLS handshake, with `tls`), then drains it ([`linger`]).
+    async fn serve(self, stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            if let Some(stream) = self.http(stream).await {
+                linger(stream).await;
+            }
+            return;
+        };
+        let peer = self.peer;
+        let handshake =
+            tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not completed in time");
+                return;
+            }
+        };
+        if let Some(stream) = self.http(stream).await {
+            linger(stream).await;
+        }
+    }
+
+    /// HTTP on `stream` until it closes or, after shutdown began, its last request is answered;
+    /// the stream, when it is to be drained before it is closed ([`linger`]).
+    async fn http<S>(self, stream: S) -> Option<S>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            state,
+            app,
+            limits,
+            stop,
+            registered,
+        } = self;
+        let stream = serve_http(stream, peer, state, app, limits, stop).await;
+        drop(registered);
+        stream
+    }
+}
+
+/// One connection's HTTP, until it closes or, after shutdown began, its last request is
+/// answered; the stream, when it is to be drained before it is closed ([`linger`]).
+async fn serve_http<S>(
+    stream: S,
     peer: SocketAddr,
     state: Arc<ConnState>,
     app: Router,
     limits: EdgeLimits,
     mut stop: watch::Receiver<bool>,
-) -> Option<tokio::net::TcpStream> {
+) -> Option<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let evicted = state.clone();
     let io = TokioIo::new(Watched::new(stream, state.clone(), limits));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -271,7 +360,10 @@ const LINGER_BYTES: usize = 8 * 1024 * 1024;
 /// the answer is followed by a FIN, then what the client still sends is read and dropped for a
 /// little while. Closing at once with unread bytes would send a reset, and the client could
 /// lose the answer (a `413`, a `401`) it was meant to read.
-async fn linger(mut stream: tokio::net::TcpStream) {
+async fn linger<S>(mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if stream.shutdown().await.is_err() {
         return;

@@ -1,6 +1,7 @@
 //! How a node is set up.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mechanics_core::MechanicsPoolConfig;
@@ -30,6 +31,11 @@ pub struct NodeConfig {
     pub recycle_rss_bytes: Option<u64>,
     /// The `Retry-After` of a `503`, rounded up to whole seconds (default 1 s).
     pub retry_after: Duration,
+    /// Serve over TLS with this certificate and key (see [`server_tls`](crate::server_tls)).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Allow plaintext HTTP on a non-loopback address: the bearer token then crosses the network
+    /// in clear. Off by default; only for a network that is private by other means.
+    pub insecure_plaintext: bool,
 }
 
 impl NodeConfig {
@@ -47,16 +53,23 @@ impl NodeConfig {
             recycle_after_jobs: None,
             recycle_rss_bytes: None,
             retry_after: Duration::from_secs(1),
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 
-    /// Fails for an empty token, and for a non-loopback `addr` without a token: anyone who can
-    /// reach such a node could run code on it. [`serve`](crate::serve) checks this too; call it
-    /// before announcing an address.
+    /// Fails for an empty token, for a non-loopback `addr` without a token (anyone who can
+    /// reach such a node could run code on it), and for a non-loopback `addr` without TLS unless
+    /// `insecure_plaintext` (the token would cross the network in clear).
+    /// [`serve`](crate::serve) checks this too; call it before announcing an address.
     pub fn check_address(&self, addr: SocketAddr) -> Result<(), NodeError> {
+        let loopback = addr.ip().is_loopback();
         match self.token.as_deref() {
             Some("") => Err(NodeError::Config("the node token is empty".into())),
-            None if !addr.ip().is_loopback() => Err(NodeError::InsecureAddress(addr)),
+            None if !loopback => Err(NodeError::InsecureAddress(addr)),
+            _ if !loopback && self.tls.is_none() && !self.insecure_plaintext => {
+                Err(NodeError::PlaintextAddress(addr))
+            }
             _ => Ok(()),
         }
     }
@@ -80,6 +93,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("recycle_after_jobs", &self.recycle_after_jobs)
             .field("recycle_rss_bytes", &self.recycle_rss_bytes)
             .field("retry_after", &self.retry_after)
+            .field("tls", &self.tls.is_some())
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .finish()
     }
 }

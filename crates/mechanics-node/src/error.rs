@@ -14,6 +14,21 @@ pub enum NodeError {
          listen on a loopback address"
     )]
     InsecureAddress(SocketAddr),
+    /// A node on a non-loopback address serves over TLS unless told otherwise: its bearer token
+    /// would cross the network in clear.
+    #[error(
+        "refusing plaintext HTTP on {0}: give --tls-cert and --tls-key, or --insecure-plaintext \
+         if the network is private by other means"
+    )]
+    PlaintextAddress(SocketAddr),
+    /// A certificate, key or CA file could not be read or used; names the file's flag.
+    #[error("{field}: {message}")]
+    Tls {
+        /// The setting the file came from (`--tls-cert`, `--tls-key`, `ca_file`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The engine pool could not start.
     #[error("cannot start the engine pool: {0}")]
     Pool(#[from] mechanics_core::MechanicsError),

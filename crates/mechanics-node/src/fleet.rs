@@ -33,6 +33,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::NodeError;
+use crate::remote::{CallFailure, Remote, RemoteNodeConfig, RemoteNodeInfo, Remotes};
 
 /// A job that has killed this many node processes is failed as `sandbox_crashed`.
 const CRASHES_BEFORE_FAILING: u32 = 2;
@@ -85,6 +86,10 @@ pub struct FleetConfig {
     pub stop_timeout: Duration,
     /// Restart policy, health checks and crash-loop breaker of the nodes.
     pub supervisor: SupervisorConfig,
+    /// How often each remote node is checked (`GET /stats`) (default 1 s).
+    pub remote_check_interval: Duration,
+    /// How long a check of a remote node, or a connection to one, may take (default 2 s).
+    pub remote_timeout: Duration,
 }
 
 impl FleetConfig {
@@ -103,14 +108,13 @@ impl FleetConfig {
             ready_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(3),
             supervisor: SupervisorConfig::default(),
+            remote_check_interval: Duration::from_secs(1),
+            remote_timeout: Duration::from_secs(2),
         }
     }
 
     fn validate(&self) -> Result<(), NodeError> {
         let invalid = |message: &str| Err(NodeError::Config(message.into()));
-        if self.nodes == 0 {
-            return invalid("a fleet needs at least 1 node");
-        }
         if !(1..=1024).contains(&self.workers_per_node) {
             return invalid("`workers_per_node` must be between 1 and 1024");
         }
@@ -118,6 +122,9 @@ impl FleetConfig {
             return invalid(
                 "`memory_cap_mb`, `recycle_memory_mb` and `recycle_after_jobs` must be at least 1",
             );
+        }
+        if self.remote_check_interval.is_zero() || self.remote_timeout.is_zero() {
+            return invalid("`remote_check_interval` and `remote_timeout` must be above zero");
         }
         if self.stop_timeout >= self.supervisor.shutdown_timeout {
             return invalid("`stop_timeout` must be below the supervisor's shutdown timeout");
@@ -250,6 +257,8 @@ struct Inner {
     next: AtomicUsize,
     /// Warnings about calls that failed because this process is out of a resource.
     shortages: Mutex<ShortageLog>,
+    /// The remote nodes, as the registry last gave them.
+    remotes: Remotes,
 }
 
 struct Slot {
@@ -312,6 +321,7 @@ impl Fleet {
             }
         }
         tracing::info!(nodes = fleet.inner.slots.len(), "fleet ready");
+        tokio::spawn(check_remotes(Arc::downgrade(&fleet.inner)));
         Ok(fleet)
     }
 
@@ -335,6 +345,7 @@ impl Fleet {
                 freed: Notify::new(),
                 next: AtomicUsize::new(0),
                 shortages: Mutex::new(ShortageLog::new()),
+                remotes: Remotes::default(),
             }),
         }
     }
@@ -384,9 +395,29 @@ impl Fleet {
         loop {
             tries += 1;
             let lease = inner.acquire().await?;
-            let slot = &inner.slots[lease.slot];
+            let (index, address) = match &lease.target {
+                Target::Local { slot, address } => (*slot, address.clone()),
+                Target::Remote(remote) => {
+                    *node = Some(remote.config.name.clone());
+                    match inner
+                        .run_remote(remote, &request.job_id, &body, watchdog)
+                        .await
+                    {
+                        RemoteOutcome::Answered(answer) => return answer,
+                        RemoteOutcome::NotSent(_) if tries < CONNECT_TRIES => continue,
+                        RemoteOutcome::NotSent(message) => {
+                            return Err(FleetError::Transport {
+                                node: remote.config.name.clone(),
+                                message,
+                            });
+                        }
+                        RemoteOutcome::Failed(error) => return Err(error),
+                    }
+                }
+            };
+            let slot = &inner.slots[index];
             *node = Some(slot.name.clone());
-            let url = format!("http://{}{JOBS_PATH}", lease.address);
+            let url = format!("http://{address}{JOBS_PATH}");
             let call = async {
                 let response = inner
                     .client
@@ -416,21 +447,23 @@ impl Fleet {
                         request.job_id
                     );
                     tracing::warn!(node = %slot.name, %reason, "watchdog killing node");
-                    slot.mark_dead(&lease.address);
+                    slot.mark_dead(&address);
                     let _ = inner.supervisor.kill(&slot.name, &reason);
                     return Err(inner.crashed(&request.job_id, &slot.name, reason));
                 }
             };
             let (status, recycle, retry_after, bytes) = match outcome {
                 Ok(answer) => answer,
-                Err(err) => match inner.call_failed(&request.job_id, &lease, &err, tries) {
-                    Some(error) => return Err(error),
-                    None => continue,
-                },
+                Err(err) => {
+                    match inner.call_failed(&request.job_id, index, &address, &err, tries) {
+                        Some(error) => return Err(error),
+                        None => continue,
+                    }
+                }
             };
             slot.jobs.fetch_add(1, Ordering::Relaxed);
             if recycle {
-                self.recycle(lease.slot);
+                self.recycle(index);
             }
             drop(lease);
             return answer(status, retry_after, &bytes);
@@ -453,6 +486,43 @@ impl Fleet {
                 snapshot: inner.supervisor.snapshot(&slot.name),
             })
             .collect()
+    }
+
+    /// Jobs sent to one local node at once.
+    pub fn workers_per_node(&self) -> usize {
+        self.inner.config.workers_per_node
+    }
+
+    /// Every remote node as the fleet sees it, in registration order.
+    pub fn remote_nodes(&self) -> Vec<RemoteNodeInfo> {
+        self.inner.remotes.all().iter().map(|r| r.info()).collect()
+    }
+
+    /// Makes `nodes` the remote nodes jobs may go to (the registry's, with their tokens). A node
+    /// whose configuration is unchanged keeps its state and connections; a new or changed one
+    /// gets jobs once a check finds it healthy, which starts at once.
+    pub fn set_remote_nodes(&self, nodes: Vec<RemoteNodeConfig>) {
+        let inner = &self.inner;
+        inner.remotes.replace(nodes, inner.config.remote_timeout);
+        let timeout = inner.config.remote_timeout;
+        for remote in inner.remotes.all().iter() {
+            if remote.info().state == crate::RemoteState::Unchecked {
+                let (remote, fleet) = (Arc::clone(remote), self.clone());
+                // Jobs waiting for a node look again once it is found healthy.
+                tokio::spawn(async move {
+                    remote.check(timeout).await;
+                    fleet.inner.freed.notify_waiters();
+                });
+            }
+        }
+    }
+
+    /// Contacts the node `config` once, as its registration is checked, without adding it: its
+    /// state after one check (`healthy`, or why not in `last_error`).
+    pub async fn probe(&self, config: RemoteNodeConfig) -> RemoteNodeInfo {
+        let remote = Remote::new(config, self.inner.config.remote_timeout);
+        remote.check(self.inner.config.remote_timeout).await;
+        remote.info()
     }
 
     /// The supervisor of the nodes: for breaker resets and snapshots by name.
@@ -539,38 +609,102 @@ impl Inner {
         }
     }
 
+    /// Takes a slot on the least-loaded usable node, local or remote: the lowest share of its
+    /// capacity in flight, ties spread by a rotating start.
     fn try_acquire(&self) -> Option<Lease<'_>> {
-        let capacity = self.config.workers_per_node;
-        let count = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(usize, usize, String)> = None;
+        // (node, jobs in flight, capacity); `a/b < c/d` compared as `a*d < c*b`.
+        let mut best: Option<(Target, usize, usize)> = None;
+        let mut consider = |target: Target, load: usize, capacity: usize| {
+            let better = load < capacity
+                && best
+                    .as_ref()
+                    .is_none_or(|(_, l, c)| load * *c < *l * capacity);
+            if better {
+                best = Some((target, load, capacity));
+            }
+        };
+        let count = self.slots.len();
         for offset in 0..count {
             let index = (start + offset) % count;
             let slot = &self.slots[index];
             let load = slot.in_flight.load(Ordering::SeqCst);
-            if load >= capacity || best.as_ref().is_some_and(|(_, l, _)| *l <= load) {
+            let capacity = self.config.workers_per_node;
+            if load >= capacity {
                 continue;
             }
             if let Some(address) = self.usable_address(slot) {
-                best = Some((index, load, address));
+                let target = Target::Local {
+                    slot: index,
+                    address,
+                };
+                consider(target, load, capacity);
             }
         }
-        let (index, load, address) = best?;
-        let slot = &self.slots[index];
+        let remotes = self.remotes.all();
+        for offset in 0..remotes.len() {
+            let remote = &remotes[(start + offset) % remotes.len()];
+            if remote.is_usable() {
+                let load = remote.in_flight.load(Ordering::SeqCst);
+                consider(Target::Remote(remote.clone()), load, remote.capacity());
+            }
+        }
+        let (target, load, _) = best?;
+        let in_flight = match &target {
+            Target::Local { slot, .. } => &self.slots[*slot].in_flight,
+            Target::Remote(remote) => &remote.in_flight,
+        };
         // Another caller may have taken the slot meanwhile; then look again next time.
-        slot.in_flight
+        in_flight
             .compare_exchange(load, load + 1, Ordering::SeqCst, Ordering::SeqCst)
             .ok()?;
         let lease = Lease {
             inner: self,
-            slot: index,
-            address,
+            target,
         };
         // A recycle that started meanwhile waits for in_flight to reach zero; do not add to it.
-        if slot.draining.load(Ordering::SeqCst) {
+        if let Target::Local { slot, .. } = &lease.target
+            && self.slots[*slot].draining.load(Ordering::SeqCst)
+        {
             return None;
         }
         Some(lease)
+    }
+
+    /// Runs the job `body` on `remote`, bounded by `watchdog`: a remote node cannot be killed,
+    /// so an overrun is a transport failure of the call, and the node is checked again before
+    /// it gets another job.
+    async fn run_remote(
+        &self,
+        remote: &Remote,
+        job_id: &str,
+        body: &[u8],
+        watchdog: Duration,
+    ) -> RemoteOutcome {
+        let node = remote.config.name.clone();
+        let outcome = tokio::select! {
+            outcome = remote.call(JOBS_PATH, body.to_vec()) => outcome,
+            () = tokio::time::sleep(watchdog) => {
+                let reason = format!(
+                    "job {job_id} got no answer within its time limit plus grace ({watchdog:?})"
+                );
+                remote.transport_failed(&reason);
+                return RemoteOutcome::Failed(FleetError::Transport { node, message: reason });
+            }
+        };
+        match outcome {
+            Ok((status, retry_after, bytes)) => {
+                RemoteOutcome::Answered(answer(status, retry_after, &bytes))
+            }
+            Err(CallFailure::NotSent(message)) => {
+                tracing::debug!(node, %message, "job not delivered to a remote node");
+                RemoteOutcome::NotSent(message)
+            }
+            Err(CallFailure::Broken(message)) => {
+                tracing::warn!(%job_id, node, %message, "remote node failed with the job on it");
+                RemoteOutcome::Failed(FleetError::Transport { node, message })
+            }
+        }
     }
 
     /// The slot's address if it may get a job now: announced, not known dead, not draining, and
@@ -599,11 +733,12 @@ impl Inner {
     fn call_failed(
         &self,
         job_id: &str,
-        lease: &Lease<'_>,
+        index: usize,
+        address: &str,
         err: &reqwest::Error,
         tries: usize,
     ) -> Option<FleetError> {
-        let slot = &self.slots[lease.slot];
+        let slot = &self.slots[index];
         if let Some(resource) = resource_exhaustion(err) {
             // This process could not open or use a connection: the node is not at fault and
             // any other would fare no better. Overload makes the caller try again shortly
@@ -619,7 +754,7 @@ impl Inner {
                 retry_after: None,
             });
         }
-        slot.mark_dead(&lease.address);
+        slot.mark_dead(address);
         if err.is_connect() {
             // Never reached the node, so the job did not run: its instance is gone.
             return (tries >= CONNECT_TRIES).then(|| FleetError::Transport {
@@ -667,16 +802,63 @@ impl Inner {
 /// A taken slot on a node; gives it back when dropped.
 struct Lease<'a> {
     inner: &'a Inner,
-    slot: usize,
-    address: String,
+    target: Target,
+}
+
+/// The node a job goes to.
+enum Target {
+    /// The local node in `slots[slot]`, at its instance's `address`.
+    Local { slot: usize, address: String },
+    /// A remote node.
+    Remote(Arc<Remote>),
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.inner.slots[self.slot]
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst);
+        let in_flight = match &self.target {
+            Target::Local { slot, .. } => &self.inner.slots[*slot].in_flight,
+            Target::Remote(remote) => &remote.in_flight,
+        };
+        in_flight.fetch_sub(1, Ordering::SeqCst);
         self.inner.freed.notify_waiters();
+    }
+}
+
+/// How a job sent to a remote node ended.
+enum RemoteOutcome {
+    /// The node answered: the job's result or error.
+    Answered(Result<JobResponse, FleetError>),
+    /// The job never reached the node; another may run it.
+    NotSent(String),
+    /// The call failed with the job on it.
+    Failed(FleetError),
+}
+
+/// Checks every remote node every `remote_check_interval`, until the fleet is gone or shuts
+/// down. Checks run side by side, so a node that hangs delays no other's.
+async fn check_remotes(fleet: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = fleet.upgrade() else { return };
+        let stop = inner.shutdown.signal();
+        let interval = inner.config.remote_check_interval;
+        let timeout = inner.config.remote_timeout;
+        let remotes = inner.remotes.all();
+        drop(inner);
+        let started = Instant::now();
+        let mut checks = tokio::task::JoinSet::new();
+        for remote in remotes.iter() {
+            let remote = Arc::clone(remote);
+            checks.spawn(async move { remote.check(timeout).await });
+        }
+        let round = async { while checks.join_next().await.is_some() {} };
+        tokio::select! {
+            () = stop.requested() => return,
+            () = round => {}
+        }
+        tokio::select! {
+            () = stop.requested() => return,
+            () = tokio::time::sleep_until(started + interval) => {}
+        }
     }
 }
 

@@ -16,11 +16,15 @@ mod config;
 mod error;
 mod fleet;
 mod memory;
+mod remote;
 mod service;
+mod tls;
 
 pub use config::NodeConfig;
 pub use error::NodeError;
 pub use fleet::{Fleet, FleetConfig, FleetError, NodeInfo};
 pub use mechanics_runtime::{NodeSnapshot, ShutdownHandle, SupervisorConfig};
 pub use memory::resident_bytes;
+pub use remote::{RemoteNodeConfig, RemoteNodeInfo, RemoteState};
 pub use service::{job_of, serve};
+pub use tls::{client_tls, server_tls};

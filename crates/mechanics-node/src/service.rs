@@ -20,8 +20,8 @@ use mechanics_core::job::MechanicsJob;
 use mechanics_core::{ConsoleLevel, ConsoleLine, MechanicsError, MechanicsPool};
 use mechanics_proto::domain;
 use mechanics_proto::node::{
-    ErrorResponse, HEALTH_PATH, JOBS_PATH, JobRequest, JobResponse, NodeStats, RECYCLE_HEADER,
-    STATS_PATH,
+    ErrorResponse, HEALTH_PATH, JOBS_PATH, JobRequest, JobResponse, NodeStats, PROTOCOL_VERSION,
+    RECYCLE_HEADER, STATS_PATH,
 };
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
@@ -64,7 +64,8 @@ pub async fn serve(
         jobs_run: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
     });
-    tracing::info!(%addr, name = ?node.config.name, "node serving");
+    let tls = node.config.tls.clone();
+    tracing::info!(%addr, name = ?node.config.name, tls = tls.is_some(), "node serving");
     let guarded = Router::new()
         .route(JOBS_PATH, post(run_job))
         .route(STATS_PATH, get(stats))
@@ -74,7 +75,10 @@ pub async fn serve(
     // The coordinator is the only intended client, but the port may be reachable by others:
     // the edge keeps them from holding connections or descriptors.
     let limits = mechanics_edge::EdgeLimits::default().for_this_process();
-    mechanics_edge::serve(listener, router, limits, shutdown).await;
+    match tls {
+        Some(tls) => mechanics_edge::serve_tls(listener, router, limits, tls, shutdown).await,
+        None => mechanics_edge::serve(listener, router, limits, shutdown).await,
+    }
     tracing::info!(%addr, "node stopped");
     // Dropping the pool waits up to its shutdown timeout for running jobs: not on the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(pool)).await;
@@ -130,7 +134,9 @@ async fn stats(State(node): State<Arc<Node>>) -> Response {
         rss_bytes: node.monitor.rss(),
         memory_cap_bytes: node.config.memory_cap_bytes,
         recycle_due: node.recycle_due(),
+        capacity: pool.worker_count as u64,
         pool: serde_json::to_value(&pool).unwrap_or(Value::Null),
+        protocol: PROTOCOL_VERSION,
     };
     axum::Json(stats).into_response()
 }

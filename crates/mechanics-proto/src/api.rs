@@ -213,10 +213,16 @@ pub struct WebhookAccepted {
 pub struct NodeView {
     /// Its name.
     pub name: String,
-    /// What it is: an executor node running js jobs, or a process worker's program.
+    /// `local` (a node this server supervises), `remote` (a registered node on another
+    /// machine) or `process` (a process worker's program).
     #[serde(default)]
     pub kind: NodeKind,
-    /// `running`, `backing_off`, `tripped`, `stopped`, ...
+    /// A remote node's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Local nodes and process workers: `running`, `backing_off`, `tripped`, `stopped`, ...;
+    /// remote nodes: `healthy`, `unreachable`, `unauthorized`, `incompatible`, `tripped`
+    /// (`unchecked` until the first check).
     pub state: String,
     /// The crash-loop breaker: `closed`, `tripped` or `half_open`.
     pub breaker: String,
@@ -240,15 +246,26 @@ pub struct NodeView {
     /// file descriptors (EMFILE)"), while that lasts; such failures are not held against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_exhaustion: Option<String>,
+    /// Executor nodes: jobs sent to it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// Remote nodes: the median job time, in milliseconds, over its last jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// Remote nodes: why it is not healthy, or its last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What a [`NodeView`] is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
-    /// An executor node (`mechanics node serve`) running js jobs.
+    /// An executor node (`mechanics node serve`) this server supervises.
     #[default]
-    Executor,
+    Local,
+    /// A registered executor node on another machine (`mechanics node add`).
+    Remote,
     /// The program of a process worker.
     Process,
 }
@@ -257,7 +274,8 @@ impl NodeKind {
     /// The kind's name as the API writes it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Executor => "executor",
+            Self::Local => "local",
+            Self::Remote => "remote",
             Self::Process => "process",
         }
     }

@@ -7,7 +7,8 @@
 //! the `200` and the `422` bodies carry what the job wrote with `console` (`console: [...]`,
 //! left out when empty, so a peer of an older build reads them as before).
 //! `GET /health` is public and answers `200` while the node serves; `GET /stats` (token
-//! required) answers [`NodeStats`].
+//! required) answers [`NodeStats`], with the node's [`PROTOCOL_VERSION`] and capacity: a
+//! coordinator reads it on first contact and on every health check of a remote node.
 //!
 //! The job's `config` and `limits` stay JSON values here: this crate does not know the engine's
 //! types, and the node validates them so that a bad value is a `400` naming the field.
@@ -17,6 +18,9 @@ use serde_json::Value;
 
 use crate::domain::ConsoleLine;
 
+/// The version of this contract. A node reports it in `/stats`; a coordinator sends jobs only
+/// to a node that reports the version it speaks (a node without one is of an older build).
+pub const PROTOCOL_VERSION: u32 = 1;
 /// Path of the job endpoint.
 pub const JOBS_PATH: &str = "/v1/jobs";
 /// Path of the public liveness check.
@@ -140,6 +144,13 @@ pub struct NodeStats {
     pub recycle_due: bool,
     /// The engine pool's statistics (`MechanicsPoolStats` as JSON).
     pub pool: Value,
+    /// The node's [`PROTOCOL_VERSION`]; 0 from a node of a build before versioning.
+    #[serde(default)]
+    pub protocol: u32,
+    /// Jobs the node runs at once (its engine workers): how many a coordinator may send it at a
+    /// time unless the node's registration says otherwise. 0 when unknown.
+    #[serde(default)]
+    pub capacity: u64,
 }
 
 #[cfg(test)]

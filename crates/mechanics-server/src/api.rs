@@ -238,7 +238,8 @@ pub(crate) fn api_routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(show_task))
         .routes(routes!(retry_task))
         .routes(routes!(cancel_task))
-        .routes(routes!(list_nodes))
+        .routes(routes!(list_nodes, crate::nodes::add_node))
+        .routes(routes!(crate::nodes::delete_node))
         .routes(routes!(reset_node))
         .routes(routes!(crate::instances::list))
         .routes(routes!(crate::observe::list_logs))
@@ -861,7 +862,7 @@ async fn cancel_task(
     Ok(axum::Json(shown_task(&shared, task)))
 }
 
-#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes and process workers, with their breaker state", responses((status = 200, description = "Every node", body = NodeList)))]
+#[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes (local and remote) and process workers, with their state", responses((status = 200, description = "Every node", body = NodeList)))]
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {
     let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
     nodes.extend(shared.dispatcher.processes.views());

@@ -220,7 +220,8 @@ pub struct ServerConfig {
     pub db: Database,
     /// How long startup keeps trying to reach a PostgreSQL database before giving up.
     pub db_connect_timeout: Duration,
-    /// Local executor nodes to launch.
+    /// Local executor nodes to launch; 0 for a pure coordinator that sends js jobs only to
+    /// remote nodes.
     pub local_nodes: usize,
     /// The in-memory ready queue: claimed tasks waiting for a runner, at most `concurrency` of
     /// them, and the most claimed by one query (at most 64). Tasks wait in the database, which is
@@ -632,8 +633,14 @@ impl ServerConfig {
             key,
             message,
         };
+        // 0 local nodes makes a pure coordinator: js jobs go to remote nodes only.
+        if self.local_nodes > 256 {
+            return Err(invalid(
+                "local_nodes",
+                format!("must be between 0 and 256, got {}", self.local_nodes),
+            ));
+        }
         for (key, value, max) in [
-            ("local_nodes", self.local_nodes, 256),
             ("queue_size", self.queue_size, 1_000_000),
             ("concurrency", self.concurrency, 10_000),
             ("max_connections", self.max_connections, 1_000_000),

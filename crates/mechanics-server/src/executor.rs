@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mechanics_proto::api::NodeView;
-use mechanics_proto::domain::{ConsoleLine, TranspiledModule};
+use mechanics_proto::domain::{ConsoleLine, NodeSpec, TranspiledModule};
 use mechanics_proto::node::JobRequest;
 use serde_json::{Value, json};
 
@@ -103,6 +103,38 @@ pub trait JsExecutor: Send + Sync {
     fn nodes(&self) -> Vec<NodeView>;
     /// Re-arms the crash-loop breaker of node `name`; `false` if there is no such node.
     fn reset(&self, name: &str) -> bool;
+    /// Makes `nodes` the remote executor nodes jobs may also go to (the registry's, with their
+    /// tokens read). The default, for executors without nodes, ignores them.
+    fn set_remote_nodes(&self, nodes: Vec<RemoteNodeTarget>) {
+        let _ = nodes;
+    }
+    /// Contacts a node about to be registered, once: `Err` says why it cannot be used, naming
+    /// the field at fault (`ca_file`, `token_env`/`token_file` for a refused token, `url`). A
+    /// node that cannot be reached now is accepted: it is used once it can be. The default
+    /// accepts every node.
+    async fn check_remote_node(&self, node: &RemoteNodeTarget) -> Result<(), String> {
+        let _ = node;
+        Ok(())
+    }
+}
+
+/// A registered remote node with its token, as the server gives it to the [`JsExecutor`].
+#[derive(Clone)]
+pub struct RemoteNodeTarget {
+    /// The node's registration.
+    pub spec: NodeSpec,
+    /// Its bearer token, read from where the spec says.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RemoteNodeTarget {
+    // By hand so that the token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteNodeTarget")
+            .field("spec", &self.spec)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Calls http and process workers.

@@ -20,6 +20,7 @@ pub mod files;
 pub mod instances;
 pub mod keys;
 pub mod metrics;
+mod nodes;
 pub mod observe;
 pub mod openapi;
 mod pipeline;
@@ -44,7 +45,7 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 pub use config::ServerConfig;
 pub use dispatch::DispatchConfig;
-pub use executor::{AttemptOutput, JsExecutor, Outcome, ScriptRetry};
+pub use executor::{AttemptOutput, JsExecutor, Outcome, RemoteNodeTarget, ScriptRetry};
 pub use metrics::Metrics;
 pub use sources::read_webhook_secret;
 pub use trace_log::TraceLog;
@@ -254,6 +255,8 @@ pub async fn start_with(
         reconcile: Notify::new(),
         started_at: parts.clock.now_ms(),
     });
+    // The remote nodes are known before the first task is dispatched.
+    nodes::sync(&shared).await;
     // Listed before it serves: a client that reached this server finds it in the list.
     let instance = instances::this_instance(format!("http://{addr}"), shared.clock.now_ms());
     shared
@@ -397,6 +400,7 @@ async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             .cloned()
             .collect();
         shared.dispatcher.processes.reconcile(&workers).await;
+        nodes::sync(&shared).await;
     }
 }
 

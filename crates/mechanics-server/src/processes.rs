@@ -160,7 +160,6 @@ impl ProcessWorkers {
             .snapshots()
             .into_iter()
             .map(|s| NodeView {
-                kind: NodeKind::Process,
                 // Only a running program listens: a stopped or crash-looping one's port is not
                 // where anything answers.
                 address: running
@@ -176,6 +175,11 @@ impl ProcessWorkers {
                 restarts: s.restarts,
                 last_exit: s.last_exit.map(|e| e.status),
                 resource_exhaustion: s.resource_exhaustion.map(|r| r.to_string()),
+                kind: NodeKind::Process,
+                url: None,
+                capacity: None,
+                p50_ms: None,
+                last_error: None,
                 name: s.name,
             })
             .collect()

@@ -24,6 +24,11 @@ macro_rules! source_columns {
         "name, spec, revision, created_at, updated_at"
     };
 }
+macro_rules! node_columns {
+    () => {
+        "name, spec, revision, created_at, updated_at"
+    };
+}
 macro_rules! log_columns {
     () => {
         "id, trace_id, ts, action, outcome, event_id, task_id, worker, attempt, error, detail"
@@ -37,5 +42,6 @@ macro_rules! paused_excluded {
     };
 }
 pub(crate) use {
-    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,
+    worker_columns,
 };

@@ -32,8 +32,8 @@ use async_trait::async_trait;
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, EventState, LogEntry, LogOutcome, LogRecord,
-    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerKind,
-    WorkerSpec,
+    NodeSpec, RemoteNode, Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState,
+    TranspiledModule, Worker, WorkerKind, WorkerSpec,
 };
 use serde_json::Value;
 
@@ -91,6 +91,13 @@ pub trait Store: Send + Sync {
     async fn list_sources(&self) -> StoreResult<Vec<Source>>;
     /// Deletes the source (its events stay); false if there was none.
     async fn delete_source(&self, name: &str) -> StoreResult<bool>;
+    /// Adds or replaces the remote executor node `spec.name` (validated here) and moves the
+    /// registry version, so every coordinator on the database reloads its nodes.
+    async fn upsert_node(&self, spec: NodeSpec, now: i64) -> StoreResult<RemoteNode>;
+    /// Every remote executor node, by name.
+    async fn list_nodes(&self) -> StoreResult<Vec<RemoteNode>>;
+    /// Deletes the remote node `name` and moves the registry version; false if there was none.
+    async fn delete_node(&self, name: &str) -> StoreResult<bool>;
     /// A number that grows whenever a worker or source changes, read without a query: it covers
     /// this process's own writes at once, and another process's writes once
     /// [`refresh_registry_version`](Store::refresh_registry_version) has seen them. A server
@@ -413,6 +420,12 @@ pub(crate) fn check_fail_end(end: TaskState) -> StoreResult<()> {
 pub(crate) fn check_source(spec: &SourceSpec) -> StoreResult<()> {
     spec.validate()
         .map_err(|err| StoreError::InvalidInput(format!("source spec: {err}")))
+}
+
+/// The rules every backend applies to a remote node before storing it.
+pub(crate) fn check_node(spec: &NodeSpec) -> StoreResult<()> {
+    spec.validate()
+        .map_err(|err| StoreError::InvalidInput(format!("node spec: {err}")))
 }
 
 /// Longest API key name.

@@ -169,10 +169,29 @@ enum WebhookCommand {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// List a running server's executor nodes and process workers: state, crash-loop breaker,
-    /// jobs, deaths.
+    /// List a running server's executor nodes, local and remote, and process workers: kind,
+    /// URL, state (remote nodes: healthy, unreachable, unauthorized, incompatible, tripped),
+    /// jobs in flight against capacity, jobs done, p50 job time, last error.
     #[command(after_help = client::EXIT_CODES_HELP)]
     List(ClientArgs),
+    /// Register a remote executor node (`mechanics node serve` on another machine), or update
+    /// the one of that name. The server reads its token from --token-env or --token-file and
+    /// contacts it first: a wrong token or another protocol version is refused.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Add {
+        #[command(flatten)]
+        node: crate::nodes::AddArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a remote executor node: it gets no new jobs; those on it finish.
+    #[command(after_help = client::EXIT_CODES_HELP)]
+    Rm {
+        /// The remote node's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Re-arm the crash-loop breaker of a node (or process worker) so it is started again.
     #[command(after_help = client::EXIT_CODES_HELP)]
     Reset {
@@ -186,8 +205,9 @@ enum NodeCommand {
     /// Prints `READY <addr>` on stdout once it listens (the supervisor's handshake; with port 0
     /// the address shows the port chosen). Every request but `GET /health` needs
     /// `Authorization: Bearer <token>`, the token coming from MECHANICS_NODE_TOKEN or
-    /// --token-file; without a token the node only listens on a loopback address. Stops on
-    /// SIGTERM or SIGINT after the jobs in flight finish.
+    /// --token-file; without a token the node only listens on a loopback address. On a
+    /// non-loopback address it serves over TLS (--tls-cert, --tls-key) unless
+    /// --insecure-plaintext is given. Stops on SIGTERM or SIGINT after the jobs in flight finish.
     Serve(ServeArgs),
 }
 
@@ -221,6 +241,16 @@ struct ServeArgs {
     /// Ask to be recycled once resident memory passes this many MiB.
     #[arg(long, value_name = "MIB")]
     recycle_memory_mb: Option<u64>,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plaintext HTTP on a non-loopback address (the token crosses the network in clear):
+    /// only for a network that is private by other means.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -288,6 +318,12 @@ pub fn main() -> ExitCode {
         Command::Node { command } => match command {
             NodeCommand::Serve(args) => node_serve(&args),
             NodeCommand::List(client) => finish(client::node_list(&client), client.json),
+            NodeCommand::Add { node, client } => {
+                finish(crate::nodes::node_add(&client, &node), client.json)
+            }
+            NodeCommand::Rm { name, client } => {
+                finish(crate::nodes::node_rm(&client, &name), client.json)
+            }
             NodeCommand::Reset { name, client } => {
                 finish(client::node_reset(&client, &name), client.json)
             }
@@ -497,6 +533,10 @@ fn serve_node(args: &ServeArgs) -> anyhow::Result<()> {
     config.memory_cap_bytes = args.memory_cap_mb.map(mib);
     config.recycle_after_jobs = args.recycle_after_jobs;
     config.recycle_rss_bytes = args.recycle_memory_mb.map(mib);
+    config.insecure_plaintext = args.insecure_plaintext;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(mechanics_node::server_tls(cert, key)?);
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)

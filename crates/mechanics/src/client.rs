@@ -1076,6 +1076,7 @@ fn nodes_table(answer: &Answer) -> Result<String> {
     if list.nodes.is_empty() {
         return Ok("no nodes\n".to_owned());
     }
+    let dash = || "-".to_owned();
     let rows = list
         .nodes
         .iter()
@@ -1083,16 +1084,21 @@ fn nodes_table(answer: &Answer) -> Result<String> {
             vec![
                 n.name.clone(),
                 n.kind.as_str().to_owned(),
+                n.url
+                    .clone()
+                    .or_else(|| n.address.clone())
+                    .unwrap_or_else(dash),
                 n.state.clone(),
                 n.breaker.clone(),
-                n.address.clone().unwrap_or_else(|| "-".to_owned()),
                 n.in_flight.to_string(),
+                n.capacity.map_or_else(dash, |c| c.to_string()),
                 n.jobs.to_string(),
-                n.starts.to_string(),
+                n.p50_ms.map_or_else(dash, |ms| format!("{ms:.1}ms")),
                 n.deaths.to_string(),
-                n.last_exit
+                n.last_error
                     .as_deref()
-                    .map(|e| shorten(e, 40))
+                    .or(n.last_exit.as_deref())
+                    .map(|e| shorten(e, 60))
                     .unwrap_or_default(),
             ]
         })
@@ -1101,14 +1107,15 @@ fn nodes_table(answer: &Answer) -> Result<String> {
         &[
             "NAME",
             "KIND",
+            "URL",
             "STATE",
             "BREAKER",
-            "ADDRESS",
             "IN_FLIGHT",
+            "CAPACITY",
             "JOBS",
-            "STARTS",
+            "P50",
             "DEATHS",
-            "LAST_EXIT",
+            "LAST_ERROR",
         ],
         rows,
     ) + &shortages(&list))
@@ -1403,7 +1410,6 @@ mod tests {
     fn a_node_short_of_descriptors_gets_a_line_under_the_table() {
         let node = |name: &str, short: Option<&str>| mechanics_proto::api::NodeView {
             name: name.to_owned(),
-            kind: mechanics_proto::api::NodeKind::Executor,
             state: "running".to_owned(),
             breaker: "closed".to_owned(),
             address: None,
@@ -1414,6 +1420,11 @@ mod tests {
             restarts: 0,
             last_exit: None,
             resource_exhaustion: short.map(str::to_owned),
+            kind: mechanics_proto::api::NodeKind::Local,
+            url: None,
+            capacity: Some(2),
+            p50_ms: None,
+            last_error: None,
         };
         let list = NodeList {
             nodes: vec![

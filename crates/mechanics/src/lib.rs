@@ -9,6 +9,7 @@ pub mod events;
 pub mod keys;
 pub mod logs;
 pub mod mcp;
+pub mod nodes;
 pub mod serve;
 pub mod sources;
 pub mod webhook_send;

@@ -13,15 +13,18 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits};
 use mechanics_core::{javascript, typescript};
-use mechanics_node::{Fleet, FleetConfig, FleetError, NodeInfo, ShutdownHandle};
+use mechanics_node::{
+    Fleet, FleetConfig, FleetError, NodeInfo, RemoteNodeConfig, RemoteNodeInfo, RemoteState,
+    ShutdownHandle,
+};
 use mechanics_proto::api::{NodeKind, NodeView};
 use mechanics_proto::domain::{HumanDuration, TranspiledModule};
 use mechanics_proto::node::{JobRequest, JobResponse};
 use mechanics_runtime::{Supervisor, SupervisorConfig};
 use mechanics_server::config::{self, ConfigLayer, ConfigSource, Database, LogFormat};
 use mechanics_server::{
-    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, ScriptRetry, ServerConfig,
-    ServerParts,
+    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, RemoteNodeTarget, ScriptRetry,
+    ServerConfig, ServerParts,
 };
 use mechanics_store::{PgStore, SqliteStore, Store};
 use serde_json::Value;
@@ -521,11 +524,43 @@ impl JsExecutor for FleetExecutor {
     }
 
     fn nodes(&self) -> Vec<NodeView> {
-        self.fleet.nodes().into_iter().map(node_view).collect()
+        let capacity = self.fleet.workers_per_node();
+        let local = self
+            .fleet
+            .nodes()
+            .into_iter()
+            .map(|n| node_view(n, capacity));
+        let remote = self.fleet.remote_nodes().into_iter().map(remote_view);
+        local.chain(remote).collect()
     }
 
     fn reset(&self, name: &str) -> bool {
         self.fleet.supervisor().reset_breaker(name).is_ok()
+    }
+
+    fn set_remote_nodes(&self, nodes: Vec<RemoteNodeTarget>) {
+        self.fleet
+            .set_remote_nodes(nodes.iter().map(remote_config).collect());
+    }
+
+    async fn check_remote_node(&self, node: &RemoteNodeTarget) -> Result<(), String> {
+        let token_field = if node.spec.token_env.is_some() {
+            "token_env"
+        } else {
+            "token_file"
+        };
+        if let Some(ca_file) = &node.spec.ca_file {
+            mechanics_node::client_tls(std::path::Path::new(ca_file), "ca_file")
+                .map_err(|err| err.to_string())?;
+        }
+        let info = self.fleet.probe(remote_config(node)).await;
+        let why = info.last_error.unwrap_or_default();
+        match info.state {
+            RemoteState::Unauthorized => Err(format!("{token_field}: {why}")),
+            RemoteState::Incompatible => Err(format!("url: {why}")),
+            // Healthy, or down for now: it is used once a check finds it healthy.
+            _ => Ok(()),
+        }
     }
 }
 
@@ -568,8 +603,8 @@ fn prefixed(field: &str, message: &str) -> String {
     }
 }
 
-/// A fleet node as the API shows it.
-fn node_view(info: NodeInfo) -> NodeView {
+/// A local fleet node as the API shows it.
+fn node_view(info: NodeInfo, capacity: usize) -> NodeView {
     let snapshot = info.snapshot.as_ref();
     let state = match snapshot {
         Some(_) if info.draining => "draining".to_owned(),
@@ -577,7 +612,6 @@ fn node_view(info: NodeInfo) -> NodeView {
         None => "unknown".to_owned(),
     };
     NodeView {
-        kind: NodeKind::Executor,
         state,
         breaker: snapshot.map_or_else(|| "closed".to_owned(), |s| s.breaker.as_str().to_owned()),
         address: info.address,
@@ -590,8 +624,45 @@ fn node_view(info: NodeInfo) -> NodeView {
         resource_exhaustion: snapshot
             .and_then(|s| s.resource_exhaustion)
             .map(|r| r.to_string()),
+        kind: NodeKind::Local,
+        url: None,
+        capacity: Some(capacity as u64),
+        p50_ms: None,
+        last_error: None,
         name: info.name,
     }
+}
+
+/// A remote node as the API shows it; its breaker is `tripped` while its state is.
+fn remote_view(info: RemoteNodeInfo) -> NodeView {
+    let tripped = info.state == RemoteState::Tripped;
+    NodeView {
+        name: info.name,
+        kind: NodeKind::Remote,
+        url: Some(info.url),
+        state: info.state.as_str().to_owned(),
+        breaker: if tripped { "tripped" } else { "closed" }.to_owned(),
+        address: None,
+        in_flight: info.in_flight as u64,
+        jobs: info.jobs,
+        starts: 0,
+        deaths: info.transport_failures,
+        restarts: 0,
+        last_exit: None,
+        resource_exhaustion: None,
+        capacity: Some(info.capacity as u64),
+        p50_ms: info.p50.map(|d| d.as_secs_f64() * 1000.0),
+        last_error: info.last_error,
+    }
+}
+
+/// The fleet's view of a registered node: its URL, token, CA file and capacity.
+fn remote_config(node: &RemoteNodeTarget) -> RemoteNodeConfig {
+    let spec = &node.spec;
+    let mut config = RemoteNodeConfig::new(&spec.name, &spec.url, &node.token);
+    config.ca_file = spec.ca_file.as_ref().map(PathBuf::from);
+    config.capacity = spec.capacity.map(|c| c as usize);
+    config
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod console;
 mod duration;
 mod policy;
 mod queue;
+mod remote_node;
 mod source;
 mod worker;
 
@@ -19,6 +20,7 @@ pub use queue::{
     AttemptOutcome, Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task,
     TaskAttempt, TaskId, TaskState, UnknownState,
 };
+pub use remote_node::{MAX_NODE_CAPACITY, NodeSpec, RemoteNode};
 pub use source::{Source, SourceKind, SourceSpec};
 pub use worker::{
     CronTrigger, RateLimitSpec, RestartPolicyName, RestartSpec, RetrySpec, TranspiledModule,

@@ -85,7 +85,9 @@ impl SourceSpec {
     }
 }
 
-fn check_reference(
+/// Checks a secret reference pair `{what}_env` / `{what}_file`: at most one (exactly one when
+/// `required`), a valid variable name or a non-empty path.
+pub(super) fn check_reference(
     what: &str,
     env: &Option<String>,
     file: &Option<String>,
@@ -98,7 +100,7 @@ fn check_reference(
         )),
         (None, None) if required => Err(SpecError::new(
             format!("{what}_env"),
-            format!("required (or {what}_file): the source's {what} is read from it"),
+            format!("required (or {what}_file): the {what} is read from it"),
         )),
         (Some(name), None) => validate_env_name(&format!("{what}_env"), name),
         (None, Some(path)) if path.is_empty() => {

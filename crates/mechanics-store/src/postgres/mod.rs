@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
-    TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, NodeSpec, RemoteNode,
+    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -48,7 +48,8 @@ use crate::{
     Tokens,
 };
 use rows::{
-    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,
+    worker_columns,
 };
 
 /// The schema version this build of the PostgreSQL backend writes.

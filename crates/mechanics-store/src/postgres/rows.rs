@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
-    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TaskAttempt, TranspiledModule, Worker,
+    ConsoleLine, Event, LogEntry, LogRecord, RemoteNode, Source, Task, TaskAttempt,
+    TranspiledModule, Worker,
 };
 use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
@@ -13,7 +14,8 @@ use tokio_postgres::Row;
 use crate::{StoreError, StoreResult};
 
 pub(super) use crate::columns::{
-    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,
+    worker_columns,
 };
 
 fn corrupt(column: &str, err: impl std::fmt::Display) -> StoreError {
@@ -109,6 +111,15 @@ pub(super) fn worker(row: &Row) -> StoreResult<Worker> {
 
 pub(super) fn source(row: &Row) -> StoreResult<Source> {
     Ok(Source {
+        spec: json(row, 1)?,
+        revision: row.get(2),
+        created_at: row.get(3),
+        updated_at: row.get(4),
+    })
+}
+
+pub(super) fn remote_node(row: &Row) -> StoreResult<RemoteNode> {
+    Ok(RemoteNode {
         spec: json(row, 1)?,
         revision: row.get(2),
         created_at: row.get(3),

@@ -214,6 +214,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (task_id, claim)
     );
     "#,
+    // 8: remote executor nodes (the SQLite backend's version 9), shared by every coordinator on
+    // the database: the spec names where the node's token is, never the token.
+    r#"
+    CREATE TABLE remote_nodes (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        revision   BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -568,6 +568,46 @@ impl Store for PgStore {
             .await
     }
 
+    async fn upsert_node(&self, spec: NodeSpec, now: i64) -> StoreResult<RemoteNode> {
+        crate::check_node(&spec)?;
+        let spec_json = to_json(&spec)?;
+        self.upsert_registry(
+            concat!(
+                "INSERT INTO remote_nodes (name, spec, revision, created_at, updated_at) ",
+                "VALUES ($1, $2, 1, $3, $3) ON CONFLICT (name) DO UPDATE SET ",
+                "spec = excluded.spec, revision = remote_nodes.revision + 1, ",
+                "updated_at = excluded.updated_at RETURNING ",
+                node_columns!()
+            ),
+            &[&spec.name, &spec_json, &now],
+            rows::remote_node,
+            "storing a remote node",
+        )
+        .await
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<RemoteNode>> {
+        retrying!(self, |db, _retried| {
+            all(
+                &*db,
+                concat!(
+                    "SELECT ",
+                    node_columns!(),
+                    " FROM remote_nodes ORDER BY name"
+                ),
+                &[],
+                rows::remote_node,
+                "listing remote nodes",
+            )
+            .await
+        })
+    }
+
+    async fn delete_node(&self, name: &str) -> StoreResult<bool> {
+        self.delete_named("DELETE FROM remote_nodes WHERE name = $1", name)
+            .await
+    }
+
     async fn create_api_key(&self, key: crate::NewApiKey, now: i64) -> StoreResult<crate::ApiKey> {
         crate::check_api_key(&key)?;
         let context = "storing an API key";

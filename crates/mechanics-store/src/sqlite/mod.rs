@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mechanics_proto::domain::{
-    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, Source, SourceSpec, Task,
-    TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
+    AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, NodeSpec, RemoteNode,
+    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
 };
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
@@ -288,6 +288,31 @@ impl Store for SqliteStore {
         let version = self
             .write(move |conn| {
                 ops::delete_named(conn, "DELETE FROM sources WHERE name = ?1", &name)
+            })
+            .await?;
+        version.inspect(|v| self.saw_registry_version(*v));
+        Ok(version.is_some())
+    }
+
+    async fn upsert_node(&self, spec: NodeSpec, now: i64) -> StoreResult<RemoteNode> {
+        crate::check_node(&spec)?;
+        let spec_json = to_json(&spec)?;
+        let (node, version) = self
+            .write(move |conn| ops::upsert_node(conn, &spec.name, &spec_json, now))
+            .await?;
+        self.saw_registry_version(version);
+        Ok(node)
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<RemoteNode>> {
+        self.read(ops::list_nodes).await
+    }
+
+    async fn delete_node(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        let version = self
+            .write(move |conn| {
+                ops::delete_named(conn, "DELETE FROM remote_nodes WHERE name = ?1", &name)
             })
             .await?;
         version.inspect(|v| self.saw_registry_version(*v));

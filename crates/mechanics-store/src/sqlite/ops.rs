@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 
 use mechanics_proto::domain::{
-    AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, Source, Task, TaskAttempt, TaskId,
-    TaskState, Worker,
+    AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, RemoteNode, Source, Task, TaskAttempt,
+    TaskId, TaskState, Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 
 use super::db_err;
 use super::rows::{
-    self, event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+    self, event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,
+    worker_columns,
 };
 use crate::{
     DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NewEvent,
@@ -82,7 +83,40 @@ pub(super) fn upsert_source(
     Ok((source, bump_registry(conn)?))
 }
 
-/// Deletes a worker or source; returns the new registry version if a row went.
+pub(super) fn upsert_node(
+    conn: &Connection,
+    name: &str,
+    spec_json: &str,
+    now: i64,
+) -> StoreResult<(RemoteNode, u64)> {
+    let node = conn
+        .prepare_cached(concat!(
+            "INSERT INTO remote_nodes (name, spec, revision, created_at, updated_at) ",
+            "VALUES (?1, ?2, 1, ?3, ?3) ON CONFLICT (name) DO UPDATE SET ",
+            "spec = excluded.spec, revision = remote_nodes.revision + 1, ",
+            "updated_at = excluded.updated_at RETURNING ",
+            node_columns!()
+        ))
+        .and_then(|mut s| s.query_row(params![name, spec_json, now], rows::remote_node))
+        .map_err(db_err("storing a remote node"))?;
+    Ok((node, bump_registry(conn)?))
+}
+
+pub(super) fn list_nodes(conn: &Connection) -> StoreResult<Vec<RemoteNode>> {
+    query_all(
+        conn,
+        concat!(
+            "SELECT ",
+            node_columns!(),
+            " FROM remote_nodes ORDER BY name"
+        ),
+        [],
+        rows::remote_node,
+        "listing remote nodes",
+    )
+}
+
+/// Deletes a worker, source or remote node; returns the new registry version if a row went.
 pub(super) fn delete_named(conn: &Connection, sql: &str, name: &str) -> StoreResult<Option<u64>> {
     let deleted = conn
         .prepare_cached(sql)

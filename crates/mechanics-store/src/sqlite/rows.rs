@@ -3,14 +3,16 @@
 use std::str::FromStr;
 
 use mechanics_proto::domain::{
-    ConsoleLine, Event, LogEntry, LogRecord, Source, Task, TaskAttempt, TranspiledModule, Worker,
+    ConsoleLine, Event, LogEntry, LogRecord, RemoteNode, Source, Task, TaskAttempt,
+    TranspiledModule, Worker,
 };
 use rusqlite::Row;
 use rusqlite::types::Type;
 use serde::de::DeserializeOwned;
 
 pub(super) use crate::columns::{
-    event_columns, log_columns, paused_excluded, source_columns, task_columns, worker_columns,
+    event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,
+    worker_columns,
 };
 
 fn conversion(
@@ -97,6 +99,15 @@ pub(super) fn worker(row: &Row<'_>) -> rusqlite::Result<Worker> {
 
 pub(super) fn source(row: &Row<'_>) -> rusqlite::Result<Source> {
     Ok(Source {
+        spec: json(row, 1)?,
+        revision: row.get(2)?,
+        created_at: row.get(3)?,
+        updated_at: row.get(4)?,
+    })
+}
+
+pub(super) fn remote_node(row: &Row<'_>) -> rusqlite::Result<RemoteNode> {
+    Ok(RemoteNode {
         spec: json(row, 1)?,
         revision: row.get(2)?,
         created_at: row.get(3)?,

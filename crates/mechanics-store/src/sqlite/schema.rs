@@ -213,6 +213,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (task_id, claim)
     ) STRICT;
     "#,
+    // 9: remote executor nodes, shared by every coordinator on the database: the spec names
+    // where the node's token is, never the token.
+    r#"
+    CREATE TABLE remote_nodes (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,          -- NodeSpec as JSON
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

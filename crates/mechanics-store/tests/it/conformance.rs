@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, AttemptOutcome, ConsoleLevel, ConsoleLine, EventState, LogOutcome,
-    LogRecord, TaskAttempt, TaskState, TranspiledModule, WorkerSpec,
+    LogRecord, NodeSpec, TaskAttempt, TaskState, TranspiledModule, WorkerSpec,
 };
 use mechanics_store::{
     BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask, NextDue, Release,
@@ -1899,4 +1899,64 @@ pub(crate) async fn attempts_are_recorded_per_claim_and_listed_in_order(store: &
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     assert!(store.task_attempts(task + 100).await.unwrap().is_empty());
     assert_eq!(store.task_attempts(task).await.unwrap().len(), 2);
+}
+
+fn node_spec(name: &str, url: &str) -> NodeSpec {
+    serde_json::from_value(json!({ "name": name, "url": url, "token_env": "NODE_TOKEN" })).unwrap()
+}
+
+pub(crate) async fn remote_nodes_are_stored_by_reference_replaced_deleted_and_bump_the_version(
+    store: &dyn Store,
+) {
+    let v0 = store.registry_version();
+    let added = store
+        .upsert_node(node_spec("exec-b", "https://10.0.0.2:7070"), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (added.revision, added.created_at, added.updated_at),
+        (1, 100, 100)
+    );
+    let v1 = store.registry_version();
+    assert!(v1 > v0, "a new node moves the registry version");
+    let mut spec = node_spec("exec-a", "https://10.0.0.1:7070");
+    spec.capacity = Some(8);
+    spec.ca_file = Some("/etc/mechanics/ca.pem".into());
+    store.upsert_node(spec.clone(), 200).await.unwrap();
+
+    // Replacing keeps the creation time and counts the revision.
+    spec.capacity = Some(4);
+    let replaced = store.upsert_node(spec.clone(), 300).await.unwrap();
+    assert_eq!(
+        (replaced.revision, replaced.created_at, replaced.updated_at),
+        (2, 200, 300)
+    );
+    let nodes = store.list_nodes().await.unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n.spec.name.as_str()).collect();
+    assert_eq!(names, ["exec-a", "exec-b"]);
+    assert_eq!(nodes[0].spec, spec);
+
+    let v2 = store.registry_version();
+    assert!(store.delete_node("exec-b").await.unwrap());
+    let v3 = store.registry_version();
+    assert!(v3 > v2, "a removal moves the registry version");
+    assert!(!store.delete_node("exec-b").await.unwrap());
+    assert_eq!(store.registry_version(), v3);
+    assert_eq!(store.list_nodes().await.unwrap().len(), 1);
+}
+
+pub(crate) async fn invalid_remote_nodes_are_refused_naming_the_field(store: &dyn Store) {
+    let version = store.registry_version();
+    let plaintext = node_spec("exec-a", "http://10.0.0.1:7070");
+    let err = store.upsert_node(plaintext, 1).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InvalidInput(message) if message.starts_with("node spec: url: ")),
+        "{err}"
+    );
+    let mut no_token = node_spec("exec-a", "https://10.0.0.1:7070");
+    no_token.token_env = None;
+    let err = store.upsert_node(no_token, 1).await.unwrap_err();
+    assert!(err.to_string().contains("token_env: required"), "{err}");
+    assert!(store.list_nodes().await.unwrap().is_empty());
+    assert_eq!(store.registry_version(), version);
 }

@@ -4,6 +4,7 @@
 //! files and API keys refused at once (`validation`); the public edge under attack (`edge`);
 //! secrets, replays and error shapes in what the server answers (`answers`); several servers on
 //! one PostgreSQL database (`cluster`); pausing, resuming and removing workers with work (`ops`);
+//! remote executor nodes over TLS, killed and restarted under load (`remote_nodes`);
 //! TypeScript workers, from `worker add` and `run` to the positions in their errors
 //! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`).
 
@@ -15,6 +16,7 @@ mod faults;
 mod fleet;
 mod mcp;
 mod ops;
+mod remote_nodes;
 mod retries;
 mod serve;
 mod support;

@@ -229,7 +229,7 @@ fn a_crash_looping_process_workers_tasks_carry_its_last_stderr_lines() {
     assert!(
         table
             .lines()
-            .any(|line| line.starts_with("node-") && line.contains("executor")),
+            .any(|line| line.starts_with("node-") && line.contains("local")),
         "{table}"
     );
 }

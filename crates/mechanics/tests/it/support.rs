@@ -65,7 +65,7 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 <extra>` with `env`
-    /// (`--db` in `extra` replaces `<dir>/m.db`: a PostgreSQL URL, say).
+    /// (`--db` or `--local-nodes` in `extra` replaces the default: a PostgreSQL URL, say).
     pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         Self::start_with(dir, extra, env, |_| {})
     }
@@ -79,7 +79,10 @@ impl Coordinator {
         adjust: impl FnOnce(&mut Command),
     ) -> Coordinator {
         let mut command = command(dir);
-        command.args(["serve", "--addr", "127.0.0.1:0", "--local-nodes", "1"]);
+        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        if !extra.contains(&"--local-nodes") {
+            command.args(["--local-nodes", "1"]);
+        }
         if !extra.contains(&"--db") {
             command.arg("--db").arg(dir.join("m.db"));
         }
