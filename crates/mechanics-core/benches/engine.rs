@@ -1,10 +1,19 @@
 //! `cargo bench -p mechanics-core --bench engine`: latency and throughput of jobs run through a
 //! [`MechanicsPool`], next to QuickJS (`rquickjs`) and, when `node` is on `PATH`, Node's `vm`.
 //!
-//! Every engine runs the same three function sources (an identity, a JSON transform and a
-//! recursive `fib(25)`) with JSON in and JSON out. Ours runs them as `export default <fn>` modules
-//! in a fresh context per job; QuickJS runs them with a fresh runtime and context per job and with
-//! one reused context; Node runs them in a fresh `vm` context per job and in one reused context.
+//! Every engine runs the same function sources (an identity, a JSON transform, a recursive
+//! `fib(25)`, a 1,000,000-iteration loop and a webhook job that parses a 30 KB GitHub
+//! `issues.opened` payload and builds a reply) with JSON in and JSON out. Ours runs them as
+//! `export default <fn>` modules in a fresh context per job; "Boa without limits" runs them on the
+//! same Boa with nothing of ours (no instrumentation, no host objects) in a fresh `Context` per
+//! job, so the cost of our limits and sandbox is a ratio in every run; QuickJS runs them with a
+//! fresh runtime and context per job and with one reused context; Node runs them in a fresh `vm`
+//! context per job and in one reused context.
+//!
+//! A "module size" section runs modules of 1 KB, 10 KB and 100 KB (helper functions never called)
+//! whose default export is the identity: the difference to the trivial job is what parsing,
+//! instrumenting and compiling the module costs per job, next to Boa's parse alone and to Boa
+//! without limits parsing and evaluating the same module.
 //!
 //! A last section runs a TypeScript version of the transform job (transpiled once, as at worker
 //! add) against its own JavaScript output: a TypeScript worker should cost what its JavaScript
@@ -23,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use mechanics_core::job::{MechanicsConfig, MechanicsJob};
+use mechanics_core::job::{MechanicsConfig, MechanicsExecutionLimits, MechanicsJob};
 use mechanics_core::typescript::{self, SourceMap};
 use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
 use serde_json::{Value, json};
@@ -80,6 +89,47 @@ const TRANSFORM_FN: &str = r"(input) => {
 const FIB_FN: &str = r"(a) => {
   const fib = (n) => (n < 2 ? n : fib(n - 1) + fib(n - 2));
   return { n: a.n, fib: fib(a.n) };
+}";
+
+const LOOP_FN: &str = r"(a) => {
+  let s = 0;
+  for (let i = 0; i < a.n; i++) {
+    s = (s + i * 7) % 1000003;
+  }
+  return { n: a.n, s };
+}";
+
+/// A webhook worker's hot path: parse the delivery's raw body, pick fields, build a reply.
+const WEBHOOK_FN: &str = r"(delivery) => {
+  const event = JSON.parse(delivery.body);
+  const issue = event.issue;
+  const labels = issue.labels.map((l) => l.name);
+  const lines = issue.body.split('\n');
+  const tasks = lines.filter((l) => l.startsWith('- [ ]')).length;
+  const done = lines.filter((l) => l.startsWith('- [x]')).length;
+  const mentions = [];
+  for (const word of issue.body.split(' ')) {
+    if (word.startsWith('@') && word.length > 1 && !mentions.includes(word)) mentions.push(word);
+  }
+  const priority = labels.includes('bug') ? 'high' : labels.includes('enhancement') ? 'normal' : 'low';
+  const owners = event.repository.topics.filter((t) => t !== 'automation');
+  return {
+    action: event.action,
+    repository: event.repository.full_name,
+    number: issue.number,
+    title: issue.title.trim(),
+    author: issue.user.login,
+    priority,
+    labels,
+    tasks: { open: tasks, done },
+    mentions,
+    reply: {
+      url: issue.comments_url,
+      body: `Thanks @${issue.user.login} for #${issue.number}: ${tasks} open task(s), priority ${priority}.`
+        + (owners.length ? ` Routed to ${owners.join(', ')}.` : ''),
+      labels: labels.concat(['triage']),
+    },
+  };
 }";
 
 /// [`TRANSFORM_FN`] as a TypeScript worker author writes it: interfaces, generics, an enum, a class
@@ -147,6 +197,155 @@ export default function transform(input: { region: string; records: Item[] }) {
 }
 ";
 
+/// A GitHub `issues.opened` delivery of about 30 KB, shaped like GitHub's (users, repository and
+/// issue with their URL fields, labels, a long Markdown body), as a raw body string.
+fn webhook_arg() -> Value {
+    let api = "https://api.github.com";
+    let user = |login: &str, id: u32| {
+        let mut u = serde_json::Map::new();
+        u.insert("login".into(), json!(login));
+        u.insert("id".into(), json!(id));
+        u.insert("node_id".into(), json!(format!("MDQ6VXNlcj{id}")));
+        u.insert("type".into(), json!("User"));
+        u.insert("site_admin".into(), json!(false));
+        for field in [
+            "avatar_url",
+            "url",
+            "html_url",
+            "followers_url",
+            "following_url",
+            "gists_url",
+            "starred_url",
+            "subscriptions_url",
+            "organizations_url",
+            "repos_url",
+            "events_url",
+            "received_events_url",
+        ] {
+            u.insert(field.into(), json!(format!("{api}/users/{login}/{field}")));
+        }
+        Value::Object(u)
+    };
+    let mut repository = serde_json::Map::new();
+    repository.insert("id".into(), json!(1_296_269));
+    repository.insert("name".into(), json!("mechanics"));
+    repository.insert("full_name".into(), json!("octo-org/mechanics"));
+    repository.insert("owner".into(), user("octo-org", 9_919));
+    repository.insert("private".into(), json!(false));
+    repository.insert(
+        "description".into(),
+        json!("Self-hosted automation server in one Rust binary"),
+    );
+    repository.insert(
+        "topics".into(),
+        json!(["automation", "rust", "webhooks", "platform-team"]),
+    );
+    for (i, field) in [
+        "archive_url",
+        "assignees_url",
+        "blobs_url",
+        "branches_url",
+        "collaborators_url",
+        "comments_url",
+        "commits_url",
+        "compare_url",
+        "contents_url",
+        "contributors_url",
+        "deployments_url",
+        "downloads_url",
+        "events_url",
+        "forks_url",
+        "git_commits_url",
+        "git_refs_url",
+        "git_tags_url",
+        "hooks_url",
+        "issue_comment_url",
+        "issue_events_url",
+        "issues_url",
+        "keys_url",
+        "labels_url",
+        "languages_url",
+        "merges_url",
+        "milestones_url",
+        "notifications_url",
+        "pulls_url",
+        "releases_url",
+        "stargazers_url",
+        "statuses_url",
+        "subscribers_url",
+        "subscription_url",
+        "tags_url",
+        "teams_url",
+        "trees_url",
+    ]
+    .iter()
+    .enumerate()
+    {
+        repository.insert(
+            (*field).into(),
+            json!(format!("{api}/repos/octo-org/mechanics/{field}{{/number}}")),
+        );
+        repository.insert(format!("{field}_count"), json!(i * 3));
+    }
+    let mut body = String::new();
+    for section in 0..40 {
+        body.push_str(&format!(
+            "## Part {section}\nWhen the worker reads a delivery with @reviewer{} in it, the \
+             reply should name the owner and the labels. Steps to reproduce follow.\n- [ ] \
+             check the payload of step {section}\n- [x] read the logs of run {section}\n",
+            section % 5
+        ));
+    }
+    let labels: Vec<Value> = ["bug", "triage", "area/engine", "good first issue"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "id": 208_045_946 + i,
+                "node_id": format!("MDU6TGFiZWwyMDgwNDU5N{i}"),
+                "url": format!("{api}/repos/octo-org/mechanics/labels/{name}"),
+                "name": name,
+                "color": "f29513",
+                "default": i == 0,
+                "description": format!("Issues labelled {name}"),
+            })
+        })
+        .collect();
+    let issue = json!({
+        "url": format!("{api}/repos/octo-org/mechanics/issues/1347"),
+        "repository_url": format!("{api}/repos/octo-org/mechanics"),
+        "labels_url": format!("{api}/repos/octo-org/mechanics/issues/1347/labels{{/name}}"),
+        "comments_url": format!("{api}/repos/octo-org/mechanics/issues/1347/comments"),
+        "events_url": format!("{api}/repos/octo-org/mechanics/issues/1347/events"),
+        "html_url": "https://github.com/octo-org/mechanics/issues/1347",
+        "id": 1_347_001,
+        "node_id": "MDU6SXNzdWUxMzQ3",
+        "number": 1347,
+        "title": "  Webhook replies lose their labels  ",
+        "user": user("octocat", 583_231),
+        "labels": labels,
+        "state": "open",
+        "locked": false,
+        "assignee": user("hubot", 2),
+        "assignees": [user("hubot", 2)],
+        "milestone": null,
+        "comments": 0,
+        "created_at": "2026-12-04T10:00:00Z",
+        "updated_at": "2026-12-04T10:00:00Z",
+        "closed_at": null,
+        "author_association": "CONTRIBUTOR",
+        "body": body,
+    });
+    let event = json!({
+        "action": "opened",
+        "issue": issue,
+        "repository": repository,
+        "sender": user("octocat", 583_231),
+        "installation": { "id": 2_311_213, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMjMxMTIxMw==" },
+    });
+    json!({ "body": event.to_string() })
+}
+
 fn transform_arg() -> Value {
     let categories = ["tools", "garden", "books", "games", "food"];
     let records: Vec<Value> = (0..200u32)
@@ -184,6 +383,18 @@ fn scripts(scale: f64) -> Vec<Script> {
             fn_source: FIB_FN,
             arg: json!({ "n": 25 }),
             base_count: 20,
+        },
+        Script {
+            name: "loop 1M",
+            fn_source: LOOP_FN,
+            arg: json!({ "n": 1_000_000 }),
+            base_count: 20,
+        },
+        Script {
+            name: "webhook (30 KB issues.opened)",
+            fn_source: WEBHOOK_FN,
+            arg: webhook_arg(),
+            base_count: 1_000,
         },
     ];
     scripts
@@ -307,13 +518,93 @@ fn job_of(
     })
 }
 
-fn bench_ours(script: &Script, workers: usize) -> Result<Stats, String> {
-    let pool = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(workers))
+/// A pool of `workers` with the default limits, but loops may run 1,000,000,000 iterations: the
+/// 1M loop's condition alone is evaluated once more than the default limit allows. Every limit is
+/// still enforced, at the same cost.
+fn pool_of(workers: usize) -> Result<MechanicsPool, String> {
+    let limits = MechanicsExecutionLimits::default()
+        .with_max_loop_iterations(1_000_000_000)
         .map_err(|e| e.to_string())?;
-    let source = module_source(script);
-    measure(workers, script.base_count, || {
-        let (pool, source, arg) = (&pool, &source, &script.arg);
+    MechanicsPool::new(
+        MechanicsPoolConfig::default()
+            .with_worker_count(workers)
+            .with_execution_limits(limits),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn bench_ours(script: &Script, workers: usize) -> Result<Stats, String> {
+    bench_ours_module(
+        &module_source(script),
+        &script.arg,
+        workers,
+        script.base_count,
+    )
+}
+
+fn bench_ours_module(
+    source: &str,
+    arg: &Value,
+    workers: usize,
+    count: usize,
+) -> Result<Stats, String> {
+    let pool = pool_of(workers)?;
+    measure(workers, count, || {
+        let pool = &pool;
         Ok(move || run_ours(pool, source, arg).map(drop))
+    })
+}
+
+/// Calls `function` with `arg` in `context` and answers the result as JSON, as ours does.
+fn boa_call(
+    context: &mut boa_engine::Context,
+    function: &boa_engine::JsValue,
+    arg: &Value,
+) -> Result<Value, String> {
+    let describe = |e: boa_engine::JsError| e.to_string();
+    let function = function.as_callable().ok_or("not a function")?;
+    let arg = boa_engine::JsValue::from_json(arg, context).map_err(describe)?;
+    let result = function
+        .call(&boa_engine::JsValue::undefined(), &[arg], context)
+        .map_err(describe)?;
+    result
+        .to_json(context)
+        .map_err(describe)?
+        .ok_or_else(|| "undefined result".to_owned())
+}
+
+/// Plain Boa without limits: a fresh default `Context`, evaluate `(fn)`, call it.
+fn run_boa_plain(expr: &str, arg: &Value) -> Result<Value, String> {
+    let mut context = boa_engine::Context::default();
+    let function = context
+        .eval(boa_engine::Source::from_bytes(expr))
+        .map_err(|e| e.to_string())?;
+    boa_call(&mut context, &function, arg)
+}
+
+/// Plain Boa without limits on a module: a fresh default `Context`, parse, link and evaluate the
+/// module, call its default export.
+fn run_boa_plain_module(source: &str, arg: &Value) -> Result<Value, String> {
+    let context = &mut boa_engine::Context::default();
+    let module = boa_engine::Module::parse(boa_engine::Source::from_bytes(source), None, context)
+        .map_err(|e| e.to_string())?;
+    let promise = module.load_link_evaluate(context);
+    context.run_jobs().map_err(|e| e.to_string())?;
+    if let boa_engine::builtins::promise::PromiseState::Rejected(reason) = promise.state() {
+        return Err(format!("module rejected: {}", reason.display()));
+    }
+    let main = module
+        .namespace(context)
+        .get(boa_engine::js_string!("default"), context)
+        .map_err(|e| e.to_string())?;
+    boa_call(context, &main, arg)
+}
+
+fn bench_boa_plain(script: &Script, threads: usize) -> Result<Stats, String> {
+    let expr = format!("({})", script.fn_source);
+    measure(threads, script.base_count, || {
+        let (expr, arg) = (&expr, &script.arg);
+        Ok(move || run_boa_plain(expr, arg).map(drop))
     })
 }
 
@@ -700,6 +991,125 @@ fn render(report: &Report) -> String {
     out
 }
 
+/// The label of the "Boa without limits" rows.
+const BOA_PLAIN: &str = "Boa without limits, fresh ctx";
+
+/// Goal for the cost of our limits and sandbox: ours at most this many times Boa without limits.
+const GOAL_LIMITS_RATIO: f64 = 1.25;
+
+/// For every job: p50 of ours over p50 of Boa without limits, 1 worker against 1 thread (the
+/// cost of the limits and the sandbox), and over QuickJS and Node (Boa's own distance).
+fn limits_overhead_report(reports: &[(Report, Result<Value, String>)]) -> String {
+    let mut out = String::from(
+        "\n== cost of the limits: p50 ours / p50 Boa without limits (1 worker, 1 thread), \
+         and ours / QuickJS, Node (fresh context each) ==\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<32} {:>12} {:>8} {:>10} {:>10}",
+        "job", "ours/no-lim", "goal", "ours/qjs", "ours/node"
+    );
+    for (report, _) in reports {
+        let ours = report.ours[0].as_ref().ok().map(|s| s.p50_ms);
+        let base = |label: &str| {
+            report
+                .baselines
+                .iter()
+                .find(|row| row.label == label && row.stats.as_ref().is_ok_and(|s| s.threads == 1))
+                .and_then(|row| row.stats.as_ref().ok().map(|s| s.p50_ms))
+        };
+        let ratio = |label: &str| match (ours, base(label)) {
+            (Some(o), Some(b)) => fmt_ratio(o, b),
+            _ => "-".to_owned(),
+        };
+        let verdict = match (ours, base(BOA_PLAIN)) {
+            (Some(o), Some(b)) if o / b <= GOAL_LIMITS_RATIO => "PASS",
+            (Some(_), Some(_)) => "FAIL",
+            _ => "-",
+        };
+        let _ = writeln!(
+            out,
+            "{:<32} {:>12} {:>8} {:>10} {:>10}",
+            report.name,
+            ratio(BOA_PLAIN),
+            verdict,
+            ratio("QuickJS fresh runtime+ctx per job"),
+            ratio("node vm fresh context per job"),
+        );
+    }
+    out
+}
+
+/// A module of about `bytes` bytes: helper functions with loops that are never called, and an
+/// identity default export.
+fn sized_module(bytes: usize) -> String {
+    let mut source = String::new();
+    let mut i = 0;
+    while source.len() + 30 < bytes {
+        let _ = write!(
+            source,
+            "function helper{i}(items) {{\n  let total = 0;\n  for (const item of items) {{\n    \
+             if (item.kind === 'k{i}' && item.qty > {i}) total += item.price * item.qty;\n  }}\n  \
+             for (let j = 0; j < items.length; j++) {{ total -= items[j].discount || 0; }}\n  \
+             return {{ id: {i}, total, tag: `h{i}-${{items.length}}` }};\n}}\n"
+        );
+        i += 1;
+    }
+    source.push_str("export default (a) => a;\n");
+    source
+}
+
+/// Per-job cost of a module's size: ours (parse, instrument, compile, run), Boa without limits
+/// (parse, compile, run) and Boa's parse alone, 1 thread each.
+fn module_size_report(scale: f64) -> String {
+    let mut out = String::from(
+        "\n== module size: p50 per job of an identity export in a module of N KB (1 thread) ==\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>12} {:>16} {:>14} {:>12}",
+        "module", "ours ms", "no-limits ms", "Boa parse ms", "ours/no-lim"
+    );
+    let arg = json!({ "id": 1 });
+    for (kb, base_count) in [(1, 1_000), (10, 300), (100, 40)] {
+        let source = sized_module(kb * 1024);
+        let count = scaled(base_count, scale);
+        let ours = bench_ours_module(&source, &arg, 1, count);
+        let plain = measure(1, count, || {
+            let (source, arg) = (&source, &arg);
+            Ok(move || run_boa_plain_module(source, arg).map(drop))
+        });
+        let parse = measure(1, count, || {
+            let source = &source;
+            Ok(move || {
+                boa_parser::Parser::new(boa_parser::Source::from_bytes(source))
+                    .parse_module(
+                        &boa_ast::scope::Scope::new_global(),
+                        &mut boa_interner::Interner::default(),
+                    )
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let ms = |r: &Result<Stats, String>| r.as_ref().map_or(f64::NAN, |s| s.p50_ms);
+        let _ = writeln!(
+            out,
+            "{:<10} {:>12} {:>16} {:>14} {:>12}",
+            format!("{kb} KB"),
+            fmt_num(ms(&ours), 3),
+            fmt_num(ms(&plain), 3),
+            fmt_num(ms(&parse), 3),
+            fmt_ratio(ms(&ours), ms(&plain)),
+        );
+        for (what, result) in [("ours", &ours), ("no limits", &plain), ("parse", &parse)] {
+            if let Err(e) = result {
+                let _ = writeln!(out, "  note: {what} failed: {e}");
+            }
+        }
+    }
+    out
+}
+
 fn main() {
     let scale = mechanics_test_support::bench_scale();
     let scripts = scripts(scale);
@@ -714,19 +1124,32 @@ fn main() {
         let mut notes = Vec::new();
 
         // Check that every engine computes the same result before timing anything.
-        let expected = MechanicsPool::new(MechanicsPoolConfig::default().with_worker_count(1))
-            .map_err(|e| e.to_string())
-            .and_then(|pool| run_ours(&pool, &module_source(script), &script.arg));
-        let quickjs = run_quickjs_fresh(&format!("({})", script.fn_source), &script.arg);
-        match (&expected, &quickjs) {
-            (Ok(a), Ok(b)) if same_json(a, b) => {}
-            (Ok(a), Ok(b)) => notes.push(format!("RESULT MISMATCH ours={a} quickjs={b}")),
-            (Err(e), _) => notes.push(format!("ours failed: {e}")),
-            (_, Err(e)) => notes.push(format!("quickjs failed: {e}")),
+        let expected =
+            pool_of(1).and_then(|pool| run_ours(&pool, &module_source(script), &script.arg));
+        let expr = format!("({})", script.fn_source);
+        for (engine, result) in [
+            ("quickjs", run_quickjs_fresh(&expr, &script.arg)),
+            ("boa without limits", run_boa_plain(&expr, &script.arg)),
+        ] {
+            match (&expected, &result) {
+                (Ok(a), Ok(b)) if same_json(a, b) => {}
+                (Ok(a), Ok(b)) => notes.push(format!("RESULT MISMATCH ours={a} {engine}={b}")),
+                (Err(e), _) => notes.push(format!("ours failed: {e}")),
+                (_, Err(e)) => notes.push(format!("{engine} failed: {e}")),
+            }
         }
 
         let ours = [bench_ours(script, 1), bench_ours(script, 2)];
-        let mut baselines = Vec::new();
+        let mut baselines = vec![
+            Row {
+                label: BOA_PLAIN,
+                stats: bench_boa_plain(script, 1),
+            },
+            Row {
+                label: BOA_PLAIN,
+                stats: bench_boa_plain(script, 2),
+            },
+        ];
         for (label, threads, fresh) in [
             ("QuickJS fresh runtime+ctx per job", 1, true),
             ("QuickJS fresh runtime+ctx per job", 2, true),
@@ -794,6 +1217,11 @@ fn main() {
     for (report, _) in &reports {
         print!("{}", render(report));
     }
+
+    print!("{}", limits_overhead_report(&reports));
+
+    eprintln!("[engine bench] module sizes ...");
+    print!("{}", module_size_report(scale));
 
     eprintln!("[engine bench] typescript ...");
     let transform_jobs = scripts

@@ -1,26 +1,35 @@
 //! Source instrumentation that lets the engine stop any JavaScript loop or call chain.
 //!
 //! Boa offers no interrupt: a running `while (true) {}` never returns control to the host, and its
-//! own loop limit counts per call frame. So before a module is compiled, the engine inserts a call
-//! to a native *tick* function at every place where JavaScript can repeat work: each loop
-//! iteration and each function entry. The tick counts loop iterations over the whole job and looks
-//! at the clock and the memory budget, and throws an uncatchable error when a limit is hit.
+//! own loop limit counts per call frame. So before a module is compiled, the engine inserts a
+//! *guard* at every place where JavaScript can repeat work: each loop iteration and each function
+//! entry. A guard is `(--budget>0||(budget=tick()))`: it counts down a budget held in a
+//! module-scope binding, and only when that runs out calls a native *tick*, which counts loop
+//! iterations over the whole job, looks at the clock and the memory budget, throws an uncatchable
+//! error when a limit is hit, and otherwise answers the next budget. Loops and calls have a budget
+//! and a tick each. A native call at every iteration cost fib(25) 1.5x and a plain loop 3x; the
+//! decrement costs a few VM instructions.
 //!
 //! Insertion points come from the spans of Boa's own parse of the module, so they are exact
 //! positions of tokens, never guesses from scanning text:
-//! - a braced function body gets `tick();` right after its `{`;
-//! - a concise arrow body `x => expr` becomes `x => (tick(), expr)`;
-//! - a loop condition or `for` update `cond` becomes `tick(), cond`, which is a valid `Expression`
+//! - a braced function body gets `guard;` right after its `{`;
+//! - a concise arrow body `x => expr` becomes `x => (guard, expr)`;
+//! - a loop condition or `for` update `cond` becomes `guard, cond`, which is a valid `Expression`
 //!   with the same value wherever `cond` was one.
 //!
-//! The tick names carry a random suffix chosen per job after the source is known, so a script
-//! cannot shadow them with its own bindings, and they are read-only, non-configurable globals.
-//! Dynamic code (`eval`, `new Function`) would escape instrumentation, so the host refuses to
-//! compile strings. A `for (;;)` loop with neither a condition nor an update has no span inside
-//! its head; it gets `for (init; tick();)` at a position found by scanning the text, accepted only
-//! after a re-parse proves every such insertion became the condition of a bare loop. Should the
-//! scan ever fail that proof, those loops stay bounded by Boa's per-frame loop limit alone (see
-//! ARCHITECTURE.md).
+//! The names of the ticks and budgets carry a random suffix chosen after the source is known and
+//! proved absent from it, so no code in the module can name a budget: the budgets are `var`s of
+//! the module's own scope (declared on a line appended to the module), which nothing but an
+//! identifier written in the source reaches; they are not properties of the global object, and
+//! no `with` (a syntax error in a module), getter or prototype lies on the way to them. A job can
+//! still *read* the names, in `Function.prototype.toString` of its own functions, but only code
+//! compiled from a string could use one, and the host refuses to compile strings (`eval`, every
+//! `Function` constructor): that refusal is what the budgets' safety rests on. The ticks are
+//! read-only, non-configurable globals; calling one by name only charges the job sooner. A
+//! `for (;;)` loop with neither a condition nor an update has no span inside its head; it gets
+//! `for (init; guard;)` at a position found by scanning the text, accepted only after a re-parse
+//! proves every such insertion became the condition of a bare loop. Should the scan ever fail that
+//! proof, those loops stay bounded by Boa's per-frame loop limit alone (see ARCHITECTURE.md).
 //!
 //! The same pass rewrites namespace imports and dynamic `import()` so that Boa never creates a
 //! module namespace object: Boa 0.22 never frees one (its cached bindings are hidden from the
@@ -29,10 +38,12 @@
 //! ([`modules::NAMESPACE_EXPORT`]), and `import(x)` becomes a call of a native method that
 //! resolves to the same object.
 
+use std::fmt::Write as _;
 use std::ops::ControlFlow;
 
 use boa_ast::declaration::{ExportDeclaration, ImportDeclaration, ImportKind, ReExportKind};
-use boa_ast::expression::operator::binary::BinaryOp;
+use boa_ast::expression::operator::assign::AssignTarget;
+use boa_ast::expression::operator::binary::{BinaryOp, LogicalOp};
 use boa_ast::expression::{Expression, Identifier, ImportCall, ImportPhase};
 use boa_ast::function::{ArrowFunction, AsyncArrowFunction, FunctionBody};
 use boa_ast::scope::Scope;
@@ -79,27 +90,31 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
     let source = rewritten.as_deref().unwrap_or(source);
 
     let mut suffix = suffix;
-    let (loop_tick, call_tick, import_object) = loop {
-        let loop_tick = format!("__mechanics_loop_{suffix:016x}");
-        let call_tick = format!("__mechanics_call_{suffix:016x}");
-        let import_object = format!("__mechanics_import_{suffix:016x}");
-        if !source.contains(&loop_tick)
-            && !source.contains(&call_tick)
-            && !source.contains(&import_object)
-        {
-            break (loop_tick, call_tick, import_object);
+    let names = loop {
+        let names = Names::new(suffix);
+        if names.all().iter().all(|name| !source.contains(name)) {
+            break names;
         }
         suffix = suffix.wrapping_mul(6364136223846793005).wrapping_add(1);
     };
+    let Names {
+        loop_tick,
+        call_tick,
+        import_object,
+        loop_budget,
+        call_budget,
+    } = names;
+    let loop_guard = guard(&loop_budget, &loop_tick);
+    let call_guard = guard(&call_budget, &call_tick);
 
     let lines = LineIndex::new(source);
     let mut finder = InsertionFinder {
         source,
         lines: &lines,
         insertions: Vec::new(),
-        loop_call: format!("{loop_tick}(), "),
-        call_stmt: format!("{call_tick}();"),
-        call_open: format!("({call_tick}(), "),
+        loop_call: format!("{loop_guard}, "),
+        call_stmt: format!("{call_guard};"),
+        call_open: format!("({call_guard}, "),
         import_call: format!("{import_object}."),
         bare_for_loops: 0,
         iterable_loops: Vec::new(),
@@ -128,35 +143,88 @@ pub(crate) fn instrument(source: &str, suffix: u64) -> Result<Instrumented, Inst
         scanned.extend(heads.into_iter().map(|offset| Insertion {
             offset,
             opens: true,
-            text: format!("{loop_tick}()"),
+            text: loop_guard.clone(),
             replaces: 0,
         }));
     }
     for &(iterable_start, body) in &finder.iterable_loops {
-        if let Some(insertion) = iterable_body_tick(source, iterable_start, body, &loop_tick) {
+        if let Some(insertion) = iterable_body_tick(source, iterable_start, body, &loop_guard) {
             scanned.push(insertion);
         }
     }
     let ast_placed_loop_ticks = finder.loop_ticks;
     let all_scanned = scanned.len() == expected.bare_for_loops + expected.iterable_bodies;
-    let out = if scanned.is_empty() || !all_scanned {
+    let mut out = if scanned.is_empty() || !all_scanned {
         apply(source, finder.insertions)
     } else {
         let mut insertions = finder.insertions.clone();
         insertions.extend(scanned);
         let candidate = apply(source, insertions);
-        if verify(&candidate, &loop_tick, ast_placed_loop_ticks, expected) {
+        if verify(
+            &candidate,
+            &loop_tick,
+            &loop_budget,
+            ast_placed_loop_ticks,
+            expected,
+        ) {
             candidate
         } else {
             apply(source, finder.insertions)
         }
     };
+    // The budgets are declared last, on a line of their own, so no position in the module moves.
+    // `var` rather than `let`: a hoisted function called before the declaration is reached sees
+    // `undefined`, which fails the guard's test and calls the tick, instead of a TDZ error.
+    let _ = write!(out, "\n;var {loop_budget}, {call_budget};\n");
     Ok(Instrumented {
         source: out,
         loop_tick,
         call_tick,
         import_object,
     })
+}
+
+/// The identifiers the instrumentation adds to a module, all with one suffix.
+struct Names {
+    loop_tick: String,
+    call_tick: String,
+    import_object: String,
+    /// Module-scope binding counting down the loop iterations left before the next loop tick.
+    loop_budget: String,
+    /// Module-scope binding counting down the function entries left before the next call tick.
+    call_budget: String,
+}
+
+impl Names {
+    fn new(suffix: u64) -> Self {
+        Self {
+            loop_tick: format!("__mechanics_loop_{suffix:016x}"),
+            call_tick: format!("__mechanics_call_{suffix:016x}"),
+            import_object: format!("__mechanics_import_{suffix:016x}"),
+            loop_budget: format!("__mechanics_loops_left_{suffix:016x}"),
+            call_budget: format!("__mechanics_calls_left_{suffix:016x}"),
+        }
+    }
+
+    fn all(&self) -> [&str; 5] {
+        [
+            &self.loop_tick,
+            &self.call_tick,
+            &self.import_object,
+            &self.loop_budget,
+            &self.call_budget,
+        ]
+    }
+}
+
+/// The countdown guard placed at a tick point: `(--budget>0||(budget=tick()))`. The common case
+/// is a decrement and a comparison in the VM; only when the budget runs out does it call the
+/// native tick, which checks the limits and answers the next budget (at least 1, so the guard is
+/// truthy as the whole condition of a bare `for (;;)`). `undefined`, `NaN` or anything not above
+/// zero calls the tick, so a budget never initialised, or left at zero by a tick that threw,
+/// cannot skip a check.
+fn guard(budget: &str, tick: &str) -> String {
+    format!("(--{budget}>0||({budget}={tick}()))")
 }
 
 /// Parses `source` as the engine runs it: the module, and the rewritten text when it needed one.
@@ -540,7 +608,7 @@ fn iterable_body_tick(
     source: &str,
     iterable_start: usize,
     body: LoopBody,
-    loop_tick: &str,
+    loop_guard: &str,
 ) -> Option<Insertion> {
     let bytes = source.as_bytes();
     let head_end = closing_paren(bytes, iterable_start)?;
@@ -549,13 +617,13 @@ fn iterable_body_tick(
         LoopBody::Block => (bytes.get(body_start) == Some(&b'{')).then(|| Insertion {
             offset: body_start + 1,
             opens: true,
-            text: format!("{loop_tick}();"),
+            text: format!("{loop_guard};"),
             replaces: 0,
         }),
         LoopBody::Expression => Some(Insertion {
             offset: body_start,
             opens: true,
-            text: format!("{loop_tick}(), "),
+            text: format!("{loop_guard}, "),
             replaces: 0,
         }),
     }
@@ -589,13 +657,20 @@ fn skip_blank(bytes: &[u8], mut j: usize) -> Option<usize> {
 }
 
 /// Re-parses `instrumented` and checks that every text-placed tick became what it should: each
-/// bare `for` loop has the bare call `tick()` as its condition, each `for...of`/`for...in` body
-/// starts with the tick, and the module holds exactly as many tick calls as were inserted (so
-/// none landed inside a string, template or regular expression).
-fn verify(instrumented: &str, tick: &str, ast_placed: usize, expected: Expected) -> bool {
+/// bare `for` loop has the loop's [`guard`] as its condition, each `for...of`/`for...in` body
+/// starts with it, and the module holds exactly as many tick calls as were inserted (so none
+/// landed inside a string, template or regular expression).
+fn verify(
+    instrumented: &str,
+    tick: &str,
+    budget: &str,
+    ast_placed: usize,
+    expected: Expected,
+) -> bool {
     struct Check<'a> {
         interner: &'a Interner,
         tick: &'a str,
+        budget: &'a str,
         calls: usize,
         ticked_bare: usize,
         bare: usize,
@@ -609,15 +684,35 @@ fn verify(instrumented: &str, tick: &str, ast_placed: usize, expected: Expected)
                         if self.interner.resolve_expect(id.sym()).to_string() == self.tick))
         }
 
+        /// Whether `expression` is `(--budget>0||(budget=tick()))`.
+        fn is_guard(&self, expression: &Expression) -> bool {
+            let Expression::Parenthesized(outer) = expression else {
+                return false;
+            };
+            let Expression::Binary(or) = outer.expression() else {
+                return false;
+            };
+            if or.op() != BinaryOp::Logical(LogicalOp::Or) {
+                return false;
+            }
+            let Expression::Parenthesized(inner) = or.rhs() else {
+                return false;
+            };
+            matches!(inner.expression(), Expression::Assign(assign)
+                if self.is_tick(assign.rhs())
+                    && matches!(assign.lhs(), AssignTarget::Identifier(id)
+                        if self.interner.resolve_expect(id.sym()).to_string() == self.budget))
+        }
+
         fn body_ticks(&self, body: &Statement) -> bool {
             match body {
                 Statement::Block(block) => matches!(
                     block.statement_list().statements().first(),
                     Some(StatementListItem::Statement(first))
-                        if matches!(&**first, Statement::Expression(e) if self.is_tick(e))
+                        if matches!(&**first, Statement::Expression(e) if self.is_guard(e))
                 ),
                 Statement::Expression(Expression::Binary(binary)) => {
-                    binary.op() == BinaryOp::Comma && self.is_tick(binary.lhs())
+                    binary.op() == BinaryOp::Comma && self.is_guard(binary.lhs())
                 }
                 _ => false,
             }
@@ -633,7 +728,7 @@ fn verify(instrumented: &str, tick: &str, ast_placed: usize, expected: Expected)
         }
         fn visit_for_loop(&mut self, node: &'ast ForLoop) -> ControlFlow<()> {
             match (node.condition(), node.final_expr()) {
-                (Some(condition), None) if self.is_tick(condition) => self.ticked_bare += 1,
+                (Some(condition), None) if self.is_guard(condition) => self.ticked_bare += 1,
                 (None, None) => self.bare += 1,
                 _ => {}
             }
@@ -661,6 +756,7 @@ fn verify(instrumented: &str, tick: &str, ast_placed: usize, expected: Expected)
     let mut check = Check {
         interner: &interner,
         tick,
+        budget,
         calls: 0,
         ticked_bare: 0,
         bare: 0,
@@ -1079,12 +1175,48 @@ impl LineIndex {
 mod tests {
     use super::*;
 
+    const DECLARATIONS: &str = "\n;var __mechanics_loops_left_0000000000000000, \
+                                __mechanics_calls_left_0000000000000000;\n";
+
+    /// The instrumented module with each guard written as a bare `L()` (loops) or `C()` (calls)
+    /// and the budgets' declaration line left out.
     fn rewrite(source: &str) -> String {
-        instrument(source, 0)
-            .expect("instruments")
-            .source
-            .replace("__mechanics_loop_0000000000000000", "L")
-            .replace("__mechanics_call_0000000000000000", "C")
+        let out = instrument(source, 0).expect("instruments").source;
+        let out = out
+            .strip_suffix(DECLARATIONS)
+            .unwrap_or_else(|| panic!("budgets declared on a last line of their own: {out}"));
+        out.replace(
+            &guard(
+                "__mechanics_loops_left_0000000000000000",
+                "__mechanics_loop_0000000000000000",
+            ),
+            "L()",
+        )
+        .replace(
+            &guard(
+                "__mechanics_calls_left_0000000000000000",
+                "__mechanics_call_0000000000000000",
+            ),
+            "C()",
+        )
+    }
+
+    #[test]
+    fn guards_count_down_a_module_scope_budget_and_call_the_tick_when_it_runs_out() {
+        let out = instrument("function f() { while (x) ; }", 0).unwrap();
+        assert_eq!(
+            out.source,
+            "function f() {(--__mechanics_calls_left_0000000000000000>0||\
+             (__mechanics_calls_left_0000000000000000=__mechanics_call_0000000000000000())); \
+             while ((--__mechanics_loops_left_0000000000000000>0||\
+             (__mechanics_loops_left_0000000000000000=__mechanics_loop_0000000000000000())), x) ; }\
+             \n;var __mechanics_loops_left_0000000000000000, \
+             __mechanics_calls_left_0000000000000000;\n"
+        );
+        assert_eq!(out.loop_tick, "__mechanics_loop_0000000000000000");
+        assert_eq!(out.call_tick, "__mechanics_call_0000000000000000");
+        // A module ending in a line comment still gets its declarations on a line of their own.
+        assert!(rewrite("export default 1 // done").ends_with("// done"));
     }
 
     #[test]
@@ -1132,7 +1264,10 @@ mod tests {
 
     #[test]
     fn namespace_imports_become_named_imports_of_the_namespace_export() {
-        let ns = |source: &str| instrument(source, 0).unwrap().source;
+        let ns = |source: &str| {
+            let out = instrument(source, 0).unwrap().source;
+            out.strip_suffix(DECLARATIONS).unwrap_or(&out).to_owned()
+        };
         assert_eq!(
             ns("import * as b from 'mechanics:base64'"),
             "import { __mechanics_namespace as b } from 'mechanics:base64'"
@@ -1232,6 +1367,16 @@ mod tests {
         let source = "const __mechanics_loop_0000000000000000 = 1; while (x) ;";
         let out = instrument(source, 0).expect("instruments");
         assert_ne!(out.loop_tick, "__mechanics_loop_0000000000000000");
-        assert!(out.source.contains(&format!("{}(), x", out.loop_tick)));
+        assert!(out.source.contains(&format!("={}()", out.loop_tick)));
+        // A source naming a budget gets other names for all of them: it cannot reach its budget.
+        let source = "var __mechanics_loops_left_0000000000000000 = 1e9; while (x) ;";
+        let out = instrument(source, 0).expect("instruments");
+        assert_ne!(out.loop_tick, "__mechanics_loop_0000000000000000");
+        let budget = out.loop_tick.replace("_loop_", "_loops_left_");
+        assert!(
+            out.source.contains(&format!("(--{budget}>0||")),
+            "{}",
+            out.source
+        );
     }
 }

@@ -561,16 +561,16 @@ fn install_ticks(
     // context is dropped and are rooted by the `Rc` meanwhile.
     let loop_tick = unsafe {
         NativeFunction::from_closure(move |_, _, _| {
-            loop_state.loop_tick().map_err(limit_error)?;
-            // `true`, because a bare `for (;;)` gets the tick as its whole condition.
-            Ok(JsValue::from(true))
+            // The next budget, never 0: a bare `for (;;)` gets the guard as its whole condition.
+            let budget = loop_state.loop_budget().map_err(limit_error)?;
+            Ok(JsValue::from(budget))
         })
     };
     let call_state = state.clone();
     let call_tick = unsafe {
         NativeFunction::from_closure(move |_, _, _| {
-            call_state.tick().map_err(limit_error)?;
-            Ok(JsValue::undefined())
+            let budget = call_state.call_budget().map_err(limit_error)?;
+            Ok(JsValue::from(budget))
         })
     };
     install_symbol_registry(context, state)?;

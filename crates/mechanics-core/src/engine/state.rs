@@ -26,6 +26,13 @@ pub(crate) enum Exceeded {
 /// stop within a millisecond or so, rarely enough to keep the clock off the hot path.
 const TICKS_PER_CHECK: u32 = 256;
 
+/// How many loop iterations, and separately how many function entries, instrumented code runs
+/// between two calls of a native tick (each of which checks the clock and the memory budget).
+/// Half of [`TICKS_PER_CHECK`], so that code mixing loops and calls is checked at least as often
+/// as when every iteration and entry called the tick; a native call per 128 is already lost in
+/// the noise of the benchmarks (see ARCHITECTURE.md, "How limits are enforced").
+const BUDGET: u32 = TICKS_PER_CHECK / 2;
+
 #[derive(Debug)]
 pub(crate) struct JobState {
     pub(crate) deadline: Cell<Instant>,
@@ -79,14 +86,33 @@ impl JobState {
         }
     }
 
-    /// Counts one loop iteration and checks every limit; `Err` names the limit hit.
-    pub(crate) fn loop_tick(&self) -> Result<(), Exceeded> {
-        let n = self.loop_iterations.get() + 1;
-        self.loop_iterations.set(n);
-        if n > self.max_loop_iterations.get() {
+    /// The loop tick, called by instrumented code when its loop budget has run out: counts the
+    /// iteration that called it as the first of a new budget, checks every limit, and answers how
+    /// many iterations (this one included) may run before the next call. The budget is charged to
+    /// the job's count up front, so the count never passes the limit and the iteration after the
+    /// limit is the one that fails.
+    pub(crate) fn loop_budget(&self) -> Result<u32, Exceeded> {
+        if let Some(limit) = self.exceeded.get() {
+            return Err(limit);
+        }
+        let used = self.loop_iterations.get();
+        let left = self.max_loop_iterations.get().saturating_sub(used);
+        if left == 0 {
             return Err(self.exceed(Exceeded::LoopIterations));
         }
-        self.tick()
+        let budget = left.min(u64::from(BUDGET));
+        self.loop_iterations.set(used + budget);
+        self.check_now()?;
+        // `budget` is at most `BUDGET`, a `u32`.
+        Ok(u32::try_from(budget).unwrap_or(BUDGET))
+    }
+
+    /// The call tick, called by instrumented code when its call budget has run out: checks the
+    /// clock and the memory budget and answers how many function entries may run before the next
+    /// call.
+    pub(crate) fn call_budget(&self) -> Result<u32, Exceeded> {
+        self.check_now()?;
+        Ok(BUDGET)
     }
 
     /// Checks the clock and the memory budget every [`TICKS_PER_CHECK`] calls.

@@ -271,3 +271,156 @@ fn a_previous_jobs_garbage_does_not_stretch_the_next_jobs_memory_budget() {
         assert!(after.to_string().contains("memory limit"), "{after}");
     }
 }
+
+#[test]
+fn loop_limit_is_exact_across_budget_boundaries() {
+    // Instrumented loops call the native tick once per budget of iterations; the job's count must
+    // still be exact: 1,000 condition evaluations pass a limit of 1,000, 1,001 do not.
+    let tight = limits().with_max_loop_iterations(1_000).unwrap();
+    let fits = "export default () => { let n = 0; while (n < 999) n++; return n }";
+    assert_eq!(run_limited(fits, tight).unwrap(), json!(999));
+    let over = "export default () => { let n = 0; while (n < 1000) n++; return n }";
+    let err = run_limited(over, tight).unwrap_err();
+    assert!(
+        err.to_string().contains("loop iteration limit of 1000"),
+        "{err}"
+    );
+}
+
+/// What a job can try against the budgets the instrumentation counts down: read their names from
+/// its own functions' source text, then write, define, delete or shadow them through every door
+/// JavaScript offers without naming them in the source. Returns what it found and what each
+/// attempt did; with `arg.spin` it then loops forever, and the limits must still stop it.
+const TAMPER: &str = r#"
+function probe() { for (const x of []) ; while (false) ; return 1 }
+const attempt = (what, f) => { try { f(); return what + ': done' } catch (e) { return what + ': ' + e.name } };
+export default function (arg) {
+  const names = [...new Set(String(probe).match(/__mechanics_\w+/g) || [])];
+  const big = 1e15;
+  const report = [];
+  for (const name of names) {
+    report.push(attempt('assign global', () => { globalThis[name] = big }));
+    report.push(attempt('define getter', () => Object.defineProperty(globalThis, name,
+      { get() { return big }, set() {}, configurable: true })));
+    report.push(attempt('delete global', () => { delete globalThis[name] }));
+    report.push(attempt('prototype getter', () => Object.defineProperty(Object.prototype, name,
+      { get() { return big }, set() {}, configurable: true })));
+    report.push(attempt('eval', () => eval(name + ' = ' + big)));
+    report.push(attempt('indirect eval', () => (0, globalThis.eval)('var ' + name + ' = ' + big)));
+    report.push(attempt('Function', () => Function(name + ' = ' + big)()));
+    report.push(attempt('generator Function', () => (function* () {}).constructor(name + ' = ' + big)().next()));
+    report.push(attempt('async Function', () => (async function () {}).constructor(name + ' = ' + big)()));
+    report.push(attempt('setTimeout string', () => setTimeout(name + ' = ' + big, 0)));
+    report.push(attempt('Reflect.set', () => Reflect.set(globalThis, name, big)));
+  }
+  if (arg && arg.spin) {
+    let n = 0;
+    while (true) { n++; probe() }
+  }
+  return { names, report };
+}
+"#;
+
+#[test]
+fn a_job_cannot_reset_read_or_shadow_the_budgets_the_limits_count_down() {
+    let job = |spin: bool, limits: MechanicsExecutionLimits| {
+        let job = MechanicsJob::new(TAMPER, json!({ "spin": spin }), MechanicsConfig::default())
+            .unwrap()
+            .with_limits(limits);
+        shared_pool().run(job).result
+    };
+    // The names are there for the reading: the defence must not rest on hiding them.
+    let seen = job(false, limits()).unwrap();
+    let names: Vec<&str> = seen["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("__mechanics_loops_left_"))
+            && names
+                .iter()
+                .any(|n| n.starts_with("__mechanics_calls_left_")),
+        "{seen}"
+    );
+    // No way of compiling a string works, so nothing can name a budget at run time.
+    for line in seen["report"].as_array().unwrap() {
+        let line = line.as_str().unwrap();
+        for door in [
+            "eval:",
+            "Function:",
+            "generator Function:",
+            "async Function:",
+            "setTimeout string:",
+        ] {
+            if line.starts_with(door) {
+                assert!(!line.ends_with(": done"), "{line}");
+            }
+        }
+    }
+
+    // After every attempt, an endless loop still meets the loop limit...
+    let err = job(true, limits().with_max_loop_iterations(10_000).unwrap()).unwrap_err();
+    assert!(
+        err.to_string().contains("loop iteration limit of 10000"),
+        "{err}"
+    );
+    // ...and, with no loop limit to speak of, the time limit, within a second of it.
+    let limit = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = job(
+        true,
+        limits()
+            .with_max_execution_time(limit)
+            .unwrap()
+            .with_max_loop_iterations(u64::MAX)
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("execution time limit"), "{err}");
+    assert!(
+        started.elapsed() < limit + Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn code_that_runs_before_the_budgets_are_declared_or_after_a_limit_is_still_stopped() {
+    let limits = limits()
+        .with_max_execution_time(Duration::from_millis(300))
+        .unwrap()
+        .with_max_loop_iterations(u64::MAX)
+        .unwrap();
+    for source in [
+        // The budgets are declared on the module's last line: hoisted functions and top-level
+        // code run before it is reached.
+        "spin(); function spin() { for (;;) {} } export default () => 1",
+        "while (true) {} export default () => 1",
+        "const f = () => f(); for (const x of [1]) { for (;;) {} } export default () => 1",
+        // A limit thrown leaves the budget at zero: a `finally` must not get a fresh budget.
+        "export default () => { try { for (;;) {} } finally { while (true) {} } }",
+        "export default () => { const r = (n) => { try { return r(n + 1) } finally { for (;;) {} } }; return r(0) }",
+    ] {
+        let started = Instant::now();
+        let err = run_limited(source, limits).unwrap_err();
+        assert_eq!(err.kind().as_str(), "limit_exceeded", "{source}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_millis(300) + Duration::from_secs(1),
+            "{source}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_with_statement_cannot_put_an_object_in_front_of_the_budgets() {
+    // Modules are strict code: `with` does not even parse, so nothing runs.
+    let source = "const scope = new Proxy({}, { has: () => true, get: () => 1e15 });
+        export default () => { with (scope) { while (true) {} } }";
+    let err = run_limited(source, limits()).unwrap_err();
+    assert!(err.to_string().contains("SyntaxError"), "{err}");
+}
