@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: formatting, lints, then every test, with a
-# throwaway PostgreSQL cluster for the tests that need one.
+# throwaway PostgreSQL cluster for the tests that need one, then the API fuzzer
+# (scripts/api-fuzz.sh: Schemathesis, installed with pip into a virtual environment under target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A one-shot full run gains nothing from incremental caches, which would roughly double `target/`.
@@ -25,5 +26,8 @@ start_postgres
 log=$(mktemp)
 # Unit and integration tests (benches run with `cargo bench`; the crates have no doc tests).
 cargo test --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
-# One closing line for the whole run.
+# One closing line for the Rust tests.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+# The API from outside: its document, the README's examples, and Schemathesis on a live server.
+cargo build -p mechanics --locked
+./scripts/api-fuzz.sh

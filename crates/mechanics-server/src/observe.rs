@@ -123,6 +123,22 @@ impl utoipa::PartialSchema for Since {
 
 impl utoipa::ToSchema for Since {}
 
+/// The schema of `action` in the document: one of [`crate::trace_log::ACTIONS`], as the listing
+/// checks.
+pub(crate) struct Action;
+
+impl utoipa::PartialSchema for Action {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(crate::trace_log::ACTIONS.iter().copied()))
+            .description(Some("Only entries of this step of the pipeline"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Action {}
+
 /// The parameters `GET /logs` takes.
 const LOG_PARAMS: &[&str] = &[
     "event", "task", "worker", "action", "outcome", "since", "trace", "limit", "cursor",
@@ -162,7 +178,7 @@ fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
 }
 
 /// `GET /logs`: flushes the buffered entries first, so a caller sees the steps it caused.
-#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs", summary = "The pipeline trace, newest first", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = inline(Option<Action>), Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
 pub(crate) async fn list_logs(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -182,7 +198,7 @@ pub(crate) async fn list_logs(
 }
 
 /// `GET /logs`: [`list_logs`] outside the API prefix, where the README and scrapers look for it.
-#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs_outside_api", summary = "The pipeline trace, newest first (the same as /api/v1/logs)", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
+#[utoipa::path(get, path = "/logs", tag = "logs", operation_id = "list_logs_outside_api", summary = "The pipeline trace, newest first (the same as /api/v1/logs)", params(("event" = Option<i64>, Query, minimum = 1), ("task" = Option<i64>, Query, minimum = 1), ("worker" = Option<String>, Query), ("action" = inline(Option<Action>), Query), ("outcome" = Option<LogOutcome>, Query), ("since" = inline(Option<Since>), Query), ("trace" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("cursor" = Option<i64>, Query, minimum = 1)), responses((status = 200, description = "A page of entries", body = LogList)))]
 async fn list_logs_outside_api(
     state: State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,

@@ -16,6 +16,7 @@ pub const MAX_NODE_CAPACITY: u32 = 1024;
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// `[a-z0-9-]{1,64}`; shown in `mechanics node list`, logs and metrics.
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
     pub name: String,
     /// Where the node listens: `https://HOST:PORT`. `http://` only to a loopback host, or with
     /// `insecure_plaintext`.
