@@ -245,10 +245,14 @@ fn rss_mb() -> f64 {
 
 #[test]
 fn a_previous_jobs_garbage_does_not_stretch_the_next_jobs_memory_budget() {
+    // The time limit is raised out of the way: on a loaded machine a debug build needs several
+    // seconds to allocate 64 MiB of objects, and this test is about the memory limit alone.
     let limits = limits()
         .with_max_memory_mb(64)
         .unwrap()
         .with_max_loop_iterations(u64::MAX)
+        .unwrap()
+        .with_max_execution_time(std::time::Duration::from_secs(60))
         .unwrap();
     let pool = mechanics_core::MechanicsPool::new(
         mechanics_core::MechanicsPoolConfig::default()
