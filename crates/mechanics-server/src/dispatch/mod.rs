@@ -799,14 +799,7 @@ impl Dispatcher {
                     why.rule(),
                     task.tries
                 ));
-                let r = self
-                    .store
-                    .fail_task(task.id, task.attempt, TaskState::Dead, &message, now)
-                    .await;
-                if r.is_ok() {
-                    self.trace.dead_lettered(task, &message, now);
-                }
-                r
+                self.dead_letter(task, &message, now).await
             }
             Outcome::ScriptRetry(why, message) => {
                 let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
@@ -820,14 +813,7 @@ impl Dispatcher {
                     "{message} (retries exhausted after {} tries)",
                     task.tries
                 ));
-                let r = self
-                    .store
-                    .fail_task(task.id, task.attempt, TaskState::Dead, &message, now)
-                    .await;
-                if r.is_ok() {
-                    self.trace.dead_lettered(task, &message, now);
-                }
-                r
+                self.dead_letter(task, &message, now).await
             }
             Outcome::Transport(message) => {
                 let delay = retry::with_jitter(retry::backoff(&spec, task.tries), random_unit());
@@ -839,6 +825,18 @@ impl Dispatcher {
                 self.reschedule(task, delay, &redact(message), now).await
             }
         }
+    }
+
+    /// Moves the attempt's task to `dead` with `message` (already redacted), and traces it.
+    async fn dead_letter(&self, task: &Task, message: &str, now: i64) -> Result<Task, StoreError> {
+        let r = self
+            .store
+            .fail_task(task.id, task.attempt, TaskState::Dead, message, now)
+            .await;
+        if r.is_ok() {
+            self.trace.dead_lettered(task, message, now);
+        }
+        r
     }
 
     /// Puts the attempt's task back to `pending`, due `delay` after `now`.
