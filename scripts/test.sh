@@ -29,5 +29,6 @@ cargo test --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the Rust tests.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
 # The API from outside: its document, the README's examples, and Schemathesis on a live server.
-cargo build -p mechanics --locked
+# It runs target/debug/mechanics, which the integration tests above built (a separate
+# `cargo build` would resolve features differently and compile much of the tree again).
 ./scripts/api-fuzz.sh
