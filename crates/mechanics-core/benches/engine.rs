@@ -19,6 +19,12 @@
 //! add) against its own JavaScript output: a TypeScript worker should cost what its JavaScript
 //! costs.
 //!
+//! Wall-clock ratios on a shared, noisy machine move by tens of percent from run to run, so the
+//! cost of the limits is also counted in instructions when `valgrind` is on `PATH`: the bench runs
+//! itself under Callgrind once per (job, engine) with one job and once with three, and the
+//! difference over two is what one job costs, whatever else the machine is doing
+//! (`MECHANICS_BENCH_ONE=JOB,ENGINE,COUNT` is that child mode).
+//!
 //! `MECHANICS_BENCH_SCALE` (a positive number, default 1) scales every job count. Nothing here
 //! asserts: the goal check at the end only reports pass or fail.
 
@@ -522,8 +528,18 @@ fn job_of(
 /// 1M loop's condition alone is evaluated once more than the default limit allows. Every limit is
 /// still enforced, at the same cost.
 fn pool_of(workers: usize) -> Result<MechanicsPool, String> {
+    pool_with_time_limit(
+        workers,
+        MechanicsExecutionLimits::default().max_execution_time(),
+    )
+}
+
+/// [`pool_of`] with another time limit: under Callgrind a job runs some fifty times slower
+/// than the default 10 s allow.
+fn pool_with_time_limit(workers: usize, time_limit: Duration) -> Result<MechanicsPool, String> {
     let limits = MechanicsExecutionLimits::default()
         .with_max_loop_iterations(1_000_000_000)
+        .and_then(|limits| limits.with_max_execution_time(time_limit))
         .map_err(|e| e.to_string())?;
     MechanicsPool::new(
         MechanicsPoolConfig::default()
@@ -1040,6 +1056,121 @@ fn limits_overhead_report(reports: &[(Report, Result<Value, String>)]) -> String
     out
 }
 
+/// The child mode of [`instructions_report`]: `JOB,ENGINE,COUNT` runs COUNT jobs of one script
+/// on one engine and exits.
+const ONE_ENV: &str = "MECHANICS_BENCH_ONE";
+
+/// Runs `JOB,ENGINE,COUNT` (see [`ONE_ENV`]); the process's exit code.
+fn run_one(spec: &str) -> i32 {
+    let mut parts = spec.split(',');
+    let (Some(job), Some(engine), Some(Ok(count))) = (
+        parts.next(),
+        parts.next(),
+        parts.next().map(str::parse::<usize>),
+    ) else {
+        eprintln!("{ONE_ENV} must be JOB,ENGINE,COUNT, not {spec:?}");
+        return 2;
+    };
+    let scripts = scripts(1.0);
+    let Some(script) = scripts.iter().find(|s| s.name == job) else {
+        eprintln!("{ONE_ENV}: no job named {job:?}");
+        return 2;
+    };
+    let run = |count: usize| -> Result<(), String> {
+        match engine {
+            "ours" => {
+                let pool = pool_with_time_limit(1, Duration::from_secs(3600))?;
+                let source = module_source(script);
+                (0..count).try_for_each(|_| run_ours(&pool, &source, &script.arg).map(drop))
+            }
+            "plain" => {
+                let expr = format!("({})", script.fn_source);
+                (0..count).try_for_each(|_| run_boa_plain(&expr, &script.arg).map(drop))
+            }
+            other => Err(format!("unknown engine {other:?} (ours or plain)")),
+        }
+    };
+    match run(count) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{job} on {engine}: {e}");
+            1
+        }
+    }
+}
+
+/// Instructions Callgrind counts for `JOB,ENGINE,COUNT` in a child process of this bench.
+fn callgrind_instructions(job: &str, engine: &str, count: usize) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(exe)
+        .env(ONE_ENV, format!("{job},{engine},{count}"))
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("running valgrind: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("valgrind run failed: {}", stderr.trim()));
+    }
+    // "==PID== Collected : 123456"
+    stderr
+        .lines()
+        .find_map(|line| line.split("Collected :").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no instruction count in valgrind's output: {}",
+                stderr.trim()
+            )
+        })
+}
+
+/// Instructions per job, ours over Boa without limits: the cost of the limits as a count that
+/// does not depend on the machine's load. Empty when `valgrind` is not on `PATH`.
+fn instructions_report(scripts: &[Script]) -> String {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return "\n(valgrind not found on PATH: no instruction counts)\n".to_owned();
+    }
+    let mut out = String::from(
+        "\n== cost of the limits in instructions (callgrind; per job = (3 jobs - 1 job) / 2) ==\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<32} {:>16} {:>16} {:>12} {:>8}",
+        "job", "ours instr", "no-limits instr", "ours/no-lim", "goal"
+    );
+    for script in scripts {
+        let per_job = |engine: &str| -> Result<f64, String> {
+            let one = callgrind_instructions(script.name, engine, 1)?;
+            let three = callgrind_instructions(script.name, engine, 3)?;
+            Ok((three as f64 - one as f64) / 2.0)
+        };
+        match (per_job("ours"), per_job("plain")) {
+            (Ok(ours), Ok(plain)) => {
+                let ratio = ours / plain;
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>16} {:>16} {:>12} {:>8}",
+                    script.name,
+                    fmt_num(ours, 0),
+                    fmt_num(plain, 0),
+                    fmt_ratio(ours, plain),
+                    if ratio <= GOAL_LIMITS_RATIO {
+                        "PASS"
+                    } else {
+                        "FAIL"
+                    },
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = writeln!(out, "{:<32} failed: {e}", script.name);
+            }
+        }
+    }
+    out
+}
+
 /// A module of about `bytes` bytes: helper functions with loops that are never called, and an
 /// identity default export.
 fn sized_module(bytes: usize) -> String {
@@ -1111,6 +1242,9 @@ fn module_size_report(scale: f64) -> String {
 }
 
 fn main() {
+    if let Ok(one) = std::env::var(ONE_ENV) {
+        std::process::exit(run_one(&one));
+    }
     let scale = mechanics_test_support::bench_scale();
     let scripts = scripts(scale);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -1219,6 +1353,9 @@ fn main() {
     }
 
     print!("{}", limits_overhead_report(&reports));
+
+    eprintln!("[engine bench] instructions under callgrind ...");
+    print!("{}", instructions_report(&scripts));
 
     eprintln!("[engine bench] module sizes ...");
     print!("{}", module_size_report(scale));

@@ -122,7 +122,10 @@ impl ScratchImage {
             .expect("running docker import");
         let tarred = tar.wait().expect("waiting for tar");
         let _ = fs::remove_dir_all(&context);
-        assert!(tarred.success(), "tar of the image context failed: {tarred}");
+        assert!(
+            tarred.success(),
+            "tar of the image context failed: {tarred}"
+        );
         assert!(
             import.status.success(),
             "docker import of {} failed: {}",
