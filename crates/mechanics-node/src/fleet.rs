@@ -33,7 +33,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::NodeError;
-use crate::remote::{CallFailure, Remote, RemoteNodeConfig, RemoteNodeInfo, Remotes};
+use crate::remote::{CallFailure, Remote, RemoteChange, RemoteNodeConfig, RemoteNodeInfo, Remotes};
 
 /// A job that has killed this many node processes is failed as `sandbox_crashed`.
 const CRASHES_BEFORE_FAILING: u32 = 2;
@@ -517,10 +517,17 @@ impl Fleet {
         }
     }
 
+    /// Tells `listener` of every change of state of a remote node, once per change, in order.
+    /// Call it before [`set_remote_nodes`](Self::set_remote_nodes): nodes installed earlier
+    /// are not watched. `listener` runs under the node's status lock and must not block.
+    pub fn on_remote_change(&self, listener: impl Fn(&RemoteChange) + Send + Sync + 'static) {
+        self.inner.remotes.set_listener(Arc::new(listener));
+    }
+
     /// Contacts the node `config` once, as its registration is checked, without adding it: its
     /// state after one check (`healthy`, or why not in `last_error`).
     pub async fn probe(&self, config: RemoteNodeConfig) -> RemoteNodeInfo {
-        let remote = Remote::new(config, self.inner.config.remote_timeout);
+        let remote = Remote::new(config, self.inner.config.remote_timeout, None);
         remote.check(self.inner.config.remote_timeout).await;
         remote.info()
     }
@@ -962,6 +969,8 @@ fn process_node(config: &FleetConfig, name: &str, token: &str) -> Result<Process
         &config.recycle_memory_mb.to_string(),
         "--recycle-after-jobs",
         &config.recycle_after_jobs.to_string(),
+        // Relayed below as structured events, not as text inside a line of ours.
+        "--log-json",
     ]
     .into_iter()
     .map(OsString::from)
@@ -974,6 +983,7 @@ fn process_node(config: &FleetConfig, name: &str, token: &str) -> Result<Process
     }
     Ok(node
         .args(args)
+        .relay_json_logs(name)
         .env(TOKEN_ENV, token)
         .ready_timeout(config.ready_timeout)
         .stop_timeout(config.stop_timeout)

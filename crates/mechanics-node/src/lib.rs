@@ -25,6 +25,6 @@ pub use error::NodeError;
 pub use fleet::{Fleet, FleetConfig, FleetError, NodeInfo};
 pub use mechanics_runtime::{NodeSnapshot, ShutdownHandle, SupervisorConfig};
 pub use memory::resident_bytes;
-pub use remote::{RemoteNodeConfig, RemoteNodeInfo, RemoteState};
+pub use remote::{RemoteChange, RemoteNodeConfig, RemoteNodeInfo, RemoteState};
 pub use service::{job_of, serve};
 pub use tls::{client_tls, server_tls};

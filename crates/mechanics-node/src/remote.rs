@@ -102,6 +102,26 @@ impl RemoteState {
     }
 }
 
+/// A remote node moved from one state to another: what a listener registered with
+/// [`Fleet::on_remote_change`](crate::Fleet::on_remote_change) gets, once per change (a check
+/// that finds the node as it was reports nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteChange {
+    /// The node's registered name.
+    pub node: String,
+    /// The state it left.
+    pub from: RemoteState,
+    /// The state it is in now.
+    pub to: RemoteState,
+    /// Why, when it is no longer healthy.
+    pub error: Option<String>,
+}
+
+/// Told of every [`RemoteChange`], under the node's status lock so that changes arrive in order;
+/// it must not block.
+pub(crate) type ChangeListener = Arc<dyn Fn(&RemoteChange) + Send + Sync>;
+
 /// One remote node as the fleet sees it, for APIs and metrics.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -139,6 +159,8 @@ pub(crate) struct Remote {
     /// What the node reports it can run at once (0: not known yet).
     reported_capacity: AtomicUsize,
     durations: Mutex<VecDeque<Duration>>,
+    /// Told of each change of state; `None` for a node probed before it is registered.
+    listener: Option<ChangeListener>,
 }
 
 struct Status {
@@ -155,7 +177,11 @@ pub(crate) enum CallFailure {
 }
 
 impl Remote {
-    pub(crate) fn new(config: RemoteNodeConfig, connect_timeout: Duration) -> Remote {
+    pub(crate) fn new(
+        config: RemoteNodeConfig,
+        connect_timeout: Duration,
+        listener: Option<ChangeListener>,
+    ) -> Remote {
         let client = client(&config, connect_timeout).map_err(|err| err.to_string());
         let status = match &client {
             Ok(_) => Status {
@@ -177,6 +203,7 @@ impl Remote {
             failures_in_a_row: AtomicU32::new(0),
             reported_capacity: AtomicUsize::new(0),
             durations: Mutex::new(VecDeque::with_capacity(DURATIONS_KEPT)),
+            listener,
         }
     }
 
@@ -199,10 +226,18 @@ impl Remote {
         self.status().state == RemoteState::Healthy
     }
 
-    /// Moves to `state` with `error`, logging a change of state.
+    /// Moves to `state` with `error`, logging a change of state and telling the listener.
     fn set(&self, state: RemoteState, error: Option<String>) {
         let mut status = self.status();
         if status.state != state {
+            if let Some(listener) = &self.listener {
+                listener(&RemoteChange {
+                    node: self.config.name.clone(),
+                    from: status.state,
+                    to: state,
+                    error: error.clone(),
+                });
+            }
             let node = &self.config.name;
             match (&error, state) {
                 (_, RemoteState::Healthy) => {
@@ -450,6 +485,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub(crate) struct Remotes {
     nodes: Mutex<Arc<Vec<Arc<Remote>>>>,
+    /// Given to every node added from now on.
+    listener: Mutex<Option<ChangeListener>>,
 }
 
 impl Remotes {
@@ -457,10 +494,16 @@ impl Remotes {
         lock(&self.nodes).clone()
     }
 
+    /// Tells `listener` of every change of state of the nodes installed from now on.
+    pub(crate) fn set_listener(&self, listener: ChangeListener) {
+        *lock(&self.listener) = Some(listener);
+    }
+
     /// Installs `configs`: a node whose configuration did not change keeps its state, counters
     /// and connections; the others start unchecked.
     pub(crate) fn replace(&self, configs: Vec<RemoteNodeConfig>, connect_timeout: Duration) {
         let current = self.all();
+        let listener = lock(&self.listener).clone();
         let next: Vec<Arc<Remote>> = configs
             .into_iter()
             .map(|config| {
@@ -468,7 +511,9 @@ impl Remotes {
                     .iter()
                     .find(|remote| remote.config == config)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Remote::new(config, connect_timeout)))
+                    .unwrap_or_else(|| {
+                        Arc::new(Remote::new(config, connect_timeout, listener.clone()))
+                    })
             })
             .collect();
         *lock(&self.nodes) = Arc::new(next);

@@ -25,6 +25,7 @@ mod launcher;
 mod node;
 mod policy;
 mod process;
+mod relay;
 mod resource;
 mod runtime;
 mod shutdown;

@@ -49,6 +49,8 @@ pub struct ProcessNode {
     health_url: Option<String>,
     stop_timeout: Duration,
     address: watch::Sender<Option<String>>,
+    /// The node name its JSON log lines on stderr are relayed under, when they are.
+    relay_logs_as: Option<String>,
 }
 
 impl ProcessNode {
@@ -65,6 +67,7 @@ impl ProcessNode {
             health_url: None,
             stop_timeout: Duration::from_secs(5),
             address: watch::Sender::new(None),
+            relay_logs_as: None,
         }
     }
 
@@ -128,6 +131,15 @@ impl ProcessNode {
     /// below the supervisor's shutdown timeout, or the supervisor kills first.
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = timeout;
+        self
+    }
+
+    /// Re-emits each stderr line the child writes as a `tracing` JSON object (its own
+    /// `tracing-subscriber` with the JSON format) as an event of this process: the child's level,
+    /// target and fields, plus `node = name`, so that every log format of this process shows it
+    /// once. Other lines are logged as text, as without it.
+    pub fn relay_json_logs(mut self, name: impl Into<String>) -> Self {
+        self.relay_logs_as = Some(name.into());
         self
     }
 
@@ -255,7 +267,7 @@ impl NodeRunner for ProcessNode {
             result
         };
         let readers = async {
-            let stdout = forward_lines(stdout, "stdout", |line| {
+            let stdout = forward_lines(stdout, "stdout", None, |line| {
                 if let Some(addr) = line.strip_prefix("READY ") {
                     self.address.send_if_modified(|current| {
                         // Only the first announcement of an instance counts.
@@ -267,7 +279,8 @@ impl NodeRunner for ProcessNode {
                     });
                 }
             });
-            let stderr = forward_lines(stderr, "stderr", |line| {
+            let relay = self.relay_logs_as.as_deref();
+            let stderr = forward_lines(stderr, "stderr", relay, |line| {
                 let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if tail.len() == STDERR_TAIL_LINES {
                     tail.pop_front();
@@ -359,10 +372,13 @@ fn describe(status: io::Result<ExitStatus>) -> String {
     }
 }
 
-/// Logs each line of `pipe` and hands it to `on_line`, until end of file or a read error.
+/// Logs each line of `pipe` (relayed as the node `relay` names when it is a JSON log line) and
+/// hands it to `on_line` (a relayed line in its one-line text form), until end of file or a read
+/// error.
 async fn forward_lines(
     pipe: Option<impl AsyncRead + Unpin>,
     stream: &'static str,
+    relay: Option<&str>,
     mut on_line: impl FnMut(&str),
 ) {
     let Some(pipe) = pipe else { return };
@@ -376,6 +392,10 @@ async fn forward_lines(
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
+        if let Some(relayed) = relay.and_then(|node| crate::relay::relay(node, text)) {
+            on_line(&relayed);
+            continue;
+        }
         tracing::info!(target: "mechanics_runtime::child", stream, "{text}");
         on_line(text);
     }

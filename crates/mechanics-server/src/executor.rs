@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mechanics_proto::api::NodeView;
+use mechanics_proto::api::{NodeKind, NodeView};
 use mechanics_proto::domain::{ConsoleLine, NodeSpec, TranspiledModule};
 use mechanics_proto::node::JobRequest;
 use serde_json::{Value, json};
@@ -32,6 +32,21 @@ pub enum Outcome {
     /// The executor was too busy to take the attempt (no free node, a node's queue full). Not the
     /// task's fault: the task goes back to the queue after the delay without spending a try.
     Overloaded(Option<Duration>, String),
+}
+
+impl Outcome {
+    /// The `outcome` label of `mechanics_node_jobs_total`: `ok` (a result), `error` (the node
+    /// answered with a failure: a script error, retryable or not, or a refusal), `transport`
+    /// (the node could not be reached or failed with the job on it) or `overloaded` (too busy,
+    /// or asked to come back later).
+    pub fn node_label(&self) -> &'static str {
+        match self {
+            Self::Completed(_) => "ok",
+            Self::Failed(_) | Self::ScriptRetry(..) => "error",
+            Self::Transport(_) => "transport",
+            Self::RetryAfter(..) | Self::Overloaded(..) => "overloaded",
+        }
+    }
 }
 
 /// Why a js job's failure is retried rather than failing the task at once.
@@ -116,6 +131,33 @@ pub trait JsExecutor: Send + Sync {
         let _ = node;
         Ok(())
     }
+    /// Tells `on_change` of every change of a node's state from now on, once per change (the
+    /// server writes each to `/logs`). Called once, before the first
+    /// [`set_remote_nodes`](Self::set_remote_nodes); `on_change` must not block. The default,
+    /// for executors whose nodes never change state, never calls it.
+    fn watch_nodes(&self, on_change: NodeChangeListener) {
+        let _ = on_change;
+    }
+}
+
+/// What [`JsExecutor::watch_nodes`] calls with each change.
+pub type NodeChangeListener = Box<dyn Fn(NodeChange) + Send + Sync>;
+
+/// A node moved from one state to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChange {
+    /// The node's name, as `GET /nodes` shows it.
+    pub node: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// The state it left, as `GET /nodes` names states.
+    pub from: String,
+    /// The state it is in now.
+    pub to: String,
+    /// Whether it gets jobs in its new state.
+    pub up: bool,
+    /// Why it is no longer up.
+    pub error: Option<String>,
 }
 
 /// A registered remote node with its token, as the server gives it to the [`JsExecutor`].

@@ -45,7 +45,10 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 pub use config::ServerConfig;
 pub use dispatch::DispatchConfig;
-pub use executor::{AttemptOutput, JsExecutor, Outcome, RemoteNodeTarget, ScriptRetry};
+pub use executor::{
+    AttemptOutput, JsExecutor, NodeChange, NodeChangeListener, Outcome, RemoteNodeTarget,
+    ScriptRetry,
+};
 pub use metrics::Metrics;
 pub use sources::read_webhook_secret;
 pub use trace_log::TraceLog;
@@ -255,6 +258,13 @@ pub async fn start_with(
         reconcile: Notify::new(),
         started_at: parts.clock.now_ms(),
     });
+    if let Some(js) = &shared.js {
+        // Watched before any remote node is installed, so that its first check is written too.
+        let (trace, clock) = (trace.clone(), shared.clock);
+        js.watch_nodes(Box::new(move |change| {
+            trace.node_changed(&change, clock.now_ms())
+        }));
+    }
     // The remote nodes are known before the first task is dispatched.
     nodes::sync(&shared).await;
     // Listed before it serves: a client that reached this server finds it in the list.

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use mechanics_proto::api::NodeView;
+use mechanics_proto::api::{NodeKind, NodeView};
 use mechanics_proto::domain::TaskState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -82,6 +82,32 @@ impl PerWorker {
 }
 
 type LatencyFamily = Family<WorkerLabel, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeOutcomeLabel {
+    node: String,
+    outcome: &'static str,
+}
+
+/// `mechanics_node_jobs_total{node,outcome}`: attempts that ended on each executor node (local
+/// or remote) or process worker, by [`Outcome::node_label`](crate::Outcome::node_label).
+/// Counted where the attempt ends, so a node's series outlive its removal like any counter.
+#[derive(Debug, Default)]
+pub struct NodeJobs {
+    family: Family<NodeOutcomeLabel, Counter>,
+}
+
+impl NodeJobs {
+    /// Adds one attempt that ended on `node` with `outcome`.
+    pub fn inc(&self, node: &str, outcome: &'static str) {
+        self.family
+            .get_or_create(&NodeOutcomeLabel {
+                node: node.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
@@ -166,6 +192,8 @@ pub struct Metrics {
     pub tasks_dedup_skipped: PerWorker,
     /// `mechanics_policy_decisions_total{worker,outcome,reason}`: worker policies' verdicts.
     pub policy_decisions: PolicyDecisions,
+    /// `mechanics_node_jobs_total{node,outcome}`: attempts per node and how they ended.
+    pub node_jobs: NodeJobs,
     /// `mechanics_webhooks_received_total`: webhook deliveries accepted.
     pub webhooks_received: Counter,
     /// `mechanics_webhooks_rate_limited_total`: webhook deliveries refused by the rate limit.
@@ -216,6 +244,7 @@ impl Metrics {
             tasks_recovered: PerWorker::default(),
             tasks_dedup_skipped: PerWorker::default(),
             policy_decisions: PolicyDecisions::default(),
+            node_jobs: NodeJobs::default(),
             webhooks_received: Counter::default(),
             webhooks_rate_limited: Counter::default(),
             events_dedup_skipped: Counter::default(),
@@ -275,6 +304,11 @@ impl Metrics {
         ] {
             r.register(name, help, counter.family.clone());
         }
+        r.register(
+            "node_jobs",
+            "Attempts that ended on the node, by outcome (ok, error, transport, overloaded)",
+            metrics.node_jobs.family.clone(),
+        );
         for (name, help, counter) in [
             (
                 "webhooks_received",
@@ -443,16 +477,6 @@ impl Metrics {
     }
 }
 
-/// A node (executor node or process worker) as the metrics see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeState {
-    /// `executor` (a js node) or `process` (a process worker's child).
-    pub kind: &'static str,
-    /// The node as `GET /api/v1/nodes` shows it.
-    #[serde(flatten)]
-    pub view: NodeView,
-}
-
 /// The state read at scrape time.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
@@ -467,8 +491,9 @@ pub struct Snapshot {
     pub concurrency: usize,
     /// Seconds since the server started.
     pub uptime_seconds: f64,
-    /// Executor nodes and process workers.
-    pub nodes: Vec<NodeState>,
+    /// Executor nodes (local and remote) and process workers, as `GET /api/v1/nodes` shows
+    /// them; their `kind` is the `kind` label.
+    pub nodes: Vec<NodeView>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -479,13 +504,13 @@ struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeStateLabel {
     node: String,
-    kind: String,
+    kind: &'static str,
     state: String,
 }
 
@@ -541,29 +566,29 @@ impl Snapshot {
         let in_flight = Family::<NodeLabel, Gauge>::default();
         let restarts = Family::<NodeLabel, Counter>::default();
         let deaths = Family::<NodeLabel, Counter>::default();
-        let jobs = Family::<NodeLabel, Counter>::default();
+        let up = Family::<NodeLabel, Gauge>::default();
         let mut tripped_total = 0;
         for node in &self.nodes {
             let label = NodeLabel {
-                node: node.view.name.clone(),
-                kind: node.kind.to_owned(),
+                node: node.name.clone(),
+                kind: node.kind.as_str(),
             };
             state
                 .get_or_create(&NodeStateLabel {
-                    node: node.view.name.clone(),
-                    kind: node.kind.to_owned(),
-                    state: node.view.state.clone(),
+                    node: node.name.clone(),
+                    kind: node.kind.as_str(),
+                    state: node.state.clone(),
                 })
                 .set(1);
-            let is_tripped = node.view.breaker == "tripped";
+            up.get_or_create(&label).set(i64::from(is_up(node)));
+            let is_tripped = node.breaker == "tripped";
             tripped_total += i64::from(is_tripped);
             tripped.get_or_create(&label).set(i64::from(is_tripped));
             in_flight
                 .get_or_create(&label)
-                .set(i64::try_from(node.view.in_flight).unwrap_or(i64::MAX));
-            restarts.get_or_create(&label).inc_by(node.view.restarts);
-            deaths.get_or_create(&label).inc_by(node.view.deaths);
-            jobs.get_or_create(&label).inc_by(node.view.jobs);
+                .set(i64::try_from(node.in_flight).unwrap_or(i64::MAX));
+            restarts.get_or_create(&label).inc_by(node.restarts);
+            deaths.get_or_create(&label).inc_by(node.deaths);
         }
         r.register(
             "nodes",
@@ -577,6 +602,11 @@ impl Snapshot {
         );
         r.register("node_state", "1 for the node's current state", state);
         r.register(
+            "node_up",
+            "1 while the node can take work (local and process: running; remote: healthy)",
+            up,
+        );
+        r.register(
             "node_breaker_tripped",
             "1 while the node's crash-loop breaker is tripped",
             tripped,
@@ -584,8 +614,17 @@ impl Snapshot {
         r.register("node_in_flight", "Jobs running on the node", in_flight);
         r.register("node_restarts", "Times the node was restarted", restarts);
         r.register("node_deaths", "Times the node died", deaths);
-        r.register("node_jobs", "Jobs the node ran", jobs);
         r
+    }
+}
+
+/// Whether `node` can take work now: a remote node once a check found it `healthy`, a local
+/// node or process worker while its instance is `running` (not draining, backing off or
+/// tripped).
+fn is_up(node: &NodeView) -> bool {
+    match node.kind {
+        NodeKind::Remote => node.state == "healthy",
+        NodeKind::Local | NodeKind::Process => node.state == "running",
     }
 }
 

@@ -32,7 +32,7 @@ use utoipa_axum::routes;
 
 use crate::Shared;
 use crate::api::{Failure, ListingQuery, quote};
-use crate::metrics::{NodeState, Snapshot};
+use crate::metrics::Snapshot;
 
 /// The routes outside `/api/v1` that need no key, each registered with its documentation:
 /// `/metrics`, `/healthz` and `/debug/vars` (which checks keys itself, see the module doc).
@@ -58,28 +58,8 @@ async fn snapshot(shared: &Shared) -> Snapshot {
             None
         }
     };
-    let mut nodes: Vec<NodeState> = shared
-        .js
-        .as_ref()
-        .map(|js| js.nodes())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|view| NodeState {
-            kind: "executor",
-            view,
-        })
-        .collect();
-    nodes.extend(
-        shared
-            .dispatcher
-            .processes
-            .views()
-            .into_iter()
-            .map(|view| NodeState {
-                kind: "process",
-                view,
-            }),
-    );
+    let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
+    nodes.extend(shared.dispatcher.processes.views());
     Snapshot {
         tasks,
         in_flight: shared.dispatcher.in_flight(),

@@ -8,7 +8,8 @@
 //! `retry` (rescheduled; `detail.next_run_at`), `dead_letter`
 //! (fail), `rate_limit` (retry: re-queued to its reserved slot, not an attempt;
 //! `detail.until`), `recover` (retry: startup recovery or an expired lease), `retry_requested`
-//! and `cancel` (ok, through the API). Webhooks, cron and write-back add `webhook`, `dedup`,
+//! and `cancel` (ok, through the API), and `node` (a node changed state: ok when it is up
+//! again, fail when it went down; trace id `node-NAME`). Webhooks, cron and write-back add `webhook`, `dedup`,
 //! `match`, `policy`, `cron` and `write_back` (see the second `impl` block), `submit` for the tasks they
 //! make, and `dead_letter` for a write-back given up; an event's entries carry its trace id
 //! `event-N` from the delivery to the write-back.
@@ -21,6 +22,7 @@ use mechanics_proto::domain::{
 };
 use serde_json::{Value, json};
 
+use crate::executor::{NodeChange, Outcome};
 use crate::trace_log::{TraceLog, entry, event_trace_id, random_trace_id, task_entry};
 
 impl TraceLog {
@@ -133,6 +135,32 @@ impl TraceLog {
     /// The API canceled `task`.
     pub(crate) fn canceled(&self, task: &Task, now: i64) {
         self.record(task_entry(task, "cancel", LogOutcome::Ok, now));
+    }
+
+    /// An attempt ended on the executor node or process worker `node` with `outcome`.
+    pub(crate) fn ran_on_node(&self, node: &str, outcome: &Outcome) {
+        self.metrics().node_jobs.inc(node, outcome.node_label());
+    }
+
+    /// A node changed state: `ok` when it is up again, `fail` when it went down (the reason in
+    /// `error`); `detail` names the node, its kind and both states.
+    pub(crate) fn node_changed(&self, change: &NodeChange, now: i64) {
+        let outcome = if change.up {
+            LogOutcome::Ok
+        } else {
+            LogOutcome::Fail
+        };
+        self.record(LogRecord {
+            trace_id: Some(format!("node-{}", change.node)),
+            error: change.error.clone(),
+            detail: Some(json!({
+                "node": change.node,
+                "kind": change.kind.as_str(),
+                "from": change.from,
+                "to": change.to,
+            })),
+            ..entry("node", outcome, now)
+        });
     }
 }
 

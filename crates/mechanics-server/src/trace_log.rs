@@ -95,6 +95,7 @@ pub const ACTIONS: &[&str] = &[
     "dedup",
     "dispatch",
     "match",
+    "node",
     "pause",
     "policy",
     "rate_limit",

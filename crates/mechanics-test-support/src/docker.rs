@@ -147,6 +147,8 @@ impl Drop for ScratchImage {
 pub struct Network {
     /// The network's name.
     pub name: String,
+    /// The first three octets of its `/24` subnet, when it was created with one.
+    prefix: Option<String>,
 }
 
 impl Network {
@@ -155,9 +157,54 @@ impl Network {
         require_docker();
         let name = unique_name(name);
         docker_ok(&["network", "create", "--label", TEST_LABEL, &name]);
-        Network { name }
+        Network { name, prefix: None }
+    }
+
+    /// Creates a bridge network with a unique name made from `name` on a free `/24` of
+    /// `10.231.0.0/16`, so that containers can be given fixed addresses ([`Network::address`],
+    /// `docker run --ip`): what a certificate for a container's address needs, since it must be
+    /// issued before the container starts.
+    ///
+    /// # Panics
+    /// When no subnet tried is free.
+    pub fn create_with_subnet(name: &str) -> Network {
+        require_docker();
+        let name = unique_name(name);
+        // Start at a per-process offset so that concurrent tests rarely try the same subnet.
+        let start = std::process::id() as usize + NEXT_SUBNET.fetch_add(7, Ordering::Relaxed);
+        let mut last_error = String::new();
+        for attempt in 0..32 {
+            let prefix = format!("10.231.{}", (start + attempt * 37) % 250 + 1);
+            let subnet = format!("{prefix}.0/24");
+            let out = docker(&[
+                "network", "create", "--label", TEST_LABEL, "--subnet", &subnet, &name,
+            ]);
+            if out.status.success() {
+                return Network {
+                    name,
+                    prefix: Some(prefix),
+                };
+            }
+            // Most likely another network already has it: try the next.
+            last_error = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        }
+        panic!("no free /24 in 10.231.0.0/16 for network {name}: {last_error}");
+    }
+
+    /// Address `host` (2 to 254) on this network's subnet.
+    ///
+    /// # Panics
+    /// When the network was made without a subnet ([`Network::create`]).
+    pub fn address(&self, host: u8) -> String {
+        let prefix = self
+            .prefix
+            .as_deref()
+            .expect("a network made with create_with_subnet");
+        format!("{prefix}.{host}")
     }
 }
+
+static NEXT_SUBNET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Drop for Network {
     fn drop(&mut self) {
@@ -193,6 +240,22 @@ impl Container {
             network.name
         );
         docker_ok(&["inspect", "--format", &format, &self.id])
+    }
+
+    /// Cuts the container off `network` (`docker network disconnect --force`): its address there
+    /// stops answering, so connections to it time out rather than being refused.
+    pub fn disconnect(&self, network: &Network) {
+        docker_ok(&["network", "disconnect", "--force", &network.name, &self.id]);
+    }
+
+    /// Connects the container to `network` again, at `ip` when given.
+    pub fn connect(&self, network: &Network, ip: Option<&str>) {
+        let mut args = vec!["network", "connect"];
+        if let Some(ip) = ip {
+            args.extend(["--ip", ip]);
+        }
+        args.extend([network.name.as_str(), self.id.as_str()]);
+        docker_ok(&args);
     }
 
     /// What the container has printed so far (stdout and stderr), for failure messages.

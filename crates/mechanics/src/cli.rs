@@ -251,6 +251,10 @@ struct ServeArgs {
     /// only for a network that is private by other means.
     #[arg(long, conflicts_with = "tls_cert")]
     insecure_plaintext: bool,
+    /// Log one JSON object per line (for log collectors; a coordinator running this node as a
+    /// local node passes it, and relays each line under its own log format).
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -492,7 +496,11 @@ pub(crate) fn job_request(job: MechanicsJob) -> anyhow::Result<JobRequest> {
 }
 
 fn node_serve(args: &ServeArgs) -> ExitCode {
-    init_logging();
+    if args.log_json {
+        init_json_logging();
+    } else {
+        init_logging();
+    }
     match serve_node(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -580,6 +588,17 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         // A node's stderr is read by its supervisor, not a terminal: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Logs to stderr as one JSON object per line, filtered by RUST_LOG (default `info`).
+fn init_json_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

@@ -23,8 +23,8 @@ use mechanics_proto::node::{JobRequest, JobResponse};
 use mechanics_runtime::{Supervisor, SupervisorConfig};
 use mechanics_server::config::{self, ConfigLayer, ConfigSource, Database, LogFormat};
 use mechanics_server::{
-    AttemptOutput, Clock, DispatchConfig, JsExecutor, Outcome, RemoteNodeTarget, ScriptRetry,
-    ServerConfig, ServerParts,
+    AttemptOutput, Clock, DispatchConfig, JsExecutor, NodeChange, NodeChangeListener, Outcome,
+    RemoteNodeTarget, ScriptRetry, ServerConfig, ServerParts,
 };
 use mechanics_store::{PgStore, SqliteStore, Store};
 use serde_json::Value;
@@ -541,6 +541,19 @@ impl JsExecutor for FleetExecutor {
     fn set_remote_nodes(&self, nodes: Vec<RemoteNodeTarget>) {
         self.fleet
             .set_remote_nodes(nodes.iter().map(remote_config).collect());
+    }
+
+    fn watch_nodes(&self, on_change: NodeChangeListener) {
+        self.fleet.on_remote_change(move |change| {
+            on_change(NodeChange {
+                node: change.node.clone(),
+                kind: NodeKind::Remote,
+                from: change.from.as_str().to_owned(),
+                to: change.to.as_str().to_owned(),
+                up: change.to == RemoteState::Healthy,
+                error: change.error.clone(),
+            })
+        });
     }
 
     async fn check_remote_node(&self, node: &RemoteNodeTarget) -> Result<(), String> {

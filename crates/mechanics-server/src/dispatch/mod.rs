@@ -538,6 +538,12 @@ impl Dispatcher {
         let started_at = self.clock.now_ms();
         self.trace.attempt_started(task, started_at);
         let output = self.execute(worker, task).await;
+        // An http worker's "node" is its URL, not a node of ours.
+        if let Some(node) = &output.node
+            && worker.spec.kind != WorkerKind::Http
+        {
+            self.trace.ran_on_node(node, &output.outcome);
+        }
         let ran = Ran {
             started_at,
             worker_revision: worker.revision,

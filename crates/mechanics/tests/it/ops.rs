@@ -1,6 +1,7 @@
 //! Operating a running server through the binary: pausing and resuming a worker (its tasks wait,
 //! its cron fires are skipped and traced, nothing is lost) and removing a worker that still has
-//! work (refused, or canceled with `--force`).
+//! work (refused, or canceled with `--force`); the log lines of local nodes, relayed once in
+//! every log format.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -521,4 +522,72 @@ fn an_unknown_log_action_or_outcome_is_refused_by_the_cli_and_the_api() {
     );
     let (status, _) = client.get(&format!("{}/logs?action=dispatch", server.url));
     assert_eq!(status, 200);
+}
+
+#[test]
+fn local_node_log_lines_are_relayed_once_with_their_level_target_and_fields_in_every_format() {
+    for format in ["json", "compact", "pretty"] {
+        let dir = tempfile::tempdir().unwrap();
+        // The node's debug events too: a relayed line keeps the child's level, not ours.
+        let server = Coordinator::start(
+            dir.path(),
+            &["--log-format", format],
+            &[("RUST_LOG", "info,mechanics_node=debug")],
+        );
+        std::fs::write(
+            dir.path().join("fail.js"),
+            "export default () => { throw new Error('boom') }",
+        )
+        .unwrap();
+        server.add_worker(&format!(
+            "name: fail\nkind: js\nmodule: {}\ntriggers: [{{ api: true }}]\n",
+            dir.path().join("fail.js").display()
+        ));
+        let out = server.cli(&["task", "submit", "fail", "--wait"]);
+        assert_ne!(code(&out), Some(0), "{}", stderr(&out));
+        eventually(
+            &server,
+            "the node's job failed line",
+            Duration::from_secs(10),
+            || server.stderr().contains("job failed"),
+        );
+
+        let log = server.stderr();
+        let lines_with =
+            |text: &str| -> Vec<&str> { log.lines().filter(|line| line.contains(text)).collect() };
+        for (message, level) in [("node serving", "INFO"), ("job failed", "DEBUG")] {
+            let lines = lines_with(message);
+            assert_eq!(lines.len(), 1, "{format}: relayed once: {lines:#?}");
+            let line = lines[0];
+            assert!(
+                !line.contains("mechanics_runtime::child"),
+                "{format}: not wrapped in a line of ours: {line}"
+            );
+            if format == "json" {
+                let event: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(event["level"], level, "{line}");
+                assert_eq!(event["target"], "mechanics_node::service", "{line}");
+                assert_eq!(event["fields"]["message"], message, "{line}");
+                assert_eq!(event["fields"]["node"], "node-1", "{line}");
+            } else {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                // One timestamp and one level: `<timestamp> <LEVEL> [span:] <target>: <message>`.
+                assert_eq!(words[1], level, "{format}: {line}");
+                assert!(
+                    words[2..4].contains(&"mechanics_node::service:"),
+                    "{format}: {line}"
+                );
+                let levels = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+                let count = words.iter().filter(|w| levels.contains(w)).count();
+                assert_eq!(count, 1, "{format}: {line}");
+                assert!(
+                    line.contains("node-1"),
+                    "{format}: the node is named: {line}"
+                );
+            }
+        }
+        // The job's own fields come along.
+        let failed = lines_with("job failed")[0];
+        assert!(failed.contains("execution"), "{format}: {failed}");
+    }
 }

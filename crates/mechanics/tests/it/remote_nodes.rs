@@ -1,7 +1,9 @@
 //! Remote executor nodes: real `mechanics node serve` processes over TLS (a CA and certificate
 //! made per test), registered with `mechanics node add` on a coordinator that runs no local node
 //! (`--local-nodes 0`); one killed with `kill -9` under load and started again; a wrong token;
-//! plain HTTP off loopback.
+//! plain HTTP off loopback; a node that hangs (SIGSTOP) routed around; two coordinators on one
+//! PostgreSQL sharing the registry; the node metrics and the `/logs` entries of state changes; a
+//! node in a Docker container cut off its network under load and connected again.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -58,6 +60,13 @@ impl RemoteNode {
         format!("https://{}", self.addr)
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the node's process.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill has no memory-safety preconditions; the child is ours and not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal}");
+    }
+
     /// `kill -9`.
     fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -68,6 +77,41 @@ impl RemoteNode {
 impl Drop for RemoteNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A js worker `name` whose jobs run `ms` milliseconds within a time limit of `limit_ms`,
+/// retried after a transport failure, and not slowed by the default bucket.
+fn add_busy_worker(server: &Coordinator, dir: &Path, name: &str, ms: u64, limit_ms: u64) {
+    let module = dir.join(format!("{name}.js"));
+    std::fs::write(
+        &module,
+        format!(
+            "export default ({{ payload }}) => {{ const end = Date.now() + {ms}; \
+             while (Date.now() < end) {{}} return {{ doubled: payload.n * 2 }} }}"
+        ),
+    )
+    .unwrap();
+    server.add_worker(&format!(
+        "name: {name}\nkind: js\nmodule: {}\ntriggers: [{{ api: true }}]\n\
+         limits: {{ max_execution_time_ms: {limit_ms} }}\n\
+         rate_limit: {{ per_second: 1000, burst: 1000 }}\n\
+         retry: {{ max_retries: 8, base_delay: 100ms, max_delay: 500ms }}\n",
+        module.display()
+    ));
+}
+
+/// Asserts that every task in `ids` completed with its own result.
+fn all_completed(server: &Coordinator, ids: &[i64]) {
+    for id in ids {
+        server.wait_end(*id, Duration::from_secs(120));
+    }
+    let tasks = server.tasks();
+    for id in ids {
+        let task = &tasks[id];
+        assert_eq!(task["state"], "completed", "{task}");
+        let n = task["payload"]["n"].as_i64().unwrap();
+        assert_eq!(task["result"], json!({ "doubled": n * 2 }), "{task}");
     }
 }
 
@@ -313,14 +357,14 @@ fn a_wrong_token_is_refused_at_add_and_a_node_that_refuses_it_later_shows_unauth
     );
     add_double_worker(&server, dir.path());
     let submitted = submit_many(&server, "double", 3);
-    let stats = stats(&other, &pki);
+    let stats = stats(&other, &pki, "the-right-token");
     assert_eq!(stats["jobs_run"], 0, "nothing was sent to it: {stats}");
     let task = server.json(&["task", "show", &submitted[0].to_string()]);
     assert_ne!(task["state"], "completed", "{task}");
 }
 
-/// The node's `/stats`, asked with its token over TLS.
-fn stats(node: &RemoteNode, pki: &TestPki) -> Value {
+/// The node's `/stats`, asked with its `token` over TLS.
+fn stats(node: &RemoteNode, pki: &TestPki, token: &str) -> Value {
     let ca = std::fs::read(&pki.ca_file).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -334,7 +378,7 @@ fn stats(node: &RemoteNode, pki: &TestPki) -> Value {
             .unwrap();
         let response = client
             .get(format!("{}/stats", node.url()))
-            .bearer_auth("the-right-token")
+            .bearer_auth(token)
             .send()
             .await
             .unwrap();
@@ -412,4 +456,447 @@ fn plaintext_off_loopback_is_refused_by_the_node_and_by_the_registry() {
     );
     let nodes = server.json(&["node", "list"]);
     assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+}
+
+/// The value of the `/metrics` sample `series` (name and labels exactly as exposed), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// The `/logs` entries of node state changes, oldest first, as `(node, from, to, outcome)`.
+fn node_changes(
+    server: &Coordinator,
+    client: &TestClient,
+) -> Vec<(String, String, String, String)> {
+    let (status, body) = client.get(&format!("{}/logs?action=node&limit=1000", server.url));
+    assert_eq!(status, 200, "{body}");
+    let mut changes: Vec<_> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let detail = &entry["detail"];
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&detail["node"]),
+                text(&detail["from"]),
+                text(&detail["to"]),
+                text(&entry["outcome"]),
+            )
+        })
+        .collect();
+    changes.reverse();
+    changes
+}
+
+#[test]
+fn node_metrics_and_state_changes_cover_local_and_remote_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path(), &["127.0.0.1"]);
+    let mut remote = RemoteNode::start("127.0.0.1:0", &pki, "token-of-a");
+    // One local node next to the remote one.
+    let server = Coordinator::start(dir.path(), &[], &[("NODE_A_TOKEN", "token-of-a")]);
+    add_node(&server, "exec-a", &remote.url(), "NODE_A_TOKEN", &pki);
+    wait_state(&server, "exec-a", "healthy", Duration::from_secs(10));
+    add_double_worker(&server, dir.path());
+    for id in submit_many(&server, "double", 60) {
+        let task = server.wait_end(id, Duration::from_secs(60));
+        assert_eq!(task["state"], "completed", "{task}");
+    }
+
+    let client = TestClient::new(Duration::from_secs(5));
+    let metrics = client.get_text(&format!("{}/metrics", server.url));
+    let up = |metrics: &str, node: &str, kind: &str| {
+        sample(
+            metrics,
+            &format!("mechanics_node_up{{node=\"{node}\",kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(up(&metrics, "node-1", "local"), Some(1.0), "{metrics}");
+    assert_eq!(up(&metrics, "exec-a", "remote"), Some(1.0), "{metrics}");
+    assert!(
+        !metrics.contains("kind=\"executor\""),
+        "kinds are local, remote or process: {metrics}"
+    );
+    // Every attempt is counted once, on the node it ended on.
+    let ok = |metrics: &str, node: &str| {
+        sample(
+            metrics,
+            &format!("mechanics_node_jobs_total{{node=\"{node}\",outcome=\"ok\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let remote_ok = ok(&metrics, "exec-a");
+    assert_eq!(ok(&metrics, "node-1") + remote_ok, 60.0, "{metrics}");
+    assert_eq!(
+        remote_ok,
+        node(&server, "exec-a")["jobs"].as_f64().unwrap(),
+        "the counter agrees with node list: {metrics}"
+    );
+
+    // The remote node goes away: down in the metrics, one entry in /logs however many checks
+    // fail meanwhile (checks run every second; three of them fail here).
+    let addr = remote.addr.clone();
+    remote.kill9();
+    wait_state(&server, "exec-a", "unreachable", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = client.get_text(&format!("{}/metrics", server.url));
+    assert_eq!(up(&metrics, "exec-a", "remote"), Some(0.0), "{metrics}");
+    assert_eq!(up(&metrics, "node-1", "local"), Some(1.0), "{metrics}");
+    let _remote = RemoteNode::start(&addr, &pki, "token-of-a");
+    wait_state(&server, "exec-a", "healthy", Duration::from_secs(10));
+
+    let exec_a: Vec<_> = node_changes(&server, &client)
+        .into_iter()
+        .filter(|(node, ..)| node == "exec-a")
+        .map(|(_, from, to, outcome)| (from, to, outcome))
+        .collect();
+    let owned = |from: &str, to: &str, outcome: &str| (from.into(), to.into(), outcome.into());
+    assert_eq!(
+        exec_a,
+        vec![
+            owned("unchecked", "healthy", "ok"),
+            owned("healthy", "unreachable", "fail"),
+            owned("unreachable", "healthy", "ok"),
+        ],
+        "once per change"
+    );
+    let (_, body) = client.get(&format!("{}/logs?action=node&outcome=fail", server.url));
+    let down = &body["entries"][0];
+    assert_eq!(down["trace_id"], "node-exec-a", "{down}");
+    assert!(
+        down["error"].as_str().unwrap().contains("health check"),
+        "the entry says why: {down}"
+    );
+    let metrics = client.get_text(&format!("{}/metrics", server.url));
+    assert_eq!(up(&metrics, "exec-a", "remote"), Some(1.0), "{metrics}");
+}
+
+/// The job time limit of the hang test's worker, and the fleet's grace past it.
+const HANG_LIMIT: Duration = Duration::from_millis(1000);
+const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+
+#[test]
+fn a_node_that_hangs_is_routed_around_and_its_attempts_end_within_the_time_limit_plus_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path(), &["127.0.0.1"]);
+    let a = RemoteNode::start("127.0.0.1:0", &pki, "token-of-a");
+    let b = RemoteNode::start("127.0.0.1:0", &pki, "token-of-b");
+    // As many runners as the two nodes have slots: an attempt is sent as soon as it starts.
+    let server = Coordinator::start(
+        dir.path(),
+        &["--local-nodes", "0", "--concurrency", "4"],
+        &[
+            ("NODE_A_TOKEN", "token-of-a"),
+            ("NODE_B_TOKEN", "token-of-b"),
+        ],
+    );
+    add_node(&server, "exec-a", &a.url(), "NODE_A_TOKEN", &pki);
+    add_node(&server, "exec-b", &b.url(), "NODE_B_TOKEN", &pki);
+    wait_state(&server, "exec-a", "healthy", Duration::from_secs(10));
+    wait_state(&server, "exec-b", "healthy", Duration::from_secs(10));
+    add_busy_worker(
+        &server,
+        dir.path(),
+        "slow",
+        20,
+        HANG_LIMIT.as_millis() as u64,
+    );
+
+    let ids = submit_many(&server, "slow", 300);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node(&server, "exec-b")["jobs"].as_u64().unwrap() < 20 {
+        assert!(Instant::now() < deadline, "node b got no jobs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Hung with jobs on it: the process is there, its sockets accept, nothing answers.
+    b.signal(libc::SIGSTOP);
+    let state = wait_state_in(&server, "exec-b", &["unreachable", "tripped"]);
+    all_completed(&server, &ids);
+
+    let bound = HANG_LIMIT + WATCHDOG_GRACE + Duration::from_millis(1500);
+    let cut_off = cut_off_attempts(&server, &ids, "exec-b", bound);
+    assert!(!cut_off.is_empty(), "jobs were on node b when it hung");
+    let a_jobs = node(&server, "exec-a")["jobs"].as_u64().unwrap();
+    assert!(a_jobs > 0, "node a took over");
+
+    // Resumed, it is found healthy and gets jobs again without a coordinator restart.
+    b.signal(libc::SIGCONT);
+    wait_state(&server, "exec-b", "healthy", Duration::from_secs(15));
+    let before = node(&server, "exec-b")["jobs"].as_u64().unwrap();
+    let more = submit_many(&server, "slow", 40);
+    all_completed(&server, &more);
+    let after = node(&server, "exec-b")["jobs"].as_u64().unwrap();
+    assert!(
+        after > before,
+        "node b used again ({before} -> {after}); was {state}; cut off: {cut_off:?} ms"
+    );
+}
+
+#[test]
+fn two_coordinators_on_one_postgresql_share_the_node_registry() {
+    let db = mechanics_test_support::postgres::TestDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path(), &["127.0.0.1"]);
+    let exec = RemoteNode::start("127.0.0.1:0", &pki, "token-of-a");
+    let homes = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let servers: Vec<Coordinator> = homes
+        .iter()
+        .map(|home| {
+            Coordinator::start(
+                home.path(),
+                &["--db", db.url(), "--local-nodes", "0"],
+                &[("NODE_A_TOKEN", "token-of-a")],
+            )
+        })
+        .collect();
+    // Added through the first only; the second reads it from the shared registry.
+    add_node(&servers[0], "exec-a", &exec.url(), "NODE_A_TOKEN", &pki);
+    for server in &servers {
+        wait_state(server, "exec-a", "healthy", Duration::from_secs(15));
+    }
+    add_busy_worker(&servers[0], dir.path(), "double", 2, 5000);
+
+    const EACH: usize = 100;
+    let ids: Vec<Vec<i64>> = servers
+        .iter()
+        .map(|server| {
+            // The worker reaches the second server's registry within a reconcile.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !server.ok(&["worker", "list"]).contains("double") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the worker reached {}",
+                    server.url
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            submit_many(server, "double", EACH)
+        })
+        .collect();
+    all_completed(&servers[0], &ids.concat());
+    for server in &servers {
+        let jobs = node(server, "exec-a")["jobs"].as_u64().unwrap();
+        assert!(jobs > 0, "{} sent jobs to the shared node", server.url);
+    }
+    // Each task ran once: the node ran exactly as many jobs as there were tasks.
+    let ran = stats(&exec, &pki, "token-of-a")["jobs_run"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(ran, (2 * EACH) as u64, "every task ran once on the node");
+
+    // Removed through the second, it is gone from both.
+    servers[1].ok(&["node", "rm", "exec-a"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for server in &servers {
+        loop {
+            let list = server.json(&["node", "list"]);
+            if list["nodes"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still listed: {list}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 to `target` that counts the connections made through it.
+struct CountingProxy {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingProxy {
+    fn start(target: &str) -> CountingProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let target = target.to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        CountingProxy { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn jobs_on_a_remote_node_reuse_their_tls_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path(), &["127.0.0.1"]);
+    let exec = RemoteNode::start("127.0.0.1:0", &pki, "token-of-a");
+    let proxy = CountingProxy::start(&exec.addr);
+    let server = Coordinator::start(
+        dir.path(),
+        &["--local-nodes", "0"],
+        &[("NODE_A_TOKEN", "token-of-a")],
+    );
+    let url = format!("https://{}", proxy.addr);
+    add_node(&server, "exec-a", &url, "NODE_A_TOKEN", &pki);
+    let capacity = wait_state(&server, "exec-a", "healthy", Duration::from_secs(10))["capacity"]
+        .as_u64()
+        .unwrap() as usize;
+    add_double_worker(&server, dir.path());
+    const TASKS: usize = 300;
+    let ids = submit_many(&server, "double", TASKS);
+    all_completed(&server, &ids);
+    let jobs = node(&server, "exec-a")["jobs"].as_u64().unwrap() as usize;
+    assert_eq!(jobs, TASKS);
+    // The check at `node add` (a client of its own), then at most one connection per job slot
+    // and one for the health checks, each kept alive: a TLS handshake per connection, not per job.
+    let connections = proxy.connections();
+    assert!(
+        connections <= capacity + 2,
+        "{connections} connections (so TLS handshakes) for {jobs} jobs and the health checks"
+    );
+}
+
+/// The attempts of `ids` that ran on `node` and did not complete: each must be a
+/// `transport_error` that ended within `bound` of its start; returns how long each took (ms).
+fn cut_off_attempts(server: &Coordinator, ids: &[i64], node: &str, bound: Duration) -> Vec<i64> {
+    let mut took = Vec::new();
+    for id in ids {
+        let task = server.json(&["task", "show", &id.to_string()]);
+        for attempt in task["attempts"].as_array().unwrap() {
+            if attempt["node"] != node || attempt["outcome"] == "completed" {
+                continue;
+            }
+            assert_eq!(attempt["outcome"], "transport_error", "{task}");
+            let ms =
+                attempt["ended_at"].as_i64().unwrap() - attempt["started_at"].as_i64().unwrap();
+            assert!(
+                ms <= bound.as_millis() as i64,
+                "an attempt on the cut-off node took {ms} ms (bound {bound:?}): {task}"
+            );
+            took.push(ms);
+        }
+    }
+    took
+}
+
+#[test]
+fn a_node_in_a_container_cut_off_its_network_is_routed_around_and_used_again_once_connected() {
+    use mechanics_test_support::docker::{Container, Network, ScratchImage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::create_with_subnet("mechanics-partition");
+    let ip = network.address(10);
+    // The certificate is for the container's fixed address on the private network.
+    let pki = TestPki::create(dir.path(), &[ip.as_str()]);
+    let image = ScratchImage::build(
+        "mechanics-node",
+        Path::new(env!("CARGO_BIN_EXE_mechanics")),
+        &["node", "serve"],
+    );
+    let mount = format!("{}:/pki:ro", dir.path().display());
+    let container = Container::run(
+        &image.tag,
+        &[
+            "--network",
+            &network.name,
+            "--ip",
+            &ip,
+            "-v",
+            &mount,
+            "-e",
+            "MECHANICS_NODE_TOKEN=token-of-d",
+        ],
+        &[
+            "--addr",
+            "0.0.0.0:7070",
+            "--workers",
+            "2",
+            "--tls-cert",
+            "/pki/node.pem",
+            "--tls-key",
+            "/pki/node-key.pem",
+        ],
+    );
+    // The coordinator on this host, with a local node to take over, reaches the container
+    // through the bridge.
+    let server = Coordinator::start(
+        dir.path(),
+        &["--concurrency", "4"],
+        &[("NODE_D_TOKEN", "token-of-d")],
+    );
+    add_node(
+        &server,
+        "exec-d",
+        &format!("https://{ip}:7070"),
+        "NODE_D_TOKEN",
+        &pki,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node(&server, "exec-d")["state"] != "healthy" {
+        assert!(
+            Instant::now() < deadline,
+            "the container's node is not healthy: {}\ncontainer log:\n{}",
+            node(&server, "exec-d"),
+            container.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    add_busy_worker(
+        &server,
+        dir.path(),
+        "slow",
+        20,
+        HANG_LIMIT.as_millis() as u64,
+    );
+
+    let ids = submit_many(&server, "slow", 300);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node(&server, "exec-d")["jobs"].as_u64().unwrap() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the container's node got no jobs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The partition: the process runs on, but nothing reaches it; packets are dropped, not
+    // refused.
+    container.disconnect(&network);
+    let state = wait_state_in(&server, "exec-d", &["unreachable", "tripped"]);
+    all_completed(&server, &ids);
+    let bound = HANG_LIMIT + WATCHDOG_GRACE + Duration::from_millis(1500);
+    let cut_off = cut_off_attempts(&server, &ids, "exec-d", bound);
+    assert!(
+        !cut_off.is_empty(),
+        "jobs were on the node when it was cut off"
+    );
+    let local = node(&server, "node-1")["jobs"].as_u64().unwrap();
+    assert!(local > 0, "the local node took over");
+
+    container.connect(&network, Some(&ip));
+    wait_state(&server, "exec-d", "healthy", Duration::from_secs(20));
+    let before = node(&server, "exec-d")["jobs"].as_u64().unwrap();
+    let more = submit_many(&server, "slow", 40);
+    all_completed(&server, &more);
+    let after = node(&server, "exec-d")["jobs"].as_u64().unwrap();
+    assert!(
+        after > before,
+        "used again once connected ({before} -> {after}); was {state}; cut off: {cut_off:?} ms"
+    );
 }

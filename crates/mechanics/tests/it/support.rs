@@ -64,8 +64,9 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 <extra>` with `env`
-    /// (`--db` or `--local-nodes` in `extra` replaces the default: a PostgreSQL URL, say).
+    /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 --log-format compact
+    /// <extra>` with `env` (`--db`, `--local-nodes` or `--log-format` in `extra` replaces the
+    /// default: a PostgreSQL URL, say).
     pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         Self::start_with(dir, extra, env, |_| {})
     }
@@ -86,8 +87,10 @@ impl Coordinator {
         if !extra.contains(&"--db") {
             command.arg("--db").arg(dir.join("m.db"));
         }
+        if !extra.contains(&"--log-format") {
+            command.args(["--log-format", "compact"]);
+        }
         command
-            .args(["--log-format", "compact"])
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -525,6 +528,15 @@ impl TestClient {
 
     pub(crate) fn get(&self, url: &str) -> (u16, Value) {
         self.send(self.http.get(url))
+    }
+
+    /// `GET url`'s body as text (`/metrics`), asserting a `200`.
+    pub(crate) fn get_text(&self, url: &str) -> String {
+        self.runtime.block_on(async {
+            let response = self.http.get(url).send().await.expect("the server answers");
+            assert_eq!(response.status().as_u16(), 200, "GET {url}");
+            response.text().await.unwrap()
+        })
     }
 
     pub(crate) fn post(&self, url: &str, body: &Value) -> (u16, Value) {
