@@ -98,6 +98,7 @@ pub const ACTIONS: &[&str] = &[
     "pause",
     "policy",
     "rate_limit",
+    "reconcile",
     "recover",
     "resume",
     "retry",

@@ -7,6 +7,7 @@
 //! Test-only: no crate depends on it outside `[dev-dependencies]`.
 
 pub mod postgres;
+pub mod task_echo;
 pub mod tls;
 
 /// Hostile job modules: a name, the module source, and a piece of the error message each must
