@@ -2,10 +2,11 @@
 //! share: the hostile scripts that the engine's and the fleet's tests both run, the
 //! benchmarks' `MECHANICS_BENCH_SCALE` knob, running out of descriptors on purpose, and the real
 //! PostgreSQL server of the tests that need one ([`postgres`]: a fresh database per test, server
-//! restarts).
+//! restarts), and Docker images, networks and containers built on this machine ([`docker`]).
 //!
 //! Test-only: no crate depends on it outside `[dev-dependencies]`.
 
+pub mod docker;
 pub mod postgres;
 pub mod task_echo;
 pub mod tls;
