@@ -442,7 +442,7 @@ impl ContainerNode {
 
     /// Creates this revision's container, first removing any other of the worker's. Nothing is
     /// left behind when it fails.
-    async fn create(&self) -> Result<ContainerInfo, NodeFailure> {
+    async fn create(&self) -> Result<(ContainerInfo, usize), NodeFailure> {
         let context = &self.context;
         let spec = &self.worker.spec;
         let (Some(image), Some(port)) = (&spec.image, spec.port) else {
@@ -451,7 +451,7 @@ impl ContainerNode {
                 Vec::new(),
             ));
         };
-        context
+        let replaced = context
             .remove_containers_of(self.name(), None)
             .await
             .map_err(|err| {
@@ -512,7 +512,7 @@ impl ContainerNode {
             }
         };
         match context.cli.inspect(&id).await {
-            Ok(Some(info)) => Ok(info),
+            Ok(Some(info)) => Ok((info, replaced.len())),
             Ok(None) => Err(self.failure(
                 "the container vanished right after it was created".to_owned(),
                 Vec::new(),
@@ -561,10 +561,17 @@ impl ContainerNode {
         let spec = &self.worker.spec;
         let key = format!("{}/tcp", spec.port.unwrap_or_default());
         let Some(host_port) = info.ports.get(&key) else {
-            return Err(self.failure(
-                format!("the container's port {key} is not published"),
-                Vec::new(),
-            ));
+            // An exited container has no published ports any more: say why it exited.
+            let drift = match self.context.cli.inspect(&info.id).await {
+                Ok(Some(now)) => now.drift(),
+                Ok(None) => Some("the container is gone".to_owned()),
+                Err(err) => Some(err),
+            };
+            let tail = self.context.cli.log_tail(&info.id).await;
+            return Err(match drift {
+                Some(drift) => self.failure(format!("it did not start: {drift}"), tail),
+                None => self.failure(format!("the container's port {key} is not published"), tail),
+            });
         };
         let address = format!("127.0.0.1:{host_port}");
         let path = spec.health.as_ref().map_or("/", |h| h.path.as_str());
@@ -612,7 +619,8 @@ impl ContainerNode {
 
 impl NodeRunner for ContainerNode {
     async fn run(&self, shutdown: ShutdownSignal) -> Result<(), NodeFailure> {
-        let adopted = if self.may_adopt.swap(false, Ordering::SeqCst) {
+        let first = self.may_adopt.swap(false, Ordering::SeqCst);
+        let adopted = if first {
             self.adoptable()
                 .await
                 .map_err(|err| self.failure(err, Vec::new()))?
@@ -629,17 +637,23 @@ impl NodeRunner for ContainerNode {
                 info
             }
             None => {
-                let info = self.create().await?;
+                let (info, replaced) = self.create().await?;
                 let why = self
                     .last_drift
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                    .take()
+                    .or_else(|| {
+                        (replaced > 0).then(|| {
+                            "replaced the container of another revision, or one that had ended"
+                                .to_owned()
+                        })
+                    });
                 self.context.reconciled(
                     self.name(),
                     LogOutcome::Ok,
                     json!({
-                        "step": if why.is_some() { "recreated" } else { "created" },
+                        "step": if first && why.is_none() { "created" } else { "recreated" },
                         "container": short_id(&info.id),
                         "revision": self.worker.revision,
                         "reason": why,
