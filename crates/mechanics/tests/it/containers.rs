@@ -393,6 +393,16 @@ fn crash_loop(runtime: Runtime) {
     if runtime.name == "docker" {
         assert!(error.contains("task-echo: told to exit at once"), "{task}");
     }
+    // Containers outlive the server by design: the worker's removal is what removes them.
+    server.ok(&["worker", "rm", "crashy"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !runtime.ids("mechanics.worker=crashy").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the crashy container outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
