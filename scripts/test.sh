@@ -20,6 +20,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Container workers' tests run on Docker (the machine's engine) and on Podman, installed from
+# Debian when missing; the tests point Podman at runc (crun refuses a hybrid cgroup layout).
+if ! command -v podman >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman runc
+    else
+        sudo apt-get update
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman runc
+    fi
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 start_postgres

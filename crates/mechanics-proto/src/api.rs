@@ -214,7 +214,8 @@ pub struct NodeView {
     /// Its name.
     pub name: String,
     /// `local` (a node this server supervises), `remote` (a registered node on another
-    /// machine) or `process` (a process worker's program).
+    /// machine), `process` (a process worker's program) or `container` (a container worker's
+    /// container).
     #[serde(default)]
     pub kind: NodeKind,
     /// A remote node's URL.
@@ -255,6 +256,13 @@ pub struct NodeView {
     /// Remote nodes: why it is not healthy, or its last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Container workers: the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Container workers: the id (12 characters) of the container serving it, while one is
+    /// ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// What a [`NodeView`] is.
@@ -268,6 +276,8 @@ pub enum NodeKind {
     Remote,
     /// The program of a process worker.
     Process,
+    /// The container of a container worker.
+    Container,
 }
 
 impl NodeKind {
@@ -277,6 +287,7 @@ impl NodeKind {
             Self::Local => "local",
             Self::Remote => "remote",
             Self::Process => "process",
+            Self::Container => "container",
         }
     }
 }
@@ -284,7 +295,7 @@ impl NodeKind {
 /// `GET /nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeList {
-    /// Executor nodes and process workers, by name.
+    /// Executor nodes, process workers and container workers, by name.
     pub nodes: Vec<NodeView>,
 }
 

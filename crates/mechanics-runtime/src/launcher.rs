@@ -80,7 +80,7 @@ impl Launcher {
                 .ok_or_else(|| RuntimeError::UnknownFactory(name.to_owned()))?;
             (registration.policy.clone(), registration.factory.clone())
         };
-        self.supervisor.add_dyn(name, factory(), policy)
+        self.supervisor.add_dyn(name, factory(), policy, None)
     }
 
     /// Stops the node `name` and returns its final snapshot.

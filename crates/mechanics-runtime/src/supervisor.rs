@@ -29,7 +29,8 @@ use crate::{
 };
 
 /// How the supervisor treats its nodes. Every node uses these settings; only the restart policy
-/// can be set per node ([`Supervisor::add_with_policy`]).
+/// ([`Supervisor::add_with_policy`]) and the health-check interval
+/// ([`Supervisor::add_with_health_interval`]) can be set per node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorConfig {
     /// The policy of nodes added without one.
@@ -212,7 +213,21 @@ impl Supervisor {
         runner: impl NodeRunner,
         policy: RestartPolicy,
     ) -> Result<(), RuntimeError> {
-        self.add_dyn(name, Arc::new(runner), policy)
+        self.add_dyn(name, Arc::new(runner), policy, None)
+    }
+
+    /// [`add_with_policy`](Self::add_with_policy), with the node's own pause between health
+    /// checks instead of the supervisor's `health_check_interval` (zero turns its checks off):
+    /// a node whose service says how often it wants to be asked (a container worker's
+    /// `health.interval`).
+    pub fn add_with_health_interval(
+        &self,
+        name: &str,
+        runner: impl NodeRunner,
+        policy: RestartPolicy,
+        health_check_interval: Duration,
+    ) -> Result<(), RuntimeError> {
+        self.add_dyn(name, Arc::new(runner), policy, Some(health_check_interval))
     }
 
     pub(crate) fn add_dyn(
@@ -220,6 +235,7 @@ impl Supervisor {
         name: &str,
         runner: Arc<dyn DynRunner>,
         policy: RestartPolicy,
+        health_check_interval: Option<Duration>,
     ) -> Result<(), RuntimeError> {
         let mut nodes = self.nodes();
         if self.inner.shutdown.is_triggered() {
@@ -249,10 +265,14 @@ impl Supervisor {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let stop = self.inner.shutdown.child();
         let span = tracing::info_span!("node", node = %name);
+        let mut config = self.inner.config.clone();
+        if let Some(interval) = health_check_interval {
+            config.health_check_interval = interval;
+        }
         let node_loop = NodeLoop {
             runner: runner.clone(),
             policy,
-            config: self.inner.config.clone(),
+            config,
             status: status_tx,
             commands: Some(commands_rx),
             stop: stop.clone(),

@@ -422,6 +422,18 @@ async fn add_worker(
             "invalid worker: module_source: only js workers have a module",
         ));
     }
+    if input.spec.kind == WorkerKind::Container {
+        let image = input.spec.image.as_deref().unwrap_or_default();
+        let may_pull = input.spec.pull_policy() != mechanics_proto::domain::PullPolicy::Never;
+        shared
+            .dispatcher
+            .containers
+            .check(image, may_pull)
+            .await
+            .map_err(|(field, message)| {
+                Failure::bad_request(format!("invalid worker: {field}: {message}")).at(field)
+            })?;
+    }
     crate::cron::validate_triggers(&input.spec)
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
     refuse_unknown_sources(&shared, &input.spec).await?;
@@ -866,6 +878,7 @@ async fn cancel_task(
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {
     let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
     nodes.extend(shared.dispatcher.processes.views());
+    nodes.extend(shared.dispatcher.containers.views());
     axum::Json(NodeList { nodes })
 }
 
@@ -875,7 +888,8 @@ async fn reset_node(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<NodeList>> {
     let reset = shared.js.as_ref().is_some_and(|js| js.reset(&name))
-        || shared.dispatcher.processes.reset(&name);
+        || shared.dispatcher.processes.reset(&name)
+        || shared.dispatcher.containers.reset(&name);
     if !reset {
         return Err(Failure::not_found(format!(
             "no node or process worker named {}",

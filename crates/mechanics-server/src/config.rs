@@ -127,6 +127,29 @@ pub enum LogFormat {
     Compact,
 }
 
+/// Which CLI runs container workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntimeChoice {
+    /// A running Docker engine if there is one, else Podman, else Docker's CLI.
+    Auto,
+    /// The `docker` CLI.
+    Docker,
+    /// The `podman` CLI.
+    Podman,
+}
+
+impl ContainerRuntimeChoice {
+    /// The setting's value as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
+}
+
 /// A token bucket's settings: `per_second` tokens refill, up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,6 +276,11 @@ pub struct ServerConfig {
     /// claimed task is twice the slowest worker's limit plus a margin, so this also bounds how
     /// long the tasks of a server that died wait before another server runs them.
     pub http_worker_timeout: Duration,
+    /// The CLI that runs container workers, found on `PATH`.
+    pub container_runtime: ContainerRuntimeChoice,
+    /// How often container workers are compared with the runtime's containers (besides every
+    /// registry change): missing, exited or unhealthy containers are recreated, orphans removed.
+    pub container_reconcile_interval: Duration,
     /// Where each setting came from, by key.
     pub sources: BTreeMap<&'static str, ConfigSource>,
 }
@@ -300,6 +328,10 @@ pub struct ConfigLayer {
     pub webhook_body_budget: Option<usize>,
     /// See [`ServerConfig::http_worker_timeout`] (`10m`).
     pub http_worker_timeout: Option<String>,
+    /// See [`ServerConfig::container_runtime`].
+    pub container_runtime: Option<ContainerRuntimeChoice>,
+    /// See [`ServerConfig::container_reconcile_interval`] (`60s`).
+    pub container_reconcile_interval: Option<String>,
 }
 
 /// Environment variables read, and the key each sets.
@@ -321,6 +353,11 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MECHANICS_IDLE_TIMEOUT", "idle_timeout"),
     ("MECHANICS_WEBHOOK_BODY_BUDGET", "webhook_body_budget"),
     ("MECHANICS_HTTP_WORKER_TIMEOUT", "http_worker_timeout"),
+    ("MECHANICS_CONTAINER_RUNTIME", "container_runtime"),
+    (
+        "MECHANICS_CONTAINER_RECONCILE_INTERVAL",
+        "container_reconcile_interval",
+    ),
 ];
 
 impl ConfigLayer {
@@ -411,6 +448,23 @@ impl ConfigLayer {
             "header_timeout" => self.header_timeout = Some(value.to_owned()),
             "idle_timeout" => self.idle_timeout = Some(value.to_owned()),
             "http_worker_timeout" => self.http_worker_timeout = Some(value.to_owned()),
+            "container_runtime" => {
+                self.container_runtime = Some(match value.trim() {
+                    "auto" => ContainerRuntimeChoice::Auto,
+                    "docker" => ContainerRuntimeChoice::Docker,
+                    "podman" => ContainerRuntimeChoice::Podman,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            origin: source,
+                            key: "container_runtime",
+                            message: format!("{value:?} is not one of auto, docker, podman"),
+                        });
+                    }
+                });
+            }
+            "container_reconcile_interval" => {
+                self.container_reconcile_interval = Some(value.to_owned());
+            }
             "webhook_body_budget" => {
                 self.webhook_body_budget = Some(parse(
                     "webhook_body_budget",
@@ -482,6 +536,8 @@ impl ServerConfig {
             idle_timeout: edge.idle_timeout,
             webhook_body_budget: 64 * 1024 * 1024,
             http_worker_timeout: Duration::from_secs(600),
+            container_runtime: ContainerRuntimeChoice::Auto,
+            container_reconcile_interval: Duration::from_secs(60),
             sources: BTreeMap::new(),
         }
     }
@@ -605,6 +661,21 @@ impl ServerConfig {
             self.http_worker_timeout = HumanDuration::parse(&text)
                 .map_err(|message| invalid("http_worker_timeout", message))?
                 .0;
+        }
+        if let Some(v) = layer.container_runtime {
+            self.container_runtime = v;
+        }
+        if let Some(text) = layer.container_reconcile_interval {
+            let interval = HumanDuration::parse(&text)
+                .map_err(|message| invalid("container_reconcile_interval", message))?
+                .0;
+            if interval < Duration::from_secs(1) {
+                return Err(invalid(
+                    "container_reconcile_interval",
+                    format!("{text:?} is too short: at least 1s"),
+                ));
+            }
+            self.container_reconcile_interval = interval;
         }
         Ok(())
     }
@@ -743,7 +814,7 @@ impl ServerConfig {
     }
 
     /// Each key with its value as shown (the API key and the database password redacted).
-    fn shown_values(&self) -> [(&'static str, String); 19] {
+    fn shown_values(&self) -> [(&'static str, String); 21] {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
         [
@@ -791,6 +862,14 @@ impl ServerConfig {
                 "http_worker_timeout",
                 HumanDuration(self.http_worker_timeout).to_string(),
             ),
+            (
+                "container_runtime",
+                self.container_runtime.as_str().to_owned(),
+            ),
+            (
+                "container_reconcile_interval",
+                HumanDuration(self.container_reconcile_interval).to_string(),
+            ),
         ]
     }
 }
@@ -823,6 +902,11 @@ impl ConfigLayer {
         note(self.idle_timeout.is_some(), "idle_timeout");
         note(self.webhook_body_budget.is_some(), "webhook_body_budget");
         note(self.http_worker_timeout.is_some(), "http_worker_timeout");
+        note(self.container_runtime.is_some(), "container_runtime");
+        note(
+            self.container_reconcile_interval.is_some(),
+            "container_reconcile_interval",
+        );
         keys
     }
 }

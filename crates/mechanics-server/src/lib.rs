@@ -12,6 +12,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod containers;
 pub mod cron;
 pub mod dispatch;
 mod events;
@@ -53,6 +54,7 @@ pub use metrics::Metrics;
 pub use sources::read_webhook_secret;
 pub use trace_log::TraceLog;
 
+use containers::{ContainerCli, ContainerWorkers};
 use dispatch::Dispatcher;
 use executor::HttpWorkerClient;
 use processes::ProcessWorkers;
@@ -227,7 +229,18 @@ pub async fn start_with(
         trace.recovered(task, "startup recovery", now);
     }
     let registry = Arc::new(Registry::new(parts.store.clone()));
-    let processes = Arc::new(ProcessWorkers::new(parts.supervisor));
+    let processes = Arc::new(ProcessWorkers::new(parts.supervisor.clone()));
+    let cli = ContainerCli::find(config.container_runtime).await;
+    if let Err(why) = &cli {
+        tracing::info!(reason = %why, "container workers cannot run on this server");
+    }
+    let containers = Arc::new(ContainerWorkers::new(
+        parts.supervisor,
+        cli,
+        containers::scope_of(&config.db.to_string()),
+        trace.clone(),
+        parts.clock,
+    ));
     let http = HttpWorkerClient::new(parts.dispatch.http_timeout).map_err(ServerError::Http)?;
     let dispatcher = Arc::new(Dispatcher::new(
         parts.store.clone(),
@@ -236,6 +249,7 @@ pub async fn start_with(
         parts.js.clone(),
         http,
         processes.clone(),
+        containers,
         trace.clone(),
         parts.dispatch,
     ));
@@ -286,6 +300,7 @@ pub async fn start_with(
         .merge(webhooks::router(shared.clone()))
         .layer(axum::middleware::from_fn(api::json_errors));
     let edge = config.edge_limits();
+    let config_reconcile_interval = config.container_reconcile_interval;
     let loops = shared.clone();
     let refresh_now = secrets_refresh.clone();
     let (store, clock) = (shared.store.clone(), shared.clock);
@@ -320,7 +335,11 @@ pub async fn start_with(
             loops.clone(),
             until_stop(drained_rx.clone()),
         ));
-        let reconciler = tokio::spawn(reconcile_loop(loops.clone(), until_stop(stopped.clone())));
+        let reconciler = tokio::spawn(reconcile_loop(
+            loops.clone(),
+            config_reconcile_interval,
+            until_stop(stopped.clone()),
+        ));
         // With other servers on the database: their hints, the lease sweep, and the renewal of
         // this server's claims (which, like write-back, outlives the drain).
         let shared_loops = loops.store.shared().then(|| {
@@ -393,13 +412,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Makes the process workers match the registry, whenever the API changed it.
-async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
+/// Makes the process and container workers match the registry whenever the API changed it,
+/// and the containers every `container_interval` while there are container workers (an idle
+/// server without any sleeps).
+async fn reconcile_loop(
+    shared: Arc<Shared>,
+    container_interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
     loop {
+        let containers = shared.dispatcher.containers.any();
         tokio::select! {
             () = &mut stop => return,
             () = shared.reconcile.notified() => {}
+            () = tokio::time::sleep(container_interval), if containers => {
+                let workers: Vec<_> = shared.dispatcher.registry.all().await.values().cloned().collect();
+                shared.dispatcher.containers.reconcile(&workers).await;
+                continue;
+            }
         }
         let workers: Vec<_> = shared
             .dispatcher
@@ -410,6 +441,7 @@ async fn reconcile_loop(shared: Arc<Shared>, stop: impl Future<Output = ()>) {
             .cloned()
             .collect();
         shared.dispatcher.processes.reconcile(&workers).await;
+        shared.dispatcher.containers.reconcile(&workers).await;
         nodes::sync(&shared).await;
     }
 }

@@ -190,6 +190,10 @@ pub struct Metrics {
     /// `mechanics_tasks_dedup_skipped_total{worker}`: submissions that named an existing task
     /// (idempotency key, or an event already matched to the worker).
     pub tasks_dedup_skipped: PerWorker,
+    /// `mechanics_containers_reconciled_total{worker}`: container workers' reconciliation
+    /// steps: containers created, adopted, found drifted, removed (orphans count under their
+    /// label's worker name).
+    pub containers_reconciled: PerWorker,
     /// `mechanics_policy_decisions_total{worker,outcome,reason}`: worker policies' verdicts.
     pub policy_decisions: PolicyDecisions,
     /// `mechanics_node_jobs_total{node,outcome}`: attempts per node and how they ended.
@@ -243,6 +247,7 @@ impl Metrics {
             tasks_rate_limited: PerWorker::default(),
             tasks_recovered: PerWorker::default(),
             tasks_dedup_skipped: PerWorker::default(),
+            containers_reconciled: PerWorker::default(),
             policy_decisions: PolicyDecisions::default(),
             node_jobs: NodeJobs::default(),
             webhooks_received: Counter::default(),
@@ -300,6 +305,11 @@ impl Metrics {
                 "tasks_dedup_skipped",
                 "Submissions that named an existing task",
                 &metrics.tasks_dedup_skipped,
+            ),
+            (
+                "containers_reconciled",
+                "Container reconciliation steps: created, adopted, drifted, removed",
+                &metrics.containers_reconciled,
             ),
         ] {
             r.register(name, help, counter.family.clone());
@@ -415,6 +425,7 @@ impl Metrics {
             &self.tasks_rate_limited,
             &self.tasks_recovered,
             &self.tasks_dedup_skipped,
+            &self.containers_reconciled,
         ] {
             counter.remove(&label);
         }
@@ -459,6 +470,7 @@ impl Metrics {
             ("tasks_rate_limited", self.tasks_rate_limited.get()),
             ("tasks_recovered", self.tasks_recovered.get()),
             ("tasks_dedup_skipped", self.tasks_dedup_skipped.get()),
+            ("containers_reconciled", self.containers_reconciled.get()),
             ("policy_denied", self.policy_decisions.denied()),
             ("webhooks_received", self.webhooks_received.get()),
             ("webhooks_rate_limited", self.webhooks_rate_limited.get()),

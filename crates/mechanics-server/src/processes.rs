@@ -153,12 +153,13 @@ impl ProcessWorkers {
         Ok(())
     }
 
-    /// The children, for `GET /nodes`.
+    /// The children, for `GET /nodes` (the supervisor also runs the container workers).
     pub fn views(&self) -> Vec<NodeView> {
         let running = self.lock().clone();
         self.supervisor
             .snapshots()
             .into_iter()
+            .filter(|s| running.contains_key(&s.name))
             .map(|s| NodeView {
                 // Only a running program listens: a stopped or crash-looping one's port is not
                 // where anything answers.
@@ -180,6 +181,8 @@ impl ProcessWorkers {
                 capacity: None,
                 p50_ms: None,
                 last_error: None,
+                image: None,
+                container_id: None,
                 name: s.name,
             })
             .collect()
@@ -187,10 +190,11 @@ impl ProcessWorkers {
 
     /// Re-arms the breaker of child `name`; `false` if there is none.
     pub fn reset(&self, name: &str) -> bool {
-        self.supervisor.reset_breaker(name).is_ok()
+        self.lock().contains_key(name) && self.supervisor.reset_breaker(name).is_ok()
     }
 
-    /// Stops every child.
+    /// Stops every child, and every container worker's node (the supervisor is shared; the
+    /// containers themselves keep running).
     pub async fn shutdown(&self) {
         self.supervisor.shutdown().await;
     }

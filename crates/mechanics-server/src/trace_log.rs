@@ -99,6 +99,7 @@ pub const ACTIONS: &[&str] = &[
     "pause",
     "policy",
     "rate_limit",
+    "reconcile",
     "recover",
     "resume",
     "retry",

@@ -355,9 +355,9 @@ pub(crate) fn check_worker(
         (WorkerKind::Js, None) => Err(StoreError::InvalidInput(
             "module_source: required for js workers".into(),
         )),
-        (WorkerKind::Http | WorkerKind::Process, Some(_)) => Err(StoreError::InvalidInput(
-            "module_source: only js workers have a module".into(),
-        )),
+        (WorkerKind::Http | WorkerKind::Process | WorkerKind::Container, Some(_)) => Err(
+            StoreError::InvalidInput("module_source: only js workers have a module".into()),
+        ),
         _ => Ok(transpiled.map(|transpiled| transpiled.source_map.to_string())),
     }
 }

@@ -75,6 +75,8 @@ pub fn unique_name(prefix: &str) -> String {
 pub struct ScratchImage {
     /// The image's tag, `localhost/NAME:test`.
     pub tag: String,
+    /// The CLI whose image store holds it: `docker` or `podman`.
+    cli: &'static str,
 }
 
 impl ScratchImage {
@@ -86,6 +88,19 @@ impl ScratchImage {
     /// When the binary cannot be read, `ldd` or `docker import` fails.
     pub fn build(name: &str, binary: &Path, args: &[&str]) -> ScratchImage {
         require_docker();
+        Self::import_with("docker", name, binary, args)
+    }
+
+    /// [`build`](Self::build) into Podman's image store (`podman import`; Podman keeps its own
+    /// images, apart from Docker's).
+    ///
+    /// # Panics
+    /// When `podman` cannot run, or as [`build`](Self::build) does.
+    pub fn build_for_podman(name: &str, binary: &Path, args: &[&str]) -> ScratchImage {
+        Self::import_with("podman", name, binary, args)
+    }
+
+    fn import_with(cli: &'static str, name: &str, binary: &Path, args: &[&str]) -> ScratchImage {
         let context = tempdir(name);
         copy_into(&context, binary, Path::new("/app"));
         for library in shared_libraries(binary) {
@@ -107,7 +122,7 @@ impl ScratchImage {
             .stdout(Stdio::piped())
             .spawn()
             .expect("running tar for the image context");
-        let import = Command::new("docker")
+        let import = Command::new(cli)
             .args([
                 "import",
                 "--change",
@@ -119,7 +134,7 @@ impl ScratchImage {
             ])
             .stdin(tar.stdout.take().expect("tar's stdout"))
             .output()
-            .expect("running docker import");
+            .unwrap_or_else(|err| panic!("cannot run `{cli} import`: {err}"));
         let tarred = tar.wait().expect("waiting for tar");
         let _ = fs::remove_dir_all(&context);
         assert!(
@@ -128,17 +143,20 @@ impl ScratchImage {
         );
         assert!(
             import.status.success(),
-            "docker import of {} failed: {}",
+            "{cli} import of {} failed: {}",
             binary.display(),
             String::from_utf8_lossy(&import.stderr).trim()
         );
-        ScratchImage { tag }
+        ScratchImage { tag, cli }
     }
 }
 
 impl Drop for ScratchImage {
     fn drop(&mut self) {
-        let _ = docker(&["rmi", "-f", &self.tag]);
+        let _ = Command::new(self.cli)
+            .args(["rmi", "-f", &self.tag])
+            .stdin(Stdio::null())
+            .output();
     }
 }
 

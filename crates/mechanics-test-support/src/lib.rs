@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod postgres;
+pub mod task_echo;
 pub mod tls;
 
 /// Hostile job modules: a name, the module source, and a piece of the error message each must

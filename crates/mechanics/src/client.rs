@@ -627,7 +627,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
                         let w = &view.worker;
                         vec![
                             w.spec.name.clone(),
-                            kind_name(w.spec.kind).to_owned(),
+                            w.spec.kind.as_str().to_owned(),
                             target(&w.spec),
                             triggers(&w.spec),
                             w.revision.to_string(),
@@ -650,7 +650,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
                     "name:      {}\nkind:      {}\ntarget:    {}\ntriggers:  {}\nrevision:  {}\n\
                      created:   {}\nupdated:   {}\n",
                     w.spec.name,
-                    kind_name(w.spec.kind),
+                    w.spec.kind.as_str(),
                     target(&w.spec),
                     triggers(&w.spec),
                     w.revision,
@@ -1090,6 +1090,8 @@ fn nodes_table(answer: &Answer) -> Result<String> {
                     .unwrap_or_else(dash),
                 n.state.clone(),
                 n.breaker.clone(),
+                n.image.clone().unwrap_or_else(dash),
+                n.container_id.clone().unwrap_or_else(dash),
                 n.in_flight.to_string(),
                 n.capacity.map_or_else(dash, |c| c.to_string()),
                 n.jobs.to_string(),
@@ -1110,6 +1112,8 @@ fn nodes_table(answer: &Answer) -> Result<String> {
             "URL",
             "STATE",
             "BREAKER",
+            "IMAGE",
+            "CONTAINER",
             "IN_FLIGHT",
             "CAPACITY",
             "JOBS",
@@ -1291,14 +1295,6 @@ fn time_of_day(unix_ms: i64) -> String {
     )
 }
 
-fn kind_name(kind: WorkerKind) -> &'static str {
-    match kind {
-        WorkerKind::Js => "js",
-        WorkerKind::Http => "http",
-        WorkerKind::Process => "process",
-    }
-}
-
 /// What the worker runs: the module, URL or command.
 fn target(spec: &WorkerSpec) -> String {
     match spec.kind {
@@ -1309,6 +1305,7 @@ fn target(spec: &WorkerSpec) -> String {
             .as_ref()
             .map(|c| c.join(" "))
             .unwrap_or_default(),
+        WorkerKind::Container => spec.image.clone().unwrap_or_default(),
     }
 }
 
@@ -1425,6 +1422,8 @@ mod tests {
             capacity: Some(2),
             p50_ms: None,
             last_error: None,
+            image: None,
+            container_id: None,
         };
         let list = NodeList {
             nodes: vec![

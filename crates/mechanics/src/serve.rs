@@ -79,6 +79,15 @@ pub struct ConfigArgs {
     /// is a transport failure and retried [default: 10m; MECHANICS_HTTP_WORKER_TIMEOUT].
     #[arg(long, value_name = "DURATION")]
     http_worker_timeout: Option<String>,
+    /// The CLI that runs container workers: docker, podman or auto (a running Docker engine,
+    /// else Podman) [default: auto; MECHANICS_CONTAINER_RUNTIME].
+    #[arg(long, value_name = "RUNTIME")]
+    container_runtime: Option<String>,
+    /// How often container workers are compared with their containers, e.g. 60s; missing,
+    /// exited or unhealthy ones are recreated and orphans removed [default: 60s;
+    /// MECHANICS_CONTAINER_RECONCILE_INTERVAL].
+    #[arg(long, value_name = "DURATION")]
+    container_reconcile_interval: Option<String>,
     /// Log format: pretty, json or compact [default: compact; MECHANICS_LOG_FORMAT].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -169,6 +178,16 @@ impl ConfigArgs {
                 "http_worker_timeout",
                 "--http-worker-timeout",
                 self.http_worker_timeout.as_deref(),
+            ),
+            (
+                "container_runtime",
+                "--container-runtime",
+                self.container_runtime.as_deref(),
+            ),
+            (
+                "container_reconcile_interval",
+                "--container-reconcile-interval",
+                self.container_reconcile_interval.as_deref(),
             ),
             ("log_format", "--log-format", self.log_format.as_deref()),
             ("log_level", "--log-level", self.log_level.as_deref()),
@@ -642,6 +661,8 @@ fn node_view(info: NodeInfo, capacity: usize) -> NodeView {
         capacity: Some(capacity as u64),
         p50_ms: None,
         last_error: None,
+        image: None,
+        container_id: None,
         name: info.name,
     }
 }
@@ -666,6 +687,8 @@ fn remote_view(info: RemoteNodeInfo) -> NodeView {
         capacity: Some(info.capacity as u64),
         p50_ms: info.p50.map(|d| d.as_secs_f64() * 1000.0),
         last_error: info.last_error,
+        image: None,
+        container_id: None,
     }
 }
 

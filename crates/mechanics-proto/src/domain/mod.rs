@@ -23,8 +23,9 @@ pub use queue::{
 pub use remote_node::{MAX_NODE_CAPACITY, NodeSpec, RemoteNode};
 pub use source::{Source, SourceKind, SourceSpec};
 pub use worker::{
-    CronTrigger, RateLimitSpec, RestartPolicyName, RestartSpec, RetrySpec, TranspiledModule,
-    Trigger, WebhookTrigger, Worker, WorkerKind, WorkerSpec,
+    CronTrigger, HealthSpec, PullPolicy, RateLimitSpec, ResourcesSpec, RestartPolicyName,
+    RestartSpec, RetrySpec, TranspiledModule, Trigger, WebhookTrigger, Worker, WorkerKind,
+    WorkerSpec,
 };
 
 /// A spec that deserialized but breaks a rule; `field` is the path of the offending field

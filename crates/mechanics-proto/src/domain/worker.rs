@@ -1,11 +1,13 @@
 //! The worker spec (`worker.yml`, DESIGN §3) and the stored worker record.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    HumanDuration, PolicySpec, SpecError, refuse_control, refuse_nul, validate_http_url,
-    validate_name,
+    HumanDuration, PolicySpec, SpecError, refuse_control, refuse_nul, validate_env_name,
+    validate_http_url, validate_name,
 };
 
 /// How a worker runs its tasks.
@@ -18,6 +20,20 @@ pub enum WorkerKind {
     Http,
     /// A local program the server launches and supervises; it serves the HTTP contract.
     Process,
+    /// A container the server runs with Docker or Podman; it serves the HTTP contract on `port`.
+    Container,
+}
+
+impl WorkerKind {
+    /// The kind's name as specs write it (`container`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Js => "js",
+            Self::Http => "http",
+            Self::Process => "process",
+            Self::Container => "container",
+        }
+    }
 }
 
 /// A worker as the user writes it. Unknown fields are errors; [`WorkerSpec::validate`] checks the
@@ -48,9 +64,32 @@ pub struct WorkerSpec {
     /// process: the program and its arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    /// process: how the supervisor restarts the program.
+    /// process and container: how the supervisor restarts the program or recreates the
+    /// container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
+    /// container: the image (`localhost/summarizer:1.4`), as the container runtime names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// container: the HTTP port the container listens on; the server publishes it on
+    /// 127.0.0.1 only and sends tasks to `POST /task` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// container: the container's environment. A value may hold `${env:NAME}` references to the
+    /// server's environment; the stored spec keeps the reference, and the value reaches the
+    /// container through a private file, never the command line or a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// container: memory and CPU limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
+    /// container: an HTTP health check of the container (`GET path` on its port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    /// container: whether the runtime may pull the image; by default `never` for `localhost/`
+    /// images and `missing` for the others ([`WorkerSpec::pull_policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
     /// What makes tasks for this worker.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
@@ -129,7 +168,57 @@ impl CronTrigger {
     }
 }
 
-/// Restart policy of a process worker (`mechanics-runtime` semantics).
+/// A container's limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// The memory limit in MiB (at least 6, the runtimes' minimum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// CPUs the container may use (`1.5`), more than 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+/// A container's HTTP health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// The path asked with `GET` (`/healthz`); a `2xx` answer is healthy.
+    pub path: String,
+    /// Time between checks (default `10s`, at least `1s`).
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+/// When the container runtime may pull a container worker's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Never: the image must be on the machine already.
+    Never,
+    /// When it is not on the machine.
+    Missing,
+    /// Before every container is created.
+    Always,
+}
+
+impl PullPolicy {
+    /// The name the runtimes' `--pull` option takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Missing => "missing",
+            Self::Always => "always",
+        }
+    }
+}
+
+/// Restart policy of a process or container worker (`mechanics-runtime` semantics).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
@@ -267,11 +356,7 @@ impl WorkerSpec {
     /// objects; their contents are `mechanics-core`'s to validate.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("name", &self.name)?;
-        let kind = match self.kind {
-            WorkerKind::Js => "js",
-            WorkerKind::Http => "http",
-            WorkerKind::Process => "process",
-        };
+        let kind = self.kind.as_str();
         let given = [
             ("module", self.module.is_some()),
             ("config", self.config.is_some()),
@@ -279,11 +364,29 @@ impl WorkerSpec {
             ("url", self.url.is_some()),
             ("command", self.command.is_some()),
             ("restart", self.restart.is_some()),
+            ("image", self.image.is_some()),
+            ("port", self.port.is_some()),
+            ("env", self.env.is_some()),
+            ("resources", self.resources.is_some()),
+            ("health", self.health.is_some()),
+            ("pull", self.pull.is_some()),
         ];
         let (required, allowed): (&[&str], &[&str]) = match self.kind {
             WorkerKind::Js => (&["module"], &["module", "config", "limits"]),
             WorkerKind::Http => (&["url"], &["url"]),
             WorkerKind::Process => (&["command"], &["command", "restart"]),
+            WorkerKind::Container => (
+                &["image", "port"],
+                &[
+                    "image",
+                    "port",
+                    "env",
+                    "resources",
+                    "health",
+                    "pull",
+                    "restart",
+                ],
+            ),
         };
         for (field, present) in given {
             if present && !allowed.contains(&field) {
@@ -327,6 +430,7 @@ impl WorkerSpec {
                 refuse_nul(&format!("command[{i}]"), part, "a program's command line")?;
             }
         }
+        self.validate_container()?;
         if let Some(restart) = &self.restart
             && restart.initial_backoff_ms > restart.max_backoff_ms
         {
@@ -366,6 +470,91 @@ impl WorkerSpec {
                 .map_err(|message| SpecError::new("rate_limit.per_second", message))?;
             if rate_limit.burst == 0 {
                 return Err(SpecError::new("rate_limit.burst", "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// container: when the runtime may pull the image: as written, else `never` for images
+    /// named `localhost/...` (built on this machine; no registry has them) and `missing` for
+    /// the others.
+    pub fn pull_policy(&self) -> PullPolicy {
+        match (self.pull, &self.image) {
+            (Some(pull), _) => pull,
+            (None, Some(image)) if image.starts_with("localhost/") => PullPolicy::Never,
+            (None, _) => PullPolicy::Missing,
+        }
+    }
+
+    /// The container fields' own rules. Each value ends up as an argument of the container
+    /// runtime or a line of its env file, so what could be read as an option (a leading `-`)
+    /// or split a line is refused here, before anything is stored.
+    fn validate_container(&self) -> Result<(), SpecError> {
+        if let Some(image) = &self.image {
+            let valid = (1..=255).contains(&image.len())
+                && !image.starts_with(['-', '/', ':', '@', '.'])
+                && image
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+            if !valid {
+                return Err(SpecError::new(
+                    "image",
+                    format!(
+                        "{image:?} is not an image reference: write e.g. localhost/summarizer:1.4 \
+                         (letters, digits and . _ - / : @, up to 255 characters)"
+                    ),
+                ));
+            }
+        }
+        if self.port == Some(0) {
+            return Err(SpecError::new(
+                "port",
+                "must be the port the container listens on, 1 to 65535",
+            ));
+        }
+        for (name, value) in self.env.iter().flatten() {
+            validate_env_name(&format!("env.{name}"), name)?;
+            // The env file has one `NAME=value` per line: a line break would start another
+            // variable, a NUL cannot reach a process's environment.
+            if let Some(c) = value.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+                return Err(SpecError::new(
+                    format!("env.{name}"),
+                    format!(
+                        "must be one line: {c:?} cannot be passed in a container's environment"
+                    ),
+                ));
+            }
+        }
+        if let Some(resources) = &self.resources {
+            if resources
+                .memory_mb
+                .is_some_and(|mb| !(6..=16 * 1024 * 1024).contains(&mb))
+            {
+                return Err(SpecError::new(
+                    "resources.memory_mb",
+                    "must be between 6 (the container runtimes' minimum) and 16777216 MiB",
+                ));
+            }
+            if resources
+                .cpus
+                .is_some_and(|cpus| !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0))
+            {
+                return Err(SpecError::new(
+                    "resources.cpus",
+                    "must be more than 0 and at most 1024 (1.5 is one and a half CPUs)",
+                ));
+            }
+        }
+        if let Some(health) = &self.health {
+            if !health.path.starts_with('/') {
+                return Err(SpecError::new(
+                    "health.path",
+                    format!("{:?} must be a path starting with /", health.path),
+                ));
+            }
+            refuse_control("health.path", &health.path)?;
+            if health.interval.as_millis() < 1000 {
+                return Err(SpecError::new("health.interval", "must be at least 1s"));
             }
         }
         Ok(())
@@ -530,6 +719,121 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         spec(base).unwrap_err()
+    }
+
+    #[test]
+    fn the_issue_container_example_parses_and_localhost_images_are_never_pulled() {
+        let spec = spec(json!({
+            "name": "summarizer", "kind": "container", "image": "localhost/summarizer:1.4",
+            "port": 8080,
+            "env": { "MODEL": "small", "API_TOKEN": "${env:SUMMARIZER_TOKEN}" },
+            "resources": { "memory_mb": 512, "cpus": 1.5 },
+            "health": { "path": "/healthz", "interval": "10s" },
+            "restart": { "policy": "on-failure" },
+        }))
+        .unwrap();
+        assert_eq!(spec.pull_policy(), PullPolicy::Never);
+        assert_eq!(spec.health.as_ref().unwrap().interval.as_millis(), 10_000);
+        let back: WorkerSpec =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let remote = spec_of_container(json!({ "image": "ghcr.io/acme/bot:2" })).unwrap();
+        assert_eq!(remote.pull_policy(), PullPolicy::Missing);
+        let pinned =
+            spec_of_container(json!({ "image": "ghcr.io/acme/bot:2", "pull": "never" })).unwrap();
+        assert_eq!(pinned.pull_policy(), PullPolicy::Never);
+    }
+
+    /// A container worker spec with `extra`'s fields over a valid minimal one.
+    fn spec_of_container(extra: Value) -> Result<WorkerSpec, String> {
+        let mut base =
+            json!({ "name": "c", "kind": "container", "image": "localhost/c:1", "port": 80 });
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec(base)
+    }
+
+    #[test]
+    fn container_fields_are_checked_and_errors_name_the_field() {
+        for (extra, expected) in [
+            (
+                json!({ "image": null }),
+                "image: required for container workers",
+            ),
+            (
+                json!({ "port": null }),
+                "port: required for container workers",
+            ),
+            (
+                json!({ "port": 0 }),
+                "port: must be the port the container listens on",
+            ),
+            (json!({ "port": 70000 }), "invalid value: integer `70000`"),
+            (
+                json!({ "image": "" }),
+                "image: \"\" is not an image reference",
+            ),
+            (
+                json!({ "image": "--privileged" }),
+                "image: \"--privileged\" is not an image reference",
+            ),
+            (
+                json!({ "image": "a b" }),
+                "image: \"a b\" is not an image reference",
+            ),
+            (
+                json!({ "env": { "1X": "v" } }),
+                "env.1X: \"1X\" is not an environment variable name",
+            ),
+            (
+                json!({ "env": { "X": "a\nY=b" } }),
+                "env.X: must be one line: '\\n'",
+            ),
+            (
+                json!({ "env": { "X": "a\u{0}" } }),
+                "env.X: must be one line: '\\0'",
+            ),
+            (
+                json!({ "resources": { "memory_mb": 1 } }),
+                "resources.memory_mb: must be between 6",
+            ),
+            (
+                json!({ "resources": { "cpus": 0.0 } }),
+                "resources.cpus: must be more than 0",
+            ),
+            (json!({ "resources": { "cpu": 1 } }), "unknown field `cpu`"),
+            (
+                json!({ "health": { "path": "healthz" } }),
+                "health.path: \"healthz\" must be a path starting with /",
+            ),
+            (
+                json!({ "health": { "path": "/h", "interval": "10ms" } }),
+                "health.interval: must be at least 1s",
+            ),
+            (
+                json!({ "pull": "sometimes" }),
+                "unknown variant `sometimes`",
+            ),
+            (
+                json!({ "url": "http://127.0.0.1:1" }),
+                "url: not used by container workers",
+            ),
+            (
+                json!({ "command": ["x"] }),
+                "command: not used by container workers",
+            ),
+        ] {
+            let err = spec_of_container(extra.clone()).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        // The container fields belong to container workers only.
+        let err = spec(json!({ "name": "p", "kind": "process", "command": ["x"], "image": "i" }))
+            .unwrap_err();
+        assert!(
+            err.starts_with("image: not used by process workers"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,6 +40,19 @@ async fn health_checks_really_run_on_the_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_node_added_with_its_own_health_interval_is_checked_on_that_interval_only() {
+    let sup = checked(restart_after_100ms());
+    let own = TestNode::forever();
+    let default = TestNode::forever();
+    sup.add_with_health_interval("own", own.clone(), restart_after_100ms(), ms(2_500))
+        .unwrap();
+    sup.add("default", default.clone()).unwrap();
+    tokio::time::sleep(ms(10_500)).await;
+    // Checks at 2.5 s, 5 s, 7.5 s and 10 s for the node's interval; every second for the other.
+    assert_eq!((own.health_calls(), default.health_calls()), (4, 10));
+}
+
+#[tokio::test(start_paused = true)]
 async fn n_consecutive_unhealthy_checks_kill_the_instance_and_the_policy_restarts_it() {
     let sup = checked(restart_after_100ms());
     let node = TestNode::forever();

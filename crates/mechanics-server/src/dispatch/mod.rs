@@ -37,6 +37,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::clock::Clock;
+use crate::containers::ContainerWorkers;
 use crate::executor::{AttemptOutput, HttpWorkerClient, JsExecutor, Outcome, task_body};
 use crate::processes::ProcessWorkers;
 use crate::registry::Registry;
@@ -75,6 +76,8 @@ pub(crate) struct Dispatcher {
     pub(crate) js: Option<Arc<dyn JsExecutor>>,
     pub(crate) http: HttpWorkerClient,
     pub(crate) processes: Arc<ProcessWorkers>,
+    /// The container workers.
+    pub(crate) containers: Arc<ContainerWorkers>,
     /// Attempts running, by task id, so that those still running when the drain ends can be
     /// stopped before the executors are.
     /// Each with the attempt of its claim, whose lease a shared store's renewal extends.
@@ -114,6 +117,7 @@ impl Dispatcher {
         js: Option<Arc<dyn JsExecutor>>,
         http: HttpWorkerClient,
         processes: Arc<ProcessWorkers>,
+        containers: Arc<ContainerWorkers>,
         trace: Arc<TraceLog>,
         config: DispatchConfig,
     ) -> Self {
@@ -124,6 +128,7 @@ impl Dispatcher {
             js,
             http,
             processes,
+            containers,
             running: Mutex::new(HashMap::new()),
             trace,
             permits: Arc::new(Semaphore::new(config.concurrency)),
@@ -603,6 +608,18 @@ impl Dispatcher {
                         outcome => outcome,
                     }
                     .into()
+                },
+                Err(why) => Outcome::Transport(why).into(),
+            },
+            WorkerKind::Container => match self.containers.target(&task.worker) {
+                // The supervised container is named after its worker (`GET /nodes`).
+                Ok(url) => AttemptOutput {
+                    node: Some(task.worker.clone()),
+                    ..self
+                        .http
+                        .run(&url, &task_body(task, event.as_ref()))
+                        .await
+                        .into()
                 },
                 Err(why) => Outcome::Transport(why).into(),
             },

@@ -6,11 +6,13 @@
 //! one PostgreSQL database (`cluster`); pausing, resuming and removing workers with work (`ops`);
 //! remote executor nodes over TLS, killed and restarted under load (`remote_nodes`);
 //! TypeScript workers, from `worker add` and `run` to the positions in their errors
-//! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`).
+//! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`); container workers on Docker and
+//! Podman (`containers`).
 
 mod add_checks;
 mod answers;
 mod cluster;
+mod containers;
 mod edge;
 mod faults;
 mod fleet;

@@ -305,7 +305,7 @@ impl Drop for Coordinator {
 }
 
 /// The children of `pid` (node processes, process workers; each leads its own group).
-fn descendants(pid: i32) -> Vec<i32> {
+pub(crate) fn descendants(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
