@@ -631,12 +631,12 @@ impl Snapshot {
 }
 
 /// Whether `node` can take work now: a remote node once a check found it `healthy`, a local
-/// node or process worker while its instance is `running` (not draining, backing off or
-/// tripped).
+/// node, process worker or container worker while its instance is `running` (not draining,
+/// backing off or tripped).
 fn is_up(node: &NodeView) -> bool {
     match node.kind {
         NodeKind::Remote => node.state == "healthy",
-        NodeKind::Local | NodeKind::Process => node.state == "running",
+        NodeKind::Local | NodeKind::Process | NodeKind::Container => node.state == "running",
     }
 }
 
