@@ -60,6 +60,14 @@ pub fn read_api_key_file(path: &Path) -> Result<String, String> {
     Ok(key)
 }
 
+/// A YAML parser's error as one line with its position and no source excerpt, for a message
+/// that names the file once, itself: `{file}: {this}`. (The parser's own rendering adds an
+/// excerpt headed by a made-up file name, `<input>`.)
+pub fn yaml_message(err: &serde_saphyr::Error) -> String {
+    let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    err.render_with_options(options)
+}
+
 /// Where a setting was read from, for error messages and `mechanics config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -262,6 +270,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
+    /// For client commands and `mechanics mcp` only (the server ignores it): the URL of the
+    /// server they call, when it is not `http://` + `addr` on this machine.
+    pub server: Option<String>,
     /// See [`ServerConfig::addr`].
     pub addr: Option<String>,
     /// See [`ServerConfig::api_key`].
@@ -341,7 +352,7 @@ impl ConfigLayer {
         }
         serde_saphyr::from_str(&text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
-            message: err.to_string(),
+            message: yaml_message(&err),
         })
     }
 

@@ -6,7 +6,8 @@
 //! one PostgreSQL database (`cluster`); pausing, resuming and removing workers with work (`ops`);
 //! remote executor nodes over TLS, killed and restarted under load (`remote_nodes`);
 //! TypeScript workers, from `worker add` and `run` to the positions in their errors
-//! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`).
+//! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`); the README's command blocks, run
+//! as written (`readme`).
 
 mod add_checks;
 mod answers;
@@ -16,6 +17,7 @@ mod faults;
 mod fleet;
 mod mcp;
 mod ops;
+mod readme;
 mod remote_nodes;
 mod retries;
 mod serve;
