@@ -60,12 +60,23 @@ pub fn read_api_key_file(path: &Path) -> Result<String, String> {
     Ok(key)
 }
 
-/// A YAML parser's error as one line with its position and no source excerpt, for a message
-/// that names the file once, itself: `{file}: {this}`. (The parser's own rendering adds an
-/// excerpt headed by a made-up file name, `<input>`.)
-pub fn yaml_message(err: &serde_saphyr::Error) -> String {
+/// A YAML parser's error in `text` as one line: its message and position, and the line of
+/// `text` it points at, so that the key at fault is named; for a message that names the file
+/// once, itself: `{file}: {this}`. (The parser's own rendering adds an excerpt headed by a
+/// made-up file name, `<input>`.)
+pub fn yaml_message(err: &serde_saphyr::Error, text: &str) -> String {
     let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
-    err.render_with_options(options)
+    let message = err.render_with_options(options);
+    let line = err
+        .location()
+        .and_then(|at| usize::try_from(at.line()).ok())
+        .and_then(|line| text.lines().nth(line.checked_sub(1)?))
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    match line {
+        Some(line) => format!("{message}: `{line}`"),
+        None => message,
+    }
 }
 
 /// Where a setting was read from, for error messages and `mechanics config show`.
@@ -352,7 +363,7 @@ impl ConfigLayer {
         }
         serde_saphyr::from_str(&text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
-            message: yaml_message(&err),
+            message: yaml_message(&err, &text),
         })
     }
 

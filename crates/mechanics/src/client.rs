@@ -580,7 +580,7 @@ pub(crate) fn load_spec<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
         return Err(Failure::usage(format!("{shown} is empty: write a {what}")));
     }
     let spec: T = serde_saphyr::from_str(&text).map_err(|err| {
-        let message = mechanics_server::config::yaml_message(&err);
+        let message = mechanics_server::config::yaml_message(&err, &text);
         Failure::usage(format!("{shown}: {message}"))
     })?;
     validate(&spec).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;

@@ -698,7 +698,7 @@ impl Toolbox {
                     module_source,
                 } = parse(spec, args)?;
                 let spec: WorkerSpec = serde_saphyr::from_str(&yaml).map_err(|err| {
-                    let message = mechanics_server::config::yaml_message(&err);
+                    let message = mechanics_server::config::yaml_message(&err, &yaml);
                     ToolError(format!("yaml: {message}"))
                 })?;
                 let input = WorkerInput {

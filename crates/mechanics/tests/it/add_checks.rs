@@ -224,7 +224,10 @@ fn yaml_errors_name_the_file_once() {
     );
     assert_eq!(
         refused(&["worker", "add", "-f", &unclosed]),
-        format!("error: {unclosed}: unclosed bracket '[' at line 4, column 11\n")
+        format!(
+            "error: {unclosed}: unclosed bracket '[' at line 4, column 11: \
+             `triggers: [{{ api: true }}`\n"
+        )
     );
     let unknown = write(
         work,
@@ -236,7 +239,8 @@ fn yaml_errors_name_the_file_once() {
         message,
         format!(
             "error: {unknown}: unknown field `secrets`, expected one of name, kind, secret_env, \
-             secret_file, token_env, token_file, api_base_url, actor_path at line 4, column 1\n"
+             secret_file, token_env, token_file, api_base_url, actor_path at line 4, column 1: \
+             `secrets: 1`\n"
         )
     );
     assert!(!message.contains("<input>"), "{message}");
