@@ -352,6 +352,38 @@ pub struct InstanceList {
     pub instances: Vec<Instance>,
 }
 
+/// `GET /metrics/summary`: what each worker did in the last hour on the server answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MetricsSummary {
+    /// The window the counts cover, in seconds (3600), ending now.
+    pub window_seconds: u64,
+    /// Every registered worker (and any removed one still with activity in the window), by
+    /// name.
+    pub workers: Vec<WorkerActivity>,
+}
+
+/// One worker's last hour, in [`MetricsSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerActivity {
+    /// The worker's name.
+    pub worker: String,
+    /// Tasks created (API, webhook and cron).
+    pub created: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks that ended failed.
+    pub failed: u64,
+    /// Tasks dead-lettered after their retries.
+    pub dead: u64,
+    /// Attempts started (the latencies below are theirs).
+    pub attempts: u64,
+    /// Median time from a task becoming due to its attempt starting, in ms (within 20 % above
+    /// the exact value); `null` without attempts.
+    pub dispatch_latency_p50_ms: Option<u64>,
+    /// 95th percentile of the same, in ms; `null` without attempts.
+    pub dispatch_latency_p95_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

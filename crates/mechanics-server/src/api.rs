@@ -243,6 +243,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(reset_node))
         .routes(routes!(crate::instances::list))
         .routes(routes!(crate::observe::list_logs))
+        .routes(routes!(crate::observe::metrics_summary))
         .merge(crate::sources::routes())
         .merge(crate::events::routes())
         .merge(crate::keys::routes())

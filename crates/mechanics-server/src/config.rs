@@ -60,6 +60,25 @@ pub fn read_api_key_file(path: &Path) -> Result<String, String> {
     Ok(key)
 }
 
+/// A YAML parser's error in `text` as one line: its message and position, and the line of
+/// `text` it points at, so that the key at fault is named; for a message that names the file
+/// once, itself: `{file}: {this}`. (The parser's own rendering adds an excerpt headed by a
+/// made-up file name, `<input>`.)
+pub fn yaml_message(err: &serde_saphyr::Error, text: &str) -> String {
+    let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    let message = err.render_with_options(options);
+    let line = err
+        .location()
+        .and_then(|at| usize::try_from(at.line()).ok())
+        .and_then(|line| text.lines().nth(line.checked_sub(1)?))
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    match line {
+        Some(line) => format!("{message}: `{line}`"),
+        None => message,
+    }
+}
+
 /// Where a setting was read from, for error messages and `mechanics config show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -290,6 +309,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
+    /// For client commands and `mechanics mcp` only (the server ignores it): the URL of the
+    /// server they call, when it is not `http://` + `addr` on this machine.
+    pub server: Option<String>,
     /// See [`ServerConfig::addr`].
     pub addr: Option<String>,
     /// See [`ServerConfig::api_key`].
@@ -378,7 +400,7 @@ impl ConfigLayer {
         }
         serde_saphyr::from_str(&text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
-            message: err.to_string(),
+            message: yaml_message(&err, &text),
         })
     }
 

@@ -27,6 +27,7 @@ pub mod openapi;
 mod pipeline;
 mod policy;
 pub mod processes;
+pub mod recent;
 mod registry;
 mod sources;
 pub mod trace_log;

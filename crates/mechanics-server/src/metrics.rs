@@ -220,6 +220,8 @@ pub struct Metrics {
     /// `mechanics_logs_refusals_unrecorded_total`: refused webhook deliveries past the per-source
     /// trace budget, counted here instead of written to `/logs` one by one.
     pub logs_refusals_unrecorded: Counter,
+    /// Each worker's last hour, for `GET /api/v1/metrics/summary`.
+    pub recent: crate::recent::RecentActivity,
     latency: LatencyFamily,
     latency_ema: Gauge<f64, AtomicU64>,
     ema: Mutex<Option<f64>>,
@@ -260,6 +262,7 @@ impl Metrics {
             writeback_dead_letter: Counter::default(),
             logs_dropped: Counter::default(),
             logs_refusals_unrecorded: Counter::default(),
+            recent: crate::recent::RecentActivity::default(),
             latency,
             latency_ema: Gauge::default(),
             ema: Mutex::new(None),
@@ -430,6 +433,7 @@ impl Metrics {
             counter.remove(&label);
         }
         self.latency.remove(&label);
+        self.recent.forget(worker);
         self.policy_decisions.forget(worker);
     }
 

@@ -5,6 +5,9 @@
 //! - `GET /logs` and its alias `GET /api/v1/logs` (API key, as the rest of the API): the
 //!   pipeline trace, filtered by `event`, `task`, `worker`, `action`, `outcome`, `since` (`90s`,
 //!   `15m`, `1h`, `24h`, `7d` or RFC 3339), `trace`, `limit` and `cursor`; newest first.
+//! - `GET /api/v1/metrics/summary` (API key, `read`): per worker, tasks created, completed,
+//!   failed and dead and the dispatch latency's p50 and p95 over the last hour on this server
+//!   ([`crate::recent`]).
 //! - `GET /debug/vars`: metrics and runtime state as JSON (`store.queries`: the store operations
 //!   that ran SQL since the server started, not counting this request's own). With an API key
 //!   configured or stored it needs a valid key (any scope); without one it answers loopback
@@ -19,7 +22,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mechanics_proto::api::LogList;
+use mechanics_proto::api::{LogList, MetricsSummary};
 use mechanics_proto::domain::LogOutcome;
 use mechanics_store::LogQuery;
 use serde_json::{Value, json};
@@ -174,6 +177,23 @@ pub(crate) async fn list_logs(
     Ok(axum::Json(LogList {
         entries: page.items,
         next_cursor: page.next_cursor,
+    }))
+}
+
+/// `GET /api/v1/metrics/summary`: every registered worker's last hour (and any removed one's
+/// still in the window).
+#[utoipa::path(get, path = "/metrics/summary", tag = "observe", operation_id = "metrics_summary", summary = "Per worker over the last hour on this server: tasks created, completed, failed, dead; dispatch latency p50 and p95", responses((status = 200, description = "Every worker's last hour, by name", body = MetricsSummary)))]
+pub(crate) async fn metrics_summary(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<axum::Json<MetricsSummary>, Failure> {
+    ListingQuery::parse(query, &[])?;
+    let workers = shared.store.list_workers().await?;
+    let names = workers.iter().map(|worker| worker.spec.name.as_str());
+    let workers = shared.metrics.recent.summary(shared.clock.now_ms(), names);
+    Ok(axum::Json(MetricsSummary {
+        window_seconds: (crate::recent::WINDOW_MS / 1000) as u64,
+        workers,
     }))
 }
 

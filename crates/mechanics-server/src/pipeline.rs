@@ -23,6 +23,7 @@ use mechanics_proto::domain::{
 use serde_json::{Value, json};
 
 use crate::executor::{NodeChange, Outcome};
+use crate::recent::Step;
 use crate::trace_log::{TraceLog, entry, event_trace_id, random_trace_id, task_entry};
 
 impl TraceLog {
@@ -36,6 +37,7 @@ impl TraceLog {
         };
         if created {
             metrics.tasks_created.inc(&task.worker);
+            metrics.recent.count(&task.worker, Step::Created, now);
             self.record_creation(entry(LogOutcome::Ok));
         } else {
             metrics.tasks_dedup_skipped.inc(&task.worker);
@@ -50,8 +52,9 @@ impl TraceLog {
     /// became due (`next_run_at`: creation, the end of a backoff, or a reserved rate-limit slot).
     pub(crate) fn attempt_started(&self, task: &Task, now: i64) {
         let latency_ms = now.saturating_sub(task.next_run_at).max(0);
-        self.metrics()
-            .observe_dispatch_latency(&task.worker, latency_ms as f64 / 1000.0);
+        let metrics = self.metrics();
+        metrics.observe_dispatch_latency(&task.worker, latency_ms as f64 / 1000.0);
+        metrics.recent.latency(&task.worker, latency_ms, now);
     }
 
     /// The attempt wrote `lines` with `console` (redacted, and stored with the attempt): one
@@ -76,12 +79,16 @@ impl TraceLog {
     /// The attempt completed its task.
     pub(crate) fn completed(&self, task: &Task, now: i64) {
         self.metrics().tasks_completed.inc(&task.worker);
+        self.metrics()
+            .recent
+            .count(&task.worker, Step::Completed, now);
         self.record(task_entry(task, "dispatch", LogOutcome::Ok, now));
     }
 
     /// The attempt failed its task for good.
     pub(crate) fn failed(&self, task: &Task, error: &str, now: i64) {
         self.metrics().tasks_failed.inc(&task.worker);
+        self.metrics().recent.count(&task.worker, Step::Failed, now);
         let mut entry = task_entry(task, "dispatch", LogOutcome::Fail, now);
         entry.error = Some(error.to_owned());
         self.record(entry);
@@ -90,6 +97,7 @@ impl TraceLog {
     /// The attempt failed in a retryable way with no retries left: the task is dead.
     pub(crate) fn dead_lettered(&self, task: &Task, error: &str, now: i64) {
         self.metrics().tasks_dead.inc(&task.worker);
+        self.metrics().recent.count(&task.worker, Step::Dead, now);
         let mut attempt = task_entry(task, "dispatch", LogOutcome::Fail, now);
         attempt.error = Some(error.to_owned());
         self.record(attempt);
@@ -493,6 +501,9 @@ impl TraceLog {
         };
         if created {
             self.metrics().tasks_created.inc(&task.worker);
+            self.metrics()
+                .recent
+                .count(&task.worker, Step::Created, now);
             self.record_creation(LogRecord {
                 detail: Some(json!({ "trigger": "webhook" })),
                 ..entry(LogOutcome::Ok)
@@ -527,6 +538,9 @@ impl TraceLog {
     /// fire time).
     pub(crate) fn cron_fired(&self, task: &Task, fire: Value, now: i64) {
         self.metrics().tasks_created.inc(&task.worker);
+        self.metrics()
+            .recent
+            .count(&task.worker, Step::Created, now);
         // Each goes before the task's steps the dispatcher may have recorded already, so the
         // submission first and the fire before it.
         self.record_creation(LogRecord {

@@ -1,7 +1,7 @@
 //! The CLI client of a running coordinator: `mechanics worker|task|node|instance ...`.
 //!
-//! Every command is one or a few calls of the API under `/api/v1` (shapes in
-//! `mechanics_proto::api`). People get aligned tables and short lines; `--json` prints the API's
+//! Every command is one or a few calls of the API under `/api/v1` through the one typed client,
+//! [`mechanics_client::ApiClient`] (shapes in `mechanics_proto::api`). People get aligned tables and short lines; `--json` prints the API's
 //! JSON answer as it came. Exit statuses: [`EXIT_OK`], [`EXIT_FAILED`], [`EXIT_USAGE`],
 //! [`EXIT_NO_SERVER`].
 
@@ -9,15 +9,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mechanics_client::{Answer, ApiClient, ClientError, TaskFilter};
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, InstanceList, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
-    TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
+    InstanceList, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted, TaskDetail, TaskList,
+    WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{
     AttemptConsoleLine, HumanDuration, Task, TaskAttempt, TaskState, WorkerKind, WorkerSpec,
 };
 use mechanics_store::MAX_PAGE_SIZE;
-use reqwest::Method;
 use serde_json::Value;
 
 /// Success.
@@ -46,15 +46,10 @@ Exit status:
 /// Where the server is and how to talk to it; shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "MECHANICS_SERVER",
-        default_value = "http://127.0.0.1:21212",
-        value_name = "URL"
-    )]
-    server: String,
+    /// The server's URL [default: `server:` in ~/.mechanics/config.yml, else http:// and its
+    /// `addr:`, else http://127.0.0.1:21212].
+    #[arg(long, global = true, env = "MECHANICS_SERVER", value_name = "URL")]
+    server: Option<String>,
     /// The server's API key, sent as `Authorization: Bearer`. Every local user can read a flag's
     /// value with `ps`: prefer --api-key-file or MECHANICS_API_KEY.
     #[arg(
@@ -197,6 +192,27 @@ pub enum TaskCommand {
     },
 }
 
+/// The server client commands call when nothing says otherwise: `mechanics serve`'s default
+/// address.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:21212";
+
+/// The URL of a server listening on `addr` (`HOST:PORT`) as seen from this machine: an address
+/// on every interface (`0.0.0.0`, `[::]`) is reached on loopback.
+fn server_of_addr(addr: &str) -> std::result::Result<String, String> {
+    let parsed: std::net::SocketAddr = addr.trim().parse().map_err(|_| {
+        format!("{addr:?} is not an address: write HOST:PORT, e.g. 127.0.0.1:21212")
+    })?;
+    let ip = match parsed.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(format!(
+        "http://{}",
+        std::net::SocketAddr::new(ip, parsed.port())
+    ))
+}
+
 /// A command's failure, with the exit status it maps to.
 #[derive(Debug)]
 pub struct Failure {
@@ -253,23 +269,6 @@ pub(crate) fn page_limit(limit: u32) -> Result<u32> {
     }
 }
 
-/// The API's answer: its text as sent (for `--json`) and parsed.
-pub(crate) struct Answer {
-    pub(crate) text: String,
-    pub(crate) value: Value,
-}
-
-impl Answer {
-    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.value.clone()).map_err(|err| {
-            Failure::failed(format!(
-                "the server's answer has an unexpected shape ({err}); is it the same version \
-                 as this CLI?"
-            ))
-        })
-    }
-}
-
 impl ClientArgs {
     /// The API key to send, from --api-key/MECHANICS_API_KEY or --api-key-file/
     /// MECHANICS_API_KEY_FILE, checked by the server's own rules (a blank key or one no header
@@ -297,248 +296,115 @@ impl ClientArgs {
 
 impl ClientArgs {
     /// The connection these settings describe: the URL checked, the key read.
-    pub(crate) fn connect(&self) -> Result<Connection> {
-        Connection::new(&self.server, self.key()?)
+    ///
+    /// Each setting comes from its flag, else its variable, else `~/.mechanics/config.yml` (the
+    /// server's own file, read by the server's loader): `server:` or `http://` + `addr:` for the
+    /// URL, `api_key:` or `api_key_file:` for the key. The file is read only for what flags and
+    /// variables left unset, so a broken file does not stop a command that does not need it.
+    pub(crate) fn connect(&self) -> Result<ApiClient> {
+        let flag_key = self.key()?;
+        if let (Some(server), Some(key)) = (&self.server, &flag_key) {
+            return Ok(ApiClient::new(server, Some(key.clone()))?);
+        }
+        let path = mechanics_server::config::default_home().join("config.yml");
+        let file = mechanics_server::config::ConfigLayer::from_file(&path)
+            .map_err(|err| Failure::usage(err.to_string()))?;
+        let server = match (&self.server, &file.server, &file.addr) {
+            (Some(server), _, _) | (None, Some(server), _) => server.clone(),
+            (None, None, Some(addr)) => server_of_addr(addr).map_err(|message| {
+                Failure::usage(format!("{}: addr: {message}", path.display()))
+            })?,
+            (None, None, None) => DEFAULT_SERVER.to_owned(),
+        };
+        let key = match (flag_key, file.api_key, file.api_key_file) {
+            (Some(key), _, _) => Some(key),
+            (None, Some(_), Some(_)) => {
+                return Err(Failure::usage(format!(
+                    "{}: api_key and api_key_file are both set: give the key one way",
+                    path.display()
+                )));
+            }
+            (None, Some(key), None) => {
+                use mechanics_server::config::check_api_key;
+                check_api_key(&key).map_err(|message| {
+                    Failure::usage(format!("{}: api_key: {message}", path.display()))
+                })?;
+                Some(key)
+            }
+            (None, None, Some(file)) => Some(
+                mechanics_server::config::read_api_key_file(&file).map_err(|message| {
+                    Failure::usage(format!("{}: api_key_file: {message}", path.display()))
+                })?,
+            ),
+            (None, None, None) => None,
+        };
+        Ok(ApiClient::new(&server, key)?)
     }
 }
 
-/// An asynchronous connection to the server's API: the one way to call an endpoint, used by the
-/// CLI's commands (through [`Api`], which blocks on it) and by the MCP tools.
-#[derive(Clone)]
-pub struct Connection {
-    base: String,
-    key: Option<String>,
-    client: reqwest::Client,
-}
-
-impl Connection {
-    /// A connection to the server at `server` (an `http://` or `https://` URL), sending `key` as
-    /// `Authorization: Bearer` when there is one.
-    pub fn new(server: &str, key: Option<String>) -> Result<Self> {
-        let base = server.trim().trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base).map_err(|err| {
-            Failure::usage(format!(
-                "--server: {base:?} is not a URL ({err}); write e.g. http://127.0.0.1:21212"
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(Failure::usage(format!(
-                "--server: {base:?} is not an http:// or https:// URL with a host"
-            )));
-        }
-        // reqwest is built without a default TLS provider; the server may be behind https.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60));
-        let host = url.host_str().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
-            // A proxy from HTTP_PROXY cannot reach this machine's loopback.
-            builder = builder.no_proxy();
-        }
-        let client = builder
-            .build()
-            .map_err(|err| Failure::failed(format!("cannot build the HTTP client: {err}")))?;
-        Ok(Self { base, key, client })
-    }
-
-    /// The same server with another key (the HTTP client and its connections are shared).
-    pub fn with_key(&self, key: Option<String>) -> Self {
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        let code = match &err {
+            ClientError::BadServerUrl { .. } | ClientError::Request(_) => EXIT_USAGE,
+            ClientError::NoServer { .. } => EXIT_NO_SERVER,
+            ClientError::Transport { .. }
+            | ClientError::Api { .. }
+            | ClientError::UnexpectedAnswer(_) => EXIT_FAILED,
+        };
         Self {
-            base: self.base.clone(),
-            key,
-            client: self.client.clone(),
-        }
-    }
-
-    /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
-    pub(crate) async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl serde::Serialize>,
-    ) -> Result<Answer> {
-        let url = format!("{}{API_PREFIX}{path}", self.base);
-        let mut request = self.client.request(method, &url);
-        if let Some(key) = &self.key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            let bytes = serde_json::to_vec(body)
-                .map_err(|err| Failure::usage(format!("cannot encode the request: {err}")))?;
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes);
-        }
-        let (status, text) = self.send(request).await?;
-        if !status.is_success() {
-            return Err(self.api_failure(status, &text));
-        }
-        let value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).map_err(|err| {
-                Failure::failed(format!(
-                    "the server at {} answered {status} with something that is not JSON ({err}); \
-                     is it a Mechanics server?",
-                    self.base
-                ))
-            })?
-        };
-        Ok(Answer { text, value })
-    }
-
-    /// Sends `request` and reads the whole answer as text; a transport failure says whether a
-    /// server answered at all.
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(reqwest::StatusCode, String)> {
-        let answer = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
-        };
-        let (status, bytes) = answer.await.map_err(|err| self.transport_failure(err))?;
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
-    fn transport_failure(&self, err: reqwest::Error) -> Failure {
-        let mut cause = String::new();
-        let mut source = std::error::Error::source(&err);
-        while let Some(inner) = source {
-            cause = inner.to_string();
-            source = inner.source();
-        }
-        if err.is_connect() || (err.is_timeout() && err.is_request()) {
-            let cause = if cause.is_empty() {
-                err.without_url().to_string()
-            } else {
-                cause
-            };
-            return Failure {
-                code: EXIT_NO_SERVER,
-                message: format!(
-                    "no Mechanics server answered at {} ({cause}): start one with \
-                     `mechanics serve` or pass --server (or set MECHANICS_SERVER)",
-                    self.base
-                ),
-            };
-        }
-        let what = if err.is_timeout() {
-            "timed out".to_owned()
-        } else {
-            err.without_url().to_string()
-        };
-        Failure::failed(format!(
-            "the request to {} failed: {what}{}",
-            self.base,
-            if cause.is_empty() {
-                String::new()
-            } else {
-                format!(": {cause}")
-            }
-        ))
-    }
-
-    fn api_failure(&self, status: reqwest::StatusCode, text: &str) -> Failure {
-        match serde_json::from_str::<ApiError>(text) {
-            Ok(error) if status == reqwest::StatusCode::UNAUTHORIZED => {
-                let hint = if self.key.is_some() {
-                    "the API key given was not accepted: check --api-key-file, --api-key or \
-                     MECHANICS_API_KEY"
-                } else {
-                    "pass the server's API key with --api-key-file, MECHANICS_API_KEY or --api-key"
-                };
-                Failure::failed(format!("{} ({hint})", error.error.message))
-            }
-            Ok(error) => Failure::failed(error.error.message),
-            Err(_) => {
-                let snippet: String = text.chars().take(200).collect();
-                Failure::failed(format!(
-                    "the server at {} answered {status}: {snippet}; is it a Mechanics server?",
-                    self.base
-                ))
-            }
+            code,
+            message: err.to_string(),
         }
     }
 }
 
-/// A blocking connection to the server, for the CLI's commands.
+/// The CLI's blocking side of the [`ApiClient`]: every command calls the API through it.
 pub(crate) struct Api {
-    connection: Connection,
+    client: ApiClient,
     pub(crate) json: bool,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Api {
     pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
-        let connection = args.connect()?;
+        let client = args.connect()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|err| Failure::failed(format!("cannot start the async runtime: {err}")))?;
         Ok(Self {
-            connection,
+            client,
             json: args.json,
             runtime,
         })
     }
 
-    /// `method path` with an optional JSON body; the answer of a 2xx, else the API's error.
-    pub(crate) fn call(
+    /// The client, to name the call: `api.run(api.client().list_workers())`.
+    pub(crate) fn client(&self) -> &ApiClient {
+        &self.client
+    }
+
+    /// Runs one call of the client to its end.
+    pub(crate) fn run<T>(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl serde::Serialize>,
-    ) -> Result<Answer> {
-        self.runtime
-            .block_on(self.connection.call(method, path, body))
+        call: impl Future<Output = mechanics_client::Result<T>>,
+    ) -> Result<T> {
+        self.try_run(call).map_err(Failure::from)
     }
 
-    pub(crate) fn get(&self, path: &str) -> Result<Answer> {
-        self.call(Method::GET, path, None::<&()>)
-    }
-
-    /// `POST /webhooks/{source}` with `headers` and the raw `body`, as a platform sends it (no
-    /// API key: the signature is the authentication). The status and the answer, whatever they
-    /// are: a refusal is the result the caller wants to see.
-    pub(crate) fn deliver(
+    /// [`Api::run`] with the client's own error, for a caller that handles some kinds.
+    pub(crate) fn try_run<T>(
         &self,
-        source: &str,
-        headers: &[(&'static str, String)],
-        body: Vec<u8>,
-    ) -> Result<(u16, Answer)> {
-        let connection = &self.connection;
-        let url = format!("{}/webhooks/{}", connection.base, segment(source));
-        let mut request = connection
-            .client
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let (status, text) = self.runtime.block_on(connection.send(request))?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok((status.as_u16(), Answer { text, value }))
-    }
-
-    pub(crate) fn post(&self, path: &str, body: Option<&impl serde::Serialize>) -> Result<Answer> {
-        self.call(Method::POST, path, body)
+        call: impl Future<Output = mechanics_client::Result<T>>,
+    ) -> mechanics_client::Result<T> {
+        self.runtime.block_on(call)
     }
 
     /// Prints the answer verbatim with `--json`, else `people(answer)`.
-    pub(crate) fn print(
+    pub(crate) fn print<T>(
         &self,
-        answer: &Answer,
-        people: impl FnOnce(&Answer) -> Result<String>,
+        answer: &Answer<T>,
+        people: impl FnOnce(&Answer<T>) -> Result<String>,
     ) -> Result<()> {
         let text = if self.json {
             let mut text = answer.text.trim_end().to_owned();
@@ -558,19 +424,6 @@ pub(crate) fn out(text: &str) {
     let _ = stdout.flush();
 }
 
-/// Path segment: names are `[a-z0-9-]`, but anything typed is escaped so it stays one segment.
-pub(crate) fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// Runs `mechanics worker ...`.
 pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
     // Bad input is reported before anything is sent, even when no server is running.
@@ -588,15 +441,17 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
         WorkerCommand::Test(_) => Ok(()),
         WorkerCommand::Add { .. } => {
             let input = input.expect("read above");
-            let answer = api.post("/workers", Some(&input)).map_err(|failure| {
-                // What only the server can check (a webhook trigger's source is registered) is
-                // bad input all the same: exit 2, as for a spec refused here.
-                if failure.message.starts_with("invalid worker: ") {
-                    Failure::usage(failure.message)
-                } else {
-                    failure
-                }
-            })?;
+            let answer = api
+                .run(api.client().add_worker(&input))
+                .map_err(|failure| {
+                    // What only the server can check (a webhook trigger's source is registered) is
+                    // bad input all the same: exit 2, as for a spec refused here.
+                    if failure.message.starts_with("invalid worker: ") {
+                        Failure::usage(failure.message)
+                    } else {
+                        failure
+                    }
+                })?;
             api.print(&answer, |answer| {
                 let view: WorkerView = answer.parse()?;
                 let verb = if view.worker.revision == 1 {
@@ -611,7 +466,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
             })
         }
         WorkerCommand::List => {
-            let answer = api.get("/workers")?;
+            let answer = api.run(api.client().list_workers())?;
             api.print(&answer, |answer| {
                 let list: WorkerList = answer.parse()?;
                 if list.workers.is_empty() {
@@ -642,7 +497,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
             })
         }
         WorkerCommand::Show { name } => {
-            let answer = api.get(&format!("/workers/{}", segment(name)))?;
+            let answer = api.run(api.client().get_worker(name))?;
             api.print(&answer, |answer| {
                 let view: WorkerView = answer.parse()?;
                 let w = &view.worker;
@@ -687,8 +542,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
         }
         WorkerCommand::Pause { name } | WorkerCommand::Resume { name } => {
             let pause = matches!(command, WorkerCommand::Pause { .. });
-            let verb = if pause { "pause" } else { "resume" };
-            let answer = api.post(&format!("/workers/{}/{verb}", segment(name)), None::<&()>)?;
+            let answer = api.run(api.client().set_worker_paused(name, pause))?;
             api.print(&answer, |answer| {
                 let view: WorkerView = answer.parse()?;
                 Ok(if view.worker.paused {
@@ -702,12 +556,7 @@ pub fn worker(args: &ClientArgs, command: &WorkerCommand) -> Result<()> {
             })
         }
         WorkerCommand::Rm { name, force } => {
-            let force = if *force { "?force=true" } else { "" };
-            api.call(
-                Method::DELETE,
-                &format!("/workers/{}{force}", segment(name)),
-                None::<&()>,
-            )?;
+            api.run(api.client().remove_worker(name, *force))?;
             if !api.json {
                 out(&format!("worker {name} removed\n"));
             }
@@ -730,8 +579,10 @@ pub(crate) fn load_spec<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
     if text.trim().is_empty() {
         return Err(Failure::usage(format!("{shown} is empty: write a {what}")));
     }
-    let spec: T =
-        serde_saphyr::from_str(&text).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
+    let spec: T = serde_saphyr::from_str(&text).map_err(|err| {
+        let message = mechanics_server::config::yaml_message(&err, &text);
+        Failure::usage(format!("{shown}: {message}"))
+    })?;
     validate(&spec).map_err(|err| Failure::usage(format!("{shown}: {err}")))?;
     Ok(spec)
 }
@@ -793,7 +644,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                 payload,
                 idempotency_key: idempotency_key.clone(),
             };
-            let answer = api.post("/tasks", Some(&submit))?;
+            let answer = api.run(api.client().submit_task(&submit))?;
             let submitted: Submitted = answer.parse()?;
             if !*wait {
                 return api.print(&answer, |_| {
@@ -828,29 +679,23 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
             limit,
             cursor,
         } => {
-            let mut query = Vec::new();
-            if let Some(state) = state {
-                let state: TaskState = state
-                    .parse()
-                    .map_err(|err| Failure::usage(format!("--state: {err}")))?;
-                query.push(format!("state={state}"));
-            }
-            if let Some(worker) = worker {
-                query.push(format!("worker={}", segment(worker)));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={}", page_limit(*limit)?));
-            }
-            if let Some(cursor) = cursor {
-                query.push(format!("cursor={cursor}"));
-            }
-            let path = if query.is_empty() {
-                "/tasks".to_owned()
-            } else {
-                format!("/tasks?{}", query.join("&"))
+            let state = state
+                .as_deref()
+                .map(|state| {
+                    state
+                        .parse::<TaskState>()
+                        .map(|state| state.to_string())
+                        .map_err(|err| Failure::usage(format!("--state: {err}")))
+                })
+                .transpose()?;
+            let filter = TaskFilter {
+                state,
+                worker: worker.clone(),
+                limit: limit.map(page_limit).transpose()?,
+                cursor: *cursor,
             };
             let api = Api::new(args)?;
-            let answer = api.get(&path)?;
+            let answer = api.run(api.client().list_tasks(&filter))?;
             api.print(&answer, |answer| {
                 let list: TaskList = answer.parse()?;
                 if list.tasks.is_empty() {
@@ -890,12 +735,12 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
         }
         TaskCommand::Show { id } => {
             let api = Api::new(args)?;
-            let answer = api.get(&format!("/tasks/{id}"))?;
+            let answer = api.run(api.client().get_task(*id))?;
             api.print(&answer, |answer| Ok(show_task(&answer.parse()?)))
         }
         TaskCommand::Retry { id, wait } => {
             let api = Api::new(args)?;
-            let answer = api.post(&format!("/tasks/{id}/retry"), None::<&()>)?;
+            let answer = api.run(api.client().retry_task(*id))?;
             if *wait && !api.json {
                 return watch(&api, *id);
             }
@@ -910,7 +755,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
         }
         TaskCommand::Cancel { id } => {
             let api = Api::new(args)?;
-            let answer = api.post(&format!("/tasks/{id}/cancel"), None::<&()>)?;
+            let answer = api.run(api.client().cancel_task(*id))?;
             api.print(&answer, |answer| {
                 let task: Task = answer.parse()?;
                 Ok(format!("task {} is {}\n", task.id, task.state))
@@ -929,8 +774,8 @@ fn watch(api: &Api, id: i64) -> Result<()> {
     let mut seen: Option<(TaskState, u32)> = None;
     let mut delay = Duration::from_millis(25);
     loop {
-        let answer = api.get(&format!("/tasks/{id}"))?;
-        let shown: TaskDetail = answer.parse()?;
+        let answer = api.run(api.client().get_task(id))?;
+        let shown = answer.parse()?;
         let task = &shown.task;
         if seen != Some((task.state, task.attempt)) {
             seen = Some((task.state, task.attempt));
@@ -969,12 +814,16 @@ fn watch(api: &Api, id: i64) -> Result<()> {
 }
 
 /// Polls the task until it ends (or `timeout` passes), with a short backoff.
-fn wait_for(api: &Api, id: i64, timeout: Option<Duration>) -> Result<(Answer, TaskDetail)> {
+fn wait_for(
+    api: &Api,
+    id: i64,
+    timeout: Option<Duration>,
+) -> Result<(Answer<TaskDetail>, TaskDetail)> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(25);
     loop {
-        let answer = api.get(&format!("/tasks/{id}"))?;
-        let shown: TaskDetail = answer.parse()?;
+        let answer = api.run(api.client().get_task(id))?;
+        let shown = answer.parse()?;
         let task = &shown.task;
         if task.state.is_end() {
             return Ok((answer, shown));
@@ -1000,7 +849,7 @@ fn wait_for(api: &Api, id: i64, timeout: Option<Duration>) -> Result<(Answer, Ta
 /// Runs `mechanics node list`.
 pub fn node_list(args: &ClientArgs) -> Result<()> {
     let api = Api::new(args)?;
-    let answer = api.get("/nodes")?;
+    let answer = api.run(api.client().list_nodes())?;
     api.print(&answer, nodes_table)
 }
 
@@ -1009,12 +858,12 @@ pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
     let api = Api::new(args)?;
     // Read first, to tell people when there was nothing to re-arm (the reset itself is
     // harmless then, and still answers 404 for a name that is no node).
-    let before: NodeList = api.get("/nodes")?.parse()?;
+    let before = api.run(api.client().list_nodes())?.parse()?;
     let was_closed = before
         .nodes
         .iter()
         .any(|node| node.name == name && node.breaker == "closed");
-    let answer = api.post(&format!("/nodes/{}/reset", segment(name)), None::<&()>)?;
+    let answer = api.run(api.client().reset_node(name))?;
     api.print(&answer, |answer| {
         let said = if was_closed {
             format!("the crash-loop breaker of {name} was closed already: nothing to re-arm\n")
@@ -1028,11 +877,11 @@ pub fn node_reset(args: &ClientArgs, name: &str) -> Result<()> {
 /// Runs `mechanics instance list`.
 pub fn instance_list(args: &ClientArgs) -> Result<()> {
     let api = Api::new(args)?;
-    let answer = api.get("/instances")?;
+    let answer = api.run(api.client().list_instances())?;
     api.print(&answer, instances_table)
 }
 
-fn instances_table(answer: &Answer) -> Result<String> {
+fn instances_table(answer: &Answer<InstanceList>) -> Result<String> {
     let list: InstanceList = answer.parse()?;
     if list.instances.is_empty() {
         return Ok("no instances\n".to_owned());
@@ -1071,7 +920,7 @@ fn shortages(list: &NodeList) -> String {
         .collect()
 }
 
-fn nodes_table(answer: &Answer) -> Result<String> {
+fn nodes_table(answer: &Answer<NodeList>) -> Result<String> {
     let list: NodeList = answer.parse()?;
     if list.nodes.is_empty() {
         return Ok("no nodes\n".to_owned());
@@ -1226,12 +1075,10 @@ fn attempt_table(attempts: &[TaskAttempt]) -> String {
     format!("attempts:\n{}", indent(table.trim_end()) + "\n")
 }
 
-/// Unix ms as an RFC 3339 UTC time with milliseconds, `2026-12-04T14:51:02.123Z`.
+/// Unix ms as an RFC 3339 UTC time with milliseconds, `2026-12-04T14:51:02.123Z`, as the API
+/// writes attempt times.
 pub(crate) fn rfc3339(unix_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(unix_ms).map_or_else(
-        || unix_ms.to_string(),
-        |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
+    mechanics_proto::domain::time::rfc3339(unix_ms).unwrap_or_else(|| unix_ms.to_string())
 }
 
 /// A time as `task show` prints it: RFC 3339, and how long ago.
@@ -1330,7 +1177,25 @@ fn triggers(spec: &WorkerSpec) -> String {
 
 /// Columns padded to their widest cell, two spaces apart; the last column is not padded.
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    table_at_least(headers, rows, &[])
+}
+
+/// [`table`], each column at least as wide as `min_widths` says: a table printed in parts
+/// (`logs --follow`) lines up across the parts when its columns have fixed widths.
+pub(crate) fn table_at_least(
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+    min_widths: &[usize],
+) -> String {
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.chars()
+                .count()
+                .max(min_widths.get(i).copied().unwrap_or(0))
+        })
+        .collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -1544,11 +1409,5 @@ mod tests {
         assert_eq!(span(61_000), "1m");
         assert_eq!(span(7_200_000), "2h");
         assert_eq!(span(3 * 86_400_000), "3d");
-    }
-
-    #[test]
-    fn segments_are_escaped() {
-        assert_eq!(segment("hello-1"), "hello-1");
-        assert_eq!(segment("a/b c"), "a%2Fb%20c");
     }
 }

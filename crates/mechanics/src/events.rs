@@ -5,7 +5,9 @@
 use mechanics_proto::api::{EventDetail, EventList, Redeliver, WebhookAccepted};
 use mechanics_proto::domain::EventState;
 
-use crate::client::{Api, ClientArgs, Failure, Result, age, page_limit, segment, shorten, table};
+use mechanics_client::EventFilter;
+
+use crate::client::{Api, ClientArgs, Failure, Result, age, page_limit, shorten, table};
 
 /// `mechanics event ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -59,31 +61,23 @@ pub fn event(args: &ClientArgs, command: &EventCommand) -> Result<()> {
             limit,
             cursor,
         } => {
-            let mut query = Vec::new();
-            if let Some(source) = source {
-                query.push(format!("source={}", segment(source)));
-            }
-            if let Some(state) = state {
-                let state: EventState = state
-                    .parse()
-                    .map_err(|err| Failure::usage(format!("--state: {err}")))?;
-                query.push(format!("state={state}"));
-            }
-            if let Some(event_type) = event_type {
-                query.push(format!("type={}", segment(event_type)));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={}", page_limit(*limit)?));
-            }
-            if let Some(cursor) = cursor {
-                query.push(format!("cursor={cursor}"));
-            }
-            let path = if query.is_empty() {
-                "/events".to_owned()
-            } else {
-                format!("/events?{}", query.join("&"))
+            let state = state
+                .as_deref()
+                .map(|state| {
+                    state
+                        .parse::<EventState>()
+                        .map(|state| state.to_string())
+                        .map_err(|err| Failure::usage(format!("--state: {err}")))
+                })
+                .transpose()?;
+            let filter = EventFilter {
+                source: source.clone(),
+                state,
+                event_type: event_type.clone(),
+                limit: limit.map(page_limit).transpose()?,
+                cursor: *cursor,
             };
-            let answer = api.get(&path)?;
+            let answer = api.run(api.client().list_events(&filter))?;
             api.print(&answer, |answer| {
                 let list: EventList = answer.parse()?;
                 if list.events.is_empty() {
@@ -117,12 +111,12 @@ pub fn event(args: &ClientArgs, command: &EventCommand) -> Result<()> {
             })
         }
         EventCommand::Show { id } => {
-            let answer = api.get(&format!("/events/{id}"))?;
+            let answer = api.run(api.client().get_event(*id))?;
             api.print(&answer, |answer| Ok(show(&answer.parse()?)))
         }
         EventCommand::Redeliver { id, key } => {
             let request = Redeliver { key: key.clone() };
-            let answer = api.post(&format!("/events/{id}/redeliver"), Some(&request))?;
+            let answer = api.run(api.client().redeliver_event(*id, &request))?;
             api.print(&answer, |answer| {
                 let accepted: WebhookAccepted = answer.parse()?;
                 Ok(if accepted.duplicate {

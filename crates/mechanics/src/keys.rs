@@ -5,9 +5,8 @@
 
 use mechanics_proto::api::{ApiKeyCreated, ApiKeyInput, ApiKeyList, ApiScope};
 use mechanics_proto::domain::HumanDuration;
-use reqwest::Method;
 
-use crate::client::{Api, ClientArgs, Failure, Result, age, out, segment, table, until};
+use crate::client::{Api, ClientArgs, Failure, Result, age, out, table, until};
 
 /// `mechanics key ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -69,7 +68,7 @@ pub fn key(args: &ClientArgs, command: &KeyCommand) -> Result<()> {
                 scope: *scope,
                 expires_in_secs: expires,
             };
-            let answer = api.call(Method::POST, "/keys", Some(&input))?;
+            let answer = api.run(api.client().create_key(&input))?;
             api.print(&answer, |answer| {
                 let created: ApiKeyCreated = answer.parse()?;
                 let expires = created.key.expires_at.map_or_else(
@@ -83,7 +82,7 @@ pub fn key(args: &ClientArgs, command: &KeyCommand) -> Result<()> {
             })
         }
         KeyCommand::List => {
-            let answer = api.get("/keys")?;
+            let answer = api.run(api.client().list_keys())?;
             api.print(&answer, |answer| {
                 let list: ApiKeyList = answer.parse()?;
                 if list.keys.is_empty() {
@@ -112,11 +111,7 @@ pub fn key(args: &ClientArgs, command: &KeyCommand) -> Result<()> {
             })
         }
         KeyCommand::Revoke { name } => {
-            api.call(
-                Method::DELETE,
-                &format!("/keys/{}", segment(name)),
-                None::<&()>,
-            )?;
+            api.run(api.client().revoke_key(name))?;
             if !api.json {
                 out(&format!("key {name} revoked\n"));
             }

@@ -4,15 +4,22 @@
 //! and warnings, and the last one; `mechanics task show` prints them all.
 //!
 //! `--follow` prints the newest page, then asks every second for entries newer than the last
-//! one printed (paging back with the cursor when more than a page arrived in between).
+//! one printed (paging back with the cursor when more than a page arrived in between). Its
+//! columns have fixed widths, so the rows of every batch line up under the one header. When the
+//! server goes away (a restart) it says so on stderr and keeps asking; once a server answers
+//! again it goes on after the last entry printed, so nothing is printed twice or skipped.
 
+use std::io::Write;
 use std::time::Duration;
 
+use mechanics_client::LogFilter;
 use mechanics_proto::api::LogList;
 use mechanics_proto::domain::LogEntry;
 use serde_json::Value;
 
-use crate::client::{Api, ClientArgs, Failure, Result, out, page_limit, shorten, table};
+use mechanics_client::ClientError;
+
+use crate::client::{Api, ClientArgs, Failure, Result, out, page_limit, shorten, table_at_least};
 
 /// The filters of `mechanics logs`; each is the `GET /logs` parameter of the same name.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,37 +83,19 @@ impl LogsArgs {
         }
         Ok(())
     }
-    /// The query string of these filters, with `cursor` when paging.
-    fn query(&self, cursor: Option<i64>) -> String {
-        let mut url = reqwest::Url::parse("http://mechanics.invalid/logs")
-            .unwrap_or_else(|err| unreachable!("a constant URL parses: {err}"));
-        {
-            let mut pairs = url.query_pairs_mut();
-            let numbers = [
-                ("event", self.event),
-                ("task", self.task),
-                ("cursor", cursor),
-            ];
-            for (key, value) in numbers {
-                if let Some(value) = value {
-                    pairs.append_pair(key, &value.to_string());
-                }
-            }
-            let texts = [
-                ("worker", &self.worker),
-                ("action", &self.action),
-                ("outcome", &self.outcome),
-                ("since", &self.since),
-                ("trace", &self.trace),
-            ];
-            for (key, value) in texts {
-                if let Some(value) = value {
-                    pairs.append_pair(key, value);
-                }
-            }
-            pairs.append_pair("limit", &self.limit.to_string());
+    /// These filters as the client takes them, with `cursor` when paging.
+    fn filter(&self, cursor: Option<i64>) -> LogFilter {
+        LogFilter {
+            event: self.event,
+            task: self.task,
+            worker: self.worker.clone(),
+            action: self.action.clone(),
+            outcome: self.outcome.clone(),
+            since: self.since.clone(),
+            trace: self.trace.clone(),
+            limit: Some(self.limit),
+            cursor,
         }
-        format!("/logs?{}", url.query().unwrap_or_default())
     }
 }
 
@@ -115,16 +104,37 @@ pub fn logs(args: &LogsArgs) -> Result<()> {
     page_limit(args.limit)?;
     args.check_filters()?;
     let api = Api::new(&args.client)?;
-    let answer = api.get(&args.query(None))?;
-    let page: LogList = answer.parse()?;
+    let answer = api.run(api.client().query_logs(&args.filter(None)))?;
+    let page = answer.parse()?;
     if !args.follow {
-        return api.print(&answer, |_| Ok(render(&page.entries, true)));
+        return api.print(&answer, |_| Ok(render(&page.entries, true, &[])));
     }
     let mut last = page.entries.first().map_or(0, |e| e.id);
     print_entries(&api, &page.entries, true);
+    let mut lost = false;
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let fresh = newer_than(&api, args, last)?;
+        let fresh = match newer_than(&api, args, last) {
+            Ok(fresh) => fresh,
+            Err(err @ (ClientError::NoServer { .. } | ClientError::Transport { .. })) => {
+                if !lost {
+                    lost = true;
+                    note(&format!(
+                        "{}; trying again every second (Ctrl-C stops)\n",
+                        Failure::from(err).message
+                    ));
+                }
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if lost {
+            lost = false;
+            note(&format!(
+                "the server at {} answers again\n",
+                api.client().server()
+            ));
+        }
         if let Some(newest) = fresh.first() {
             last = newest.id;
             print_entries(&api, &fresh, false);
@@ -132,12 +142,21 @@ pub fn logs(args: &LogsArgs) -> Result<()> {
     }
 }
 
+/// A line on stderr, between the entries on stdout.
+fn note(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(text.as_bytes());
+    let _ = stderr.flush();
+}
+
 /// Entries with an id above `last`, newest first, following the cursor back to it.
-fn newer_than(api: &Api, args: &LogsArgs, last: i64) -> Result<Vec<LogEntry>> {
+fn newer_than(api: &Api, args: &LogsArgs, last: i64) -> mechanics_client::Result<Vec<LogEntry>> {
     let mut fresh = Vec::new();
     let mut cursor = None;
     loop {
-        let page: LogList = api.get(&args.query(cursor))?.parse()?;
+        let page: LogList = api
+            .try_run(api.client().query_logs(&args.filter(cursor)))?
+            .parse()?;
         let reached = page.entries.iter().any(|e| e.id <= last);
         fresh.extend(page.entries.into_iter().filter(|e| e.id > last));
         match page.next_cursor {
@@ -159,12 +178,17 @@ fn print_entries(api: &Api, entries: &[LogEntry], header: bool) {
         }
         out(&text);
     } else if !entries.is_empty() || header {
-        out(&render(entries, header));
+        out(&render(entries, header, &FOLLOW_WIDTHS));
     }
 }
 
-/// A table of `entries` (given newest first), oldest first.
-fn render(entries: &[LogEntry], header: bool) -> String {
+/// The least width of each column but the last when following: wide enough for the usual
+/// ids, the times, trace ids (`event-N`, 16 hex digits), every action and outcome, and worker
+/// names, so that every batch lines up under the header printed first.
+const FOLLOW_WIDTHS: [usize; 8] = [8, 20, 16, 15, 7, 8, 20, 7];
+
+/// A table of `entries` (given newest first), oldest first, its columns at least `widths` wide.
+fn render(entries: &[LogEntry], header: bool, widths: &[usize]) -> String {
     if entries.is_empty() && header {
         return "no log entries match\n".to_owned();
     }
@@ -194,7 +218,7 @@ fn render(entries: &[LogEntry], header: bool) -> String {
             ]
         })
         .collect();
-    let text = table(
+    let text = table_at_least(
         &[
             "ID",
             "TIME",
@@ -207,6 +231,7 @@ fn render(entries: &[LogEntry], header: bool) -> String {
             "ERROR/DETAIL",
         ],
         rows,
+        widths,
     );
     if header {
         text
@@ -262,13 +287,6 @@ fn utc(unix_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        logs: LogsArgs,
-    }
 
     #[test]
     fn times_are_utc() {
@@ -292,24 +310,5 @@ mod tests {
             "1 line (1 warning), last: warn: x"
         );
         assert_eq!(console_summary(&serde_json::json!({ "other": 1 })), None);
-    }
-
-    #[test]
-    fn filters_become_the_query() {
-        let cli = Cli::parse_from([
-            "logs",
-            "--task",
-            "7",
-            "--worker",
-            "a b",
-            "--since",
-            "1h",
-            "--outcome",
-            "fail",
-        ]);
-        assert_eq!(
-            cli.logs.query(Some(40)),
-            "/logs?task=7&cursor=40&worker=a+b&outcome=fail&since=1h&limit=50"
-        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One tool set, [`Toolbox`], served over two transports: stdio (`mechanics mcp`, a client of a
 //! running server) and streamable HTTP at `/mcp` on `mechanics serve`. Every tool but
-//! `test_module` is one or a few calls of the API through the CLI's [`Connection`], so a tool
+//! `test_module` is one or a few calls of the API through the one typed client,
+//! [`ApiClient`], so a tool
 //! does exactly what the endpoint does, with its checks and its errors: over stdio with the
 //! key of the CLI's settings, over `/mcp` back to the same server on its loopback address with
 //! the caller's own key. `test_module` runs JavaScript in a one-node fleet started from this
@@ -18,7 +19,6 @@ use mechanics_core::typescript;
 use mechanics_node::{Fleet, FleetConfig, FleetError, ShutdownHandle};
 use mechanics_proto::api::{ApiScope, SubmitTask, WorkerInput};
 use mechanics_proto::domain::WorkerSpec;
-use reqwest::Method;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::client::{Connection, Failure, segment};
+use mechanics_client::{ApiClient, ClientError, EventFilter, LogFilter, TaskFilter};
 
 /// The largest answer a tool gives: past it the assistant is told to ask for a smaller page.
 pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
@@ -55,7 +55,7 @@ enum Access {
 /// The MCP server: the tools, and the connection they call the API with.
 #[derive(Clone)]
 pub struct Toolbox {
-    connection: Connection,
+    connection: ApiClient,
     access: Access,
 }
 
@@ -185,6 +185,18 @@ const TOOLS: &[Spec] = &[
         schema: schema::<LogsArgs>,
     },
     Spec {
+        name: "metrics_summary",
+        description: "Per worker, over the last hour on the server: tasks created, completed, \
+                      failed and dead, attempts started, and the dispatch latency's median and \
+                      95th percentile in ms (time from a task becoming due to its attempt \
+                      starting). Use it to see which worker is failing or falling behind.",
+        scope: ApiScope::Read,
+        changes: false,
+        destructive: false,
+        idempotent: true,
+        schema: schema::<NoArgs>,
+    },
+    Spec {
         name: "list_nodes",
         description: "The executor nodes and process workers: state, crash-loop breaker, jobs \
                       and deaths.",
@@ -274,25 +286,22 @@ const TYPES: &[(&str, &str)] = &[
 /// The prefix of every resource URI.
 const SCHEME: &str = "mechanics://";
 
-/// The resources read from the API: (URI template, name, description, API path prefix).
-const TEMPLATES: &[(&str, &str, &str, &str)] = &[
+/// The resources read from the API: (URI template, name, description).
+const TEMPLATES: &[(&str, &str, &str)] = &[
     (
         "mechanics://workers/{name}",
         "worker",
         "A worker: spec, revision and module source (as get_worker).",
-        "/workers/",
     ),
     (
         "mechanics://tasks/{id}",
         "task",
         "A task with its attempts, result or error and console output (as get_task).",
-        "/tasks/",
     ),
     (
         "mechanics://events/{id}",
         "event",
         "An event and what became of it per worker (as get_event).",
-        "/events/",
     ),
 ];
 
@@ -448,9 +457,9 @@ struct AddWorkerArgs {
 /// A tool's failure: the message the assistant reads.
 struct ToolError(String);
 
-impl From<Failure> for ToolError {
-    fn from(failure: Failure) -> Self {
-        Self(failure.message)
+impl From<ClientError> for ToolError {
+    fn from(err: ClientError) -> Self {
+        Self(err.to_string())
     }
 }
 
@@ -475,14 +484,14 @@ impl Output {
 /// The caller of one request: its connection and what it may do (`None`: whatever the
 /// server allows its key).
 struct Caller {
-    connection: Connection,
+    connection: ApiClient,
     scope: Option<ApiScope>,
 }
 
 impl Toolbox {
     /// The tools over stdio, calling the API with `connection`; `read_only` hides the tools that
     /// change something.
-    pub fn stdio(connection: Connection, read_only: bool) -> Self {
+    pub fn stdio(connection: ApiClient, read_only: bool) -> Self {
         Self {
             connection,
             access: Access::Stdio { read_only },
@@ -490,7 +499,7 @@ impl Toolbox {
     }
 
     /// The tools at `/mcp`, calling the API at `connection`'s server with each request's key.
-    pub fn http(connection: Connection) -> Self {
+    pub fn http(connection: ApiClient) -> Self {
         Self {
             connection,
             access: Access::Http,
@@ -550,7 +559,7 @@ impl Toolbox {
         match spec.name {
             "list_workers" => {
                 let NoArgs {} = parse(spec, args)?;
-                let value = api.call(Method::GET, "/workers", None::<&()>).await?.value;
+                let value = api.list_workers().await?.value;
                 let summary = format!(
                     "{} workers: {}",
                     count(&value["workers"]),
@@ -560,8 +569,7 @@ impl Toolbox {
             }
             "get_worker" => {
                 let NameArgs { name } = parse(spec, args)?;
-                let path = format!("/workers/{}", segment(&name));
-                let value = api.call(Method::GET, &path, None::<&()>).await?.value;
+                let value = api.get_worker(&name).await?.value;
                 let summary = format!(
                     "worker {name} ({}), revision {}",
                     text(&value["spec"]["kind"]),
@@ -582,7 +590,7 @@ impl Toolbox {
                     payload: args.payload,
                     idempotency_key: args.idempotency_key,
                 };
-                let submitted = api.call(Method::POST, "/tasks", Some(&submit)).await?.value;
+                let submitted = api.submit_task(&submit).await?.value;
                 let id = submitted["id"].as_i64().unwrap_or_default();
                 if args.wait_seconds == 0 {
                     let summary = format!("task {id} submitted ({})", text(&submitted["state"]));
@@ -592,92 +600,92 @@ impl Toolbox {
             }
             "get_task" => {
                 let IdArgs { id } = parse(spec, args)?;
-                let value = api
-                    .call(Method::GET, &format!("/tasks/{id}"), None::<&()>)
-                    .await?
-                    .value;
+                let value = api.get_task(id).await?.value;
                 let summary = task_summary(&value);
                 Ok(Output::ok(value, summary))
             }
             "list_tasks" => {
                 let args: ListTasksArgs = parse(spec, args)?;
-                let path = with_query(
-                    "/tasks",
-                    &[
-                        ("state", args.state),
-                        ("worker", args.worker),
-                        ("limit", args.limit.map(|n| n.to_string())),
-                        ("cursor", args.cursor.map(|n| n.to_string())),
-                    ],
-                );
-                let value = api.call(Method::GET, &path, None::<&()>).await?.value;
-                Ok(page(value, "tasks"))
+                let filter = TaskFilter {
+                    state: args.state,
+                    worker: args.worker,
+                    limit: args.limit,
+                    cursor: args.cursor,
+                };
+                fitting_page(api, Listing::Tasks(filter)).await
             }
             "retry_task" | "cancel_task" => {
                 let IdArgs { id } = parse(spec, args)?;
-                let action = if spec.name == "retry_task" {
-                    "retry"
+                let value = if spec.name == "retry_task" {
+                    api.retry_task(id).await?.value
                 } else {
-                    "cancel"
+                    api.cancel_task(id).await?.value
                 };
-                let path = format!("/tasks/{id}/{action}");
-                let value = api.call(Method::POST, &path, None::<&()>).await?.value;
                 let summary = format!("task {id} is {}", text(&value["state"]));
                 Ok(Output::ok(value, summary))
             }
             "list_events" => {
                 let args: ListEventsArgs = parse(spec, args)?;
-                let path = with_query(
-                    "/events",
-                    &[
-                        ("source", args.source),
-                        ("state", args.state),
-                        ("type", args.event_type),
-                        ("limit", args.limit.map(|n| n.to_string())),
-                        ("cursor", args.cursor.map(|n| n.to_string())),
-                    ],
-                );
-                let value = api.call(Method::GET, &path, None::<&()>).await?.value;
-                Ok(page(value, "events"))
+                let filter = EventFilter {
+                    source: args.source,
+                    state: args.state,
+                    event_type: args.event_type,
+                    limit: args.limit,
+                    cursor: args.cursor,
+                };
+                fitting_page(api, Listing::Events(filter)).await
             }
             "get_event" => {
                 let IdArgs { id } = parse(spec, args)?;
-                let value = api
-                    .call(Method::GET, &format!("/events/{id}"), None::<&()>)
-                    .await?
-                    .value;
+                let value = api.get_event(id).await?.value;
                 Ok(Output::ok(value, format!("event {id}")))
             }
             "query_logs" => {
                 let args: LogsArgs = parse(spec, args)?;
-                let number = |n: Option<i64>| n.map(|n| n.to_string());
-                let path = with_query(
-                    "/logs",
-                    &[
-                        ("event", number(args.event)),
-                        ("task", number(args.task)),
-                        ("worker", args.worker),
-                        ("action", args.action),
-                        ("outcome", args.outcome),
-                        ("since", args.since),
-                        ("trace", args.trace),
-                        ("limit", args.limit.map(|n| n.to_string())),
-                        ("cursor", number(args.cursor)),
-                    ],
-                );
-                let value = api.call(Method::GET, &path, None::<&()>).await?.value;
-                Ok(page(value, "entries"))
+                let filter = LogFilter {
+                    event: args.event,
+                    task: args.task,
+                    worker: args.worker,
+                    action: args.action,
+                    outcome: args.outcome,
+                    since: args.since,
+                    trace: args.trace,
+                    limit: args.limit,
+                    cursor: args.cursor,
+                };
+                fitting_page(api, Listing::Logs(filter)).await
+            }
+            "metrics_summary" => {
+                let NoArgs {} = parse(spec, args)?;
+                let answer = api.metrics_summary().await?;
+                let summary = answer.parse()?;
+                let text = summary
+                    .workers
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "{}: {} created, {} completed, {} failed, {} dead",
+                            w.worker, w.created, w.completed, w.failed, w.dead
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let text = if text.is_empty() {
+                    "no workers".to_owned()
+                } else {
+                    format!("last hour: {text}")
+                };
+                Ok(Output::ok(answer.value, text))
             }
             "list_nodes" => {
                 let NoArgs {} = parse(spec, args)?;
-                let value = api.call(Method::GET, "/nodes", None::<&()>).await?.value;
+                let value = api.list_nodes().await?.value;
                 let summary = format!("{} nodes", count(&value["nodes"]));
                 Ok(Output::ok(value, summary))
             }
             "reset_node" => {
                 let NameArgs { name } = parse(spec, args)?;
-                let path = format!("/nodes/{}/reset", segment(&name));
-                let value = api.call(Method::POST, &path, None::<&()>).await?.value;
+                let value = api.reset_node(&name).await?.value;
                 Ok(Output::ok(
                     value,
                     format!("the crash-loop breaker of {name} is re-armed"),
@@ -689,16 +697,15 @@ impl Toolbox {
                     yaml,
                     module_source,
                 } = parse(spec, args)?;
-                let spec: WorkerSpec = serde_saphyr::from_str(&yaml)
-                    .map_err(|err| ToolError(format!("yaml: {err}")))?;
+                let spec: WorkerSpec = serde_saphyr::from_str(&yaml).map_err(|err| {
+                    let message = mechanics_server::config::yaml_message(&err, &yaml);
+                    ToolError(format!("yaml: {message}"))
+                })?;
                 let input = WorkerInput {
                     spec,
                     module_source,
                 };
-                let value = api
-                    .call(Method::POST, "/workers", Some(&input))
-                    .await?
-                    .value;
+                let value = api.add_worker(&input).await?.value;
                 let summary = format!(
                     "worker {} saved, revision {}",
                     text(&value["spec"]["name"]),
@@ -728,22 +735,6 @@ fn parse<T: DeserializeOwned>(spec: &Spec, args: JsonObject) -> Result<T, ToolEr
     })
 }
 
-/// `path` with the given query parameters (those that are set), escaped.
-fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    for (name, value) in params {
-        if let Some(value) = value {
-            query.append_pair(name, value);
-        }
-    }
-    let query = query.finish();
-    if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
-    }
-}
-
 fn count(list: &Value) -> usize {
     list.as_array().map_or(0, Vec::len)
 }
@@ -763,13 +754,70 @@ fn names(list: &Value, pointer: &str) -> String {
     names.join(", ")
 }
 
-/// A page of `items`, its summary saying how to get the next one.
-fn page(value: Value, items: &str) -> Output {
-    let mut summary = format!("{} {items}", count(&value[items]));
-    if let Some(next) = value["next_cursor"].as_i64() {
-        summary.push_str(&format!("; more: pass cursor {next}"));
+/// A paged listing, with its filters.
+enum Listing {
+    Tasks(TaskFilter),
+    Events(EventFilter),
+    Logs(LogFilter),
+}
+
+impl Listing {
+    /// The field of the answer that holds the items.
+    fn items(&self) -> &'static str {
+        match self {
+            Listing::Tasks(_) => "tasks",
+            Listing::Events(_) => "events",
+            Listing::Logs(_) => "entries",
+        }
     }
-    Output::ok(value, summary)
+
+    fn limit(&mut self) -> &mut Option<u32> {
+        match self {
+            Listing::Tasks(filter) => &mut filter.limit,
+            Listing::Events(filter) => &mut filter.limit,
+            Listing::Logs(filter) => &mut filter.limit,
+        }
+    }
+
+    async fn fetch(&self, api: &ApiClient) -> Result<Value, ToolError> {
+        Ok(match self {
+            Listing::Tasks(filter) => api.list_tasks(filter).await?.value,
+            Listing::Events(filter) => api.list_events(filter).await?.value,
+            Listing::Logs(filter) => api.query_logs(filter).await?.value,
+        })
+    }
+}
+
+/// A page of `listing` of at most [`MAX_RESULT_BYTES`]: when the page asked for is larger (big
+/// payloads or results), the page size is halved until it fits, and the summary says so; the
+/// answer's `next_cursor` continues after the last item returned, so nothing is skipped.
+async fn fitting_page(api: &ApiClient, mut listing: Listing) -> Result<Output, ToolError> {
+    let items = listing.items();
+    let asked = *listing.limit();
+    loop {
+        let value = listing.fetch(api).await?;
+        let size = serde_json::to_string(&value).map_or(0, |text| text.len());
+        let count = count(&value[items]);
+        if size <= MAX_RESULT_BYTES {
+            let mut summary = format!("{count} {items}");
+            if *listing.limit() != asked {
+                summary.push_str(&format!(
+                    " (a smaller page than asked, to stay under {MAX_RESULT_BYTES} bytes)"
+                ));
+            }
+            if let Some(next) = value["next_cursor"].as_i64() {
+                summary.push_str(&format!("; more: pass cursor {next}"));
+            }
+            return Ok(Output::ok(value, summary));
+        }
+        if count <= 1 {
+            return Err(ToolError(format!(
+                "one of the {items} alone is {size} bytes, over the limit of \
+                 {MAX_RESULT_BYTES} per answer"
+            )));
+        }
+        *listing.limit() = Some(u32::try_from(count / 2).unwrap_or(u32::MAX));
+    }
 }
 
 fn task_summary(detail: &Value) -> String {
@@ -788,14 +836,11 @@ fn task_summary(detail: &Value) -> String {
 
 /// Follows task `id` until it ends or `limit` passes, with a short backoff; the task as
 /// `GET /tasks/{id}` shows it.
-async fn wait_for(api: &Connection, id: i64, limit: Duration) -> Result<Output, ToolError> {
+async fn wait_for(api: &ApiClient, id: i64, limit: Duration) -> Result<Output, ToolError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut delay = Duration::from_millis(25);
     loop {
-        let value = api
-            .call(Method::GET, &format!("/tasks/{id}"), None::<&()>)
-            .await?
-            .value;
+        let value = api.get_task(id).await?.value;
         let ended = matches!(
             value["state"].as_str(),
             Some("completed" | "failed" | "dead" | "canceled")
@@ -959,7 +1004,7 @@ impl ServerHandler for Toolbox {
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let templates = TEMPLATES
             .iter()
-            .map(|(template, name, description, _)| {
+            .map(|(template, name, description)| {
                 ResourceTemplate::new(*template, *name)
                     .with_description(*description)
                     .with_mime_type("application/json")
@@ -986,23 +1031,28 @@ impl ServerHandler for Toolbox {
                 ResourceContents::text(*text, uri.clone()).with_mime_type("application/typescript");
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }
-        let found = TEMPLATES.iter().find_map(|(template, _, _, path)| {
-            let collection = template.strip_prefix(SCHEME)?.split('/').next()?;
-            let key = rest.strip_prefix(collection)?.strip_prefix('/')?;
-            (!key.is_empty() && !key.contains('/')).then(|| format!("{path}{}", segment(key)))
-        });
-        let Some(path) = found else {
-            return Err(not_found(format!(
+        let unknown = || {
+            not_found(format!(
                 "{uri}: no such resource; resources/templates/list shows the URIs"
-            )));
+            ))
         };
-        let caller = self.caller(&context);
-        let answer = caller
-            .connection
-            .call(Method::GET, &path, None::<&()>)
-            .await
-            .map_err(|failure| not_found(format!("{uri}: {}", failure.message)))?;
-        let contents = ResourceContents::text(answer.text, uri).with_mime_type("application/json");
+        let (collection, key) = rest.split_once('/').ok_or_else(unknown)?;
+        if key.is_empty() || key.contains('/') {
+            return Err(unknown());
+        }
+        let id = || {
+            key.parse::<i64>()
+                .map_err(|_| not_found(format!("{uri}: {key:?} is not an id (a number)")))
+        };
+        let api = self.caller(&context).connection;
+        let text = match collection {
+            "workers" => api.get_worker(key).await.map(|answer| answer.text),
+            "tasks" => api.get_task(id()?).await.map(|answer| answer.text),
+            "events" => api.get_event(id()?).await.map(|answer| answer.text),
+            _ => return Err(unknown()),
+        }
+        .map_err(|err| not_found(format!("{uri}: {err}")))?;
+        let contents = ResourceContents::text(text, uri).with_mime_type("application/json");
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
 
@@ -1072,7 +1122,7 @@ pub async fn serve_stdio(toolbox: Toolbox) -> Result<(), String> {
 pub fn http_routes(
     addr: SocketAddr,
     stop: tokio_util::sync::CancellationToken,
-) -> Result<axum::Router, Failure> {
+) -> Result<axum::Router, ClientError> {
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
     };
@@ -1087,7 +1137,7 @@ pub fn http_routes(
     } else {
         addr
     };
-    let connection = Connection::new(&format!("http://{target}"), None)?;
+    let connection = ApiClient::new(&format!("http://{target}"), None)?;
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)

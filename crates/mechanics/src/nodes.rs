@@ -6,9 +6,8 @@
 //! 2 even when no server runs; the server then contacts the node and refuses a wrong token.
 
 use mechanics_proto::domain::{NodeSpec, RemoteNode};
-use reqwest::Method;
 
-use crate::client::{Api, ClientArgs, Failure, Result, out, segment};
+use crate::client::{Api, ClientArgs, Failure, Result, out};
 
 /// `mechanics node add NAME ...`.
 #[derive(Debug, clap::Args)]
@@ -50,7 +49,7 @@ pub fn node_add(client: &ClientArgs, args: &AddArgs) -> Result<()> {
     spec.validate()
         .map_err(|err| Failure::usage(format!("node {}: {err}", args.name)))?;
     let api = Api::new(client)?;
-    let answer = api.call(Method::POST, "/nodes", Some(&spec))?;
+    let answer = api.run(api.client().add_node(&spec))?;
     api.print(&answer, |answer| {
         let node: RemoteNode = answer.parse()?;
         let verb = if node.revision == 1 {
@@ -68,11 +67,7 @@ pub fn node_add(client: &ClientArgs, args: &AddArgs) -> Result<()> {
 /// Runs `mechanics node rm NAME`.
 pub fn node_rm(client: &ClientArgs, name: &str) -> Result<()> {
     let api = Api::new(client)?;
-    api.call(
-        Method::DELETE,
-        &format!("/nodes/{}", segment(name)),
-        None::<&()>,
-    )?;
+    api.run(api.client().remove_node(name))?;
     if !api.json {
         out(&format!(
             "node {name} removed: it gets no new jobs; those on it finish\n"

@@ -316,8 +316,7 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     let bound = listener
         .local_addr()
         .context("the listener has no address")?;
-    let mcp = crate::mcp::http_routes(bound, mcp_stop.clone())
-        .map_err(|failure| anyhow::anyhow!("cannot serve /mcp: {}", failure.message))?;
+    let mcp = crate::mcp::http_routes(bound, mcp_stop.clone()).context("cannot serve /mcp")?;
     let server = match mechanics_server::start_with(listener, &config, parts, mcp).await {
         Ok(server) => server,
         Err(err) => {

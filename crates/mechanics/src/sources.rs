@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 
 use mechanics_proto::api::SourceList;
 use mechanics_proto::domain::{Source, SourceKind, SourceSpec};
-use reqwest::Method;
 
-use crate::client::{Api, ClientArgs, Result, age, out, segment, table};
+use crate::client::{Api, ClientArgs, Result, age, out, table};
 
 /// `mechanics source ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -52,7 +51,7 @@ pub fn source(args: &ClientArgs, command: &SourceCommand) -> Result<()> {
     match command {
         SourceCommand::Add { .. } => {
             let spec = spec.expect("read above");
-            let answer = api.call(Method::POST, "/sources", Some(&spec))?;
+            let answer = api.run(api.client().add_source(&spec))?;
             api.print(&answer, |answer| {
                 let source: Source = answer.parse()?;
                 let verb = if source.revision == 1 {
@@ -68,7 +67,7 @@ pub fn source(args: &ClientArgs, command: &SourceCommand) -> Result<()> {
             })
         }
         SourceCommand::List => {
-            let answer = api.get("/sources")?;
+            let answer = api.run(api.client().list_sources())?;
             api.print(&answer, |answer| {
                 let list: SourceList = answer.parse()?;
                 if list.sources.is_empty() {
@@ -104,7 +103,7 @@ pub fn source(args: &ClientArgs, command: &SourceCommand) -> Result<()> {
             })
         }
         SourceCommand::Show { name } => {
-            let answer = api.get(&format!("/sources/{}", segment(name)))?;
+            let answer = api.run(api.client().get_source(name))?;
             api.print(&answer, |answer| {
                 let s: Source = answer.parse()?;
                 Ok(format!(
@@ -126,11 +125,7 @@ pub fn source(args: &ClientArgs, command: &SourceCommand) -> Result<()> {
             })
         }
         SourceCommand::Rm { name } => {
-            api.call(
-                Method::DELETE,
-                &format!("/sources/{}", segment(name)),
-                None::<&()>,
-            )?;
+            api.run(api.client().remove_source(name))?;
             if !api.json {
                 out(&format!("source {name} removed\n"));
             }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mechanics_proto::domain::{Source, SourceKind};
 
-use crate::client::{Api, ClientArgs, Failure, Result, segment};
+use crate::client::{Api, ClientArgs, Failure, Result};
 
 /// Largest body sent: far above any platform's delivery, far below what a file mistaken for an
 /// event could be.
@@ -37,9 +37,7 @@ pub struct SendArgs {
 pub fn send(args: &ClientArgs, send: &SendArgs) -> Result<()> {
     let api = Api::new(args)?;
     let body = read_body(&send.file)?;
-    let source: Source = api
-        .get(&format!("/sources/{}", segment(&send.source)))?
-        .parse()?;
+    let source: Source = api.run(api.client().get_source(&send.source))?.parse()?;
     let spec = &source.spec;
     let secret = mechanics_server::read_webhook_secret(spec).map_err(|err| {
         Failure::usage(format!(
@@ -73,7 +71,7 @@ pub fn send(args: &ClientArgs, send: &SendArgs) -> Result<()> {
         &delivery_id,
         i64::try_from(now).unwrap_or(i64::MAX),
     );
-    let (status, answer) = api.deliver(&spec.name, &headers, body)?;
+    let (status, answer) = api.run(api.client().deliver_webhook(&spec.name, &headers, body))?;
     let accepted = matches!(status, 200 | 202);
     let text = if api.json {
         format!("{}\n", answer.text.trim_end())

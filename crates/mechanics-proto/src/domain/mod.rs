@@ -11,6 +11,7 @@ mod policy;
 mod queue;
 mod remote_node;
 mod source;
+pub mod time;
 mod worker;
 
 pub use console::{AttemptConsoleLine, ConsoleLevel, ConsoleLine};

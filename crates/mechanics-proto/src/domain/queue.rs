@@ -188,9 +188,14 @@ pub struct TaskAttempt {
     /// that were re-queued without running (rate limit, busy executor) have no attempt, so
     /// these numbers can skip.
     pub claim: u32,
-    /// When it was sent to the worker (unix ms).
+    /// When it was sent to the worker: unix ms in Rust, an RFC 3339 time in UTC in JSON
+    /// (`2026-12-04T17:31:41.123Z`).
+    #[serde(with = "crate::domain::time")]
+    #[schema(value_type = String, format = DateTime, example = "2026-12-04T17:31:41.123Z")]
     pub started_at: i64,
-    /// When its answer came (unix ms).
+    /// When its answer came, in the same form as `started_at`.
+    #[serde(with = "crate::domain::time")]
+    #[schema(value_type = String, format = DateTime, example = "2026-12-04T17:31:42.020Z")]
     pub ended_at: i64,
     /// What ran it: the executor node of a js worker, the URL of an http worker, the process
     /// worker's name.

@@ -201,3 +201,47 @@ fn the_server_refuses_what_cannot_work_and_stores_nothing() {
     server.ok(&["source", "add", "-f", &source]);
     server.ok(&["worker", "add", "-f", &hook]);
 }
+
+/// A worker or source file that is not valid YAML of its shape is named once, with the
+/// parser's position, and no excerpt headed by a made-up file name.
+#[test]
+fn yaml_errors_name_the_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let refused = |args: &[&str]| {
+        let out = command(work)
+            .env("MECHANICS_SERVER", "http://127.0.0.1:1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let unclosed = write(
+        work,
+        "unclosed.yml",
+        "name: w\nkind: js\nmodule: ./x.js\ntriggers: [{ api: true }\n",
+    );
+    assert_eq!(
+        refused(&["worker", "add", "-f", &unclosed]),
+        format!(
+            "error: {unclosed}: unclosed bracket '[' at line 4, column 11: \
+             `triggers: [{{ api: true }}`\n"
+        )
+    );
+    let unknown = write(
+        work,
+        "unknown.yml",
+        "name: s\nkind: github\nsecret_env: X\nsecrets: 1\n",
+    );
+    let message = refused(&["source", "add", "-f", &unknown]);
+    assert_eq!(
+        message,
+        format!(
+            "error: {unknown}: unknown field `secrets`, expected one of name, kind, secret_env, \
+             secret_file, token_env, token_file, api_base_url, actor_path at line 4, column 1: \
+             `secrets: 1`\n"
+        )
+    );
+    assert!(!message.contains("<input>"), "{message}");
+}

@@ -7,7 +7,7 @@
 //! remote executor nodes over TLS, killed and restarted under load (`remote_nodes`);
 //! TypeScript workers, from `worker add` and `run` to the positions in their errors
 //! (`typescript`); the MCP tools over stdio and `/mcp` (`mcp`); container workers on Docker and
-//! Podman (`containers`).
+//! Podman (`containers`); the README's command blocks, run as written (`readme`).
 
 mod add_checks;
 mod answers;
@@ -18,6 +18,7 @@ mod faults;
 mod fleet;
 mod mcp;
 mod ops;
+mod readme;
 mod remote_nodes;
 mod retries;
 mod serve;

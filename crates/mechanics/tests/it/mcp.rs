@@ -145,6 +145,33 @@ async fn submit_and_get(client: &Client) {
     let shown = shown.structured_content.expect("structured content");
     assert_eq!(shown["id"], task["id"]);
     assert_eq!(shown["result"]["greeting"], "Hello, Ada!");
+
+    // The last hour of the worker, with the task just run in it.
+    let summary = call(client, "metrics_summary", json!({})).await;
+    assert!(!failed(&summary), "{}", text(&summary));
+    assert!(
+        text(&summary).starts_with("last hour: hello: "),
+        "{}",
+        text(&summary)
+    );
+    let summary = summary.structured_content.expect("structured content");
+    assert_eq!(summary["window_seconds"], 3600, "{summary}");
+    let hello = &summary["workers"][0];
+    assert_eq!(hello["worker"], "hello", "{summary}");
+    assert!(hello["created"].as_u64() >= Some(1), "{summary}");
+    assert!(hello["completed"].as_u64() >= Some(1), "{summary}");
+    assert!(hello["attempts"].as_u64() >= Some(1), "{summary}");
+    let (p50, p95) = (
+        hello["dispatch_latency_p50_ms"].as_u64().expect("a p50"),
+        hello["dispatch_latency_p95_ms"].as_u64().expect("a p95"),
+    );
+    assert!(p50 <= p95, "{summary}");
+    let bad = call(client, "metrics_summary", json!({ "worker": "hello" })).await;
+    assert!(
+        failed(&bad) && text(&bad).contains("worker"),
+        "{}",
+        text(&bad)
+    );
 }
 
 /// Bad input is a tool error naming what is wrong, never a protocol failure.
@@ -532,4 +559,118 @@ async fn admin_tools_over_http_and_their_bad_input() {
     let no_event = call(&admin, "get_event", json!({ "id": 424_242 })).await;
     assert!(failed(&no_event) && text(&no_event).contains("424242"));
     admin.cancel().await.unwrap();
+}
+
+/// Listings whose page would pass 1 MiB come back in smaller pages, each under the limit, and
+/// following `next_cursor` reaches every item once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_listings_are_paged_under_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let admin = http_client(&server, ADMIN_KEY).await;
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: sink\nkind: js\nmodule: ./sink.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default () => null",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    // Five tasks of 300 KB each: 1.5 MB in one page of the default size.
+    let big = "x".repeat(300 * 1024);
+    let mut submitted = BTreeSet::new();
+    for _ in 0..5 {
+        let task = call(
+            &admin,
+            "submit_task",
+            json!({ "worker": "sink", "payload": { "blob": big } }),
+        )
+        .await;
+        assert!(!failed(&task), "{}", text(&task));
+        let task = task.structured_content.expect("structured content");
+        submitted.insert(task["id"].as_i64().unwrap());
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut cursor: Option<i64> = None;
+    let mut pages = 0;
+    loop {
+        let mut args = json!({ "worker": "sink" });
+        if let Some(cursor) = cursor {
+            args["cursor"] = json!(cursor);
+        }
+        let page = call(&admin, "list_tasks", args).await;
+        assert!(!failed(&page), "{}", text(&page));
+        let summary = text(&page);
+        let page = page.structured_content.expect("structured content");
+        let size = page.to_string().len();
+        assert!(size <= 1024 * 1024, "a page of {size} bytes");
+        let tasks = page["tasks"].as_array().unwrap();
+        assert!(!tasks.is_empty(), "{summary}");
+        if pages == 0 {
+            assert!(summary.contains("a smaller page than asked"), "{summary}");
+        }
+        for task in tasks {
+            assert!(
+                seen.insert(task["id"].as_i64().unwrap()),
+                "twice: {}",
+                task["id"]
+            );
+        }
+        pages += 1;
+        match page["next_cursor"].as_i64() {
+            Some(next) => {
+                assert!(
+                    summary.contains(&format!("pass cursor {next}")),
+                    "{summary}"
+                );
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, submitted);
+    assert!(pages >= 2, "{pages} pages");
+
+    // A page that fits is answered as asked.
+    let small = call(
+        &admin,
+        "list_tasks",
+        json!({ "worker": "sink", "limit": 1 }),
+    )
+    .await;
+    assert!(!text(&small).contains("smaller page"), "{}", text(&small));
+    admin.cancel().await.unwrap();
+}
+
+/// `mechanics mcp` finds the server and the key in `~/.mechanics/config.yml` as the CLI does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_reads_the_server_and_key_from_config_yml() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, read, _) = server_with_keys(dir.path());
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".mechanics")).unwrap();
+    std::fs::write(
+        home.path().join(".mechanics/config.yml"),
+        format!("addr: {}\napi_key: {read}\n", server.addr()),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::from(command(home.path()));
+    cmd.arg("mcp");
+    let transport = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mechanics mcp starts")
+        .0;
+    let client = ().serve(transport).await.expect("the MCP session starts");
+    let workers = call(&client, "list_workers", json!({})).await;
+    assert!(!failed(&workers), "{}", text(&workers));
+    let workers = workers.structured_content.expect("structured content");
+    assert_eq!(workers["workers"][0]["spec"]["name"], "hello");
+    // The read key from the file: a change is refused by the server.
+    let refused = call(&client, "submit_task", json!({ "worker": "hello" })).await;
+    assert!(failed(&refused) && text(&refused).contains("`operate` scope"));
+    client.cancel().await.unwrap();
 }

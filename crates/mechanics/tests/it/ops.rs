@@ -248,10 +248,20 @@ fn task_show_lists_each_attempt_that_ran_and_not_rate_limit_requeues() {
         assert_eq!(attempt["outcome"], "transport_error", "{attempt}");
         assert_eq!(attempt["node"], format!("http://127.0.0.1:{port}"));
         assert_eq!(attempt["worker_revision"], 1);
-        let (start, end) = (
-            attempt["started_at"].as_i64().unwrap(),
-            attempt["ended_at"].as_i64().unwrap(),
-        );
+        // The API writes attempt times as RFC 3339 in UTC, to the millisecond.
+        let time = |field: &str| {
+            let text = attempt[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{attempt}"));
+            assert!(
+                text.len() == 24 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+                "{field}: {text}"
+            );
+            chrono::DateTime::parse_from_rfc3339(text)
+                .unwrap_or_else(|err| panic!("{field}: {text}: {err}"))
+                .timestamp_millis()
+        };
+        let (start, end) = (time("started_at"), time("ended_at"));
         assert!(start <= end && start >= shown["created_at"].as_i64().unwrap());
         assert!(
             attempt["error"].as_str().unwrap().contains("refused"),
@@ -398,8 +408,20 @@ fn with_json_every_kind_of_client_error_is_json_on_stderr() {
             .contains("limit"),
         "{error}"
     );
-    let out = server.cli(&["logs", "--limit", "0", "--json"]);
-    assert_eq!(json_error(&out)["error"]["code"], "usage");
+    // `--limit 0` is refused by every listing, with the same exit and message.
+    for listing in [&["logs"][..], &["event", "list"], &["task", "list"]] {
+        let mut args = listing.to_vec();
+        args.extend(["--limit", "0", "--json"]);
+        let out = server.cli(&args);
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        let error = json_error(&out);
+        assert_eq!(error["error"]["code"], "usage", "{args:?}");
+        assert_eq!(
+            error["error"]["message"],
+            "--limit: must be 1 to 1000; follow the printed --cursor for more",
+            "{args:?}"
+        );
+    }
 
     // No server: exit 3.
     let port = crate::support::closed_port();
@@ -589,5 +611,210 @@ fn local_node_log_lines_are_relayed_once_with_their_level_target_and_fields_in_e
         // The job's own fields come along.
         let failed = lines_with("job failed")[0];
         assert!(failed.contains("execution"), "{format}: {failed}");
+    }
+}
+
+/// Client commands take the server and the key from their flags, else their variables, else
+/// `~/.mechanics/config.yml` (`server:` or `addr:`, `api_key:` or `api_key_file:`); a broken
+/// file is reported naming it, and only read when flags and variables leave something unset.
+#[test]
+fn client_commands_read_the_server_and_key_from_config_yml_after_flags_and_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &["--api-key", "config-key-1"], &[]);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".mechanics")).unwrap();
+    let config = home.path().join(".mechanics/config.yml");
+    let key_file = home.path().join("api-key");
+    std::fs::write(&key_file, "config-key-1\n").unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        crate::support::command(home.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+
+    // The server's own settings: its address and its key file.
+    std::fs::write(
+        &config,
+        format!(
+            "addr: {}\napi_key_file: {}\n",
+            server.addr(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["worker", "list"], &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no workers yet"));
+
+    // `server:` names the URL when it is not this machine's `addr`.
+    let closed = crate::support::closed_port();
+    std::fs::write(
+        &config,
+        format!(
+            "server: {}\naddr: 127.0.0.1:{closed}\napi_key: config-key-1\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let out = run(&["worker", "list", "--json"], &[]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    // Flags and variables come first.
+    let elsewhere = format!("http://127.0.0.1:{closed}");
+    let out = run(&["worker", "list", "--server", &elsewhere], &[]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    let out = run(&["worker", "list"], &[("MECHANICS_SERVER", &elsewhere)]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    let out = run(&["worker", "list"], &[("MECHANICS_API_KEY", "not-the-key")]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not accepted"), "{}", stderr(&out));
+
+    // A broken file names itself and the key, exit 2; with flags for both it is not read.
+    std::fs::write(&config, "server: [unclosed\n").unwrap();
+    let out = run(&["worker", "list"], &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&config.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &[
+            "worker",
+            "list",
+            "--server",
+            &server.url,
+            "--api-key",
+            "config-key-1",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    std::fs::write(&config, "addr: \"not an address\"\n").unwrap();
+    let out = run(&["worker", "list", "--api-key", "config-key-1"], &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: {}: addr: \"not an address\" is not an address: write HOST:PORT, e.g. \
+             127.0.0.1:21212",
+            config.display()
+        )
+    );
+}
+
+/// `logs --follow` says on stderr when the server goes away, keeps asking, and once a server
+/// answers on the same address again prints what comes next; every row lines up under the one
+/// header, before and after.
+#[test]
+fn logs_follow_goes_on_across_a_server_restart_with_its_columns_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Coordinator::start(dir.path(), &[], &[]);
+    let hello = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/hello-worker/worker.yml"
+    );
+    server.ok(&["worker", "add", "-f", hello]);
+    let submit = |server: &Coordinator| {
+        let task = server.json(&["task", "submit", "hello", "--wait"]);
+        task["id"].as_i64().expect("an id")
+    };
+    let before = submit(&server);
+    let addr = server.addr();
+    let mut follow = crate::support::command(&server.home)
+        .args(["logs", "--follow", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |pipe: Box<dyn std::io::Read + Send>| {
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        lines
+    };
+    let stdout = collect(Box::new(follow.stdout.take().unwrap()));
+    let stderr_lines = collect(Box::new(follow.stderr.take().unwrap()));
+    // A row of task `id` (its TASK column) with the `dispatch` action: the attempt's end.
+    let has_run = |id: i64| {
+        stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(" dispatch ") && line.contains(&format!("  {id}  ")))
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}; stdout:\n{}\nstderr:\n{}",
+                stdout.lock().unwrap().join("\n"),
+                stderr_lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the first task's run is printed", &|| has_run(before));
+
+    server.terminate(Duration::from_secs(30));
+    wait_for("the lost server is reported", &|| {
+        stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("trying again every second"))
+    });
+    let server = Coordinator::start(dir.path(), &["--addr", &addr.to_string()], &[]);
+    let after = submit(&server);
+    wait_for("the task run after the restart is printed", &|| {
+        has_run(after)
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let errors = stderr_lines.lock().unwrap().join("\n");
+    assert!(
+        errors.contains(&format!("the server at {} answers again", server.url)),
+        "{errors}"
+    );
+    let lines = stdout.lock().unwrap().clone();
+    let header = &lines[0];
+    assert!(header.starts_with("ID "), "{header}");
+    assert_eq!(
+        lines.iter().filter(|line| line.starts_with("ID ")).count(),
+        1,
+        "one header:\n{}",
+        lines.join("\n")
+    );
+    let column = |name: &str| header.find(name).unwrap_or_else(|| panic!("{name}"));
+    let (action, outcome, task) = (column("ACTION"), column("OUTCOME"), column("TASK"));
+    let actions = [
+        "submit", "dispatch", "console", "retry", "recover", "cancel",
+    ];
+    for line in &lines[1..] {
+        let at = |start: usize| line.get(start..).unwrap_or_default();
+        assert!(
+            actions.iter().any(|a| at(action).starts_with(a)),
+            "ACTION column out of line:\n{header}\n{line}"
+        );
+        assert!(
+            ["ok", "fail", "skip", "retry", "deny"]
+                .iter()
+                .any(|o| at(outcome).starts_with(o)),
+            "OUTCOME column out of line:\n{header}\n{line}"
+        );
+        assert!(
+            at(task).starts_with(|c: char| c.is_ascii_digit()),
+            "TASK column out of line:\n{header}\n{line}"
+        );
+        assert_eq!(&line[action - 2..action], "  ", "{line}");
     }
 }

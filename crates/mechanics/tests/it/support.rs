@@ -46,7 +46,13 @@ const SCRUB: &[&str] = &[
 /// A `mechanics` command with a clean environment and `home` as HOME (so no real
 /// `~/.mechanics/config.yml` is read).
 pub(crate) fn command(home: &Path) -> Command {
-    let mut command = Command::new(BIN);
+    scrubbed(BIN, home)
+}
+
+/// `program` with the environment [`command`] gives `mechanics`: a shell running the README's
+/// commands sees what a `mechanics` run by a test sees.
+pub(crate) fn scrubbed(program: &str, home: &Path) -> Command {
+    let mut command = Command::new(program);
     for name in SCRUB {
         command.env_remove(name);
     }
@@ -65,8 +71,8 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     /// `mechanics serve --addr 127.0.0.1:0 --db <dir>/m.db --local-nodes 1 --log-format compact
-    /// <extra>` with `env` (`--db`, `--local-nodes` or `--log-format` in `extra` replaces the
-    /// default: a PostgreSQL URL, say).
+    /// <extra>` with `env` (`--addr`, `--db`, `--local-nodes` or `--log-format` in `extra`
+    /// replaces the default: a PostgreSQL URL, say, or the port of a server started before).
     pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         Self::start_with(dir, extra, env, |_| {})
     }
@@ -80,7 +86,10 @@ impl Coordinator {
         adjust: impl FnOnce(&mut Command),
     ) -> Coordinator {
         let mut command = command(dir);
-        command.args(["serve", "--addr", "127.0.0.1:0"]);
+        command.arg("serve");
+        if !extra.contains(&"--addr") {
+            command.args(["--addr", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--local-nodes") {
             command.args(["--local-nodes", "1"]);
         }
