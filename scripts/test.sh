@@ -20,6 +20,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# The dashboard's browser tests (crates/mechanics/tests/it/ui_browser.rs) drive headless Chromium
+# over WebDriver: Debian's chromium and chromium-driver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "chromium or chromedriver not found: installing Debian's chromium and chromium-driver"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 start_postgres

@@ -83,6 +83,11 @@ impl Failure {
         }
     }
 
+    /// Its status and message, for answers that are not JSON (the dashboard's pages).
+    pub(crate) fn status_and_message(&self) -> (StatusCode, &str) {
+        (self.status, &self.message)
+    }
+
     /// The same failure, blaming the input field `field`.
     pub(crate) fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
@@ -621,15 +626,40 @@ async fn submit_task(
             quote(&submit.worker)
         )));
     }
+    let inserted = enqueue(
+        &shared,
+        submit.worker,
+        submit.payload,
+        submit.idempotency_key,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Submitted {
+            id: inserted.record.id,
+            state: inserted.record.state,
+            created: inserted.created,
+        }),
+    ))
+}
+
+/// Stores a task for `worker` with `payload`, due now, and wakes the dispatcher (the API's
+/// submission and the dashboard's Replay); the task with the same idempotency key if there is one.
+pub(crate) async fn enqueue(
+    shared: &Shared,
+    worker: String,
+    payload: Value,
+    idempotency_key: Option<String>,
+) -> ApiResult<mechanics_store::Inserted<Task>> {
     let now = shared.clock.now_ms();
     let inserted = shared
         .store
         .create_task(
             NewTask {
-                worker: submit.worker,
+                worker,
                 event_id: None,
-                idempotency_key: submit.idempotency_key,
-                payload: submit.payload,
+                idempotency_key,
+                payload,
                 next_run_at: now,
             },
             now,
@@ -641,14 +671,7 @@ async fn submit_task(
     if inserted.created {
         shared.dispatcher.wake.notify_one();
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(Submitted {
-            id: inserted.record.id,
-            state: inserted.record.state,
-            created: inserted.created,
-        }),
-    ))
+    Ok(inserted)
 }
 
 /// A listing's query string, checked against the parameters the listing takes; each value is
@@ -837,12 +860,17 @@ async fn retry_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Task>> {
-    let id = parse_id(&id)?;
+    let task = retry(&shared, parse_id(&id)?).await?;
+    Ok(axum::Json(shown_task(&shared, task)))
+}
+
+/// Queues the dead or failed task `id` again (the API's and the dashboard's Retry).
+pub(crate) async fn retry(shared: &Shared, id: i64) -> ApiResult<Task> {
     let now = shared.clock.now_ms();
     let task = shared.store.retry_task(id, now, now).await?;
     shared.trace.retry_requested(&task, now);
     shared.dispatcher.wake.notify_one();
-    Ok(axum::Json(shown_task(&shared, task)))
+    Ok(task)
 }
 
 #[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancel_task", summary = "Cancel a task that has not ended", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The canceled task", body = Task), (status = 409, description = "The task has ended already", body = ApiError)))]
@@ -850,7 +878,12 @@ async fn cancel_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Task>> {
-    let id = parse_id(&id)?;
+    let task = cancel(&shared, parse_id(&id)?).await?;
+    Ok(axum::Json(shown_task(&shared, task)))
+}
+
+/// Cancels the task `id`, which has not ended (the API's and the dashboard's Cancel).
+pub(crate) async fn cancel(shared: &Shared, id: i64) -> ApiResult<Task> {
     let now = shared.clock.now_ms();
     let task = shared.store.cancel_task(id, now).await?;
     shared.dispatcher.withdraw(id);
@@ -859,7 +892,7 @@ async fn cancel_task(
     if let Some(event) = task.event_id {
         shared.dispatcher.settle.push(event);
     }
-    Ok(axum::Json(shown_task(&shared, task)))
+    Ok(task)
 }
 
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes (local and remote) and process workers, with their state", responses((status = 200, description = "Every node", body = NodeList)))]

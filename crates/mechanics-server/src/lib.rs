@@ -29,6 +29,7 @@ pub mod processes;
 mod registry;
 mod sources;
 pub mod trace_log;
+pub mod ui;
 pub mod webhooks;
 pub mod writeback;
 
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     pub(crate) trace: Arc<TraceLog>,
     /// Sources, webhook buckets, write-back client, cron wake-up.
     pub(crate) integrations: Arc<webhooks::Integrations>,
+    /// The dashboard's sessions and bulk actions (see [`ui`]).
+    pub(crate) ui: ui::UiState,
     /// Rung when workers were added, changed or removed: the process workers are reconciled.
     reconcile: Notify,
     /// When this server started (unix ms): claims older than that on a database no other
@@ -252,6 +255,7 @@ pub async fn start_with(
         metrics: metrics.clone(),
         trace: trace.clone(),
         integrations,
+        ui: ui::UiState::default(),
         reconcile: Notify::new(),
         started_at: parts.clock.now_ms(),
     });
@@ -274,7 +278,9 @@ pub async fn start_with(
     let app = routes
         .merge(api::router(shared.clone()))
         .merge(webhooks::router(shared.clone()))
-        .layer(axum::middleware::from_fn(api::json_errors));
+        .layer(axum::middleware::from_fn(api::json_errors))
+        // The dashboard answers its errors with pages, not JSON: outside that layer.
+        .merge(ui::router(shared.clone()));
     let edge = config.edge_limits();
     let loops = shared.clone();
     let refresh_now = secrets_refresh.clone();

@@ -99,6 +99,7 @@ pub const ACTIONS: &[&str] = &[
     "policy",
     "rate_limit",
     "recover",
+    "replay",
     "resume",
     "retry",
     "retry_requested",
