@@ -15,6 +15,7 @@
 //! - every answer carries a Content-Security-Policy that allows no inline script or style and no
 //!   other origin ([`CONTENT_SECURITY_POLICY`]).
 
+mod overview;
 mod session;
 mod tasks;
 
@@ -80,8 +81,8 @@ impl Visitor {
 /// front of every page but the sign-in page and the assets, and the security headers on all.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let pages = Router::new()
-        .route("/ui", get(|| async { Redirect::to("/ui/tasks") }))
-        .route("/ui/", get(|| async { Redirect::to("/ui/tasks") }))
+        .route("/ui", get(overview::page))
+        .route("/ui/", get(|| async { Redirect::to("/ui") }))
         .route("/ui/tasks", get(tasks::list))
         .route("/ui/tasks/rows", get(tasks::rows))
         .route("/ui/tasks/bulk", post(tasks::bulk))
@@ -169,6 +170,7 @@ pub(crate) fn layout(visitor: Option<&Visitor>, title: &str, body: Markup) -> Ma
                 header {
                     nav {
                         strong { "Mechanics" }
+                        a href="/ui" { "Overview" }
                         a href="/ui/tasks" { "Tasks" }
                     }
                     @if let Some(visitor) = visitor {

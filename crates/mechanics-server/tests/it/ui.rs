@@ -783,5 +783,54 @@ async fn an_open_server_gives_each_visitor_a_session_with_a_csrf_token() {
     assert_eq!(style.status, 200);
     let root = anyone.get("/ui").await;
     assert_eq!(root.status, 303);
+    assert!(root.location().starts_with("/ui/login"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_tasks_per_state_and_lists_the_latest_dead_letters() {
+    let (url, _) = http_worker(|_, _| reply(500, json!({ "oops": "always" }))).await;
+    let server = TestServer::start_with(Some(ADMIN), tempfile::tempdir().unwrap()).await;
+    // A transport failure is retried once, then the task is a dead letter.
+    server
+        .add_http_worker(
+            "flaky",
+            "http://127.0.0.1:9",
+            json!({ "retry": { "max_retries": 1, "base_delay": "10ms", "max_delay": "20ms" } }),
+        )
+        .await;
+    server.add_http_worker("broken", &url, json!({})).await;
+    let dead = server.submit("flaky", json!({})).await;
+    assert_eq!(ended(&server, dead).await, TaskState::Dead);
+    for _ in 0..2 {
+        let id = server.submit("broken", json!({})).await;
+        assert_eq!(ended(&server, id).await, TaskState::Failed);
+    }
+    let mut browser = Browser::new(&server);
+    browser.sign_in(ADMIN).await;
+    let page = browser.get("/ui").await;
+    assert_eq!(page.status, 200);
+    let count = |state: &str| -> String {
+        let re = regex::Regex::new(&format!(
+            r#"<tr id="count-{state}"><td><a href="/ui/tasks\?state={state}">.*?</a></td><td>(\d+)</td>"#
+        ))
+        .unwrap();
+        re.captures(&page.body)
+            .unwrap_or_else(|| panic!("no {state} count in {}", page.body))[1]
+            .to_owned()
+    };
+    assert_eq!(count("failed"), "2");
+    assert_eq!(count("dead"), "1");
+    assert_eq!(count("pending"), "0");
+    assert!(
+        page.body.contains("<table class=\"dead\">"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(&format!(r#"<a href="/ui/tasks/{dead}">"#))
+    );
+    assert!(page.body.contains("No executor nodes or process workers."));
     server.stop().await;
 }
