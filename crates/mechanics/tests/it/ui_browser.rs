@@ -1,11 +1,12 @@
 //! The `/ui` dashboard in a real browser: headless Chromium driven over WebDriver
 //! (`chromedriver`, Debian's `chromium` and `chromium-driver`, which `scripts/test.sh` installs)
 //! against a real `mechanics serve`. One browser session walks through the scenarios in order,
-//! so the suite starts one driver and one browser: sign in; find a failed task through the
-//! filter; open it, Retry, and watch it complete without a reload; Replay it with an edited
-//! payload (bad JSON is caught before it is sent) and see the new task's result; refuse a forged
-//! POST without the CSRF token; bulk-cancel 20 pending tasks; and, signed in with a `read` key,
-//! see no buttons. Each view's screenshot is saved under `target/ui-screenshots/`.
+//! so the suite starts one driver and one browser: sign in; see a failed task counted on the
+//! Overview; find it through the filter; open it, Retry, and watch it complete without a
+//! reload; Replay it with an edited payload (bad JSON is caught before it is sent) and see the
+//! new task's result; refuse a forged POST without the CSRF token; bulk-cancel 20 pending
+//! tasks; and, signed in with a `read` key, see no buttons. Each view's screenshot is saved
+//! under `target/ui-screenshots/`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -188,6 +189,12 @@ async fn the_dashboard_in_a_real_browser() {
     wait_text(&browser, "h1", |t| t == "Sign in").await;
     screenshot(&browser, "login").await;
     sign_in(&browser, &server, ADMIN).await;
+
+    // The Overview counts it.
+    browser.goto(&format!("{}/ui", server.url)).await.unwrap();
+    wait_text(&browser, "h1", |t| t == "Overview").await;
+    wait_text(&browser, "tr#count-failed", |t| t.ends_with('1')).await;
+    screenshot(&browser, "overview").await;
 
     // The failed task, through the filter.
     browser
