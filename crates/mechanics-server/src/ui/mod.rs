@@ -15,6 +15,7 @@
 //! - every answer carries a Content-Security-Policy that allows no inline script or style and no
 //!   other origin ([`CONTENT_SECURITY_POLICY`]).
 
+mod events;
 mod overview;
 mod session;
 mod tasks;
@@ -92,6 +93,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/ui/tasks/{id}/cancel", post(tasks::cancel))
         .route("/ui/tasks/{id}/replay", post(tasks::replay))
         .route("/ui/bulk/{id}", get(tasks::bulk_progress))
+        .route("/ui/events", get(events::list))
+        .route("/ui/events/{id}", get(events::page))
         .route("/ui/logout", post(session::logout))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -172,6 +175,7 @@ pub(crate) fn layout(visitor: Option<&Visitor>, title: &str, body: Markup) -> Ma
                         strong { "Mechanics" }
                         a href="/ui" { "Overview" }
                         a href="/ui/tasks" { "Tasks" }
+                        a href="/ui/events" { "Events" }
                     }
                     @if let Some(visitor) = visitor {
                         form.signout method="post" action="/ui/logout" {

@@ -428,7 +428,7 @@ fn trace_detail(entry: &LogEntry) -> Markup {
     }
 }
 
-fn pretty(value: &Value) -> String {
+pub(super) fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
 }
 

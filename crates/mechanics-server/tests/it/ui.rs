@@ -834,3 +834,158 @@ async fn the_overview_counts_tasks_per_state_and_lists_the_latest_dead_letters()
     assert!(page.body.contains("No executor nodes or process workers."));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_list_filters_like_the_api_and_the_event_page_shows_each_workers_fate() {
+    use crate::policy::comment_by;
+    use crate::webhooks::{SECRET, add_source, deliver, fake_platform, github_headers, status};
+    use mechanics_proto::domain::EventState;
+
+    // The platform refuses every write-back (500): the answered event waits for another try.
+    let (api, _) = fake_platform(|_| status(500, &[])).await;
+    let (worker_url, _) = http_worker(|_, _| reply(200, json!({ "reply": "on it" }))).await;
+    let server = TestServer::start_with(Some(ADMIN), tempfile::tempdir().unwrap()).await;
+    add_source(&server, "gh", "github", SECRET, Some(&api)).await;
+    server
+        .add_http_worker(
+            "triage",
+            &worker_url,
+            json!({
+                "triggers": [{ "webhook": { "source": "gh", "events": ["issue_comment.created"] } }],
+                "write_back": true,
+                "policy": { "actors": { "allow": ["alice"] } },
+            }),
+        )
+        .await;
+    server
+        .add_http_worker(
+            "labeler",
+            &worker_url,
+            json!({ "triggers": [{ "webhook": { "source": "gh", "events": ["issues.opened"] } }] }),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for (delivery, login) in [("d-alice", "alice"), ("d-eve", "eve")] {
+        let body = comment_by(login, false, 1);
+        let headers = github_headers(SECRET, delivery, "issue_comment", &body);
+        let (code, answer, _) = deliver(&server, "gh", &headers, &body).await;
+        assert_eq!(code, 202, "{answer}");
+        ids.push(answer["event_id"].as_i64().unwrap());
+    }
+    let (answered, refused) = (ids[0], ids[1]);
+    crate::webhooks::wait_event(&server, answered, EventState::WriteBackFailed).await;
+    crate::webhooks::wait_event(&server, refused, EventState::Ignored).await;
+
+    let mut browser = Browser::new(&server);
+    assert_eq!(browser.get("/ui/events").await.status, 303, "signed out");
+    browser.sign_in(ADMIN).await;
+
+    // The list: newest first, the API's filters in the URL, empty form fields ignored.
+    let list = browser.get("/ui/events?state=&source=&type=").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let (at_answered, at_refused) = (
+        list.body
+            .find(&format!(r#"id="event-{answered}""#))
+            .unwrap(),
+        list.body.find(&format!(r#"id="event-{refused}""#)).unwrap(),
+    );
+    assert!(at_refused < at_answered, "newest first: {}", list.body);
+    assert!(list.body.contains(r#"<a href="/ui/events">Events</a>"#));
+    let ignored = browser.get("/ui/events?state=ignored&source=gh").await;
+    assert_eq!(ignored.status, 200);
+    assert!(ignored.body.contains(&format!(r#"id="event-{refused}""#)));
+    assert!(!ignored.body.contains(&format!(r#"id="event-{answered}""#)));
+    assert!(
+        ignored
+            .body
+            .contains(r#"<option value="ignored" selected>"#)
+    );
+    let other_type = browser.get("/ui/events?type=issues.opened").await;
+    assert!(
+        other_type.body.contains("No events match."),
+        "{}",
+        other_type.body
+    );
+    // Cursor paging keeps the filters.
+    let first = browser.get("/ui/events?source=gh&limit=1").await;
+    assert!(first.body.contains(&format!(r#"id="event-{refused}""#)));
+    let next = format!("/ui/events?source=gh&amp;limit=1&amp;cursor={refused}");
+    assert!(first.body.contains(&next), "{}", first.body);
+    let second = browser.get(&next.replace("&amp;", "&")).await;
+    assert!(second.body.contains(&format!(r#"id="event-{answered}""#)));
+    assert!(!second.body.contains(&format!(r#"id="event-{refused}""#)));
+    for (query, field) in [
+        ("state=lost", "state"),
+        ("limit=0", "limit"),
+        ("cursor=x", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let bad = browser.get(&format!("/ui/events?{query}")).await;
+        assert_eq!(bad.status, 400, "{query}");
+        assert!(bad.body.contains(field), "{query}: {}", bad.body);
+    }
+
+    // The answered event: its task, the policy's yes, the failed write-back and its error, and
+    // the worker whose trigger did not match, with why.
+    let (_, api_detail) = server
+        .call("GET", &format!("/api/v1/events/{answered}"), None)
+        .await;
+    let task = api_detail["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker"] == "triage")
+        .unwrap()["task"]["id"]
+        .as_i64()
+        .unwrap();
+    let page = browser.get(&format!("/ui/events/{answered}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for fragment in [
+        r#"<dd id="source">gh</dd>"#.to_owned(),
+        r#"<dd id="type">issue_comment.created</dd>"#.to_owned(),
+        r#"<dd id="actor">alice</dd>"#.to_owned(),
+        r#"<dd id="delivery">d-alice</dd>"#.to_owned(),
+        r#"<span class="state write_back_failed">write_back_failed</span>"#.to_owned(),
+        r#"<dd id="write-back">failed, to be tried again"#.to_owned(),
+        r#"<dd class="error" id="error">"#.to_owned(),
+        format!(r#"<tr id="worker-triage"><td><a href="/ui/tasks?worker=triage">triage</a></td><td>yes</td><td>ok</td><td><a href="/ui/tasks/{task}">#{task}</a>"#),
+        r#"<tr id="worker-labeler"><td><a href="/ui/tasks?worker=labeler">labeler</a></td><td>no: <span class="why">"#.to_owned(),
+    ] {
+        assert!(page.body.contains(&fragment), "{fragment} in {}", page.body);
+    }
+    let error = api_detail["error"].as_str().unwrap();
+    assert!(error.contains("500"), "{error}");
+    // The payload is shown as JSON, escaped.
+    assert!(
+        page.body.contains("&quot;login&quot;: &quot;alice&quot;"),
+        "{}",
+        page.body
+    );
+
+    // The refused event: the policy's no and its reason, and no task.
+    let page = browser.get(&format!("/ui/events/{refused}")).await;
+    assert!(
+        page.body.contains(r#"<dd id="actor">eve</dd>"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(r#"<td>deny: <span class="why">actor_not_allowed: "#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"<td>—</td></tr>"#));
+
+    assert_eq!(browser.get("/ui/events/999999").await.status, 404);
+    assert_eq!(browser.get("/ui/events/abc").await.status, 400);
+    // A read key sees events too: they are for looking.
+    let reader = key_with_scope(&server, "reader", "read").await;
+    let mut read = Browser::new(&server);
+    read.sign_in(&reader).await;
+    assert_eq!(
+        read.get(&format!("/ui/events/{answered}")).await.status,
+        200
+    );
+    server.stop().await;
+}
