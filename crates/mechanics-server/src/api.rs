@@ -26,8 +26,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
-    TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
+    API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, NodeView, SubmitTask,
+    Submitted, TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{
     Event, Task, TaskState, TranspiledModule, Trigger, Worker, WorkerKind, WorkerSpec,
@@ -897,9 +897,17 @@ pub(crate) async fn cancel(shared: &Shared, id: i64) -> ApiResult<Task> {
 
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes (local and remote) and process workers, with their state", responses((status = 200, description = "Every node", body = NodeList)))]
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {
+    axum::Json(NodeList {
+        nodes: node_views(&shared),
+    })
+}
+
+/// Every executor node (local and remote) and process worker, with its state (the API's and
+/// the dashboard's).
+pub(crate) fn node_views(shared: &Shared) -> Vec<NodeView> {
     let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
     nodes.extend(shared.dispatcher.processes.views());
-    axum::Json(NodeList { nodes })
+    nodes
 }
 
 #[utoipa::path(post, path = "/nodes/{name}/reset", tag = "nodes", operation_id = "reset_node", summary = "Re-arm a node's crash-loop breaker", params(("name" = String, Path, description = "The node's or process worker's name")), responses((status = 200, description = "Every node, after the reset", body = NodeList)))]
@@ -907,13 +915,21 @@ async fn reset_node(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<NodeList>> {
-    let reset = shared.js.as_ref().is_some_and(|js| js.reset(&name))
-        || shared.dispatcher.processes.reset(&name);
-    if !reset {
-        return Err(Failure::not_found(format!(
-            "no node or process worker named {}",
-            quote(&name)
-        )));
-    }
+    reset_breaker(&shared, &name)?;
     Ok(list_nodes(State(shared)).await)
+}
+
+/// Re-arms the crash-loop breaker of the node or process worker `name` (the API's and the
+/// dashboard's Reset).
+pub(crate) fn reset_breaker(shared: &Shared, name: &str) -> ApiResult<()> {
+    let reset = shared.js.as_ref().is_some_and(|js| js.reset(name))
+        || shared.dispatcher.processes.reset(name);
+    if reset {
+        Ok(())
+    } else {
+        Err(Failure::not_found(format!(
+            "no node or process worker named {}",
+            quote(name)
+        )))
+    }
 }

@@ -16,6 +16,7 @@
 //!   other origin ([`CONTENT_SECURITY_POLICY`]).
 
 mod events;
+mod nodes;
 mod overview;
 mod session;
 mod tasks;
@@ -95,6 +96,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/ui/bulk/{id}", get(tasks::bulk_progress))
         .route("/ui/events", get(events::list))
         .route("/ui/events/{id}", get(events::page))
+        .route("/ui/nodes", get(nodes::page))
+        .route("/ui/nodes/{name}/reset", post(nodes::reset))
         .route("/ui/logout", post(session::logout))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -176,6 +179,7 @@ pub(crate) fn layout(visitor: Option<&Visitor>, title: &str, body: Markup) -> Ma
                         a href="/ui" { "Overview" }
                         a href="/ui/tasks" { "Tasks" }
                         a href="/ui/events" { "Events" }
+                        a href="/ui/nodes" { "Nodes" }
                     }
                     @if let Some(visitor) = visitor {
                         form.signout method="post" action="/ui/logout" {

@@ -39,8 +39,7 @@ pub(super) async fn page(
         Ok(page) => page.items,
         Err(err) => return failure_page(&visitor, &Failure::from(err)),
     };
-    let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
-    nodes.extend(shared.dispatcher.processes.views());
+    let nodes = crate::api::node_views(&shared);
     let body = html! {
         h1 { "Overview" }
         h2 { "Tasks per state" }

@@ -130,8 +130,8 @@ fn cookie(token: &str, max_age_ms: i64, headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The scope a `POST` under `/ui` needs: signing out needs none beyond a session; every task
-/// action needs `operate`.
+/// The scope a `POST` under `/ui` needs: signing out needs none beyond a session; every other
+/// action (a task's, a node's Reset) needs `operate`, as in the API.
 fn needed_scope(path: &str) -> ApiScope {
     if path == "/ui/logout" {
         ApiScope::Read

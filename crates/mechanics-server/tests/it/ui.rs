@@ -989,3 +989,124 @@ async fn the_events_list_filters_like_the_api_and_the_event_page_shows_each_work
     );
     server.stop().await;
 }
+
+/// An executor with one local node `n1` whose breaker is tripped until it is reset: the seam
+/// through which the server asks for node states and resets (the real pool's breaker is tested
+/// with the pool).
+struct TrippedNode {
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl mechanics_server::JsExecutor for TrippedNode {
+    async fn run(
+        &self,
+        _job: mechanics_proto::node::JobRequest,
+    ) -> mechanics_server::AttemptOutput {
+        mechanics_server::Outcome::Completed(json!("done")).into()
+    }
+    fn validate(
+        &self,
+        _: Option<&serde_json::Value>,
+        _: Option<&serde_json::Value>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn nodes(&self) -> Vec<mechanics_proto::api::NodeView> {
+        let tripped = self.tripped.load(std::sync::atomic::Ordering::SeqCst);
+        let node = json!({
+            "name": "n1", "kind": "local",
+            "state": if tripped { "tripped" } else { "running" },
+            "breaker": if tripped { "tripped" } else { "closed" },
+            "in_flight": 3, "jobs": 7, "starts": 4, "deaths": 3, "restarts": 3,
+            "last_error": "exited <1>",
+        });
+        vec![serde_json::from_value(node).unwrap()]
+    }
+    fn reset(&self, name: &str) -> bool {
+        if name != "n1" {
+            return false;
+        }
+        self.tripped
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_page_shows_state_breaker_and_in_flight_and_reset_rearms_a_breaker() {
+    let node = std::sync::Arc::new(TrippedNode {
+        tripped: std::sync::atomic::AtomicBool::new(true),
+    });
+    let server = TestServer::start_with_js_and_key(node.clone(), ADMIN).await;
+    let reader = key_with_scope(&server, "reader", "read").await;
+    let operator = key_with_scope(&server, "operator", "operate").await;
+
+    // A read key sees the node but no Reset, and its forged Reset is refused.
+    let mut read = Browser::new(&server);
+    read.sign_in(&reader).await;
+    let page = read.get("/ui/nodes").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(
+            r#"<tr id="node-n1"><td>n1</td><td>local</td><td class="node-state">tripped</td><td class="breaker">tripped</td><td>3</td><td>7</td><td>3</td><td class="error">exited &lt;1&gt;</td></tr>"#
+        ),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"<a href="/ui/nodes">Nodes</a>"#));
+    assert!(!page.body.contains("Reset"), "{}", page.body);
+    let csrf = page.csrf();
+    let refused = read.post("/ui/nodes/n1/reset", &[("csrf", &csrf)]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(node.tripped.load(std::sync::atomic::Ordering::SeqCst));
+
+    // An operate key gets the button; without the CSRF token, or with another session's, the
+    // Reset is refused and changes nothing.
+    let mut operate = Browser::new(&server);
+    operate.sign_in(&operator).await;
+    let page = operate.get("/ui/nodes").await;
+    assert!(
+        page.body
+            .contains(r#"<form method="post" action="/ui/nodes/n1/reset">"#),
+        "{}",
+        page.body
+    );
+    assert_eq!(operate.post("/ui/nodes/n1/reset", &[]).await.status, 403);
+    let wrong = operate.post("/ui/nodes/n1/reset", &[("csrf", &csrf)]).await;
+    assert_eq!(wrong.status, 403);
+    assert!(node.tripped.load(std::sync::atomic::Ordering::SeqCst));
+
+    // With it, the breaker is re-armed and the page says so.
+    let csrf = page.csrf();
+    let done = operate.post("/ui/nodes/n1/reset", &[("csrf", &csrf)]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location(), "/ui/nodes");
+    assert!(!node.tripped.load(std::sync::atomic::Ordering::SeqCst));
+    let page = operate.get("/ui/nodes").await;
+    assert!(
+        page.body.contains(r#"<td class="breaker">closed</td>"#),
+        "{}",
+        page.body
+    );
+    let (_, nodes) = server.call("GET", "/api/v1/nodes", None).await;
+    assert_eq!(nodes["nodes"][0]["breaker"], "closed", "{nodes}");
+
+    // An unknown node is a 404 page naming it; an admin key may reset too.
+    let mut admin = Browser::new(&server);
+    admin.sign_in(ADMIN).await;
+    let csrf = admin.get("/ui/nodes").await.csrf();
+    let missing = admin
+        .post("/ui/nodes/nobody/reset", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("nobody"), "{}", missing.body);
+    assert_eq!(
+        admin
+            .post("/ui/nodes/n1/reset", &[("csrf", &csrf)])
+            .await
+            .status,
+        303
+    );
+    server.stop().await;
+}
