@@ -332,7 +332,7 @@ fn live_part(view: &TaskView, visitor: &Visitor) -> Markup {
                 dt { "Created" } dd { (timestamp(task.created_at)) }
                 dt { "Updated" } dd { (timestamp(task.updated_at)) }
                 @if let Some(event) = task.event_id {
-                    dt { "Event" } dd { "#" (event) }
+                    dt { "Event" } dd { a href={"/ui/events/" (event)} { "#" (event) } }
                 }
             }
             @if operate {

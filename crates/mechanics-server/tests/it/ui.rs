@@ -953,6 +953,15 @@ async fn the_events_list_filters_like_the_api_and_the_event_page_shows_each_work
     ] {
         assert!(page.body.contains(&fragment), "{fragment} in {}", page.body);
     }
+    // The task's page links back to its event.
+    let task_page = browser.get(&format!("/ui/tasks/{task}")).await;
+    assert!(
+        task_page.body.contains(&format!(
+            r#"<dd><a href="/ui/events/{answered}">#{answered}</a></dd>"#
+        )),
+        "{}",
+        task_page.body
+    );
     let error = api_detail["error"].as_str().unwrap();
     assert!(error.contains("500"), "{error}");
     // The payload is shown as JSON, escaped.
