@@ -32,7 +32,7 @@ pub(super) async fn page(
                     tr {
                         th { "Node" } th { "Kind" } th { "State" } th { "Breaker" } th { "In flight" }
                         th { "Jobs" } th { "Deaths" } th { "Last error" }
-                        @if operate { th { "Breaker" } }
+                        @if operate { th { "Action" } }
                     }
                 }
                 tbody {

@@ -2,8 +2,9 @@
 //! (`chromedriver`, Debian's `chromium` and `chromium-driver`, which `scripts/test.sh` installs)
 //! against a real `mechanics serve`. One browser session walks through the scenarios in order,
 //! so the suite starts one driver and one browser: sign in; see a failed task counted on the
-//! Overview; find it through the filter; open it, Retry, and watch it complete without a
-//! reload; Replay it with an edited payload (bad JSON is caught before it is sent) and see the
+//! Overview; see the server's js node on the Nodes page and Reset its breaker; find the failed
+//! task through the filter; open it, Retry, and watch it complete without a reload; Replay it
+//! with an edited payload (bad JSON is caught before it is sent) and see the
 //! new task's result; refuse a forged POST without the CSRF token; bulk-cancel 20 pending
 //! tasks; and, signed in with a `read` key, see no buttons. Each view's screenshot is saved
 //! under `target/ui-screenshots/`.
@@ -195,6 +196,25 @@ async fn the_dashboard_in_a_real_browser() {
     wait_text(&browser, "h1", |t| t == "Overview").await;
     wait_text(&browser, "tr#count-failed", |t| t.ends_with('1')).await;
     screenshot(&browser, "overview").await;
+
+    // The Nodes page: the server's own js node, its breaker closed, with Reset for an admin.
+    browser
+        .goto(&format!("{}/ui/nodes", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "table.nodes td.breaker", |t| t == "closed").await;
+    wait_text(&browser, "table.nodes button", |t| t == "Reset").await;
+    screenshot(&browser, "nodes").await;
+    // Reset (a closed breaker stays closed) comes back to the page, the node still there.
+    browser
+        .find(Locator::Css("table.nodes button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "h1", |t| t == "Nodes").await;
+    wait_text(&browser, "table.nodes td.breaker", |t| t == "closed").await;
 
     // The failed task, through the filter.
     browser
