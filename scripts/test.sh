@@ -20,18 +20,20 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Container workers' tests run on Docker (the machine's engine) and on Podman, installed from
-# Debian when missing; the tests point Podman at runc (crun refuses a hybrid cgroup layout).
-if ! command -v podman >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman runc
-    else
-        sudo apt-get update
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman runc
-    fi
+# What the tests need from Debian, installed when missing (one apt-get for all): Podman for the
+# container workers' tests, which also run on Docker, the machine's engine (the tests point Podman
+# at runc: crun refuses a hybrid cgroup layout); Chromium and its WebDriver for the dashboard's
+# browser tests (crates/mechanics/tests/it/ui_browser.rs).
+packages=()
+command -v podman >/dev/null || packages+=(podman runc)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    packages+=(chromium chromium-driver)
 fi
-
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "installing Debian's ${packages[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 start_postgres

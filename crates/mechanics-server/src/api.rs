@@ -26,8 +26,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mechanics_proto::api::{
-    API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, SubmitTask, Submitted,
-    TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
+    API_PREFIX, ApiError, ApiErrorBody, MAX_MODULE_BYTES, NodeList, NodeView, SubmitTask,
+    Submitted, TaskDetail, TaskList, WorkerInput, WorkerList, WorkerView,
 };
 use mechanics_proto::domain::{
     Event, Task, TaskState, TranspiledModule, Trigger, Worker, WorkerKind, WorkerSpec,
@@ -81,6 +81,11 @@ impl Failure {
             message: message.into(),
             field: None,
         }
+    }
+
+    /// Its status and message, for answers that are not JSON (the dashboard's pages).
+    pub(crate) fn status_and_message(&self) -> (StatusCode, &str) {
+        (self.status, &self.message)
     }
 
     /// The same failure, blaming the input field `field`.
@@ -634,15 +639,40 @@ async fn submit_task(
             quote(&submit.worker)
         )));
     }
+    let inserted = enqueue(
+        &shared,
+        submit.worker,
+        submit.payload,
+        submit.idempotency_key,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Submitted {
+            id: inserted.record.id,
+            state: inserted.record.state,
+            created: inserted.created,
+        }),
+    ))
+}
+
+/// Stores a task for `worker` with `payload`, due now, and wakes the dispatcher (the API's
+/// submission and the dashboard's Replay); the task with the same idempotency key if there is one.
+pub(crate) async fn enqueue(
+    shared: &Shared,
+    worker: String,
+    payload: Value,
+    idempotency_key: Option<String>,
+) -> ApiResult<mechanics_store::Inserted<Task>> {
     let now = shared.clock.now_ms();
     let inserted = shared
         .store
         .create_task(
             NewTask {
-                worker: submit.worker,
+                worker,
                 event_id: None,
-                idempotency_key: submit.idempotency_key,
-                payload: submit.payload,
+                idempotency_key,
+                payload,
                 next_run_at: now,
             },
             now,
@@ -654,14 +684,7 @@ async fn submit_task(
     if inserted.created {
         shared.dispatcher.wake.notify_one();
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(Submitted {
-            id: inserted.record.id,
-            state: inserted.record.state,
-            created: inserted.created,
-        }),
-    ))
+    Ok(inserted)
 }
 
 /// A listing's query string, checked against the parameters the listing takes; each value is
@@ -850,12 +873,17 @@ async fn retry_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Task>> {
-    let id = parse_id(&id)?;
+    let task = retry(&shared, parse_id(&id)?).await?;
+    Ok(axum::Json(shown_task(&shared, task)))
+}
+
+/// Queues the dead or failed task `id` again (the API's and the dashboard's Retry).
+pub(crate) async fn retry(shared: &Shared, id: i64) -> ApiResult<Task> {
     let now = shared.clock.now_ms();
     let task = shared.store.retry_task(id, now, now).await?;
     shared.trace.retry_requested(&task, now);
     shared.dispatcher.wake.notify_one();
-    Ok(axum::Json(shown_task(&shared, task)))
+    Ok(task)
 }
 
 #[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancel_task", summary = "Cancel a task that has not ended", params(("id" = i64, Path, description = "The task's id")), responses((status = 200, description = "The canceled task", body = Task), (status = 409, description = "The task has ended already", body = ApiError)))]
@@ -863,7 +891,12 @@ async fn cancel_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Task>> {
-    let id = parse_id(&id)?;
+    let task = cancel(&shared, parse_id(&id)?).await?;
+    Ok(axum::Json(shown_task(&shared, task)))
+}
+
+/// Cancels the task `id`, which has not ended (the API's and the dashboard's Cancel).
+pub(crate) async fn cancel(shared: &Shared, id: i64) -> ApiResult<Task> {
     let now = shared.clock.now_ms();
     let task = shared.store.cancel_task(id, now).await?;
     shared.dispatcher.withdraw(id);
@@ -872,15 +905,23 @@ async fn cancel_task(
     if let Some(event) = task.event_id {
         shared.dispatcher.settle.push(event);
     }
-    Ok(axum::Json(shown_task(&shared, task)))
+    Ok(task)
 }
 
 #[utoipa::path(get, path = "/nodes", tag = "nodes", operation_id = "list_nodes", summary = "Executor nodes (local and remote) and process workers, with their state", responses((status = 200, description = "Every node", body = NodeList)))]
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> axum::Json<NodeList> {
+    axum::Json(NodeList {
+        nodes: node_views(&shared),
+    })
+}
+
+/// Every executor node (local and remote) and process worker, with its state (the API's and
+/// the dashboard's).
+pub(crate) fn node_views(shared: &Shared) -> Vec<NodeView> {
     let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
     nodes.extend(shared.dispatcher.processes.views());
     nodes.extend(shared.dispatcher.containers.views());
-    axum::Json(NodeList { nodes })
+    nodes
 }
 
 #[utoipa::path(post, path = "/nodes/{name}/reset", tag = "nodes", operation_id = "reset_node", summary = "Re-arm a node's crash-loop breaker", params(("name" = String, Path, description = "The node's or process worker's name")), responses((status = 200, description = "Every node, after the reset", body = NodeList)))]
@@ -888,14 +929,22 @@ async fn reset_node(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<NodeList>> {
-    let reset = shared.js.as_ref().is_some_and(|js| js.reset(&name))
-        || shared.dispatcher.processes.reset(&name)
-        || shared.dispatcher.containers.reset(&name);
-    if !reset {
-        return Err(Failure::not_found(format!(
-            "no node or process worker named {}",
-            quote(&name)
-        )));
-    }
+    reset_breaker(&shared, &name)?;
     Ok(list_nodes(State(shared)).await)
+}
+
+/// Re-arms the crash-loop breaker of the node or process worker `name` (the API's and the
+/// dashboard's Reset).
+pub(crate) fn reset_breaker(shared: &Shared, name: &str) -> ApiResult<()> {
+    let reset = shared.js.as_ref().is_some_and(|js| js.reset(name))
+        || shared.dispatcher.processes.reset(name)
+        || shared.dispatcher.containers.reset(name);
+    if reset {
+        Ok(())
+    } else {
+        Err(Failure::not_found(format!(
+            "no node or process worker named {}",
+            quote(name)
+        )))
+    }
 }

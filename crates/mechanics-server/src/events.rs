@@ -29,20 +29,28 @@ pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Shared>> {
         .routes(utoipa_axum::routes!(redeliver))
 }
 
-#[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events", summary = "Events, newest first", params(("state" = Option<EventState>, Query, description = "Only events in this state"), ("source" = Option<String>, Query, description = "Only this source's events"), ("type" = Option<String>, Query, description = "Only events of this type (issues.opened)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of events", body = EventList)))]
-async fn list_events(
-    State(shared): State<Arc<Shared>>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<axum::Json<EventList>> {
-    let mut q = ListingQuery::parse(query, &["state", "source", "type", "limit", "cursor"])?;
-    let filter = EventFilter {
+/// The query parameters of the events listing (the API's and the dashboard's).
+pub(crate) const LISTING_PARAMETERS: &[&str] = &["state", "source", "type", "limit", "cursor"];
+
+/// The store filter of the events listing's parameters (see [`LISTING_PARAMETERS`]).
+pub(crate) fn event_filter(q: &mut ListingQuery) -> ApiResult<EventFilter> {
+    Ok(EventFilter {
         source: q.text("source"),
         state: q.one_of("state", EventState::ALL)?,
         event_type: q.text("type"),
         write_back_due_by: None,
         limit: q.limit()?,
         cursor: q.id("cursor")?,
-    };
+    })
+}
+
+#[utoipa::path(get, path = "/events", tag = "events", operation_id = "list_events", summary = "Events, newest first", params(("state" = Option<EventState>, Query, description = "Only events in this state"), ("source" = Option<String>, Query, description = "Only this source's events"), ("type" = Option<String>, Query, description = "Only events of this type (issues.opened)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of events", body = EventList)))]
+async fn list_events(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<axum::Json<EventList>> {
+    let mut q = ListingQuery::parse(query, LISTING_PARAMETERS)?;
+    let filter = event_filter(&mut q)?;
     let page = shared.store.list_events(&filter).await?;
     Ok(axum::Json(EventList {
         events: page
@@ -59,7 +67,11 @@ async fn show_event(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<EventDetail>> {
-    let id = parse_id(&id)?;
+    Ok(axum::Json(event_detail(&shared, parse_id(&id)?).await?))
+}
+
+/// Event `id` and, per worker, what became of it (the API's and the dashboard's Event).
+pub(crate) async fn event_detail(shared: &Shared, id: i64) -> ApiResult<EventDetail> {
     let Some(event) = shared.store.get_event(id).await? else {
         return Err(Failure::not_found(format!("no event {id}")));
     };
@@ -69,7 +81,7 @@ async fn show_event(
     }
     let mut workers: BTreeMap<String, EventWorker> = BTreeMap::new();
     let mut actor = None;
-    for entry in steps(&shared, id, "match").await? {
+    for entry in steps(shared, id, "match").await? {
         let detail = entry.record.detail.unwrap_or(Value::Null);
         for name in detail["workers"].as_array().into_iter().flatten() {
             if let Some(name) = name.as_str() {
@@ -80,7 +92,7 @@ async fn show_event(
             slot(&mut workers, name).not_matched = why.as_str().map(str::to_owned);
         }
     }
-    for entry in steps(&shared, id, "policy").await? {
+    for entry in steps(shared, id, "policy").await? {
         let (Some(name), Some(detail)) = (entry.record.worker.as_deref(), entry.record.detail)
         else {
             continue;
@@ -103,13 +115,13 @@ async fn show_event(
     for task in tasks.items {
         let worker = slot(&mut workers, &task.worker);
         worker.matched = true;
-        worker.task = Some(shown_task(&shared, task));
+        worker.task = Some(shown_task(shared, task));
     }
-    Ok(axum::Json(EventDetail {
-        event: shown_event(&shared, event),
+    Ok(EventDetail {
+        event: shown_event(shared, event),
         actor,
         workers: workers.into_values().collect(),
-    }))
+    })
 }
 
 /// The entry of worker `name`, made empty if it is not there yet.

@@ -75,7 +75,7 @@ impl Caller {
     }
 
     /// How `/logs` names the caller: a key's name, never a secret.
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Self::Anyone => "(no key)".to_owned(),
             Self::Configured => "(configured key)".to_owned(),
@@ -194,9 +194,31 @@ impl ApiKeys {
         })
     }
 
+    /// Until when (unix ms) `caller`, identified earlier, may still act at `now`: `None` once its
+    /// key was revoked or expired (or, for [`Caller::Anyone`], once any key exists), `i64::MAX`
+    /// for a key without an expiry. A `/ui` session asks this on every request, so a revocation
+    /// ends the sessions made with the key as it ends the key's API calls.
+    pub(crate) async fn valid_until(
+        &self,
+        store: &dyn Store,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let keys = self.stored(store).await?;
+        Ok(match caller {
+            Caller::Anyone => (self.configured.is_none() && keys.is_empty()).then_some(i64::MAX),
+            Caller::Configured => self.configured.is_some().then_some(i64::MAX),
+            Caller::Key { name, scope } => keys
+                .iter()
+                .find(|key| &key.name == name && key.scope == *scope)
+                .map(|key| key.expires_at.unwrap_or(i64::MAX))
+                .filter(|until| *until > now),
+        })
+    }
+
     /// Writes that `caller` used its key at `now`, at most once per [`USE_RECORD_INTERVAL_MS`]
     /// per key, in the background.
-    fn record_use(&self, store: &Arc<dyn Store>, caller: &Caller, now: i64) {
+    pub(crate) fn record_use(&self, store: &Arc<dyn Store>, caller: &Caller, now: i64) {
         let Caller::Key { name, .. } = caller else {
             return;
         };

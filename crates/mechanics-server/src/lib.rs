@@ -31,6 +31,7 @@ pub mod recent;
 mod registry;
 mod sources;
 pub mod trace_log;
+pub mod ui;
 pub mod webhooks;
 pub mod writeback;
 
@@ -134,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) trace: Arc<TraceLog>,
     /// Sources, webhook buckets, write-back client, cron wake-up.
     pub(crate) integrations: Arc<webhooks::Integrations>,
+    /// The dashboard's sessions and bulk actions (see [`ui`]).
+    pub(crate) ui: ui::UiState,
     /// Rung when workers were added, changed or removed: the process workers are reconciled.
     reconcile: Notify,
     /// When this server started (unix ms): claims older than that on a database no other
@@ -270,6 +273,7 @@ pub async fn start_with(
         metrics: metrics.clone(),
         trace: trace.clone(),
         integrations,
+        ui: ui::UiState::default(),
         reconcile: Notify::new(),
         started_at: parts.clock.now_ms(),
     });
@@ -299,7 +303,9 @@ pub async fn start_with(
     let app = routes
         .merge(api::router(shared.clone()))
         .merge(webhooks::router(shared.clone()))
-        .layer(axum::middleware::from_fn(api::json_errors));
+        .layer(axum::middleware::from_fn(api::json_errors))
+        // The dashboard answers its errors with pages, not JSON: outside that layer.
+        .merge(ui::router(shared.clone()));
     let edge = config.edge_limits();
     let config_reconcile_interval = config.container_reconcile_interval;
     let loops = shared.clone();

@@ -8,8 +8,10 @@
 //! `retry` (rescheduled; `detail.next_run_at`), `dead_letter`
 //! (fail), `rate_limit` (retry: re-queued to its reserved slot, not an attempt;
 //! `detail.until`), `recover` (retry: startup recovery or an expired lease), `retry_requested`
-//! and `cancel` (ok, through the API), and `node` (a node changed state: ok when it is up
-//! again, fail when it went down; trace id `node-NAME`). Webhooks, cron and write-back add `webhook`, `dedup`,
+//! and `cancel` (ok, through the API or the dashboard), `replay` (ok: one entry on each task,
+//! `detail.replayed_as` on the original, `detail.replay_of` on the new one), and `node` (a node
+//! changed state: ok when it is up again, fail when it went down; trace id `node-NAME`).
+//! Webhooks, cron and write-back add `webhook`, `dedup`,
 //! `match`, `policy`, `cron` and `write_back` (see the second `impl` block), `submit` for the tasks they
 //! make, and `dead_letter` for a write-back given up; an event's entries carry its trace id
 //! `event-N` from the delivery to the write-back.
@@ -168,6 +170,19 @@ impl TraceLog {
                 "to": change.to,
             })),
             ..entry("node", outcome, now)
+        });
+    }
+
+    /// `replay` is a replay of `original` (the dashboard's Replay): one entry on each task,
+    /// naming the other, so either's trace links to the other.
+    pub(crate) fn replayed(&self, original: &Task, replay: &Task, now: i64) {
+        self.record(LogRecord {
+            detail: Some(json!({ "replayed_as": replay.id })),
+            ..task_entry(original, "replay", LogOutcome::Ok, now)
+        });
+        self.record(LogRecord {
+            detail: Some(json!({ "replay_of": original.id })),
+            ..task_entry(replay, "replay", LogOutcome::Ok, now)
         });
     }
 }

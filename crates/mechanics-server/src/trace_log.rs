@@ -101,6 +101,7 @@ pub const ACTIONS: &[&str] = &[
     "rate_limit",
     "reconcile",
     "recover",
+    "replay",
     "resume",
     "retry",
     "retry_requested",

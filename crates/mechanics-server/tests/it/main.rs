@@ -11,5 +11,6 @@ mod observe_webhooks;
 mod openapi;
 mod policy;
 mod support;
+mod ui;
 mod webhooks;
 mod write_back_once;

@@ -48,7 +48,7 @@ async fn fake_github() -> (String, Arc<Mutex<Vec<String>>>) {
 }
 
 /// An `issue_comment.created` on acme/app#`issue` by `login` (a `Bot` when `bot`).
-fn comment_by(login: &str, bot: bool, issue: u64) -> Vec<u8> {
+pub(crate) fn comment_by(login: &str, bot: bool, issue: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "action": "created",
         "issue": { "number": issue, "title": "t" },

@@ -80,6 +80,16 @@ impl TestServer {
         Self::start_with_js_dispatch(js, dispatch, tempfile::tempdir().unwrap()).await
     }
 
+    /// A server with `api_key` that runs js jobs on `js`.
+    pub(crate) async fn start_with_js_and_key(
+        js: Arc<dyn mechanics_server::JsExecutor>,
+        api_key: &str,
+    ) -> Self {
+        let dispatch = dispatch_config(Duration::from_secs(10));
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_full(Some(api_key), dir, |_| {}, dispatch, Some(js)).await
+    }
+
     /// A server over the database in `dir` that runs js jobs on `js` and dispatches as
     /// `dispatch` says.
     pub(crate) async fn start_with_js_dispatch(

@@ -24,6 +24,7 @@ mod retries;
 mod serve;
 mod support;
 mod typescript;
+mod ui_browser;
 mod validation;
 mod webhooks;
 mod worker_test;
