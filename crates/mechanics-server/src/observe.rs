@@ -61,8 +61,7 @@ async fn snapshot(shared: &Shared) -> Snapshot {
             None
         }
     };
-    let mut nodes = shared.js.as_ref().map(|js| js.nodes()).unwrap_or_default();
-    nodes.extend(shared.dispatcher.processes.views());
+    let nodes = crate::api::node_views(shared);
     Snapshot {
         tasks,
         in_flight: shared.dispatcher.in_flight(),

@@ -764,11 +764,13 @@ fn jobs_on_a_remote_node_reuse_their_tls_connections() {
     all_completed(&server, &ids);
     let jobs = node(&server, "exec-a")["jobs"].as_u64().unwrap() as usize;
     assert_eq!(jobs, TASKS);
-    // The check at `node add` (a client of its own), then at most one connection per job slot
-    // and one for the health checks, each kept alive: a TLS handshake per connection, not per job.
+    // The check at `node add` (a client of its own), then one connection per job slot and one for
+    // the health checks, each kept alive: a TLS handshake per connection, not per job. A loaded
+    // machine may time out a health check or a slot and reconnect, so the bound leaves room for a
+    // few of those; a handshake per job would be 300.
     let connections = proxy.connections();
     assert!(
-        connections <= capacity + 2,
+        connections <= capacity + 6,
         "{connections} connections (so TLS handshakes) for {jobs} jobs and the health checks"
     );
 }
@@ -784,8 +786,10 @@ fn cut_off_attempts(server: &Coordinator, ids: &[i64], node: &str, bound: Durati
                 continue;
             }
             assert_eq!(attempt["outcome"], "transport_error", "{task}");
-            let ms =
-                attempt["ended_at"].as_i64().unwrap() - attempt["started_at"].as_i64().unwrap();
+            // The API writes the times as RFC 3339; the domain type reads them back as unix ms.
+            let times: mechanics_proto::domain::TaskAttempt =
+                serde_json::from_value(attempt.clone()).unwrap();
+            let ms = times.ended_at - times.started_at;
             assert!(
                 ms <= bound.as_millis() as i64,
                 "an attempt on the cut-off node took {ms} ms (bound {bound:?}): {task}"
