@@ -1072,6 +1072,32 @@ fn run_one(spec: &str) -> i32 {
         return 2;
     };
     let scripts = scripts(1.0);
+    // "module N KB": the module-size section's identity module of N KB.
+    if let Some(kb) = job
+        .strip_prefix("module ")
+        .and_then(|rest| rest.strip_suffix(" KB"))
+        .and_then(|kb| kb.parse::<usize>().ok())
+    {
+        let source = sized_module(kb * 1024);
+        let arg = json!({ "id": 1 });
+        let run = || -> Result<(), String> {
+            match engine {
+                "ours" => {
+                    let pool = pool_with_time_limit(1, Duration::from_secs(3600))?;
+                    (0..count).try_for_each(|_| run_ours(&pool, &source, &arg).map(drop))
+                }
+                "plain" => (0..count).try_for_each(|_| run_boa_plain_module(&source, &arg).map(drop)),
+                other => Err(format!("unknown engine {other:?} (ours or plain)")),
+            }
+        };
+        return match run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{job} on {engine}: {e}");
+                1
+            }
+        };
+    }
     let Some(script) = scripts.iter().find(|s| s.name == job) else {
         eprintln!("{ONE_ENV}: no job named {job:?}");
         return 2;

@@ -4,7 +4,8 @@
 //! to globals, built-ins or module objects can reach the next one, and a job that was stopped in
 //! the middle of its work leaves nothing behind to clean up. The flow of one job:
 //!
-//! 1. instrument the module ([`instrument`]) so loops and calls reach the tick functions;
+//! 1. instrument the module ([`instrument`]) so loops and calls reach the tick functions, or take
+//!    the thread's earlier instrumentation of the same source ([`instrumented_cache`]);
 //! 2. evaluate an entry shim that imports the user module's default export and hands it to a
 //!    native capture function (asking Boa for the module namespace instead would leak the realm);
 //! 3. call the default export with the argument, wrap a non-promise result in a resolved promise;
@@ -17,6 +18,7 @@ pub(crate) mod convert;
 mod globals;
 mod host;
 mod instrument;
+mod instrumented_cache;
 mod positions;
 mod state;
 
@@ -113,6 +115,7 @@ pub(crate) struct JobRunner {
     random: RandomState,
     jobs_run: u64,
     collect_before_next: bool,
+    instrumented: instrumented_cache::InstrumentedCache,
 }
 
 impl JobRunner {
@@ -124,6 +127,7 @@ impl JobRunner {
             random: RandomState::new(),
             jobs_run: 0,
             collect_before_next: false,
+            instrumented: instrumented_cache::InstrumentedCache::default(),
         };
         runner.prepare()?;
         Ok(runner)
@@ -178,11 +182,14 @@ impl JobRunner {
         }
         self.jobs_run += 1;
         let suffix = self.random.hash_one(self.jobs_run);
-        let instrumented = instrument::instrument(source, suffix).map_err(|err| match err {
-            InstrumentError::Syntax(message) | InstrumentError::Unsupported(message) => {
-                MechanicsError::Execution(message)
-            }
-        })?;
+        let instrumented = self
+            .instrumented
+            .get_or_instrument(source, suffix)
+            .map_err(|err| match err {
+                InstrumentError::Syntax(message) | InstrumentError::Unsupported(message) => {
+                    MechanicsError::Execution(message)
+                }
+            })?;
 
         self.prepare()?;
         let Some(prepared) = self.prepared.take() else {
