@@ -1086,7 +1086,9 @@ fn run_one(spec: &str) -> i32 {
                     let pool = pool_with_time_limit(1, Duration::from_secs(3600))?;
                     (0..count).try_for_each(|_| run_ours(&pool, &source, &arg).map(drop))
                 }
-                "plain" => (0..count).try_for_each(|_| run_boa_plain_module(&source, &arg).map(drop)),
+                "plain" => {
+                    (0..count).try_for_each(|_| run_boa_plain_module(&source, &arg).map(drop))
+                }
                 other => Err(format!("unknown engine {other:?} (ours or plain)")),
             }
         };

@@ -67,7 +67,10 @@ mod tests {
         let source = "export default (a) => { let s = 0; for (const x of a) s += x; return s }";
         let first = cache.get_or_instrument(source, 1).expect("instruments");
         let again = cache.get_or_instrument(source, 2).expect("instruments");
-        assert!(Rc::ptr_eq(&first, &again), "the second job must reuse the first instrumentation");
+        assert!(
+            Rc::ptr_eq(&first, &again),
+            "the second job must reuse the first instrumentation"
+        );
         let other = cache
             .get_or_instrument("export default () => 1", 3)
             .expect("instruments");
@@ -81,11 +84,23 @@ mod tests {
             let source = format!("export default () => {i}");
             cache.get_or_instrument(&source, 7).expect("instruments");
         }
-        assert_eq!(cache.entries.len(), 1, "the 65th module starts the cache over");
+        assert_eq!(
+            cache.entries.len(),
+            1,
+            "the 65th module starts the cache over"
+        );
         assert!(cache.get_or_instrument("export default (", 7).is_err());
         assert!(cache.get_or_instrument("export default (", 7).is_err());
-        assert_eq!(cache.entries.len(), 1, "a module that does not parse is not kept");
-        let total: usize = cache.entries.iter().map(|(k, v)| k.len() + v.source.len()).sum();
+        assert_eq!(
+            cache.entries.len(),
+            1,
+            "a module that does not parse is not kept"
+        );
+        let total: usize = cache
+            .entries
+            .iter()
+            .map(|(k, v)| k.len() + v.source.len())
+            .sum();
         assert_eq!(cache.bytes, total);
     }
 }

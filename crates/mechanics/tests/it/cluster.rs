@@ -787,6 +787,21 @@ fn an_idle_server_queries_only_its_poll_and_heartbeat_and_on_sqlite_nothing() {
     let home = tempfile::tempdir().unwrap();
     let sqlite = Coordinator::start(home.path(), &[], &[]);
     let api = Api::new();
+    // Idle starts once startup's own work has settled: on a loaded machine the last of it (a
+    // log flush, the first reconcile) can land seconds after the server answers. Settled means
+    // a second in which the SQLite server made no query but the read of /debug/vars itself.
+    let settle = Instant::now();
+    loop {
+        let first = api.queries(&sqlite);
+        std::thread::sleep(Duration::from_secs(1));
+        if api.queries(&sqlite) - first == 1 {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(30),
+            "the SQLite server kept querying for 30 s after it started"
+        );
+    }
     // Both windows at once; each read of /debug/vars makes one query (its task counts), which
     // the next read counts.
     let before = (api.queries(postgres), api.queries(&sqlite));
