@@ -14,36 +14,23 @@
 // A custom bench harness reports by printing; the workspace denies these lints for library code.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/fleet_load.rs"]
+mod fleet_load;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mechanics_core::job::{MechanicsConfig, MechanicsJob};
 use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
 use mechanics_node::{Fleet, FleetConfig, ShutdownHandle};
-use mechanics_proto::node::JobRequest;
 use serde_json::json;
+
+use fleet_load::{SOURCE, Stats, fleet_concurrent, fleet_sequential, ms, summarize};
 
 #[global_allocator]
 static A: mechanics_core::JobMemoryAllocator = mechanics_core::JobMemoryAllocator;
 
-const SOURCE: &str = "export default (x) => x + 1";
 const CONCURRENCY: usize = 4;
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    per_sec: f64,
-}
-
-fn summarize(mut samples: Vec<Duration>, total: Duration) -> Stats {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-        per_sec: samples.len() as f64 / total.as_secs_f64(),
-    }
-}
 
 fn pool_sequential(pool: &MechanicsPool, count: usize) -> Stats {
     let job = || MechanicsJob::new(SOURCE, json!(1), MechanicsConfig::default()).unwrap();
@@ -79,44 +66,6 @@ fn pool_concurrent(pool: &Arc<MechanicsPool>, count: usize) -> f64 {
     (count / CONCURRENCY * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn fleet_sequential(fleet: &Fleet, count: usize) -> Stats {
-    let request = JobRequest::new("bench", SOURCE, json!(1));
-    for _ in 0..count / 10 {
-        fleet.run(&request).await.unwrap();
-    }
-    let mut samples = Vec::with_capacity(count);
-    let started = Instant::now();
-    for _ in 0..count {
-        let t = Instant::now();
-        fleet.run(&request).await.unwrap();
-        samples.push(t.elapsed());
-    }
-    summarize(samples, started.elapsed())
-}
-
-async fn fleet_concurrent(fleet: &Fleet, count: usize) -> f64 {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let fleet = fleet.clone();
-            tokio::spawn(async move {
-                let request = JobRequest::new("bench", SOURCE, json!(1));
-                for _ in 0..count / CONCURRENCY {
-                    fleet.run(&request).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    (count / CONCURRENCY * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn main() {
     let count = mechanics_test_support::bench_count(4_000, 40);
 
@@ -137,7 +86,7 @@ fn main() {
         config.workers_per_node = 1;
         let fleet = Fleet::start(config, ShutdownHandle::new()).await.unwrap();
         let seq = fleet_sequential(&fleet, count).await;
-        let par = fleet_concurrent(&fleet, count).await;
+        let par = fleet_concurrent(&fleet, count, CONCURRENCY).await;
         fleet.shutdown().await;
         (seq, par)
     });

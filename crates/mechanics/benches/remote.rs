@@ -16,72 +16,20 @@
 // A custom bench harness reports by printing; the workspace denies these lints for library code.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/fleet_load.rs"]
+mod fleet_load;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mechanics_node::{Fleet, FleetConfig, RemoteNodeConfig, RemoteState, ShutdownHandle};
-use mechanics_proto::node::JobRequest;
 use mechanics_test_support::tls::TestPki;
-use serde_json::json;
 
-const SOURCE: &str = "export default (x) => x + 1";
+use fleet_load::{fleet_concurrent, fleet_sequential, ms};
+
 const CONCURRENCY: usize = 2;
 const TOKEN: &str = "bench-token";
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    per_sec: f64,
-}
-
-fn summarize(mut samples: Vec<Duration>, total: Duration) -> Stats {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-        per_sec: samples.len() as f64 / total.as_secs_f64(),
-    }
-}
-
-async fn sequential(fleet: &Fleet, count: usize) -> Stats {
-    let request = JobRequest::new("bench", SOURCE, json!(1));
-    for _ in 0..count / 10 {
-        fleet.run(&request).await.unwrap();
-    }
-    let mut samples = Vec::with_capacity(count);
-    let started = Instant::now();
-    for _ in 0..count {
-        let t = Instant::now();
-        fleet.run(&request).await.unwrap();
-        samples.push(t.elapsed());
-    }
-    summarize(samples, started.elapsed())
-}
-
-async fn concurrent(fleet: &Fleet, count: usize) -> f64 {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let fleet = fleet.clone();
-            tokio::spawn(async move {
-                let request = JobRequest::new("bench", SOURCE, json!(1));
-                for _ in 0..count / CONCURRENCY {
-                    fleet.run(&request).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    (count / CONCURRENCY * CONCURRENCY) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// `mechanics node serve` over TLS on 127.0.0.1 with one engine worker; its address once it
 /// printed `READY`. Killed when the returned child is dropped by the caller.
@@ -122,8 +70,8 @@ fn main() {
         config.nodes = 1;
         config.workers_per_node = 1;
         let fleet = Fleet::start(config, ShutdownHandle::new()).await.unwrap();
-        let seq = sequential(&fleet, count).await;
-        let par = concurrent(&fleet, count).await;
+        let seq = fleet_sequential(&fleet, count).await;
+        let par = fleet_concurrent(&fleet, count, CONCURRENCY).await;
         fleet.shutdown().await;
         (seq, par)
     });
@@ -141,8 +89,8 @@ fn main() {
             assert!(Instant::now() < deadline, "{:?}", fleet.remote_nodes());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let seq = sequential(&fleet, count).await;
-        let par = concurrent(&fleet, count).await;
+        let seq = fleet_sequential(&fleet, count).await;
+        let par = fleet_concurrent(&fleet, count, CONCURRENCY).await;
         fleet.shutdown().await;
         (seq, par)
     });
