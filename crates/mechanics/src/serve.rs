@@ -562,6 +562,36 @@ impl JsExecutor for FleetExecutor {
     }
 
     fn watch_nodes(&self, on_change: NodeChangeListener) {
+        let on_change = Arc::new(on_change);
+        // Local nodes: their supervisor publishes every snapshot; a change is a new state
+        // (running, backing_off, tripped, ...), not a new counter. The watch ends with the node.
+        for snapshot in self.fleet.supervisor().snapshots() {
+            let Some(mut updates) = self.fleet.supervisor().watch(&snapshot.name) else {
+                continue;
+            };
+            let on_change = Arc::clone(&on_change);
+            tokio::spawn(async move {
+                let mut last = snapshot.state;
+                while updates.changed().await.is_ok() {
+                    let now = updates.borrow_and_update().clone();
+                    if now.state == last {
+                        continue;
+                    }
+                    let up = now.state == mechanics_runtime::NodeState::Running;
+                    on_change(NodeChange {
+                        node: now.name.clone(),
+                        kind: NodeKind::Local,
+                        from: last.as_str().to_owned(),
+                        to: now.state.as_str().to_owned(),
+                        up,
+                        error: (!up)
+                            .then(|| now.last_exit.as_ref().map(|exit| exit.status.clone()))
+                            .flatten(),
+                    });
+                    last = now.state;
+                }
+            });
+        }
         self.fleet.on_remote_change(move |change| {
             on_change(NodeChange {
                 node: change.node.clone(),

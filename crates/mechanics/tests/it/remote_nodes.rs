@@ -575,6 +575,55 @@ fn node_metrics_and_state_changes_cover_local_and_remote_nodes() {
     assert_eq!(up(&metrics, "exec-a", "remote"), Some(1.0), "{metrics}");
 }
 
+/// A local node killed behind the coordinator's back: one `node` entry when it goes down (with
+/// why) and one when its restart is running again, not one per snapshot of its counters.
+#[test]
+fn a_local_node_that_dies_and_restarts_is_in_logs_once_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let client = TestClient::new(Duration::from_secs(5));
+    let nodes: Vec<i32> = crate::support::descendants(server.pid() as i32)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("node\0serve"))
+        })
+        .collect();
+    assert_eq!(nodes.len(), 1, "one local node process: {nodes:?}");
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe { libc::kill(nodes[0], libc::SIGKILL) };
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let local = loop {
+        let local: Vec<_> = node_changes(&server, &client)
+            .into_iter()
+            .filter(|(node, ..)| node == "node-1")
+            .map(|(_, from, to, outcome)| (from, to, outcome))
+            .collect();
+        if local.last().is_some_and(|(_, to, _)| to == "running") || Instant::now() > deadline {
+            break local;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let owned = |from: &str, to: &str, outcome: &str| (from.into(), to.into(), outcome.into());
+    assert_eq!(
+        local,
+        vec![
+            owned("running", "backing_off", "fail"),
+            owned("backing_off", "running", "ok"),
+        ],
+        "once per change"
+    );
+    let (_, body) = client.get(&format!("{}/logs?action=node&outcome=fail", server.url));
+    let down = &body["entries"][0];
+    assert_eq!(down["trace_id"], "node-node-1", "{down}");
+    assert_eq!(down["detail"]["kind"], "local", "{down}");
+    assert!(
+        down["error"].as_str().is_some_and(|why| !why.is_empty()),
+        "the entry says why: {down}"
+    );
+}
+
 /// The job time limit of the hang test's worker, and the fleet's grace past it.
 const HANG_LIMIT: Duration = Duration::from_millis(1000);
 const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
