@@ -383,9 +383,12 @@ fn crash_loop(runtime: Runtime) {
     let task = server.json(&["task", "submit", "crashy"]);
     let task = server.wait_end(task["id"].as_i64().unwrap(), Duration::from_secs(60));
     let error = task["error"].as_str().unwrap_or_default();
+    // The runtime's own word for a dead container: Docker says `exited`; Podman says `exited` or,
+    // a moment after, `stopped`.
     assert!(
         error.contains("its container keeps dying, recreation is paused")
-            && error.contains("it did not start: the container is exited (exit code 3)"),
+            && (error.contains("it did not start: the container is exited (exit code 3)")
+                || error.contains("it did not start: the container is stopped (exit code 3)")),
         "{task}"
     );
     // Docker keeps a dead container's output for `docker logs`; Podman's may not have it yet
