@@ -521,8 +521,8 @@ impl ContainerNode {
         }
     }
 
-    /// The worker's environment as a private `NAME=value` file, `${env:NAME}` resolved; the
-    /// resolved secrets are registered with the redactor.
+    /// The worker's environment as a private `NAME=value` file, `${env:NAME}` resolved (the
+    /// referenced values are registered with the redactor when the node is built).
     fn env_file(&self) -> Result<tempfile::NamedTempFile, String> {
         // Created with mode 0600 in the temporary directory: only this user reads it, and it
         // is deleted as soon as the container exists.
@@ -535,9 +535,6 @@ impl ContainerNode {
                 Value::String(resolved) => resolved,
                 _ => unreachable!("a string resolves to a string"),
             };
-            if value.contains("${env:") {
-                self.context.trace.redactor().add_secret(&resolved);
-            }
             if resolved.contains(['\n', '\r', '\0']) {
                 return Err(format!(
                     "env.{name}: the value of its `${{env:...}}` reference is not one line"
@@ -884,6 +881,11 @@ impl ContainerWorkers {
         for (name, worker) in &wanted {
             if self.lock().contains_key(*name) {
                 continue;
+            }
+            // Its secrets are known to the redactor from now on, an adopted container's too:
+            // each referenced variable's value on its own, not only whole env values.
+            if let Some(env) = &worker.spec.env {
+                context.trace.redactor().add_env_refs(&json!(env));
             }
             let node = Arc::new(ContainerNode {
                 context: context.clone(),
