@@ -25,7 +25,7 @@ use mechanics_core::{MechanicsPool, MechanicsPoolConfig};
 use mechanics_node::{Fleet, FleetConfig, ShutdownHandle};
 use serde_json::json;
 
-use fleet_load::{SOURCE, Stats, fleet_concurrent, fleet_sequential, ms, summarize};
+use fleet_load::{SOURCE, Stats, fleet_concurrent, fleet_sequential, ms, print_rows, summarize};
 
 #[global_allocator]
 static A: mechanics_core::JobMemoryAllocator = mechanics_core::JobMemoryAllocator;
@@ -91,25 +91,14 @@ fn main() {
         (seq, par)
     });
 
-    println!(
-        "trivial job, {count} calls each ({CONCURRENCY} concurrent callers for the last column)"
+    print_rows(
+        count,
+        CONCURRENCY,
+        [
+            ("in-process pool", &pool_seq, pool_par),
+            ("fleet (HTTP)", &fleet_seq, fleet_par),
+        ],
     );
-    println!(
-        "{:<18} {:>10} {:>10} {:>12} {:>16}",
-        "", "p50 ms", "p99 ms", "jobs/s seq", "jobs/s parallel"
-    );
-    for (name, seq, par) in [
-        ("in-process pool", &pool_seq, pool_par),
-        ("fleet (HTTP)", &fleet_seq, fleet_par),
-    ] {
-        println!(
-            "{name:<18} {:>10.3} {:>10.3} {:>12.0} {:>16.0}",
-            ms(seq.p50),
-            ms(seq.p99),
-            seq.per_sec,
-            par
-        );
-    }
     let added = ms(fleet_seq.p50) - ms(pool_seq.p50);
     println!(
         "fleet / pool: p50 x{:.2}, p99 x{:.2}, jobs/s seq x{:.2}, jobs/s parallel x{:.2}",

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use mechanics_node::{Fleet, FleetConfig, RemoteNodeConfig, RemoteState, ShutdownHandle};
 use mechanics_test_support::tls::TestPki;
 
-use fleet_load::{fleet_concurrent, fleet_sequential, ms};
+use fleet_load::{fleet_concurrent, fleet_sequential, ms, print_rows};
 
 const CONCURRENCY: usize = 2;
 const TOKEN: &str = "bench-token";
@@ -97,25 +97,14 @@ fn main() {
     let _ = node.kill();
     let _ = node.wait();
 
-    println!(
-        "trivial job, {count} calls each ({CONCURRENCY} concurrent callers for the last column)"
+    print_rows(
+        count,
+        CONCURRENCY,
+        [
+            ("local node (HTTP)", &local_seq, local_par),
+            ("remote node (TLS)", &remote_seq, remote_par),
+        ],
     );
-    println!(
-        "{:<18} {:>10} {:>10} {:>12} {:>16}",
-        "", "p50 ms", "p99 ms", "jobs/s seq", "jobs/s parallel"
-    );
-    for (name, seq, par) in [
-        ("local node (HTTP)", &local_seq, local_par),
-        ("remote node (TLS)", &remote_seq, remote_par),
-    ] {
-        println!(
-            "{name:<18} {:>10.3} {:>10.3} {:>12.0} {:>16.0}",
-            ms(seq.p50),
-            ms(seq.p99),
-            seq.per_sec,
-            par
-        );
-    }
     println!(
         "remote / local: p50 x{:.2}, p99 x{:.2}, jobs/s seq x{:.2}, jobs/s parallel x{:.2}",
         ms(remote_seq.p50) / ms(local_seq.p50),

@@ -68,3 +68,22 @@ pub(crate) async fn fleet_concurrent(fleet: &Fleet, count: usize, callers: usize
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Prints the table both benches share: one row per engine with p50, p99, sequential and
+/// parallel jobs/s, after a line naming the call count and the callers.
+pub(crate) fn print_rows(count: usize, callers: usize, rows: [(&str, &Stats, f64); 2]) {
+    println!("trivial job, {count} calls each ({callers} concurrent callers for the last column)");
+    println!(
+        "{:<18} {:>10} {:>10} {:>12} {:>16}",
+        "", "p50 ms", "p99 ms", "jobs/s seq", "jobs/s parallel"
+    );
+    for (name, seq, par) in rows {
+        println!(
+            "{name:<18} {:>10.3} {:>10.3} {:>12.0} {:>16.0}",
+            ms(seq.p50),
+            ms(seq.p99),
+            seq.per_sec,
+            par
+        );
+    }
+}
