@@ -466,22 +466,23 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// The `/logs` entries of node state changes, oldest first, as `(node, from, to, outcome)`.
+/// The `/logs` entries of `node`'s state changes, oldest first, as `(from, to, outcome)`.
 fn node_changes(
     server: &Coordinator,
     client: &TestClient,
-) -> Vec<(String, String, String, String)> {
+    node: &str,
+) -> Vec<(String, String, String)> {
     let (status, body) = client.get(&format!("{}/logs?action=node&limit=1000", server.url));
     assert_eq!(status, 200, "{body}");
     let mut changes: Vec<_> = body["entries"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|entry| entry["detail"]["node"] == node)
         .map(|entry| {
             let detail = &entry["detail"];
             let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
             (
-                text(&detail["node"]),
                 text(&detail["from"]),
                 text(&detail["to"]),
                 text(&entry["outcome"]),
@@ -549,11 +550,7 @@ fn node_metrics_and_state_changes_cover_local_and_remote_nodes() {
     let _remote = RemoteNode::start(&addr, &pki, "token-of-a");
     wait_state(&server, "exec-a", "healthy", Duration::from_secs(10));
 
-    let exec_a: Vec<_> = node_changes(&server, &client)
-        .into_iter()
-        .filter(|(node, ..)| node == "exec-a")
-        .map(|(_, from, to, outcome)| (from, to, outcome))
-        .collect();
+    let exec_a = node_changes(&server, &client, "exec-a");
     let owned = |from: &str, to: &str, outcome: &str| (from.into(), to.into(), outcome.into());
     assert_eq!(
         exec_a,
@@ -595,11 +592,7 @@ fn a_local_node_that_dies_and_restarts_is_in_logs_once_per_change() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let local = loop {
-        let local: Vec<_> = node_changes(&server, &client)
-            .into_iter()
-            .filter(|(node, ..)| node == "node-1")
-            .map(|(_, from, to, outcome)| (from, to, outcome))
-            .collect();
+        let local = node_changes(&server, &client, "node-1");
         if local.last().is_some_and(|(_, to, _)| to == "running") || Instant::now() > deadline {
             break local;
         }
