@@ -24,5 +24,5 @@ pub mod typescript;
 
 pub use console::{ConsoleLevel, ConsoleLine, JobOutput};
 pub use error::{MechanicsError, MechanicsErrorKind};
-pub use memory::{JobMemoryAllocator, memory_limits_enforced};
+pub use memory::{JobMemoryAllocator, memory_limits_enforced, release_freed_memory};
 pub use pool::{MechanicsPool, MechanicsPoolConfig, MechanicsPoolStats};

@@ -283,6 +283,10 @@ pub fn serve(args: &ConfigArgs) -> u8 {
     }
 }
 
+/// How often an idle server hands freed heap memory back to the system (see
+/// [`mechanics_core::release_freed_memory`]).
+const MEMORY_RELEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     // Connections must leave descriptors for the database, the nodes and outgoing requests.
     config.max_connections = config.edge_limits().for_this_process().max_connections;
@@ -325,6 +329,13 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
         }
     };
     let addr = server.addr;
+    let memory_release = tokio::spawn(async {
+        let mut every = tokio::time::interval(MEMORY_RELEASE_INTERVAL);
+        loop {
+            every.tick().await;
+            mechanics_core::release_freed_memory();
+        }
+    });
     tracing::info!(
         %addr,
         db = %config.db,
@@ -366,6 +377,7 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
             tracing::warn!("second signal: stopping without waiting; recovery picks up the rest");
         }
     }
+    memory_release.abort();
     fleet.shutdown().await;
     tracing::info!("stopped");
     Ok(())
