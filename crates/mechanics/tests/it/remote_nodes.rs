@@ -454,6 +454,26 @@ fn plaintext_off_loopback_is_refused_by_the_node_and_by_the_registry() {
             .contains("ca_file"),
         "{body}"
     );
+    // So are a token file that cannot be read and a token variable that is not set.
+    for (spec, field) in [
+        (
+            json!({ "name": "near", "url": "https://127.0.0.1:9",
+                    "token_file": dir.path().join("no-token") }),
+            "token_file: ",
+        ),
+        (
+            json!({ "name": "near", "url": "https://127.0.0.1:9", "token_env": "UNSET_TOKEN" }),
+            "token_env: ",
+        ),
+    ] {
+        let (status, body) = client.post(&format!("{}/api/v1/nodes", server.url), &spec);
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"near\"") && message.contains(field),
+            "{message}"
+        );
+    }
     let nodes = server.json(&["node", "list"]);
     assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
 }
