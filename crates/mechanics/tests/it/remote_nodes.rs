@@ -478,6 +478,43 @@ fn plaintext_off_loopback_is_refused_by_the_node_and_by_the_registry() {
     assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
 }
 
+/// A node of another protocol version (a stand-in answering `/stats` as such a build would, on
+/// loopback) is refused at `node add`, naming the URL and both versions, and nothing is stored.
+#[test]
+fn a_node_of_another_protocol_version_is_refused_at_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let future = crate::support::HttpServer::start(axum::Router::new().route(
+        "/stats",
+        axum::routing::get(|| async {
+            axum::Json(json!({
+                "name": null, "pid": 1, "uptime_ms": 1, "jobs_run": 0, "jobs_in_flight": 0,
+                "rss_bytes": 1, "memory_cap_bytes": null, "recycle_due": false, "pool": {},
+                "protocol": 999, "capacity": 2
+            }))
+        }),
+    ));
+    let server = Coordinator::start(dir.path(), &["--local-nodes", "0"], &[("T", "x")]);
+    let out = server.cli(&[
+        "node",
+        "add",
+        "exec-new",
+        "--url",
+        &future.url(),
+        "--token-env",
+        "T",
+    ]);
+    assert_ne!(code(&out), Some(0), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("\"exec-new\"")
+            && said.contains("url: ")
+            && said.contains("protocol version 999"),
+        "{said}"
+    );
+    let nodes = server.json(&["node", "list"]);
+    assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+}
+
 /// Local nodes are `node-1`, `node-2`, ... on every coordinator: a remote node may not take such
 /// a name (here the local node's own, and one another coordinator with more local nodes uses).
 #[test]
