@@ -62,8 +62,9 @@ pub struct FleetConfig {
     pub program: PathBuf,
     /// Node processes (default: the number of CPUs).
     pub nodes: usize,
-    /// Node names are `<name_prefix>-1`, `<name_prefix>-2`, ... (default `node`); they are also
-    /// passed as `--name`, so a node's process can be told apart in `ps`.
+    /// Node names are `<name_prefix>-1`, `<name_prefix>-2`, ... (default `node`, which the
+    /// registry keeps remote nodes from using); they are also passed as `--name`, so a node's
+    /// process can be told apart in `ps`.
     pub name_prefix: String,
     /// Engine workers per node, which is also how many jobs the fleet sends a node at once
     /// (default 2: a node with one thread stuck still serves).
@@ -98,7 +99,7 @@ impl FleetConfig {
         FleetConfig {
             program: program.into(),
             nodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            name_prefix: "node".into(),
+            name_prefix: mechanics_proto::domain::LOCAL_NODE_PREFIX.into(),
             workers_per_node: 2,
             memory_cap_mb: 1024,
             recycle_memory_mb: 768,
@@ -535,6 +536,40 @@ impl Fleet {
     /// The supervisor of the nodes: for breaker resets and snapshots by name.
     pub fn supervisor(&self) -> &Supervisor {
         &self.inner.supervisor
+    }
+
+    /// A receiver of the snapshots of the local node `name`'s current process. A recycle
+    /// replaces the process and its supervision, so the receiver's `changed` fails then: call
+    /// this again for the new one, which it waits for. `None` once the fleet is shutting down,
+    /// or when it has no local node `name`.
+    pub async fn watch_local(&self, name: &str) -> Option<watch::Receiver<NodeSnapshot>> {
+        let inner = &self.inner;
+        if !inner.slots.iter().any(|slot| slot.name == name) {
+            return None;
+        }
+        let stop = inner.shutdown.signal();
+        loop {
+            let replaced = inner.freed.notified();
+            tokio::pin!(replaced);
+            replaced.as_mut().enable();
+            if stop.is_requested() {
+                return None;
+            }
+            // Between a recycle's stop and its restart the node has no supervision, or still
+            // the ended one (whose sender is gone): wait for the next.
+            if let Some(updates) = inner.supervisor.watch(name)
+                && updates.has_changed().is_ok()
+            {
+                return Some(updates);
+            }
+            // A recycle wakes `freed` once its new process is supervised. After a restart that
+            // failed nothing will: the sleep keeps that wait cheap until shutdown.
+            tokio::select! {
+                () = stop.requested() => return None,
+                () = &mut replaced => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Triggers the fleet's shutdown and waits until every node process has ended.

@@ -65,7 +65,10 @@ pub async fn serve(
         in_flight: AtomicU64::new(0),
     });
     let tls = node.config.tls.clone();
-    tracing::info!(%addr, name = ?node.config.name, tls = tls.is_some(), "node serving");
+    // Its name (`--name`) as `node`, the field a coordinator relaying this line names it by; an
+    // unnamed node has none.
+    let name = node.config.name.as_deref();
+    tracing::info!(%addr, node = name, tls = tls.is_some(), "node serving");
     let guarded = Router::new()
         .route(JOBS_PATH, post(run_job))
         .route(STATS_PATH, get(stats))

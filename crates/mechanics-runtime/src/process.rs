@@ -11,7 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
@@ -256,7 +256,7 @@ impl NodeRunner for ProcessNode {
         tracing::info!(pid = ?child.id(), "child started");
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let tail = Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES));
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
         let child_done = Notify::new();
         let main = async {
             let result = self.watch_child(&mut child, &group, &shutdown).await;
@@ -267,7 +267,8 @@ impl NodeRunner for ProcessNode {
             result
         };
         let readers = async {
-            let stdout = forward_lines(stdout, "stdout", None, |line| {
+            let here = tracing::Span::current();
+            let stdout = forward_lines(stdout, "stdout", None, here.clone(), |line| {
                 if let Some(addr) = line.strip_prefix("READY ") {
                     self.address.send_if_modified(|current| {
                         // Only the first announcement of an instance counts.
@@ -279,14 +280,19 @@ impl NodeRunner for ProcessNode {
                     });
                 }
             });
-            let relay = self.relay_logs_as.as_deref();
-            let stderr = forward_lines(stderr, "stderr", relay, |line| {
+            let relay = self.relay_logs_as.clone();
+            let tail = Arc::clone(&tail);
+            // Read on a task of its own, outside the span this runs in (the supervisor's `node`
+            // span): a relayed line is an event of its own with a `node` field, and inside that
+            // span it would name the node again. Plain lines are logged in the span still.
+            let stderr = tokio::spawn(forward_lines(stderr, "stderr", relay, here, move |line| {
                 let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if tail.len() == STDERR_TAIL_LINES {
                     tail.pop_front();
                 }
                 tail.push_back(line.to_owned());
-            });
+            }));
+            let stderr_reader = stderr.abort_handle();
             tokio::select! {
                 _ = async { tokio::join!(stdout, stderr) } => {}
                 () = async {
@@ -294,15 +300,17 @@ impl NodeRunner for ProcessNode {
                     tokio::time::sleep(DRAIN_GRACE).await;
                 } => {}
             }
+            // A grandchild may hold the pipe open past the grace: stop reading it.
+            stderr_reader.abort();
         };
         let (result, ()) = tokio::join!(main, readers);
         self.address.send_replace(None);
         result.map_err(|status| NodeFailure {
             status,
-            stderr_tail: tail
-                .into_inner()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .into(),
+            stderr_tail: std::mem::take(
+                &mut *tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            )
+            .into(),
             // The child ran: however it ended, that is its own death.
             resource_exhaustion: None,
         })
@@ -372,13 +380,14 @@ fn describe(status: io::Result<ExitStatus>) -> String {
     }
 }
 
-/// Logs each line of `pipe` (relayed as the node `relay` names when it is a JSON log line) and
-/// hands it to `on_line` (a relayed line in its one-line text form), until end of file or a read
-/// error.
+/// Logs each line of `pipe` (relayed as the node `relay` names when it is a JSON log line, else
+/// as text in `span`) and hands it to `on_line` (a relayed line in its one-line text form), until
+/// end of file or a read error.
 async fn forward_lines(
     pipe: Option<impl AsyncRead + Unpin>,
     stream: &'static str,
-    relay: Option<&str>,
+    relay: Option<String>,
+    span: tracing::Span,
     mut on_line: impl FnMut(&str),
 ) {
     let Some(pipe) = pipe else { return };
@@ -392,11 +401,14 @@ async fn forward_lines(
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
-        if let Some(relayed) = relay.and_then(|node| crate::relay::relay(node, text)) {
+        if let Some(relayed) = relay
+            .as_deref()
+            .and_then(|node| crate::relay::relay(node, text))
+        {
             on_line(&relayed);
             continue;
         }
-        tracing::info!(target: "mechanics_runtime::child", stream, "{text}");
+        span.in_scope(|| tracing::info!(target: "mechanics_runtime::child", stream, "{text}"));
         on_line(text);
     }
 }

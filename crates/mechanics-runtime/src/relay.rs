@@ -5,8 +5,8 @@
 //! text, such a line would carry two timestamps and two levels. [`relay`] re-emits it instead as
 //! an event with the child's level, target and fields (the fields of its spans after its own),
 //! plus a `node` field naming the child, so that every output format of this process shows it
-//! once, as if it had been logged here (inside whatever span the relaying code runs in: the
-//! supervisor's `node` span).
+//! once, as if it had been logged here. The caller relays outside the supervisor's `node` span,
+//! which would name the node a second time.
 //!
 //! `tracing` events need `'static` metadata, and a child's target and field names are only known
 //! at run time: each distinct (level, target, field names) gets a callsite leaked once and
@@ -20,7 +20,7 @@ use std::sync::{LazyLock, Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 use tracing::callsite::{Callsite, Identifier};
-use tracing::field::FieldSet;
+use tracing::field::{DisplayValue, FieldSet};
 use tracing::metadata::Kind;
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata};
@@ -63,7 +63,9 @@ pub(crate) fn relay(node: &str, line: &str) -> Option<String> {
 
 /// A field's value, typed as the child wrote it.
 enum FieldValue {
-    Text(String),
+    /// Recorded as displayed, as the child's `%` fields were: text formats would quote a plain
+    /// string (`node="node-1"`), unlike the same field of an event of this process.
+    Text(DisplayValue<String>),
     Signed(i64),
     Unsigned(u64),
     Float(f64),
@@ -71,17 +73,21 @@ enum FieldValue {
 }
 
 impl FieldValue {
+    fn text(text: String) -> FieldValue {
+        FieldValue::Text(tracing::field::display(text))
+    }
+
     fn of(value: &Value) -> FieldValue {
         match value {
-            Value::String(text) => FieldValue::Text(text.clone()),
+            Value::String(text) => FieldValue::text(text.clone()),
             Value::Bool(b) => FieldValue::Bool(*b),
             Value::Number(n) => n
                 .as_u64()
                 .map(FieldValue::Unsigned)
                 .or_else(|| n.as_i64().map(FieldValue::Signed))
                 .or_else(|| n.as_f64().map(FieldValue::Float))
-                .unwrap_or_else(|| FieldValue::Text(n.to_string())),
-            other => FieldValue::Text(other.to_string()),
+                .unwrap_or_else(|| FieldValue::text(n.to_string())),
+            other => FieldValue::text(other.to_string()),
         }
     }
 
@@ -99,7 +105,7 @@ impl FieldValue {
 impl std::fmt::Display for FieldValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FieldValue::Text(text) => f.write_str(text),
+            FieldValue::Text(text) => text.fmt(f),
             FieldValue::Signed(n) => n.fmt(f),
             FieldValue::Unsigned(n) => n.fmt(f),
             FieldValue::Float(n) => n.fmt(f),
@@ -136,7 +142,7 @@ fn fields_of(object: &Map<String, Value>, node: &str) -> Option<Vec<(String, Fie
             add(name, value, &mut fields);
         }
     }
-    fields.push((NODE_FIELD.to_owned(), FieldValue::Text(node.to_owned())));
+    fields.push((NODE_FIELD.to_owned(), FieldValue::text(node.to_owned())));
     Some(fields)
 }
 

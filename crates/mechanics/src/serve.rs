@@ -576,31 +576,34 @@ impl JsExecutor for FleetExecutor {
     fn watch_nodes(&self, on_change: NodeChangeListener) {
         let on_change = Arc::new(on_change);
         // Local nodes: their supervisor publishes every snapshot; a change is a new state
-        // (running, backing_off, tripped, ...), not a new counter. The watch ends with the node.
+        // (running, backing_off, tripped, ...), not a new counter. A recycle replaces a node's
+        // process and its snapshots (`stopped`, then the new process `running`): the watch
+        // follows the new one, until the fleet shuts down.
         for snapshot in self.fleet.supervisor().snapshots() {
-            let Some(mut updates) = self.fleet.supervisor().watch(&snapshot.name) else {
-                continue;
-            };
-            let on_change = Arc::clone(&on_change);
+            let (fleet, on_change) = (self.fleet.clone(), Arc::clone(&on_change));
             tokio::spawn(async move {
                 let mut last = snapshot.state;
-                while updates.changed().await.is_ok() {
-                    let now = updates.borrow_and_update().clone();
-                    if now.state == last {
-                        continue;
+                while let Some(mut updates) = fleet.watch_local(&snapshot.name).await {
+                    loop {
+                        let now = updates.borrow_and_update().clone();
+                        if now.state != last {
+                            let up = now.state == mechanics_runtime::NodeState::Running;
+                            on_change(NodeChange {
+                                node: now.name.clone(),
+                                kind: NodeKind::Local,
+                                from: last.as_str().to_owned(),
+                                to: now.state.as_str().to_owned(),
+                                up,
+                                error: (!up)
+                                    .then(|| now.last_exit.as_ref().map(|exit| exit.status.clone()))
+                                    .flatten(),
+                            });
+                            last = now.state;
+                        }
+                        if updates.changed().await.is_err() {
+                            break;
+                        }
                     }
-                    let up = now.state == mechanics_runtime::NodeState::Running;
-                    on_change(NodeChange {
-                        node: now.name.clone(),
-                        kind: NodeKind::Local,
-                        from: last.as_str().to_owned(),
-                        to: now.state.as_str().to_owned(),
-                        up,
-                        error: (!up)
-                            .then(|| now.last_exit.as_ref().map(|exit| exit.status.clone()))
-                            .flatten(),
-                    });
-                    last = now.state;
                 }
             });
         }

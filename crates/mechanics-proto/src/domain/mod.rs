@@ -21,7 +21,7 @@ pub use queue::{
     AttemptOutcome, Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task,
     TaskAttempt, TaskId, TaskState, UnknownState,
 };
-pub use remote_node::{MAX_NODE_CAPACITY, NodeSpec, RemoteNode};
+pub use remote_node::{LOCAL_NODE_PREFIX, MAX_NODE_CAPACITY, NodeSpec, RemoteNode};
 pub use source::{Source, SourceKind, SourceSpec};
 pub use worker::{
     CronTrigger, HealthSpec, PullPolicy, RateLimitSpec, ResourcesSpec, RestartPolicyName,

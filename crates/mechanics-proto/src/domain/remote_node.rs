@@ -11,6 +11,19 @@ use super::{SpecError, refuse_nul, source::check_reference, validate_http_url, v
 /// Most jobs a coordinator sends one remote node at once.
 pub const MAX_NODE_CAPACITY: u32 = 1024;
 
+/// Local executor nodes, the processes each coordinator starts itself, are named
+/// `<LOCAL_NODE_PREFIX>-1`, `-2`, ...
+pub const LOCAL_NODE_PREFIX: &str = "node";
+
+/// Whether `name` has the form of a local node's name (`node-N`). Every coordinator sharing the
+/// registry names its own local nodes so, however many it runs: a remote node with such a name
+/// would be two nodes under one name in `node list`, logs and metrics.
+fn is_local_node_name(name: &str) -> bool {
+    name.strip_prefix(LOCAL_NODE_PREFIX)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A remote node as the user registers it (`mechanics node add`, `POST /api/v1/nodes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +62,17 @@ impl NodeSpec {
     /// capacity. Errors name the field.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("name", &self.name)?;
+        if is_local_node_name(&self.name) {
+            return Err(SpecError::new(
+                "name",
+                format!(
+                    "{:?} is a local node's name (every coordinator names its own local nodes \
+                     {LOCAL_NODE_PREFIX}-1, {LOCAL_NODE_PREFIX}-2, ...): choose another, such as \
+                     exec-1",
+                    self.name
+                ),
+            ));
+        }
         validate_http_url("url", &self.url)?;
         let host = url_host(&self.url)?;
         if self.url.starts_with("http://") && !self.insecure_plaintext && !is_loopback(host) {
@@ -145,6 +169,31 @@ mod tests {
         assert_eq!(spec.capacity(), 8);
         let spec = check(json!({ "name": "b", "url": "https://[::1]:7070/", "token_file": "t" }));
         assert_eq!(spec.unwrap().capacity(), 2);
+    }
+
+    #[test]
+    fn a_local_node_name_is_refused() {
+        for name in ["node-1", "node-2", "node-64"] {
+            let err =
+                check(json!({ "name": name, "url": "https://10.0.0.7:7070", "token_env": "T" }))
+                    .unwrap_err();
+            assert!(
+                err.starts_with("name: ") && err.contains("local node"),
+                "{name}: {err}"
+            );
+        }
+        // Only `node-N` is taken.
+        for name in [
+            "node",
+            "node-",
+            "node-a",
+            "node-1a",
+            "nodes-1",
+            "exec-node-1",
+        ] {
+            let spec = json!({ "name": name, "url": "https://10.0.0.7:7070", "token_env": "T" });
+            assert!(check(spec).is_ok(), "{name}");
+        }
     }
 
     #[test]

@@ -593,19 +593,39 @@ fn local_node_log_lines_are_relayed_once_with_their_level_target_and_fields_in_e
                 assert_eq!(event["fields"]["node"], "node-1", "{line}");
             } else {
                 let words: Vec<&str> = line.split_whitespace().collect();
-                // One timestamp and one level: `<timestamp> <LEVEL> [span:] <target>: <message>`.
+                // `<timestamp> <LEVEL> <target>: <message>`.
                 assert_eq!(words[1], level, "{format}: {line}");
-                assert!(
-                    words[2..4].contains(&"mechanics_node::service:"),
-                    "{format}: {line}"
-                );
+                assert_eq!(words[2], "mechanics_node::service:", "{format}: {line}");
+            }
+        }
+        // Every relayed line: one timestamp, one level, the node once as `node` (not also as a
+        // span of ours or the child's own `name`), and no Rust debug forms such as `Some(..)`.
+        let relayed = lines_with("mechanics_node::service");
+        assert!(relayed.len() >= 2, "{format}: {relayed:#?}");
+        for line in relayed {
+            assert!(!line.contains("Some("), "{format}: {line}");
+            assert_eq!(line.matches("node-1").count(), 1, "{format}: {line}");
+            if format == "json" {
+                let event: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(event["fields"]["node"], "node-1", "{line}");
+                assert_eq!(line.matches("\"timestamp\"").count(), 1, "{line}");
+                assert_eq!(line.matches("\"level\"").count(), 1, "{line}");
+            } else {
+                let node_field = if format == "pretty" {
+                    "node: node-1"
+                } else {
+                    "node=node-1"
+                };
+                assert!(line.contains(node_field), "{format}: {line}");
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let timestamps = words
+                    .iter()
+                    .filter(|w| w.len() > 20 && w.as_bytes()[4] == b'-' && w.contains('T'))
+                    .count();
+                assert_eq!(timestamps, 1, "{format}: {line}");
                 let levels = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
                 let count = words.iter().filter(|w| levels.contains(w)).count();
                 assert_eq!(count, 1, "{format}: {line}");
-                assert!(
-                    line.contains("node-1"),
-                    "{format}: the node is named: {line}"
-                );
             }
         }
         // The job's own fields come along.

@@ -454,8 +454,107 @@ fn plaintext_off_loopback_is_refused_by_the_node_and_by_the_registry() {
             .contains("ca_file"),
         "{body}"
     );
+    // So are a token file that cannot be read and a token variable that is not set.
+    for (spec, field) in [
+        (
+            json!({ "name": "near", "url": "https://127.0.0.1:9",
+                    "token_file": dir.path().join("no-token") }),
+            "token_file: ",
+        ),
+        (
+            json!({ "name": "near", "url": "https://127.0.0.1:9", "token_env": "UNSET_TOKEN" }),
+            "token_env: ",
+        ),
+    ] {
+        let (status, body) = client.post(&format!("{}/api/v1/nodes", server.url), &spec);
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"near\"") && message.contains(field),
+            "{message}"
+        );
+    }
     let nodes = server.json(&["node", "list"]);
     assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+}
+
+/// A node of another protocol version (a stand-in answering `/stats` as such a build would, on
+/// loopback) is refused at `node add`, naming the URL and both versions, and nothing is stored.
+#[test]
+fn a_node_of_another_protocol_version_is_refused_at_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let future = crate::support::HttpServer::start(axum::Router::new().route(
+        "/stats",
+        axum::routing::get(|| async {
+            axum::Json(json!({
+                "name": null, "pid": 1, "uptime_ms": 1, "jobs_run": 0, "jobs_in_flight": 0,
+                "rss_bytes": 1, "memory_cap_bytes": null, "recycle_due": false, "pool": {},
+                "protocol": 999, "capacity": 2
+            }))
+        }),
+    ));
+    let server = Coordinator::start(dir.path(), &["--local-nodes", "0"], &[("T", "x")]);
+    let out = server.cli(&[
+        "node",
+        "add",
+        "exec-new",
+        "--url",
+        &future.url(),
+        "--token-env",
+        "T",
+    ]);
+    assert_ne!(code(&out), Some(0), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("\"exec-new\"")
+            && said.contains("url: ")
+            && said.contains("protocol version 999"),
+        "{said}"
+    );
+    let nodes = server.json(&["node", "list"]);
+    assert!(nodes["nodes"].as_array().unwrap().is_empty(), "{nodes}");
+}
+
+/// Local nodes are `node-1`, `node-2`, ... on every coordinator: a remote node may not take such
+/// a name (here the local node's own, and one another coordinator with more local nodes uses).
+#[test]
+fn a_remote_node_may_not_take_a_local_node_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[("T", "x")]);
+    let client = TestClient::new(Duration::from_secs(5));
+    for name in ["node-1", "node-7"] {
+        let out = server.cli(&[
+            "node",
+            "add",
+            name,
+            "--url",
+            "https://127.0.0.1:9",
+            "--token-env",
+            "T",
+        ]);
+        assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("name: ") && said.contains("local node") && said.contains(name),
+            "{said}"
+        );
+        let (status, body) = client.post(
+            &format!("{}/api/v1/nodes", server.url),
+            &json!({ "name": name, "url": "https://127.0.0.1:9", "token_env": "T" }),
+        );
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("\"{name}\"")) && message.contains("name: "),
+            "{message}"
+        );
+    }
+    // Nothing changed: the local node alone, still local.
+    let nodes = server.json(&["node", "list"]);
+    let nodes = nodes["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["name"], "node-1", "{nodes:?}");
+    assert_eq!(nodes[0]["kind"], "local", "{nodes:?}");
 }
 
 /// The value of the `/metrics` sample `series` (name and labels exactly as exposed), if present.
@@ -572,6 +671,40 @@ fn node_metrics_and_state_changes_cover_local_and_remote_nodes() {
     assert_eq!(up(&metrics, "exec-a", "remote"), Some(1.0), "{metrics}");
 }
 
+/// The pids of the server's local node processes.
+fn local_node_pids(server: &Coordinator) -> Vec<i32> {
+    crate::support::descendants(server.pid() as i32)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("node\0serve"))
+        })
+        .collect()
+}
+
+/// Polls `node_changes` of `node` until `done` holds; panics after 30 s.
+fn wait_changes(
+    server: &Coordinator,
+    client: &TestClient,
+    node: &str,
+    what: &str,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let changes = node_changes(server, client, node);
+        if done(&changes) {
+            return changes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {changes:?}\nserver log:\n{}",
+            tail(&server.stderr(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A local node killed behind the coordinator's back: one `node` entry when it goes down (with
 /// why) and one when its restart is running again, not one per snapshot of its counters.
 #[test]
@@ -579,25 +712,14 @@ fn a_local_node_that_dies_and_restarts_is_in_logs_once_per_change() {
     let dir = tempfile::tempdir().unwrap();
     let server = Coordinator::start(dir.path(), &[], &[]);
     let client = TestClient::new(Duration::from_secs(5));
-    let nodes: Vec<i32> = crate::support::descendants(server.pid() as i32)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("node\0serve"))
-        })
-        .collect();
+    let nodes = local_node_pids(&server);
     assert_eq!(nodes.len(), 1, "one local node process: {nodes:?}");
     // SAFETY: kill(2) on a child of the server this test started.
     unsafe { libc::kill(nodes[0], libc::SIGKILL) };
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let local = loop {
-        let local = node_changes(&server, &client, "node-1");
-        if local.last().is_some_and(|(_, to, _)| to == "running") || Instant::now() > deadline {
-            break local;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let local = wait_changes(&server, &client, "node-1", "the restart runs", |c| {
+        c.last().is_some_and(|(_, to, _)| to == "running")
+    });
     let owned = |from: &str, to: &str, outcome: &str| (from.into(), to.into(), outcome.into());
     assert_eq!(
         local,
@@ -614,6 +736,86 @@ fn a_local_node_that_dies_and_restarts_is_in_logs_once_per_change() {
     assert!(
         down["error"].as_str().is_some_and(|why| !why.is_empty()),
         "the entry says why: {down}"
+    );
+}
+
+/// A recycle replaces a local node's process and its supervision: the coordinator keeps
+/// watching the node under its name, so the new process's start and a later death of it are in
+/// `/logs`, and the metrics follow.
+#[test]
+fn a_recycled_local_node_is_still_watched_and_its_later_changes_are_in_logs_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let client = TestClient::new(Duration::from_secs(5));
+    let first = local_node_pids(&server);
+    assert_eq!(first.len(), 1, "one local node process: {first:?}");
+    // One allocation far past the job's memory limit parks its engine thread for good; a node
+    // that gave up on a thread asks to be recycled.
+    std::fs::write(
+        dir.path().join("hog.js"),
+        "export default () => 'a'.repeat(2 ** 30).length",
+    )
+    .unwrap();
+    server.add_worker(&format!(
+        "name: hog\nkind: js\nmodule: {}\ntriggers: [{{ api: true }}]\n\
+         limits: {{ max_memory_mb: 64 }}\n",
+        dir.path().join("hog.js").display()
+    ));
+    let out = server.cli(&["task", "submit", "hog", "--wait"]);
+    assert_ne!(code(&out), Some(0), "{}", stderr(&out));
+
+    let owned = |from: &str, to: &str, outcome: &str| (from.into(), to.into(), outcome.into());
+    let recycled = wait_changes(&server, &client, "node-1", "the recycled node runs", |c| {
+        c.iter().any(|(_, to, _)| to == "stopped")
+            && c.last().is_some_and(|(_, to, _)| to == "running")
+    });
+    assert_eq!(
+        recycled.last(),
+        Some(&owned("stopped", "running", "ok")),
+        "the new process is the same node: {recycled:?}"
+    );
+    let second = local_node_pids(&server);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first, "a new process");
+
+    // The new process dies: the watch that followed the recycle sees it, once per change.
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe { libc::kill(second[0], libc::SIGKILL) };
+    let changes = wait_changes(
+        &server,
+        &client,
+        "node-1",
+        "the death after the recycle",
+        |c| c.len() >= recycled.len() + 2 && c.last().is_some_and(|(_, to, _)| to == "running"),
+    );
+    assert_eq!(
+        changes[recycled.len()..],
+        [
+            owned("running", "backing_off", "fail"),
+            owned("backing_off", "running", "ok"),
+        ],
+        "{changes:?}"
+    );
+    let (_, body) = client.get(&format!(
+        "{}/logs?action=node&outcome=fail&limit=1",
+        server.url
+    ));
+    let down = &body["entries"][0];
+    assert_eq!(down["detail"]["to"], "backing_off", "{down}");
+    assert!(
+        down["error"].as_str().is_some_and(|why| !why.is_empty()),
+        "the entry says why: {down}"
+    );
+    let third = local_node_pids(&server);
+    assert!(!third.is_empty() && third != second, "restarted: {third:?}");
+    let metrics = client.get_text(&format!("{}/metrics", server.url));
+    assert_eq!(
+        sample(
+            &metrics,
+            "mechanics_node_up{node=\"node-1\",kind=\"local\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
     );
 }
 
