@@ -1,6 +1,7 @@
 //! Container workers on a real runtime: Docker, and Podman (with runc). The images are built
 //! here `FROM scratch` from `task-echo` (a test binary that answers `POST /task` with its
-//! request, `$MODEL` and `$API_TOKEN` reversed) and the libraries it links; nothing is pulled.
+//! request, `$MODEL` and `$API_TOKEN` reversed, or, told to crash, writes `$API_TOKEN` to its
+//! log and exits) and the libraries it links; nothing is pulled.
 //! A test fails, not skips, when its runtime does not work.
 
 use std::process::Command;
