@@ -528,6 +528,18 @@ pub fn default_home() -> PathBuf {
 }
 
 impl ServerConfig {
+    /// Where this server keeps its own files besides the database: the SQLite file's directory,
+    /// or with PostgreSQL (no file of its own) [`default_home`].
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.db {
+            Database::Sqlite(path) => match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+            Database::Postgres(_) => default_home(),
+        }
+    }
+
     /// The compiled defaults, with the database under `home`.
     pub fn defaults(home: &Path) -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -44,8 +44,9 @@ use crate::clock::Clock;
 use crate::config::ContainerRuntimeChoice;
 use crate::trace_log::{TraceLog, entry};
 
-/// Label holding the scope of the server that made a container (a hash of its database), so
-/// servers of other databases on the same engine never touch each other's containers.
+/// Label holding the scope of the server that made a container ([`Scope`]: a hash of its
+/// database and of its own id), so that no other server on the same engine, of the same database
+/// or not, touches its containers.
 pub const SCOPE_LABEL: &str = "mechanics.scope";
 /// Label holding the worker's name.
 pub const WORKER_LABEL: &str = "mechanics.worker";
@@ -325,18 +326,93 @@ fn on_path(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// The scope of the server whose database is `database` (as the configuration shows it): the
-/// first 12 hex digits of its SHA-256. A restarted server finds its containers again; servers of
-/// other databases do not see them.
-pub fn scope_of(database: &str) -> String {
-    let digest = sha2::Sha256::digest(database.as_bytes());
+/// The first 12 hex digits of the SHA-256 of `text`: short enough for a container name.
+fn short_hash(text: &str) -> String {
+    let digest = sha2::Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// How many servers of one home may share a database and a container engine at once.
+const MAX_SCOPE_SLOTS: usize = 64;
+
+/// The containers of one server: the value of its [`SCOPE_LABEL`], and the claim on it.
+///
+/// Several servers may use one database (PostgreSQL) and one engine; each must reconcile and
+/// remove only the containers it made, or they remove each other's as orphans. So the scope is
+/// the database *and* an id of this server, kept in a file of its data directory
+/// ([`ServerConfig::data_dir`](crate::ServerConfig::data_dir),
+/// `containers-<database hash>-<slot>.id`) that it holds locked while it runs: a restarted
+/// server claims the same slot again (same id, so it adopts its containers), and a second
+/// server of the same directory, finding the first slot locked, takes the next with an id of
+/// its own. Servers with different data directories have different ids.
+#[derive(Debug)]
+pub struct Scope {
+    label: String,
+    /// Held locked for the life of the server (the lock goes with the file).
+    _claim: std::fs::File,
+}
+
+impl Scope {
+    /// Claims the first slot in directory `home` that no running server of database `database` (as the
+    /// configuration shows it) holds, creating its id on first use. The error is one line.
+    pub fn claim(home: &std::path::Path, database: &str) -> Result<Self, String> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(home)
+            .map_err(|err| format!("cannot create {}: {err}", home.display()))?;
+        let database_hash = short_hash(database);
+        for slot in 1..=MAX_SCOPE_SLOTS {
+            let path = home.join(format!("containers-{database_hash}-{slot}.id"));
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                // Another server of this home and database runs with this slot.
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(format!("cannot lock {}: {err}", path.display()));
+                }
+            }
+            let mut id = String::new();
+            file.read_to_string(&mut id)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            let mut id = id.trim().to_owned();
+            if id.is_empty() {
+                id = uuid::Uuid::new_v4().to_string();
+                file.write_all(format!("{id}\n").as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+            }
+            return Ok(Self {
+                label: short_hash(&format!("{database}\n{id}")),
+                _claim: file,
+            });
+        }
+        Err(format!(
+            "{MAX_SCOPE_SLOTS} servers of {} already run on this database",
+            home.display()
+        ))
+    }
+
+    /// The value of [`SCOPE_LABEL`] on this server's containers.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
 }
 
 /// What a node shares with the workers' owner.
 struct Context {
     cli: ContainerCli,
+    /// This server's [`SCOPE_LABEL`] value.
     scope: String,
+    /// Held so that no other server of this home claims the same scope while this one runs.
+    _claim: Scope,
     trace: Arc<TraceLog>,
     clock: Clock,
     http: reqwest::Client,
@@ -737,19 +813,23 @@ impl std::fmt::Debug for ContainerWorkers {
 }
 
 impl ContainerWorkers {
-    /// Container workers run by `cli` (or refused with its error) under `supervisor`, labelled
-    /// with `scope` ([`scope_of`]).
+    /// Container workers run by the runtime's CLI under `supervisor`, labelled with this
+    /// server's [`Scope`]; or refused with why there is no CLI or no scope.
     pub(crate) fn new(
         supervisor: Supervisor,
-        cli: Result<ContainerCli, String>,
-        scope: String,
+        runtime: Result<(ContainerCli, Scope), String>,
         trace: Arc<TraceLog>,
         clock: Clock,
     ) -> Self {
-        let context = cli.as_ref().ok().map(|cli| {
+        let (cli, context) = match runtime {
+            Err(why) => (Err(why), None),
+            Ok((cli, scope)) => (Ok(cli.clone()), Some((cli, scope))),
+        };
+        let context = context.map(|(cli, scope)| {
             Arc::new(Context {
-                cli: cli.clone(),
-                scope,
+                cli,
+                scope: scope.label().to_owned(),
+                _claim: scope,
                 trace,
                 clock,
                 http: reqwest::Client::builder()
@@ -845,39 +925,8 @@ impl ContainerWorkers {
     /// container, and removes orphans of this scope.
     pub async fn reconcile(&self, workers: &[Arc<Worker>]) {
         let Some(context) = &self.context else { return };
-        let wanted: HashMap<&str, &Arc<Worker>> = workers
-            .iter()
-            .filter(|w| w.spec.kind == WorkerKind::Container)
-            .map(|w| (w.spec.name.as_str(), w))
-            .collect();
-        let stale: Vec<(String, bool)> = self
-            .lock()
-            .iter()
-            .filter_map(|(name, node)| match wanted.get(name.as_str()) {
-                None => Some((name.clone(), true)),
-                Some(w) if w.revision != node.worker.revision => Some((name.clone(), false)),
-                Some(_) => None,
-            })
-            .collect();
-        for (name, removed) in stale {
-            self.lock().remove(&name);
-            if let Err(err) = self.supervisor.stop(&name).await {
-                tracing::warn!(worker = %name, error = %err, "stopping a container worker failed");
-            }
-            // A new revision's node replaces the container itself (and says so).
-            if removed {
-                match context.remove_containers_of(&name, None).await {
-                    Ok(ids) => {
-                        for id in ids {
-                            context.reconciled(&name, LogOutcome::Ok, json!({ "step": "removed", "container": short_id(&id), "reason": "the worker was removed" }));
-                        }
-                    }
-                    Err(err) => {
-                        tracing::error!(worker = %name, error = %err, "removing a container failed")
-                    }
-                }
-            }
-        }
+        self.retire(workers).await;
+        let wanted = wanted(workers);
         for (name, worker) in &wanted {
             if self.lock().contains_key(*name) {
                 continue;
@@ -939,6 +988,43 @@ impl ContainerWorkers {
         }
     }
 
+    /// Stops the nodes no container worker of `workers` at its current revision wants, and
+    /// removes the containers of the workers that are gone (or are now of another kind); a new
+    /// revision's node replaces its container itself. Process and container workers share the
+    /// supervisor's names, so both owners retire before either starts (see `reconcile_loop`).
+    pub async fn retire(&self, workers: &[Arc<Worker>]) {
+        let Some(context) = &self.context else { return };
+        let wanted = wanted(workers);
+        let stale: Vec<(String, bool)> = self
+            .lock()
+            .iter()
+            .filter_map(|(name, node)| match wanted.get(name.as_str()) {
+                None => Some((name.clone(), true)),
+                Some(w) if w.revision != node.worker.revision => Some((name.clone(), false)),
+                Some(_) => None,
+            })
+            .collect();
+        for (name, removed) in stale {
+            self.lock().remove(&name);
+            if let Err(err) = self.supervisor.stop(&name).await {
+                tracing::warn!(worker = %name, error = %err, "stopping a container worker failed");
+            }
+            // A new revision's node replaces the container itself (and says so).
+            if removed {
+                match context.remove_containers_of(&name, None).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            context.reconciled(&name, LogOutcome::Ok, json!({ "step": "removed", "container": short_id(&id), "reason": "the worker was removed" }));
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(worker = %name, error = %err, "removing a container failed")
+                    }
+                }
+            }
+        }
+    }
+
     /// The container workers, for `GET /nodes`.
     pub fn views(&self) -> Vec<NodeView> {
         let nodes: Vec<Arc<ContainerNode>> = self.lock().values().cloned().collect();
@@ -977,6 +1063,15 @@ impl ContainerWorkers {
     }
 }
 
+/// The container workers of `workers`, by name.
+fn wanted(workers: &[Arc<Worker>]) -> HashMap<&str, &Arc<Worker>> {
+    workers
+        .iter()
+        .filter(|w| w.spec.kind == WorkerKind::Container)
+        .map(|w| (w.spec.name.as_str(), w))
+        .collect()
+}
+
 /// The supervisor owns its runner; the workers' owner keeps the same node to read its state.
 struct SharedNode(Arc<ContainerNode>);
 
@@ -1012,10 +1107,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scope_is_stable_and_differs_between_databases() {
-        assert_eq!(scope_of("/a/mechanics.db"), scope_of("/a/mechanics.db"));
-        assert_ne!(scope_of("/a/mechanics.db"), scope_of("/b/mechanics.db"));
-        assert_eq!(scope_of("x").len(), 12);
+    fn a_scope_is_kept_across_restarts_and_differs_between_servers_and_databases() {
+        let home = tempfile::tempdir().unwrap();
+        let other_home = tempfile::tempdir().unwrap();
+        let first = Scope::claim(home.path(), "postgres://db/a").unwrap();
+        let label = first.label().to_owned();
+        assert_eq!(label.len(), 12);
+        // A second server of the same home and database while the first runs: its own scope.
+        let second = Scope::claim(home.path(), "postgres://db/a").unwrap();
+        assert_ne!(second.label(), label);
+        // One of another home, or of another database: their own too.
+        let elsewhere = Scope::claim(other_home.path(), "postgres://db/a").unwrap();
+        assert_ne!(elsewhere.label(), label);
+        assert_ne!(elsewhere.label(), second.label());
+        let other_db = Scope::claim(home.path(), "postgres://db/b").unwrap();
+        assert_ne!(other_db.label(), label);
+        // The first stopped and started again: the same scope, so it adopts its containers.
+        drop(first);
+        assert_eq!(
+            Scope::claim(home.path(), "postgres://db/a")
+                .unwrap()
+                .label(),
+            label
+        );
     }
 
     #[test]

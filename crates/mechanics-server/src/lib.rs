@@ -234,14 +234,18 @@ pub async fn start_with(
     }
     let registry = Arc::new(Registry::new(parts.store.clone()));
     let processes = Arc::new(ProcessWorkers::new(parts.supervisor.clone()));
-    let cli = ContainerCli::find(config.container_runtime).await;
-    if let Err(why) = &cli {
+    let runtime = match ContainerCli::find(config.container_runtime).await {
+        Ok(cli) => containers::Scope::claim(&config.data_dir(), &config.db.to_string())
+            .map(|scope| (cli, scope))
+            .map_err(|why| format!("no scope of its own for its containers: {why}")),
+        Err(why) => Err(why),
+    };
+    if let Err(why) = &runtime {
         tracing::info!(reason = %why, "container workers cannot run on this server");
     }
     let containers = Arc::new(ContainerWorkers::new(
         parts.supervisor,
-        cli,
-        containers::scope_of(&config.db.to_string()),
+        runtime,
         trace.clone(),
         parts.clock,
     ));
@@ -447,6 +451,10 @@ async fn reconcile_loop(
             .values()
             .cloned()
             .collect();
+        // Both retire first: a worker whose kind changed leaves one owner before the other
+        // starts it under the same supervisor name.
+        shared.dispatcher.processes.retire(&workers).await;
+        shared.dispatcher.containers.retire(&workers).await;
         shared.dispatcher.processes.reconcile(&workers).await;
         shared.dispatcher.containers.reconcile(&workers).await;
         nodes::sync(&shared).await;

@@ -82,6 +82,26 @@ impl ProcessWorkers {
     /// Starts, restarts and stops children so that exactly the process workers of `workers` run,
     /// each at its current revision.
     pub async fn reconcile(&self, workers: &[std::sync::Arc<Worker>]) {
+        self.retire(workers).await;
+        for worker in workers
+            .iter()
+            .filter(|w| w.spec.kind == WorkerKind::Process)
+        {
+            let name = worker.spec.name.as_str();
+            if self.lock().contains_key(name) {
+                continue;
+            }
+            if let Err(message) = self.start(worker) {
+                tracing::error!(worker = %name, error = %message, "cannot start the process worker");
+            }
+        }
+    }
+
+    /// Stops the children no process worker of `workers` at its current revision wants: a
+    /// worker removed, changed, or now of another kind. Process and container workers share the
+    /// supervisor's names, so both owners retire before either starts (see `reconcile_loop`):
+    /// a worker whose kind changed is then free to start under its new owner.
+    pub async fn retire(&self, workers: &[std::sync::Arc<Worker>]) {
         let wanted: HashMap<&str, &Worker> = workers
             .iter()
             .filter(|w| w.spec.kind == WorkerKind::Process)
@@ -101,14 +121,6 @@ impl ProcessWorkers {
             self.lock().remove(&name);
             if let Err(err) = self.supervisor.stop(&name).await {
                 tracing::warn!(worker = %name, error = %err, "stopping a process worker failed");
-            }
-        }
-        for (name, worker) in wanted {
-            if self.lock().contains_key(name) {
-                continue;
-            }
-            if let Err(message) = self.start(worker) {
-                tracing::error!(worker = %name, error = %message, "cannot start the process worker");
             }
         }
     }

@@ -6,7 +6,9 @@
 //! `POST /task` with `{ "request": <the body>, "model": $MODEL, "token_reversed": <$API_TOKEN
 //! reversed> }`: a test sees the container's environment without a secret ever appearing as
 //! such in a result. With the argument `exit` it writes a line to stderr and exits with status 3
-//! at once (an image that cannot start).
+//! at once (an image that cannot start). A task whose payload has `"crash":true` makes it write
+//! `$API_TOKEN` to stderr and exit with status 3 without answering: a careless worker whose
+//! secret reaches its log, which the server must redact wherever it quotes that log.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -64,6 +66,11 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         ("GET", "/healthz") => ("200 OK", "{\"ok\":true}".to_owned()),
         ("POST", "/task") => {
             let request = String::from_utf8_lossy(&body);
+            if request.contains("\"crash\":true") {
+                let token = std::env::var("API_TOKEN").unwrap_or_default();
+                say(&format!("crashing as told; API_TOKEN={token}"));
+                std::process::exit(3);
+            }
             let model = std::env::var("MODEL").unwrap_or_default();
             let token: String = std::env::var("API_TOKEN")
                 .unwrap_or_default()

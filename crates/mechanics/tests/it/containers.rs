@@ -1,6 +1,7 @@
 //! Container workers on a real runtime: Docker, and Podman (with runc). The images are built
 //! here `FROM scratch` from `task-echo` (a test binary that answers `POST /task` with its
-//! request, `$MODEL` and `$API_TOKEN` reversed) and the libraries it links; nothing is pulled.
+//! request, `$MODEL` and `$API_TOKEN` reversed, or, told to crash, writes `$API_TOKEN` to its
+//! log and exits) and the libraries it links; nothing is pulled.
 //! A test fails, not skips, when its runtime does not work.
 
 use std::process::Command;
@@ -60,18 +61,23 @@ impl Runtime {
 
     /// The ids of the containers (running or not) labelled `label`.
     fn ids(self, label: &str) -> Vec<String> {
-        self.ok(&[
-            "ps",
-            "-a",
-            "--no-trunc",
-            "--filter",
-            &format!("label={label}"),
-            "--format",
-            "{{.ID}}",
-        ])
-        .lines()
-        .map(str::to_owned)
-        .collect()
+        self.ids_with(&[label])
+    }
+
+    /// The ids of the containers (running or not) carrying every label of `labels`.
+    fn ids_with(self, labels: &[&str]) -> Vec<String> {
+        let filters: Vec<String> = labels.iter().map(|l| format!("label={l}")).collect();
+        let mut args = vec!["ps", "-a", "--no-trunc", "--format", "{{.ID}}"];
+        for filter in &filters {
+            args.extend(["--filter", filter]);
+        }
+        self.ok(&args).lines().map(str::to_owned).collect()
+    }
+
+    /// The `mechanics.scope=...` label of container `id`: the server that made it.
+    fn scope_label(self, id: &str) -> String {
+        let scope = &self.inspect(id)["Config"]["Labels"]["mechanics.scope"];
+        format!("mechanics.scope={}", scope.as_str().unwrap())
     }
 
     fn inspect(self, id: &str) -> Value {
@@ -103,23 +109,32 @@ fn podman_conf() -> String {
 /// `mechanics serve` using `runtime`, reconciling every second, with [`SECRET`] in its
 /// environment and a temporary directory of its own (where its env files would linger).
 fn serve(dir: &std::path::Path, runtime: Runtime) -> Coordinator {
+    serve_with(dir, runtime, &[], &[])
+}
+
+/// [`serve`] with more arguments (`--db`, say) and environment variables (`PATH`, say).
+fn serve_with(
+    dir: &std::path::Path,
+    runtime: Runtime,
+    extra: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Coordinator {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let tmp = tmp.to_string_lossy().into_owned();
     let mut env: Vec<(&str, String)> = runtime.env();
     env.push(("SUMMARIZER_TOKEN", SECRET.to_owned()));
     env.push(("TMPDIR", tmp));
+    env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Coordinator::start(
-        dir,
-        &[
-            "--container-runtime",
-            runtime.name,
-            "--container-reconcile-interval",
-            "1s",
-        ],
-        &env,
-    )
+    let mut args = vec![
+        "--container-runtime",
+        runtime.name,
+        "--container-reconcile-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Coordinator::start(dir, &args, &env)
 }
 
 /// The worker spec of the tests, with `model` in its environment.
@@ -472,4 +487,366 @@ fn a_container_worker_the_server_cannot_run_is_refused_at_add_naming_the_field()
         serde_json::json!([])
     );
     assert!(DOCKER.ids("mechanics.worker=w").is_empty());
+}
+
+/// Every call of the runtime's CLI a server made, as recorded by [`recording_cli`]: each call's
+/// arguments, in order.
+fn recorded_calls(log: &std::path::Path) -> Vec<Vec<String>> {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    // Each argument ends with a NUL, each call with a newline after its last NUL.
+    String::from_utf8_lossy(&bytes)
+        .split("\0\n")
+        .filter(|call| !call.is_empty())
+        .map(|call| call.split('\0').map(str::to_owned).collect())
+        .collect()
+}
+
+/// A directory holding a script named after `runtime` that appends its arguments to `log`
+/// (NUL-separated, one call a line), the mode and owner of the file it is given with
+/// `--env-file` to `modes` (while that file exists), then `exec`s the real CLI.
+fn recording_cli(
+    dir: &std::path::Path,
+    runtime: Runtime,
+    log: &std::path::Path,
+    modes: &std::path::Path,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", &format!("command -v {}", runtime.name)])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(real.starts_with('/'), "{} is not on PATH", runtime.name);
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join(runtime.name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             {{ printf '%s\\0' \"$@\"; printf '\\n'; }} >> '{log}'\n\
+             previous=\n\
+             for arg in \"$@\"; do\n\
+             \x20 if [ \"$previous\" = --env-file ]; then stat -c '%a %u' \"$arg\" >> '{modes}'; fi\n\
+             \x20 previous=$arg\n\
+             done\n\
+             exec '{real}' \"$@\"\n",
+            log = log.display(),
+            modes = modes.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A server whose runtime CLI records its arguments: the secret a worker's env refers to is in
+/// none of them; it goes through `--env-file`, a file only the server's user could read and
+/// which is gone once the container exists; and it reaches the container.
+fn secrets_through_env_file(runtime: Runtime) {
+    let image = echo_image(runtime, false);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let modes = dir.path().join("modes");
+    let bin = recording_cli(dir.path(), runtime, &log, &modes);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let server = serve_with(dir.path(), runtime, &[], &[("PATH", &path)]);
+    server.add_worker(&echo_worker("keeper", &image.tag, "small"));
+    let node = node_when(&server, "keeper", "running", |n| {
+        n["container_id"].is_string()
+    });
+    let scope = runtime.scope_label(node["container_id"].as_str().unwrap());
+    let result = run_task(&server, "keeper", "{}");
+    let reversed: String = SECRET.chars().rev().collect();
+    assert_eq!(result["token_reversed"], reversed.as_str(), "{result}");
+
+    let calls = recorded_calls(&log);
+    let runs: Vec<&Vec<String>> = calls.iter().filter(|c| c[0] == "run").collect();
+    assert_eq!(runs.len(), 1, "{calls:?}");
+    for call in &calls {
+        assert!(
+            !call.iter().any(|arg| arg.contains(SECRET)),
+            "the secret is in the arguments of `{} {}`",
+            runtime.name,
+            call[0]
+        );
+    }
+    let run = runs[0];
+    let at = run
+        .iter()
+        .position(|a| a == "--env-file")
+        .expect("--env-file");
+    let env_file = std::path::Path::new(&run[at + 1]);
+    assert!(
+        env_file.starts_with(dir.path().join("tmp")),
+        "{env_file:?} is not in the server's TMPDIR"
+    );
+    assert!(
+        !env_file.exists(),
+        "{env_file:?} outlived the container's creation"
+    );
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&modes).unwrap(),
+        format!("600 {}\n", uid.trim()),
+        "the env file's mode and owner while it existed"
+    );
+    assert!(
+        !server.stderr().contains(SECRET),
+        "the secret is in the server's log"
+    );
+    let logs = server.ok(&["logs", "--limit", "1000", "--json"]);
+    assert!(!logs.contains(SECRET), "the secret is in /logs");
+
+    server.ok(&["worker", "rm", "keeper"]);
+    wait_gone(runtime, &["mechanics.worker=keeper", &scope], &server);
+}
+
+#[test]
+fn a_container_workers_secret_reaches_docker_only_through_a_private_env_file() {
+    secrets_through_env_file(DOCKER);
+}
+
+#[test]
+fn a_container_workers_secret_reaches_podman_only_through_a_private_env_file() {
+    secrets_through_env_file(PODMAN);
+}
+
+/// Waits until no container carrying every label of `labels` is left; `server`'s log explains
+/// a failure. (Tests filter by their server's scope too: a container of an earlier, failed run
+/// may carry the same worker label.)
+fn wait_gone(runtime: Runtime, labels: &[&str], server: &Coordinator) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runtime.ids_with(labels).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers labelled {labels:?} are still there\nserver log:\n{}",
+            tail(&server.stderr(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The result of a task of `worker` once one completes (each attempt may meet the worker
+/// between its kinds).
+fn completed_task(
+    server: &Coordinator,
+    worker: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let result = run_task(server, worker, "{}");
+        if done(&result) {
+            return result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{worker}: no task ran on {what}: last result {result}\n{}",
+            tail(&server.stderr(), 40)
+        );
+    }
+}
+
+#[test]
+fn a_worker_changed_from_container_to_process_and_back_runs_as_its_new_kind() {
+    let image = echo_image(DOCKER, false);
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), DOCKER);
+    let script = dir.path().join("worker.py");
+    std::fs::write(
+        &script,
+        r#"import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        answer = json.dumps({"pid": os.getpid()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["MECHANICS_WORKER_PORT"])), Handler).serve_forever()
+"#,
+    )
+    .unwrap();
+    let process = format!(
+        "name: flip\nkind: process\ncommand: [\"python3\", \"{}\"]\n\
+         triggers: [{{ api: true }}]\n\
+         retry: {{ max_retries: 20, base_delay: 250ms, max_delay: 500ms }}\n",
+        script.display()
+    );
+    let label = "mechanics.worker=flip";
+
+    server.add_worker(&echo_worker("flip", &image.tag, "small"));
+    let node = node_when(&server, "flip", "running", |n| {
+        n["container_id"].is_string()
+    });
+    let scope = DOCKER.scope_label(node["container_id"].as_str().unwrap());
+    let labels = [label, scope.as_str()];
+    assert_eq!(run_task(&server, "flip", "{}")["model"], "small");
+    assert_eq!(DOCKER.ids_with(&labels).len(), 1);
+
+    // Container → process: the container is removed and the program runs the tasks.
+    server.add_worker(&process);
+    let result = completed_task(&server, "flip", "the process", |r| r["pid"].is_i64());
+    let pid = result["pid"].as_i64().unwrap() as i32;
+    assert!(
+        crate::support::descendants(server.pid() as i32).contains(&pid),
+        "{pid} is no child of the server"
+    );
+    wait_gone(DOCKER, &labels, &server);
+    let node = node_when(&server, "flip", "a process", |n| n["kind"] == "process");
+    assert_eq!(node["state"], "running", "{node}");
+
+    // Process → container: the program is stopped and a container runs the tasks.
+    server.add_worker(&echo_worker("flip", &image.tag, "large"));
+    completed_task(&server, "flip", "the container", |r| r["model"] == "large");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the process worker {pid} outlived its kind"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let node = node_when(&server, "flip", "a container", |n| {
+        n["kind"] == "container" && n["container_id"].is_string()
+    });
+    assert_eq!(DOCKER.ids_with(&labels).len(), 1, "{node}");
+
+    server.ok(&["worker", "rm", "flip"]);
+    wait_gone(DOCKER, &labels, &server);
+}
+
+#[test]
+fn servers_sharing_a_postgresql_database_each_keep_their_own_container() {
+    let image = echo_image(DOCKER, false);
+    let db = mechanics_test_support::postgres::TestDatabase::create();
+    let homes = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let servers: Vec<Coordinator> = homes
+        .iter()
+        .map(|home| serve_with(home.path(), DOCKER, &["--db", db.url()], &[]))
+        .collect();
+    let label = "mechanics.worker=shared";
+    servers[0].add_worker(&echo_worker("shared", &image.tag, "small"));
+
+    // Each server makes a container of its own, labelled with its own scope, and runs tasks.
+    let ids: Vec<String> = servers
+        .iter()
+        .map(|server| {
+            let node = node_when(server, "shared", "running", |n| {
+                n["container_id"].is_string()
+            });
+            node["container_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    let scopes: Vec<String> = ids.iter().map(|id| DOCKER.scope_label(id)).collect();
+    assert_ne!(scopes[0], scopes[1], "{scopes:?}");
+    for server in &servers {
+        assert_eq!(run_task(server, "shared", "{}")["model"], "small");
+    }
+
+    // Over three reconcile intervals, neither removes nor recreates the other's: both
+    // containers stay, each the one its server uses.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for (id, scope) in ids.iter().zip(&scopes) {
+            let now = DOCKER.ids_with(&[label, scope]);
+            assert!(
+                now.len() == 1 && now[0].starts_with(id.as_str()),
+                "{id} is not its scope's only container: {now:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (server, id) in servers.iter().zip(&ids) {
+        let node = node_when(server, "shared", "running", |n| {
+            n["container_id"].is_string()
+        });
+        assert_eq!(node["container_id"], id.as_str(), "{node}");
+        let steps = reconcile_steps(server, "shared");
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s == "orphan_removed" || s == "removed" || s == "drift"),
+            "{steps:?}"
+        );
+    }
+
+    // Removed through one server: both containers go.
+    servers[1].ok(&["worker", "rm", "shared"]);
+    for (server, scope) in servers.iter().zip(&scopes) {
+        wait_gone(DOCKER, &[label, scope], server);
+    }
+}
+
+#[test]
+fn an_adopted_containers_secret_is_redacted_where_its_log_is_quoted() {
+    let image = echo_image(DOCKER, false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), DOCKER);
+    server.add_worker(&format!(
+        "name: leaky\nkind: container\nimage: {}\nport: 8080\n\
+         env: {{ API_TOKEN: \"${{env:SUMMARIZER_TOKEN}}\" }}\n\
+         restart: {{ policy: never }}\n\
+         triggers: [{{ api: true }}]\nretry: {{ max_retries: 0 }}\n",
+        image.tag
+    ));
+    let node = node_when(&server, "leaky", "running", |n| {
+        n["container_id"].is_string()
+    });
+    let id = node["container_id"].as_str().unwrap().to_owned();
+    let scope = DOCKER.scope_label(&id);
+    let status = server.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+
+    // The next server adopts the container: it never creates one, yet knows its secret.
+    let server = serve(dir.path(), DOCKER);
+    let node = node_when(&server, "leaky", "adopted", |n| {
+        n["container_id"].is_string()
+    });
+    assert_eq!(node["container_id"], id.as_str(), "{node}");
+    assert!(reconcile_steps(&server, "leaky").contains(&"adopted".to_owned()));
+
+    // The worker writes its secret to its log and dies; the server quotes that log.
+    let task = server.json(&["task", "submit", "leaky", "--payload", "{\"crash\":true}"]);
+    server.wait_end(task["id"].as_i64().unwrap(), Duration::from_secs(30));
+    node_when(&server, "leaky", "dead", |n| {
+        n["container_id"].is_null() && !n["last_exit"].is_null()
+    });
+    let task = server.json(&["task", "submit", "leaky"]);
+    let task = server.wait_end(task["id"].as_i64().unwrap(), Duration::from_secs(30));
+    let error = task["error"].as_str().unwrap_or_default();
+    assert!(error.contains("API_TOKEN=[redacted]"), "{task}");
+    assert!(!error.contains(SECRET), "{task}");
+    let log = server.stderr();
+    assert!(
+        log.contains("API_TOKEN=[redacted]"),
+        "the server did not log the container's last lines:\n{}",
+        tail(&log, 30)
+    );
+    assert!(!log.contains(SECRET), "the secret is in the server's log");
+    let logs = server.ok(&["logs", "--limit", "1000", "--json"]);
+    assert!(!logs.contains(SECRET), "the secret is in /logs");
+
+    server.ok(&["worker", "rm", "leaky"]);
+    wait_gone(DOCKER, &["mechanics.worker=leaky", &scope], &server);
 }
