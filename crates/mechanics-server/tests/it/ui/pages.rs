@@ -211,8 +211,8 @@ async fn the_sources_page_names_where_secrets_are_read_never_their_values_and_co
     let server = TestServer::start_with(Some(ADMIN), tempfile::tempdir().unwrap()).await;
     add_source(&server, "gh", "github", SECRET, None).await;
     add_source(&server, "quiet", "github", SECRET, None).await;
-    for delivery in ["d-1", "d-2"] {
-        let body = comment_by("alice", false, 1);
+    for (delivery, issue) in [("d-1", 1), ("d-2", 2)] {
+        let body = comment_by("alice", false, issue);
         let headers = github_headers(SECRET, delivery, "issue_comment", &body);
         let (code, answer, _) = deliver(&server, "gh", &headers, &body).await;
         assert_eq!(code, 202, "{answer}");
