@@ -132,9 +132,9 @@ fn input(form: CreateForm) -> ApiResult<ApiKeyInput> {
             })?;
             // The API bounds the seconds (1 s to ten years) and names its field; this one is
             // the form's.
-            let secs = days.checked_mul(24 * 3600).filter(|secs| {
-                (1..=crate::keys::MAX_EXPIRES_IN_SECS).contains(secs)
-            });
+            let secs = days
+                .checked_mul(24 * 3600)
+                .filter(|secs| (1..=crate::keys::MAX_EXPIRES_IN_SECS).contains(secs));
             Some(secs.ok_or_else(|| {
                 Failure::bad_request(format!(
                     "expires_in_days: must be from 1 to {} (ten years), not {days}",

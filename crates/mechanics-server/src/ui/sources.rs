@@ -123,4 +123,3 @@ fn kind(spec: &SourceSpec) -> String {
         .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default()
 }
-

@@ -217,11 +217,7 @@ async fn worker_page(
     };
     html_response(
         status,
-        layout(
-            Some(visitor),
-            &format!("Worker {}", worker.spec.name),
-            body,
-        ),
+        layout(Some(visitor), &format!("Worker {}", worker.spec.name), body),
     )
 }
 

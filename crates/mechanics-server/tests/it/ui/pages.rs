@@ -21,9 +21,9 @@ struct EchoNode {
 impl mechanics_server::JsExecutor for EchoNode {
     async fn run(&self, job: mechanics_proto::node::JobRequest) -> mechanics_server::AttemptOutput {
         let payload = job.arg["payload"].clone();
-        let header = job.config.clone().unwrap_or_default()["endpoints"]["api"]["headers"]
-            ["x-custom"]
-            .clone();
+        let header =
+            job.config.clone().unwrap_or_default()["endpoints"]["api"]["headers"]["x-custom"]
+                .clone();
         let console = vec![mechanics_proto::domain::ConsoleLine {
             level: mechanics_proto::domain::ConsoleLevel::Log,
             ts: 0,
@@ -84,7 +84,11 @@ async fn the_workers_list_and_a_workers_page_show_spec_counts_source_and_recent_
 
     let list = browser.get("/ui/workers").await;
     assert_eq!(list.status, 200, "{}", list.body);
-    let row = list.body.split(r#"<tr id="worker-echo-js">"#).nth(1).unwrap();
+    let row = list
+        .body
+        .split(r#"<tr id="worker-echo-js">"#)
+        .nth(1)
+        .unwrap();
     let row = row.split("</tr>").next().unwrap();
     for shown in [
         r#"<a href="/ui/workers/echo-js">echo-js</a>"#,
@@ -102,8 +106,15 @@ async fn the_workers_list_and_a_workers_page_show_spec_counts_source_and_recent_
 
     let page = browser.get("/ui/workers/echo-js").await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains(r#"<dd id="kind">js</dd>"#), "{}", page.body);
-    assert!(page.body.contains(r#"<dd id="rate-limit">3/s, burst 7</dd>"#));
+    assert!(
+        page.body.contains(r#"<dd id="kind">js</dd>"#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(r#"<dd id="rate-limit">3/s, burst 7</dd>"#)
+    );
     // The module is escaped, never markup; the config shows the reference, not the value.
     assert!(
         page.body
@@ -113,7 +124,10 @@ async fn the_workers_list_and_a_workers_page_show_spec_counts_source_and_recent_
     assert!(page.body.contains("${env:CARGO_MANIFEST_DIR}"));
     let secret = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     assert!(!page.body.contains(&secret));
-    assert!(page.body.contains(&format!(r#"<a href="/ui/tasks/{id}">#{id}</a>"#)));
+    assert!(
+        page.body
+            .contains(&format!(r#"<a href="/ui/tasks/{id}">#{id}</a>"#))
+    );
     assert!(page.body.contains(r#"action="/ui/workers/echo-js/test""#));
 
     let missing = browser.get("/ui/workers/nope").await;
@@ -136,7 +150,11 @@ async fn run_test_runs_the_module_on_the_payload_without_storing_a_task() {
         .await;
     assert_eq!(ran.status, 200, "{}", ran.body);
     // The job the dispatcher would build: task 0 (none stored), the payload as typed.
-    assert!(ran.body.contains(r#"<pre class="json" id="test-output">"#), "{}", ran.body);
+    assert!(
+        ran.body.contains(r#"<pre class="json" id="test-output">"#),
+        "{}",
+        ran.body
+    );
     assert!(ran.body.contains("&quot;n&quot;: 7"), "{}", ran.body);
     assert!(ran.body.contains("&quot;id&quot;: 0"), "{}", ran.body);
     assert!(ran.body.contains("Result (on n1)"));
@@ -144,8 +162,7 @@ async fn run_test_runs_the_module_on_the_payload_without_storing_a_task() {
     // The config's variable reached the job, and is redacted from result and console.
     let secret = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     assert_eq!(
-        js.jobs.lock().unwrap()[0].config.as_ref().unwrap()["endpoints"]["api"]["headers"]
-            ["x-custom"],
+        js.jobs.lock().unwrap()[0].config.as_ref().unwrap()["endpoints"]["api"]["headers"]["x-custom"],
         json!(format!("k={secret}"))
     );
     assert!(!ran.body.contains(&secret), "{}", ran.body);
@@ -156,7 +173,10 @@ async fn run_test_runs_the_module_on_the_payload_without_storing_a_task() {
 
     // A script error is shown as one.
     let failed = browser
-        .post(path, &[("csrf", &csrf), ("payload", r#"{"throw": "boom"}"#)])
+        .post(
+            path,
+            &[("csrf", &csrf), ("payload", r#"{"throw": "boom"}"#)],
+        )
         .await;
     assert_eq!(failed.status, 200);
     assert!(
@@ -181,7 +201,10 @@ async fn run_test_runs_the_module_on_the_payload_without_storing_a_task() {
     let forged = browser.post(path, &[("payload", "{}")]).await;
     assert_eq!(forged.status, 403);
     let unknown = browser
-        .post("/ui/workers/nope/test", &[("csrf", &csrf), ("payload", "{}")])
+        .post(
+            "/ui/workers/nope/test",
+            &[("csrf", &csrf), ("payload", "{}")],
+        )
         .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(js.jobs.lock().unwrap().len(), 2);
@@ -263,7 +286,10 @@ async fn the_logs_page_takes_the_logs_filters_pages_by_cursor_and_tails_live() {
     };
     assert!(at(second) < at(first), "newest first");
     assert_eq!(page.body.matches("<td>submit</td>").count(), 2);
-    assert!(page.body.contains(r#"<option value="submit" selected>submit</option>"#));
+    assert!(
+        page.body
+            .contains(r#"<option value="submit" selected>submit</option>"#)
+    );
     assert!(page.body.contains(r#"value="1h""#));
     assert!(!page.body.contains("data-live"), "not tailing");
 
@@ -273,9 +299,16 @@ async fn the_logs_page_takes_the_logs_filters_pages_by_cursor_and_tails_live() {
     assert!(!one.body.contains(&format!("/ui/tasks/{first}\"")));
     let next = regex::Regex::new(r#"rel="next" href="([^"]+)""#).unwrap();
     let older = next.captures(&one.body).unwrap()[1].replace("&amp;", "&");
-    assert!(older.starts_with("/ui/logs?action=submit&limit=1&cursor="), "{older}");
+    assert!(
+        older.starts_with("/ui/logs?action=submit&limit=1&cursor="),
+        "{older}"
+    );
     let older = browser.get(&older).await;
-    assert!(older.body.contains(&format!("/ui/tasks/{first}\"")), "{}", older.body);
+    assert!(
+        older.body.contains(&format!("/ui/tasks/{first}\"")),
+        "{}",
+        older.body
+    );
 
     // Live tail: the table names its own URL for the script's refresh, on the first page only.
     let live = browser.get("/ui/logs?worker=echo-js&live=1").await;
@@ -291,7 +324,11 @@ async fn the_logs_page_takes_the_logs_filters_pages_by_cursor_and_tails_live() {
     // Bad filters: a 400 naming them.
     let unknown = browser.get("/ui/logs?colour=red").await;
     assert_eq!(unknown.status, 400);
-    assert!(unknown.body.contains("unknown query parameter"), "{}", unknown.body);
+    assert!(
+        unknown.body.contains("unknown query parameter"),
+        "{}",
+        unknown.body
+    );
     let bad = browser.get("/ui/logs?action=nap").await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("action:"), "{}", bad.body);
@@ -317,7 +354,12 @@ async fn keys_are_for_admins_created_once_shown_and_revoked_with_csrf() {
     let created = admin
         .post(
             "/ui/keys",
-            &[("csrf", &csrf), ("name", "bot"), ("scope", "read"), ("expires_in_days", "30")],
+            &[
+                ("csrf", &csrf),
+                ("name", "bot"),
+                ("scope", "read"),
+                ("expires_in_days", "30"),
+            ],
         )
         .await;
     assert_eq!(created.status, 200, "{}", created.body);
@@ -342,20 +384,39 @@ async fn keys_are_for_admins_created_once_shown_and_revoked_with_csrf() {
     assert!(listed.body.contains(r#"<tr id="key-bot">"#));
     assert!(!listed.body.contains(&secret));
     let mut bot_browser = Browser::new(&server);
-    assert_eq!(bot_browser.sign_in(&secret).await.status, 303, "the key works");
+    assert_eq!(
+        bot_browser.sign_in(&secret).await.status,
+        303,
+        "the key works"
+    );
 
     // Bad input: a 400 naming the field, nothing created.
     for (form, field) in [
         (vec![("name", "x"), ("scope", "god")], "scope:"),
-        (vec![("name", "x"), ("scope", "read"), ("expires_in_days", "soon")], "expires_in_days:"),
-        (vec![("name", "x"), ("scope", "read"), ("expires_in_days", "0")], "expires_in_days:"),
+        (
+            vec![
+                ("name", "x"),
+                ("scope", "read"),
+                ("expires_in_days", "soon"),
+            ],
+            "expires_in_days:",
+        ),
+        (
+            vec![("name", "x"), ("scope", "read"), ("expires_in_days", "0")],
+            "expires_in_days:",
+        ),
         (vec![("name", ""), ("scope", "read")], "name: required"),
         (vec![("name", "bot"), ("scope", "read")], "bot"),
     ] {
         let mut form = form;
         form.push(("csrf", &csrf));
         let bad = admin.post("/ui/keys", &form).await;
-        assert!(bad.status == 400 || bad.status == 409, "{}: {}", bad.status, bad.body);
+        assert!(
+            bad.status == 400 || bad.status == 409,
+            "{}: {}",
+            bad.status,
+            bad.body
+        );
         assert!(bad.body.contains(field), "{field}: {}", bad.body);
     }
     let (_, keys) = server.call("GET", "/api/v1/keys", None).await;
@@ -381,10 +442,17 @@ async fn keys_are_for_admins_created_once_shown_and_revoked_with_csrf() {
     assert!(!tasks.body.contains(r#"href="/ui/keys""#));
     let refused = op.get("/ui/keys").await;
     assert_eq!(refused.status, 403);
-    assert!(refused.body.contains("needs the `admin` scope"), "{}", refused.body);
+    assert!(
+        refused.body.contains("needs the `admin` scope"),
+        "{}",
+        refused.body
+    );
     let op_csrf = tasks.csrf();
     let create = op
-        .post("/ui/keys", &[("csrf", &op_csrf), ("name", "mine"), ("scope", "admin")])
+        .post(
+            "/ui/keys",
+            &[("csrf", &op_csrf), ("name", "mine"), ("scope", "admin")],
+        )
         .await;
     assert_eq!(create.status, 403);
     let revoke = op
