@@ -204,12 +204,12 @@ async fn worker_page(
     let body = html! {
         h1 { "Worker " (worker.spec.name) }
         (spec(&worker))
-        h2 { "Recent tasks" }
-        (recent_tasks(&worker, &tasks))
         @if worker.spec.kind == WorkerKind::Js {
-            h2 { "Run test" }
+            h2 #run-test { "Run test" }
             (run_test(visitor, &worker, payload, run.as_ref()))
         }
+        h2 { "Recent tasks" }
+        (recent_tasks(&worker, &tasks))
         @if let Some(source) = &worker.module_source {
             h2 { "Module " @if let Some(module) = worker.spec.module_name() { code { (module) } } }
             pre #module-source.source { (source) }
@@ -282,7 +282,8 @@ fn recent_tasks(worker: &Worker, tasks: &[Task]) -> Markup {
     }
 }
 
-/// The Run test form (for `operate` and `admin`), and what the last run gave.
+/// The Run test form (for `operate` and `admin`), and what the last run gave; the form's answer
+/// opens at `#run-test`, so the outcome is in view.
 fn run_test(
     visitor: &Visitor,
     worker: &Worker,
@@ -291,7 +292,7 @@ fn run_test(
 ) -> Markup {
     html! {
         @if visitor.may(ApiScope::Operate) {
-            form.run-test method="post" action={"/ui/workers/" (encode(&worker.spec.name)) "/test"} data-json-field="payload" {
+            form.run-test method="post" action={"/ui/workers/" (encode(&worker.spec.name)) "/test#run-test"} data-json-field="payload" {
                 (visitor.csrf_field())
                 label for="payload" { "Payload (JSON): the module gets it as " code { "payload" } "; nothing is stored" }
                 textarea id="payload" name="payload" rows="6" spellcheck="false" { (payload.unwrap_or("{}")) }

@@ -128,7 +128,10 @@ async fn the_workers_list_and_a_workers_page_show_spec_counts_source_and_recent_
         page.body
             .contains(&format!(r#"<a href="/ui/tasks/{id}">#{id}</a>"#))
     );
-    assert!(page.body.contains(r#"action="/ui/workers/echo-js/test""#));
+    assert!(
+        page.body
+            .contains(r#"action="/ui/workers/echo-js/test#run-test""#)
+    );
 
     let missing = browser.get("/ui/workers/nope").await;
     assert_eq!(missing.status, 404);
@@ -215,7 +218,7 @@ async fn run_test_runs_the_module_on_the_payload_without_storing_a_task() {
     read.sign_in(&reader).await;
     let page = read.get("/ui/workers/echo-js").await;
     assert_eq!(page.status, 200);
-    assert!(!page.body.contains("/test\""), "{}", page.body);
+    assert!(!page.body.contains("/test#run-test"), "{}", page.body);
     assert!(!page.body.contains("<button type=\"submit\">Run test"));
     let refused = read
         .post(path, &[("csrf", &page.csrf()), ("payload", "{}")])
