@@ -391,6 +391,17 @@ async fn create_key(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, axum::Json<ApiKeyCreated>)> {
     let input: ApiKeyInput = parse_body(body)?;
+    let created = create(&shared, caller.as_ref().map(|c| &c.0), input).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates the key `input` describes on behalf of `caller` (the API's `POST /keys` and the
+/// dashboard's Keys page); the answer holds its secret, which is stored only as a hash.
+pub(crate) async fn create(
+    shared: &Shared,
+    caller: Option<&Caller>,
+    input: ApiKeyInput,
+) -> ApiResult<ApiKeyCreated> {
     let now = shared.clock.now_ms();
     let expires_at = match input.expires_in_secs {
         None => None,
@@ -419,19 +430,16 @@ async fn create_key(
         )
         .await?;
     log_change(
-        &shared,
-        caller.as_ref().map(|c| &c.0),
+        shared,
+        caller,
         &key.name,
         &format!("created ({})", key.scope),
         now,
     );
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(ApiKeyCreated {
-            key: view(key),
-            secret,
-        }),
-    ))
+    Ok(ApiKeyCreated {
+        key: view(key),
+        secret,
+    })
 }
 
 #[utoipa::path(get, path = "/keys", tag = "keys", operation_id = "list_keys", summary = "The API keys (never their secrets)", responses((status = 200, description = "Every key", body = ApiKeyList)))]
@@ -448,21 +456,22 @@ async fn revoke_key(
     caller: Option<axum::Extension<Caller>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !shared.store.delete_api_key(&name).await? {
+    revoke(&shared, caller.as_ref().map(|c| &c.0), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes the key `name` on behalf of `caller` (the API's `DELETE /keys/{name}` and the
+/// dashboard's Keys page); `404` when there is no such key.
+pub(crate) async fn revoke(shared: &Shared, caller: Option<&Caller>, name: &str) -> ApiResult<()> {
+    if !shared.store.delete_api_key(name).await? {
         return Err(Failure::not_found(format!(
             "no API key named {}",
-            quote(&name)
+            quote(name)
         )));
     }
     let now = shared.clock.now_ms();
-    log_change(
-        &shared,
-        caller.as_ref().map(|c| &c.0),
-        &name,
-        "revoked",
-        now,
-    );
-    Ok(StatusCode::NO_CONTENT)
+    log_change(shared, caller, name, "revoked", now);
+    Ok(())
 }
 
 #[cfg(test)]

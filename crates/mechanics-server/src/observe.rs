@@ -122,12 +122,12 @@ impl utoipa::PartialSchema for Action {
 impl utoipa::ToSchema for Action {}
 
 /// The parameters `GET /logs` takes.
-const LOG_PARAMS: &[&str] = &[
+pub(crate) const LOG_PARAMS: &[&str] = &[
     "event", "task", "worker", "action", "outcome", "since", "trace", "limit", "cursor",
 ];
 
 /// `params` as a store query, with `now` for relative `since` values.
-fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
+pub(crate) fn log_query(mut params: ListingQuery, now: i64) -> Result<LogQuery, Failure> {
     let since = params
         .text("since")
         .map(|s| parse_since(&s, now))

@@ -16,10 +16,14 @@
 //!   other origin ([`CONTENT_SECURITY_POLICY`]).
 
 mod events;
+mod keys;
+mod logs;
 mod nodes;
 mod overview;
 mod session;
+mod sources;
 mod tasks;
+mod workers;
 
 use std::sync::Arc;
 
@@ -98,6 +102,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/ui/events/{id}", get(events::page))
         .route("/ui/nodes", get(nodes::page))
         .route("/ui/nodes/{name}/reset", post(nodes::reset))
+        .route("/ui/workers", get(workers::list))
+        .route("/ui/workers/{name}", get(workers::page))
+        .route("/ui/workers/{name}/test", post(workers::test))
+        .route("/ui/sources", get(sources::list))
+        .route("/ui/logs", get(logs::list))
+        .route("/ui/keys", get(keys::list).post(keys::create))
+        .route("/ui/keys/{name}/revoke", post(keys::revoke))
         .route("/ui/logout", post(session::logout))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
@@ -179,7 +190,13 @@ pub(crate) fn layout(visitor: Option<&Visitor>, title: &str, body: Markup) -> Ma
                         a href="/ui" { "Overview" }
                         a href="/ui/tasks" { "Tasks" }
                         a href="/ui/events" { "Events" }
+                        a href="/ui/workers" { "Workers" }
+                        a href="/ui/sources" { "Sources" }
                         a href="/ui/nodes" { "Nodes" }
+                        a href="/ui/logs" { "Logs" }
+                        @if visitor.is_some_and(|v| v.may(ApiScope::Admin)) {
+                            a href="/ui/keys" { "Keys" }
+                        }
                     }
                     @if let Some(visitor) = visitor {
                         form.signout method="post" action="/ui/logout" {

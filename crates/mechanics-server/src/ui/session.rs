@@ -130,11 +130,14 @@ fn cookie(token: &str, max_age_ms: i64, headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The scope a `POST` under `/ui` needs: signing out needs none beyond a session; every other
-/// action (a task's, a node's Reset) needs `operate`, as in the API.
+/// The scope a `POST` under `/ui` needs: signing out needs none beyond a session; creating and
+/// revoking keys needs `admin`; every other action (a task's, a node's Reset, a worker's Run
+/// test) needs `operate`, as in the API.
 fn needed_scope(path: &str) -> ApiScope {
     if path == "/ui/logout" {
         ApiScope::Read
+    } else if path == "/ui/keys" || path.starts_with("/ui/keys/") {
+        ApiScope::Admin
     } else {
         ApiScope::Operate
     }

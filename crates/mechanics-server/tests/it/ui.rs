@@ -1119,3 +1119,5 @@ async fn the_nodes_page_shows_state_breaker_and_in_flight_and_reset_rearms_a_bre
     );
     server.stop().await;
 }
+
+mod pages;

@@ -6,8 +6,9 @@
 //! task through the filter; open it, Retry, and watch it complete without a reload; Replay it
 //! with an edited payload (bad JSON is caught before it is sent) and see the
 //! new task's result; refuse a forged POST without the CSRF token; bulk-cancel 20 pending
-//! tasks; and, signed in with a `read` key, see no buttons. Each view's screenshot is saved
-//! under `target/ui-screenshots/`.
+//! tasks; open Workers, a worker, and Run test on a typed payload; tail the Logs live; create
+//! a key on the Keys page; and, signed in with a `read` key, see no buttons. Each view's
+//! screenshot is saved under `target/ui-screenshots/`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -372,6 +373,104 @@ async fn the_dashboard_in_a_real_browser() {
         );
     }
 
+    // Workers → the worker → Run test: the module runs on the typed payload (on the server's
+    // js node, nothing stored), and the result and console show on the page.
+    browser
+        .goto(&format!("{}/ui/workers", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "tr#worker-echo td a", |t| t == "echo").await;
+    screenshot(&browser, "workers").await;
+    browser
+        .find(Locator::Css("tr#worker-echo td a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "h1", |t| t == "Worker echo").await;
+    assert!(
+        text(&browser, "pre#module-source")
+            .await
+            .unwrap()
+            .contains("export default function main")
+    );
+    let tasks_before = server.json(&["task", "list", "--worker", "echo"]);
+    let field = browser
+        .find(Locator::Css("textarea#payload"))
+        .await
+        .unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(r#"{"from": "browser"}"#).await.unwrap();
+    browser
+        .find(Locator::Css("form.run-test button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "#test-output", |t| {
+        t.contains(r#""from": "browser""#)
+    })
+    .await;
+    wait_text(&browser, "#test-console", |t| t.contains("echoing")).await;
+    screenshot(&browser, "worker-run-test").await;
+    assert_eq!(
+        server.json(&["task", "list", "--worker", "echo"]),
+        tasks_before,
+        "Run test stores no task"
+    );
+
+    // Sources (none here) and Logs with live tail: a task submitted now shows up without a
+    // reload.
+    browser
+        .goto(&format!("{}/ui/sources", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "h1", |t| t == "Sources").await;
+    screenshot(&browser, "sources").await;
+    browser
+        .goto(&format!("{}/ui/logs?worker=echo&live=1", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "section#log-live", |t| t.contains("submit")).await;
+    let tailed = submit(&server, &json!({ "tailed": true }));
+    wait_text(&browser, "section#log-live", |t| {
+        t.contains(&format!("#{tailed}"))
+    })
+    .await;
+    assert!(path(&browser).await.ends_with("live=1"));
+    screenshot(&browser, "logs").await;
+
+    // Keys (admin): create one, its secret shown once.
+    browser
+        .goto(&format!("{}/ui/keys", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "h1", |t| t == "API keys").await;
+    browser
+        .find(Locator::Css("input#name"))
+        .await
+        .unwrap()
+        .send_keys("ci-bot")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.create-key button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "code#new-secret", |t| t.starts_with("mk_")).await;
+    screenshot(&browser, "key-created").await;
+    browser
+        .goto(&format!("{}/ui/keys", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "tr#key-ci-bot td.scope", |t| t == "read").await;
+    screenshot(&browser, "keys").await;
+
     // A read key: the same pages, no buttons.
     let created = server.json(&["key", "create", "viewer", "--scope", "read"]);
     let secret = created["secret"].as_str().unwrap().to_owned();
@@ -410,6 +509,28 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(
         browser
             .find_all(Locator::Css("input[type=checkbox]"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nor a Run test, nor the Keys link.
+    browser
+        .goto(&format!("{}/ui/workers/echo", server.url))
+        .await
+        .unwrap();
+    wait_text(&browser, "h1", |t| t == "Worker echo").await;
+    assert_eq!(
+        browser
+            .find_all(Locator::Css("button"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "only Sign out"
+    );
+    assert!(
+        browser
+            .find_all(Locator::Css("a[href='/ui/keys']"))
             .await
             .unwrap()
             .is_empty()
