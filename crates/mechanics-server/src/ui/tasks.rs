@@ -184,7 +184,13 @@ pub(super) async fn list(
                 }
             }
             @if page.items.is_empty() {
-                p.empty { "No tasks match." }
+                @if page.next_cursor.is_some() {
+                    // A search drops the tasks that match only in hidden text: a page can
+                    // come out empty with older ones still to read.
+                    p.empty { "No task on this page matches; older ones may." }
+                } @else {
+                    p.empty { "No tasks match." }
+                }
             }
         }
         @if let Some(next) = page.next_cursor {

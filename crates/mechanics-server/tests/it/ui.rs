@@ -1207,6 +1207,17 @@ async fn the_tasks_list_searches_shown_text_and_filters_by_since_in_links_and_bu
         row_ids(&browser.get("/ui/tasks?q=password").await.body),
         [secret]
     );
+    // A page whose only match was in hidden text says older tasks may still match.
+    let hidden_page = browser.get("/ui/tasks?q=octo&limit=1").await;
+    assert_eq!(row_ids(&hidden_page.body), Vec::<i64>::new());
+    assert!(
+        hidden_page
+            .body
+            .contains("No task on this page matches; older ones may.")
+            && hidden_page.body.contains(r#"rel="next""#),
+        "{}",
+        hidden_page.body
+    );
     // The API takes the same filters and hides the same.
     let (status, listed) = server.call("GET", "/api/v1/tasks?q=OCTOCAT", None).await;
     assert_eq!(status, 200, "{listed}");
