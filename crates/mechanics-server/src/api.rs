@@ -32,7 +32,7 @@ use mechanics_proto::api::{
 use mechanics_proto::domain::{
     Event, Task, TaskState, TranspiledModule, Trigger, Worker, WorkerKind, WorkerSpec,
 };
-use mechanics_store::{MAX_PAGE_SIZE, NewTask, StoreError, TaskFilter};
+use mechanics_store::{MAX_PAGE_SIZE, NewTask, Page, StoreError, TaskFilter};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -800,28 +800,69 @@ pub(crate) fn shown_event(shared: &Shared, mut event: Event) -> Event {
     event
 }
 
-#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", summary = "Tasks, newest first", params(("state" = Option<TaskState>, Query, description = "Only tasks in this state"), ("worker" = Option<String>, Query, description = "Only this worker's tasks"), ("event" = Option<i64>, Query, minimum = 1, description = "Only the tasks of this event"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of tasks", body = TaskList)))]
+#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", summary = "Tasks, newest first", params(("state" = Option<TaskState>, Query, description = "Only tasks in this state"), ("worker" = Option<String>, Query, description = "Only this worker's tasks"), ("event" = Option<i64>, Query, minimum = 1, description = "Only the tasks of this event"), ("since" = inline(Option<crate::observe::Since>), Query), ("q" = Option<String>, Query, description = "Only tasks whose payload, result or error contains this text, ignoring case (what the API shows: a secret hidden as [redacted] is not searched)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of tasks", body = TaskList)))]
 async fn list_tasks(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<axum::Json<TaskList>> {
-    let mut q = ListingQuery::parse(query, &["state", "worker", "event", "limit", "cursor"])?;
+    let mut q = ListingQuery::parse(
+        query,
+        &["state", "worker", "event", "since", "q", "limit", "cursor"],
+    )?;
     let filter = TaskFilter {
         state: q.one_of("state", TaskState::ALL)?,
         worker: q.text("worker"),
         event_id: q.id("event")?,
+        created_since: q
+            .text("since")
+            .map(|since| crate::observe::parse_since(&since, shared.clock.now_ms()))
+            .transpose()
+            .map_err(|err| Failure::bad_request(format!("since: {err}")).at("since"))?,
+        text: q.text("q"),
         limit: q.limit()?,
         cursor: q.id("cursor")?,
     };
-    let page = shared.store.list_tasks(&filter).await?;
+    let page = list_shown_tasks(&shared, &filter).await?;
     Ok(axum::Json(TaskList {
-        tasks: page
-            .items
-            .into_iter()
-            .map(|task| shown_task(&shared, task))
-            .collect(),
+        tasks: page.items,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// Tasks matching `filter`, newest first, as the API shows them ([`shown_task`]). The store
+/// searches `filter.text` in the stored payload and result, which may hold secrets that the
+/// shown ones hide: a task is kept only if what is shown still contains the text, so that a
+/// search cannot tell whether a secret contains it. A page may then hold fewer tasks than its
+/// limit; its cursor goes on all the same.
+pub(crate) async fn list_shown_tasks(
+    shared: &Shared,
+    filter: &TaskFilter,
+) -> ApiResult<Page<Task>> {
+    let page = shared.store.list_tasks(filter).await?;
+    let shown = page.items.into_iter().map(|task| shown_task(shared, task));
+    let items = match &filter.text {
+        Some(text) => {
+            let needle = text.to_lowercase();
+            shown.filter(|task| shows_text(task, &needle)).collect()
+        }
+        None => shown.collect(),
+    };
+    Ok(Page {
+        items,
+        next_cursor: page.next_cursor,
+    })
+}
+
+/// Whether the shown `task`'s payload, result or error contains `needle` (lower case), ignoring
+/// case.
+fn shows_text(task: &Task, needle: &str) -> bool {
+    let contains = |text: &str| text.to_lowercase().contains(needle);
+    contains(&task.payload.to_string())
+        || task
+            .result
+            .as_ref()
+            .is_some_and(|result| contains(&result.to_string()))
+        || task.error.as_deref().is_some_and(contains)
 }
 
 /// The task with its attempts and their console output. Console lines and attempt errors were

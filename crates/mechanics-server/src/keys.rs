@@ -62,7 +62,20 @@ pub(crate) enum Caller {
         name: String,
         /// Its scope.
         scope: ApiScope,
+        /// Which key of that name: a key made later under the same name is another key.
+        hash: KeyHash,
     },
+}
+
+/// The SHA-256 of a stored key's secret: what tells two keys of one name apart (a revoked key
+/// and its successor). Not shown in `Debug`, though it is no secret itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyHash([u8; 32]);
+
+impl std::fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHash(..)")
+    }
 }
 
 impl Caller {
@@ -191,13 +204,16 @@ impl ApiKeys {
         Ok(Caller::Key {
             name: key.name.clone(),
             scope: key.scope,
+            hash: KeyHash(key.hash),
         })
     }
 
     /// Until when (unix ms) `caller`, identified earlier, may still act at `now`: `None` once its
     /// key was revoked or expired (or, for [`Caller::Anyone`], once any key exists), `i64::MAX`
     /// for a key without an expiry. A `/ui` session asks this on every request, so a revocation
-    /// ends the sessions made with the key as it ends the key's API calls.
+    /// ends the sessions made with the key as it ends the key's API calls. A key is found by its
+    /// hash, not its name: a new key given a revoked key's name does not bring back the revoked
+    /// key's sessions.
     pub(crate) async fn valid_until(
         &self,
         store: &dyn Store,
@@ -208,9 +224,9 @@ impl ApiKeys {
         Ok(match caller {
             Caller::Anyone => (self.configured.is_none() && keys.is_empty()).then_some(i64::MAX),
             Caller::Configured => self.configured.is_some().then_some(i64::MAX),
-            Caller::Key { name, scope } => keys
+            Caller::Key { name, scope, hash } => keys
                 .iter()
-                .find(|key| &key.name == name && key.scope == *scope)
+                .find(|key| key.hash == hash.0 && &key.name == name && key.scope == *scope)
                 .map(|key| key.expires_at.unwrap_or(i64::MAX))
                 .filter(|until| *until > now),
         })

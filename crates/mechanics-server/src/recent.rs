@@ -151,6 +151,26 @@ impl RecentActivity {
             .collect()
     }
 
+    /// The dispatch latency of every worker's attempts in the last hour before `now`: how
+    /// many, and their p50 and p95 in ms (`None` without attempts).
+    pub fn latency_of_all(&self, now: i64) -> (u64, Option<u64>, Option<u64>) {
+        let first = now.div_euclid(SLOT_MS) - SLOTS as i64 + 1;
+        let mut total = [0u32; BUCKETS];
+        for slot in self.lock().values().flatten() {
+            if slot.minute >= first {
+                for (sum, count) in total.iter_mut().zip(slot.latency) {
+                    *sum = sum.saturating_add(count);
+                }
+            }
+        }
+        let attempts: u64 = total.iter().map(|&n| u64::from(n)).sum();
+        (
+            attempts,
+            percentile(&total, attempts, 0.50),
+            percentile(&total, attempts, 0.95),
+        )
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Slot>>> {
         // The map stays consistent whatever panicked while holding it: counts only grow.
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
@@ -227,6 +247,24 @@ mod tests {
         // An hour later everything has left the window.
         let later = recent.summary(NOW + HOUR, []);
         assert!(later.iter().all(|w| w.created + w.completed + w.dead == 0));
+    }
+
+    #[test]
+    fn the_latency_of_all_workers_pools_their_attempts_of_the_last_hour() {
+        let recent = RecentActivity::default();
+        assert_eq!(recent.latency_of_all(NOW), (0, None, None));
+        // 90 fast attempts of a, 10 slow ones of b, and one of a that has left the window.
+        for _ in 0..90 {
+            recent.latency("a", 10, NOW);
+        }
+        for _ in 0..10 {
+            recent.latency("b", 2_000, NOW - 10);
+        }
+        recent.latency("a", 2_000, NOW - HOUR - SLOT_MS);
+        let (attempts, p50, p95) = recent.latency_of_all(NOW);
+        assert_eq!(attempts, 100);
+        assert!((10..=12).contains(&p50.unwrap()), "{p50:?}");
+        assert!((2_000..=2_400).contains(&p95.unwrap()), "{p95:?}");
     }
 
     #[test]

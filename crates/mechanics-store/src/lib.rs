@@ -186,6 +186,14 @@ pub trait Store: Send + Sync {
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>>;
     /// Number of tasks in each state (every state present), of one worker or of all.
     async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>>;
+    /// The tasks that ended (completed, or failed or dead) at or after `since`, counted per
+    /// `bucket_ms` by the time they last changed, oldest bucket first; buckets without an ended
+    /// task are left out. A bucket starts at a multiple of `bucket_ms` (unix ms); `bucket_ms`
+    /// must be positive.
+    async fn task_activity(&self, since: i64, bucket_ms: i64) -> StoreResult<Vec<ActivityBucket>>;
+    /// The workers with tasks that failed or went dead at or after `since`, with how many, most
+    /// first (then by name), at most `limit`.
+    async fn failing_workers(&self, since: i64, limit: u32) -> StoreResult<Vec<WorkerFailures>>;
     /// When the loops next have something to do, so they can sleep until then (a paused worker's
     /// tasks are not due).
     async fn next_due(&self) -> StoreResult<NextDue>;
@@ -603,10 +611,63 @@ pub struct TaskFilter {
     pub worker: Option<String>,
     /// Only tasks of this event.
     pub event_id: Option<EventId>,
+    /// Only tasks created at or after this time (unix ms).
+    pub created_since: Option<i64>,
+    /// Only tasks whose payload, result or error contains this text, ignoring case (ASCII
+    /// letters on SQLite, all letters on PostgreSQL). No index serves it: the listing walks
+    /// the tasks newest first until its page is full, so pair it with another filter on a big
+    /// store.
+    pub text: Option<String>,
     /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).
     pub limit: Option<u32>,
     /// Only ids below this (from [`Page::next_cursor`]).
     pub cursor: Option<i64>,
+}
+
+/// The tasks that ended in one time bucket ([`Store::task_activity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityBucket {
+    /// Its start (unix ms, a multiple of the bucket's length).
+    pub start: i64,
+    /// Tasks that completed.
+    pub completed: u64,
+    /// Tasks that failed or went dead.
+    pub failed: u64,
+}
+
+/// A worker's recent failures ([`Store::failing_workers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailures {
+    /// The worker's name.
+    pub worker: String,
+    /// Its tasks that failed or went dead in the window.
+    pub failed: u64,
+}
+
+/// A `LIKE` pattern matching any text that contains `text`: its `%`, `_` and `\` escaped with
+/// `\`, the `ESCAPE` character of the listings.
+pub(crate) fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `bucket_ms` of [`Store::task_activity`], checked.
+pub(crate) fn check_bucket(bucket_ms: i64) -> StoreResult<()> {
+    if bucket_ms > 0 {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "bucket_ms: a bucket lasts at least 1 ms, not {bucket_ms}"
+        )))
+    }
 }
 
 /// Which `/logs` entries to return.

@@ -313,10 +313,9 @@ async fn latencies(store: &dyn Store, count: usize) -> Vec<i64> {
         let page = store
             .list_tasks(&TaskFilter {
                 state: Some(TaskState::Completed),
-                worker: None,
-                event_id: None,
                 limit: Some(1000),
                 cursor,
+                ..TaskFilter::default()
             })
             .await
             .unwrap();

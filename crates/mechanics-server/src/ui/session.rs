@@ -9,14 +9,21 @@
 //! once when the key is revoked. Sessions live in this server's memory: a restart, or another
 //! server behind the same address, asks for the key again.
 //!
+//! Sign-in attempts are limited per client address ([`LOGIN_RATE`]), in the store's token
+//! buckets (shared by every server on a PostgreSQL database): past the burst, every `POST
+//! /ui/login` from that address, with a right key or a wrong one, is answered `429` with
+//! `Retry-After` until a token is back, so keys cannot be guessed at speed. The address is the
+//! connection's peer: behind a reverse proxy every visitor shares the proxy's, and its limit.
+//!
 //! On a server with no key at all (the open API), every visitor gets a session of their own
 //! without signing in, so that forms still carry a CSRF token.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -24,6 +31,7 @@ use axum::{Extension, Form};
 use base64::Engine;
 use maud::html;
 use mechanics_proto::api::ApiScope;
+use mechanics_store::{Take, TokenRate, Tokens};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -37,6 +45,11 @@ pub(super) const COOKIE: &str = "mechanics_session";
 pub(super) const SESSION_TTL_MS: i64 = 8 * 3600 * 1000;
 /// The most sessions a server keeps: past it, the one closest to its end is dropped.
 const MAX_SESSIONS: usize = 10_000;
+/// Sign-in attempts per client address: 10 at once, then one every 6 s (10 a minute).
+pub(super) const LOGIN_RATE: TokenRate = TokenRate {
+    per_second: 1.0 / 6.0,
+    burst: 10,
+};
 
 /// A signed-in browser.
 #[derive(Clone)]
@@ -310,14 +323,46 @@ pub(super) struct LoginForm {
     next: Option<String>,
 }
 
-/// `POST /ui/login`: checks the key as the API would, and starts a session on success.
+/// `POST /ui/login`: within the address's [`LOGIN_RATE`], checks the key as the API would, and
+/// starts a session on success.
 pub(super) async fn login(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref()).to_owned();
     let now = shared.clock.now_ms();
+    let bucket = format!("ui-login:{}", peer.ip());
+    match shared
+        .store
+        .take_tokens(&bucket, LOGIN_RATE, Take::IfFree, now)
+        .await
+    {
+        Ok(Tokens::Granted(_)) => {}
+        Ok(Tokens::NotBefore(at)) => {
+            let seconds = u64::try_from((at - now).max(1)).unwrap_or(1).div_ceil(1000);
+            let mut response = login_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                &next,
+                Some(&format!(
+                    "too many sign-in attempts from your address; try again in {seconds} s"
+                )),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
+        // Without the bucket no attempt is counted: refuse rather than allow unlimited tries.
+        Err(err) => {
+            return login_form(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &next,
+                Some(&format!("the database is busy, try again: {err}")),
+            );
+        }
+    }
     let mut presented = HeaderMap::new();
     let Ok(value) = HeaderValue::from_str(form.key.trim()) else {
         return login_form(

@@ -1,7 +1,8 @@
 //! The Tasks list, the Task page, and the task actions: Retry, Cancel, Replay and bulk.
 //!
-//! The list takes the API listing's filters (`state`, `worker`, `cursor`, `limit`), newest
-//! first. A task's action answers with a redirect to its page, or, when the script sent it
+//! The list takes the API listing's filters (`state`, `worker`, `since`, `q`, `cursor`,
+//! `limit`), newest first: `since` is a duration back from now (`30m`, `1h`, `2d`) or an
+//! RFC 3339 time, `q` a text searched in the payload, result and error as shown (redacted). A task's action answers with a redirect to its page, or, when the script sent it
 //! (`X-UI-Fragment: 1`), with the page's live part, which the script swaps in place. A bulk
 //! action (the selected rows, or all that match the filters, at most [`MAX_BULK`]) runs in the
 //! background; `/ui/bulk/{id}` shows its progress line.
@@ -23,7 +24,8 @@ use serde_json::Value;
 
 use super::{Visitor, error_page, failure_page, html_response, layout, timestamp};
 use crate::Shared;
-use crate::api::{ApiResult, Failure, ListingQuery, parse_id, shown_task};
+use crate::api::{ApiResult, Failure, ListingQuery, list_shown_tasks, parse_id, shown_task};
+use crate::trace_log::REDACTED;
 
 /// The most tasks one bulk action changes.
 pub(super) const MAX_BULK: usize = 10_000;
@@ -36,18 +38,30 @@ const TRACE_ENTRIES: u32 = 200;
 struct Filters {
     state: Option<TaskState>,
     worker: Option<String>,
+    /// `since` as typed (a relative one stays relative in the links) and as unix ms.
+    since: Option<(String, i64)>,
+    q: Option<String>,
     cursor: Option<i64>,
     limit: Option<u32>,
 }
 
 impl Filters {
-    fn parse(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> ApiResult<Self> {
+    fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        now: i64,
+    ) -> ApiResult<Self> {
         let given = query
             .map(|Query(pairs)| Query(pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect()));
-        let mut q = ListingQuery::parse(given, &["state", "worker", "cursor", "limit"])?;
+        let mut q =
+            ListingQuery::parse(given, &["state", "worker", "since", "q", "cursor", "limit"])?;
         Ok(Self {
             state: q.one_of("state", TaskState::ALL)?,
             worker: q.text("worker"),
+            since: q
+                .text("since")
+                .map(|text| parse_since(text, now))
+                .transpose()?,
+            q: q.text("q"),
             cursor: q.id("cursor")?,
             limit: q.limit()?,
         })
@@ -58,8 +72,28 @@ impl Filters {
             state: self.state,
             worker: self.worker.clone(),
             event_id: None,
+            created_since: self.since.as_ref().map(|(_, at)| *at),
+            text: self.q.clone(),
             limit: self.limit,
             cursor: self.cursor,
+        }
+    }
+
+    /// The hidden fields that make "all matching" of a bulk action these filters.
+    fn hidden_fields(&self) -> Markup {
+        html! {
+            @if let Some(state) = self.state {
+                input type="hidden" name="state" value=(state.as_str());
+            }
+            @if let Some(worker) = &self.worker {
+                input type="hidden" name="worker" value=(worker);
+            }
+            @if let Some((since, _)) = &self.since {
+                input type="hidden" name="since" value=(since);
+            }
+            @if let Some(q) = &self.q {
+                input type="hidden" name="q" value=(q);
+            }
         }
     }
 
@@ -71,6 +105,12 @@ impl Filters {
         }
         if let Some(worker) = &self.worker {
             query.append_pair("worker", worker);
+        }
+        if let Some((since, _)) = &self.since {
+            query.append_pair("since", since);
+        }
+        if let Some(q) = &self.q {
+            query.append_pair("q", q);
         }
         if let Some(limit) = self.limit {
             query.append_pair("limit", &limit.to_string());
@@ -88,13 +128,13 @@ pub(super) async fn list(
     Extension(visitor): Extension<Visitor>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let filters = match Filters::parse(query) {
+    let filters = match Filters::parse(query, shared.clock.now_ms()) {
         Ok(filters) => filters,
         Err(failure) => return failure_page(&visitor, &failure),
     };
-    let page = match shared.store.list_tasks(&filters.store_filter()).await {
+    let page = match list_shown_tasks(&shared, &filters.store_filter()).await {
         Ok(page) => page,
-        Err(err) => return failure_page(&visitor, &Failure::from(err)),
+        Err(failure) => return failure_page(&visitor, &failure),
     };
     let operate = visitor.may(ApiScope::Operate);
     let body = html! {
@@ -109,17 +149,18 @@ pub(super) async fn list(
             }
             label for="worker" { "Worker" }
             input id="worker" name="worker" value=[filters.worker.as_deref()];
+            label for="since" { "Since" }
+            input id="since" name="since" size="12" placeholder="1h, 2d, RFC 3339"
+                value=[filters.since.as_ref().map(|(since, _)| since.as_str())];
+            label for="q" { "Search" }
+            input id="q" name="q" type="search" placeholder="payload, result, error"
+                value=[filters.q.as_deref()];
             button type="submit" { "Filter" }
         }
         form #bulk method="post" action="/ui/tasks/bulk" {
             @if operate {
                 (visitor.csrf_field())
-                @if let Some(state) = filters.state {
-                    input type="hidden" name="state" value=(state.as_str());
-                }
-                @if let Some(worker) = &filters.worker {
-                    input type="hidden" name="worker" value=(worker);
-                }
+                (filters.hidden_fields())
                 div.actions {
                     "Selected: "
                     button type="submit" name="action" value="retry" { "Retry" }
@@ -143,7 +184,13 @@ pub(super) async fn list(
                 }
             }
             @if page.items.is_empty() {
-                p.empty { "No tasks match." }
+                @if page.next_cursor.is_some() {
+                    // A search drops the tasks that match only in hidden text: a page can
+                    // come out empty with older ones still to read.
+                    p.empty { "No task on this page matches; older ones may." }
+                } @else {
+                    p.empty { "No tasks match." }
+                }
             }
         }
         @if let Some(next) = page.next_cursor {
@@ -151,6 +198,15 @@ pub(super) async fn list(
         }
     };
     html_response(StatusCode::OK, layout(Some(&visitor), "Tasks", body))
+}
+
+/// `since` as typed and as unix ms at `now`, or why it is neither a duration back from now nor
+/// an RFC 3339 time.
+fn parse_since(text: String, now: i64) -> ApiResult<(String, i64)> {
+    match crate::observe::parse_since(&text, now) {
+        Ok(at) => Ok((text, at)),
+        Err(err) => Err(Failure::bad_request(format!("since: {err}")).at("since")),
+    }
 }
 
 /// One row of the list; an unfinished one names itself for the script's refresh.
@@ -278,6 +334,8 @@ pub(super) async fn page(
         Err(failure) => return failure_page(&visitor, &failure),
     };
     let task = &view.task;
+    // The page shows the payload redacted (never a secret), so the form is pre-filled with it.
+    let payload_hides_secrets = task.payload.to_string().contains(REDACTED);
     let body = html! {
         h1 { "Task #" (task.id) " · " a href={"/ui/tasks?worker=" (encode(&task.worker))} { (task.worker) } }
         p #flash.error hidden {}
@@ -288,6 +346,13 @@ pub(super) async fn page(
             h2 { "Replay" }
             form.replay method="post" action={"/ui/tasks/" (task.id) "/replay"} data-json-field="payload" {
                 (visitor.csrf_field())
+                @if payload_hides_secrets {
+                    p #replay-redacted.hint {
+                        "Secrets of this payload are shown as " code { (REDACTED) } ": type each \
+                         real value in its place (or remove it) before replaying; a payload that \
+                         still holds " code { (REDACTED) } " is refused."
+                    }
+                }
                 label for="payload" { "Payload (JSON) of a new task for " (task.worker) }
                 textarea id="payload" name="payload" rows="8" spellcheck="false" { (pretty(&task.payload)) }
                 p.error data-json-error hidden {}
@@ -517,6 +582,15 @@ async fn replay_task(shared: &Shared, id: &str, payload: &str) -> ApiResult<i64>
     let payload: Value = serde_json::from_str(payload).map_err(|err| {
         Failure::bad_request(format!("payload: not valid JSON: {err}")).at("payload")
     })?;
+    // The form was pre-filled with the redacted payload: sending the marker on would run the
+    // worker on it in place of the secret, silently.
+    if payload.to_string().contains(REDACTED) {
+        return Err(Failure::bad_request(format!(
+            "payload: it still holds {REDACTED} where the dashboard hid a secret; type the real \
+             value in its place (or remove it) and replay again"
+        ))
+        .at("payload"));
+    }
     let Some(original) = shared.store.get_task(id).await? else {
         return Err(Failure::not_found(format!("no task {id}")));
     };
@@ -600,7 +674,7 @@ impl BulkJobs {
 }
 
 /// `POST /ui/tasks/bulk`: `action` is `retry` or `cancel` (the `id`s given) or `retry-all` or
-/// `cancel-all` (every task matching `state` and `worker`, newest first, at most
+/// `cancel-all` (every task matching `state`, `worker`, `since` and `q`, newest first, at most
 /// [`MAX_BULK`]); starts it in the background and answers with a redirect to its progress.
 pub(super) async fn bulk(
     State(shared): State<Arc<Shared>>,
@@ -620,6 +694,7 @@ enum Selection {
 }
 
 fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u64> {
+    let now = shared.clock.now_ms();
     let mut action = None;
     let mut ids = Vec::new();
     let mut filter = TaskFilter::default();
@@ -635,7 +710,9 @@ fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u6
                     })?);
             }
             "worker" if !value.is_empty() => filter.worker = Some(value),
-            "state" | "worker" => {}
+            "since" if !value.is_empty() => filter.created_since = Some(parse_since(value, now)?.1),
+            "q" if !value.is_empty() => filter.text = Some(value),
+            "state" | "worker" | "since" | "q" => {}
             other => {
                 return Err(Failure::bad_request(format!(
                     "unknown form field {}",
@@ -697,10 +774,13 @@ async fn run_bulk(shared: Arc<Shared>, job: u64, action: BulkAction, selection: 
             filter.limit = Some(mechanics_store::MAX_PAGE_SIZE);
             let mut seen = 0;
             'pages: loop {
-                let page = match shared.store.list_tasks(&filter).await {
+                let page = match list_shown_tasks(&shared, &filter).await {
                     Ok(page) => page,
-                    Err(err) => {
-                        problem = Some(format!("listing the tasks failed: {err}"));
+                    Err(failure) => {
+                        problem = Some(format!(
+                            "listing the tasks failed: {}",
+                            failure.status_and_message().1
+                        ));
                         break;
                     }
                 };

@@ -101,7 +101,7 @@ async fn bad_input_gets_a_json_error_that_says_what_is_wrong_and_changes_nothing
             "/api/v1/tasks?colour=red".into(),
             None,
             400,
-            "unknown query parameter \"colour\"; this listing takes: state, worker, event, limit, cursor",
+            "unknown query parameter \"colour\"; this listing takes: state, worker, event, since, q, limit, cursor",
         ),
         // Each listing takes its own filters: a task filter is not silently ignored by events.
         (

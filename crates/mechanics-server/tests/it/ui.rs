@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use mechanics_proto::domain::TaskState;
+use mechanics_store::Store;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::json;
 
@@ -788,7 +789,8 @@ async fn an_open_server_gives_each_visitor_a_session_with_a_csrf_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_overview_counts_tasks_per_state_and_lists_the_latest_dead_letters() {
+async fn the_overview_counts_tasks_per_state_charts_failures_and_lists_failing_workers_and_dead_letters()
+ {
     let (url, _) = http_worker(|_, _| reply(500, json!({ "oops": "always" }))).await;
     let server = TestServer::start_with(Some(ADMIN), tempfile::tempdir().unwrap()).await;
     // A transport failure is retried once, then the task is a dead letter.
@@ -832,6 +834,50 @@ async fn the_overview_counts_tasks_per_state_and_lists_the_latest_dead_letters()
             .contains(&format!(r#"<a href="/ui/tasks/{dead}">"#))
     );
     assert!(page.body.contains("No executor nodes or process workers."));
+    // The workers failing now, most failures first, each linking to its failed and dead tasks.
+    let failing = regex::Regex::new(
+        r#"<tr><td>(\w+)</td><td>(\d+)</td><td><a href="/ui/tasks\?state=failed&amp;worker=(\w+)">"#,
+    )
+    .unwrap();
+    let rows: Vec<(String, String)> = failing
+        .captures_iter(&page.body)
+        .map(|c| {
+            assert_eq!(c[1], c[3]);
+            (c[1].to_owned(), c[2].to_owned())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("broken".into(), "2".into()), ("flaky".into(), "1".into())]
+    );
+    // The charts, drawn on the server: three ended tasks, all failed or dead, in this minute.
+    for chart in ["chart-hour", "chart-day"] {
+        assert!(
+            page.body.contains(&format!(
+                r#"<figure class="chart" id="{chart}"><figcaption><strong>"#
+            )),
+            "{}",
+            page.body
+        );
+    }
+    assert_eq!(
+        page.body
+            .matches("</strong>: 0 completed, 3 failed or dead")
+            .count(),
+        2,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"<rect class="failed""#));
+    assert!(!page.body.contains(r#"<rect class="completed""#));
+    // The dispatch latency of the attempts this server ran.
+    let latency = regex::Regex::new(r#"<p id="latency">p50 <strong>\d+ ms</strong> · p95 <strong>\d+ ms</strong> over (\d+) attempts"#).unwrap();
+    let attempts: u64 = latency
+        .captures(&page.body)
+        .unwrap_or_else(|| panic!("no latency in {}", page.body))[1]
+        .parse()
+        .unwrap();
+    assert!(attempts >= 4, "{attempts}");
     server.stop().await;
 }
 
@@ -1117,6 +1163,281 @@ async fn the_nodes_page_shows_state_breaker_and_in_flight_and_reset_rearms_a_bre
             .status,
         303
     );
+    server.stop().await;
+}
+
+/// The ids of the task rows of a Tasks page, in order.
+fn row_ids(body: &str) -> Vec<i64> {
+    let re = regex::Regex::new(r#"<tr id="task-(\d+)""#).unwrap();
+    re.captures_iter(body)
+        .map(|c| c[1].parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_list_searches_shown_text_and_filters_by_since_in_links_and_bulk() {
+    let server = server_with_worker().await;
+    let (status, _) = server
+        .call("POST", "/api/v1/workers/echo/pause", None)
+        .await;
+    assert_eq!(status, 200);
+    let octo = server
+        .submit("echo", json!({ "user": "OctoCat", "n": 1 }))
+        .await;
+    let other = server.submit("echo", json!({ "user": "hubot" })).await;
+    let octo_too = server
+        .submit("echo", json!({ "note": "for octocat", "n": 2 }))
+        .await;
+    // A secret of the payload is shown redacted: a search must not find it by its text.
+    let secret = server
+        .submit("echo", json!({ "password": "hunter2-octo" }))
+        .await;
+    let mut browser = Browser::new(&server);
+    browser.sign_in(ADMIN).await;
+
+    let page = browser.get("/ui/tasks?q=octocat").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(row_ids(&page.body), [octo_too, octo]);
+    assert!(page.body.contains(r#"name="q" value="octocat""#));
+    assert_eq!(
+        row_ids(&browser.get("/ui/tasks?q=hunter2").await.body),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        row_ids(&browser.get("/ui/tasks?q=password").await.body),
+        [secret]
+    );
+    // A page whose only match was in hidden text says older tasks may still match.
+    let hidden_page = browser.get("/ui/tasks?q=octo&limit=1").await;
+    assert_eq!(row_ids(&hidden_page.body), Vec::<i64>::new());
+    assert!(
+        hidden_page
+            .body
+            .contains("No task on this page matches; older ones may.")
+            && hidden_page.body.contains(r#"rel="next""#),
+        "{}",
+        hidden_page.body
+    );
+    // The API takes the same filters and hides the same.
+    let (status, listed) = server.call("GET", "/api/v1/tasks?q=OCTOCAT", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let ids: Vec<i64> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [octo_too, octo]);
+    let (_, hidden) = server.call("GET", "/api/v1/tasks?q=hunter2", None).await;
+    assert_eq!(hidden["tasks"], json!([]));
+
+    // `since`: relative or RFC 3339; anything else is a clear error.
+    assert_eq!(
+        row_ids(&browser.get("/ui/tasks?since=1h").await.body),
+        [secret, octo_too, other, octo]
+    );
+    assert_eq!(
+        row_ids(
+            &browser
+                .get("/ui/tasks?since=2999-01-01T00:00:00Z")
+                .await
+                .body
+        ),
+        Vec::<i64>::new()
+    );
+    let bad = browser.get("/ui/tasks?since=yesterday").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("since: ") && bad.body.contains("neither a duration back from now"),
+        "{}",
+        bad.body
+    );
+    let (status, bad) = server
+        .call("GET", "/api/v1/tasks?since=yesterday", None)
+        .await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Paging keeps both filters in the link.
+    let first = browser.get("/ui/tasks?q=octocat&since=1h&limit=1").await;
+    assert_eq!(row_ids(&first.body), [octo_too]);
+    let next = regex::Regex::new(r#"<a rel="next" href="([^"]+)""#).unwrap();
+    let link = next.captures(&first.body).unwrap()[1].replace("&amp;", "&");
+    assert!(
+        link.contains("since=1h") && link.contains("q=octocat"),
+        "{link}"
+    );
+    assert_eq!(row_ids(&browser.get(&link).await.body), [octo]);
+
+    // "All matching" takes the same filters: only the two tasks that show "octocat".
+    assert!(
+        first
+            .body
+            .contains(r#"<input type="hidden" name="q" value="octocat">"#)
+    );
+    assert!(
+        first
+            .body
+            .contains(r#"<input type="hidden" name="since" value="1h">"#)
+    );
+    let answer = browser
+        .post(
+            "/ui/tasks/bulk",
+            &[
+                ("csrf", &first.csrf()),
+                ("action", "cancel-all"),
+                ("q", "octocat"),
+                ("since", "1h"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let progress = wait_bulk_done(&mut browser, answer.location()).await;
+    assert!(
+        progress.contains("Cancel: 2 changed, 0 refused · done"),
+        "{progress}"
+    );
+    assert_eq!(
+        row_ids(&browser.get("/ui/tasks?state=pending").await.body),
+        [secret, other]
+    );
+    let bad = browser
+        .post(
+            "/ui/tasks/bulk",
+            &[
+                ("csrf", &first.csrf()),
+                ("action", "cancel-all"),
+                ("since", "soon"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("since: "), "{}", bad.body);
+    assert_eq!(
+        row_ids(&browser.get("/ui/tasks?state=pending").await.body),
+        [secret, other]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_shows_a_secret_and_refuses_a_payload_still_redacted() {
+    let server = server_with_worker().await;
+    let id = server
+        .submit("echo", json!({ "password": "hunter2", "n": 1 }))
+        .await;
+    assert_eq!(ended(&server, id).await, TaskState::Completed);
+    let mut browser = Browser::new(&server);
+    browser.sign_in(ADMIN).await;
+    let page = browser.get(&format!("/ui/tasks/{id}")).await;
+    assert!(!page.body.contains("hunter2"), "{}", page.body);
+    assert!(
+        page.body.contains(r#"id="replay-redacted""#),
+        "{}",
+        page.body
+    );
+    let (_, before) = server.call("GET", "/api/v1/tasks", None).await;
+    let refused = browser
+        .post(
+            &format!("/ui/tasks/{id}/replay"),
+            &[
+                ("csrf", &page.csrf()),
+                ("payload", r#"{"password": "[redacted]", "n": 1}"#),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused
+            .body
+            .contains("payload: it still holds [redacted] where the dashboard hid a secret"),
+        "{}",
+        refused.body
+    );
+    let (_, after) = server.call("GET", "/api/v1/tasks", None).await;
+    assert_eq!(before["tasks"], after["tasks"], "no task was created");
+    // With the value typed again, the replay runs on it.
+    let replayed = browser
+        .post(
+            &format!("/ui/tasks/{id}/replay"),
+            &[
+                ("csrf", &page.csrf()),
+                ("payload", r#"{"password": "hunter3", "n": 2}"#),
+            ],
+        )
+        .await;
+    assert_eq!(replayed.status, 303, "{}", replayed.body);
+    let new_id: i64 = replayed
+        .location()
+        .trim_start_matches("/ui/tasks/")
+        .parse()
+        .unwrap();
+    server.wait_end(new_id).await;
+    // As stored (the API and the pages show it redacted).
+    let stored = server.store.get_task(new_id).await.unwrap().unwrap();
+    assert_eq!(stored.payload, json!({ "password": "hunter3", "n": 2 }));
+    // A payload without secrets gets no warning.
+    let plain = server.submit("echo", json!({ "n": 3 })).await;
+    let page = browser.get(&format!("/ui/tasks/{plain}")).await;
+    assert!(!page.body.contains("replay-redacted"), "{}", page.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_with_a_revoked_keys_name_does_not_revive_its_sessions() {
+    let server = server_with_worker().await;
+    let old = key_with_scope(&server, "ops", "operate").await;
+    let mut browser = Browser::new(&server);
+    assert_eq!(browser.sign_in(&old).await.status, 303);
+    assert_eq!(browser.get("/ui/tasks").await.status, 200);
+    let (status, _) = server.call("DELETE", "/api/v1/keys/ops", None).await;
+    assert_eq!(status, 204);
+    let new = key_with_scope(&server, "ops", "operate").await;
+    assert_ne!(old, new);
+    // The revoked key's session stays ended, though a key of its name and scope exists again.
+    let answer = browser.get("/ui/tasks").await;
+    assert_eq!(answer.status, 303);
+    assert!(answer.location().starts_with("/ui/login"));
+    // The new key signs in as itself.
+    let mut other = Browser::new(&server);
+    assert_eq!(other.sign_in(&new).await.status, 303);
+    assert_eq!(other.get("/ui/tasks").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_are_limited_per_address_even_with_the_right_key() {
+    let server = server_with_worker().await;
+    let mut browser = Browser::new(&server);
+    // The burst: ten attempts, wrong keys.
+    for _ in 0..10 {
+        let answer = browser.sign_in("not-the-key").await;
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    // Then even the right key is refused until a token is back.
+    let answer = browser.sign_in(ADMIN).await;
+    assert_eq!(answer.status, 429, "{}", answer.body);
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry_after), "{retry_after}");
+    assert!(
+        answer
+            .body
+            .contains("too many sign-in attempts from your address; try again in"),
+        "{}",
+        answer.body
+    );
+    assert!(browser.cookie.is_none(), "no session was opened");
+    // Another address has its own limit.
+    let mut elsewhere = Browser::new(&server);
+    elsewhere.client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    assert_eq!(elsewhere.sign_in(ADMIN).await.status, 303);
     server.stop().await;
 }
 

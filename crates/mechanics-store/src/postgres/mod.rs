@@ -43,9 +43,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row, Statement};
 
 use crate::{
-    DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NewEvent,
-    NewTask, NextDue, Page, Pruned, Store, StoreError, StoreResult, Take, TaskFilter, TokenRate,
-    Tokens,
+    ActivityBucket, DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE,
+    NewEvent, NewTask, NextDue, Page, Pruned, Store, StoreError, StoreResult, Take, TaskFilter,
+    TokenRate, Tokens, WorkerFailures,
 };
 use rows::{
     event_columns, log_columns, node_columns, paused_excluded, source_columns, task_columns,

@@ -225,6 +225,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL
     );
     "#,
+    // 9: the dashboard's queries (the SQLite backend's version 10): `created_at` bounds a
+    // `since` listing by id; the ended tasks by `updated_at` (with state and worker, so the
+    // index alone answers) make the Overview's chart and failing workers a range, not a scan.
+    r#"
+    CREATE INDEX tasks_created ON tasks (created_at, id);
+    CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
+    "#,
 ];
 
 /// The schema version this build creates and understands.

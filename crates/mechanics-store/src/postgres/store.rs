@@ -1095,6 +1095,16 @@ impl Store for PgStore {
         filters.add("state = {}", filter.state.map(|s| s.as_str().to_owned()));
         filters.add("worker = {}", filter.worker.clone());
         filters.add("event_id = {}", filter.event_id);
+        // As on SQLite: the first id created since then bounds the walk (`tasks_created`).
+        filters.add(
+            "id >= (SELECT MIN(id) FROM tasks WHERE created_at >= {}) AND created_at >= {}",
+            filter.created_since,
+        );
+        filters.add(
+            "(payload || E'\\n' || coalesce(result, '') || E'\\n' || coalesce(error, '')) \
+             ILIKE {} ESCAPE '\\'",
+            filter.text.as_deref().map(crate::like_pattern),
+        );
         filters.add("id < {}", filter.cursor);
         let sql = filters.sql(concat!("SELECT ", task_columns!(), " FROM tasks"), limit);
         let items = retrying!(self, |db, _retried| {
@@ -1125,6 +1135,53 @@ impl Store for PgStore {
             counts.insert(state, u64::try_from(count).unwrap_or_default());
         }
         Ok(counts)
+    }
+
+    async fn task_activity(&self, since: i64, bucket_ms: i64) -> StoreResult<Vec<ActivityBucket>> {
+        crate::check_bucket(bucket_ms)?;
+        let rows = retrying!(self, |db, _retried| {
+            query(
+                &*db,
+                "SELECT (updated_at / $2) * $2 AS start, \
+                 COUNT(*) FILTER (WHERE state = 'completed'), \
+                 COUNT(*) FILTER (WHERE state IN ('failed', 'dead')) FROM tasks \
+                 WHERE updated_at >= $1 AND state IN ('completed', 'failed', 'dead') \
+                 GROUP BY start ORDER BY start",
+                &[&since, &bucket_ms],
+                "counting ended tasks per bucket",
+            )
+            .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| ActivityBucket {
+                start: row.get(0),
+                completed: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+                failed: u64::try_from(row.get::<_, i64>(2)).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn failing_workers(&self, since: i64, limit: u32) -> StoreResult<Vec<WorkerFailures>> {
+        let limit = i64::from(limit);
+        let rows = retrying!(self, |db, _retried| {
+            query(
+                &*db,
+                "SELECT worker, COUNT(*) AS failed FROM tasks \
+                 WHERE updated_at >= $1 AND state IN ('failed', 'dead') \
+                 GROUP BY worker ORDER BY failed DESC, worker LIMIT $2",
+                &[&since, &limit],
+                "finding the failing workers",
+            )
+            .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| WorkerFailures {
+                worker: row.get(0),
+                failed: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn next_due(&self) -> StoreResult<NextDue> {

@@ -22,8 +22,8 @@ use serde_json::Value;
 use crate::Release;
 use crate::buckets::MemoryBuckets;
 use crate::{
-    EventFilter, EventUpdate, Inserted, LogQuery, NewEvent, NewTask, NextDue, Page, Pruned, Store,
-    StoreError, StoreResult, Take, TaskFilter, TokenRate, Tokens,
+    ActivityBucket, EventFilter, EventUpdate, Inserted, LogQuery, NewEvent, NewTask, NextDue, Page,
+    Pruned, Store, StoreError, StoreResult, Take, TaskFilter, TokenRate, Tokens, WorkerFailures,
 };
 use mechanics_proto::api::Instance;
 use writer::Writer;
@@ -524,6 +524,17 @@ impl Store for SqliteStore {
     async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>> {
         let worker = worker.map(str::to_owned);
         self.read(move |conn| ops::task_counts(conn, worker.as_deref()))
+            .await
+    }
+
+    async fn task_activity(&self, since: i64, bucket_ms: i64) -> StoreResult<Vec<ActivityBucket>> {
+        crate::check_bucket(bucket_ms)?;
+        self.read(move |conn| ops::task_activity(conn, since, bucket_ms))
+            .await
+    }
+
+    async fn failing_workers(&self, since: i64, limit: u32) -> StoreResult<Vec<WorkerFailures>> {
+        self.read(move |conn| ops::failing_workers(conn, since, limit))
             .await
     }
 

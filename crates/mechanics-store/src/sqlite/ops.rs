@@ -16,8 +16,8 @@ use super::rows::{
     worker_columns,
 };
 use crate::{
-    DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE, NewEvent,
-    NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter,
+    ActivityBucket, DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE,
+    NewEvent, NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter, WorkerFailures,
 };
 
 // ---- registry ----
@@ -876,6 +876,24 @@ pub(super) fn list_tasks(conn: &Connection, filter: &TaskFilter) -> StoreResult<
     );
     filters.add("worker = ?", filter.worker.clone().map(SqlValue::Text));
     filters.add("event_id = ?", filter.event_id.map(SqlValue::Integer));
+    // Ids grow with creation, so the first id created since then bounds the walk (found on
+    // `tasks_created`); the time itself is still checked, the bound only saves reading the rest.
+    filters.add(
+        "id >= (SELECT MIN(id) FROM tasks WHERE created_at >= ?)",
+        filter.created_since.map(SqlValue::Integer),
+    );
+    filters.add(
+        "created_at >= ?",
+        filter.created_since.map(SqlValue::Integer),
+    );
+    filters.add(
+        "(payload || char(10) || ifnull(result, '') || char(10) || ifnull(error, '')) \
+         LIKE ? ESCAPE '\\'",
+        filter
+            .text
+            .as_deref()
+            .map(|text| SqlValue::Text(crate::like_pattern(text))),
+    );
     filters.add("id < ?", filter.cursor.map(SqlValue::Integer));
     filters.page(
         conn,
@@ -911,6 +929,57 @@ pub(super) fn task_counts(
     )?;
     counts.extend(rows);
     Ok(counts)
+}
+
+/// The ended tasks per bucket: a range of `tasks_updated`, which holds every column it reads
+/// (named: without statistics the planner would take `tasks_state`, every ended task ever).
+const TASK_ACTIVITY: &str = "SELECT (updated_at / ?2) * ?2 AS start, SUM(state = 'completed'), \
+     SUM(state IN ('failed', 'dead')) FROM tasks INDEXED BY tasks_updated \
+     WHERE updated_at >= ?1 AND state IN ('completed', 'failed', 'dead') \
+     GROUP BY start ORDER BY start";
+
+/// The failing workers: a range of `tasks_updated` too.
+const FAILING_WORKERS: &str = "SELECT worker, COUNT(*) AS failed FROM tasks INDEXED BY tasks_updated \
+     WHERE updated_at >= ?1 AND state IN ('failed', 'dead') \
+     GROUP BY worker ORDER BY failed DESC, worker LIMIT ?2";
+
+pub(super) fn task_activity(
+    conn: &Connection,
+    since: i64,
+    bucket_ms: i64,
+) -> StoreResult<Vec<ActivityBucket>> {
+    query_all(
+        conn,
+        TASK_ACTIVITY,
+        params![since, bucket_ms],
+        |row| {
+            Ok(ActivityBucket {
+                start: row.get(0)?,
+                completed: unsigned(row, 1)?,
+                failed: unsigned(row, 2)?,
+            })
+        },
+        "counting ended tasks per bucket",
+    )
+}
+
+pub(super) fn failing_workers(
+    conn: &Connection,
+    since: i64,
+    limit: u32,
+) -> StoreResult<Vec<WorkerFailures>> {
+    query_all(
+        conn,
+        FAILING_WORKERS,
+        params![since, limit],
+        |row| {
+            Ok(WorkerFailures {
+                worker: row.get(0)?,
+                failed: unsigned(row, 1)?,
+            })
+        },
+        "finding the failing workers",
+    )
 }
 
 pub(super) fn next_due(conn: &Connection) -> StoreResult<NextDue> {
@@ -1258,6 +1327,20 @@ mod tests {
                     "{sql}\n{plan}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_overviews_queries_read_a_range_of_one_covering_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, ":memory:", super::super::schema::LATEST_VERSION)
+            .unwrap();
+        for sql in [TASK_ACTIVITY, FAILING_WORKERS] {
+            let plan = query_plan(&conn, sql);
+            assert!(
+                plan.contains("USING COVERING INDEX tasks_updated (updated_at>?)"),
+                "{sql}\n{plan}"
+            );
         }
     }
 }

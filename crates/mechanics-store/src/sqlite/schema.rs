@@ -224,6 +224,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 10: the dashboard's queries. `created_at` bounds a `since` listing by id; the ended
+    // tasks by `updated_at` (with their state and worker, so the index alone answers) make the
+    // Overview's per-minute chart and its failing workers a range, not a scan of every task.
+    r#"
+    CREATE INDEX tasks_created ON tasks (created_at);
+    CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
+    "#,
 ];
 
 /// The schema version this build creates and understands.

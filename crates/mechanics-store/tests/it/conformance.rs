@@ -10,8 +10,8 @@ use mechanics_proto::domain::{
     LogRecord, NodeSpec, TaskAttempt, TaskState, TranspiledModule, WorkerSpec,
 };
 use mechanics_store::{
-    BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask, NextDue, Release,
-    Store, StoreError, Take, TaskFilter, TokenRate, Tokens,
+    ActivityBucket, BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask,
+    NextDue, Release, Store, StoreError, Take, TaskFilter, TokenRate, Tokens, WorkerFailures,
 };
 use serde_json::{Value, json};
 
@@ -1959,4 +1959,230 @@ pub(crate) async fn invalid_remote_nodes_are_refused_naming_the_field(store: &dy
     assert!(err.to_string().contains("token_env: required"), "{err}");
     assert!(store.list_nodes().await.unwrap().is_empty());
     assert_eq!(store.registry_version(), version);
+}
+
+/// Creates a task of `worker` with `payload` at `now` (its `created_at`).
+async fn task_at(store: &dyn Store, worker: &str, payload: Value, now: i64) -> i64 {
+    store
+        .create_task(
+            NewTask {
+                worker: worker.into(),
+                event_id: None,
+                idempotency_key: None,
+                payload,
+                next_run_at: now,
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .record
+        .id
+}
+
+/// Claims the task `id` (due by `now`) and ends it: completed with `Ok(result)`, or failed
+/// (`Err((end, error))`), at `now`.
+async fn end_task(store: &dyn Store, id: i64, end: Result<Value, (TaskState, &str)>, now: i64) {
+    let claimed = store.claim_due(now, now + 1_000, 1000).await.unwrap();
+    let attempt = claimed.iter().find(|t| t.id == id).unwrap().attempt;
+    match end {
+        Ok(result) => store
+            .complete_task(id, attempt, result, now)
+            .await
+            .map(drop),
+        Err((end, error)) => store
+            .fail_task(id, attempt, end, error, now)
+            .await
+            .map(drop),
+    }
+    .unwrap();
+    // Whatever else the claim took goes back, due again.
+    for other in claimed.iter().filter(|t| t.id != id) {
+        store
+            .release_task(other.id, other.attempt, now, Release::Unreserved, now)
+            .await
+            .unwrap();
+    }
+}
+
+async fn listed(store: &dyn Store, filter: TaskFilter) -> Vec<i64> {
+    let page = store.list_tasks(&filter).await.unwrap();
+    page.items.iter().map(|t| t.id).collect()
+}
+
+pub(crate) async fn task_listings_search_text_and_filter_by_creation_time(store: &dyn Store) {
+    let in_payload = task_at(store, "a", json!({ "user": "OctoCat" }), 100).await;
+    let in_result = task_at(store, "a", json!({ "n": 1 }), 200).await;
+    end_task(
+        store,
+        in_result,
+        Ok(json!({ "greeting": "hi octocat" })),
+        210,
+    )
+    .await;
+    let in_error = task_at(store, "b", json!({ "n": 2 }), 300).await;
+    end_task(
+        store,
+        in_error,
+        Err((TaskState::Dead, "octocat: no such user")),
+        310,
+    )
+    .await;
+    let percent = task_at(store, "b", json!({ "share": "50%" }), 400).await;
+    let _plain = task_at(store, "b", json!({ "share": "500", "user": "hubot" }), 500).await;
+
+    let text = |q: &str| TaskFilter {
+        text: Some(q.into()),
+        ..TaskFilter::default()
+    };
+    // Payload, result and error, ignoring case, newest first.
+    assert_eq!(
+        listed(store, text("octoCAT")).await,
+        [in_error, in_result, in_payload]
+    );
+    // `%`, `_` and `\` are themselves, not patterns.
+    assert_eq!(listed(store, text("50%")).await, [percent]);
+    assert_eq!(listed(store, text("5_0")).await, Vec::<i64>::new());
+    assert_eq!(listed(store, text("\\")).await, Vec::<i64>::new());
+    // With the other filters.
+    assert_eq!(
+        listed(
+            store,
+            TaskFilter {
+                worker: Some("a".into()),
+                ..text("octocat")
+            }
+        )
+        .await,
+        [in_result, in_payload]
+    );
+    assert_eq!(
+        listed(
+            store,
+            TaskFilter {
+                state: Some(TaskState::Dead),
+                ..text("octocat")
+            }
+        )
+        .await,
+        [in_error]
+    );
+
+    // Created at or after `since`: the bound is inclusive.
+    let since = |at: i64| TaskFilter {
+        created_since: Some(at),
+        ..TaskFilter::default()
+    };
+    assert_eq!(listed(store, since(400)).await.len(), 2);
+    assert_eq!(listed(store, since(401)).await.len(), 1);
+    assert_eq!(listed(store, since(501)).await, Vec::<i64>::new());
+    assert_eq!(
+        listed(
+            store,
+            TaskFilter {
+                created_since: Some(200),
+                ..text("octocat")
+            }
+        )
+        .await,
+        [in_error, in_result]
+    );
+
+    // Cursor paging keeps both filters.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_tasks(&TaskFilter {
+                created_since: Some(100),
+                text: Some("OCTOCAT".into()),
+                limit: Some(2),
+                cursor,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [in_error, in_result, in_payload]);
+}
+
+pub(crate) async fn ended_tasks_are_counted_per_bucket_and_failing_workers_ranked(
+    store: &dyn Store,
+) {
+    const MINUTE: i64 = 60_000;
+    // Minute 1: two completed (a), one failed (a). Minute 3: one dead (b), one dead (a), one
+    // canceled (not counted). A pending task is not counted either.
+    for (worker, end, at) in [
+        ("a", Ok(json!(1)), MINUTE + 5),
+        ("a", Ok(json!(2)), MINUTE + 59_999),
+        ("a", Err((TaskState::Failed, "boom")), MINUTE + 10),
+        ("b", Err((TaskState::Dead, "boom")), 3 * MINUTE),
+        ("a", Err((TaskState::Dead, "boom")), 3 * MINUTE + 1),
+    ] {
+        let id = task_at(store, worker, json!(null), at - 1).await;
+        end_task(store, id, end, at).await;
+    }
+    let canceled = task_at(store, "c", json!(null), 3 * MINUTE).await;
+    store.cancel_task(canceled, 3 * MINUTE + 2).await.unwrap();
+    task_at(store, "c", json!(null), 3 * MINUTE).await;
+
+    let buckets = store.task_activity(0, MINUTE).await.unwrap();
+    assert_eq!(
+        buckets,
+        [
+            ActivityBucket {
+                start: MINUTE,
+                completed: 2,
+                failed: 1
+            },
+            ActivityBucket {
+                start: 3 * MINUTE,
+                completed: 0,
+                failed: 2
+            },
+        ]
+    );
+    // `since` leaves out what ended before it.
+    assert_eq!(
+        store.task_activity(MINUTE + 11, MINUTE).await.unwrap(),
+        [
+            ActivityBucket {
+                start: MINUTE,
+                completed: 1,
+                failed: 0
+            },
+            ActivityBucket {
+                start: 3 * MINUTE,
+                completed: 0,
+                failed: 2
+            },
+        ]
+    );
+    assert!(matches!(
+        store.task_activity(0, 0).await,
+        Err(StoreError::InvalidInput(message)) if message.starts_with("bucket_ms:")
+    ));
+
+    let failing = |worker: &str, failed: u64| WorkerFailures {
+        worker: worker.into(),
+        failed,
+    };
+    assert_eq!(
+        store.failing_workers(0, 10).await.unwrap(),
+        [failing("a", 2), failing("b", 1)]
+    );
+    assert_eq!(
+        store.failing_workers(3 * MINUTE, 10).await.unwrap(),
+        [failing("a", 1), failing("b", 1)]
+    );
+    assert_eq!(
+        store.failing_workers(0, 1).await.unwrap(),
+        [failing("a", 2)]
+    );
+    assert_eq!(store.failing_workers(3 * MINUTE + 2, 10).await.unwrap(), []);
 }
