@@ -3,7 +3,8 @@
 //! against the goal of issue 22 (at most 50 ms of server time and 200 KB per page).
 //!
 //! The store is filled directly with SQL (one transaction; the server's own writes would take
-//! minutes) on a file migrated to the current schema: 20 workers, tasks created over the last
+//! minutes) on a file migrated to the current schema: 20 workers (registered through the
+//! store), tasks created over the last
 //! two days (one every ~1.7 s), 70 % completed, 10 % failed, 5 % dead, 10 % pending, 5 %
 //! canceled, each payload naming a user (one task in 10,000 names `rare-user`), and `/logs`
 //! entries spread over the same tasks. A server (`mechanics_server::start`, in this process,
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use mechanics_node::ShutdownHandle;
 use mechanics_runtime::{Supervisor, SupervisorConfig};
 use mechanics_server::{Clock, DispatchConfig, ServerConfig, ServerParts};
-use mechanics_store::{SQLITE_SCHEMA_VERSION, SqliteStore, migrate_sqlite_to};
+use mechanics_store::{SQLITE_SCHEMA_VERSION, SqliteStore, Store as _, migrate_sqlite_to};
 
 const TASKS: i64 = 100_000;
 const LOGS: i64 = 100_000;
@@ -138,6 +139,18 @@ async fn main() {
     );
 
     let store = Arc::new(SqliteStore::open(&path).unwrap());
+    // The workers the tasks name, so the Workers pages have their counts to read.
+    for n in 0..WORKERS {
+        let spec = serde_json::from_value(serde_json::json!({
+            "name": format!("worker-{n}"), "kind": "js", "module": "./w.js",
+            "triggers": [{ "webhook": { "source": "gh", "events": ["issues.opened"] } }, { "api": true }]
+        }))
+        .unwrap();
+        store
+            .upsert_worker(spec, Some("export default (a) => a".into()), None, now)
+            .await
+            .unwrap();
+    }
     let config = ServerConfig::defaults(dir.path());
     let parts = ServerParts {
         store,
@@ -195,6 +208,14 @@ async fn main() {
         ),
         ("Task", format!("/ui/tasks/{}", TASKS - 5)),
         ("Events", "/ui/events".into()),
+        ("Workers", "/ui/workers".into()),
+        ("Worker", "/ui/workers/worker-7".into()),
+        ("Sources", "/ui/sources".into()),
+        ("Nodes", "/ui/nodes".into()),
+        ("Logs", "/ui/logs".into()),
+        ("Logs worker=", "/ui/logs?worker=worker-7".into()),
+        ("Logs action=dispatch", "/ui/logs?action=dispatch".into()),
+        ("Logs task=", format!("/ui/logs?task={}", TASKS - 5)),
     ];
     println!(
         "{} samples per page after 5 to warm up; goal ≤ {GOAL_MS} ms, ≤ {GOAL_KB} KB",
