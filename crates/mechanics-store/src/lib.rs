@@ -186,6 +186,12 @@ pub trait Store: Send + Sync {
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Page<Task>>;
     /// Number of tasks in each state (every state present), of one worker or of all.
     async fn task_counts(&self, worker: Option<&str>) -> StoreResult<BTreeMap<TaskState, u64>>;
+    /// Number of tasks in each state (every state present) of each worker that has tasks, by
+    /// worker name, in one query: a page listing every worker reads this, not one
+    /// [`Store::task_counts`] per worker.
+    async fn task_counts_per_worker(
+        &self,
+    ) -> StoreResult<BTreeMap<String, BTreeMap<TaskState, u64>>>;
     /// The tasks that ended (completed, or failed or dead) at or after `since`, counted per
     /// `bucket_ms` by the time they last changed, oldest bucket first; buckets without an ended
     /// task are left out. A bucket starts at a multiple of `bucket_ms` (unix ms); `bucket_ms`
@@ -657,6 +663,20 @@ pub(crate) fn like_pattern(text: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+/// Folds `(worker, state, count)` rows into every worker's counts, every state present.
+fn counts_per_worker(
+    rows: impl IntoIterator<Item = (String, TaskState, u64)>,
+) -> BTreeMap<String, BTreeMap<TaskState, u64>> {
+    let mut counts: BTreeMap<String, BTreeMap<TaskState, u64>> = BTreeMap::new();
+    for (worker, state, count) in rows {
+        counts
+            .entry(worker)
+            .or_insert_with(|| TaskState::ALL.iter().map(|s| (*s, 0)).collect())
+            .insert(state, count);
+    }
+    counts
 }
 
 /// `bucket_ms` of [`Store::task_activity`], checked.

@@ -12,6 +12,7 @@
 //! as the API's task submission and the MCP `test_module` tool do ([`super::session`] checks it
 //! with the CSRF token); the answer, console output included, is redacted as a task's is.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -86,10 +87,8 @@ pub(super) async fn list(
 
 async fn list_body(shared: &Shared) -> ApiResult<Markup> {
     let workers = shared.store.list_workers().await?;
-    let mut counts = Vec::with_capacity(workers.len());
-    for worker in &workers {
-        counts.push(shared.store.task_counts(Some(&worker.spec.name)).await?);
-    }
+    let counts = shared.store.task_counts_per_worker().await?;
+    let no_tasks = BTreeMap::new();
     let activity = shared.metrics.recent.summary(
         shared.clock.now_ms(),
         workers.iter().map(|w| w.spec.name.as_str()),
@@ -110,8 +109,9 @@ async fn list_body(shared: &Shared) -> ApiResult<Markup> {
                     }
                 }
                 tbody {
-                    @for (worker, counts) in workers.iter().zip(&counts) {
+                    @for worker in &workers {
                         @let name = &worker.spec.name;
+                        @let counts = counts.get(name).unwrap_or(&no_tasks);
                         tr id={"worker-" (name)} {
                             td {
                                 a href={"/ui/workers/" (encode(name))} { (name) }

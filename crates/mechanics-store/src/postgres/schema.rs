@@ -227,10 +227,12 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 9: the dashboard's queries (the SQLite backend's version 10): `created_at` bounds a
     // `since` listing by id; the ended tasks by `updated_at` (with state and worker, so the
-    // index alone answers) make the Overview's chart and failing workers a range, not a scan.
+    // index alone answers) make the Overview's chart and failing workers a range, not a scan;
+    // (worker, state) gives the Workers page every worker's counts in index order.
     r#"
     CREATE INDEX tasks_created ON tasks (created_at, id);
     CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
+    CREATE INDEX tasks_worker_state ON tasks (worker, state);
     "#,
 ];
 

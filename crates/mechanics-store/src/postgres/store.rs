@@ -1137,6 +1137,33 @@ impl Store for PgStore {
         Ok(counts)
     }
 
+    async fn task_counts_per_worker(
+        &self,
+    ) -> StoreResult<BTreeMap<String, BTreeMap<TaskState, u64>>> {
+        let rows = retrying!(self, |db, _retried| {
+            query(
+                &*db,
+                "SELECT worker, state, COUNT(*) FROM tasks GROUP BY worker, state",
+                &[],
+                "counting each worker's tasks",
+            )
+            .await
+        })?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let state: &str = row.get(1);
+                let state = state.parse().map_err(|err| StoreError::Database {
+                    context: "counting each worker's tasks".into(),
+                    message: format!("{err}"),
+                })?;
+                let count: i64 = row.get(2);
+                Ok((row.get(0), state, u64::try_from(count).unwrap_or_default()))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(crate::counts_per_worker(rows))
+    }
+
     async fn task_activity(&self, since: i64, bucket_ms: i64) -> StoreResult<Vec<ActivityBucket>> {
         crate::check_bucket(bucket_ms)?;
         let rows = retrying!(self, |db, _retried| {

@@ -527,6 +527,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn task_counts_per_worker(
+        &self,
+    ) -> StoreResult<BTreeMap<String, BTreeMap<TaskState, u64>>> {
+        self.read(ops::task_counts_per_worker).await
+    }
+
     async fn task_activity(&self, since: i64, bucket_ms: i64) -> StoreResult<Vec<ActivityBucket>> {
         crate::check_bucket(bucket_ms)?;
         self.read(move |conn| ops::task_activity(conn, since, bucket_ms))

@@ -914,21 +914,29 @@ pub(super) fn task_counts(
         conn,
         "SELECT state, COUNT(*) FROM tasks WHERE (?1 IS NULL OR worker = ?1) GROUP BY state",
         [worker],
-        |row| {
-            let state: String = row.get(0)?;
-            let state = state.parse().map_err(|err| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(err),
-                )
-            })?;
-            Ok((state, unsigned(row, 1)?))
-        },
+        |row| Ok((task_state(row, 0)?, unsigned(row, 1)?)),
         "counting tasks",
     )?;
     counts.extend(rows);
     Ok(counts)
+}
+
+/// Every worker's tasks per state: one pass over `tasks_worker_state`, in its order, reading no
+/// table page and sorting nothing.
+const COUNTS_PER_WORKER: &str = "SELECT worker, state, COUNT(*) FROM tasks \
+     INDEXED BY tasks_worker_state GROUP BY worker, state";
+
+pub(super) fn task_counts_per_worker(
+    conn: &Connection,
+) -> StoreResult<BTreeMap<String, BTreeMap<TaskState, u64>>> {
+    let rows: Vec<(String, TaskState, u64)> = query_all(
+        conn,
+        COUNTS_PER_WORKER,
+        [],
+        |row| Ok((row.get(0)?, task_state(row, 1)?, unsigned(row, 2)?)),
+        "counting each worker's tasks",
+    )?;
+    Ok(crate::counts_per_worker(rows))
 }
 
 /// The ended tasks per bucket: a range of `tasks_updated`, which holds every column it reads
@@ -1214,6 +1222,14 @@ fn unsigned(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     })
 }
 
+/// Reads a task's state column.
+fn task_state(row: &Row<'_>, index: usize) -> rusqlite::Result<TaskState> {
+    let state: String = row.get(index)?;
+    state.parse().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
 fn not_found(what: &'static str, id: i64) -> StoreError {
     StoreError::NotFound {
         what,
@@ -1328,6 +1344,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_workers_counts_are_one_pass_over_a_covering_index_without_a_sort() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, ":memory:", super::super::schema::LATEST_VERSION)
+            .unwrap();
+        let plan = query_plan(&conn, COUNTS_PER_WORKER);
+        assert!(
+            plan.contains("USING COVERING INDEX tasks_worker_state")
+                && !plan.contains("TEMP B-TREE"),
+            "{plan}"
+        );
     }
 
     #[test]

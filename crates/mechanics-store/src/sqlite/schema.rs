@@ -226,10 +226,12 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 10: the dashboard's queries. `created_at` bounds a `since` listing by id; the ended
     // tasks by `updated_at` (with their state and worker, so the index alone answers) make the
-    // Overview's per-minute chart and its failing workers a range, not a scan of every task.
+    // Overview's per-minute chart and its failing workers a range, not a scan of every task;
+    // (worker, state) gives the Workers page every worker's counts in index order, unsorted.
     r#"
     CREATE INDEX tasks_created ON tasks (created_at);
     CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
+    CREATE INDEX tasks_worker_state ON tasks (worker, state);
     "#,
 ];
 

@@ -738,6 +738,17 @@ pub(crate) async fn listings_filter_and_page_newest_first(store: &dyn Store) {
         store.task_counts(Some("c")).await.unwrap()[&TaskState::Dispatched],
         1
     );
+    let per_worker = store.task_counts_per_worker().await.unwrap();
+    assert_eq!(per_worker["c"][&TaskState::Dispatched], 1);
+    assert_eq!(per_worker["b"][&TaskState::Dispatched], 4);
+    for (worker, states) in &per_worker {
+        assert_eq!(states.len(), TaskState::ALL.len(), "{worker}: every state");
+        assert_eq!(states, &store.task_counts(Some(worker)).await.unwrap());
+    }
+    for state in TaskState::ALL {
+        let sum: u64 = per_worker.values().map(|states| states[state]).sum();
+        assert_eq!(sum, counts[state], "{state:?} over all workers");
+    }
 
     store.insert_event(new_event("gl", "x"), 0).await.unwrap();
     let gl = store
