@@ -269,6 +269,23 @@ pub(crate) fn page_limit(limit: u32) -> Result<u32> {
     }
 }
 
+/// `--state` checked against the states `S` names, in the spelling the server takes: a typo
+/// exits 2 here, naming the states, without a request.
+pub(crate) fn state_filter<S>(state: Option<&str>) -> Result<Option<String>>
+where
+    S: std::str::FromStr + std::fmt::Display,
+    S::Err: std::fmt::Display,
+{
+    state
+        .map(|state| {
+            state
+                .parse::<S>()
+                .map(|state| state.to_string())
+                .map_err(|err| Failure::usage(format!("--state: {err}")))
+        })
+        .transpose()
+}
+
 impl ClientArgs {
     /// The API key to send, from --api-key/MECHANICS_API_KEY or --api-key-file/
     /// MECHANICS_API_KEY_FILE, checked by the server's own rules (a blank key or one no header
@@ -679,15 +696,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
             limit,
             cursor,
         } => {
-            let state = state
-                .as_deref()
-                .map(|state| {
-                    state
-                        .parse::<TaskState>()
-                        .map(|state| state.to_string())
-                        .map_err(|err| Failure::usage(format!("--state: {err}")))
-                })
-                .transpose()?;
+            let state = state_filter::<TaskState>(state.as_deref())?;
             let filter = TaskFilter {
                 state,
                 worker: worker.clone(),

@@ -7,7 +7,7 @@ use mechanics_proto::domain::EventState;
 
 use mechanics_client::EventFilter;
 
-use crate::client::{Api, ClientArgs, Failure, Result, age, page_limit, shorten, table};
+use crate::client::{Api, ClientArgs, Result, age, page_limit, shorten, state_filter, table};
 
 /// `mechanics event ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -61,15 +61,7 @@ pub fn event(args: &ClientArgs, command: &EventCommand) -> Result<()> {
             limit,
             cursor,
         } => {
-            let state = state
-                .as_deref()
-                .map(|state| {
-                    state
-                        .parse::<EventState>()
-                        .map(|state| state.to_string())
-                        .map_err(|err| Failure::usage(format!("--state: {err}")))
-                })
-                .transpose()?;
+            let state = state_filter::<EventState>(state.as_deref())?;
             let filter = EventFilter {
                 source: source.clone(),
                 state,
