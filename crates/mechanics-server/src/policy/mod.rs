@@ -228,8 +228,14 @@ impl Policies {
     }
 
     /// The names of `source`'s token, asked once per source version (again after
-    /// [`IDENTITY_RETRY`] when the platform could not say). Empty when unknown.
-    async fn identity(&self, shared: &Shared, source: &CachedSource, token: &str) -> Vec<String> {
+    /// [`IDENTITY_RETRY`] when the platform could not say). Empty when unknown. Write-back uses
+    /// it too: only a message of these names counts as an earlier reply.
+    pub(crate) async fn identity(
+        &self,
+        shared: &Shared,
+        source: &CachedSource,
+        token: &str,
+    ) -> Vec<String> {
         let spec = &source.source.spec;
         let version = (source.source.created_at, source.source.revision);
         if let Some(known) = lock(&self.identities).get(&spec.name)
