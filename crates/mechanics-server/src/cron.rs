@@ -293,8 +293,9 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
             tracing::debug!(worker, task = task.id, fire_time, "cron fired");
             shared.dispatcher.wake.notify_one();
         }
-        // Another server (or an earlier run) fired it.
-        Ok(None) => shared.trace.cron_already_fired(worker, fire_time, now),
+        // Another server (or an earlier run) fired it, and logged the fire: an entry here too
+        // would repeat it once per other server on the database, every fire.
+        Ok(None) => tracing::debug!(worker, fire_time, "cron fire already recorded elsewhere"),
         Err(err) => {
             tracing::error!(worker, error = %err, "recording a cron fire failed");
             let error = format!("recording the fire at {fire_time} failed: {err}");
