@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             api_key_use_is_recorded_without_moving_back_or_the_version,
             a_paused_workers_tasks_stay_pending_until_it_is_resumed,
             a_worker_with_unfinished_tasks_is_removed_only_by_force_which_cancels_them,
+            a_worker_removed_while_its_cron_fires_leaves_no_unfinished_task,
             attempts_are_recorded_per_claim_and_listed_in_order,
             remote_nodes_are_stored_by_reference_replaced_deleted_and_bump_the_version,
             invalid_remote_nodes_are_refused_naming_the_field,
