@@ -1848,6 +1848,45 @@ pub(crate) async fn a_worker_with_unfinished_tasks_is_removed_only_by_force_whic
     assert_eq!(store.delete_worker("busy", true, 80).await.unwrap(), None);
 }
 
+/// A paused worker's fire time is claimed as skipped once, like a fire, and makes no task; a
+/// later fire of that time is refused as already recorded, and an unknown worker is named.
+pub(crate) async fn a_skipped_cron_fire_is_claimed_once_and_makes_no_task(store: &dyn Store) {
+    store
+        .upsert_worker(js_worker("tick"), Some(String::new()), None, 0)
+        .await
+        .unwrap();
+    assert!(store.record_cron_skip("tick", 1_000).await.unwrap());
+    assert!(!store.record_cron_skip("tick", 1_000).await.unwrap());
+    assert_eq!(
+        store
+            .record_cron_fire("tick", 1_000, json!({}), 1_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.last_cron_fire("tick").await.unwrap(), Some(1_000));
+    let tasks = store
+        .list_tasks(&TaskFilter {
+            worker: Some("tick".into()),
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let fired = store
+        .record_cron_fire("tick", 2_000, json!({}), 2_000)
+        .await
+        .unwrap();
+    assert!(fired.is_some());
+    assert!(!store.record_cron_skip("tick", 2_000).await.unwrap());
+    let missing = store.record_cron_skip("gone", 3_000).await.unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { what: "worker", .. }),
+        "{missing:?}"
+    );
+}
+
 /// A worker removed by force while its cron fires are being recorded: each fire either finds
 /// no worker or made a task the removal canceled and returned, never a task left pending for a
 /// worker that is gone (PostgreSQL: the fire's reference to the worker row waits for the

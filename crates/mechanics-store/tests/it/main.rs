@@ -23,6 +23,7 @@ macro_rules! conformance_suite {
             listings_filter_and_page_newest_first,
             next_due_reports_the_earliest_work,
             cron_fires_create_one_task_per_worker_and_time,
+            a_skipped_cron_fire_is_claimed_once_and_makes_no_task,
             logs_are_filtered_paged_and_pruned,
             an_idle_store_runs_no_queries,
             concurrent_creates_all_commit_with_distinct_ids,
