@@ -9,7 +9,9 @@
 //! The scheduler sleeps until the earliest next fire among all cron workers, or until the
 //! registry changes: an idle server makes no query (invariant 6). A fire is recorded with
 //! [`Store::record_cron_fire`](mechanics_store::Store::record_cron_fire), unique per worker and
-//! fire time, so several servers on one database fire each time once. After downtime a worker
+//! fire time, so several servers on one database fire each time once; a paused worker's time
+//! is recorded as skipped on the same key ([`Store::record_cron_skip`](mechanics_store::Store::record_cron_skip)),
+//! so it is logged once too. After downtime a worker
 //! fires once for the latest missed time; the other missed times are counted in
 //! `cron_ticks_dropped`. The starting point is the worker's last recorded fire; a worker with no
 //! record kept (new, or pruned by retention) starts from now, so a pruned record never causes a
@@ -262,8 +264,16 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
         .await
         .is_some_and(|w| w.paused);
     if paused {
-        // Not recorded as a fire: the worker runs nothing for it, now or after its resume.
-        shared.trace.cron_paused(worker, fire_time, now);
+        // Recorded with no task: the worker runs nothing for it, now or after its resume (nor
+        // after a restart, which starts from the last recorded time). The claim also makes one
+        // server of several on the database log the skip.
+        match shared.store.record_cron_skip(worker, fire_time).await {
+            Ok(true) => shared.trace.cron_paused(worker, fire_time, now),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(worker, error = %err, "recording a skipped cron fire failed");
+            }
+        }
         return;
     }
     let fire = json!({ "schedule": expression, "tz": tz.unwrap_or("UTC"), "fire_time": fire_time, "dropped": dropped });
@@ -293,8 +303,9 @@ async fn fire_due(shared: &Shared, worker: &str, schedules: &[Planned], after: i
             tracing::debug!(worker, task = task.id, fire_time, "cron fired");
             shared.dispatcher.wake.notify_one();
         }
-        // Another server (or an earlier run) fired it.
-        Ok(None) => shared.trace.cron_already_fired(worker, fire_time, now),
+        // Another server (or an earlier run) fired it, and logged the fire: an entry here too
+        // would repeat it once per other server on the database, every fire.
+        Ok(None) => tracing::debug!(worker, fire_time, "cron fire already recorded elsewhere"),
         Err(err) => {
             tracing::error!(worker, error = %err, "recording a cron fire failed");
             let error = format!("recording the fire at {fire_time} failed: {err}");

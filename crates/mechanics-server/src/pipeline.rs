@@ -328,7 +328,8 @@ fn event_entry(event: &Event, action: &str, outcome: LogOutcome, ts: i64) -> Log
 /// each other worker on the source the reason it did not match), `policy` (per matched
 /// worker: ok, or deny with `detail.reason`, `detail.actor` and `detail.why`), `submit` (ok: a task made
 /// for an event or a cron fire, `detail.trigger`), `cron` (ok: fired; skip: missed times
-/// dropped, `detail.dropped`, or a time already fired; fail), `write_back` (ok, retry with
+/// dropped, `detail.dropped`, or the worker paused; fail; a time another server fired is
+/// logged by that server only), `write_back` (ok, retry with
 /// `detail.next_attempt_at`, fail, or skip when there is no reply to post) and `dead_letter`
 /// (fail: a write-back given up). A refused delivery has no event: its entry gets a fresh trace
 /// id. Nothing from the request but the source name goes into `detail`, and every entry passes
@@ -567,18 +568,6 @@ impl TraceLog {
             attempt: None,
             detail: Some(fire),
             ..task_entry(task, "cron", LogOutcome::Ok, now)
-        });
-    }
-
-    /// `worker`'s fire at `fire_time` was recorded already (another server fired it).
-    pub(crate) fn cron_already_fired(&self, worker: &str, fire_time: i64, now: i64) {
-        self.record(LogRecord {
-            trace_id: Some(random_trace_id()),
-            worker: Some(worker.to_owned()),
-            detail: Some(
-                json!({ "fire_time": fire_time, "reason": "this fire time was already fired" }),
-            ),
-            ..entry("cron", LogOutcome::Skip, now)
         });
     }
 

@@ -253,6 +253,11 @@ pub trait Store: Send + Sync {
         payload: Value,
         now: i64,
     ) -> StoreResult<Option<Task>>;
+    /// Records that `worker`'s fire at `fire_time` was skipped (the worker is paused), on the same
+    /// claim as [`record_cron_fire`](Store::record_cron_fire) but with no task: `true` for the
+    /// one caller that recorded it (which logs the skip), `false` if that fire time was already
+    /// recorded, fired or skipped, by this or another server.
+    async fn record_cron_skip(&self, worker: &str, fire_time: i64) -> StoreResult<bool>;
     /// The latest recorded fire time of `worker`'s schedule, if any is still kept (retention
     /// prunes old records): the scheduler's catch-up starts after it.
     async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>>;

@@ -7,7 +7,9 @@
 //! 2. `bot`: the platform marks the sender as a bot (with `ignore_bots`): bots answering each
 //!    other loop too;
 //! 3. `actor_not_allowed` / `actor_denied`: the `actors` allow or deny list, GitHub teams
-//!    resolved through the API and cached for [`TEAM_TTL`];
+//!    resolved through the API and cached for [`TEAM_TTL`]. An event that names no actor passes
+//!    neither list, and a team GitHub does not show the token refuses too (a list that cannot be
+//!    read lets no one past it);
 //! 4. `actor_limit`: the per-actor limit, counted in the store so that it holds across restarts
 //!    and across servers on one database. Counted last, so that only events that would start
 //!    the worker count.
@@ -137,9 +139,15 @@ impl Policies {
                     }
                     return Ok(deny("actor_not_allowed", detail));
                 }
-                ActorRule::Deny(_) if listed || !errors.is_empty() => {
+                ActorRule::Deny(_) if listed || !errors.is_empty() || actor.names.is_empty() => {
                     let detail = if listed {
                         format!("{shown} is in policy.actors.deny")
+                    } else if actor.names.is_empty() {
+                        // Who is not named cannot be told apart from a denied actor: letting
+                        // such events in would let anyone past the list by leaving the actor out.
+                        "the event names no actor, so it cannot be told that it is not one of \
+                         policy.actors.deny"
+                            .to_owned()
                     } else {
                         // A deny list that cannot be read refuses rather than lets anyone in.
                         format!(
@@ -220,8 +228,14 @@ impl Policies {
     }
 
     /// The names of `source`'s token, asked once per source version (again after
-    /// [`IDENTITY_RETRY`] when the platform could not say). Empty when unknown.
-    async fn identity(&self, shared: &Shared, source: &CachedSource, token: &str) -> Vec<String> {
+    /// [`IDENTITY_RETRY`] when the platform could not say). Empty when unknown. Write-back uses
+    /// it too: only a message of these names counts as an earlier reply.
+    pub(crate) async fn identity(
+        &self,
+        shared: &Shared,
+        source: &CachedSource,
+        token: &str,
+    ) -> Vec<String> {
         let spec = &source.source.spec;
         let version = (source.source.created_at, source.source.revision);
         if let Some(known) = lock(&self.identities).get(&spec.name)

@@ -10,7 +10,8 @@
 //! | telegram | `GET {api}/bot{token}/getMe` | `result.id`, `result.username` |
 //!
 //! Team membership: `GET {api}/orgs/{org}/teams/{team}/memberships/{login}`, a member when it
-//! answers 200 with `state: active`, not one on 404.
+//! answers 200 with `state: active`; on 404 `GET {api}/orgs/{org}/teams/{team}` says whether the
+//! login is not a member (200) or the token cannot see the team (404: an error).
 
 use mechanics_proto::domain::{SourceKind, SourceSpec};
 use serde_json::Value;
@@ -98,7 +99,28 @@ pub(crate) async fn team_member(
     let (status, body) = send(request, spec.kind).await?;
     match status {
         200 => Ok(body.get("state").and_then(Value::as_str) == Some("active")),
-        404 => Ok(false),
+        // GitHub answers 404 both for a login outside the team and for a team the token cannot
+        // see (or that does not exist); only the team's own page tells them apart. Read as "not
+        // a member", a typo or a token without `read:org` would silently empty the list.
+        404 => {
+            let url = format!("{api}/orgs/{}/teams/{}", segment(org), segment(team));
+            let request = client
+                .for_url(&url)
+                .get(url)
+                .bearer_auth(token)
+                .header("accept", "application/vnd.github+json");
+            match send(request, spec.kind).await?.0 {
+                200 => Ok(false),
+                404 => Err(format!(
+                    "GitHub does not show the team @{org}/{team} to the source's token: it does \
+                     not exist, or the token lacks access to it (read:org, or membership of the \
+                     organization)"
+                )),
+                status => Err(format!(
+                    "GitHub answered {status} when asked about the team @{org}/{team}"
+                )),
+            }
+        }
         _ => Err(format!(
             "GitHub answered {status} when asked whether {login:?} is in @{org}/{team}"
         )),

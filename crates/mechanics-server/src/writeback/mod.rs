@@ -480,7 +480,28 @@ async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> 
     let retry = event.write_back_attempts > 0;
     match responders::lookup(spec, event, &outbound) {
         Some(lookup) if interrupted || retry => {
-            match look_for_reply(shared, spec.kind, event, lookup).await {
+            // A marker counts only on a message of the token's own identity.
+            let own = match token.as_deref() {
+                Some(token) => {
+                    shared
+                        .integrations
+                        .policies
+                        .identity(shared, &source, token)
+                        .await
+                }
+                None => Vec::new(),
+            };
+            if own.is_empty() {
+                return Sent::Transient {
+                    delay: None,
+                    error: format!(
+                        "who the source's token is on {} is not known, so an earlier reply \
+                         cannot be told from a marker someone else pasted",
+                        responders::platform(spec.kind)
+                    ),
+                };
+            }
+            match look_for_reply(shared, spec.kind, event, lookup, &own).await {
                 Ok(true) => return Sent::Found,
                 Ok(false) => {}
                 Err(error) => return Sent::Transient { delay: None, error },
@@ -534,12 +555,13 @@ async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> 
     responders::classify(spec.kind, status, &headers, &body, now_secs)
 }
 
-/// Whether the platform holds a reply to `event` (its marker), by `lookup`.
+/// Whether the platform holds a reply to `event` (its marker on a message of `own`), by `lookup`.
 async fn look_for_reply(
     shared: &Shared,
     kind: SourceKind,
     event: &Event,
     lookup: responders::Lookup,
+    own: &[String],
 ) -> Result<bool, String> {
     let who = responders::platform(kind);
     let mut request = shared
@@ -573,7 +595,7 @@ async fn look_for_reply(
             body["error"].as_str().unwrap_or("no \"ok\": true")
         ));
     }
-    Ok(responders::holds_reply(kind, &body, event))
+    Ok(responders::holds_reply(kind, &body, event, own))
 }
 
 #[cfg(test)]

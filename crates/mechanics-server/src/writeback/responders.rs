@@ -302,27 +302,46 @@ pub(crate) fn lookup(spec: &SourceSpec, event: &Event, reply: &Outbound) -> Opti
     }
 }
 
-/// Whether the platform's answer `body` to a [`lookup`] holds our reply to `event`.
-pub(crate) fn holds_reply(kind: SourceKind, body: &Value, event: &Event) -> bool {
+/// Whether the platform's answer `body` to a [`lookup`] holds our reply to `event`: a message
+/// carrying the marker and written by one of `own`, the names of the source's token. Anyone in
+/// the thread can paste a marker (a person, another bot); counted as ours, it would make a reply
+/// that was never posted look posted.
+pub(crate) fn holds_reply(kind: SourceKind, body: &Value, event: &Event, own: &[String]) -> bool {
     let marker = marker(event);
+    let by_us = |message: &Value, pointers: &[&str]| {
+        pointers.iter().any(|pointer| {
+            message
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .is_some_and(|author| own.iter().any(|name| name.eq_ignore_ascii_case(author)))
+        })
+    };
     let has_marker = |note: &Value| {
         note.get("body")
             .and_then(Value::as_str)
             .is_some_and(|text| text.contains(&marker))
     };
     match kind {
-        SourceKind::Github | SourceKind::Gitlab => body
-            .as_array()
-            .is_some_and(|notes| notes.iter().any(has_marker)),
+        SourceKind::Github => body.as_array().is_some_and(|notes| {
+            notes
+                .iter()
+                .any(|note| has_marker(note) && by_us(note, &["/user/login"]))
+        }),
+        SourceKind::Gitlab => body.as_array().is_some_and(|notes| {
+            notes
+                .iter()
+                .any(|note| has_marker(note) && by_us(note, &["/author/username"]))
+        }),
         SourceKind::Slack => {
             body.get("messages")
                 .and_then(Value::as_array)
                 .is_some_and(|messages| {
                     messages.iter().any(|message| {
-                        message
-                            .pointer("/metadata/event_type")
-                            .and_then(Value::as_str)
-                            == Some(SLACK_MARKER_TYPE)
+                        by_us(message, &["/bot_id", "/user"])
+                            && message
+                                .pointer("/metadata/event_type")
+                                .and_then(Value::as_str)
+                                == Some(SLACK_MARKER_TYPE)
                             && message
                                 .pointer("/metadata/event_payload/event")
                                 .and_then(Value::as_i64)
@@ -462,13 +481,34 @@ mod tests {
             look.url,
             "https://api.github.com/repos/acme/app/issues/42/comments?per_page=100&since=2023-11-14T22:13:20Z"
         );
-        let comments = json!([{ "body": "other" }, { "body": body["body"] }]);
-        assert!(holds_reply(SourceKind::Github, &comments, &event));
+        let own = ["mechanics-bot".to_owned(), "BBOT".to_owned()];
+        let comments = json!([
+            { "body": "other", "user": { "login": "mechanics-bot" } },
+            { "body": body["body"], "user": { "login": "Mechanics-Bot" } },
+        ]);
+        assert!(holds_reply(SourceKind::Github, &comments, &event, &own));
         let other = Event {
             id: 10,
             ..event.clone()
         };
-        assert!(!holds_reply(SourceKind::Github, &comments, &other));
+        assert!(!holds_reply(SourceKind::Github, &comments, &other, &own));
+        // The same marker pasted by someone else is not our reply.
+        let pasted = json!([{ "body": body["body"], "user": { "login": "eve" } }]);
+        assert!(!holds_reply(SourceKind::Github, &pasted, &event, &own));
+        let gitlab =
+            |author: &str| json!([{ "body": body["body"], "author": { "username": author } }]);
+        assert!(holds_reply(
+            SourceKind::Gitlab,
+            &gitlab("mechanics-bot"),
+            &event,
+            &own
+        ));
+        assert!(!holds_reply(
+            SourceKind::Gitlab,
+            &gitlab("eve"),
+            &event,
+            &own
+        ));
 
         let sl_spec = spec(SourceKind::Slack);
         let sl = build(&sl_spec, Some("tok"), None, &event, "hi", 0).unwrap();
@@ -478,9 +518,31 @@ mod tests {
             "https://slack.com/api/conversations.replies?channel=C1&ts=17.5&include_all_metadata=true&limit=200"
         );
         let posted: Value = serde_json::from_slice(&sl.body).unwrap();
-        let thread = json!({ "ok": true, "messages": [{ "text": "q" }, { "text": "hi", "metadata": posted["metadata"] }] });
-        assert!(holds_reply(SourceKind::Slack, &thread, &event));
-        assert!(!holds_reply(SourceKind::Slack, &thread, &other));
+        let thread = |bot: &str| {
+            json!({ "ok": true, "messages": [
+                { "text": "q", "user": "U1" },
+                { "text": "hi", "bot_id": bot, "metadata": posted["metadata"] },
+            ] })
+        };
+        assert!(holds_reply(
+            SourceKind::Slack,
+            &thread("BBOT"),
+            &event,
+            &own
+        ));
+        assert!(!holds_reply(
+            SourceKind::Slack,
+            &thread("BBOT"),
+            &other,
+            &own
+        ));
+        // Another app can set the same metadata.
+        assert!(!holds_reply(
+            SourceKind::Slack,
+            &thread("BOTHER"),
+            &event,
+            &own
+        ));
 
         let tg_spec = spec(SourceKind::Telegram);
         let tg_event =

@@ -132,6 +132,124 @@ async fn after_downtime_a_schedule_fires_once_and_counts_the_missed_times() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_another_server_fired_is_logged_by_that_server_only() {
+    let (url, _) = http_worker(|_, _| reply(200, json!({ "ok": true }))).await;
+    let server = TestServer::start().await;
+    server
+        .add_http_worker(
+            "tick",
+            &url,
+            json!({ "triggers": [{ "cron": "* * * * * *" }] }),
+        )
+        .await;
+    // A second server on the same database wins the next few seconds' fires first.
+    let other = mechanics_store::SqliteStore::open(server.dir.path().join("m.db")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let first = now - now % 1000 + 2000;
+    let taken: Vec<i64> = (0..3).map(|n| first + n * 1000).collect();
+    for &fire_time in &taken {
+        other
+            .record_cron_fire(
+                "tick",
+                fire_time,
+                json!({ "cron": { "fire_time": fire_time } }),
+                now,
+            )
+            .await
+            .unwrap()
+            .expect("the other server wins the fire");
+    }
+    // Wait until this server has tried them all and fired a later time itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let fired = cron_tasks(&server, "tick")
+            .await
+            .iter()
+            .any(|t| t.payload["cron"]["fire_time"].as_i64() > taken.last().copied());
+        if fired {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no later fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, logs) = server
+        .call("GET", "/logs?action=cron&worker=tick&limit=1000", None)
+        .await;
+    let entries = logs["entries"].as_array().unwrap();
+    let skips: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["outcome"] == "skip").collect();
+    assert!(
+        skips.is_empty(),
+        "the other server's fires are its to log: {skips:?}"
+    );
+    assert!(entries.iter().any(|e| e["outcome"] == "ok"), "{logs}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_fire_another_server_skipped_is_logged_once() {
+    let (url, _) = http_worker(|_, _| reply(200, json!({ "ok": true }))).await;
+    let server = TestServer::start().await;
+    server
+        .add_http_worker(
+            "tick",
+            &url,
+            json!({ "triggers": [{ "cron": "* * * * * *" }] }),
+        )
+        .await;
+    let (code, body) = server
+        .call("POST", "/api/v1/workers/tick/pause", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // A second server on the same database skips the next three seconds' fires first.
+    let other = mechanics_store::SqliteStore::open(server.dir.path().join("m.db")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let first = now - now % 1000 + 2000;
+    let taken: Vec<i64> = (0..3).map(|n| first + n * 1000).collect();
+    for &fire_time in &taken {
+        assert!(other.record_cron_skip("tick", fire_time).await.unwrap());
+    }
+    let last = *taken.last().unwrap();
+    // Wait until this server skipped a later time itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let skips = loop {
+        let (_, logs) = server
+            .call("GET", "/logs?action=cron&worker=tick&limit=1000", None)
+            .await;
+        let skips: Vec<i64> = logs["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["outcome"] == "skip")
+            .filter_map(|e| e["detail"]["fire_time"].as_i64())
+            .collect();
+        if skips.iter().any(|&t| t > last) {
+            break skips;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no later skip: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        skips.iter().all(|t| !taken.contains(t)),
+        "the other server's skips are its to log: {skips:?}"
+    );
+    assert!(
+        cron_tasks(&server, "tick").await.is_empty(),
+        "paused: no task"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_schedule_or_zone_is_refused_when_the_worker_is_added() {
     let server = TestServer::start().await;
     for (cron, expected) in [

@@ -16,8 +16,8 @@ use crate::webhooks::{
     FAKE_IDENTITY, SECRET, add_source, deliver, github_headers, identity_answer, wait_event,
 };
 
-/// A fake GitHub: identity `mechanics-bot`, team `@acme/maintainers` = {dave}, and every other
-/// request (a comment) recorded and answered 201. Its URL and the comments' paths.
+/// A fake GitHub: identity `mechanics-bot`, team `@acme/maintainers` = {dave}, every other team
+/// hidden from the token (404), and every other request (a comment) recorded and answered 201. Its URL and the comments' paths.
 async fn fake_github() -> (String, Arc<Mutex<Vec<String>>>) {
     let posted = Arc::new(Mutex::new(Vec::new()));
     let log = posted.clone();
@@ -36,6 +36,13 @@ async fn fake_github() -> (String, Arc<Mutex<Vec<String>>>) {
                 } else {
                     StatusCode::NOT_FOUND.into_response()
                 };
+            }
+            if uri.path() == "/orgs/acme/teams/maintainers" {
+                return axum::Json(json!({ "slug": "maintainers" })).into_response();
+            }
+            // Any other team is one the token cannot see: GitHub answers 404 for it all.
+            if uri.path().starts_with("/orgs/") {
+                return StatusCode::NOT_FOUND.into_response();
             }
             log.lock().unwrap().push(format!("{method} {}", uri.path()));
             (StatusCode::CREATED, axum::Json(json!({ "id": 1 }))).into_response()
@@ -220,6 +227,127 @@ async fn github_comments_by_itself_bots_outsiders_and_busy_actors_start_nothing(
         .call("GET", "/api/v1/events?state=ignored", None)
         .await;
     assert_eq!(listed["events"].as_array().unwrap().len(), 4, "{listed}");
+    server.stop().await;
+}
+
+/// The `policy` decision on event `id`: outcome, reason, why.
+fn decision_on(entries: &[Value], id: i64) -> (String, String, String) {
+    let entry = entries
+        .iter()
+        .find(|e| e["event_id"] == id)
+        .unwrap_or_else(|| panic!("a decision on {id} in {entries:?}"));
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    (
+        text(&entry["outcome"]),
+        text(&entry["detail"]["reason"]),
+        text(&entry["detail"]["why"]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_list_refuses_an_event_that_names_no_actor() {
+    let (api, posted) = fake_github().await;
+    let (worker_url, _) = http_worker(|_, _| reply(200, json!({ "reply": "on it" }))).await;
+    let server = roomy_server(tempfile::tempdir().unwrap()).await;
+    add_source(&server, "gh", "github", SECRET, Some(&api)).await;
+    add_triage(
+        &server,
+        &worker_url,
+        json!({ "actors": { "deny": ["mallory"] } }),
+    )
+    .await;
+
+    // Without `sender`, leaving the actor out would otherwise be a way past the list.
+    let mut anonymous: Value = serde_json::from_slice(&comment_by("mallory", false, 1)).unwrap();
+    anonymous.as_object_mut().unwrap().remove("sender");
+    let anonymous =
+        deliver_github(&server, "d-anon", &serde_json::to_vec(&anonymous).unwrap()).await;
+    let bob = deliver_github(&server, "d-bob", &comment_by("bob", false, 2)).await;
+    wait_event(&server, anonymous, EventState::Ignored).await;
+    wait_event(&server, bob, EventState::Completed).await;
+
+    let entries = policy_entries(&server, 2).await;
+    let (outcome, reason, why) = decision_on(&entries, anonymous);
+    assert_eq!(
+        (outcome.as_str(), reason.as_str()),
+        ("deny", "actor_denied"),
+        "{why}"
+    );
+    assert!(why.contains("names no actor"), "{why}");
+    assert_eq!(
+        entries.iter().find(|e| e["event_id"] == anonymous).unwrap()["detail"]["actor"],
+        "unknown"
+    );
+    assert_eq!(decision_on(&entries, bob).0, "ok");
+    assert_eq!(
+        posted.lock().unwrap().clone(),
+        ["POST /repos/acme/app/issues/2/comments"],
+        "only bob's comment was answered"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_the_token_cannot_see_is_an_error_not_an_empty_team() {
+    let (api, posted) = fake_github().await;
+    let (worker_url, _) = http_worker(|_, _| reply(200, json!({ "ok": true }))).await;
+    let server = roomy_server(tempfile::tempdir().unwrap()).await;
+    add_source(&server, "gh", "github", SECRET, Some(&api)).await;
+    for (name, actors) in [
+        ("deny-ghosts", json!({ "deny": ["@acme/ghosts"] })),
+        ("allow-ghosts", json!({ "allow": ["@acme/ghosts"] })),
+        (
+            "allow-maintainers",
+            json!({ "allow": ["@acme/maintainers"] }),
+        ),
+    ] {
+        server
+            .add_http_worker(
+                name,
+                &worker_url,
+                json!({
+                    "triggers": [{ "webhook": { "source": "gh", "events": ["issue_comment.created"] } }],
+                    "policy": { "actors": actors },
+                }),
+            )
+            .await;
+    }
+    let bob = deliver_github(&server, "d-bob", &comment_by("bob", false, 1)).await;
+    wait_event(&server, bob, EventState::Ignored).await;
+
+    let entries = policy_entries(&server, 3).await;
+    let by_worker = |worker: &str| {
+        let entry = entries.iter().find(|e| e["worker"] == worker).unwrap();
+        (
+            entry["outcome"].as_str().unwrap().to_owned(),
+            entry["detail"]["reason"].as_str().unwrap().to_owned(),
+            entry["detail"]["why"].as_str().unwrap().to_owned(),
+        )
+    };
+    // The hidden team refuses on either list, and says which team and what the token lacks.
+    for (worker, reason) in [
+        ("deny-ghosts", "actor_denied"),
+        ("allow-ghosts", "actor_not_allowed"),
+    ] {
+        let (outcome, got, why) = by_worker(worker);
+        assert_eq!(
+            (outcome.as_str(), got.as_str()),
+            ("deny", reason),
+            "{worker}: {why}"
+        );
+        assert!(
+            why.contains("@acme/ghosts") && why.contains("lacks access"),
+            "{worker}: {why}"
+        );
+    }
+    // A team GitHub shows that bob is not in is a plain "not a member".
+    let (outcome, reason, why) = by_worker("allow-maintainers");
+    assert_eq!(
+        (outcome.as_str(), reason.as_str()),
+        ("deny", "actor_not_allowed")
+    );
+    assert_eq!(why, "bob is not in policy.actors.allow");
+    assert!(posted.lock().unwrap().is_empty());
     server.stop().await;
 }
 

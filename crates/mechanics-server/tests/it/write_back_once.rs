@@ -17,8 +17,9 @@ type Posts = Arc<Mutex<Vec<(String, Value)>>>;
 
 /// A fake platform on a raw socket: it stores every post, but drops the connection without an
 /// answer to the first one (the answer is lost; the post was made). It answers identity
-/// questions and lists the stored GitHub comments on `GET .../comments`.
-async fn forgetful_platform() -> (String, Posts) {
+/// questions (`mechanics-bot`) and lists the stored GitHub comments on `GET .../comments` as
+/// written by `author`.
+async fn forgetful_platform(author: &'static str) -> (String, Posts) {
     let posts: Posts = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -38,7 +39,9 @@ async fn forgetful_platform() -> (String, Posts) {
                         .lock()
                         .unwrap()
                         .iter()
-                        .map(|(_, body): &(String, Value)| json!({ "body": body["body"] }))
+                        .map(|(_, body): &(String, Value)| {
+                            json!({ "body": body["body"], "user": { "login": author } })
+                        })
                         .collect();
                     Value::Array(comments)
                 } else {
@@ -123,7 +126,7 @@ async fn write_backs(server: &TestServer, id: i64) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_github_reply_whose_answer_was_lost_is_found_and_not_posted_again() {
-    let (api, posts) = forgetful_platform().await;
+    let (api, posts) = forgetful_platform("mechanics-bot").await;
     let (worker, _) = http_worker(|_, _| reply(200, json!({ "reply": "on it" }))).await;
     let server = TestServer::start().await;
     add_source(&server, "gh", "github", SECRET, Some(&api)).await;
@@ -171,8 +174,49 @@ async fn a_github_reply_whose_answer_was_lost_is_found_and_not_posted_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_on_someone_elses_comment_is_not_our_reply() {
+    // The lost post's comment is listed as eve's: as if eve had pasted the marker and our post
+    // never landed. Taken for ours, the reply would never be posted.
+    let (api, posts) = forgetful_platform("eve").await;
+    let (worker, _) = http_worker(|_, _| reply(200, json!({ "reply": "on it" }))).await;
+    let server = TestServer::start().await;
+    add_source(&server, "gh", "github", SECRET, Some(&api)).await;
+    server
+        .add_http_worker(
+            "triage",
+            &worker,
+            json!({
+                "triggers": [{ "webhook": { "source": "gh", "events": ["issues.opened"] } }],
+                "write_back": true,
+            }),
+        )
+        .await;
+    let body = issue_opened("acme/app", 5);
+    let headers = github_headers(SECRET, "pasted-1", "issues", &body);
+    let (code, answer, _) = deliver(&server, "gh", &headers, &body).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    wait_event(&server, id, EventState::Completed).await;
+
+    let posts = posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 2, "posted again: {posts:?}");
+    let entries = write_backs(&server, id).await;
+    let steps: Vec<(&str, bool)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["detail"]["found"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [("retry", false), ("ok", false)], "{entries:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telegram_reply_whose_answer_was_lost_is_not_posted_again() {
-    let (api, posts) = forgetful_platform().await;
+    let (api, posts) = forgetful_platform("mechanics-bot").await;
     let (worker, _) = http_worker(|_, _| reply(200, json!({ "reply": "pong" }))).await;
     let server = TestServer::start().await;
     add_source(&server, "tg", "telegram", SECRET, Some(&api)).await;

@@ -1399,6 +1399,31 @@ impl Store for PgStore {
         Ok(task)
     }
 
+    async fn record_cron_skip(&self, worker: &str, fire_time: i64) -> StoreResult<bool> {
+        let context = "recording a skipped cron fire";
+        let recorded = retrying!(self, |db, _retried| {
+            match db
+                .execute(
+                    "INSERT INTO cron_fires (worker, fire_time, task_id) VALUES ($1, $2, 0) \
+                     ON CONFLICT DO NOTHING",
+                    &[&worker, &fire_time],
+                )
+                .await
+            {
+                Ok(n) => Ok(n == 1),
+                Err(err) if is_missing_reference(&err) => Err(StoreError::NotFound {
+                    what: "worker",
+                    key: worker.to_owned(),
+                }),
+                Err(err) => Err(pg_err(context)(err)),
+            }
+        })?;
+        if recorded {
+            self.committed();
+        }
+        Ok(recorded)
+    }
+
     async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>> {
         retrying!(self, |db, _retried| {
             let rows = query(

@@ -600,6 +600,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_cron_skip(&self, worker: &str, fire_time: i64) -> StoreResult<bool> {
+        let worker = worker.to_owned();
+        self.write(move |conn| ops::record_cron_skip(conn, &worker, fire_time))
+            .await
+    }
+
     async fn last_cron_fire(&self, worker: &str) -> StoreResult<Option<i64>> {
         let worker = worker.to_owned();
         self.read(move |conn| ops::last_cron_fire(conn, &worker))

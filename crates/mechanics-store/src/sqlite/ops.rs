@@ -1134,6 +1134,28 @@ pub(super) fn record_cron_fire(
     Ok(Some(task))
 }
 
+/// Claims `worker`'s fire at `fire_time` as skipped: a `cron_fires` row with no task (id 0).
+pub(super) fn record_cron_skip(
+    conn: &Connection,
+    worker: &str,
+    fire_time: i64,
+) -> StoreResult<bool> {
+    if get_worker(conn, worker)?.is_none() {
+        return Err(StoreError::NotFound {
+            what: "worker",
+            key: worker.to_owned(),
+        });
+    }
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO cron_fires (worker, fire_time, task_id) VALUES (?1, ?2, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![worker, fire_time]))
+        .map_err(db_err("recording a skipped cron fire"))?;
+    Ok(inserted == 1)
+}
+
 pub(super) fn last_cron_fire(conn: &Connection, worker: &str) -> StoreResult<Option<i64>> {
     // MAX over the primary key's prefix: one index probe.
     conn.prepare_cached("SELECT MAX(fire_time) FROM cron_fires WHERE worker = ?1")

@@ -1859,6 +1859,95 @@ pub(crate) async fn a_worker_with_unfinished_tasks_is_removed_only_by_force_whic
     assert_eq!(store.delete_worker("busy", true, 80).await.unwrap(), None);
 }
 
+/// A paused worker's fire time is claimed as skipped once, like a fire, and makes no task; a
+/// later fire of that time is refused as already recorded, and an unknown worker is named.
+pub(crate) async fn a_skipped_cron_fire_is_claimed_once_and_makes_no_task(store: &dyn Store) {
+    store
+        .upsert_worker(js_worker("tick"), Some(String::new()), None, 0)
+        .await
+        .unwrap();
+    assert!(store.record_cron_skip("tick", 1_000).await.unwrap());
+    assert!(!store.record_cron_skip("tick", 1_000).await.unwrap());
+    assert_eq!(
+        store
+            .record_cron_fire("tick", 1_000, json!({}), 1_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.last_cron_fire("tick").await.unwrap(), Some(1_000));
+    let tasks = store
+        .list_tasks(&TaskFilter {
+            worker: Some("tick".into()),
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let fired = store
+        .record_cron_fire("tick", 2_000, json!({}), 2_000)
+        .await
+        .unwrap();
+    assert!(fired.is_some());
+    assert!(!store.record_cron_skip("tick", 2_000).await.unwrap());
+    let missing = store.record_cron_skip("gone", 3_000).await.unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { what: "worker", .. }),
+        "{missing:?}"
+    );
+}
+
+/// A worker removed by force while its cron fires are being recorded: each fire either finds
+/// no worker or made a task the removal canceled and returned, never a task left pending for a
+/// worker that is gone (PostgreSQL: the fire's reference to the worker row waits for the
+/// removal's row lock, or the removal for the fire; SQLite: the one writer orders them).
+pub(crate) async fn a_worker_removed_while_its_cron_fires_leaves_no_unfinished_task(
+    store: &dyn Store,
+) {
+    for round in 0..10_i64 {
+        store
+            .upsert_worker(js_worker("racer"), Some(String::new()), None, 0)
+            .await
+            .unwrap();
+        let fire = |n: i64| {
+            let time = round * 100 + n;
+            store.record_cron_fire("racer", time, json!({ "n": time }), time)
+        };
+        let (removed, f0, f1, f2, f3, f4, f5) = tokio::join!(
+            store.delete_worker("racer", true, round * 100 + 50),
+            fire(0),
+            fire(1),
+            fire(2),
+            fire(3),
+            fire(4),
+            fire(5),
+        );
+        let canceled: HashSet<i64> = removed
+            .unwrap()
+            .expect("the worker was there")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        for fired in [f0, f1, f2, f3, f4, f5] {
+            match fired {
+                Ok(Some(task)) => {
+                    assert!(
+                        canceled.contains(&task.id),
+                        "round {round}: task {} of a fire the removal did not cancel",
+                        task.id
+                    );
+                    let state = store.get_task(task.id).await.unwrap().unwrap().state;
+                    assert_eq!(state, TaskState::Canceled, "round {round}");
+                }
+                Err(StoreError::NotFound { what: "worker", .. }) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(store.get_worker("racer").await.unwrap(), None);
+    }
+}
+
 pub(crate) async fn attempts_are_recorded_per_claim_and_listed_in_order(store: &dyn Store) {
     let task = task_id(store, "w", 0).await;
     assert!(store.task_attempts(task).await.unwrap().is_empty());

@@ -107,7 +107,8 @@ fn fake_github(seen: Requests) -> HttpServer {
                         .unwrap()
                         .iter()
                         .filter(|s| s.path == uri.path())
-                        .map(|s| s.body.clone())
+                        // GitHub names each comment's author; ours are the token's.
+                        .map(|s| json!({ "body": s.body["body"], "user": { "login": "mechanics-bot" } }))
                         .collect();
                     return (StatusCode::OK, axum::Json(Value::Array(comments)));
                 }
