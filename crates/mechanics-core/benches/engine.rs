@@ -23,7 +23,9 @@
 //! cost of the limits is also counted in instructions when `valgrind` is on `PATH`: the bench runs
 //! itself under Callgrind once per (job, engine) with one job and once with three, and the
 //! difference over two is what one job costs, whatever else the machine is doing
-//! (`MECHANICS_BENCH_ONE=JOB,ENGINE,COUNT` is that child mode).
+//! (`MECHANICS_BENCH_ONE=JOB,ENGINE,COUNT` is that child mode; ENGINE is `ours`, `plain`, or
+//! `context`, which only creates and drops a bare `Context` per job). The trivial job's count is
+//! also shown over `context`'s: the fixed cost of a job over the least a fresh realm costs.
 //!
 //! `MECHANICS_BENCH_SCALE` (a positive number, default 1) scales every job count. Nothing here
 //! asserts: the goal check at the end only reports pass or fail.
@@ -1013,6 +1015,10 @@ const BOA_PLAIN: &str = "Boa without limits, fresh ctx";
 /// Goal for the cost of our limits and sandbox: ours at most this many times Boa without limits.
 const GOAL_LIMITS_RATIO: f64 = 1.25;
 
+/// Goal for the fixed cost of a job: the trivial job at most this many times the creation and
+/// drop of a bare `Context` (in instructions; the wall-clock goal is [`GOAL_P50_MS`]).
+const GOAL_CONTEXT_RATIO: f64 = 1.1;
+
 /// For every job: p50 of ours over p50 of Boa without limits, 1 worker against 1 thread (the
 /// cost of the limits and the sandbox), and over QuickJS and Node (Boa's own distance).
 fn limits_overhead_report(reports: &[(Report, Result<Value, String>)]) -> String {
@@ -1115,7 +1121,12 @@ fn run_one(spec: &str) -> i32 {
                 let expr = format!("({})", script.fn_source);
                 (0..count).try_for_each(|_| run_boa_plain(&expr, &script.arg).map(drop))
             }
-            other => Err(format!("unknown engine {other:?} (ours or plain)")),
+            // The floor of any engine that gives each job a fresh realm: the script is not run.
+            "context" => {
+                (0..count).for_each(|_| drop(std::hint::black_box(boa_engine::Context::default())));
+                Ok(())
+            }
+            other => Err(format!("unknown engine {other:?} (ours, plain or context)")),
         }
     };
     match run(count) {
@@ -1168,14 +1179,18 @@ fn instructions_report(scripts: &[Script]) -> String {
         "{:<32} {:>16} {:>16} {:>12} {:>8}",
         "job", "ours instr", "no-limits instr", "ours/no-lim", "goal"
     );
+    let per_job = |job: &str, engine: &str| -> Result<f64, String> {
+        let one = callgrind_instructions(job, engine, 1)?;
+        let three = callgrind_instructions(job, engine, 3)?;
+        Ok((three as f64 - one as f64) / 2.0)
+    };
+    let mut trivial = None;
     for script in scripts {
-        let per_job = |engine: &str| -> Result<f64, String> {
-            let one = callgrind_instructions(script.name, engine, 1)?;
-            let three = callgrind_instructions(script.name, engine, 3)?;
-            Ok((three as f64 - one as f64) / 2.0)
-        };
-        match (per_job("ours"), per_job("plain")) {
+        match (per_job(script.name, "ours"), per_job(script.name, "plain")) {
             (Ok(ours), Ok(plain)) => {
+                if script.name == "trivial" {
+                    trivial = Some(ours);
+                }
                 let ratio = ours / plain;
                 let _ = writeln!(
                     out,
@@ -1194,6 +1209,29 @@ fn instructions_report(scripts: &[Script]) -> String {
             (Err(e), _) | (_, Err(e)) => {
                 let _ = writeln!(out, "{:<32} failed: {e}", script.name);
             }
+        }
+    }
+    // The fixed cost of a job: ours on the trivial job over creating and dropping a bare
+    // `Context`, the least any engine with a fresh realm per job pays.
+    match (trivial, per_job("trivial", "context")) {
+        (Some(ours), Ok(context)) => {
+            let _ = writeln!(
+                out,
+                "{:<32} {:>16} {:>16} {:>12} {:>8}",
+                "trivial / Context::default()",
+                fmt_num(ours, 0),
+                fmt_num(context, 0),
+                fmt_ratio(ours, context),
+                if ours / context <= GOAL_CONTEXT_RATIO {
+                    "PASS"
+                } else {
+                    "FAIL"
+                },
+            );
+        }
+        (None, _) => {}
+        (_, Err(e)) => {
+            let _ = writeln!(out, "{:<32} failed: {e}", "Context::default() alone");
         }
     }
     out
