@@ -800,7 +800,7 @@ pub(crate) fn shown_event(shared: &Shared, mut event: Event) -> Event {
     event
 }
 
-#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", summary = "Tasks, newest first", params(("state" = Option<TaskState>, Query, description = "Only tasks in this state"), ("worker" = Option<String>, Query, description = "Only this worker's tasks"), ("event" = Option<i64>, Query, minimum = 1, description = "Only the tasks of this event"), ("since" = inline(Option<crate::observe::Since>), Query), ("q" = Option<String>, Query, description = "Only tasks whose payload, result or error contains this text, ignoring case (what the API shows: a secret hidden as [redacted] is not searched)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of tasks", body = TaskList)))]
+#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", summary = "Tasks, newest first", params(("state" = Option<TaskState>, Query, description = "Only tasks in this state"), ("worker" = Option<String>, Query, description = "Only this worker's tasks"), ("event" = Option<i64>, Query, minimum = 1, description = "Only the tasks of this event"), ("since" = inline(Option<crate::observe::Since>), Query), ("q" = Option<String>, Query, description = "Only tasks whose payload, result or error, as the API shows them, contains this text, ignoring case (a secret shown as [redacted] is not searched). A search reads at most 5,000 tasks per page: a page may hold fewer tasks than its limit and still have a next_cursor"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"), ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of tasks", body = TaskList)))]
 async fn list_tasks(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -818,39 +818,73 @@ async fn list_tasks(
             .map(|since| crate::observe::parse_since(&since, shared.clock.now_ms()))
             .transpose()
             .map_err(|err| Failure::bad_request(format!("since: {err}")).at("since"))?,
-        text: q.text("q"),
         limit: q.limit()?,
         cursor: q.id("cursor")?,
     };
-    let page = list_shown_tasks(&shared, &filter).await?;
+    let page = list_shown_tasks(&shared, &filter, q.text("q").as_deref()).await?;
     Ok(axum::Json(TaskList {
         tasks: page.items,
         next_cursor: page.next_cursor,
     }))
 }
 
-/// Tasks matching `filter`, newest first, as the API shows them ([`shown_task`]). The store
-/// searches `filter.text` in the stored payload and result, which may hold secrets that the
-/// shown ones hide: a task is kept only if what is shown still contains the text, so that a
-/// search cannot tell whether a secret contains it. A page may then hold fewer tasks than its
-/// limit; its cursor goes on all the same.
+/// How many tasks one search reads at most before it answers (with a cursor to go on).
+const SEARCH_SCAN_ROWS: usize = 5_000;
+
+/// Tasks matching `filter`, newest first, as the API shows them ([`shown_task`]); with `text`,
+/// only those whose shown payload, result or error contains it, ignoring case.
+///
+/// The search reads the shown tasks, never the stored text: stored payloads and results may hold
+/// secrets that the shown ones hide, and any match against them, even one filtered out
+/// afterwards, would tell through the page's cursor or its time whether a secret contains the
+/// text. It walks the listing page by page and stops when its page is full or after
+/// [`SEARCH_SCAN_ROWS`] tasks; the cursor is then the last task it read, so a page may hold
+/// fewer tasks than its limit (even none) and still have a cursor.
 pub(crate) async fn list_shown_tasks(
     shared: &Shared,
     filter: &TaskFilter,
+    text: Option<&str>,
 ) -> ApiResult<Page<Task>> {
-    let page = shared.store.list_tasks(filter).await?;
-    let shown = page.items.into_iter().map(|task| shown_task(shared, task));
-    let items = match &filter.text {
-        Some(text) => {
-            let needle = text.to_lowercase();
-            shown.filter(|task| shows_text(task, &needle)).collect()
-        }
-        None => shown.collect(),
+    let Some(text) = text else {
+        let page = shared.store.list_tasks(filter).await?;
+        return Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|task| shown_task(shared, task))
+                .collect(),
+            next_cursor: page.next_cursor,
+        });
     };
-    Ok(Page {
-        items,
-        next_cursor: page.next_cursor,
-    })
+    let needle = text.to_lowercase();
+    let wanted = usize::try_from(filter.limit.unwrap_or(mechanics_store::DEFAULT_PAGE_SIZE))
+        .unwrap_or(usize::MAX);
+    let mut scan = TaskFilter {
+        limit: Some(mechanics_store::MAX_PAGE_SIZE),
+        ..filter.clone()
+    };
+    let (mut items, mut read) = (Vec::new(), 0);
+    loop {
+        let page = shared.store.list_tasks(&scan).await?;
+        for task in page.items {
+            read += 1;
+            let id = task.id;
+            let task = shown_task(shared, task);
+            if shows_text(&task, &needle) {
+                items.push(task);
+                if items.len() == wanted {
+                    return Ok(Page {
+                        items,
+                        next_cursor: Some(id),
+                    });
+                }
+            }
+        }
+        match page.next_cursor {
+            Some(cursor) if read < SEARCH_SCAN_ROWS => scan.cursor = Some(cursor),
+            next_cursor => return Ok(Page { items, next_cursor }),
+        }
+    }
 }
 
 /// Whether the shown `task`'s payload, result or error contains `needle` (lower case), ignoring

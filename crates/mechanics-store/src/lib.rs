@@ -624,11 +624,6 @@ pub struct TaskFilter {
     pub event_id: Option<EventId>,
     /// Only tasks created at or after this time (unix ms).
     pub created_since: Option<i64>,
-    /// Only tasks whose payload, result or error contains this text, ignoring case (ASCII
-    /// letters on SQLite, all letters on PostgreSQL). No index serves it: the listing walks
-    /// the tasks newest first until its page is full, so pair it with another filter on a big
-    /// store.
-    pub text: Option<String>,
     /// Page size ([`DEFAULT_PAGE_SIZE`] when `None`).
     pub limit: Option<u32>,
     /// Only ids below this (from [`Page::next_cursor`]).
@@ -653,21 +648,6 @@ pub struct WorkerFailures {
     pub worker: String,
     /// Its tasks that failed or went dead in the window.
     pub failed: u64,
-}
-
-/// A `LIKE` pattern matching any text that contains `text`: its `%`, `_` and `\` escaped with
-/// `\`, the `ESCAPE` character of the listings.
-pub(crate) fn like_pattern(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
 }
 
 /// Folds `(worker, state, count)` rows into every worker's counts, every state present.

@@ -73,7 +73,6 @@ impl Filters {
             worker: self.worker.clone(),
             event_id: None,
             created_since: self.since.as_ref().map(|(_, at)| *at),
-            text: self.q.clone(),
             limit: self.limit,
             cursor: self.cursor,
         }
@@ -132,7 +131,8 @@ pub(super) async fn list(
         Ok(filters) => filters,
         Err(failure) => return failure_page(&visitor, &failure),
     };
-    let page = match list_shown_tasks(&shared, &filters.store_filter()).await {
+    let page = match list_shown_tasks(&shared, &filters.store_filter(), filters.q.as_deref()).await
+    {
         Ok(page) => page,
         Err(failure) => return failure_page(&visitor, &failure),
     };
@@ -690,7 +690,8 @@ pub(super) async fn bulk(
 /// Which tasks a bulk action takes.
 enum Selection {
     Ids(Vec<i64>),
-    Matching(TaskFilter),
+    /// The tasks of a listing, and the text they must show.
+    Matching(TaskFilter, Option<String>),
 }
 
 fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u64> {
@@ -698,6 +699,7 @@ fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u6
     let mut action = None;
     let mut ids = Vec::new();
     let mut filter = TaskFilter::default();
+    let mut text = None;
     for (name, value) in pairs {
         match name.as_str() {
             "csrf" => {}
@@ -711,7 +713,7 @@ fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u6
             }
             "worker" if !value.is_empty() => filter.worker = Some(value),
             "since" if !value.is_empty() => filter.created_since = Some(parse_since(value, now)?.1),
-            "q" if !value.is_empty() => filter.text = Some(value),
+            "q" if !value.is_empty() => text = Some(value),
             "state" | "worker" | "since" | "q" => {}
             other => {
                 return Err(Failure::bad_request(format!(
@@ -734,7 +736,7 @@ fn start_bulk(shared: Arc<Shared>, pairs: Vec<(String, String)>) -> ApiResult<u6
         }
     };
     let selection = if all {
-        Selection::Matching(filter)
+        Selection::Matching(filter, text)
     } else if ids.is_empty() {
         return Err(Failure::bad_request("id: select at least one task").at("id"));
     } else if ids.len() > MAX_BULK {
@@ -770,11 +772,11 @@ async fn run_bulk(shared: Arc<Shared>, job: u64, action: BulkAction, selection: 
                 record(apply(id).await);
             }
         }
-        Selection::Matching(mut filter) => {
+        Selection::Matching(mut filter, text) => {
             filter.limit = Some(mechanics_store::MAX_PAGE_SIZE);
             let mut seen = 0;
             'pages: loop {
-                let page = match list_shown_tasks(&shared, &filter).await {
+                let page = match list_shown_tasks(&shared, &filter, text.as_deref()).await {
                     Ok(page) => page,
                     Err(failure) => {
                         problem = Some(format!(

@@ -1100,11 +1100,6 @@ impl Store for PgStore {
             "id >= (SELECT MIN(id) FROM tasks WHERE created_at >= {}) AND created_at >= {}",
             filter.created_since,
         );
-        filters.add(
-            "(payload || E'\\n' || coalesce(result, '') || E'\\n' || coalesce(error, '')) \
-             ILIKE {} ESCAPE '\\'",
-            filter.text.as_deref().map(crate::like_pattern),
-        );
         filters.add("id < {}", filter.cursor);
         let sql = filters.sql(concat!("SELECT ", task_columns!(), " FROM tasks"), limit);
         let items = retrying!(self, |db, _retried| {

@@ -886,14 +886,6 @@ pub(super) fn list_tasks(conn: &Connection, filter: &TaskFilter) -> StoreResult<
         "created_at >= ?",
         filter.created_since.map(SqlValue::Integer),
     );
-    filters.add(
-        "(payload || char(10) || ifnull(result, '') || char(10) || ifnull(error, '')) \
-         LIKE ? ESCAPE '\\'",
-        filter
-            .text
-            .as_deref()
-            .map(|text| SqlValue::Text(crate::like_pattern(text))),
-    );
     filters.add("id < ?", filter.cursor.map(SqlValue::Integer));
     filters.page(
         conn,

@@ -21,7 +21,7 @@ macro_rules! conformance_suite {
             expired_leases_are_requeued_and_the_late_reply_is_rejected,
             retry_cancel_release_and_reschedule_follow_the_lifecycle,
             listings_filter_and_page_newest_first,
-            task_listings_search_text_and_filter_by_creation_time,
+            task_listings_filter_by_creation_time,
             ended_tasks_are_counted_per_bucket_and_failing_workers_ranked,
             next_due_reports_the_earliest_work,
             cron_fires_create_one_task_per_worker_and_time,
