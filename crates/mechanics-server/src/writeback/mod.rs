@@ -480,7 +480,8 @@ async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> 
     let retry = event.write_back_attempts > 0;
     match responders::lookup(spec, event, &outbound) {
         Some(lookup) if interrupted || retry => {
-            // A marker counts only on a message of the token's own identity.
+            // A marker counts only on a message of the token's own identity, when it can be
+            // known (`identity` logs why it cannot).
             let own = match token.as_deref() {
                 Some(token) => {
                     shared
@@ -491,17 +492,8 @@ async fn post(shared: &Shared, event: &Event, text: &str, interrupted: bool) -> 
                 }
                 None => Vec::new(),
             };
-            if own.is_empty() {
-                return Sent::Transient {
-                    delay: None,
-                    error: format!(
-                        "who the source's token is on {} is not known, so an earlier reply \
-                         cannot be told from a marker someone else pasted",
-                        responders::platform(spec.kind)
-                    ),
-                };
-            }
-            match look_for_reply(shared, spec.kind, event, lookup, &own).await {
+            let own = (!own.is_empty()).then_some(own.as_slice());
+            match look_for_reply(shared, spec.kind, event, lookup, own).await {
                 Ok(true) => return Sent::Found,
                 Ok(false) => {}
                 Err(error) => return Sent::Transient { delay: None, error },
@@ -561,7 +553,7 @@ async fn look_for_reply(
     kind: SourceKind,
     event: &Event,
     lookup: responders::Lookup,
-    own: &[String],
+    own: Option<&[String]>,
 ) -> Result<bool, String> {
     let who = responders::platform(kind);
     let mut request = shared

@@ -305,15 +305,24 @@ pub(crate) fn lookup(spec: &SourceSpec, event: &Event, reply: &Outbound) -> Opti
 /// Whether the platform's answer `body` to a [`lookup`] holds our reply to `event`: a message
 /// carrying the marker and written by one of `own`, the names of the source's token. Anyone in
 /// the thread can paste a marker (a person, another bot); counted as ours, it would make a reply
-/// that was never posted look posted.
-pub(crate) fn holds_reply(kind: SourceKind, body: &Value, event: &Event, own: &[String]) -> bool {
+/// that was never posted look posted. `None`: the token's names are not known (a GitHub App's
+/// installation token cannot read `/user`), and a marker counts whoever wrote it, since refusing
+/// to decide would never post the reply at all.
+pub(crate) fn holds_reply(
+    kind: SourceKind,
+    body: &Value,
+    event: &Event,
+    own: Option<&[String]>,
+) -> bool {
     let marker = marker(event);
     let by_us = |message: &Value, pointers: &[&str]| {
         pointers.iter().any(|pointer| {
             message
                 .pointer(pointer)
                 .and_then(Value::as_str)
-                .is_some_and(|author| own.iter().any(|name| name.eq_ignore_ascii_case(author)))
+                .is_some_and(|author| {
+                    own.is_none_or(|own| own.iter().any(|name| name.eq_ignore_ascii_case(author)))
+                })
         })
     };
     let has_marker = |note: &Value| {
@@ -486,28 +495,46 @@ mod tests {
             { "body": "other", "user": { "login": "mechanics-bot" } },
             { "body": body["body"], "user": { "login": "Mechanics-Bot" } },
         ]);
-        assert!(holds_reply(SourceKind::Github, &comments, &event, &own));
+        assert!(holds_reply(
+            SourceKind::Github,
+            &comments,
+            &event,
+            Some(&own)
+        ));
         let other = Event {
             id: 10,
             ..event.clone()
         };
-        assert!(!holds_reply(SourceKind::Github, &comments, &other, &own));
-        // The same marker pasted by someone else is not our reply.
+        assert!(!holds_reply(
+            SourceKind::Github,
+            &comments,
+            &other,
+            Some(&own)
+        ));
+        // The same marker pasted by someone else is not our reply...
         let pasted = json!([{ "body": body["body"], "user": { "login": "eve" } }]);
-        assert!(!holds_reply(SourceKind::Github, &pasted, &event, &own));
+        assert!(!holds_reply(
+            SourceKind::Github,
+            &pasted,
+            &event,
+            Some(&own)
+        ));
+        // ...unless who the token is cannot be known: then any marker counts.
+        assert!(holds_reply(SourceKind::Github, &pasted, &event, None));
+        assert!(!holds_reply(SourceKind::Github, &pasted, &other, None));
         let gitlab =
             |author: &str| json!([{ "body": body["body"], "author": { "username": author } }]);
         assert!(holds_reply(
             SourceKind::Gitlab,
             &gitlab("mechanics-bot"),
             &event,
-            &own
+            Some(&own)
         ));
         assert!(!holds_reply(
             SourceKind::Gitlab,
             &gitlab("eve"),
             &event,
-            &own
+            Some(&own)
         ));
 
         let sl_spec = spec(SourceKind::Slack);
@@ -528,20 +555,20 @@ mod tests {
             SourceKind::Slack,
             &thread("BBOT"),
             &event,
-            &own
+            Some(&own)
         ));
         assert!(!holds_reply(
             SourceKind::Slack,
             &thread("BBOT"),
             &other,
-            &own
+            Some(&own)
         ));
         // Another app can set the same metadata.
         assert!(!holds_reply(
             SourceKind::Slack,
             &thread("BOTHER"),
             &event,
-            &own
+            Some(&own)
         ));
 
         let tg_spec = spec(SourceKind::Telegram);
