@@ -156,7 +156,7 @@ pub(super) async fn page(
                 tbody {
                     @for worker in &detail.workers {
                         tr id={"worker-" (worker.worker)} {
-                            td { a href={"/ui/tasks?worker=" (form_urlencoded::byte_serialize(worker.worker.as_bytes()).collect::<String>())} { (worker.worker) } }
+                            td { a href={"/ui/tasks?worker=" (super::encode(&worker.worker))} { (worker.worker) } }
                             td {
                                 @if worker.matched { "yes" } @else { "no" }
                                 @if let Some(why) = &worker.not_matched { ": " span.why { (why) } }

@@ -17,7 +17,7 @@ use maud::html;
 use mechanics_proto::api::{ApiKeyInput, ApiScope};
 use serde::Deserialize;
 
-use super::workers::encode;
+use super::encode;
 use super::{Visitor, error_page, failure_page, html_response, layout, timestamp};
 use crate::Shared;
 use crate::api::{ApiResult, Failure, quote};

@@ -185,7 +185,7 @@ fn row(entry: &LogEntry) -> Markup {
             td { (record.worker.as_deref().unwrap_or("")) }
             td { @if let Some(task) = record.task_id { a href={"/ui/tasks/" (task)} { "#" (task) } } }
             td { @if let Some(event) = record.event_id { a href={"/ui/events/" (event)} { "#" (event) } } }
-            td { @if let Some(trace) = &record.trace_id { a href={"/ui/logs?trace=" (super::workers::encode(trace))} { (trace) } } }
+            td { @if let Some(trace) = &record.trace_id { a href={"/ui/logs?trace=" (super::encode(trace))} { (trace) } } }
             td {
                 @if let Some(detail) = &record.detail { code { (detail) } }
                 @if let Some(error) = &record.error { " " span.error { (error) } }

@@ -254,3 +254,8 @@ pub(crate) fn timestamp(unix_ms: i64) -> String {
         .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| unix_ms.to_string())
 }
+
+/// `text` as one URL path segment or query value.
+pub(super) fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

@@ -48,7 +48,7 @@ pub(super) async fn page(
                             td.error { (node.last_error.as_deref().unwrap_or("")) }
                             @if operate {
                                 td {
-                                    form method="post" action={"/ui/nodes/" (form_urlencoded::byte_serialize(node.name.as_bytes()).collect::<String>()) "/reset"} {
+                                    form method="post" action={"/ui/nodes/" (super::encode(&node.name)) "/reset"} {
                                         (visitor.csrf_field())
                                         button type="submit" { "Reset" }
                                     }

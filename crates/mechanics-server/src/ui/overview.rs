@@ -17,7 +17,7 @@ use maud::{Markup, html};
 use mechanics_proto::domain::TaskState;
 use mechanics_store::{ActivityBucket, TaskFilter};
 
-use super::{Visitor, failure_page, html_response, layout, timestamp};
+use super::{Visitor, encode, failure_page, html_response, layout, timestamp};
 use crate::Shared;
 use crate::api::Failure;
 
@@ -175,10 +175,6 @@ async fn overview(shared: &Shared) -> Result<Markup, Failure> {
             }
         }
     })
-}
-
-fn encode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Chart size in SVG units (it scales with the page).

@@ -12,8 +12,11 @@
 //! Sign-in attempts are limited per client address ([`LOGIN_RATE`]), in the store's token
 //! buckets (shared by every server on a PostgreSQL database): past the burst, every `POST
 //! /ui/login` from that address, with a right key or a wrong one, is answered `429` with
-//! `Retry-After` until a token is back, so keys cannot be guessed at speed. The address is the
-//! connection's peer: behind a reverse proxy every visitor shares the proxy's, and its limit.
+//! `Retry-After` until a token is back. This slows the form, not guessing as such: the API takes
+//! a key in every request without such a limit, so what keeps keys from being guessed is their
+//! length (stored keys are random; a configured `--api-key` must be as long to be as safe).
+//! The address is the connection's peer: behind a reverse proxy every visitor shares the
+//! proxy's, and its limit; over IPv6 each address counts alone.
 //!
 //! On a server with no key at all (the open API), every visitor gets a session of their own
 //! without signing in, so that forms still carry a CSRF token.

@@ -13,7 +13,7 @@ use maud::{Markup, html};
 use mechanics_proto::domain::SourceSpec;
 use mechanics_store::EventFilter;
 
-use super::workers::encode;
+use super::encode;
 use super::{Visitor, failure_page, html_response, layout, timestamp};
 use crate::Shared;
 use crate::api::ApiResult;

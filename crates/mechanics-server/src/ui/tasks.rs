@@ -22,7 +22,7 @@ use mechanics_proto::domain::{LogEntry, Task, TaskAttempt, TaskState};
 use mechanics_store::{LogQuery, TaskFilter};
 use serde_json::Value;
 
-use super::{Visitor, error_page, failure_page, html_response, layout, timestamp};
+use super::{Visitor, encode, error_page, failure_page, html_response, layout, timestamp};
 use crate::Shared;
 use crate::api::{ApiResult, Failure, ListingQuery, list_shown_tasks, parse_id, shown_task};
 use crate::trace_log::REDACTED;
@@ -495,10 +495,6 @@ fn trace_detail(entry: &LogEntry) -> Markup {
 
 pub(super) fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
-}
-
-fn encode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Whether the script sent the request and wants the live part back, not a redirect.

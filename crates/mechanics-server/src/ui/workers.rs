@@ -27,18 +27,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::tasks::pretty;
-use super::{Visitor, error_page, failure_page, html_response, layout, timestamp};
+use super::{Visitor, encode, error_page, failure_page, html_response, layout, timestamp};
 use crate::Shared;
 use crate::api::{ApiResult, Failure, quote};
 use crate::executor::Outcome;
 
 /// How many of a worker's tasks its page lists.
 const RECENT_TASKS: u32 = 20;
-
-/// A worker's name as a URL path segment.
-pub(super) fn encode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
 
 /// The triggers as one line each: `api`, `cron */5 * * * *`, `webhook gh: issues.opened`.
 fn triggers(worker: &Worker) -> Vec<String> {

@@ -179,8 +179,12 @@ async fn a_time_another_server_fired_is_logged_by_that_server_only() {
         .call("GET", "/logs?action=cron&worker=tick&limit=1000", None)
         .await;
     let entries = logs["entries"].as_array().unwrap();
-    let skips: Vec<&serde_json::Value> =
-        entries.iter().filter(|e| e["outcome"] == "skip").collect();
+    // A catch-up after a slow start may log its dropped times as a skip of its own; no entry
+    // may stand for a time the other server fired.
+    let skips: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["outcome"] == "skip" && e["detail"]["dropped"].is_null())
+        .collect();
     assert!(
         skips.is_empty(),
         "the other server's fires are its to log: {skips:?}"
