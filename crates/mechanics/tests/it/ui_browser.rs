@@ -109,6 +109,16 @@ async fn wait_text(browser: &Client, css: &str, good: impl Fn(&str) -> bool) -> 
     }
 }
 
+/// Opens `path` of the server at `base` in the browser.
+async fn open(browser: &Client, base: &str, path: &str) {
+    browser.goto(&format!("{base}{path}")).await.unwrap();
+}
+
+/// How many elements `css` finds on the current page.
+async fn count(browser: &Client, css: &str) -> usize {
+    browser.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
 async fn path(browser: &Client) -> String {
     let url = browser.current_url().await.unwrap();
     match url.query() {
@@ -118,10 +128,7 @@ async fn path(browser: &Client) -> String {
 }
 
 async fn sign_in(browser: &Client, server: &Coordinator, key: &str) {
-    browser
-        .goto(&format!("{}/ui/tasks", server.url))
-        .await
-        .unwrap();
+    open(browser, &server.url, "/ui/tasks").await;
     assert!(path(browser).await.starts_with("/ui/login"));
     let field = browser.find(Locator::Css("input#key")).await.unwrap();
     field.send_keys(key).await.unwrap();
@@ -184,25 +191,19 @@ async fn the_dashboard_in_a_real_browser() {
         .expect("a Chromium session (Debian's chromium; scripts/test.sh installs it)");
 
     // Sign in: the login page, then the tasks.
-    browser
-        .goto(&format!("{}/ui/tasks?state=failed", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/tasks?state=failed").await;
     wait_text(&browser, "h1", |t| t == "Sign in").await;
     screenshot(&browser, "login").await;
     sign_in(&browser, &server, ADMIN).await;
 
     // The Overview counts it.
-    browser.goto(&format!("{}/ui", server.url)).await.unwrap();
+    open(&browser, &server.url, "/ui").await;
     wait_text(&browser, "h1", |t| t == "Overview").await;
     wait_text(&browser, "tr#count-failed", |t| t.ends_with('1')).await;
     screenshot(&browser, "overview").await;
 
     // The Nodes page: the server's own js node, its breaker closed, with Reset for an admin.
-    browser
-        .goto(&format!("{}/ui/nodes", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/nodes").await;
     wait_text(&browser, "table.nodes td.breaker", |t| t == "closed").await;
     wait_text(&browser, "table.nodes button", |t| t == "Reset").await;
     screenshot(&browser, "nodes").await;
@@ -218,10 +219,7 @@ async fn the_dashboard_in_a_real_browser() {
     wait_text(&browser, "table.nodes td.breaker", |t| t == "closed").await;
 
     // The failed task, through the filter.
-    browser
-        .goto(&format!("{}/ui/tasks?state=failed", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/tasks?state=failed").await;
     let row = format!("tr#task-{failed}");
     wait_text(&browser, &format!("{row} .state"), |t| t == "failed").await;
     screenshot(&browser, "tasks").await;
@@ -338,10 +336,7 @@ async fn the_dashboard_in_a_real_browser() {
     let pending: Vec<i64> = (0..20)
         .map(|n| submit(&server, &json!({ "n": n })))
         .collect();
-    browser
-        .goto(&format!("{}/ui/tasks?state=pending", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/tasks?state=pending").await;
     wait_text(&browser, &format!("tr#task-{} .state", pending[19]), |t| {
         t == "pending"
     })
@@ -375,10 +370,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Workers → the worker → Run test: the module runs on the typed payload (on the server's
     // js node, nothing stored), and the result and console show on the page.
-    browser
-        .goto(&format!("{}/ui/workers", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/workers").await;
     wait_text(&browser, "tr#worker-echo td a", |t| t == "echo").await;
     screenshot(&browser, "workers").await;
     browser
@@ -423,16 +415,10 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Sources (none here) and Logs with live tail: a task submitted now shows up without a
     // reload.
-    browser
-        .goto(&format!("{}/ui/sources", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/sources").await;
     wait_text(&browser, "h1", |t| t == "Sources").await;
     screenshot(&browser, "sources").await;
-    browser
-        .goto(&format!("{}/ui/logs?worker=echo&live=1", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/logs?worker=echo&live=1").await;
     wait_text(&browser, "section#log-live", |t| t.contains("submit")).await;
     let tailed = submit(&server, &json!({ "tailed": true }));
     wait_text(&browser, "section#log-live", |t| {
@@ -443,10 +429,7 @@ async fn the_dashboard_in_a_real_browser() {
     screenshot(&browser, "logs").await;
 
     // Keys (admin): create one, its secret shown once.
-    browser
-        .goto(&format!("{}/ui/keys", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/keys").await;
     wait_text(&browser, "h1", |t| t == "API keys").await;
     browser
         .find(Locator::Css("input#name"))
@@ -464,10 +447,7 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     wait_text(&browser, "code#new-secret", |t| t.starts_with("mk_")).await;
     screenshot(&browser, "key-created").await;
-    browser
-        .goto(&format!("{}/ui/keys", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/keys").await;
     wait_text(&browser, "tr#key-ci-bot td.scope", |t| t == "read").await;
     screenshot(&browser, "keys").await;
 
@@ -483,58 +463,21 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     wait_text(&browser, "h1", |t| t == "Sign in").await;
     sign_in(&browser, &server, &secret).await;
-    browser
-        .goto(&format!("{}/ui/tasks/{failed}", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, &format!("/ui/tasks/{failed}")).await;
     wait_text(&browser, "#task-state", |t| t == "completed").await;
-    assert_eq!(
-        browser
-            .find_all(Locator::Css("button"))
-            .await
-            .unwrap()
-            .len(),
-        1,
-        "only Sign out"
-    );
+    assert_eq!(count(&browser, "button").await, 1, "only Sign out");
     assert_eq!(
         text(&browser, "form.signout .who").await.unwrap(),
         "viewer · read"
     );
     screenshot(&browser, "read-scope").await;
-    browser
-        .goto(&format!("{}/ui/tasks", server.url))
-        .await
-        .unwrap();
-    assert!(
-        browser
-            .find_all(Locator::Css("input[type=checkbox]"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    open(&browser, &server.url, "/ui/tasks").await;
+    assert_eq!(count(&browser, "input[type=checkbox]").await, 0);
     // Nor a Run test, nor the Keys link.
-    browser
-        .goto(&format!("{}/ui/workers/echo", server.url))
-        .await
-        .unwrap();
+    open(&browser, &server.url, "/ui/workers/echo").await;
     wait_text(&browser, "h1", |t| t == "Worker echo").await;
-    assert_eq!(
-        browser
-            .find_all(Locator::Css("button"))
-            .await
-            .unwrap()
-            .len(),
-        1,
-        "only Sign out"
-    );
-    assert!(
-        browser
-            .find_all(Locator::Css("a[href='/ui/keys']"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(count(&browser, "button").await, 1, "only Sign out");
+    assert_eq!(count(&browser, "a[href='/ui/keys']").await, 0);
 
     browser.close().await.unwrap();
 }
