@@ -321,10 +321,18 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     wait_text(&browser, "#task-state", |t| t == "completed").await;
     wait_text(&browser, "#task-result", |t| t.contains("\"edited\": 2")).await;
-    wait_text(&browser, "table.trace", |t| {
-        t.contains(&format!("replay of #{failed}"))
-    })
-    .await;
+    // The trace is written in batches, and a finished task's page stops refreshing itself: a
+    // task this quick may be shown before its trace is, so reload until it is.
+    let linked = format!("replay of #{failed}");
+    let deadline = Instant::now() + PATIENCE;
+    while !text(&browser, "table.trace")
+        .await
+        .is_some_and(|t| t.contains(&linked))
+    {
+        assert!(Instant::now() < deadline, "no {linked:?} in the trace");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.refresh().await.unwrap();
+    }
     screenshot(&browser, "replay").await;
     assert_eq!(
         server.json(&["task", "show", &replay.to_string()])["payload"],
