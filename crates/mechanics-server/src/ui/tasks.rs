@@ -300,6 +300,12 @@ async fn load(shared: &Shared, id: i64) -> ApiResult<TaskView> {
             *error = redacted;
         }
     }
+    // Steps still in the trace's buffer are flushed first, as `GET /logs` does: a task that
+    // just ended would otherwise show a trace without its last steps, and its page no longer
+    // refreshes itself.
+    if let Err(err) = shared.trace.flush().await {
+        tracing::warn!(error = %err, "flushing the pipeline trace before a read failed");
+    }
     let mut trace = shared
         .store
         .query_logs(&LogQuery {
