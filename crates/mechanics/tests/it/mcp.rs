@@ -136,7 +136,7 @@ async fn submit_and_get(client: &Client) {
         "{}",
         text(&submitted)
     );
-    let task = submitted.structured_content.expect("structured content");
+    let task = json_block(&submitted);
     assert_eq!(task["state"], "completed", "{task}");
     assert_eq!(task["result"]["greeting"], "Hello, Ada!");
 
@@ -673,4 +673,138 @@ async fn stdio_reads_the_server_and_key_from_config_yml() {
     let refused = call(&client, "submit_task", json!({ "worker": "hello" })).await;
     assert!(failed(&refused) && text(&refused).contains("`operate` scope"));
     client.cancel().await.unwrap();
+}
+
+/// The JSON of a result's second block, which must be its structured content: the clients that
+/// show the model only text show it that.
+fn json_block(result: &CallToolResult) -> Value {
+    let block = result
+        .content
+        .get(1)
+        .and_then(|block| block.as_text())
+        .unwrap_or_else(|| panic!("a second, JSON text block: {result:?}"));
+    let value: Value = serde_json::from_str(&block.text).expect("the block is JSON");
+    assert_eq!(Some(&value), result.structured_content.as_ref());
+    value
+}
+
+/// The bytes of a tool's whole answer as it goes over the wire.
+fn answer_bytes(result: &CallToolResult) -> usize {
+    serde_json::to_string(result).unwrap().len()
+}
+
+/// A task too big for one answer (1.2 MB of payload) is shown without its payload, with its id
+/// and state, by every tool and the resource: `submit_task` does not fail after creating it, and
+/// `list_tasks` pages on past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_too_big_for_an_answer_comes_trimmed() {
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let admin = http_client(&server, ADMIN_KEY).await;
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: measure\nkind: js\nmodule: ./measure.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default ({ payload }) => payload.blob.length",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    let small =
+        |n: u64| json!({ "worker": "measure", "payload": { "blob": "y".repeat(n as usize) } });
+    let first = call(&admin, "submit_task", small(1)).await;
+    let first = json_block(&first)["id"].as_i64().unwrap();
+
+    let blob = "x".repeat(1_200_000);
+    let submitted = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "measure", "payload": { "blob": blob }, "wait_seconds": 60 }),
+    )
+    .await;
+    assert!(!failed(&submitted), "{}", text(&submitted));
+    assert!(
+        answer_bytes(&submitted) < MIB,
+        "{}",
+        answer_bytes(&submitted)
+    );
+    let task = json_block(&submitted);
+    let id = task["id"].as_i64().expect("the id");
+    assert_eq!(task["state"], "completed", "{}", text(&submitted));
+    assert_eq!(task["result"], 1_200_000);
+    assert_eq!(task["attempts"].as_array().map(Vec::len), Some(1));
+    assert!(
+        task["payload"]["$trimmed"]["bytes"].as_u64() > Some(1_200_000),
+        "{}",
+        task["payload"]
+    );
+    let summary = text(&submitted);
+    assert!(summary.contains("payload ("), "{summary}");
+    assert!(
+        summary.contains(&format!("/api/v1/tasks/{id}")),
+        "{summary}"
+    );
+
+    let shown = call(&admin, "get_task", json!({ "id": id })).await;
+    assert!(!failed(&shown), "{}", text(&shown));
+    assert!(answer_bytes(&shown) < MIB, "{}", answer_bytes(&shown));
+    let shown = json_block(&shown);
+    assert_eq!(
+        (&shown["id"], &shown["state"]),
+        (&json!(id), &json!("completed"))
+    );
+    assert!(
+        shown["payload"]["$trimmed"].is_object(),
+        "{}",
+        shown["payload"]
+    );
+
+    let last = call(&admin, "submit_task", small(2)).await;
+    let last = json_block(&last)["id"].as_i64().unwrap();
+    // Newest first: the small task, the big one (trimmed, alone in its page), the first one.
+    let mut seen = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let mut args = json!({ "worker": "measure" });
+        if let Some(cursor) = cursor {
+            args["cursor"] = json!(cursor);
+        }
+        let page = call(&admin, "list_tasks", args).await;
+        assert!(!failed(&page), "{}", text(&page));
+        assert!(answer_bytes(&page) < MIB, "{}", answer_bytes(&page));
+        let summary = text(&page);
+        let page = json_block(&page);
+        for task in page["tasks"].as_array().unwrap() {
+            let task_id = task["id"].as_i64().unwrap();
+            seen.push(task_id);
+            assert_eq!(
+                task_id == id,
+                task["payload"]["$trimmed"].is_object(),
+                "{summary}"
+            );
+        }
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [last, id, first]);
+
+    let resource = read_resource(&admin, &format!("mechanics://tasks/{id}"))
+        .await
+        .unwrap();
+    assert!(resource.len() < MIB, "{}", resource.len());
+    let resource: Value = serde_json::from_str(&resource).unwrap();
+    assert_eq!(
+        (&resource["id"], &resource["state"]),
+        (&json!(id), &json!("completed"))
+    );
+    assert!(
+        resource["payload"]["$trimmed"].is_object(),
+        "{}",
+        resource["payload"]
+    );
+    admin.cancel().await.unwrap();
 }
