@@ -295,6 +295,10 @@ const TYPES: &[(&str, &str)] = &[
         "mechanics-uuid.d.ts",
         include_str!("../../mechanics-core/ts-types/mechanics-uuid.d.ts"),
     ),
+    (
+        "mechanics-worker.d.ts",
+        include_str!("../../mechanics-core/ts-types/mechanics-worker.d.ts"),
+    ),
 ];
 
 /// The prefix of every resource URI.

@@ -395,6 +395,18 @@ async fn stdio_tools_read_only_and_with_a_key() {
         endpoint.contains("declare module \"mechanics:endpoint\""),
         "{endpoint}"
     );
+    // The worker's argument, as the dispatcher builds it: `{ event, task, payload }`.
+    let worker_arg = read_resource(&client, "mechanics://types/mechanics-worker.d.ts")
+        .await
+        .unwrap();
+    for declared in [
+        "interface MechanicsWorkerArg<P = unknown>",
+        "event: MechanicsWorkerEvent | null;",
+        "task: MechanicsWorkerTask;",
+        "payload: P | null;",
+    ] {
+        assert!(worker_arg.contains(declared), "{declared}: {worker_arg}");
+    }
     let worker: Value = serde_json::from_str(
         &read_resource(&client, "mechanics://workers/hello")
             .await
