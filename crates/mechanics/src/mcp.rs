@@ -1226,9 +1226,11 @@ pub async fn serve_stdio(toolbox: Toolbox) -> Result<(), String> {
 /// request stands alone, so nothing is kept per client), its tools calling the API on `addr`'s
 /// loopback side with each request's key. Requests whose `Host` is not a name of `addr` are
 /// refused (DNS rebinding): only loopback names when it listens on loopback, that address too
-/// when on another one, any name when on every interface (where the API key guards it).
+/// when on another one, any name when on every interface (where the API key guards it); and
+/// `extra_hosts` (`mcp_allowed_hosts`: a reverse proxy's public names) besides.
 pub fn http_routes(
     addr: SocketAddr,
+    extra_hosts: &[String],
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<axum::Router, ClientError> {
     use rmcp::transport::streamable_http_server::{
@@ -1252,9 +1254,12 @@ pub fn http_routes(
         .with_cancellation_token(stop);
     if ip.is_unspecified() {
         config = config.disable_allowed_hosts();
-    } else if !ip.is_loopback() {
+    } else {
         let mut hosts = config.allowed_hosts.clone();
-        hosts.push(ip.to_string());
+        if !ip.is_loopback() {
+            hosts.push(ip.to_string());
+        }
+        hosts.extend(extra_hosts.iter().cloned());
         config = config.with_allowed_hosts(hosts);
     }
     let toolbox = Toolbox::http(connection);

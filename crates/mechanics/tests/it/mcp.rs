@@ -291,7 +291,17 @@ async fn http_tools_follow_the_keys_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _, _) = server_with_keys(dir.path());
+    // Behind a reverse proxy that passes the client's Host through, its public name is allowed.
+    let server = Coordinator::start(
+        dir.path(),
+        &[
+            "--api-key",
+            ADMIN_KEY,
+            "--mcp-allowed-hosts",
+            "mechanics.example.com, proxy.example:8443",
+        ],
+        &[],
+    );
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {
@@ -323,7 +333,20 @@ async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
     let rebound = post(Some("attacker.example"), Some(ADMIN_KEY))
         .await
         .unwrap();
-    assert!(rebound.status().is_client_error(), "{}", rebound.status());
+    assert_eq!(rebound.status(), 403);
+    for proxied in ["mechanics.example.com", "proxy.example:8443"] {
+        let answer = post(Some(proxied), Some(ADMIN_KEY)).await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{proxied}: {}",
+            answer.status()
+        );
+    }
+    // A configured name with a port is that port only.
+    let other_port = post(Some("proxy.example:9999"), Some(ADMIN_KEY))
+        .await
+        .unwrap();
+    assert_eq!(other_port.status(), 403);
     let fine = post(None, Some(ADMIN_KEY)).await.unwrap();
     assert!(fine.status().is_success(), "{}", fine.status());
     let answer = fine.text().await.unwrap();
