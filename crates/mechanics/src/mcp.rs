@@ -55,6 +55,10 @@ const ENVELOPE_BYTES: usize = 1024;
 /// The longest `submit_task` waits for its task to end.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
+/// `test_module` calls running at once per server (each starts a node process and may spend
+/// a CPU for up to the 10 s time limit); past it a call is refused as busy.
+pub const MAX_TEST_MODULES: usize = 2;
+
 /// How a [`Toolbox`] learns what its caller may do.
 #[derive(Debug, Clone, Copy)]
 enum Access {
@@ -71,6 +75,9 @@ enum Access {
 pub struct Toolbox {
     connection: ApiClient,
     access: Access,
+    /// The `test_module` calls that may run at once, shared by every clone (at `/mcp` one per
+    /// request).
+    test_modules: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a tool needs and does, for listing and for refusing a call outside the key's scope.
@@ -530,6 +537,7 @@ impl Toolbox {
         Self {
             connection,
             access: Access::Stdio { read_only },
+            test_modules: Arc::new(tokio::sync::Semaphore::new(MAX_TEST_MODULES)),
         }
     }
 
@@ -538,6 +546,7 @@ impl Toolbox {
         Self {
             connection,
             access: Access::Http,
+            test_modules: Arc::new(tokio::sync::Semaphore::new(MAX_TEST_MODULES)),
         }
     }
 
@@ -735,7 +744,16 @@ impl Toolbox {
                     format!("the crash-loop breaker of {name} is re-armed"),
                 ))
             }
-            "test_module" => test_module(parse(spec, args)?).await,
+            "test_module" => {
+                let args = parse(spec, args)?;
+                let Ok(_running) = self.test_modules.try_acquire() else {
+                    return Err(ToolError(format!(
+                        "busy: {MAX_TEST_MODULES} test_module calls are running on this server; \
+                         retry in a few seconds"
+                    )));
+                };
+                test_module(args).await
+            }
             "add_worker" => {
                 let AddWorkerArgs {
                     yaml,

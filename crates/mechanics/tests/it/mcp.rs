@@ -843,3 +843,71 @@ async fn a_task_too_big_for_an_answer_comes_trimmed() {
     );
     admin.cancel().await.unwrap();
 }
+
+/// `test_module` over HTTP: the result and console, a hostile script's limit error, and at most
+/// two runs at once per server (each starts a node process), a third refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_test_module_runs_two_at_once_and_contains_a_hostile_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, operate) = server_with_keys(dir.path());
+    let client = http_client(&server, &operate).await;
+
+    let ran = call(
+        &client,
+        "test_module",
+        json!({
+            "source": "export default (arg) => { console.log('got', arg.n); return arg.n + 1 }",
+            "arg": { "n": 41 },
+        }),
+    )
+    .await;
+    assert!(!failed(&ran), "{}", text(&ran));
+    let ran = json_block(&ran);
+    assert_eq!(ran["result"], 42, "{ran}");
+    assert_eq!(ran["console"][0]["message"], "got 41", "{ran}");
+
+    let spin = call(
+        &client,
+        "test_module",
+        json!({ "source": "export default () => { while (true) {} }" }),
+    )
+    .await;
+    assert!(failed(&spin), "{}", text(&spin));
+    assert_eq!(json_block(&spin)["error"]["kind"], "limit_exceeded");
+
+    // Three calls at once of a module that works for 1.5 s (built-in work each turn, so that the
+    // loop stays under the iteration limit): two run, one is refused.
+    let slow = json!({
+        "source": "export default () => { const end = Date.now() + 1500; let n = 0; \
+                   while (Date.now() < end) { n += JSON.stringify(new Array(10000).fill(n)).length } \
+                   return n > 0 }",
+    });
+    let (a, b, c) = tokio::join!(
+        call(&client, "test_module", slow.clone()),
+        call(&client, "test_module", slow.clone()),
+        call(&client, "test_module", slow.clone()),
+    );
+    let busy: Vec<String> = [&a, &b, &c]
+        .into_iter()
+        .filter(|result| failed(result))
+        .map(text)
+        .collect();
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    assert!(
+        busy[0].contains("busy") && busy[0].contains("retry"),
+        "{}",
+        busy[0]
+    );
+    for result in [&a, &b, &c].into_iter().filter(|result| !failed(result)) {
+        assert_eq!(json_block(result)["result"], true);
+    }
+    // Once they ended, a call runs again.
+    let again = call(
+        &client,
+        "test_module",
+        json!({ "source": "export default () => 1" }),
+    )
+    .await;
+    assert!(!failed(&again), "{}", text(&again));
+    client.cancel().await.unwrap();
+}
