@@ -911,3 +911,168 @@ async fn http_test_module_runs_two_at_once_and_contains_a_hostile_script() {
     assert!(!failed(&again), "{}", text(&again));
     client.cancel().await.unwrap();
 }
+
+/// What every transport's run of [`each_tool_does_its_job`] reads: a webhook event, a node.
+struct Fixtures {
+    event: i64,
+    node: String,
+}
+
+/// Every tool's happy path not covered above, and the resources, through `client`; `tag` keeps
+/// the runs of the two transports apart.
+async fn each_tool_does_its_job(client: &Client, tag: &str, fixtures: &Fixtures) {
+    // The same idempotency key for the same worker gives the same task.
+    let once = json!({
+        "worker": "hello",
+        "payload": { "name": tag },
+        "idempotency_key": format!("{tag}-once"),
+    });
+    let first = json_block(&call(client, "submit_task", once.clone()).await);
+    let again = json_block(&call(client, "submit_task", once).await);
+    assert_eq!(first["id"], again["id"], "{first} {again}");
+    assert_eq!(
+        (&first["created"], &again["created"]),
+        (&json!(true), &json!(false))
+    );
+
+    // A task that fails, with its attempt, error and console output.
+    let flaky = call(
+        client,
+        "submit_task",
+        json!({ "worker": "flaky", "wait_seconds": 60 }),
+    )
+    .await;
+    assert!(!failed(&flaky), "{}", text(&flaky));
+    let id = json_block(&flaky)["id"].as_i64().unwrap();
+    let shown = call(client, "get_task", json!({ "id": id })).await;
+    assert!(text(&shown).contains("boom"), "{}", text(&shown));
+    let shown = json_block(&shown);
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert_eq!(shown["attempts"][0]["outcome"], "failed", "{shown}");
+    assert_eq!(shown["console"][0]["message"], "trying", "{shown}");
+    let resource: Value = serde_json::from_str(
+        &read_resource(client, &format!("mechanics://tasks/{id}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&resource["id"], &resource["state"]),
+        (&json!(id), &json!("failed"))
+    );
+
+    // The trace of that task, filtered.
+    let logs = call(
+        client,
+        "query_logs",
+        json!({ "task": id, "outcome": "fail" }),
+    )
+    .await;
+    assert!(!failed(&logs), "{}", text(&logs));
+    let logs = json_block(&logs);
+    let entries = logs["entries"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{logs}");
+    for entry in entries {
+        assert_eq!(
+            (&entry["task_id"], &entry["outcome"]),
+            (&json!(id), &json!("fail"))
+        );
+    }
+
+    // A failed task is queued again.
+    let retried = call(client, "retry_task", json!({ "id": id })).await;
+    assert!(!failed(&retried), "{}", text(&retried));
+    assert!(
+        text(&retried).starts_with(&format!("task {id} is ")),
+        "{}",
+        text(&retried)
+    );
+    assert_eq!(json_block(&retried)["state"], "pending");
+
+    // A task of a paused worker waits: it can be canceled.
+    let parked = call(client, "submit_task", json!({ "worker": "parked" })).await;
+    let parked = json_block(&parked)["id"].as_i64().unwrap();
+    let canceled = call(client, "cancel_task", json!({ "id": parked })).await;
+    assert!(!failed(&canceled), "{}", text(&canceled));
+    assert_eq!(json_block(&canceled)["state"], "canceled");
+
+    let reset = call(client, "reset_node", json!({ "name": fixtures.node })).await;
+    assert!(!failed(&reset), "{}", text(&reset));
+    assert!(text(&reset).contains(&fixtures.node), "{}", text(&reset));
+
+    let event = call(client, "get_event", json!({ "id": fixtures.event })).await;
+    assert!(!failed(&event), "{}", text(&event));
+    let event = json_block(&event);
+    assert_eq!(
+        (&event["id"], &event["source"]),
+        (&json!(fixtures.event), &json!("gh"))
+    );
+    let resource: Value = serde_json::from_str(
+        &read_resource(client, &format!("mechanics://events/{}", fixtures.event))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resource["type"], event["type"], "{resource}");
+}
+
+/// The tools the other tests leave out, over stdio and over HTTP against one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_does_its_job_over_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &["--api-key", ADMIN_KEY], &[]);
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    server.ok(&[
+        "worker",
+        "add",
+        "-f",
+        &format!("{REPO}/examples/hello-worker/worker.yml"),
+    ]);
+    file(
+        "flaky.js",
+        "export default () => { console.log('trying'); throw new Error('boom') }",
+    );
+    file("parked.js", "export default () => null");
+    for name in ["flaky", "parked"] {
+        let spec = file(
+            &format!("{name}.yml"),
+            &format!(
+                "name: {name}\nkind: js\nmodule: ./{name}.js\ntriggers:\n  - api: true\n\
+                 retry: {{ max_retries: 0 }}\n"
+            ),
+        );
+        server.ok(&["worker", "add", "-f", &spec]);
+    }
+    server.ok(&["worker", "pause", "parked"]);
+    let secret = file("secret", "s3cret\n");
+    let source = file(
+        "gh.yml",
+        &format!("name: gh\nkind: github\nsecret_file: {secret}\n"),
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    let delivery = file(
+        "delivery.json",
+        r#"{"action":"opened","issue":{"number":1}}"#,
+    );
+    server.ok(&["webhook", "send", "gh", &delivery, "--event", "issues"]);
+    let events = server.json(&["event", "list"]);
+    let nodes = server.json(&["node", "list"]);
+    let fixtures = Fixtures {
+        event: events["events"][0]["id"].as_i64().expect("an event"),
+        node: nodes["nodes"][0]["name"]
+            .as_str()
+            .expect("a node")
+            .to_owned(),
+    };
+
+    let stdio = stdio_client(&server, ADMIN_KEY, &[]).await;
+    each_tool_does_its_job(&stdio, "stdio", &fixtures).await;
+    stdio.cancel().await.unwrap();
+    let http = http_client(&server, ADMIN_KEY).await;
+    each_tool_does_its_job(&http, "http", &fixtures).await;
+    http.cancel().await.unwrap();
+}
