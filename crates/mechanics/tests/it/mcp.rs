@@ -1016,6 +1016,34 @@ async fn each_tool_does_its_job(client: &Client, tag: &str, fixtures: &Fixtures)
     assert_eq!(resource["type"], event["type"], "{resource}");
 }
 
+/// Every tool (the admin key lists them all) has an object input schema and a description, and
+/// is annotated read-only exactly when it changes nothing; only cancel_task is destructive.
+async fn tools_declare_what_they_do(client: &Client) {
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert_eq!(tools.len(), 15, "{tools:?}");
+    for tool in tools {
+        let name = tool.name.as_ref();
+        assert_eq!(
+            tool.input_schema.get("type"),
+            Some(&json!("object")),
+            "{name}"
+        );
+        assert!(
+            tool.description.as_ref().is_some_and(|d| d.len() > 20),
+            "{name}"
+        );
+        let annotations = tool.annotations.as_ref().expect("annotations");
+        let changes = CHANGING.contains(&name);
+        assert_eq!(annotations.read_only_hint, Some(!changes), "{name}");
+        assert_eq!(
+            annotations.destructive_hint,
+            Some(name == "cancel_task"),
+            "{name}"
+        );
+        assert_eq!(annotations.open_world_hint, Some(false), "{name}");
+    }
+}
+
 /// The tools the other tests leave out, over stdio and over HTTP against one server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_does_its_job_over_both_transports() {
@@ -1073,6 +1101,7 @@ async fn every_tool_does_its_job_over_both_transports() {
     each_tool_does_its_job(&stdio, "stdio", &fixtures).await;
     stdio.cancel().await.unwrap();
     let http = http_client(&server, ADMIN_KEY).await;
+    tools_declare_what_they_do(&http).await;
     each_tool_does_its_job(&http, "http", &fixtures).await;
     http.cancel().await.unwrap();
 }
