@@ -1105,3 +1105,26 @@ async fn every_tool_does_its_job_over_both_transports() {
     each_tool_does_its_job(&http, "http", &fixtures).await;
     http.cancel().await.unwrap();
 }
+
+/// `mechanics mcp --help` shows what applies to it: no `--json` (it prints no answers) and its
+/// own exit statuses.
+#[test]
+fn mcp_help_shows_only_what_applies() {
+    let home = tempfile::tempdir().unwrap();
+    let out = command(home.path())
+        .args(["mcp", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("--read-only") && help.contains("--api-key-file"),
+        "{help}"
+    );
+    assert!(!help.contains("--json"), "{help}");
+    assert!(!help.contains("task submit --wait"), "{help}");
+    assert!(
+        help.contains("0  the assistant's client closed the session"),
+        "{help}"
+    );
+}
