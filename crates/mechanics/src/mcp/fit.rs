@@ -110,7 +110,7 @@ pub(super) fn trim(
                 (!value.is_null()).then(|| (value.to_string().len(), field))
             })
             .collect();
-        sized.sort_by(|a, b| b.0.cmp(&a.0));
+        sized.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         for (bytes, field) in sized {
             let Some(slot) = root.pointer_mut(&format!("{at}{field}")) else {
                 continue;
