@@ -17,13 +17,6 @@ interface Item {
   tags?: string[];
 }
 
-/** The argument of every worker's default export. */
-interface WorkerArg<P> {
-  event: { id: number; source: string; type: string; payload: unknown } | null;
-  task: { id: number; attempt: number; worker: string };
-  payload: P | null;
-}
-
 enum Band {
   Cheap = "cheap",
   Fair = "fair",
@@ -57,7 +50,8 @@ function bytesOf(text: string): BufferLike {
   return Uint8Array.from(text, (c) => c.charCodeAt(0) & 0xff);
 }
 
-export default function main({ task, payload }: WorkerArg<Payload>) {
+// `MechanicsWorkerArg` is declared in crates/mechanics-core/ts-types/mechanics-worker.d.ts.
+export default function main({ task, payload }: MechanicsWorkerArg<Payload>) {
   const items = payload?.items ?? [];
   const summary = new Summary(payload?.label ?? "items");
   for (const item of items) {

@@ -300,6 +300,11 @@ pub struct ServerConfig {
     /// How often container workers are compared with the runtime's containers (besides every
     /// registry change): missing, exited or unhealthy containers are recreated, orphans removed.
     pub container_reconcile_interval: Duration,
+    /// Host names (`name` or `name:port`) that `/mcp` accepts in the `Host` header besides the
+    /// names of `addr`: the public names of a reverse proxy that passes the client's `Host`
+    /// through. The `Host` check stops DNS rebinding, so only names that resolve to this server
+    /// belong here.
+    pub mcp_allowed_hosts: Vec<String>,
     /// Where each setting came from, by key.
     pub sources: BTreeMap<&'static str, ConfigSource>,
 }
@@ -354,6 +359,9 @@ pub struct ConfigLayer {
     pub container_runtime: Option<ContainerRuntimeChoice>,
     /// See [`ServerConfig::container_reconcile_interval`] (`60s`).
     pub container_reconcile_interval: Option<String>,
+    /// See [`ServerConfig::mcp_allowed_hosts`]: a list in the file, comma-separated in a
+    /// variable or flag.
+    pub mcp_allowed_hosts: Option<Vec<String>>,
 }
 
 /// Environment variables read, and the key each sets.
@@ -380,6 +388,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "MECHANICS_CONTAINER_RECONCILE_INTERVAL",
         "container_reconcile_interval",
     ),
+    ("MECHANICS_MCP_ALLOWED_HOSTS", "mcp_allowed_hosts"),
 ];
 
 impl ConfigLayer {
@@ -487,6 +496,16 @@ impl ConfigLayer {
             "container_reconcile_interval" => {
                 self.container_reconcile_interval = Some(value.to_owned());
             }
+            "mcp_allowed_hosts" => {
+                self.mcp_allowed_hosts = Some(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|host| !host.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                );
+            }
             "webhook_body_budget" => {
                 self.webhook_body_budget = Some(parse(
                     "webhook_body_budget",
@@ -572,6 +591,7 @@ impl ServerConfig {
             http_worker_timeout: Duration::from_secs(600),
             container_runtime: ContainerRuntimeChoice::Auto,
             container_reconcile_interval: Duration::from_secs(60),
+            mcp_allowed_hosts: Vec::new(),
             sources: BTreeMap::new(),
         }
     }
@@ -711,6 +731,20 @@ impl ServerConfig {
             }
             self.container_reconcile_interval = interval;
         }
+        if let Some(hosts) = layer.mcp_allowed_hosts {
+            if let Some(bad) = hosts.iter().find(|host| {
+                host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/')
+            }) {
+                return Err(invalid(
+                    "mcp_allowed_hosts",
+                    format!(
+                        "{bad:?} is not a host name: write the name (or name:port) clients \
+                         use, e.g. mechanics.example.com"
+                    ),
+                ));
+            }
+            self.mcp_allowed_hosts = hosts;
+        }
         Ok(())
     }
 
@@ -848,7 +882,7 @@ impl ServerConfig {
     }
 
     /// Each key with its value as shown (the API key and the database password redacted).
-    fn shown_values(&self) -> [(&'static str, String); 21] {
+    fn shown_values(&self) -> [(&'static str, String); 22] {
         let redacted = self.api_key.as_ref().map(|_| "<redacted>".to_owned());
         let rate = |r: RateLimit| format!("{{ per_second: {}, burst: {} }}", r.per_second, r.burst);
         [
@@ -904,6 +938,14 @@ impl ServerConfig {
                 "container_reconcile_interval",
                 HumanDuration(self.container_reconcile_interval).to_string(),
             ),
+            (
+                "mcp_allowed_hosts",
+                if self.mcp_allowed_hosts.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    self.mcp_allowed_hosts.join(", ")
+                },
+            ),
         ]
     }
 }
@@ -941,6 +983,7 @@ impl ConfigLayer {
             self.container_reconcile_interval.is_some(),
             "container_reconcile_interval",
         );
+        note(self.mcp_allowed_hosts.is_some(), "mcp_allowed_hosts");
         keys
     }
 }
@@ -1591,5 +1634,37 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn mcp_allowed_hosts_are_a_list_in_the_file_and_comma_separated_elsewhere() {
+        let resolve = |layers: Vec<(ConfigSource, ConfigLayer)>| {
+            ServerConfig::resolve(Path::new("/h"), layers).map_err(|e| e.to_string())
+        };
+        assert!(resolve(vec![]).unwrap().mcp_allowed_hosts.is_empty());
+        let (_dir, path) = file("mcp_allowed_hosts: [mechanics.example.com, \"proxy:8443\"]\n");
+        let layer = ConfigLayer::from_file(&path).unwrap();
+        let config = resolve(vec![(ConfigSource::File(path), layer)]).unwrap();
+        assert_eq!(
+            config.mcp_allowed_hosts,
+            ["mechanics.example.com", "proxy:8443"]
+        );
+        let env =
+            ConfigLayer::from_env(env(&[("MECHANICS_MCP_ALLOWED_HOSTS", "a.example, b")])).unwrap();
+        let config = resolve(vec![(ConfigSource::Env("MECHANICS_*".into()), env)]).unwrap();
+        assert_eq!(config.mcp_allowed_hosts, ["a.example", "b"]);
+        let config = resolve(vec![flag_layer("mcp_allowed_hosts", "c.example")]).unwrap();
+        assert!(
+            config
+                .show()
+                .contains("mcp_allowed_hosts: c.example  # --mcp-allowed-hosts\n"),
+            "{}",
+            config.show()
+        );
+        let err = resolve(vec![flag_layer("mcp_allowed_hosts", "https://c.example/")]).unwrap_err();
+        assert!(
+            err.starts_with("--mcp-allowed-hosts: mcp_allowed_hosts: "),
+            "{err}"
+        );
     }
 }

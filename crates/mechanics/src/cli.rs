@@ -119,7 +119,8 @@ enum Command {
     /// and stdout: the assistant's client starts this command, which calls the API of the
     /// server at --server with the API key of these settings (the key's scope limits what the
     /// tools may do). `mechanics serve` offers the same tools over HTTP at `/mcp`.
-    #[command(after_help = client::EXIT_CODES_HELP)]
+    // It prints no answers, so the client commands' --json has nothing to change here.
+    #[command(after_help = MCP_EXIT_CODES_HELP, mut_arg("json", |arg| arg.hide(true)))]
     Mcp(McpArgs),
     /// Instances: the `mechanics serve` processes using the server's database.
     Instance {
@@ -256,6 +257,13 @@ struct ServeArgs {
     #[arg(long)]
     log_json: bool,
 }
+
+/// `mechanics mcp`'s exit statuses: it serves until its client goes, and answers nothing itself.
+const MCP_EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  the assistant's client closed the session (stdin)
+  1  the session could not start or failed
+  2  usage or bad input: unknown flags, an unreadable or invalid --api-key-file or config.yml";
 
 #[derive(Debug, clap::Args)]
 struct McpArgs {

@@ -35,11 +35,29 @@ use serde_json::Value;
 
 use mechanics_client::{ApiClient, ClientError, EventFilter, LogFilter, TaskFilter};
 
-/// The largest answer a tool gives: past it the assistant is told to ask for a smaller page.
+mod fit;
+use fit::{Record, Trimmed};
+
+/// The largest answer a tool or a resource gives, in bytes of JSON: a larger page is cut
+/// smaller, a larger task or event loses its big fields (payload, result, console) to a marker.
 pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+
+/// The longest summary (in characters) a tool's answer starts with; with JSON's escapes it takes
+/// at most [`SUMMARY_BYTES`].
+const SUMMARY_CHARS: usize = 1000;
+
+/// Room kept in every answer for its summary.
+const SUMMARY_BYTES: usize = 8 * 1024;
+
+/// Room kept for the JSON-RPC envelope around a tool's or resource's content.
+const ENVELOPE_BYTES: usize = 1024;
 
 /// The longest `submit_task` waits for its task to end.
 pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// `test_module` calls running at once per server (each starts a node process and may spend
+/// a CPU for up to the 10 s time limit); past it a call is refused as busy.
+pub const MAX_TEST_MODULES: usize = 2;
 
 /// How a [`Toolbox`] learns what its caller may do.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +75,9 @@ enum Access {
 pub struct Toolbox {
     connection: ApiClient,
     access: Access,
+    /// The `test_module` calls that may run at once, shared by every clone (at `/mcp` one per
+    /// request).
+    test_modules: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a tool needs and does, for listing and for refusing a call outside the key's scope.
@@ -281,6 +302,10 @@ const TYPES: &[(&str, &str)] = &[
         "mechanics-uuid.d.ts",
         include_str!("../../mechanics-core/ts-types/mechanics-uuid.d.ts"),
     ),
+    (
+        "mechanics-worker.d.ts",
+        include_str!("../../mechanics-core/ts-types/mechanics-worker.d.ts"),
+    ),
 ];
 
 /// The prefix of every resource URI.
@@ -479,6 +504,23 @@ impl Output {
             failed: false,
         }
     }
+
+    /// A task or an event: when it does not fit in an answer, its big fields are cut and the
+    /// summary says which and where to read them.
+    fn record(mut value: Value, mut summary: String, record: Record) -> Result<Self, ToolError> {
+        match fit::trim(&mut value, "", record, fit::fits_tool_answer) {
+            Trimmed::Whole => {}
+            Trimmed::Cut(note) => summary.push_str(&format!("; {note}")),
+            Trimmed::TooBig => {
+                return Err(ToolError(format!(
+                    "{summary}; it is too big for an answer even without its payload, result \
+                     and console: read it with {}",
+                    record.read_in_full(&value["id"])
+                )));
+            }
+        }
+        Ok(Self::ok(value, summary))
+    }
 }
 
 /// The caller of one request: its connection and what it may do (`None`: whatever the
@@ -495,6 +537,7 @@ impl Toolbox {
         Self {
             connection,
             access: Access::Stdio { read_only },
+            test_modules: Arc::new(tokio::sync::Semaphore::new(MAX_TEST_MODULES)),
         }
     }
 
@@ -503,6 +546,7 @@ impl Toolbox {
         Self {
             connection,
             access: Access::Http,
+            test_modules: Arc::new(tokio::sync::Semaphore::new(MAX_TEST_MODULES)),
         }
     }
 
@@ -596,13 +640,22 @@ impl Toolbox {
                     let summary = format!("task {id} submitted ({})", text(&submitted["state"]));
                     return Ok(Output::ok(submitted, summary));
                 }
-                wait_for(api, id, Duration::from_secs(args.wait_seconds)).await
+                // The task exists now: whatever fails from here on names it, so that the
+                // assistant follows it instead of submitting it again.
+                wait_for(api, id, Duration::from_secs(args.wait_seconds))
+                    .await
+                    .map_err(|ToolError(why)| {
+                        ToolError(format!(
+                            "task {id} was submitted, but waiting for it failed: {why}; \
+                             follow it with get_task"
+                        ))
+                    })
             }
             "get_task" => {
                 let IdArgs { id } = parse(spec, args)?;
                 let value = api.get_task(id).await?.value;
                 let summary = task_summary(&value);
-                Ok(Output::ok(value, summary))
+                Output::record(value, summary, Record::Task)
             }
             "list_tasks" => {
                 let args: ListTasksArgs = parse(spec, args)?;
@@ -638,7 +691,7 @@ impl Toolbox {
             "get_event" => {
                 let IdArgs { id } = parse(spec, args)?;
                 let value = api.get_event(id).await?.value;
-                Ok(Output::ok(value, format!("event {id}")))
+                Output::record(value, format!("event {id}"), Record::Event)
             }
             "query_logs" => {
                 let args: LogsArgs = parse(spec, args)?;
@@ -691,7 +744,16 @@ impl Toolbox {
                     format!("the crash-loop breaker of {name} is re-armed"),
                 ))
             }
-            "test_module" => test_module(parse(spec, args)?).await,
+            "test_module" => {
+                let args = parse(spec, args)?;
+                let Ok(_running) = self.test_modules.try_acquire() else {
+                    return Err(ToolError(format!(
+                        "busy: {MAX_TEST_MODULES} test_module calls are running on this server; \
+                         retry in a few seconds"
+                    )));
+                };
+                test_module(args).await
+            }
             "add_worker" => {
                 let AddWorkerArgs {
                     yaml,
@@ -762,6 +824,15 @@ enum Listing {
 }
 
 impl Listing {
+    /// What an item is, when it can be trimmed to fit.
+    fn record(&self) -> Option<Record> {
+        match self {
+            Listing::Tasks(_) => Some(Record::Task),
+            Listing::Events(_) => Some(Record::Event),
+            Listing::Logs(_) => None,
+        }
+    }
+
     /// The field of the answer that holds the items.
     fn items(&self) -> &'static str {
         match self {
@@ -788,35 +859,53 @@ impl Listing {
     }
 }
 
-/// A page of `listing` of at most [`MAX_RESULT_BYTES`]: when the page asked for is larger (big
-/// payloads or results), the page size is halved until it fits, and the summary says so; the
-/// answer's `next_cursor` continues after the last item returned, so nothing is skipped.
+/// A page of `listing` that fits in an answer: when the page asked for is larger (big payloads
+/// or results), the page size is halved until it fits, and the summary says so; a task or event
+/// too big alone comes trimmed (as get_task shows it). The answer's `next_cursor` continues
+/// after the last item returned, so nothing is skipped.
 async fn fitting_page(api: &ApiClient, mut listing: Listing) -> Result<Output, ToolError> {
     let items = listing.items();
     let asked = *listing.limit();
     loop {
-        let value = listing.fetch(api).await?;
-        let size = serde_json::to_string(&value).map_or(0, |text| text.len());
+        let mut value = listing.fetch(api).await?;
         let count = count(&value[items]);
-        if size <= MAX_RESULT_BYTES {
-            let mut summary = format!("{count} {items}");
-            if *listing.limit() != asked {
-                summary.push_str(&format!(
-                    " (a smaller page than asked, to stay under {MAX_RESULT_BYTES} bytes)"
-                ));
+        let mut note = None;
+        if !fit::fits_tool_answer(&value) {
+            if count > 1 {
+                *listing.limit() = Some(u32::try_from(count / 2).unwrap_or(u32::MAX));
+                continue;
             }
-            if let Some(next) = value["next_cursor"].as_i64() {
-                summary.push_str(&format!("; more: pass cursor {next}"));
+            let pointer = format!("/{items}/0");
+            let trimmed = match listing.record() {
+                Some(record) => fit::trim(&mut value, &pointer, record, fit::fits_tool_answer),
+                None => Trimmed::TooBig,
+            };
+            match trimmed {
+                Trimmed::Whole => {}
+                Trimmed::Cut(cut) => note = Some(cut),
+                Trimmed::TooBig => {
+                    return Err(ToolError(format!(
+                        "one of the {items} alone is {} bytes, over the limit of \
+                         {MAX_RESULT_BYTES} per answer",
+                        fit::tool_answer_bytes(&value) / 2
+                    )));
+                }
             }
-            return Ok(Output::ok(value, summary));
         }
-        if count <= 1 {
-            return Err(ToolError(format!(
-                "one of the {items} alone is {size} bytes, over the limit of \
-                 {MAX_RESULT_BYTES} per answer"
-            )));
+        let mut summary = format!("{count} {items}");
+        if *listing.limit() != asked {
+            summary.push_str(&format!(
+                " (a smaller page than asked, to stay under {MAX_RESULT_BYTES} bytes)"
+            ));
         }
-        *listing.limit() = Some(u32::try_from(count / 2).unwrap_or(u32::MAX));
+        if let Some(note) = note {
+            let id = &value[items][0]["id"];
+            summary.push_str(&format!("; of {id}: {note}"));
+        }
+        if let Some(next) = value["next_cursor"].as_i64() {
+            summary.push_str(&format!("; more: pass cursor {next}"));
+        }
+        return Ok(Output::ok(value, summary));
     }
 }
 
@@ -854,7 +943,7 @@ async fn wait_for(api: &ApiClient, id: i64, limit: Duration) -> Result<Output, T
                     limit.as_secs()
                 ));
             }
-            return Ok(Output::ok(value, summary));
+            return Output::record(value, summary, Record::Task);
         }
         tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 3 / 2).min(Duration::from_millis(500));
@@ -1045,13 +1134,41 @@ impl ServerHandler for Toolbox {
                 .map_err(|_| not_found(format!("{uri}: {key:?} is not an id (a number)")))
         };
         let api = self.caller(&context).connection;
-        let text = match collection {
-            "workers" => api.get_worker(key).await.map(|answer| answer.text),
-            "tasks" => api.get_task(id()?).await.map(|answer| answer.text),
-            "events" => api.get_event(id()?).await.map(|answer| answer.text),
+        let (answer, record) = match collection {
+            "workers" => (api.get_worker(key).await.map(|answer| answer.text), None),
+            "tasks" => (
+                api.get_task(id()?).await.map(|answer| answer.text),
+                Some(Record::Task),
+            ),
+            "events" => (
+                api.get_event(id()?).await.map(|answer| answer.text),
+                Some(Record::Event),
+            ),
             _ => return Err(unknown()),
+        };
+        let mut text = answer.map_err(|err| not_found(format!("{uri}: {err}")))?;
+        if !fit::fits_resource(&text) {
+            // The same cut as the tools': a task or event without its big fields.
+            let too_big = || {
+                ErrorData::internal_error(
+                    format!(
+                        "{uri} is {} bytes, over the limit of {MAX_RESULT_BYTES}: read it with \
+                         the CLI or the API",
+                        text.len()
+                    ),
+                    None,
+                )
+            };
+            let (Some(record), Ok(mut value)) = (record, serde_json::from_str::<Value>(&text))
+            else {
+                return Err(too_big());
+            };
+            let fits = |value: &Value| fit::fits_resource(&value.to_string());
+            if fit::trim(&mut value, "", record, fits) == Trimmed::TooBig {
+                return Err(too_big());
+            }
+            text = value.to_string();
         }
-        .map_err(|err| not_found(format!("{uri}: {err}")))?;
         let contents = ResourceContents::text(text, uri).with_mime_type("application/json");
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
@@ -1081,19 +1198,28 @@ impl ServerHandler for Toolbox {
             Ok(output) => output,
             Err(ToolError(message)) => return Ok(error_result(message).into()),
         };
-        let size = serde_json::to_string(&output.value).map_or(0, |text| text.len());
-        if size > MAX_RESULT_BYTES {
+        // Pages and records are already cut to fit; what else is too big (a worker's module
+        // source) is for the API to show.
+        if !fit::fits_tool_answer(&output.value) {
             return Ok(error_result(format!(
-                "the answer of `{}` is {size} bytes, over the limit of {MAX_RESULT_BYTES}: ask \
-                 for a smaller page with `limit`",
-                spec.name
+                "the answer of `{}` is {} bytes, over the limit of {MAX_RESULT_BYTES} per \
+                 answer: read it with the CLI or the API",
+                spec.name,
+                fit::tool_answer_bytes(&output.value) / 2
             ))
             .into());
         }
+        // The summary first, then the JSON itself as text: the MCP specification asks a tool
+        // with structured content to send it as text too, and some clients show the model only
+        // the text.
+        let content = vec![
+            ContentBlock::text(crate::client::shorten(&output.summary, SUMMARY_CHARS)),
+            ContentBlock::text(output.value.to_string()),
+        ];
         let mut result = if output.failed {
-            CallToolResult::error(vec![ContentBlock::text(output.summary)])
+            CallToolResult::error(content)
         } else {
-            CallToolResult::success(vec![ContentBlock::text(output.summary)])
+            CallToolResult::success(content)
         };
         result.structured_content = Some(output.value);
         Ok(result.into())
@@ -1118,9 +1244,11 @@ pub async fn serve_stdio(toolbox: Toolbox) -> Result<(), String> {
 /// request stands alone, so nothing is kept per client), its tools calling the API on `addr`'s
 /// loopback side with each request's key. Requests whose `Host` is not a name of `addr` are
 /// refused (DNS rebinding): only loopback names when it listens on loopback, that address too
-/// when on another one, any name when on every interface (where the API key guards it).
+/// when on another one, any name when on every interface (where the API key guards it); and
+/// `extra_hosts` (`mcp_allowed_hosts`: a reverse proxy's public names) besides.
 pub fn http_routes(
     addr: SocketAddr,
+    extra_hosts: &[String],
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<axum::Router, ClientError> {
     use rmcp::transport::streamable_http_server::{
@@ -1144,9 +1272,12 @@ pub fn http_routes(
         .with_cancellation_token(stop);
     if ip.is_unspecified() {
         config = config.disable_allowed_hosts();
-    } else if !ip.is_loopback() {
+    } else {
         let mut hosts = config.allowed_hosts.clone();
-        hosts.push(ip.to_string());
+        if !ip.is_loopback() {
+            hosts.push(ip.to_string());
+        }
+        hosts.extend(extra_hosts.iter().cloned());
         config = config.with_allowed_hosts(hosts);
     }
     let toolbox = Toolbox::http(connection);

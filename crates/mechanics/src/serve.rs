@@ -111,6 +111,11 @@ pub struct ConfigArgs {
     /// with Retry-After [default: 67108864 (64 MiB); MECHANICS_WEBHOOK_BODY_BUDGET].
     #[arg(long, value_name = "BYTES")]
     webhook_body_budget: Option<String>,
+    /// Host names (or name:port), comma-separated, that /mcp accepts in the Host header besides
+    /// the names of --addr: a reverse proxy's public name when it passes the client's Host
+    /// through [default: none; MECHANICS_MCP_ALLOWED_HOSTS].
+    #[arg(long, value_name = "HOST,...")]
+    mcp_allowed_hosts: Option<String>,
 }
 
 /// Exit status for a server that could not start (bad configuration, port in use, database).
@@ -210,6 +215,11 @@ impl ConfigArgs {
                 "webhook_body_budget",
                 "--webhook-body-budget",
                 self.webhook_body_budget.as_deref(),
+            ),
+            (
+                "mcp_allowed_hosts",
+                "--mcp-allowed-hosts",
+                self.mcp_allowed_hosts.as_deref(),
             ),
         ];
         for (key, flag, value) in given {
@@ -320,7 +330,8 @@ async fn run_server(mut config: ServerConfig) -> anyhow::Result<()> {
     let bound = listener
         .local_addr()
         .context("the listener has no address")?;
-    let mcp = crate::mcp::http_routes(bound, mcp_stop.clone()).context("cannot serve /mcp")?;
+    let mcp = crate::mcp::http_routes(bound, &config.mcp_allowed_hosts, mcp_stop.clone())
+        .context("cannot serve /mcp")?;
     let server = match mechanics_server::start_with(listener, &config, parts, mcp).await {
         Ok(server) => server,
         Err(err) => {

@@ -136,7 +136,7 @@ async fn submit_and_get(client: &Client) {
         "{}",
         text(&submitted)
     );
-    let task = submitted.structured_content.expect("structured content");
+    let task = json_block(&submitted);
     assert_eq!(task["state"], "completed", "{task}");
     assert_eq!(task["result"]["greeting"], "Hello, Ada!");
 
@@ -291,7 +291,17 @@ async fn http_tools_follow_the_keys_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _, _) = server_with_keys(dir.path());
+    // Behind a reverse proxy that passes the client's Host through, its public name is allowed.
+    let server = Coordinator::start(
+        dir.path(),
+        &[
+            "--api-key",
+            ADMIN_KEY,
+            "--mcp-allowed-hosts",
+            "mechanics.example.com, proxy.example:8443",
+        ],
+        &[],
+    );
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {
@@ -323,7 +333,20 @@ async fn http_mcp_refuses_a_missing_key_and_a_foreign_host() {
     let rebound = post(Some("attacker.example"), Some(ADMIN_KEY))
         .await
         .unwrap();
-    assert!(rebound.status().is_client_error(), "{}", rebound.status());
+    assert_eq!(rebound.status(), 403);
+    for proxied in ["mechanics.example.com", "proxy.example:8443"] {
+        let answer = post(Some(proxied), Some(ADMIN_KEY)).await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{proxied}: {}",
+            answer.status()
+        );
+    }
+    // A configured name with a port is that port only.
+    let other_port = post(Some("proxy.example:9999"), Some(ADMIN_KEY))
+        .await
+        .unwrap();
+    assert_eq!(other_port.status(), 403);
     let fine = post(None, Some(ADMIN_KEY)).await.unwrap();
     assert!(fine.status().is_success(), "{}", fine.status());
     let answer = fine.text().await.unwrap();
@@ -395,6 +418,18 @@ async fn stdio_tools_read_only_and_with_a_key() {
         endpoint.contains("declare module \"mechanics:endpoint\""),
         "{endpoint}"
     );
+    // The worker's argument, as the dispatcher builds it: `{ event, task, payload }`.
+    let worker_arg = read_resource(&client, "mechanics://types/mechanics-worker.d.ts")
+        .await
+        .unwrap();
+    for declared in [
+        "interface MechanicsWorkerArg<P = unknown>",
+        "event: MechanicsWorkerEvent | null;",
+        "task: MechanicsWorkerTask;",
+        "payload: P | null;",
+    ] {
+        assert!(worker_arg.contains(declared), "{declared}: {worker_arg}");
+    }
     let worker: Value = serde_json::from_str(
         &read_resource(&client, "mechanics://workers/hello")
             .await
@@ -673,4 +708,423 @@ async fn stdio_reads_the_server_and_key_from_config_yml() {
     let refused = call(&client, "submit_task", json!({ "worker": "hello" })).await;
     assert!(failed(&refused) && text(&refused).contains("`operate` scope"));
     client.cancel().await.unwrap();
+}
+
+/// The JSON of a result's second block, which must be its structured content: the clients that
+/// show the model only text show it that.
+fn json_block(result: &CallToolResult) -> Value {
+    let block = result
+        .content
+        .get(1)
+        .and_then(|block| block.as_text())
+        .unwrap_or_else(|| panic!("a second, JSON text block: {result:?}"));
+    let value: Value = serde_json::from_str(&block.text).expect("the block is JSON");
+    assert_eq!(Some(&value), result.structured_content.as_ref());
+    value
+}
+
+/// The bytes of a tool's whole answer as it goes over the wire.
+fn answer_bytes(result: &CallToolResult) -> usize {
+    serde_json::to_string(result).unwrap().len()
+}
+
+/// A task too big for one answer (1.2 MB of payload) is shown without its payload, with its id
+/// and state, by every tool and the resource: `submit_task` does not fail after creating it, and
+/// `list_tasks` pages on past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_too_big_for_an_answer_comes_trimmed() {
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _) = server_with_keys(dir.path());
+    let admin = http_client(&server, ADMIN_KEY).await;
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: measure\nkind: js\nmodule: ./measure.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default ({ payload }) => payload.blob.length",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    let small =
+        |n: u64| json!({ "worker": "measure", "payload": { "blob": "y".repeat(n as usize) } });
+    let first = call(&admin, "submit_task", small(1)).await;
+    let first = json_block(&first)["id"].as_i64().unwrap();
+
+    let blob = "x".repeat(1_200_000);
+    let submitted = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "measure", "payload": { "blob": blob }, "wait_seconds": 60 }),
+    )
+    .await;
+    assert!(!failed(&submitted), "{}", text(&submitted));
+    assert!(
+        answer_bytes(&submitted) < MIB,
+        "{}",
+        answer_bytes(&submitted)
+    );
+    let task = json_block(&submitted);
+    let id = task["id"].as_i64().expect("the id");
+    assert_eq!(task["state"], "completed", "{}", text(&submitted));
+    assert_eq!(task["result"], 1_200_000);
+    assert_eq!(task["attempts"].as_array().map(Vec::len), Some(1));
+    assert!(
+        task["payload"]["$trimmed"]["bytes"].as_u64() > Some(1_200_000),
+        "{}",
+        task["payload"]
+    );
+    let summary = text(&submitted);
+    assert!(summary.contains("payload ("), "{summary}");
+    assert!(
+        summary.contains(&format!("/api/v1/tasks/{id}")),
+        "{summary}"
+    );
+
+    let shown = call(&admin, "get_task", json!({ "id": id })).await;
+    assert!(!failed(&shown), "{}", text(&shown));
+    assert!(answer_bytes(&shown) < MIB, "{}", answer_bytes(&shown));
+    let shown = json_block(&shown);
+    assert_eq!(
+        (&shown["id"], &shown["state"]),
+        (&json!(id), &json!("completed"))
+    );
+    assert!(
+        shown["payload"]["$trimmed"].is_object(),
+        "{}",
+        shown["payload"]
+    );
+
+    let last = call(&admin, "submit_task", small(2)).await;
+    let last = json_block(&last)["id"].as_i64().unwrap();
+    // Newest first: the small task, the big one (trimmed, alone in its page), the first one.
+    let mut seen = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let mut args = json!({ "worker": "measure" });
+        if let Some(cursor) = cursor {
+            args["cursor"] = json!(cursor);
+        }
+        let page = call(&admin, "list_tasks", args).await;
+        assert!(!failed(&page), "{}", text(&page));
+        assert!(answer_bytes(&page) < MIB, "{}", answer_bytes(&page));
+        let summary = text(&page);
+        let page = json_block(&page);
+        for task in page["tasks"].as_array().unwrap() {
+            let task_id = task["id"].as_i64().unwrap();
+            seen.push(task_id);
+            assert_eq!(
+                task_id == id,
+                task["payload"]["$trimmed"].is_object(),
+                "{summary}"
+            );
+        }
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [last, id, first]);
+
+    let resource = read_resource(&admin, &format!("mechanics://tasks/{id}"))
+        .await
+        .unwrap();
+    assert!(resource.len() < MIB, "{}", resource.len());
+    let resource: Value = serde_json::from_str(&resource).unwrap();
+    assert_eq!(
+        (&resource["id"], &resource["state"]),
+        (&json!(id), &json!("completed"))
+    );
+    assert!(
+        resource["payload"]["$trimmed"].is_object(),
+        "{}",
+        resource["payload"]
+    );
+    admin.cancel().await.unwrap();
+}
+
+/// `test_module` over HTTP: the result and console, a hostile script's limit error, and at most
+/// two runs at once per server (each starts a node process), a third refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_test_module_runs_two_at_once_and_contains_a_hostile_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, operate) = server_with_keys(dir.path());
+    let client = http_client(&server, &operate).await;
+
+    let ran = call(
+        &client,
+        "test_module",
+        json!({
+            "source": "export default (arg) => { console.log('got', arg.n); return arg.n + 1 }",
+            "arg": { "n": 41 },
+        }),
+    )
+    .await;
+    assert!(!failed(&ran), "{}", text(&ran));
+    let ran = json_block(&ran);
+    assert_eq!(ran["result"], 42, "{ran}");
+    assert_eq!(ran["console"][0]["message"], "got 41", "{ran}");
+
+    let spin = call(
+        &client,
+        "test_module",
+        json!({ "source": "export default () => { while (true) {} }" }),
+    )
+    .await;
+    assert!(failed(&spin), "{}", text(&spin));
+    assert_eq!(json_block(&spin)["error"]["kind"], "limit_exceeded");
+
+    // Three calls at once of a module that works for 1.5 s (built-in work each turn, so that the
+    // loop stays under the iteration limit): two run, one is refused.
+    let slow = json!({
+        "source": "export default () => { const end = Date.now() + 1500; let n = 0; \
+                   while (Date.now() < end) { n += JSON.stringify(new Array(10000).fill(n)).length } \
+                   return n > 0 }",
+    });
+    let (a, b, c) = tokio::join!(
+        call(&client, "test_module", slow.clone()),
+        call(&client, "test_module", slow.clone()),
+        call(&client, "test_module", slow.clone()),
+    );
+    let busy: Vec<String> = [&a, &b, &c]
+        .into_iter()
+        .filter(|result| failed(result))
+        .map(text)
+        .collect();
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    assert!(
+        busy[0].contains("busy") && busy[0].contains("retry"),
+        "{}",
+        busy[0]
+    );
+    for result in [&a, &b, &c].into_iter().filter(|result| !failed(result)) {
+        assert_eq!(json_block(result)["result"], true);
+    }
+    // Once they ended, a call runs again.
+    let again = call(
+        &client,
+        "test_module",
+        json!({ "source": "export default () => 1" }),
+    )
+    .await;
+    assert!(!failed(&again), "{}", text(&again));
+    client.cancel().await.unwrap();
+}
+
+/// What every transport's run of [`each_tool_does_its_job`] reads: a webhook event, a node.
+struct Fixtures {
+    event: i64,
+    node: String,
+}
+
+/// Every tool's happy path not covered above, and the resources, through `client`; `tag` keeps
+/// the runs of the two transports apart.
+async fn each_tool_does_its_job(client: &Client, tag: &str, fixtures: &Fixtures) {
+    // The same idempotency key for the same worker gives the same task.
+    let once = json!({
+        "worker": "hello",
+        "payload": { "name": tag },
+        "idempotency_key": format!("{tag}-once"),
+    });
+    let first = json_block(&call(client, "submit_task", once.clone()).await);
+    let again = json_block(&call(client, "submit_task", once).await);
+    assert_eq!(first["id"], again["id"], "{first} {again}");
+    assert_eq!(
+        (&first["created"], &again["created"]),
+        (&json!(true), &json!(false))
+    );
+
+    // A task that fails, with its attempt, error and console output.
+    let flaky = call(
+        client,
+        "submit_task",
+        json!({ "worker": "flaky", "wait_seconds": 60 }),
+    )
+    .await;
+    assert!(!failed(&flaky), "{}", text(&flaky));
+    let id = json_block(&flaky)["id"].as_i64().unwrap();
+    let shown = call(client, "get_task", json!({ "id": id })).await;
+    assert!(text(&shown).contains("boom"), "{}", text(&shown));
+    let shown = json_block(&shown);
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert_eq!(shown["attempts"][0]["outcome"], "failed", "{shown}");
+    assert_eq!(shown["console"][0]["message"], "trying", "{shown}");
+    let resource: Value = serde_json::from_str(
+        &read_resource(client, &format!("mechanics://tasks/{id}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&resource["id"], &resource["state"]),
+        (&json!(id), &json!("failed"))
+    );
+
+    // The trace of that task, filtered.
+    let logs = call(
+        client,
+        "query_logs",
+        json!({ "task": id, "outcome": "fail" }),
+    )
+    .await;
+    assert!(!failed(&logs), "{}", text(&logs));
+    let logs = json_block(&logs);
+    let entries = logs["entries"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{logs}");
+    for entry in entries {
+        assert_eq!(
+            (&entry["task_id"], &entry["outcome"]),
+            (&json!(id), &json!("fail"))
+        );
+    }
+
+    // A failed task is queued again.
+    let retried = call(client, "retry_task", json!({ "id": id })).await;
+    assert!(!failed(&retried), "{}", text(&retried));
+    assert!(
+        text(&retried).starts_with(&format!("task {id} is ")),
+        "{}",
+        text(&retried)
+    );
+    assert_eq!(json_block(&retried)["state"], "pending");
+
+    // A task of a paused worker waits: it can be canceled.
+    let parked = call(client, "submit_task", json!({ "worker": "parked" })).await;
+    let parked = json_block(&parked)["id"].as_i64().unwrap();
+    let canceled = call(client, "cancel_task", json!({ "id": parked })).await;
+    assert!(!failed(&canceled), "{}", text(&canceled));
+    assert_eq!(json_block(&canceled)["state"], "canceled");
+
+    let reset = call(client, "reset_node", json!({ "name": fixtures.node })).await;
+    assert!(!failed(&reset), "{}", text(&reset));
+    assert!(text(&reset).contains(&fixtures.node), "{}", text(&reset));
+
+    let event = call(client, "get_event", json!({ "id": fixtures.event })).await;
+    assert!(!failed(&event), "{}", text(&event));
+    let event = json_block(&event);
+    assert_eq!(
+        (&event["id"], &event["source"]),
+        (&json!(fixtures.event), &json!("gh"))
+    );
+    let resource: Value = serde_json::from_str(
+        &read_resource(client, &format!("mechanics://events/{}", fixtures.event))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resource["type"], event["type"], "{resource}");
+}
+
+/// Every tool (the admin key lists them all) has an object input schema and a description, and
+/// is annotated read-only exactly when it changes nothing; only cancel_task is destructive.
+async fn tools_declare_what_they_do(client: &Client) {
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert_eq!(tools.len(), 15, "{tools:?}");
+    for tool in tools {
+        let name = tool.name.as_ref();
+        assert_eq!(
+            tool.input_schema.get("type"),
+            Some(&json!("object")),
+            "{name}"
+        );
+        assert!(
+            tool.description.as_ref().is_some_and(|d| d.len() > 20),
+            "{name}"
+        );
+        let annotations = tool.annotations.as_ref().expect("annotations");
+        let changes = CHANGING.contains(&name);
+        assert_eq!(annotations.read_only_hint, Some(!changes), "{name}");
+        assert_eq!(
+            annotations.destructive_hint,
+            Some(name == "cancel_task"),
+            "{name}"
+        );
+        assert_eq!(annotations.open_world_hint, Some(false), "{name}");
+    }
+}
+
+/// The tools the other tests leave out, over stdio and over HTTP against one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_does_its_job_over_both_transports() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &["--api-key", ADMIN_KEY], &[]);
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    server.ok(&[
+        "worker",
+        "add",
+        "-f",
+        &format!("{REPO}/examples/hello-worker/worker.yml"),
+    ]);
+    file(
+        "flaky.js",
+        "export default () => { console.log('trying'); throw new Error('boom') }",
+    );
+    file("parked.js", "export default () => null");
+    for name in ["flaky", "parked"] {
+        let spec = file(
+            &format!("{name}.yml"),
+            &format!(
+                "name: {name}\nkind: js\nmodule: ./{name}.js\ntriggers:\n  - api: true\n\
+                 retry: {{ max_retries: 0 }}\n"
+            ),
+        );
+        server.ok(&["worker", "add", "-f", &spec]);
+    }
+    server.ok(&["worker", "pause", "parked"]);
+    let secret = file("secret", "s3cret\n");
+    let source = file(
+        "gh.yml",
+        &format!("name: gh\nkind: github\nsecret_file: {secret}\n"),
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    let delivery = file(
+        "delivery.json",
+        r#"{"action":"opened","issue":{"number":1}}"#,
+    );
+    server.ok(&["webhook", "send", "gh", &delivery, "--event", "issues"]);
+    let events = server.json(&["event", "list"]);
+    let nodes = server.json(&["node", "list"]);
+    let fixtures = Fixtures {
+        event: events["events"][0]["id"].as_i64().expect("an event"),
+        node: nodes["nodes"][0]["name"]
+            .as_str()
+            .expect("a node")
+            .to_owned(),
+    };
+
+    let stdio = stdio_client(&server, ADMIN_KEY, &[]).await;
+    each_tool_does_its_job(&stdio, "stdio", &fixtures).await;
+    stdio.cancel().await.unwrap();
+    let http = http_client(&server, ADMIN_KEY).await;
+    tools_declare_what_they_do(&http).await;
+    each_tool_does_its_job(&http, "http", &fixtures).await;
+    http.cancel().await.unwrap();
+}
+
+/// `mechanics mcp --help` shows what applies to it: no `--json` (it prints no answers) and its
+/// own exit statuses.
+#[test]
+fn mcp_help_shows_only_what_applies() {
+    let home = tempfile::tempdir().unwrap();
+    let out = command(home.path())
+        .args(["mcp", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("--read-only") && help.contains("--api-key-file"),
+        "{help}"
+    );
+    assert!(!help.contains("--json"), "{help}");
+    assert!(!help.contains("task submit --wait"), "{help}");
+    assert!(
+        help.contains("0  the assistant's client closed the session"),
+        "{help}"
+    );
 }
