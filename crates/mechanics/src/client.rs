@@ -719,7 +719,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                             t.worker.clone(),
                             trigger_of(t).to_owned(),
                             t.state.to_string(),
-                            t.attempt.to_string(),
+                            t.runs.to_string(),
                             age(t.created_at),
                             age(t.updated_at),
                             t.error
@@ -786,14 +786,14 @@ fn watch(api: &Api, id: i64) -> Result<()> {
         let answer = api.run(api.client().get_task(id))?;
         let shown = answer.parse()?;
         let task = &shown.task;
-        if seen != Some((task.state, task.attempt)) {
-            seen = Some((task.state, task.attempt));
+        if seen != Some((task.state, task.runs)) {
+            seen = Some((task.state, task.runs));
             delay = Duration::from_millis(25);
             let line = if api.json {
                 format!("{}\n", serde_json::to_string(&task).unwrap_or_default())
             } else {
-                let attempt = if task.attempt > 0 {
-                    format!(" (attempt {})", task.attempt)
+                let attempt = if task.runs > 0 {
+                    format!(" (attempt {})", task.runs)
                 } else {
                     String::new()
                 };
@@ -1002,13 +1002,9 @@ fn trigger_of(task: &Task) -> &'static str {
 
 fn show_task(shown: &TaskDetail) -> String {
     let task = &shown.task;
-    // What ran, as people count it: a claim re-queued for a rate limit or a busy executor is no
-    // attempt. Tasks from before attempts were recorded only have their claim count.
-    let attempts = if shown.attempts.is_empty() {
-        task.tries.min(task.attempt)
-    } else {
-        u32::try_from(shown.attempts.len()).unwrap_or(u32::MAX)
-    };
+    // What ran, as people count it (the one running now included): a claim re-queued for a
+    // rate limit or a busy executor is no attempt.
+    let attempts = task.runs;
     let revision = shown
         .attempts
         .last()

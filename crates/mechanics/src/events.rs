@@ -175,7 +175,7 @@ fn show(detail: &EventDetail) -> String {
                 "    task {}: {} (attempt {}){}\n",
                 task.id,
                 task.state,
-                task.attempt,
+                task.runs,
                 task.error
                     .as_deref()
                     .map(|e| format!(": {e}"))

@@ -253,6 +253,12 @@ pub struct Task {
     /// whichever server claims it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_slot: Option<i64>,
+    /// The attempts that ran, the one running now included, as people count them (what
+    /// `task list`, `task watch` and `/logs` show): unlike `attempt`, a claim re-queued without
+    /// running (rate limit, busy executor) is not one, and unlike `tries` a manual retry does
+    /// not start again from 0.
+    #[serde(default)]
+    pub runs: u32,
 }
 
 state_enum!(
@@ -293,7 +299,8 @@ pub struct LogRecord {
     /// The worker concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    /// The task attempt concerned.
+    /// The task attempt concerned, as people count them (the task's `runs`, not its fencing
+    /// `attempt`): a rate-limit re-queue does not start a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     /// The error, redacted.

@@ -234,6 +234,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
     CREATE INDEX tasks_worker_state ON tasks (worker, state);
     "#,
+    // 10: the attempts of a task that ran (or run now), as people count them (the SQLite
+    // backend's version 11): `attempt` also counts claims re-queued without running.
+    r#"
+    ALTER TABLE tasks ADD COLUMN runs BIGINT NOT NULL DEFAULT 0;
+    UPDATE tasks SET runs = (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
+        + CASE WHEN state = 'dispatched' THEN 1 ELSE 0 END;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

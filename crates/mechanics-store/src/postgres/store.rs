@@ -10,7 +10,7 @@ const CLAIM_DUE: &str = concat!(
     // `= ANY(ARRAY(...))` rather than a join with the due ids: its plan reads the claimed rows
     // by primary key even as a cached generic plan, which a join may turn into a scan.
     "WITH claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
-    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
+    "tries = t.tries + 1, runs = t.runs + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
     "WHERE t.id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
     "AND ",
     paused_excluded!(),
@@ -69,7 +69,7 @@ const RESCHEDULE: &str = concat!(
     task_columns!()
 );
 const RELEASE: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, runs = runs - 1, ",
     "lease_expires_at = NULL, reserved_slot = CASE WHEN $5::BOOLEAN THEN $4::BIGINT END, updated_at = $3 ",
     "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()

@@ -710,7 +710,7 @@ pub(super) fn get_task(conn: &Connection, id: TaskId) -> StoreResult<Option<Task
 
 /// Claims up to `?3` tasks due by `?1`, oldest first, leasing them until `?2`.
 const CLAIM_DUE: &str = concat!(
-    "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
+    "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, runs = runs + 1, ",
     "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due ",
     "WHERE state = 'pending' AND next_run_at <= ?1 AND ",
     paused_excluded!(),
@@ -784,7 +784,7 @@ pub(super) const RESCHEDULE: &str = concat!(
     task_columns!()
 );
 pub(super) const RELEASE: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, runs = runs - 1, ",
     "lease_expires_at = NULL, reserved_slot = CASE WHEN ?5 THEN ?4 END, updated_at = ?3 ",
     "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()

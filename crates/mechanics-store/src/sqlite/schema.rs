@@ -233,6 +233,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
     CREATE INDEX tasks_worker_state ON tasks (worker, state);
     "#,
+    // 11: the attempts of a task that ran (or run now), as people count them: `attempt` also
+    // counts claims re-queued without running (rate limit, busy executor). Older tasks get the
+    // attempts recorded for them, plus the one running now.
+    r#"
+    ALTER TABLE tasks ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
+    UPDATE tasks SET runs = (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
+        + (state = 'dispatched');
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -537,8 +537,8 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
         .await
         .unwrap();
     assert_eq!(
-        (released.state, released.attempt, released.tries),
-        (TaskState::Pending, 1, 0)
+        (released.state, released.attempt, released.tries, released.runs),
+        (TaskState::Pending, 1, 0, 0)
     );
     assert_eq!(
         (released.next_run_at, released.reserved_slot),
@@ -548,7 +548,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
 
     // The reserved token travels with the task to whoever claims it next.
     let t = claim(50).await;
-    assert_eq!((t.attempt, t.tries, t.reserved_slot), (2, 1, Some(50)));
+    assert_eq!((t.attempt, t.tries, t.runs, t.reserved_slot), (2, 1, 1, Some(50)));
     // A claim whose lease runs out may have spent its token: the requeued task has none.
     let requeued = store
         .requeue_expired_leases(t.lease_expires_at.unwrap())
@@ -562,7 +562,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
         .release_task(id, t.attempt, 50, Release::Unreserved, 51)
         .await
         .unwrap();
-    assert_eq!(released.reserved_slot, None);
+    assert_eq!((released.reserved_slot, released.runs), (None, 1));
 
     // A transport failure the server decided to retry.
     let t = claim(50).await;
@@ -598,9 +598,11 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
             retried.state,
             retried.tries,
             retried.attempt,
-            retried.next_run_at
+            retried.next_run_at,
+            retried.runs
         ),
-        (TaskState::Pending, 0, 5, 600)
+        // Three attempts ran (two claims were released): a manual retry keeps counting them.
+        (TaskState::Pending, 0, 5, 600, 3)
     );
     let err = store.retry_task(id, 600, 530).await.unwrap_err();
     assert_eq!(

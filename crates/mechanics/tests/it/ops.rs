@@ -352,6 +352,78 @@ fn task_show_lists_each_attempt_that_ran_and_not_rate_limit_requeues() {
     assert_eq!(done["attempts"][0]["node"], target.url());
 }
 
+#[test]
+fn a_rate_limit_requeue_is_not_an_attempt_in_watch_list_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    // One token every 2 s: of two tasks, the second waits for the next token, re-queued once.
+    server.add_worker(&format!(
+        "name: paced\nkind: http\nurl: {}\ntriggers: [{{ api: true }}]\n\
+         rate_limit: {{ per_second: 0.5, burst: 1 }}\n",
+        target.url()
+    ));
+    let first = server.json(&["task", "submit", "paced", "--wait"]);
+    assert_eq!(first["state"], "completed", "{first}");
+    let second = server.json(&["task", "submit", "paced"])["id"].to_string();
+    let watched = server.ok(&["task", "watch", &second]);
+    assert!(watched.contains("completed (attempt 1)"), "{watched}");
+    assert!(!watched.contains("(attempt 2)"), "{watched}");
+
+    let requeues = server.json(&["logs", "--task", &second, "--action", "rate_limit"]);
+    let requeues = requeues["entries"].as_array().unwrap();
+    assert!(!requeues.is_empty(), "the second task was never re-queued");
+    // The API gives the token's time in unix ms; the text view as a time.
+    let until = requeues[0]["detail"]["until"].as_i64().unwrap();
+    let text = server.ok(&["logs", "--task", &second, "--action", "rate_limit"]);
+    let time = mechanics_proto::domain::time::rfc3339(until).unwrap();
+    assert!(text.contains(&format!("{{\"until\":\"{time}\"}}")), "{text}");
+    assert!(!text.contains(&until.to_string()), "{text}");
+    let task = server.json(&["task", "show", &second]);
+    assert!(task["attempt"].as_u64().unwrap() >= 2, "claimed twice: {task}");
+    assert_eq!(task["runs"], 1, "{task}");
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
+    let shown = server.ok(&["task", "show", &second]);
+    assert!(shown.contains("attempts:  1 (1 counted toward retries)"), "{shown}");
+
+    // `task list`: the ATTEMPT column (the fifth) says 1 for both.
+    let list = server.ok(&["task", "list", "--worker", "paced"]);
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    for row in rows {
+        assert_eq!(row.split_whitespace().nth(4), Some("1"), "{list}");
+    }
+    // `logs`: every entry of the second task that names an attempt names the first, the
+    // rate-limit wait included; in text the ATTEMPT column after the worker says so.
+    let entries = server.json(&["logs", "--task", &second]);
+    let attempts: Vec<&Value> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["attempt"])
+        .filter(|a| !a.is_null())
+        .collect();
+    assert!(!attempts.is_empty(), "{entries}");
+    assert!(attempts.iter().all(|a| **a == 1), "{entries}");
+    let text = server.ok(&["logs", "--task", &second]);
+    let column = text.lines().next().unwrap().find("ATTEMPT").unwrap();
+    let shown: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|row| row.get(column..)?.split_whitespace().next())
+        .collect();
+    assert!(shown.contains(&"1"), "{text}");
+    assert!(
+        !shown.iter().any(|a| a.parse::<u32>().is_ok_and(|n| n != 1)),
+        "{text}"
+    );
+}
+
 /// The JSON object a client command with `--json` printed on stderr for its failure.
 fn json_error(out: &std::process::Output) -> Value {
     let text = stderr(out);

@@ -793,6 +793,61 @@ fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
 }
 
 #[test]
+fn logs_of_an_event_give_every_workers_reason_for_not_matching_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GH_WEBHOOK_SECRET", SECRET)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let source = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\n",
+    );
+    file("w.js", "export default () => ({ ok: true });\n");
+    // One worker whose patterns miss the type, one whose filter misses the repository.
+    let typed = file(
+        "typed.yml",
+        "name: typed\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"pull_request.opened\", \"pull_request.synchronize\", \"push\"]\n",
+    );
+    let filtered = file(
+        "filtered.yml",
+        "name: filtered\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"issues.opened\"]\n      filter: { repository.full_name: acme/web }\n",
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    server.ok(&["worker", "add", "-f", &typed]);
+    server.ok(&["worker", "add", "-f", &filtered]);
+
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap().to_string();
+    wait_until(Duration::from_secs(10), "the match entry", &server, || {
+        !server.json(&["logs", "--event", &id, "--action", "match"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let text = server.ok(&["logs", "--event", &id, "--action", "match"]);
+    let row = text.lines().nth(1).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.ends_with(
+            "issues.opened: no worker matched; \
+             filtered: repository.full_name: want \"acme/web\", got \"acme/app\"; \
+             typed: event type \"issues.opened\" matches none of \
+             [\"pull_request.opened\", \"pull_request.synchronize\", \"push\"]"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Coordinator::start(dir.path(), &[], &[]);
