@@ -495,6 +495,24 @@ fn with_json_every_kind_of_client_error_is_json_on_stderr() {
         );
     }
 
+    // Arguments clap refuses (a bad value, an unknown flag): the same shape, exit 2.
+    let out = server.cli(&["task", "show", "abc", "--json"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let error = json_error(&out);
+    assert_eq!(error["error"]["code"], "usage", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'abc'") && message.contains("<ID>"), "{error}");
+    let out = server.cli(&["worker", "list", "--json", "--colour"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(json_error(&out)["error"]["message"].as_str().unwrap().contains("--colour"));
+    // Without --json clap's own text; --help stays help.
+    let out = server.cli(&["task", "show", "abc"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).starts_with("error: invalid value 'abc'"), "{}", stderr(&out));
+    let out = server.cli(&["task", "show", "--help", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+
     // No server: exit 3.
     let port = crate::support::closed_port();
     let out = crate::support::command(&server.home)
