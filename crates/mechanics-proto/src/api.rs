@@ -149,10 +149,15 @@ pub struct EventDetail {
     /// The event, its fields at the top level as in [`EventList`].
     #[serde(flatten)]
     pub event: Event,
-    /// Who caused it, as the policies read it (`None` before it was matched, or when the
-    /// payload names nobody).
+    /// Who caused it, as the policies read it (`unknown` when the payload names nobody), read
+    /// from its `match` entry of the trace: `None` before it was matched or once that entry
+    /// was pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// Whether its `match` entry is in the trace: `false` before it was matched, and once the
+    /// entry was pruned (after 7 days), when `workers` has only the workers that got a task.
+    #[serde(default)]
+    pub verdicts: bool,
     /// Per worker, by name: the verdicts of matching and policy, and its task.
     #[serde(default)]
     pub workers: Vec<EventWorker>,

@@ -81,8 +81,11 @@ pub(crate) async fn event_detail(shared: &Shared, id: i64) -> ApiResult<EventDet
     }
     let mut workers: BTreeMap<String, EventWorker> = BTreeMap::new();
     let mut actor = None;
-    for entry in steps(shared, id, "match").await? {
+    let matches = steps(shared, id, "match").await?;
+    let verdicts = !matches.is_empty();
+    for entry in matches {
         let detail = entry.record.detail.unwrap_or(Value::Null);
+        actor = detail["actor"].as_str().map(str::to_owned).or(actor);
         for name in detail["workers"].as_array().into_iter().flatten() {
             if let Some(name) = name.as_str() {
                 slot(&mut workers, name).matched = true;
@@ -120,6 +123,7 @@ pub(crate) async fn event_detail(shared: &Shared, id: i64) -> ApiResult<EventDet
     Ok(EventDetail {
         event: shown_event(shared, event),
         actor,
+        verdicts,
         workers: workers.into_values().collect(),
     })
 }

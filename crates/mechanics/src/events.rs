@@ -149,11 +149,23 @@ fn show(detail: &EventDetail) -> String {
             event.write_back_attempts
         ));
     }
-    if detail.workers.is_empty() {
+    if !detail.verdicts {
+        // No `match` entry: not matched yet, or its entry was pruned with the trace's old
+        // entries; the workers below are then only those that got a task.
+        text.push_str(if event.state == EventState::Received {
+            "workers: not matched yet\n"
+        } else {
+            "workers: the verdicts are no longer in the trace (its entries are kept 7 days)\n"
+        });
+        if detail.workers.is_empty() {
+            return text;
+        }
+    } else if detail.workers.is_empty() {
         text.push_str("workers: none has a webhook trigger on this source\n");
         return text;
+    } else {
+        text.push_str("workers:\n");
     }
-    text.push_str("workers:\n");
     for worker in &detail.workers {
         let verdict = if worker.matched {
             "matched".to_owned()

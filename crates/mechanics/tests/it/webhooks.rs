@@ -793,7 +793,7 @@ fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
 }
 
 #[test]
-fn logs_of_an_event_give_every_workers_reason_for_not_matching_in_full() {
+fn logs_and_event_show_give_every_workers_reason_and_the_actor_until_the_trace_is_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("GH_WEBHOOK_SECRET", SECRET)];
     let server = Coordinator::start(dir.path(), &[], &env);
@@ -844,6 +844,28 @@ fn logs_of_an_event_give_every_workers_reason_for_not_matching_in_full() {
              [\"pull_request.opened\", \"pull_request.synchronize\", \"push\"]"
         ),
         "{text}"
+    );
+
+    // No worker matched, so no policy ran: the actor is known from the match all the same.
+    let shown = server.ok(&["event", "show", &id]);
+    assert!(shown.contains("  actor:       octocat\n"), "{shown}");
+    assert!(shown.contains("filtered: not matched: repository.full_name"), "{shown}");
+    // Once the match entry is pruned (after 7 days), the verdicts are said to be gone, not
+    // that no worker listens to the source.
+    let db = rusqlite::Connection::open(dir.path().join("m.db")).unwrap();
+    let pruned = db
+        .execute(
+            "DELETE FROM logs WHERE event_id = ?1 AND action = 'match'",
+            [id.parse::<i64>().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let shown = server.ok(&["event", "show", &id]);
+    assert!(
+        shown.ends_with(
+            "workers: the verdicts are no longer in the trace (its entries are kept 7 days)\n"
+        ),
+        "{shown}"
     );
 }
 
