@@ -209,8 +209,12 @@ pub struct WebhookAccepted {
     pub event_id: EventId,
     /// Its state now.
     pub state: EventState,
-    /// `true` when the delivery id was already stored: nothing new was done.
+    /// `true` when the delivery was already stored: nothing new was done.
     pub duplicate: bool,
+    /// Why a webhook delivery is a duplicate: `delivery_id` (that id names the event) or
+    /// `body` (a GitHub or GitLab body received in the last 24 hours under another id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_by: Option<String>,
 }
 
 /// An executor node or process worker as the API shows it.

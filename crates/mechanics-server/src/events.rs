@@ -221,6 +221,8 @@ async fn redeliver(
         event_id: copy.id,
         state: copy.state,
         duplicate: !inserted.created,
+        // A redelivery's duplicate is its key used before, which the answer already says.
+        duplicate_by: None,
     };
     if !inserted.created {
         return Ok((StatusCode::OK, axum::Json(answer)));

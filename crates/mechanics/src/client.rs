@@ -717,7 +717,7 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                         vec![
                             t.id.to_string(),
                             t.worker.clone(),
-                            trigger_of(t).to_owned(),
+                            t.trigger.to_string(),
                             t.state.to_string(),
                             t.runs.to_string(),
                             age(t.created_at),
@@ -983,23 +983,6 @@ fn nodes_table(answer: &Answer<NodeList>) -> Result<String> {
     ) + &shortages(&list))
 }
 
-/// What made `task`: `webhook` (an event's), `cron` (a schedule's fire: its payload is
-/// `{ "cron": ... }`) or `api` (a submission).
-fn trigger_of(task: &Task) -> &'static str {
-    if task.event_id.is_some() {
-        "webhook"
-    } else if task.idempotency_key.is_none()
-        && task
-            .payload
-            .get("cron")
-            .is_some_and(serde_json::Value::is_object)
-    {
-        "cron"
-    } else {
-        "api"
-    }
-}
-
 fn show_task(shown: &TaskDetail) -> String {
     let task = &shown.task;
     // What ran, as people count it (the one running now included): a claim re-queued for a
@@ -1029,7 +1012,7 @@ fn show_task(shown: &TaskDetail) -> String {
     if let Some(event) = task.event_id {
         text.push_str(&format!("event:     {event}\n"));
     }
-    text.push_str(&format!("trigger:   {}\n", trigger_of(task)));
+    text.push_str(&format!("trigger:   {}\n", task.trigger));
     if !task.payload.is_null() {
         let pretty = serde_json::to_string_pretty(&task.payload).unwrap_or_default();
         text.push_str(&format!("payload:\n{}\n", indent(&pretty)));

@@ -168,6 +168,21 @@ pub struct Event {
 }
 
 state_enum!(
+    /// What made a task: an API submission (also a dashboard replay), a webhook event (the
+    /// task's `event_id`) or a cron fire.
+    #[derive(Default)]
+    TaskTrigger, "task trigger", {
+        /// `POST /tasks` (`mechanics task submit`), or a replay.
+        #[default]
+        Api => "api",
+        /// An event of a source, matched by a webhook trigger.
+        Webhook => "webhook",
+        /// A cron trigger's fire time.
+        Cron => "cron",
+    }
+);
+
+state_enum!(
     /// What came of one attempt that ran (a rate-limit or busy-executor re-queue is no attempt).
     AttemptOutcome, "attempt outcome", {
         /// The worker answered with a result: the task completed.
@@ -259,6 +274,9 @@ pub struct Task {
     /// not start again from 0.
     #[serde(default)]
     pub runs: u32,
+    /// What made it, as recorded when it was created.
+    #[serde(default)]
+    pub trigger: TaskTrigger,
 }
 
 state_enum!(

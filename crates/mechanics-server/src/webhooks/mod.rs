@@ -370,6 +370,13 @@ async fn ingest(
         event_id: event.id,
         state: event.state,
         duplicate: !inserted.created,
+        duplicate_by: (!inserted.created).then(|| {
+            if event.delivery_id == delivery.delivery_id {
+                "delivery_id".to_owned()
+            } else {
+                "body".to_owned()
+            }
+        }),
     };
     if !inserted.created {
         trace.event_deduplicated(&event, &delivery.delivery_id, now);

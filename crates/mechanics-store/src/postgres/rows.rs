@@ -72,6 +72,7 @@ pub(super) fn task(row: &Row) -> StoreResult<Task> {
         updated_at: row.get(13),
         reserved_slot: row.get(14),
         runs: small(row, 15)?,
+        trigger: parsed(row, 16)?,
     })
 }
 

@@ -397,6 +397,7 @@ impl Store for SqliteStore {
                 task.idempotency_key.as_deref(),
                 &payload,
                 task.next_run_at,
+                task.trigger(),
                 now,
             )
         })

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use mechanics_proto::domain::{
     AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, RemoteNode, Source, Task, TaskAttempt,
-    TaskId, TaskState, Worker,
+    TaskId, TaskState, TaskTrigger, Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
@@ -623,6 +623,7 @@ pub(super) fn create_task(
     idempotency_key: Option<&str>,
     payload_json: &str,
     next_run_at: i64,
+    trigger: TaskTrigger,
     now: i64,
 ) -> StoreResult<Inserted<Task>> {
     if let Some(event_id) = event_id
@@ -634,7 +635,7 @@ pub(super) fn create_task(
         conn,
         concat!(
             "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
-            "created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6) ",
+            "created_at, updated_at, origin) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6, ?7) ",
             "ON CONFLICT DO NOTHING RETURNING ",
             task_columns!()
         ),
@@ -644,7 +645,8 @@ pub(super) fn create_task(
             idempotency_key,
             payload_json,
             next_run_at,
-            now
+            now,
+            trigger.as_str()
         ],
         rows::task,
         "creating a task",
@@ -1119,7 +1121,17 @@ pub(super) fn record_cron_fire(
     if seen.is_some() {
         return Ok(None);
     }
-    let task = create_task(conn, worker, None, None, payload_json, fire_time, now)?.record;
+    let task = create_task(
+        conn,
+        worker,
+        None,
+        None,
+        payload_json,
+        fire_time,
+        TaskTrigger::Cron,
+        now,
+    )?
+    .record;
     conn.prepare_cached("INSERT INTO cron_fires (worker, fire_time, task_id) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![worker, fire_time, task.id]))
         .map_err(db_err("recording a cron fire"))?;

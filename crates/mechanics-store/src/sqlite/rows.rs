@@ -60,6 +60,7 @@ pub(super) fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
         updated_at: row.get(13)?,
         reserved_slot: row.get(14)?,
         runs: row.get(15)?,
+        trigger: parsed(row, 16)?,
     })
 }
 

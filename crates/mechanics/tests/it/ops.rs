@@ -382,14 +382,23 @@ fn a_rate_limit_requeue_is_not_an_attempt_in_watch_list_or_logs() {
     let until = requeues[0]["detail"]["until"].as_i64().unwrap();
     let text = server.ok(&["logs", "--task", &second, "--action", "rate_limit"]);
     let time = mechanics_proto::domain::time::rfc3339(until).unwrap();
-    assert!(text.contains(&format!("{{\"until\":\"{time}\"}}")), "{text}");
+    assert!(
+        text.contains(&format!("{{\"until\":\"{time}\"}}")),
+        "{text}"
+    );
     assert!(!text.contains(&until.to_string()), "{text}");
     let task = server.json(&["task", "show", &second]);
-    assert!(task["attempt"].as_u64().unwrap() >= 2, "claimed twice: {task}");
+    assert!(
+        task["attempt"].as_u64().unwrap() >= 2,
+        "claimed twice: {task}"
+    );
     assert_eq!(task["runs"], 1, "{task}");
     assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
     let shown = server.ok(&["task", "show", &second]);
-    assert!(shown.contains("attempts:  1 (1 counted toward retries)"), "{shown}");
+    assert!(
+        shown.contains("attempts:  1 (1 counted toward retries)"),
+        "{shown}"
+    );
 
     // `task list`: the ATTEMPT column (the fifth) says 1 for both.
     let list = server.ok(&["task", "list", "--worker", "paced"]);
@@ -422,6 +431,50 @@ fn a_rate_limit_requeue_is_not_an_attempt_in_watch_list_or_logs() {
         !shown.iter().any(|a| a.parse::<u32>().is_ok_and(|n| n != 1)),
         "{text}"
     );
+}
+
+#[test]
+fn task_list_and_show_name_the_trigger_recorded_with_each_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    server.add_worker(&format!(
+        "name: tick\nkind: http\nurl: {}\ntriggers: [{{ cron: \"* * * * * *\" }}, {{ api: true }}]\n",
+        target.url()
+    ));
+    eventually(&server, "a cron fire", Duration::from_secs(10), || {
+        !tasks_of(&server, "tick").is_empty()
+    });
+    server.ok(&["worker", "pause", "tick"]);
+    // A submission whose payload looks like a cron fire's is still the API's.
+    let payload = r#"{"cron":{"schedule":"* * * * * *","tz":"UTC"}}"#;
+    let submitted = server.json(&["task", "submit", "tick", "--payload", payload]);
+    let id = submitted["id"].as_i64().unwrap();
+    let tasks = tasks_of(&server, "tick");
+    for task in &tasks {
+        let trigger = if task["id"] == id { "api" } else { "cron" };
+        assert_eq!(task["trigger"], trigger, "{task}");
+    }
+    let list = server.ok(&["task", "list", "--worker", "tick"]);
+    for row in list.lines().skip(1) {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        let trigger = if columns[0] == id.to_string() {
+            "api"
+        } else {
+            "cron"
+        };
+        assert_eq!(columns[2], trigger, "{list}");
+    }
+    let shown = server.ok(&["task", "show", &id.to_string()]);
+    assert!(shown.contains("trigger:   api\n"), "{shown}");
+    let cron = tasks.iter().find(|t| t["id"] != id).unwrap()["id"].to_string();
+    let shown = server.ok(&["task", "show", &cron]);
+    assert!(shown.contains("trigger:   cron\n"), "{shown}");
 }
 
 /// The JSON object a client command with `--json` printed on stderr for its failure.
@@ -501,14 +554,26 @@ fn with_json_every_kind_of_client_error_is_json_on_stderr() {
     let error = json_error(&out);
     assert_eq!(error["error"]["code"], "usage", "{error}");
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("'abc'") && message.contains("<ID>"), "{error}");
+    assert!(
+        message.contains("'abc'") && message.contains("<ID>"),
+        "{error}"
+    );
     let out = server.cli(&["worker", "list", "--json", "--colour"]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
-    assert!(json_error(&out)["error"]["message"].as_str().unwrap().contains("--colour"));
+    assert!(
+        json_error(&out)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--colour")
+    );
     // Without --json clap's own text; --help stays help.
     let out = server.cli(&["task", "show", "abc"]);
     assert_eq!(code(&out), Some(2));
-    assert!(stderr(&out).starts_with("error: invalid value 'abc'"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: invalid value 'abc'"),
+        "{}",
+        stderr(&out)
+    );
     let out = server.cli(&["task", "show", "--help", "--json"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));

@@ -790,6 +790,10 @@ fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
         serde_json::from_str(&server.ok(&["event", "show", &copy.to_string(), "--json"])).unwrap();
     assert_eq!(json["actor"], "octocat");
     assert_eq!(json["workers"][0]["task"]["state"], "completed");
+    assert_eq!(json["workers"][0]["task"]["trigger"], "webhook");
+    let list = server.ok(&["task", "list", "--worker", "triage"]);
+    let row = list.lines().nth(1).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(row.split_whitespace().nth(2), Some("webhook"), "{list}");
 }
 
 #[test]
@@ -849,7 +853,10 @@ fn logs_and_event_show_give_every_workers_reason_and_the_actor_until_the_trace_i
     // No worker matched, so no policy ran: the actor is known from the match all the same.
     let shown = server.ok(&["event", "show", &id]);
     assert!(shown.contains("  actor:       octocat\n"), "{shown}");
-    assert!(shown.contains("filtered: not matched: repository.full_name"), "{shown}");
+    assert!(
+        shown.contains("filtered: not matched: repository.full_name"),
+        "{shown}"
+    );
     // Once the match entry is pruned (after 7 days), the verdicts are said to be gone, not
     // that no worker listens to the source.
     let db = rusqlite::Connection::open(dir.path().join("m.db")).unwrap();
@@ -914,6 +921,7 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
         ),
         ("gen", r#"{"type":"build.finished","data":{"ok":true}}"#),
     ];
+    let mut gh_event = String::new();
     for (source, body) in samples {
         let sample = file(&format!("{source}.json"), body);
         let out = server.ok(&[
@@ -926,10 +934,17 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
             "--delivery-id",
             "same-1",
         ]);
-        assert!(
-            out.starts_with("202: event ") && out.contains("stored"),
-            "{source}: {out}"
+        let id = out
+            .strip_prefix("202: event ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{source}: {out}"));
+        assert_eq!(
+            out,
+            format!("202: event {id} stored; follow it with `mechanics event show {id}`\n")
         );
+        if source == "gh" {
+            gh_event = id.to_owned();
+        }
     }
     let events: Value = serde_json::from_str(&server.ok(&["event", "list", "--json"])).unwrap();
     let mut types: Vec<&str> = events["events"]
@@ -961,9 +976,29 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
         "--delivery-id",
         "same-1",
     ]);
-    assert!(
-        again.starts_with("200: event ") && again.contains("duplicate"),
-        "{again}"
+    assert_eq!(
+        again,
+        format!(
+            "200: event {gh_event} (a duplicate: this delivery id was delivered before; nothing \
+             new was done). To match it again: mechanics event redeliver {gh_event}\n"
+        )
+    );
+    // The same GitHub body under a new delivery id is a duplicate too, and says so.
+    let replayed = server.ok(&[
+        "webhook",
+        "send",
+        "gh",
+        gh.to_str().unwrap(),
+        "--event",
+        "issues",
+    ]);
+    assert_eq!(
+        replayed,
+        format!(
+            "200: event {gh_event} (a duplicate: the same body arrived in the last 24 hours \
+             under another delivery id; nothing new was done). To match it again: mechanics \
+             event redeliver {gh_event}\n"
+        )
     );
 
     // Bad input exits 2 before anything is sent; a refusal by the server exits 1.
