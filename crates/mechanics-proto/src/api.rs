@@ -161,6 +161,32 @@ pub struct EventDetail {
     /// Per worker, by name: the verdicts of matching and policy, and its task.
     #[serde(default)]
     pub workers: Vec<EventWorker>,
+    /// Its write-back's last step in the trace (`None` before there was one, and once pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<EventWriteBack>,
+}
+
+/// The last `write_back` step of an event, as its trace entry recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventWriteBack {
+    /// `ok` (posted, or an earlier try's reply found), `retry` (tried again at
+    /// `next_attempt_at`), `fail` (given up) or `skip` (no reply to post, or one that may have
+    /// been posted and cannot be looked for).
+    pub outcome: crate::domain::LogOutcome,
+    /// Unix ms of that step.
+    pub ts: i64,
+    /// The tries made so far, that one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// The last error (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix ms of the next try (`retry` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<i64>,
 }
 
 /// What became of an event for one worker.

@@ -452,6 +452,8 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
         &server,
         || event_state(&server, first_id) == "completed",
     );
+    let shown = server.ok(&["event", "show", &first_id.to_string()]);
+    assert!(shown.contains("\n  write-back:  done\n"), "{shown}");
     let comments = comments_on(42);
     assert_eq!(comments.len(), 1, "exactly one comment: {comments:?}");
     let comment = &comments[0];
@@ -874,6 +876,55 @@ fn logs_and_event_show_give_every_workers_reason_and_the_actor_until_the_trace_i
         ),
         "{shown}"
     );
+}
+
+#[test]
+fn event_show_says_when_a_failing_write_back_is_tried_again_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // A GitHub that knows the token but cannot take comments right now.
+    let github = HttpServer::start(axum::Router::new().fallback(|method: Method| async move {
+        if method == Method::GET {
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "login": "mechanics-bot" })),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "message": "down for maintenance" })),
+            )
+        }
+    }));
+    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    add_triage(&server, dir.path(), &github);
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    let url = format!("{}/api/v1/events/{id}", server.url);
+    wait_until(
+        Duration::from_secs(15),
+        "a failed write-back",
+        &server,
+        || client.get(&url)["state"] == "write_back_failed",
+    );
+    let event = client.get(&url);
+    let at = event["next_write_back_at"].as_i64().unwrap();
+    let time = mechanics_proto::domain::time::rfc3339(at).unwrap();
+    let shown = server.ok(&["event", "show", &id.to_string()]);
+    let line = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("  write-back:  "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        line.starts_with(&format!("retrying at {time}: ")),
+        "{shown}"
+    );
+    assert!(line.contains("503"), "{shown}");
+    let json: Value =
+        serde_json::from_str(&server.ok(&["event", "show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(json["write_back"]["outcome"], "retry", "{json}");
 }
 
 #[test]
