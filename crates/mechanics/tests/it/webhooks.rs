@@ -928,6 +928,86 @@ fn event_show_says_when_a_failing_write_back_is_tried_again_and_why() {
 }
 
 #[test]
+fn a_paused_workers_webhook_task_waits_and_runs_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GH_WEBHOOK_SECRET", SECRET)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let source = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\n",
+    );
+    file(
+        "w.js",
+        "export default ({ event }) => ({ number: event.payload.issue.number });\n",
+    );
+    let worker = file(
+        "worker.yml",
+        "name: triage\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"issues.opened\"]\n",
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    server.ok(&["worker", "add", "-f", &worker]);
+    server.ok(&["worker", "pause", "triage"]);
+
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    // The event is matched and its task made, but not dispatched while the worker is paused.
+    let task = || {
+        let page = server.json(&["task", "list", "--worker", "triage"]);
+        page["tasks"].as_array().unwrap().first().cloned()
+    };
+    wait_until(Duration::from_secs(10), "the task made", &server, || {
+        task().is_some()
+    });
+    let made = task().unwrap();
+    assert_eq!(made["event_id"], id, "{made}");
+    let task_id = made["id"].to_string();
+    // Another delivery after it is matched too: the dispatcher had every chance to claim the
+    // first task meanwhile, and did not.
+    let (status, later) = client.deliver(&server.url, "gh", "d-2", &issue_opened(8, "Again"));
+    assert_eq!(status, 202, "{later}");
+    wait_until(
+        Duration::from_secs(10),
+        "the second task made",
+        &server,
+        || {
+            server.json(&["task", "list", "--worker", "triage"])["tasks"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 2
+        },
+    );
+    let waiting = server.json(&["task", "show", &task_id]);
+    assert_eq!(
+        (&waiting["state"], &waiting["attempt"]),
+        (&json!("pending"), &json!(0)),
+        "{waiting}"
+    );
+
+    server.ok(&["worker", "resume", "triage"]);
+    let watched = server.ok(&["task", "watch", &task_id]);
+    assert!(watched.contains("completed (attempt 1)"), "{watched}");
+    let done = server.json(&["task", "show", &task_id]);
+    assert_eq!(done["result"], json!({ "number": 7 }), "{done}");
+    wait_until(
+        Duration::from_secs(10),
+        "the event completed",
+        &server,
+        || client.get(&format!("{}/api/v1/events/{id}", server.url))["state"] == "completed",
+    );
+}
+
+#[test]
 fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Coordinator::start(dir.path(), &[], &[]);
