@@ -17,7 +17,7 @@ use super::rows::{
 };
 use crate::{
     ActivityBucket, DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE,
-    NewEvent, NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter, WorkerFailures,
+    NewEvent, NewTask, NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter, WorkerFailures,
 };
 
 // ---- registry ----
@@ -616,16 +616,17 @@ pub(super) fn renew_leases(
 
 // ---- tasks ----
 
+/// Inserts `task` (its payload as `payload_json`; `task.payload` is not read) made by
+/// `trigger`, or returns the task of the same (event, worker) or (worker, idempotency key).
 pub(super) fn create_task(
     conn: &Connection,
-    worker: &str,
-    event_id: Option<EventId>,
-    idempotency_key: Option<&str>,
+    task: &NewTask,
     payload_json: &str,
-    next_run_at: i64,
     trigger: TaskTrigger,
     now: i64,
 ) -> StoreResult<Inserted<Task>> {
+    let (worker, event_id, next_run_at) = (task.worker.as_str(), task.event_id, task.next_run_at);
+    let idempotency_key = task.idempotency_key.as_deref();
     if let Some(event_id) = event_id
         && get_event(conn, event_id)?.is_none()
     {
@@ -1121,17 +1122,14 @@ pub(super) fn record_cron_fire(
     if seen.is_some() {
         return Ok(None);
     }
-    let task = create_task(
-        conn,
-        worker,
-        None,
-        None,
-        payload_json,
-        fire_time,
-        TaskTrigger::Cron,
-        now,
-    )?
-    .record;
+    let fire = NewTask {
+        worker: worker.to_owned(),
+        event_id: None,
+        idempotency_key: None,
+        payload: serde_json::Value::Null,
+        next_run_at: fire_time,
+    };
+    let task = create_task(conn, &fire, payload_json, TaskTrigger::Cron, now)?.record;
     conn.prepare_cached("INSERT INTO cron_fires (worker, fire_time, task_id) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![worker, fire_time, task.id]))
         .map_err(db_err("recording a cron fire"))?;
