@@ -149,13 +149,44 @@ pub struct EventDetail {
     /// The event, its fields at the top level as in [`EventList`].
     #[serde(flatten)]
     pub event: Event,
-    /// Who caused it, as the policies read it (`None` before it was matched, or when the
-    /// payload names nobody).
+    /// Who caused it, as the policies read it (`unknown` when the payload names nobody), read
+    /// from its `match` entry of the trace: `None` before it was matched or once that entry
+    /// was pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// Whether its `match` entry is in the trace: `false` before it was matched, and once the
+    /// entry was pruned (after 7 days), when `workers` has only the workers that got a task.
+    #[serde(default)]
+    pub verdicts: bool,
     /// Per worker, by name: the verdicts of matching and policy, and its task.
     #[serde(default)]
     pub workers: Vec<EventWorker>,
+    /// Its write-back's last step in the trace (`None` before there was one, and once pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_back: Option<EventWriteBack>,
+}
+
+/// The last `write_back` step of an event, as its trace entry recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventWriteBack {
+    /// `ok` (posted, or an earlier try's reply found), `retry` (tried again at
+    /// `next_attempt_at`), `fail` (given up) or `skip` (no reply to post, or one that may have
+    /// been posted and cannot be looked for).
+    pub outcome: crate::domain::LogOutcome,
+    /// Unix ms of that step.
+    pub ts: i64,
+    /// The tries made so far, that one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// The last error (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix ms of the next try (`retry` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<i64>,
 }
 
 /// What became of an event for one worker.
@@ -204,8 +235,12 @@ pub struct WebhookAccepted {
     pub event_id: EventId,
     /// Its state now.
     pub state: EventState,
-    /// `true` when the delivery id was already stored: nothing new was done.
+    /// `true` when the delivery was already stored: nothing new was done.
     pub duplicate: bool,
+    /// Why a webhook delivery is a duplicate: `delivery_id` (that id names the event) or
+    /// `body` (a GitHub or GitLab body received in the last 24 hours under another id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_by: Option<String>,
 }
 
 /// An executor node or process worker as the API shows it.

@@ -11,7 +11,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use mechanics_proto::api::{
-    ApiError, EventDetail, EventList, EventWorker, Redeliver, WebhookAccepted,
+    ApiError, EventDetail, EventList, EventWorker, EventWriteBack, Redeliver, WebhookAccepted,
 };
 use mechanics_proto::domain::{Event, EventState, LogEntry};
 use mechanics_store::{EventFilter, LogQuery, NewEvent, TaskFilter};
@@ -81,8 +81,11 @@ pub(crate) async fn event_detail(shared: &Shared, id: i64) -> ApiResult<EventDet
     }
     let mut workers: BTreeMap<String, EventWorker> = BTreeMap::new();
     let mut actor = None;
-    for entry in steps(shared, id, "match").await? {
+    let matches = steps(shared, id, "match").await?;
+    let verdicts = !matches.is_empty();
+    for entry in matches {
         let detail = entry.record.detail.unwrap_or(Value::Null);
+        actor = detail["actor"].as_str().map(str::to_owned).or(actor);
         for name in detail["workers"].as_array().into_iter().flatten() {
             if let Some(name) = name.as_str() {
                 slot(&mut workers, name).matched = true;
@@ -117,10 +120,23 @@ pub(crate) async fn event_detail(shared: &Shared, id: i64) -> ApiResult<EventDet
         worker.matched = true;
         worker.task = Some(shown_task(shared, task));
     }
+    let write_back = steps(shared, id, "write_back").await?.pop().map(|entry| {
+        let detail = entry.record.detail.unwrap_or(Value::Null);
+        EventWriteBack {
+            outcome: entry.record.outcome,
+            ts: entry.record.ts,
+            tries: detail["tries"].as_u64().and_then(|n| u32::try_from(n).ok()),
+            error: entry.record.error,
+            reason: detail["reason"].as_str().map(str::to_owned),
+            next_attempt_at: detail["next_attempt_at"].as_i64(),
+        }
+    });
     Ok(EventDetail {
         event: shown_event(shared, event),
         actor,
+        verdicts,
         workers: workers.into_values().collect(),
+        write_back,
     })
 }
 
@@ -217,6 +233,8 @@ async fn redeliver(
         event_id: copy.id,
         state: copy.state,
         duplicate: !inserted.created,
+        // A redelivery's duplicate is its key used before, which the answer already says.
+        duplicate_by: None,
     };
     if !inserted.created {
         return Ok((StatusCode::OK, axum::Json(answer)));

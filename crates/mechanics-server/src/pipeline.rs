@@ -445,15 +445,20 @@ impl TraceLog {
 
     /// The workers whose triggers match `event` (none: the event is skipped), and for every
     /// other worker with a trigger on its source the first reason it did not match
-    /// (`detail.not_matched`), so "why did my bot not react?" has its answer in the trace.
+    /// (`detail.not_matched`), so "why did my bot not react?" has its answer in the trace; with
+    /// who caused the event (`detail.actor`) when its source is known.
     pub(crate) fn matched(
         &self,
         event: &Event,
         workers: &[&str],
         not_matched: &std::collections::BTreeMap<&str, String>,
+        actor: Option<&str>,
         now: i64,
     ) {
         let mut detail = json!({ "event_type": event.event_type });
+        if let Some(actor) = actor {
+            detail["actor"] = json!(actor);
+        }
         let outcome = if workers.is_empty() {
             detail["reason"] = json!("no worker's webhook trigger matches");
             LogOutcome::Skip

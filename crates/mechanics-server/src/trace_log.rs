@@ -130,14 +130,15 @@ pub fn entry(action: &str, outcome: LogOutcome, ts: i64) -> LogRecord {
     }
 }
 
-/// An entry about `task`: its trace, event, id, worker and attempt filled in.
+/// An entry about `task`: its trace, event, id, worker and attempt (its `runs`) filled in.
 pub fn task_entry(task: &Task, action: &str, outcome: LogOutcome, ts: i64) -> LogRecord {
     LogRecord {
         trace_id: Some(task_trace_id(task)),
         event_id: task.event_id,
         task_id: Some(task.id),
         worker: Some(task.worker.clone()),
-        attempt: (task.attempt > 0).then_some(task.attempt),
+        // The attempt as people count it: a rate-limit re-queue is not one.
+        attempt: (task.runs > 0).then_some(task.runs),
         ..entry(action, outcome, ts)
     }
 }

@@ -5,7 +5,7 @@
 macro_rules! task_columns {
     () => {
         "id, worker, event_id, idempotency_key, payload, state, attempt, tries, next_run_at, \
-         lease_expires_at, result, error, created_at, updated_at, reserved_slot"
+         lease_expires_at, result, error, created_at, updated_at, reserved_slot, runs, origin"
     };
 }
 macro_rules! event_columns {

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, EventState, LogEntry, LogOutcome, LogRecord,
-    NodeSpec, RemoteNode, Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState,
+    NodeSpec, RemoteNode, Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TaskTrigger,
     TranspiledModule, Worker, WorkerKind, WorkerSpec,
 };
 use serde_json::Value;
@@ -571,6 +571,18 @@ pub struct NewTask {
     pub payload: Value,
     /// When it may first be claimed.
     pub next_run_at: i64,
+}
+
+impl NewTask {
+    /// What makes it, for [`Store::create_task`]: an event's task is a webhook's, any other
+    /// an API submission's ([`Store::record_cron_fire`] makes cron tasks).
+    pub fn trigger(&self) -> TaskTrigger {
+        if self.event_id.is_some() {
+            TaskTrigger::Webhook
+        } else {
+            TaskTrigger::Api
+        }
+    }
 }
 
 /// The result of an insert that deduplicates.

@@ -298,7 +298,10 @@ struct RunArgs {
 
 /// Parses the command line and runs the command; returns the process exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return argument_error(&err),
+    };
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Serve(args) => ExitCode::from(serve::serve(&args)),
@@ -361,6 +364,32 @@ pub fn main() -> ExitCode {
 
 /// The exit status of a client command, its error printed as `error: <message>`, or with
 /// `--json` (`json`) as one JSON object on stderr, so a script reads every outcome as JSON.
+/// Arguments clap refused: with `--json` among them, the error as every other client error
+/// prints it with `--json` (exit 2), so a script reading stderr as JSON is not handed clap's
+/// text; otherwise (and for `--help` and `--version`, which are no errors) as clap prints it.
+fn argument_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let shown = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    // Only up to a `--`: after it, `--json` would be a value, not the flag.
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if shown || !json {
+        err.exit();
+    }
+    // clap's text is `error: <what>`, a blank line, then the usage: the JSON keeps the what.
+    let text = err.render().to_string();
+    let what = text.split("\n\n").next().unwrap_or_default();
+    let message = what.strip_prefix("error: ").unwrap_or(what).trim();
+    finish(Err(client::Failure::usage(message)), true)
+}
+
 fn finish(result: Result<(), client::Failure>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,

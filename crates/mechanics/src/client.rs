@@ -717,9 +717,9 @@ pub fn task(args: &ClientArgs, command: &TaskCommand) -> Result<()> {
                         vec![
                             t.id.to_string(),
                             t.worker.clone(),
-                            trigger_of(t).to_owned(),
+                            t.trigger.to_string(),
                             t.state.to_string(),
-                            t.attempt.to_string(),
+                            t.runs.to_string(),
                             age(t.created_at),
                             age(t.updated_at),
                             t.error
@@ -786,14 +786,14 @@ fn watch(api: &Api, id: i64) -> Result<()> {
         let answer = api.run(api.client().get_task(id))?;
         let shown = answer.parse()?;
         let task = &shown.task;
-        if seen != Some((task.state, task.attempt)) {
-            seen = Some((task.state, task.attempt));
+        if seen != Some((task.state, task.runs)) {
+            seen = Some((task.state, task.runs));
             delay = Duration::from_millis(25);
             let line = if api.json {
                 format!("{}\n", serde_json::to_string(&task).unwrap_or_default())
             } else {
-                let attempt = if task.attempt > 0 {
-                    format!(" (attempt {})", task.attempt)
+                let attempt = if task.runs > 0 {
+                    format!(" (attempt {})", task.runs)
                 } else {
                     String::new()
                 };
@@ -983,32 +983,11 @@ fn nodes_table(answer: &Answer<NodeList>) -> Result<String> {
     ) + &shortages(&list))
 }
 
-/// What made `task`: `webhook` (an event's), `cron` (a schedule's fire: its payload is
-/// `{ "cron": ... }`) or `api` (a submission).
-fn trigger_of(task: &Task) -> &'static str {
-    if task.event_id.is_some() {
-        "webhook"
-    } else if task.idempotency_key.is_none()
-        && task
-            .payload
-            .get("cron")
-            .is_some_and(serde_json::Value::is_object)
-    {
-        "cron"
-    } else {
-        "api"
-    }
-}
-
 fn show_task(shown: &TaskDetail) -> String {
     let task = &shown.task;
-    // What ran, as people count it: a claim re-queued for a rate limit or a busy executor is no
-    // attempt. Tasks from before attempts were recorded only have their claim count.
-    let attempts = if shown.attempts.is_empty() {
-        task.tries.min(task.attempt)
-    } else {
-        u32::try_from(shown.attempts.len()).unwrap_or(u32::MAX)
-    };
+    // What ran, as people count it (the one running now included): a claim re-queued for a
+    // rate limit or a busy executor is no attempt.
+    let attempts = task.runs;
     let revision = shown
         .attempts
         .last()
@@ -1033,7 +1012,7 @@ fn show_task(shown: &TaskDetail) -> String {
     if let Some(event) = task.event_id {
         text.push_str(&format!("event:     {event}\n"));
     }
-    text.push_str(&format!("trigger:   {}\n", trigger_of(task)));
+    text.push_str(&format!("trigger:   {}\n", task.trigger));
     if !task.payload.is_null() {
         let pretty = serde_json::to_string_pretty(&task.payload).unwrap_or_default();
         text.push_str(&format!("payload:\n{}\n", indent(&pretty)));

@@ -3,11 +3,13 @@
 //! which answers "why didn't my bot react?" in one command.
 
 use mechanics_proto::api::{EventDetail, EventList, Redeliver, WebhookAccepted};
-use mechanics_proto::domain::EventState;
+use mechanics_proto::domain::{EventState, LogOutcome};
 
 use mechanics_client::EventFilter;
 
-use crate::client::{Api, ClientArgs, Result, age, page_limit, shorten, state_filter, table};
+use crate::client::{
+    Api, ClientArgs, Result, age, page_limit, rfc3339, shorten, state_filter, table,
+};
 
 /// `mechanics event ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -127,6 +129,40 @@ pub fn event(args: &ClientArgs, command: &EventCommand) -> Result<()> {
     }
 }
 
+/// The `write-back:` line of `event show`: done, retrying at a time, failed or skipped, with
+/// the last error; nothing for an event that never had a write-back step.
+fn write_back_line(detail: &EventDetail) -> Option<String> {
+    let event = &detail.event;
+    let Some(step) = &detail.write_back else {
+        // The step was pruned from the trace: the event still counts its failed tries.
+        return (event.write_back_attempts > 0)
+            .then(|| format!("{} failed tries", event.write_back_attempts));
+    };
+    let error = step
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    let tries = step
+        .tries
+        .filter(|n| *n > 1)
+        .map(|n| format!(" after {n} tries"))
+        .unwrap_or_default();
+    Some(match step.outcome {
+        LogOutcome::Ok => format!("done{tries}"),
+        LogOutcome::Retry => {
+            let at = event.next_write_back_at.or(step.next_attempt_at);
+            let at = at.map_or_else(|| "-".to_owned(), rfc3339);
+            format!("retrying at {at}{tries}{error}")
+        }
+        LogOutcome::Skip => format!(
+            "skipped ({}){error}",
+            step.reason.as_deref().unwrap_or("no reply")
+        ),
+        LogOutcome::Fail | LogOutcome::Deny => format!("failed{tries}{error}"),
+    })
+}
+
 /// The text of `mechanics event show`.
 fn show(detail: &EventDetail) -> String {
     let event = &detail.event;
@@ -143,17 +179,26 @@ fn show(detail: &EventDetail) -> String {
     if let Some(error) = &event.error {
         text.push_str(&format!("  error:       {error}\n"));
     }
-    if event.write_back_attempts > 0 {
-        text.push_str(&format!(
-            "  write-back:  {} failed tries\n",
-            event.write_back_attempts
-        ));
+    if let Some(line) = write_back_line(detail) {
+        text.push_str(&format!("  write-back:  {line}\n"));
     }
-    if detail.workers.is_empty() {
+    if !detail.verdicts {
+        // No `match` entry: not matched yet, or its entry was pruned with the trace's old
+        // entries; the workers below are then only those that got a task.
+        text.push_str(if event.state == EventState::Received {
+            "workers: not matched yet\n"
+        } else {
+            "workers: the verdicts are no longer in the trace (its entries are kept 7 days)\n"
+        });
+        if detail.workers.is_empty() {
+            return text;
+        }
+    } else if detail.workers.is_empty() {
         text.push_str("workers: none has a webhook trigger on this source\n");
         return text;
+    } else {
+        text.push_str("workers:\n");
     }
-    text.push_str("workers:\n");
     for worker in &detail.workers {
         let verdict = if worker.matched {
             "matched".to_owned()
@@ -175,7 +220,7 @@ fn show(detail: &EventDetail) -> String {
                 "    task {}: {} (attempt {}){}\n",
                 task.id,
                 task.state,
-                task.attempt,
+                task.runs,
                 task.error
                     .as_deref()
                     .map(|e| format!(": {e}"))

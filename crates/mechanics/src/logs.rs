@@ -198,11 +198,8 @@ fn render(entries: &[LogEntry], header: bool, widths: &[usize]) -> String {
         .map(|e| {
             let r = &e.record;
             let what = match (&r.error, &r.detail) {
-                (Some(error), _) => error.clone(),
-                (None, Some(detail)) if r.action == "console" => {
-                    console_summary(detail).unwrap_or_else(|| detail.to_string())
-                }
-                (None, Some(detail)) => detail.to_string(),
+                (Some(error), _) => shorten(error, 80),
+                (None, Some(detail)) => detail_text(&r.action, detail),
                 (None, None) => String::new(),
             };
             vec![
@@ -214,7 +211,7 @@ fn render(entries: &[LogEntry], header: bool, widths: &[usize]) -> String {
                 r.task_id.map(|t| t.to_string()).unwrap_or_default(),
                 r.worker.clone().unwrap_or_default(),
                 r.attempt.map(|a| a.to_string()).unwrap_or_default(),
-                shorten(&what, 80),
+                what,
             ]
         })
         .collect();
@@ -240,6 +237,53 @@ fn render(entries: &[LogEntry], header: bool, widths: &[usize]) -> String {
         text.split_once('\n')
             .map_or(text.clone(), |(_, rest)| rest.to_owned())
     }
+}
+
+/// The ERROR/DETAIL cell of an entry without an error: a `console` or `match` entry's detail in
+/// words (a match's reasons in full: they answer "why did my bot not react?"), any other detail
+/// as JSON with its times as times, cut to 80 characters.
+fn detail_text(action: &str, detail: &Value) -> String {
+    let words = match action {
+        "console" => console_summary(detail),
+        "match" => match_summary(detail),
+        _ => None,
+    };
+    words.unwrap_or_else(|| shorten(&with_times(detail).to_string(), 80))
+}
+
+/// A `match` entry's detail in words: `issues: matched a, b; c: event type "issues" is not in
+/// [push]; d: repository.full_name: want "acme/web", got "acme/app"`.
+fn match_summary(detail: &Value) -> Option<String> {
+    let mut text = detail.get("event_type")?.as_str()?.to_owned();
+    match detail.get("workers").and_then(Value::as_array) {
+        Some(workers) => {
+            let names: Vec<&str> = workers.iter().filter_map(Value::as_str).collect();
+            text.push_str(&format!(": matched {}", names.join(", ")));
+        }
+        None => text.push_str(": no worker matched"),
+    }
+    for (worker, why) in detail
+        .get("not_matched")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        text.push_str(&format!("; {worker}: {}", why.as_str().unwrap_or("-")));
+    }
+    Some(text)
+}
+
+/// `detail` with the unix-ms times it holds (`until`, `fire_time`, `*_at`, `*_time`) as RFC
+/// 3339 times: the API keeps them numbers, people read them as times.
+fn with_times(detail: &Value) -> Value {
+    let mut detail = detail.clone();
+    for (key, value) in detail.as_object_mut().into_iter().flatten() {
+        let is_time = key == "until" || key.ends_with("_at") || key.ends_with("_time");
+        if let (true, Some(ms)) = (is_time, value.as_i64()) {
+            *value = Value::String(crate::client::rfc3339(ms));
+        }
+    }
+    detail
 }
 
 /// A `console` entry's detail in words: `3 lines (1 error, 1 warning), last: error: boom`.
@@ -293,6 +337,22 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00Z");
         assert_eq!(utc(1_769_860_800_250), "2026-01-31 12:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn times_in_a_detail_read_as_times_and_other_numbers_stay() {
+        let retry = serde_json::json!({
+            "next_run_at": 951_782_400_000_i64, "delay_ms": 1500, "tries": 2,
+        });
+        assert_eq!(
+            detail_text("retry", &retry),
+            r#"{"delay_ms":1500,"next_run_at":"2000-02-29T00:00:00.000Z","tries":2}"#
+        );
+        let times = serde_json::json!({ "until": 1_769_860_800_250_i64, "fire_time": 0 });
+        assert_eq!(
+            detail_text("cron", &times),
+            r#"{"fire_time":"1970-01-01T00:00:00.000Z","until":"2026-01-31T12:00:00.250Z"}"#
+        );
     }
 
     #[test]

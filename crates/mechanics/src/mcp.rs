@@ -915,7 +915,7 @@ fn task_summary(detail: &Value) -> String {
         detail["id"],
         text(&detail["worker"]),
         text(&detail["state"]),
-        detail["attempt"]
+        detail["runs"]
     );
     if let Some(error) = detail["error"].as_str() {
         summary.push_str(&format!(": {}", crate::client::shorten(error, 200)));

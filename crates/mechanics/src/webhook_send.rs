@@ -76,16 +76,23 @@ pub fn send(args: &ClientArgs, send: &SendArgs) -> Result<()> {
     let text = if api.json {
         format!("{}\n", answer.text.trim_end())
     } else if accepted {
-        let duplicate = answer.value["duplicate"] == true;
-        format!(
-            "{status}: event {} {}\n",
-            answer.value["event_id"],
-            if duplicate {
-                "(a duplicate: already delivered)"
-            } else {
-                "stored; follow it with `mechanics event show ID`"
+        let id = &answer.value["event_id"];
+        let why = match answer.value["duplicate_by"].as_str() {
+            _ if answer.value["duplicate"] != true => None,
+            Some("body") => {
+                Some("the same body arrived in the last 24 hours under another delivery id")
             }
-        )
+            _ => Some("this delivery id was delivered before"),
+        };
+        match why {
+            Some(why) => format!(
+                "{status}: event {id} (a duplicate: {why}; nothing new was done). \
+                 To match it again: mechanics event redeliver {id}\n"
+            ),
+            None => {
+                format!("{status}: event {id} stored; follow it with `mechanics event show {id}`\n")
+            }
+        }
     } else {
         String::new()
     };

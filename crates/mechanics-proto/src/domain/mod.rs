@@ -19,7 +19,7 @@ pub use duration::HumanDuration;
 pub use policy::{ActorLimit, ActorRule, PolicySpec, team_entry};
 pub use queue::{
     AttemptOutcome, Event, EventId, EventState, LogEntry, LogId, LogOutcome, LogRecord, Task,
-    TaskAttempt, TaskId, TaskState, UnknownState,
+    TaskAttempt, TaskId, TaskState, TaskTrigger, UnknownState,
 };
 pub use remote_node::{LOCAL_NODE_PREFIX, MAX_NODE_CAPACITY, NodeSpec, RemoteNode};
 pub use source::{Source, SourceKind, SourceSpec};

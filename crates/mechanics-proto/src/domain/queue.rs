@@ -168,6 +168,21 @@ pub struct Event {
 }
 
 state_enum!(
+    /// What made a task: an API submission (also a dashboard replay), a webhook event (the
+    /// task's `event_id`) or a cron fire.
+    #[derive(Default)]
+    TaskTrigger, "task trigger", {
+        /// `POST /tasks` (`mechanics task submit`), or a replay.
+        #[default]
+        Api => "api",
+        /// An event of a source, matched by a webhook trigger.
+        Webhook => "webhook",
+        /// A cron trigger's fire time.
+        Cron => "cron",
+    }
+);
+
+state_enum!(
     /// What came of one attempt that ran (a rate-limit or busy-executor re-queue is no attempt).
     AttemptOutcome, "attempt outcome", {
         /// The worker answered with a result: the task completed.
@@ -253,6 +268,15 @@ pub struct Task {
     /// whichever server claims it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_slot: Option<i64>,
+    /// The attempts that ran, the one running now included, as people count them (what
+    /// `task list`, `task watch` and `/logs` show): unlike `attempt`, a claim re-queued without
+    /// running (rate limit, busy executor) is not one, and unlike `tries` a manual retry does
+    /// not start again from 0.
+    #[serde(default)]
+    pub runs: u32,
+    /// What made it, as recorded when it was created.
+    #[serde(default)]
+    pub trigger: TaskTrigger,
 }
 
 state_enum!(
@@ -293,7 +317,8 @@ pub struct LogRecord {
     /// The worker concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    /// The task attempt concerned.
+    /// The task attempt concerned, as people count them (the task's `runs`, not its fencing
+    /// `attempt`): a rate-limit re-queue does not start a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     /// The error, redacted.

@@ -36,8 +36,10 @@ pub fn trigger_matches(trigger: &WebhookTrigger, event: &Event) -> bool {
 
 /// Why `worker` did not take `event`, for `/logs` and `event show`: `None` when it has no
 /// webhook trigger on the event's source (it was never a candidate) or when one matches; else
-/// the first reason its first trigger on that source gave (filter paths in name order), e.g. `repository.full_name: want
-/// "acme/web", got "acme/app"`.
+/// the first reason its first trigger on that source gave, e.g. `repository.full_name: want
+/// "acme/web", got "acme/app"`. Filter paths go in name order, not as the YAML wrote them: the
+/// spec keeps its filter as a JSON object, whose keys serde_json sorts (keeping the YAML's
+/// order would take an order-preserving map through the spec, its storage and the API).
 pub fn why_not(worker: &Worker, event: &Event) -> Option<String> {
     let mut on_source = worker
         .spec

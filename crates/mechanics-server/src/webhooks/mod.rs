@@ -370,6 +370,13 @@ async fn ingest(
         event_id: event.id,
         state: event.state,
         duplicate: !inserted.created,
+        duplicate_by: (!inserted.created).then(|| {
+            if event.delivery_id == delivery.delivery_id {
+                "delivery_id".to_owned()
+            } else {
+                "body".to_owned()
+            }
+        }),
     };
     if !inserted.created {
         trace.event_deduplicated(&event, &delivery.delivery_id, now);
@@ -418,13 +425,21 @@ pub(crate) async fn match_event(shared: &Shared, event: &Event) {
         })
         .collect();
     let now = shared.clock.now_ms();
-    shared.trace.matched(event, &names, &not_matched, now);
+    let source = shared.integrations.sources.get(&event.source).await;
+    // Recorded with the verdicts, so that `event show` names who caused every event, also
+    // one that matched no worker (and so had no policy entry naming it).
+    let actor = source
+        .as_ref()
+        .map(|source| crate::policy::actor::of(&source.source.spec, &event.payload).shown());
+    shared
+        .trace
+        .matched(event, &names, &not_matched, actor.as_deref(), now);
     if names.is_empty() {
         tracing::debug!(event = event.id, event_type = %event.event_type, "no worker matches the event");
         set_state(shared, event.id, EventState::Skipped, None).await;
         return;
     }
-    let Some(source) = shared.integrations.sources.get(&event.source).await else {
+    let Some(source) = source else {
         let error = format!("the source {:?} is no longer registered", event.source);
         shared.trace.match_failed(event, &error, now);
         set_state(shared, event.id, EventState::Failed, Some(error)).await;

@@ -229,7 +229,7 @@ async fn a_scripted_webhook_run_is_counted_exactly_and_traced_in_order() {
     );
     assert_eq!(
         detail("match"),
-        json!({ "event_type": "issues.opened", "workers": ["triage"] })
+        json!({ "event_type": "issues.opened", "workers": ["triage"], "actor": "octocat" })
     );
     assert_eq!(
         (&task["worker"], &task["detail"]),

@@ -34,7 +34,8 @@ use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMe
 use mechanics_proto::api::Instance;
 use mechanics_proto::domain::{
     AttemptConsoleLine, ConsoleLine, Event, EventId, LogEntry, LogRecord, NodeSpec, RemoteNode,
-    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TranspiledModule, Worker, WorkerSpec,
+    Source, SourceSpec, Task, TaskAttempt, TaskId, TaskState, TaskTrigger, TranspiledModule,
+    Worker, WorkerSpec,
 };
 use serde_json::Value;
 use tokio::sync::Notify;

@@ -71,6 +71,8 @@ pub(super) fn task(row: &Row) -> StoreResult<Task> {
         created_at: row.get(12),
         updated_at: row.get(13),
         reserved_slot: row.get(14),
+        runs: small(row, 15)?,
+        trigger: parsed(row, 16)?,
     })
 }
 

@@ -234,6 +234,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_updated ON tasks (updated_at, state, worker);
     CREATE INDEX tasks_worker_state ON tasks (worker, state);
     "#,
+    // 10: the attempts of a task that ran (or run now), as people count them (the SQLite
+    // backend's version 11): `attempt` also counts claims re-queued without running.
+    // And what made a task (`origin`), for older tasks as the SQLite backend finds it.
+    r#"
+    ALTER TABLE tasks ADD COLUMN runs BIGINT NOT NULL DEFAULT 0;
+    UPDATE tasks SET runs = (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
+        + CASE WHEN state = 'dispatched' THEN 1 ELSE 0 END;
+    ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'
+        CHECK (origin IN ('api', 'webhook', 'cron'));
+    UPDATE tasks SET origin = CASE
+        WHEN event_id IS NOT NULL THEN 'webhook'
+        WHEN id IN (SELECT task_id FROM cron_fires)
+            OR (idempotency_key IS NULL AND jsonb_typeof(payload::jsonb -> 'cron') = 'object')
+            THEN 'cron'
+        ELSE 'api' END;
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -10,7 +10,7 @@ const CLAIM_DUE: &str = concat!(
     // `= ANY(ARRAY(...))` rather than a join with the due ids: its plan reads the claimed rows
     // by primary key even as a cached generic plan, which a join may turn into a scan.
     "WITH claimed AS (UPDATE tasks t SET state = 'dispatched', attempt = t.attempt + 1, ",
-    "tries = t.tries + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
+    "tries = t.tries + 1, runs = t.runs + 1, lease_expires_at = $2, updated_at = $1, claim_token = $4 ",
     "WHERE t.id = ANY(ARRAY(SELECT id FROM tasks WHERE state = 'pending' AND next_run_at <= $1 ",
     "AND ",
     paused_excluded!(),
@@ -69,7 +69,7 @@ const RESCHEDULE: &str = concat!(
     task_columns!()
 );
 const RELEASE: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = $4, tries = tries - 1, runs = runs - 1, ",
     "lease_expires_at = NULL, reserved_slot = CASE WHEN $5::BOOLEAN THEN $4::BIGINT END, updated_at = $3 ",
     "WHERE id = $1 AND attempt = $2 AND state = 'dispatched' RETURNING ",
     task_columns!()
@@ -108,7 +108,8 @@ const INSERT_EVENT: &str = concat!(
 );
 const INSERT_TASK: &str = concat!(
     "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
-    "created_at, updated_at, create_token) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6, $7) ",
+    "created_at, updated_at, create_token, origin) ",
+    "VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6, $7, $8) ",
     "ON CONFLICT DO NOTHING RETURNING ",
     task_columns!()
 );
@@ -223,6 +224,7 @@ async fn insert_task(
     payload: &str,
     now: i64,
     token: i64,
+    trigger: TaskTrigger,
 ) -> StoreResult<Inserted<Task>> {
     let context = "creating a task";
     let statement = db.statement(INSERT_TASK).await.map_err(pg_err(context))?;
@@ -237,6 +239,7 @@ async fn insert_task(
                 &task.next_run_at,
                 &now,
                 &token,
+                &trigger.as_str(),
             ],
         )
         .await;
@@ -909,7 +912,7 @@ impl Store for PgStore {
                     });
                 }
             }
-            insert_task(&*db, &task, &payload, now, token).await
+            insert_task(&*db, &task, &payload, now, token, task.trigger()).await
         })?;
         if inserted.created {
             self.committed();
@@ -1374,9 +1377,16 @@ impl Store for PgStore {
             if recorded == 0 {
                 return Ok(None);
             }
-            let task = insert_task(&tx, &new_task, &payload, now, random_token())
-                .await?
-                .record;
+            let task = insert_task(
+                &tx,
+                &new_task,
+                &payload,
+                now,
+                random_token(),
+                TaskTrigger::Cron,
+            )
+            .await?
+            .record;
             execute(
                 &tx,
                 "UPDATE cron_fires SET task_id = $3 WHERE worker = $1 AND fire_time = $2",

@@ -389,18 +389,8 @@ impl Store for SqliteStore {
 
     async fn create_task(&self, task: NewTask, now: i64) -> StoreResult<Inserted<Task>> {
         let payload = to_json(&task.payload)?;
-        self.write(move |conn| {
-            ops::create_task(
-                conn,
-                &task.worker,
-                task.event_id,
-                task.idempotency_key.as_deref(),
-                &payload,
-                task.next_run_at,
-                now,
-            )
-        })
-        .await
+        self.write(move |conn| ops::create_task(conn, &task, &payload, task.trigger(), now))
+            .await
     }
 
     async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>> {

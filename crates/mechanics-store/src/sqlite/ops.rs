@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use mechanics_proto::domain::{
     AttemptConsoleLine, Event, EventId, LogEntry, LogRecord, RemoteNode, Source, Task, TaskAttempt,
-    TaskId, TaskState, Worker,
+    TaskId, TaskState, TaskTrigger, Worker,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
@@ -17,7 +17,7 @@ use super::rows::{
 };
 use crate::{
     ActivityBucket, DEFAULT_PAGE_SIZE, EventFilter, EventUpdate, Inserted, LogQuery, MAX_PAGE_SIZE,
-    NewEvent, NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter, WorkerFailures,
+    NewEvent, NewTask, NextDue, Page, Pruned, StoreError, StoreResult, TaskFilter, WorkerFailures,
 };
 
 // ---- registry ----
@@ -616,15 +616,17 @@ pub(super) fn renew_leases(
 
 // ---- tasks ----
 
+/// Inserts `task` (its payload as `payload_json`; `task.payload` is not read) made by
+/// `trigger`, or returns the task of the same (event, worker) or (worker, idempotency key).
 pub(super) fn create_task(
     conn: &Connection,
-    worker: &str,
-    event_id: Option<EventId>,
-    idempotency_key: Option<&str>,
+    task: &NewTask,
     payload_json: &str,
-    next_run_at: i64,
+    trigger: TaskTrigger,
     now: i64,
 ) -> StoreResult<Inserted<Task>> {
+    let (worker, event_id, next_run_at) = (task.worker.as_str(), task.event_id, task.next_run_at);
+    let idempotency_key = task.idempotency_key.as_deref();
     if let Some(event_id) = event_id
         && get_event(conn, event_id)?.is_none()
     {
@@ -634,7 +636,7 @@ pub(super) fn create_task(
         conn,
         concat!(
             "INSERT INTO tasks (worker, event_id, idempotency_key, payload, state, next_run_at, ",
-            "created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6) ",
+            "created_at, updated_at, origin) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6, ?7) ",
             "ON CONFLICT DO NOTHING RETURNING ",
             task_columns!()
         ),
@@ -644,7 +646,8 @@ pub(super) fn create_task(
             idempotency_key,
             payload_json,
             next_run_at,
-            now
+            now,
+            trigger.as_str()
         ],
         rows::task,
         "creating a task",
@@ -710,7 +713,7 @@ pub(super) fn get_task(conn: &Connection, id: TaskId) -> StoreResult<Option<Task
 
 /// Claims up to `?3` tasks due by `?1`, oldest first, leasing them until `?2`.
 const CLAIM_DUE: &str = concat!(
-    "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, ",
+    "UPDATE tasks SET state = 'dispatched', attempt = attempt + 1, tries = tries + 1, runs = runs + 1, ",
     "lease_expires_at = ?2, updated_at = ?1 WHERE id IN (SELECT id FROM tasks INDEXED BY tasks_due ",
     "WHERE state = 'pending' AND next_run_at <= ?1 AND ",
     paused_excluded!(),
@@ -784,7 +787,7 @@ pub(super) const RESCHEDULE: &str = concat!(
     task_columns!()
 );
 pub(super) const RELEASE: &str = concat!(
-    "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, ",
+    "UPDATE tasks SET state = 'pending', next_run_at = ?4, tries = tries - 1, runs = runs - 1, ",
     "lease_expires_at = NULL, reserved_slot = CASE WHEN ?5 THEN ?4 END, updated_at = ?3 ",
     "WHERE id = ?1 AND attempt = ?2 AND state = 'dispatched' RETURNING ",
     task_columns!()
@@ -1119,7 +1122,14 @@ pub(super) fn record_cron_fire(
     if seen.is_some() {
         return Ok(None);
     }
-    let task = create_task(conn, worker, None, None, payload_json, fire_time, now)?.record;
+    let fire = NewTask {
+        worker: worker.to_owned(),
+        event_id: None,
+        idempotency_key: None,
+        payload: serde_json::Value::Null,
+        next_run_at: fire_time,
+    };
+    let task = create_task(conn, &fire, payload_json, TaskTrigger::Cron, now)?.record;
     conn.prepare_cached("INSERT INTO cron_fires (worker, fire_time, task_id) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![worker, fire_time, task.id]))
         .map_err(db_err("recording a cron fire"))?;

@@ -59,6 +59,8 @@ pub(super) fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         reserved_slot: row.get(14)?,
+        runs: row.get(15)?,
+        trigger: parsed(row, 16)?,
     })
 }
 

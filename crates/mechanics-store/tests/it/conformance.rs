@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use mechanics_proto::api::{ApiScope, Instance};
 use mechanics_proto::domain::{
     AttemptConsoleLine, AttemptOutcome, ConsoleLevel, ConsoleLine, EventState, LogOutcome,
-    LogRecord, NodeSpec, TaskAttempt, TaskState, TranspiledModule, WorkerSpec,
+    LogRecord, NodeSpec, TaskAttempt, TaskState, TaskTrigger, TranspiledModule, WorkerSpec,
 };
 use mechanics_store::{
     ActivityBucket, BodyDedup, EventFilter, EventUpdate, LogQuery, NewApiKey, NewEvent, NewTask,
@@ -399,11 +399,13 @@ pub(crate) async fn one_task_per_event_and_worker_and_per_idempotency_key(store:
     assert!(a.created && !a_again.created && b.created);
     assert_eq!(a_again.record, a.record);
     assert_ne!(a.record.id, b.record.id);
+    assert_eq!(a.record.trigger, TaskTrigger::Webhook);
 
     let keyed = store
         .create_task(api_task("a", Some("k1"), 0), 4)
         .await
         .unwrap();
+    assert_eq!(keyed.record.trigger, TaskTrigger::Api);
     let keyed_again = store
         .create_task(api_task("a", Some("k1"), 99), 5)
         .await
@@ -537,8 +539,13 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
         .await
         .unwrap();
     assert_eq!(
-        (released.state, released.attempt, released.tries),
-        (TaskState::Pending, 1, 0)
+        (
+            released.state,
+            released.attempt,
+            released.tries,
+            released.runs
+        ),
+        (TaskState::Pending, 1, 0, 0)
     );
     assert_eq!(
         (released.next_run_at, released.reserved_slot),
@@ -548,7 +555,10 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
 
     // The reserved token travels with the task to whoever claims it next.
     let t = claim(50).await;
-    assert_eq!((t.attempt, t.tries, t.reserved_slot), (2, 1, Some(50)));
+    assert_eq!(
+        (t.attempt, t.tries, t.runs, t.reserved_slot),
+        (2, 1, 1, Some(50))
+    );
     // A claim whose lease runs out may have spent its token: the requeued task has none.
     let requeued = store
         .requeue_expired_leases(t.lease_expires_at.unwrap())
@@ -562,7 +572,7 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
         .release_task(id, t.attempt, 50, Release::Unreserved, 51)
         .await
         .unwrap();
-    assert_eq!(released.reserved_slot, None);
+    assert_eq!((released.reserved_slot, released.runs), (None, 1));
 
     // A transport failure the server decided to retry.
     let t = claim(50).await;
@@ -598,9 +608,11 @@ pub(crate) async fn retry_cancel_release_and_reschedule_follow_the_lifecycle(sto
             retried.state,
             retried.tries,
             retried.attempt,
-            retried.next_run_at
+            retried.next_run_at,
+            retried.runs
         ),
-        (TaskState::Pending, 0, 5, 600)
+        // Three attempts ran (two claims were released): a manual retry keeps counting them.
+        (TaskState::Pending, 0, 5, 600, 3)
     );
     let err = store.retry_task(id, 600, 530).await.unwrap_err();
     assert_eq!(
@@ -881,6 +893,7 @@ pub(crate) async fn cron_fires_create_one_task_per_worker_and_time(store: &dyn S
         ("nightly", 60_000)
     );
     assert_eq!(task.payload, json!({ "fire_time": 60_000 }));
+    assert_eq!(task.trigger, TaskTrigger::Cron);
     assert_eq!(
         store
             .record_cron_fire("nightly", 60_000, json!({}), 60_002)

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mechanics_proto::domain::{EventState, TaskState};
+use mechanics_proto::domain::{EventState, TaskState, TaskTrigger};
 use mechanics_store::{
     BodyDedup, NewEvent, NewTask, SQLITE_SCHEMA_VERSION, SqliteStore, Store, StoreError,
     migrate_sqlite_to,
@@ -142,6 +142,48 @@ async fn workers_stored_before_transpiled_modules_survive_the_upgrade_as_javascr
     assert_eq!(
         (old.module_source.as_deref(), old.transpiled, old.revision),
         (Some("export default () => 1"), None, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_stored_before_runs_and_triggers_get_both_from_what_was_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v10.db");
+    migrate_sqlite_to(&path, 10).unwrap();
+    // An event's task; a cron task with its fire record, one whose record was pruned and an
+    // API task. The first ran once after a rate-limit re-queue (claimed twice) and runs again.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO events (id, source, delivery_id, event_type, payload, state, received_at, \
+             updated_at) VALUES (1, 'gh', 'd', 'issues.opened', '{}', 'dispatched', 1, 1);
+             INSERT INTO tasks (id, worker, event_id, idempotency_key, payload, state, attempt, \
+             tries, next_run_at, created_at, updated_at) VALUES \
+             (1, 'w', 1, NULL, '{}', 'dispatched', 3, 2, 0, 0, 0), \
+             (2, 'w', NULL, NULL, '{\"cron\":{\"fire_time\":1}}', 'completed', 1, 1, 0, 0, 0), \
+             (3, 'w', NULL, NULL, '{\"cron\":{\"fire_time\":2}}', 'completed', 1, 1, 0, 0, 0), \
+             (4, 'w', NULL, 'k', '{\"cron\":{}}', 'pending', 0, 0, 0, 0, 0);
+             INSERT INTO workers (name, spec, revision, created_at, updated_at) \
+             VALUES ('w', '{}', 1, 0, 0);
+             INSERT INTO cron_fires (worker, fire_time, task_id) VALUES ('w', 1, 2);
+             INSERT INTO task_attempts (task_id, claim, started_at, ended_at, worker_revision, \
+             outcome) VALUES (1, 2, 0, 1, 1, 'transport_error'), (2, 1, 0, 1, 1, 'completed');",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let mut found = Vec::new();
+    for id in 1..=4 {
+        let task = store.get_task(id).await.unwrap().unwrap();
+        found.push((task.trigger, task.runs));
+    }
+    assert_eq!(
+        found,
+        [
+            (TaskTrigger::Webhook, 2),
+            (TaskTrigger::Cron, 1),
+            (TaskTrigger::Cron, 0),
+            (TaskTrigger::Api, 0)
+        ]
     );
 }
 

@@ -352,6 +352,131 @@ fn task_show_lists_each_attempt_that_ran_and_not_rate_limit_requeues() {
     assert_eq!(done["attempts"][0]["node"], target.url());
 }
 
+#[test]
+fn a_rate_limit_requeue_is_not_an_attempt_in_watch_list_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    // One token every 2 s: of two tasks, the second waits for the next token, re-queued once.
+    server.add_worker(&format!(
+        "name: paced\nkind: http\nurl: {}\ntriggers: [{{ api: true }}]\n\
+         rate_limit: {{ per_second: 0.5, burst: 1 }}\n",
+        target.url()
+    ));
+    let first = server.json(&["task", "submit", "paced", "--wait"]);
+    assert_eq!(first["state"], "completed", "{first}");
+    let second = server.json(&["task", "submit", "paced"])["id"].to_string();
+    let watched = server.ok(&["task", "watch", &second]);
+    assert!(watched.contains("completed (attempt 1)"), "{watched}");
+    assert!(!watched.contains("(attempt 2)"), "{watched}");
+
+    let requeues = server.json(&["logs", "--task", &second, "--action", "rate_limit"]);
+    let requeues = requeues["entries"].as_array().unwrap();
+    assert!(!requeues.is_empty(), "the second task was never re-queued");
+    // The API gives the token's time in unix ms; the text view as a time.
+    let until = requeues[0]["detail"]["until"].as_i64().unwrap();
+    let text = server.ok(&["logs", "--task", &second, "--action", "rate_limit"]);
+    let time = mechanics_proto::domain::time::rfc3339(until).unwrap();
+    assert!(
+        text.contains(&format!("{{\"until\":\"{time}\"}}")),
+        "{text}"
+    );
+    assert!(!text.contains(&until.to_string()), "{text}");
+    let task = server.json(&["task", "show", &second]);
+    assert!(
+        task["attempt"].as_u64().unwrap() >= 2,
+        "claimed twice: {task}"
+    );
+    assert_eq!(task["runs"], 1, "{task}");
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
+    let shown = server.ok(&["task", "show", &second]);
+    assert!(
+        shown.contains("attempts:  1 (1 counted toward retries)"),
+        "{shown}"
+    );
+
+    // `task list`: the ATTEMPT column (the fifth) says 1 for both.
+    let list = server.ok(&["task", "list", "--worker", "paced"]);
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    for row in rows {
+        assert_eq!(row.split_whitespace().nth(4), Some("1"), "{list}");
+    }
+    // `logs`: every entry of the second task that names an attempt names the first, the
+    // rate-limit wait included; in text the ATTEMPT column after the worker says so.
+    let entries = server.json(&["logs", "--task", &second]);
+    let attempts: Vec<&Value> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["attempt"])
+        .filter(|a| !a.is_null())
+        .collect();
+    assert!(!attempts.is_empty(), "{entries}");
+    assert!(attempts.iter().all(|a| **a == 1), "{entries}");
+    let text = server.ok(&["logs", "--task", &second]);
+    let column = text.lines().next().unwrap().find("ATTEMPT").unwrap();
+    let shown: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|row| row.get(column..)?.split_whitespace().next())
+        .collect();
+    assert!(shown.contains(&"1"), "{text}");
+    assert!(
+        !shown.iter().any(|a| a.parse::<u32>().is_ok_and(|n| n != 1)),
+        "{text}"
+    );
+}
+
+#[test]
+fn task_list_and_show_name_the_trigger_recorded_with_each_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    let seen: Seen = Arc::default();
+    let target = HttpServer::start(http_worker(
+        seen.clone(),
+        Duration::ZERO,
+        Arc::new(Mutex::new(200)),
+    ));
+    server.add_worker(&format!(
+        "name: tick\nkind: http\nurl: {}\ntriggers: [{{ cron: \"* * * * * *\" }}, {{ api: true }}]\n",
+        target.url()
+    ));
+    eventually(&server, "a cron fire", Duration::from_secs(10), || {
+        !tasks_of(&server, "tick").is_empty()
+    });
+    server.ok(&["worker", "pause", "tick"]);
+    // A submission whose payload looks like a cron fire's is still the API's.
+    let payload = r#"{"cron":{"schedule":"* * * * * *","tz":"UTC"}}"#;
+    let submitted = server.json(&["task", "submit", "tick", "--payload", payload]);
+    let id = submitted["id"].as_i64().unwrap();
+    let tasks = tasks_of(&server, "tick");
+    for task in &tasks {
+        let trigger = if task["id"] == id { "api" } else { "cron" };
+        assert_eq!(task["trigger"], trigger, "{task}");
+    }
+    let list = server.ok(&["task", "list", "--worker", "tick"]);
+    for row in list.lines().skip(1) {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        let trigger = if columns[0] == id.to_string() {
+            "api"
+        } else {
+            "cron"
+        };
+        assert_eq!(columns[2], trigger, "{list}");
+    }
+    let shown = server.ok(&["task", "show", &id.to_string()]);
+    assert!(shown.contains("trigger:   api\n"), "{shown}");
+    let cron = tasks.iter().find(|t| t["id"] != id).unwrap()["id"].to_string();
+    let shown = server.ok(&["task", "show", &cron]);
+    assert!(shown.contains("trigger:   cron\n"), "{shown}");
+}
+
 /// The JSON object a client command with `--json` printed on stderr for its failure.
 fn json_error(out: &std::process::Output) -> Value {
     let text = stderr(out);
@@ -422,6 +547,36 @@ fn with_json_every_kind_of_client_error_is_json_on_stderr() {
             "{args:?}"
         );
     }
+
+    // Arguments clap refuses (a bad value, an unknown flag): the same shape, exit 2.
+    let out = server.cli(&["task", "show", "abc", "--json"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let error = json_error(&out);
+    assert_eq!(error["error"]["code"], "usage", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'abc'") && message.contains("<ID>"),
+        "{error}"
+    );
+    let out = server.cli(&["worker", "list", "--json", "--colour"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(
+        json_error(&out)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--colour")
+    );
+    // Without --json clap's own text; --help stays help.
+    let out = server.cli(&["task", "show", "abc"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: invalid value 'abc'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.cli(&["task", "show", "--help", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
 
     // No server: exit 3.
     let port = crate::support::closed_port();

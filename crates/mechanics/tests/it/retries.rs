@@ -168,6 +168,53 @@ fn endpoint_transport_failures_and_retryable_errors_are_retried_other_errors_are
 }
 
 #[test]
+fn endpoint_timeouts_and_unknown_hosts_are_transport_failures_retried_to_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Coordinator::start(dir.path(), &[], &[]);
+    // Takes connections (the kernel completes them) and never answers: each call times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    let module = "import endpoint from \"mechanics:endpoint\";\n\
+                  export default async function main() {\n  \
+                    const res = await endpoint(\"svc\", {});\n  return res.body;\n}\n";
+    for (name, url, says) in [
+        ("slow", silent_url.as_str(), "timed out"),
+        ("nowhere", "http://no-such-host.invalid/", "dns"),
+    ] {
+        add_js(
+            &server,
+            dir.path(),
+            name,
+            module,
+            &format!(
+                "config: {{ endpoints: {{ svc: {{ method: get, url_template: \"{url}\", \
+                 timeout_ms: 300, retry_policy: {{ max_attempts: 1 }} }} }} }}\n\
+                 retry: {{ max_retries: 1, base_delay: 100ms, max_delay: 100ms }}\n"
+            ),
+        );
+        let task = run(&server, name);
+        assert_eq!(
+            (&task["state"], &task["tries"]),
+            (&"dead".into(), &2.into()),
+            "{name}: {task}"
+        );
+        let attempts = task["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{name}: {task}");
+        let error = task["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("endpoint_transport: ")
+                && error.contains(
+                    "(an endpoint call failed in transport: retried under the worker's retry; \
+                     retries exhausted after 2 tries)"
+                ),
+            "{name}: {error}"
+        );
+        assert!(error.to_lowercase().contains(says), "{name}: {error}");
+    }
+    drop(silent);
+}
+
+#[test]
 fn a_crash_looping_process_workers_tasks_carry_its_last_stderr_lines() {
     let dir = tempfile::tempdir().unwrap();
     let server = Coordinator::start(dir.path(), &[], &[]);

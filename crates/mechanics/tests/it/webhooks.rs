@@ -452,6 +452,8 @@ fn a_signed_issue_webhook_gets_exactly_one_comment_through_duplicates_and_kill_9
         &server,
         || event_state(&server, first_id) == "completed",
     );
+    let shown = server.ok(&["event", "show", &first_id.to_string()]);
+    assert!(shown.contains("\n  write-back:  done\n"), "{shown}");
     let comments = comments_on(42);
     assert_eq!(comments.len(), 1, "exactly one comment: {comments:?}");
     let comment = &comments[0];
@@ -790,6 +792,219 @@ fn event_show_says_why_a_worker_did_not_match_and_redeliver_matches_again() {
         serde_json::from_str(&server.ok(&["event", "show", &copy.to_string(), "--json"])).unwrap();
     assert_eq!(json["actor"], "octocat");
     assert_eq!(json["workers"][0]["task"]["state"], "completed");
+    assert_eq!(json["workers"][0]["task"]["trigger"], "webhook");
+    let list = server.ok(&["task", "list", "--worker", "triage"]);
+    let row = list.lines().nth(1).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(row.split_whitespace().nth(2), Some("webhook"), "{list}");
+}
+
+#[test]
+fn logs_and_event_show_give_every_workers_reason_and_the_actor_until_the_trace_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GH_WEBHOOK_SECRET", SECRET)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let source = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\n",
+    );
+    file("w.js", "export default () => ({ ok: true });\n");
+    // One worker whose patterns miss the type, one whose filter misses the repository.
+    let typed = file(
+        "typed.yml",
+        "name: typed\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"pull_request.opened\", \"pull_request.synchronize\", \"push\"]\n",
+    );
+    let filtered = file(
+        "filtered.yml",
+        "name: filtered\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"issues.opened\"]\n      filter: { repository.full_name: acme/web }\n",
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    server.ok(&["worker", "add", "-f", &typed]);
+    server.ok(&["worker", "add", "-f", &filtered]);
+
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap().to_string();
+    wait_until(Duration::from_secs(10), "the match entry", &server, || {
+        !server.json(&["logs", "--event", &id, "--action", "match"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let text = server.ok(&["logs", "--event", &id, "--action", "match"]);
+    let row = text.lines().nth(1).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.ends_with(
+            "issues.opened: no worker matched; \
+             filtered: repository.full_name: want \"acme/web\", got \"acme/app\"; \
+             typed: event type \"issues.opened\" matches none of \
+             [\"pull_request.opened\", \"pull_request.synchronize\", \"push\"]"
+        ),
+        "{text}"
+    );
+
+    // No worker matched, so no policy ran: the actor is known from the match all the same.
+    let shown = server.ok(&["event", "show", &id]);
+    assert!(shown.contains("  actor:       octocat\n"), "{shown}");
+    assert!(
+        shown.contains("filtered: not matched: repository.full_name"),
+        "{shown}"
+    );
+    // Once the match entry is pruned (after 7 days), the verdicts are said to be gone, not
+    // that no worker listens to the source.
+    let db = rusqlite::Connection::open(dir.path().join("m.db")).unwrap();
+    let pruned = db
+        .execute(
+            "DELETE FROM logs WHERE event_id = ?1 AND action = 'match'",
+            [id.parse::<i64>().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let shown = server.ok(&["event", "show", &id]);
+    assert!(
+        shown.ends_with(
+            "workers: the verdicts are no longer in the trace (its entries are kept 7 days)\n"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn event_show_says_when_a_failing_write_back_is_tried_again_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // A GitHub that knows the token but cannot take comments right now.
+    let github = HttpServer::start(axum::Router::new().fallback(|method: Method| async move {
+        if method == Method::GET {
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "login": "mechanics-bot" })),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "message": "down for maintenance" })),
+            )
+        }
+    }));
+    let env = [("GH_WEBHOOK_SECRET", SECRET), ("GH_TOKEN", TOKEN)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    add_triage(&server, dir.path(), &github);
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    let url = format!("{}/api/v1/events/{id}", server.url);
+    wait_until(
+        Duration::from_secs(15),
+        "a failed write-back",
+        &server,
+        || client.get(&url)["state"] == "write_back_failed",
+    );
+    let event = client.get(&url);
+    let at = event["next_write_back_at"].as_i64().unwrap();
+    let time = mechanics_proto::domain::time::rfc3339(at).unwrap();
+    let shown = server.ok(&["event", "show", &id.to_string()]);
+    let line = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("  write-back:  "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        line.starts_with(&format!("retrying at {time}: ")),
+        "{shown}"
+    );
+    assert!(line.contains("503"), "{shown}");
+    let json: Value =
+        serde_json::from_str(&server.ok(&["event", "show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(json["write_back"]["outcome"], "retry", "{json}");
+}
+
+#[test]
+fn a_paused_workers_webhook_task_waits_and_runs_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GH_WEBHOOK_SECRET", SECRET)];
+    let server = Coordinator::start(dir.path(), &[], &env);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = work.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let source = file(
+        "source.yml",
+        "name: gh\nkind: github\nsecret_env: GH_WEBHOOK_SECRET\n",
+    );
+    file(
+        "w.js",
+        "export default ({ event }) => ({ number: event.payload.issue.number });\n",
+    );
+    let worker = file(
+        "worker.yml",
+        "name: triage\nkind: js\nmodule: w.js\ntriggers:\n  - webhook:\n      source: gh\n      \
+         events: [\"issues.opened\"]\n",
+    );
+    server.ok(&["source", "add", "-f", &source]);
+    server.ok(&["worker", "add", "-f", &worker]);
+    server.ok(&["worker", "pause", "triage"]);
+
+    let client = Client::new();
+    let (status, answer) = client.deliver(&server.url, "gh", "d-1", &issue_opened(7, "Oops"));
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    // The event is matched and its task made, but not dispatched while the worker is paused.
+    let task = || {
+        let page = server.json(&["task", "list", "--worker", "triage"]);
+        page["tasks"].as_array().unwrap().first().cloned()
+    };
+    wait_until(Duration::from_secs(10), "the task made", &server, || {
+        task().is_some()
+    });
+    let made = task().unwrap();
+    assert_eq!(made["event_id"], id, "{made}");
+    let task_id = made["id"].to_string();
+    // Another delivery after it is matched too: the dispatcher had every chance to claim the
+    // first task meanwhile, and did not.
+    let (status, later) = client.deliver(&server.url, "gh", "d-2", &issue_opened(8, "Again"));
+    assert_eq!(status, 202, "{later}");
+    wait_until(
+        Duration::from_secs(10),
+        "the second task made",
+        &server,
+        || {
+            server.json(&["task", "list", "--worker", "triage"])["tasks"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 2
+        },
+    );
+    let waiting = server.json(&["task", "show", &task_id]);
+    assert_eq!(
+        (&waiting["state"], &waiting["attempt"]),
+        (&json!("pending"), &json!(0)),
+        "{waiting}"
+    );
+
+    server.ok(&["worker", "resume", "triage"]);
+    let watched = server.ok(&["task", "watch", &task_id]);
+    assert!(watched.contains("completed (attempt 1)"), "{watched}");
+    let done = server.json(&["task", "show", &task_id]);
+    assert_eq!(done["result"], json!({ "number": 7 }), "{done}");
+    wait_until(
+        Duration::from_secs(10),
+        "the event completed",
+        &server,
+        || client.get(&format!("{}/api/v1/events/{id}", server.url))["state"] == "completed",
+    );
 }
 
 #[test]
@@ -837,6 +1052,7 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
         ),
         ("gen", r#"{"type":"build.finished","data":{"ok":true}}"#),
     ];
+    let mut gh_event = String::new();
     for (source, body) in samples {
         let sample = file(&format!("{source}.json"), body);
         let out = server.ok(&[
@@ -849,10 +1065,17 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
             "--delivery-id",
             "same-1",
         ]);
-        assert!(
-            out.starts_with("202: event ") && out.contains("stored"),
-            "{source}: {out}"
+        let id = out
+            .strip_prefix("202: event ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{source}: {out}"));
+        assert_eq!(
+            out,
+            format!("202: event {id} stored; follow it with `mechanics event show {id}`\n")
         );
+        if source == "gh" {
+            gh_event = id.to_owned();
+        }
     }
     let events: Value = serde_json::from_str(&server.ok(&["event", "list", "--json"])).unwrap();
     let mut types: Vec<&str> = events["events"]
@@ -884,9 +1107,29 @@ fn webhook_send_signs_as_each_platform_and_the_server_accepts_it() {
         "--delivery-id",
         "same-1",
     ]);
-    assert!(
-        again.starts_with("200: event ") && again.contains("duplicate"),
-        "{again}"
+    assert_eq!(
+        again,
+        format!(
+            "200: event {gh_event} (a duplicate: this delivery id was delivered before; nothing \
+             new was done). To match it again: mechanics event redeliver {gh_event}\n"
+        )
+    );
+    // The same GitHub body under a new delivery id is a duplicate too, and says so.
+    let replayed = server.ok(&[
+        "webhook",
+        "send",
+        "gh",
+        gh.to_str().unwrap(),
+        "--event",
+        "issues",
+    ]);
+    assert_eq!(
+        replayed,
+        format!(
+            "200: event {gh_event} (a duplicate: the same body arrived in the last 24 hours \
+             under another delivery id; nothing new was done). To match it again: mechanics \
+             event redeliver {gh_event}\n"
+        )
     );
 
     // Bad input exits 2 before anything is sent; a refusal by the server exits 1.
