@@ -1093,12 +1093,7 @@ fn console_lines(console: &[AttemptConsoleLine], attempts: &[TaskAttempt]) -> St
     let mut text = "console:\n".to_owned();
     for entry in console {
         let line = &entry.line;
-        let number = attempts
-            .iter()
-            .position(|a| a.claim == entry.attempt)
-            .map_or(entry.attempt, |index| {
-                u32::try_from(index + 1).unwrap_or(entry.attempt)
-            });
+        let number = TaskAttempt::number(attempts, entry.attempt);
         let head = format!(
             "  [attempt {}] {} {:<5} ",
             number,

@@ -225,6 +225,18 @@ pub struct TaskAttempt {
     pub error: Option<String>,
 }
 
+impl TaskAttempt {
+    /// The number people read for the attempt that ran under `claim`: its place among
+    /// `attempts` (1 for the first that ran), so claims re-queued without running (rate limit,
+    /// busy executor) leave no gaps; `claim` itself when no attempt of `attempts` has it.
+    pub fn number(attempts: &[TaskAttempt], claim: u32) -> u32 {
+        attempts
+            .iter()
+            .position(|attempt| attempt.claim == claim)
+            .map_or(claim, |index| u32::try_from(index + 1).unwrap_or(claim))
+    }
+}
+
 /// One unit of work: a worker run for an event, an API submission or a cron fire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {

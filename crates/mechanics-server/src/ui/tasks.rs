@@ -435,11 +435,11 @@ fn live_part(view: &TaskView, visitor: &Visitor) -> Markup {
                 p.empty { "None yet." }
             } @else {
                 table.attempts {
-                    thead { tr { th { "Claim" } th { "Started" } th { "Duration" } th { "Node" } th { "Outcome" } th { "Error" } } }
+                    thead { tr { th { "Attempt" } th { "Started" } th { "Duration" } th { "Node" } th { "Outcome" } th { "Error" } } }
                     tbody {
-                        @for attempt in &view.attempts {
+                        @for (number, attempt) in (1..).zip(&view.attempts) {
                             tr {
-                                td { (attempt.claim) }
+                                td { (number) }
                                 td { (timestamp(attempt.started_at)) }
                                 td { (attempt.ended_at - attempt.started_at) " ms" }
                                 td { (attempt.node.as_deref().unwrap_or("")) }
@@ -456,7 +456,7 @@ fn live_part(view: &TaskView, visitor: &Visitor) -> Markup {
             } @else {
                 pre.console {
                     @for entry in &view.console {
-                        "[" (entry.attempt) "] " (entry.line.level) " " (entry.line.message) "\n"
+                        "[attempt " (TaskAttempt::number(&view.attempts, entry.attempt)) "] " (entry.line.level) " " (entry.line.message) "\n"
                     }
                 }
             }

@@ -500,6 +500,41 @@ async fn the_task_page_shows_payload_error_attempts_and_trace_and_retry_cancel_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_numbered_as_they_ran_not_by_their_claim() {
+    let (url, _) = http_worker(|body, _| reply(200, json!({ "echo": body["payload"] }))).await;
+    let server = TestServer::start_with(Some(ADMIN), tempfile::tempdir().unwrap()).await;
+    server
+        .add_http_worker(
+            "limited",
+            &url,
+            json!({ "rate_limit": { "per_second": 4, "burst": 1 } }),
+        )
+        .await;
+    let first = server.submit("limited", json!({ "n": 1 })).await;
+    let second = server.submit("limited", json!({ "n": 2 })).await;
+    server.wait_end(first).await;
+    let task = server.wait_end(second).await;
+    assert_eq!(task.state, TaskState::Completed);
+    // The second waited for the bucket: its run came under a later claim.
+    assert!(task.attempt > 1, "{task:?}");
+    let mut browser = Browser::new(&server);
+    browser.sign_in(ADMIN).await;
+    let page = browser.get(&format!("/ui/tasks/{second}")).await;
+    let attempts = page
+        .body
+        .split("<table class=\"attempts\">")
+        .nth(1)
+        .expect("an attempts table");
+    assert!(attempts.contains("<th>Attempt</th>"), "{attempts}");
+    assert!(attempts.contains("<tr><td>1</td>"), "{attempts}");
+    assert!(
+        !attempts.contains(&format!("<tr><td>{}</td>", task.attempt)),
+        "{attempts}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_task_is_live_and_cancel_ends_it() {
     let server = server_with_worker().await;
     // Paused, its task stays pending.
