@@ -39,7 +39,9 @@ use serde_json::Value;
 
 pub use buckets::{Take, TokenRate, Tokens};
 pub use error::StoreError;
-pub use postgres::{PG_SCHEMA_VERSION, PgStore, database_url_passwords, redact_database_url};
+pub use postgres::{
+    PG_SCHEMA_VERSION, PgStore, database_url_passwords, migrate_postgres_to, redact_database_url,
+};
 pub use sqlite::{SQLITE_SCHEMA_VERSION, SqliteStore, migrate_sqlite_to};
 
 /// Result of every store operation.

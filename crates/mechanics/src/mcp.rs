@@ -58,6 +58,9 @@ pub const MAX_WAIT_SECONDS: u64 = 60;
 /// `test_module` calls running at once per server (each starts a node process and may spend
 /// a CPU for up to the 10 s time limit); past it a call is refused as busy.
 pub const MAX_TEST_MODULES: usize = 2;
+/// The longest tool error, in characters: a few lines of explanation, with room to quote a bad
+/// argument's start.
+const MAX_ERROR_CHARS: usize = 4096;
 
 /// How a [`Toolbox`] learns what its caller may do.
 #[derive(Debug, Clone, Copy)]
@@ -675,7 +678,8 @@ impl Toolbox {
                     api.cancel_task(id).await?.value
                 };
                 let summary = format!("task {id} is {}", text(&value["state"]));
-                Ok(Output::ok(value, summary))
+                // Done already: an answer too big to send must not read as a failed action.
+                Output::record(value, summary, Record::Task)
             }
             "list_events" => {
                 let args: ListEventsArgs = parse(spec, args)?;
@@ -746,13 +750,13 @@ impl Toolbox {
             }
             "test_module" => {
                 let args = parse(spec, args)?;
-                let Ok(_running) = self.test_modules.try_acquire() else {
+                let Ok(running) = self.test_modules.clone().try_acquire_owned() else {
                     return Err(ToolError(format!(
                         "busy: {MAX_TEST_MODULES} test_module calls are running on this server; \
                          retry in a few seconds"
                     )));
                 };
-                test_module(args).await
+                test_module(args, running).await
             }
             "add_worker" => {
                 let AddWorkerArgs {
@@ -952,7 +956,13 @@ async fn wait_for(api: &ApiClient, id: i64, limit: Duration) -> Result<Output, T
 
 /// Runs a module in a one-node fleet started from this binary, with the default limits and no
 /// endpoints.
-async fn test_module(args: TestModuleArgs) -> Result<Output, ToolError> {
+/// `running` is the call's place among the [`MAX_TEST_MODULES`]: it goes with the node's
+/// thread, which goes on if this future is dropped, so a caller that hangs up does not free it
+/// early.
+async fn test_module(
+    args: TestModuleArgs,
+    running: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Output, ToolError> {
     let failed = |kind: &str, message: String, console: Value| Output {
         summary: format!(
             "the module failed: {kind}: {}",
@@ -983,6 +993,7 @@ async fn test_module(args: TestModuleArgs) -> Result<Output, ToolError> {
     // The fleet's futures are not `Send`: it runs on a thread of its own, on a runtime of its
     // own, for the one job.
     let result = tokio::task::spawn_blocking(move || {
+        let _running = running;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1035,7 +1046,13 @@ fn tool(spec: &Spec) -> Tool {
     Tool::new(spec.name, spec.description, (spec.schema)()).annotate(annotations)
 }
 
+/// A tool error. Its message may quote the caller's input (a bad argument's value), so it is cut
+/// to [`MAX_ERROR_CHARS`]: an error is never the answer that passes the size cap.
 fn error_result(message: String) -> CallToolResult {
+    let message = match message.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}… (cut at {MAX_ERROR_CHARS} characters)", &message[..cut]),
+        None => message,
+    };
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 

@@ -300,13 +300,26 @@ impl Dispatcher {
                 .lease_expires_at
                 .is_some_and(|until| until <= self.clock.now_ms())
         {
-            // Only attempts that overran their own limits make a wait this long; the claim is
-            // no longer ours, and the expired lease puts the task back.
+            // Only attempts that overran their own limits make a wait this long. The task goes
+            // back without counting as a run or spending a try; the release is fenced by the
+            // claim, so if the expired lease already handed the task on, it changes nothing.
             tracing::warn!(
                 task = task.id,
                 attempt = task.attempt,
                 "a claimed task waited past its lease; it was not run"
             );
+            let now = self.clock.now_ms();
+            if let Err(err) = self
+                .store
+                .release_task(task.id, task.attempt, now, Release::Unreserved, now)
+                .await
+            {
+                log_store_error(
+                    &task,
+                    "putting back a task that waited past its lease",
+                    &err,
+                );
+            }
             return;
         }
         self.run_attempt(task).await;

@@ -278,7 +278,12 @@ struct TaskView {
     attempts: Vec<TaskAttempt>,
     console: Vec<mechanics_proto::domain::AttemptConsoleLine>,
     trace: Vec<LogEntry>,
+    /// Ended, but the step that ended it is not in the trace yet: the page refreshes on.
+    settling: bool,
 }
+
+/// How long an ended task's page waits for the step that ended it to reach the trace.
+const SETTLE_MS: i64 = 10_000;
 
 /// The task `id` with its attempts, console and trace, redacted as the API shows them.
 async fn load(shared: &Shared, id: i64) -> ApiResult<TaskView> {
@@ -317,11 +322,20 @@ async fn load(shared: &Shared, id: i64) -> ApiResult<TaskView> {
         .items;
     // The store answers newest first; a trace reads in order.
     trace.sort_by_key(|entry| entry.id);
+    // The step that ends a task is traced just after its end is stored, at the same time: a
+    // page read in between refreshes until it shows up (and gives up after a while, so that
+    // an end traced at another time cannot keep a page refreshing for good).
+    let settling = task.state.is_end()
+        && shared.clock.now_ms().saturating_sub(task.updated_at) < SETTLE_MS
+        && trace
+            .last()
+            .is_none_or(|entry| entry.record.ts < task.updated_at);
     Ok(TaskView {
         task: shown_task(shared, task),
         attempts,
         console,
         trace,
+        settling,
     })
 }
 
@@ -390,10 +404,11 @@ async fn live_answer(shared: &Shared, visitor: &Visitor, id: &str) -> ApiResult<
 }
 
 /// State, actions, result or error, attempts, console and trace; refreshed by the script (its
-/// `data-live` URL) until the task has ended.
+/// `data-live` URL) until the task has ended and the step that ended it is traced.
 fn live_part(view: &TaskView, visitor: &Visitor) -> Markup {
     let task = &view.task;
-    let live = (!task.state.is_end()).then(|| format!("/ui/tasks/{}/live", task.id));
+    let live =
+        (!task.state.is_end() || view.settling).then(|| format!("/ui/tasks/{}/live", task.id));
     let operate = visitor.may(ApiScope::Operate);
     html! {
         section #task-live data-live=[live] {

@@ -56,6 +56,21 @@ use rows::{
 /// The schema version this build of the PostgreSQL backend writes.
 pub const PG_SCHEMA_VERSION: i64 = schema::LATEST_VERSION;
 
+/// Creates or migrates the PostgreSQL database at `url` to schema `version` exactly (at most
+/// [`PG_SCHEMA_VERSION`]), without opening a store: migration tests use it to build databases
+/// as every earlier release left them.
+pub async fn migrate_postgres_to(url: &str, version: i64) -> StoreResult<()> {
+    let shown = redact_database_url(url);
+    let (mut client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(pg_err(&format!("connecting to {shown}")))?;
+    let driver = tokio::spawn(connection);
+    let migrated = schema::migrate(&mut client, &shown, version).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}
+
 /// Connections per store. Statements are short (the longest holds a connection for one claim
 /// batch), so this serves the default concurrency with room for the loops and the API.
 const POOL_SIZE: usize = 16;
@@ -448,7 +463,7 @@ impl PgStore {
             }
         };
         let driver = tokio::spawn(connection);
-        let migrated = schema::migrate(&mut client, &shown).await;
+        let migrated = schema::migrate(&mut client, &shown, schema::LATEST_VERSION).await;
         drop(client);
         let _ = driver.await;
         migrated?;

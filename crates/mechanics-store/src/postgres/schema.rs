@@ -236,33 +236,40 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 10: the attempts of a task that ran (or run now), as people count them (the SQLite
     // backend's version 11): `attempt` also counts claims re-queued without running.
-    // And what made a task (`origin`), for older tasks as the SQLite backend finds it.
+    // And what made a task (`origin`), for older tasks as the SQLite backend finds it. Older
+    // tasks get their recorded attempts plus the one running now, or their tries when fewer
+    // attempts were recorded (tasks older than attempt records). A payload holding `\u0000` is
+    // not read as JSON: PostgreSQL refuses to (it has no text form), and the migration would
+    // fail, and with it every server's start.
     r#"
     ALTER TABLE tasks ADD COLUMN runs BIGINT NOT NULL DEFAULT 0;
-    UPDATE tasks SET runs = (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
-        + CASE WHEN state = 'dispatched' THEN 1 ELSE 0 END;
     ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'
         CHECK (origin IN ('api', 'webhook', 'cron'));
-    UPDATE tasks SET origin = CASE
-        WHEN event_id IS NOT NULL THEN 'webhook'
-        WHEN id IN (SELECT task_id FROM cron_fires)
-            OR (idempotency_key IS NULL AND jsonb_typeof(payload::jsonb -> 'cron') = 'object')
-            THEN 'cron'
-        ELSE 'api' END;
+    UPDATE tasks SET
+        runs = GREATEST(tries, (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
+            + CASE WHEN state = 'dispatched' THEN 1 ELSE 0 END),
+        origin = CASE
+            WHEN event_id IS NOT NULL THEN 'webhook'
+            WHEN id IN (SELECT task_id FROM cron_fires WHERE task_id IS NOT NULL)
+                OR (idempotency_key IS NULL AND CASE
+                    WHEN strpos(payload, '\u0000') > 0 THEN false
+                    ELSE json_typeof(payload::json -> 'cron') = 'object' END)
+                THEN 'cron'
+            ELSE 'api' END;
     "#,
 ];
 
 /// The schema version this build creates and understands.
 pub(crate) const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the database to [`LATEST_VERSION`], each migration in its own transaction, under the
-/// migration lock. `shown` is the redacted URL, for messages.
-pub(crate) async fn migrate(client: &mut Client, shown: &str) -> StoreResult<()> {
+/// Brings the database to `target` (at most [`LATEST_VERSION`]), each migration in its own
+/// transaction, under the migration lock. `shown` is the redacted URL, for messages.
+pub(crate) async fn migrate(client: &mut Client, shown: &str, target: i64) -> StoreResult<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_err("taking the migration lock"))?;
-    let result = migrate_locked(client, shown).await;
+    let result = migrate_locked(client, shown, target.min(LATEST_VERSION)).await;
     // The lock is the session's: it would go with the connection anyway.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -270,7 +277,7 @@ pub(crate) async fn migrate(client: &mut Client, shown: &str) -> StoreResult<()>
     result
 }
 
-async fn migrate_locked(client: &mut Client, shown: &str) -> StoreResult<()> {
+async fn migrate_locked(client: &mut Client, shown: &str, target: i64) -> StoreResult<()> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -295,7 +302,7 @@ async fn migrate_locked(client: &mut Client, shown: &str) -> StoreResult<()> {
             supported: LATEST_VERSION,
         });
     }
-    for next in version + 1..=LATEST_VERSION {
+    for next in version + 1..=target {
         let context = format!("migrating to schema version {next}");
         let tx = client.transaction().await.map_err(pg_err(&context))?;
         tx.batch_execute(MIGRATIONS[(next - 1) as usize])

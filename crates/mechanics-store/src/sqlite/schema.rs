@@ -235,20 +235,23 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 11: the attempts of a task that ran (or run now), as people count them: `attempt` also
     // counts claims re-queued without running (rate limit, busy executor). Older tasks get the
-    // attempts recorded for them, plus the one running now. And what made a task (`origin`,
+    // attempts recorded for them, plus the one running now, or their tries when fewer attempts
+    // were recorded (tasks older than attempt records). And what made a task (`origin`,
     // as `trigger` is an SQL keyword): older tasks by their event, their cron fire record, or
     // (that record pruned) a payload as a cron fire makes it.
     r#"
     ALTER TABLE tasks ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
-    UPDATE tasks SET runs = (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
-        + (state = 'dispatched');
     ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'
         CHECK (origin IN ('api', 'webhook', 'cron'));
-    UPDATE tasks SET origin = CASE
-        WHEN event_id IS NOT NULL THEN 'webhook'
-        WHEN id IN (SELECT task_id FROM cron_fires)
-            OR (idempotency_key IS NULL AND json_type(payload, '$.cron') = 'object') THEN 'cron'
-        ELSE 'api' END;
+    UPDATE tasks SET
+        runs = MAX(tries, (SELECT COUNT(*) FROM task_attempts a WHERE a.task_id = tasks.id)
+            + (state = 'dispatched')),
+        origin = CASE
+            WHEN event_id IS NOT NULL THEN 'webhook'
+            WHEN id IN (SELECT task_id FROM cron_fires WHERE task_id IS NOT NULL)
+                OR (idempotency_key IS NULL AND json_type(payload, '$.cron') = 'object')
+                THEN 'cron'
+            ELSE 'api' END;
     "#,
 ];
 

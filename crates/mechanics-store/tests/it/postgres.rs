@@ -5,8 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use mechanics_proto::domain::TaskTrigger;
 use mechanics_store::{
     NewTask, PG_SCHEMA_VERSION, PgStore, Store, StoreError, Take, TokenRate, Tokens,
+    migrate_postgres_to,
 };
 use mechanics_test_support::postgres::TestDatabase;
 use serde_json::json;
@@ -68,6 +70,48 @@ async fn a_database_from_a_newer_build_is_refused() {
     assert!(
         matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_stored_before_runs_and_triggers_get_both_from_what_was_recorded() {
+    let database = TestDatabase::create();
+    migrate_postgres_to(database.url(), 9).await.unwrap();
+    // As the SQLite test of the same name, plus an API task whose payload holds a NUL, which
+    // PostgreSQL's `jsonb` refuses to read: the migration must not trip on it.
+    database.query(
+        "INSERT INTO events (id, source, delivery_id, event_type, payload, state, received_at, \
+         updated_at) OVERRIDING SYSTEM VALUE VALUES (1, 'gh', 'd', 'issues.opened', '{}', 'dispatched', \
+         1, 1); \
+         INSERT INTO tasks (id, worker, event_id, idempotency_key, payload, state, attempt, \
+         tries, next_run_at, created_at, updated_at) OVERRIDING SYSTEM VALUE VALUES \
+         (1, 'w', 1, NULL, '{}', 'dispatched', 3, 2, 0, 0, 0), \
+         (2, 'w', NULL, NULL, '{\"cron\":{\"fire_time\":1}}', 'completed', 1, 1, 0, 0, 0), \
+         (3, 'w', NULL, NULL, '{\"cron\":{\"fire_time\":2}}', 'completed', 1, 1, 0, 0, 0), \
+         (4, 'w', NULL, 'k', '{\"cron\":{}}', 'pending', 0, 0, 0, 0, 0), \
+         (5, 'w', NULL, NULL, '{\"s\":\"\\u0000\"}', 'completed', 1, 1, 0, 0, 0); \
+         INSERT INTO workers (name, spec, revision, created_at, updated_at) \
+         VALUES ('w', '{}', 1, 0, 0); \
+         INSERT INTO cron_fires (worker, fire_time, task_id) VALUES ('w', 1, 2); \
+         INSERT INTO task_attempts (task_id, claim, started_at, ended_at, worker_revision, \
+         outcome) VALUES (1, 2, 0, 1, 1, 'transport_error'), (2, 1, 0, 1, 1, 'completed');",
+    );
+    let store = connect(&database).await;
+    let mut found = Vec::new();
+    for id in 1..=5 {
+        let task = store.get_task(id).await.unwrap().unwrap();
+        found.push((task.trigger, task.runs));
+    }
+    assert_eq!(
+        found,
+        [
+            (TaskTrigger::Webhook, 2),
+            (TaskTrigger::Cron, 1),
+            // No attempt recorded (older than attempt records): its one try.
+            (TaskTrigger::Cron, 1),
+            (TaskTrigger::Api, 0),
+            (TaskTrigger::Api, 1),
+        ]
     );
 }
 

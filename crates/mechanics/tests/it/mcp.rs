@@ -197,6 +197,12 @@ async fn bad_input_is_a_tool_error(client: &Client) {
     .await;
     assert!(failed(&too_long) && text(&too_long).contains("at most 60"));
 
+    // An error quoting a big argument is cut short: errors never approach the 1 MiB cap.
+    let huge = call(client, "get_task", json!({ "id": "7".repeat(900_000) })).await;
+    assert!(failed(&huge));
+    assert!(text(&huge).contains("id"), "{}", text(&huge));
+    assert!(text(&huge).len() < 64 * 1024, "{} bytes", text(&huge).len());
+
     let unknown_worker = call(client, "submit_task", json!({ "worker": "nobody" })).await;
     assert!(failed(&unknown_worker));
     assert!(
@@ -613,8 +619,10 @@ async fn large_listings_are_paged_under_a_mebibyte() {
     )
     .await;
     assert!(!failed(&added), "{}", text(&added));
-    // Five tasks of 300 KB each: 1.5 MB in one page of the default size.
-    let big = "x".repeat(300 * 1024);
+    // Five tasks of 300 KB each: 1.5 MB in one page of the default size, and more once
+    // escaped: a quote and a newline take two bytes each in JSON, and each answer carries its
+    // JSON twice (structured, and as text, where it is escaped again).
+    let big = "x\"\n".repeat(100 * 1024);
     let mut submitted = BTreeSet::new();
     for _ in 0..5 {
         let task = call(
@@ -638,10 +646,10 @@ async fn large_listings_are_paged_under_a_mebibyte() {
         }
         let page = call(&admin, "list_tasks", args).await;
         assert!(!failed(&page), "{}", text(&page));
+        let size = answer_bytes(&page);
+        assert!(size <= 1024 * 1024, "an answer of {size} bytes");
         let summary = text(&page);
         let page = page.structured_content.expect("structured content");
-        let size = page.to_string().len();
-        assert!(size <= 1024 * 1024, "a page of {size} bytes");
         let tasks = page["tasks"].as_array().unwrap();
         assert!(!tasks.is_empty(), "{summary}");
         if pages == 0 {
@@ -752,6 +760,17 @@ async fn a_task_too_big_for_an_answer_comes_trimmed() {
     let first = call(&admin, "submit_task", small(1)).await;
     let first = json_block(&first)["id"].as_i64().unwrap();
 
+    // Without a wait the answer is only the new task's id and state, whatever the payload.
+    let quick = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "measure", "payload": { "blob": "z".repeat(1_200_000) } }),
+    )
+    .await;
+    assert!(!failed(&quick), "{}", text(&quick));
+    assert!(answer_bytes(&quick) < MIB, "{}", answer_bytes(&quick));
+    let quick = json_block(&quick)["id"].as_i64().expect("the id");
+
     let blob = "x".repeat(1_200_000);
     let submitted = call(
         &admin,
@@ -798,7 +817,7 @@ async fn a_task_too_big_for_an_answer_comes_trimmed() {
 
     let last = call(&admin, "submit_task", small(2)).await;
     let last = json_block(&last)["id"].as_i64().unwrap();
-    // Newest first: the small task, the big one (trimmed, alone in its page), the first one.
+    // Newest first: the small task, the big ones (trimmed, each alone in its page), the first.
     let mut seen = Vec::new();
     let mut cursor: Option<i64> = None;
     loop {
@@ -815,7 +834,7 @@ async fn a_task_too_big_for_an_answer_comes_trimmed() {
             let task_id = task["id"].as_i64().unwrap();
             seen.push(task_id);
             assert_eq!(
-                task_id == id,
+                task_id == id || task_id == quick,
                 task["payload"]["$trimmed"].is_object(),
                 "{summary}"
             );
@@ -825,7 +844,37 @@ async fn a_task_too_big_for_an_answer_comes_trimmed() {
             None => break,
         }
     }
-    assert_eq!(seen, [last, id, first]);
+    assert_eq!(seen, [last, id, quick, first]);
+
+    // Retry and cancel answer with the whole task: trimmed too, never an error after the
+    // action was taken (an assistant would take it for a failed one).
+    let added = call(
+        &admin,
+        "add_worker",
+        json!({
+            "yaml": "name: refuse\nkind: js\nmodule: ./refuse.js\ntriggers:\n  - api: true\n",
+            "module_source": "export default () => { throw new Error('refused') }",
+        }),
+    )
+    .await;
+    assert!(!failed(&added), "{}", text(&added));
+    let refused = call(
+        &admin,
+        "submit_task",
+        json!({ "worker": "refuse", "payload": { "blob": "r".repeat(1_200_000) }, "wait_seconds": 60 }),
+    )
+    .await;
+    let refused = json_block(&refused)["id"].as_i64().expect("the id");
+    let retried = call(&admin, "retry_task", json!({ "id": refused })).await;
+    assert!(!failed(&retried), "{}", text(&retried));
+    assert!(answer_bytes(&retried) < MIB, "{}", answer_bytes(&retried));
+    let retried = json_block(&retried);
+    assert_eq!(retried["id"], refused);
+    assert!(
+        retried["payload"]["$trimmed"].is_object(),
+        "{}",
+        retried["payload"]
+    );
 
     let resource = read_resource(&admin, &format!("mechanics://tasks/{id}"))
         .await

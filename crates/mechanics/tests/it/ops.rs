@@ -566,6 +566,16 @@ fn with_json_every_kind_of_client_error_is_json_on_stderr() {
             .unwrap()
             .contains("--colour")
     );
+    // A missing subcommand too.
+    let out = server.cli(&["task", "--json"]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let message = json_error(&out)["error"]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("'mechanics task' requires a subcommand")),
+        "{message}"
+    );
     // Without --json clap's own text; --help stays help.
     let out = server.cli(&["task", "show", "abc"]);
     assert_eq!(code(&out), Some(2));
