@@ -443,7 +443,7 @@ async fn add_worker(
     crate::cron::validate_triggers(&input.spec)
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
     refuse_unknown_sources(&shared, &input.spec).await?;
-    crate::policy::check_teams(&shared, &input.spec)
+    crate::policy::check_actors(&shared, &input.spec)
         .await
         .map_err(|message| Failure::bad_request(format!("invalid worker: {message}")))?;
     let transpiled = transpile(&shared, &input).await?;

@@ -293,9 +293,10 @@ impl Policies {
     }
 }
 
-/// Refuses a policy whose GitHub team entries could not be resolved: each needs every webhook
-/// trigger's source to be a registered GitHub source with a readable token.
-pub(crate) async fn check_teams(shared: &Shared, spec: &WorkerSpec) -> Result<(), String> {
+/// Refuses an `actors` list that cannot work: on a generic source without `actor_path` no event
+/// names an actor, so the list would refuse every event; and a GitHub team entry needs every
+/// webhook trigger's source to be a registered GitHub source with a readable token.
+pub(crate) async fn check_actors(shared: &Shared, spec: &WorkerSpec) -> Result<(), String> {
     let policy: &PolicySpec = &spec.policy;
     let Some(rule) = &policy.actors else {
         return Ok(());
@@ -304,6 +305,22 @@ pub(crate) async fn check_teams(shared: &Shared, spec: &WorkerSpec) -> Result<()
         ActorRule::Allow(_) => "policy.actors.allow",
         ActorRule::Deny(_) => "policy.actors.deny",
     };
+    for trigger in &spec.triggers {
+        let Trigger::Webhook(webhook) = trigger else {
+            continue;
+        };
+        if let Some(source) = shared.integrations.sources.get(&webhook.source).await {
+            let spec = &source.source.spec;
+            if spec.kind == SourceKind::Generic && spec.actor_path.is_none() {
+                return Err(format!(
+                    "{list}: the source {:?} is a generic source without actor_path, so its \
+                     events name no actor and the list would refuse every one; set actor_path on \
+                     the source (the JSON path of the sender's name in a delivery)",
+                    webhook.source
+                ));
+            }
+        }
+    }
     for (i, entry) in rule.entries().iter().enumerate() {
         if team_entry(entry).is_none() {
             continue;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
+use base64::Engine as _;
 use mechanics_proto::domain::EventState;
 use serde_json::{Value, json};
 
@@ -528,7 +529,24 @@ async fn policies_that_cannot_hold_are_refused_when_the_worker_is_added() {
     let (code, body) = server.call("POST", "/api/v1/sources", Some(source)).await;
     assert_eq!(code, 201, "{body}");
     let webhook = json!([{ "webhook": { "source": "gh", "events": ["issues.*"] } }]);
+    // A generic source without `actor_path`: its events name no actor.
+    let whsec = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"generic key bytes")
+    );
+    let generic_secret = server.dir.path().join("gen.secret");
+    std::fs::write(&generic_secret, whsec).unwrap();
+    let source = json!({ "name": "gen", "kind": "generic", "secret_file": generic_secret });
+    let (code, body) = server.call("POST", "/api/v1/sources", Some(source)).await;
+    assert_eq!(code, 201, "{body}");
+    let generic = json!([{ "webhook": { "source": "gen", "events": ["*"] } }]);
     let cases = [
+        (
+            json!({ "triggers": generic, "policy": { "actors": { "deny": ["mallory"] } } }),
+            "invalid worker: policy.actors.deny: the source \"gen\" is a generic source without \
+             actor_path, so its events name no actor and the list would refuse every one; set \
+             actor_path on the source (the JSON path of the sender's name in a delivery)",
+        ),
         (
             json!({ "triggers": webhook, "policy": { "actors": { "allow": ["alice", "@acme/core"] } } }),
             "invalid worker: policy.actors.allow[1]: the team @acme/core is resolved through \
