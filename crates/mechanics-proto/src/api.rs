@@ -189,6 +189,46 @@ pub struct EventWriteBack {
     pub next_attempt_at: Option<i64>,
 }
 
+impl EventDetail {
+    /// Its write-back in a few words: done, retrying at a time, failed or skipped, with the
+    /// number of tries and the last error; `None` for an event that never had a write-back
+    /// step. `time` writes a unix-ms time the way the reader shows times. `mechanics event
+    /// show` and the dashboard's event page both say it this way.
+    pub fn write_back_summary(&self, time: impl Fn(i64) -> String) -> Option<String> {
+        let event = &self.event;
+        let Some(step) = &self.write_back else {
+            // The step was pruned from the trace: the event still counts its failed tries.
+            return (event.write_back_attempts > 0)
+                .then(|| format!("{} failed tries", event.write_back_attempts));
+        };
+        let error = step
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        let tries = step
+            .tries
+            .filter(|n| *n > 1)
+            .map(|n| format!(" after {n} tries"))
+            .unwrap_or_default();
+        Some(match step.outcome {
+            crate::domain::LogOutcome::Ok => format!("done{tries}"),
+            crate::domain::LogOutcome::Retry => {
+                let at = event.next_write_back_at.or(step.next_attempt_at);
+                let at = at.map_or_else(|| "-".to_owned(), time);
+                format!("retrying at {at}{tries}{error}")
+            }
+            crate::domain::LogOutcome::Skip => format!(
+                "skipped ({}){error}",
+                step.reason.as_deref().unwrap_or("no reply")
+            ),
+            crate::domain::LogOutcome::Fail | crate::domain::LogOutcome::Deny => {
+                format!("failed{tries}{error}")
+            }
+        })
+    }
+}
+
 /// What became of an event for one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventWorker {

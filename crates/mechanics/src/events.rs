@@ -3,7 +3,7 @@
 //! which answers "why didn't my bot react?" in one command.
 
 use mechanics_proto::api::{EventDetail, EventList, Redeliver, WebhookAccepted};
-use mechanics_proto::domain::{EventState, LogOutcome};
+use mechanics_proto::domain::EventState;
 
 use mechanics_client::EventFilter;
 
@@ -129,40 +129,6 @@ pub fn event(args: &ClientArgs, command: &EventCommand) -> Result<()> {
     }
 }
 
-/// The `write-back:` line of `event show`: done, retrying at a time, failed or skipped, with
-/// the last error; nothing for an event that never had a write-back step.
-fn write_back_line(detail: &EventDetail) -> Option<String> {
-    let event = &detail.event;
-    let Some(step) = &detail.write_back else {
-        // The step was pruned from the trace: the event still counts its failed tries.
-        return (event.write_back_attempts > 0)
-            .then(|| format!("{} failed tries", event.write_back_attempts));
-    };
-    let error = step
-        .error
-        .as_deref()
-        .map(|e| format!(": {e}"))
-        .unwrap_or_default();
-    let tries = step
-        .tries
-        .filter(|n| *n > 1)
-        .map(|n| format!(" after {n} tries"))
-        .unwrap_or_default();
-    Some(match step.outcome {
-        LogOutcome::Ok => format!("done{tries}"),
-        LogOutcome::Retry => {
-            let at = event.next_write_back_at.or(step.next_attempt_at);
-            let at = at.map_or_else(|| "-".to_owned(), rfc3339);
-            format!("retrying at {at}{tries}{error}")
-        }
-        LogOutcome::Skip => format!(
-            "skipped ({}){error}",
-            step.reason.as_deref().unwrap_or("no reply")
-        ),
-        LogOutcome::Fail | LogOutcome::Deny => format!("failed{tries}{error}"),
-    })
-}
-
 /// The text of `mechanics event show`.
 fn show(detail: &EventDetail) -> String {
     let event = &detail.event;
@@ -179,7 +145,7 @@ fn show(detail: &EventDetail) -> String {
     if let Some(error) = &event.error {
         text.push_str(&format!("  error:       {error}\n"));
     }
-    if let Some(line) = write_back_line(detail) {
+    if let Some(line) = detail.write_back_summary(rfc3339) {
         text.push_str(&format!("  write-back:  {line}\n"));
     }
     if !detail.verdicts {

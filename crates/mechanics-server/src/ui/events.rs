@@ -122,13 +122,9 @@ pub(super) async fn page(
     };
     // `event_detail` has redacted the payload already.
     let event = &detail.event;
-    let write_back = match event.state {
-        EventState::WriteBackFailed => "failed, to be tried again",
-        EventState::Completed if event.write_back_attempts > 0 => "done after failed tries",
-        EventState::Completed => "done (or none needed)",
-        EventState::Failed => "failed for good",
-        _ => "not yet",
-    };
+    let write_back = detail
+        .write_back_summary(timestamp)
+        .unwrap_or_else(|| "none yet".to_owned());
     let body = html! {
         h1 { "Event #" (event.id) " " span class={"state " (event.state.as_str())} { (event.state.as_str()) } }
         dl.event {
@@ -138,11 +134,7 @@ pub(super) async fn page(
             dt { "Delivery id" } dd #delivery { (event.delivery_id) }
             dt { "Received" } dd { (timestamp(event.received_at)) }
             dt { "Updated" } dd { (timestamp(event.updated_at)) }
-            dt { "Write-back" } dd #write-back {
-                (write_back)
-                @if event.write_back_attempts > 0 { " · " (event.write_back_attempts) " failed tries" }
-                @if let Some(next) = event.next_write_back_at { " · next try " (timestamp(next)) }
-            }
+            dt { "Write-back" } dd #write-back { (write_back) }
             @if let Some(error) = &event.error {
                 dt { "Error" } dd.error #error { (error) }
             }

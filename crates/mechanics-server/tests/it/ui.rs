@@ -1020,7 +1020,8 @@ async fn the_events_list_filters_like_the_api_and_the_event_page_shows_each_work
         r#"<dd id="actor">alice</dd>"#.to_owned(),
         r#"<dd id="delivery">d-alice</dd>"#.to_owned(),
         r#"<span class="state write_back_failed">write_back_failed</span>"#.to_owned(),
-        r#"<dd id="write-back">failed, to be tried again"#.to_owned(),
+        // Worded as `mechanics event show` words it: the next try's time and the last error.
+        r#"<dd id="write-back">retrying at 20"#.to_owned(),
         r#"<dd class="error" id="error">"#.to_owned(),
         format!(r#"<tr id="worker-triage"><td><a href="/ui/tasks?worker=triage">triage</a></td><td>yes</td><td>ok</td><td><a href="/ui/tasks/{task}">#{task}</a>"#),
         r#"<tr id="worker-labeler"><td><a href="/ui/tasks?worker=labeler">labeler</a></td><td>no: <span class="why">"#.to_owned(),
