@@ -305,11 +305,18 @@ pub(crate) async fn check_actors(shared: &Shared, spec: &WorkerSpec) -> Result<(
         ActorRule::Allow(_) => "policy.actors.allow",
         ActorRule::Deny(_) => "policy.actors.deny",
     };
+    // A team entry is checked against every webhook trigger's source; only the first is named.
+    let team = rule
+        .entries()
+        .iter()
+        .enumerate()
+        .find(|(_, entry)| team_entry(entry).is_some());
     for trigger in &spec.triggers {
         let Trigger::Webhook(webhook) = trigger else {
             continue;
         };
-        if let Some(source) = shared.integrations.sources.get(&webhook.source).await {
+        let source = shared.integrations.sources.get(&webhook.source).await;
+        if let Some(source) = &source {
             let spec = &source.source.spec;
             if spec.kind == SourceKind::Generic && spec.actor_path.is_none() {
                 return Err(format!(
@@ -320,36 +327,29 @@ pub(crate) async fn check_actors(shared: &Shared, spec: &WorkerSpec) -> Result<(
                 ));
             }
         }
-    }
-    for (i, entry) in rule.entries().iter().enumerate() {
-        if team_entry(entry).is_none() {
+        let Some((i, entry)) = team else {
             continue;
-        }
-        for trigger in &spec.triggers {
-            let Trigger::Webhook(webhook) = trigger else {
-                continue;
-            };
-            let why = match shared.integrations.sources.get(&webhook.source).await {
-                None => Some(format!("the source {:?} is not registered", webhook.source)),
-                Some(source) if source.source.spec.kind != SourceKind::Github => Some(format!(
-                    "the source {:?} is not a GitHub source",
+        };
+        let why = match &source {
+            None => Some(format!("the source {:?} is not registered", webhook.source)),
+            Some(source) if source.source.spec.kind != SourceKind::Github => Some(format!(
+                "the source {:?} is not a GitHub source",
+                webhook.source
+            )),
+            Some(source) => match &source.token {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(format!(
+                    "the source {:?} has no token_env or token_file",
                     webhook.source
                 )),
-                Some(source) => match &source.token {
-                    Ok(Some(_)) => None,
-                    Ok(None) => Some(format!(
-                        "the source {:?} has no token_env or token_file",
-                        webhook.source
-                    )),
-                    Err(err) => Some(err.clone()),
-                },
-            };
-            if let Some(why) = why {
-                return Err(format!(
-                    "{list}[{i}]: the team {entry} is resolved through GitHub with the source's \
-                     token, and {why}"
-                ));
-            }
+                Err(err) => Some(err.clone()),
+            },
+        };
+        if let Some(why) = why {
+            return Err(format!(
+                "{list}[{i}]: the team {entry} is resolved through GitHub with the source's \
+                 token, and {why}"
+            ));
         }
     }
     Ok(())
